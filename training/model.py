@@ -1,0 +1,227 @@
+"""DEALNet: DeepLabV3+ segmenter with the DEAL difficulty branch.
+
+image -> encoder -> decoder -> segmentation_head -> logits (stride 4)
+                               difficulty_head(logits) -> difficulty map (input size, in (0, 1))
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .encoders import build_encoder
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    encoder: str = "efficientnet_lite0"  # a key of encoders.ENCODERS
+    num_classes: int = 11
+    decoder_width: int = 256  # ASPP and decoder channels (the paper: 256)
+    separable: bool = False  # depthwise-separable 3x3 convs in ASPP and decoder
+    low_level_channels: int = 48  # skip-path projection width (the paper: 48)
+    aspp_rates: tuple[int, int, int] = (6, 12, 18)  # at output stride 16
+    aspp_dropout: float = 0.5
+    decoder_dropout: tuple[float, float] = (0.5, 0.2)
+    attention_size: tuple[int, int] = (60, 80)  # PAM grid (h, w): CamVid 60x80, Cityscapes 86x86
+    pam_block: int = 512  # query rows per block in the exact blocked PAM
+    pam_impl: str = "sdpa"  # "sdpa" (training), "blocked" (export), "naive" (reference)
+    input_size: tuple[int, int] = (360, 480)  # (H, W) the model is exported at
+    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)  # on 0..1 RGB
+    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ModelConfig:
+        names = set(cls.__dataclass_fields__)
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise ValueError(f"unknown model config keys {unknown}; valid: {sorted(names)}")
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def normalise(images: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+    """[B, 3, H, W] in 0..1 -> normalised input (the exported graph does the same from uint8)."""
+    m = torch.tensor(mean, dtype=images.dtype).view(1, 3, 1, 1)
+    s = torch.tensor(std, dtype=images.dtype).view(1, 3, 1, 1)
+    return (images - m) / s
+
+
+def conv_bn_relu(
+    cin: int, cout: int, k: int, dilation: int = 1, separable: bool = False
+) -> nn.Sequential:
+    pad = dilation * (k // 2)
+    if separable and k > 1:
+        return nn.Sequential(
+            nn.Conv2d(cin, cin, k, padding=pad, dilation=dilation, groups=cin, bias=False),
+            nn.BatchNorm2d(cin),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(cin, cout, 1, bias=False),
+            nn.BatchNorm2d(cout),
+            nn.ReLU(inplace=True),
+        )
+    return nn.Sequential(
+        nn.Conv2d(cin, cout, k, padding=pad, dilation=dilation, bias=False),
+        nn.BatchNorm2d(cout),
+        nn.ReLU(inplace=True),
+    )
+
+
+class ASPP(nn.Module):
+    def __init__(
+        self, cin: int, width: int, rates: tuple[int, ...], dropout: float, separable: bool
+    ):
+        super().__init__()
+        self.branches = nn.ModuleList(
+            [conv_bn_relu(cin, width, 1)]
+            + [conv_bn_relu(cin, width, 3, r, separable) for r in rates]
+        )
+        self.pool = nn.Sequential(
+            nn.AdaptiveAvgPool2d(1),
+            nn.Conv2d(cin, width, 1, bias=False),
+            nn.BatchNorm2d(width),
+            nn.ReLU(inplace=True),
+        )
+        self.project = nn.Sequential(
+            conv_bn_relu(width * (len(rates) + 2), width, 1), nn.Dropout(dropout)
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pooled = self.pool(x).expand(-1, -1, x.shape[2], x.shape[3])
+        return self.project(torch.cat([b(x) for b in self.branches] + [pooled], dim=1))
+
+
+class DeepLabV3PlusDecoder(nn.Module):
+    """ASPP on stride-16 features, fused with projected stride-4 features, two 3x3 convs."""
+
+    def __init__(self, low_channels: int, high_channels: int, cfg: ModelConfig) -> None:
+        super().__init__()
+        w = cfg.decoder_width
+        self.aspp = ASPP(high_channels, w, cfg.aspp_rates, cfg.aspp_dropout, cfg.separable)
+        self.low_project = conv_bn_relu(low_channels, cfg.low_level_channels, 1)
+        self.fuse = nn.Sequential(
+            conv_bn_relu(w + cfg.low_level_channels, w, 3, separable=cfg.separable),
+            nn.Dropout(cfg.decoder_dropout[0]),
+            conv_bn_relu(w, w, 3, separable=cfg.separable),
+            nn.Dropout(cfg.decoder_dropout[1]),
+        )
+        self.feature_channels = w + cfg.low_level_channels
+
+    def forward(self, low: torch.Tensor, high: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        high = F.interpolate(
+            self.aspp(high), size=low.shape[-2:], mode="bilinear", align_corners=False
+        )
+        skip = torch.cat([high, self.low_project(low)], dim=1)  # [B, w + 48, H/4, W/4]
+        return self.fuse(skip), skip
+
+
+def pam_naive(p: torch.Tensor) -> torch.Tensor:
+    """Reference PAM output P Aᵀ with A = softmax(PᵀP): p [B, C, N] -> [B, C, N]. O(N²) memory."""
+    attention = torch.softmax(p.transpose(1, 2) @ p, dim=-1)  # [B, N, N]
+    return p @ attention.transpose(1, 2)
+
+
+def pam_blocked(p: torch.Tensor, block: int) -> torch.Tensor:
+    """Exact PAM in static query blocks: O(block·N) memory; exports without an N x N tensor."""
+    pt = p.transpose(1, 2)  # [B, N, C]
+    outs = []
+    for start in range(0, pt.shape[1], block):
+        energy = pt[:, start : start + block] @ p  # [B, b, N]
+        outs.append(torch.softmax(energy, dim=-1) @ pt)  # [B, b, C]
+    return torch.cat(outs, dim=1).transpose(1, 2)
+
+
+def pam_sdpa(p: torch.Tensor) -> torch.Tensor:
+    """Exact PAM through fused attention (query = key = value = Pᵀ, scale 1)."""
+    pt = p.transpose(1, 2).contiguous()  # contiguous, else SDPA falls back to the N x N path
+    return F.scaled_dot_product_attention(pt, pt, pt, scale=1.0).transpose(1, 2)
+
+
+class DifficultyHead(nn.Module):
+    """The DEAL branch: softmax -> probability attention -> 1x1 conv -> difficulty logits."""
+
+    def __init__(
+        self, num_classes: int, attention_size: tuple[int, int], pam_block: int, pam_impl: str
+    ):
+        super().__init__()
+        if pam_impl not in {"sdpa", "blocked", "naive"}:
+            raise ValueError(f"pam_impl {pam_impl!r}; choose one of ['blocked', 'naive', 'sdpa']")
+        self.attention_size = tuple(attention_size)
+        self.pam_block = pam_block
+        self.pam_impl = pam_impl
+        self.gamma = nn.Parameter(torch.zeros(1))
+        self.classifier = nn.Conv2d(num_classes, 1, 1)
+
+    def attend(self, p: torch.Tensor) -> torch.Tensor:
+        if self.pam_impl == "naive":
+            return pam_naive(p)
+        if self.pam_impl == "blocked":
+            return pam_blocked(p, self.pam_block)
+        return pam_sdpa(p)
+
+    def forward(self, logits: torch.Tensor) -> torch.Tensor:
+        """logits [B, C, h4, w4] -> difficulty logits [B, 1, h, w] on the attention grid."""
+        x = F.interpolate(logits, size=self.attention_size, mode="bilinear", align_corners=False)
+        b, c, h, w = x.shape
+        p = torch.softmax(x, dim=1).reshape(b, c, h * w)  # [B, C, N]
+        q = self.gamma * self.attend(p) + p
+        return self.classifier(q.reshape(b, c, h, w))
+
+
+@dataclass
+class DEALOutput:
+    logits: torch.Tensor  # [B, C, H/4, W/4]
+    difficulty_logits: torch.Tensor  # [B, 1, h, w] attention grid
+    features: torch.Tensor  # [B, w + 48, H/4, W/4] decoder input (ASPP ⊕ skip), for embeddings
+    input_size: tuple[int, int] = field(default=(0, 0))
+
+    def full_logits(self) -> torch.Tensor:
+        """Segmentation logits bilinearly resized to the input size: [B, C, H, W]."""
+        return F.interpolate(
+            self.logits, size=self.input_size, mode="bilinear", align_corners=False
+        )
+
+    def difficulty(self) -> torch.Tensor:
+        """Difficulty map in (0, 1) at input size: [B, H, W]."""
+        up = F.interpolate(
+            self.difficulty_logits, size=self.input_size, mode="bilinear", align_corners=False
+        )
+        return torch.sigmoid(up)[:, 0]
+
+
+class DEALNet(nn.Module):
+    def __init__(
+        self, cfg: ModelConfig, pretrained: bool = True, encoder_weights: Path | None = None
+    ):
+        super().__init__()
+        self.cfg = cfg
+        self.encoder = build_encoder(cfg.encoder, pretrained, encoder_weights)
+        self.decoder = DeepLabV3PlusDecoder(
+            self.encoder.low_channels, self.encoder.out_channels, cfg
+        )
+        self.segmentation_head = nn.Conv2d(cfg.decoder_width, cfg.num_classes, 1)
+        self.difficulty_head = DifficultyHead(
+            cfg.num_classes, cfg.attention_size, cfg.pam_block, cfg.pam_impl
+        )
+
+    def forward(self, x: torch.Tensor) -> DEALOutput:
+        """x: normalised images [B, 3, H, W] (any size; SAME padding handles odd strides)."""
+        h, w = x.shape[-2:]
+        low, high = self.encoder(x)
+        decoded, features = self.decoder(low, high)
+        logits = self.segmentation_head(decoded)
+        return DEALOutput(logits, self.difficulty_head(logits), features, (h, w))
+
+    def param_groups(self, lr: float) -> list[dict[str, Any]]:
+        """The paper's optimiser groups: backbone at lr, heads and gamma at 10x lr."""
+        backbone = list(self.encoder.parameters())
+        ids = {id(p) for p in backbone}
+        heads = [p for p in self.parameters() if id(p) not in ids]
+        return [{"params": backbone, "lr": lr}, {"params": heads, "lr": 10 * lr}]
