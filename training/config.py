@@ -57,7 +57,7 @@ PRESETS: dict[str, Preset] = {
         ModelConfig(
             decoder_width=96, separable=True, attention_size=(30, 40), input_size=(180, 240)
         ),
-        TrainConfig(epochs=12, batch_size=8, crop=(176, 176), scale=(0.75, 1.5), val_every=3),
+        TrainConfig(epochs=8, batch_size=8, crop=(176, 176), scale=(0.75, 1.5), val_every=2),
     ),
 }
 

@@ -32,8 +32,10 @@ class ModelConfig:
     pam_block: int = 512  # query rows per block in the exact blocked PAM
     pam_impl: str = "sdpa"  # "sdpa" (training), "blocked" (export), "naive" (reference)
     input_size: tuple[int, int] = (360, 480)  # (H, W) the model is exported at
-    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)  # on 0..1 RGB
-    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    # Input normalisation on 0..1 RGB: EfficientNet-Lite's own (127/255, 128/255); ImageNet
+    # statistics (0.485, 0.456, 0.406) / (0.229, 0.224, 0.225) for torchvision-style backbones.
+    mean: tuple[float, float, float] = (0.498, 0.498, 0.498)
+    std: tuple[float, float, float] = (0.502, 0.502, 0.502)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ModelConfig:
