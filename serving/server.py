@@ -1,0 +1,616 @@
+"""Start, watch and stop the real `tritonserver` bundled with nvidia-pytriton (DESIGN 5).
+
+The bundled binary (2.51) runs our Python-backend model on CPU when it is started like this:
+a backend directory `B/python/` of symlinks to the bundled `libtriton_python.so`,
+`triton_python_backend_utils.py` and the stub built for this Python's major.minor; this venv's
+`bin` first on PATH and this Python's `LIBDIR` on LD_LIBRARY_PATH (so the stub embeds this
+Python and sees this venv's numpy and onnxruntime); loopback addresses and free ports.
+
+`TritonServer` is the whole life cycle and a context manager; `ServerState` is the JSON state file
+that lets `deal-serve stop/status` find a server started with `--background` by another process.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import json
+import os
+import re
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import sysconfig
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from dealseg.serving.contract import MODEL_NAME
+
+SHM_DIR = Path("/dev/shm")
+SHM_PREFIX = "triton_python_backend_shm_region_"
+STUB_NAME = "triton_python_backend_stub"
+LOG_TAIL_LINES = 25
+
+
+class ServerError(RuntimeError):
+    """tritonserver could not be found, started or stopped; the message says why and what to do."""
+
+    def __init__(self, message: str, failed_models: tuple[str, ...] = ()) -> None:
+        super().__init__(message)
+        self.failed_models = failed_models
+
+
+class _PortInUse(ServerError):
+    """Another process holds one of the server's ports."""
+
+
+_PORT_IN_USE = re.compile(r"failed to start \w+ service: .*already in use")
+
+
+def default_state_file() -> Path:
+    """Where `deal-serve start --background` records its server unless told otherwise."""
+    state_home = os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state"
+    return Path(state_home) / "dealseg" / "serve.json"
+
+
+@dataclass
+class ServerState:
+    """What another process needs to check on or stop a running server."""
+
+    pid: int
+    host: str
+    http_port: int
+    grpc_port: int
+    metrics_port: int
+    repository: str
+    log_path: str
+    workdir: str  # backend dir (and log, unless given) of this server; removed on stop
+    shm_before: list[str] = field(default_factory=list)  # shm regions that existed before start
+    started_at: float = 0.0
+    exit_timeout: int = 10  # --exit-timeout-secs given to tritonserver
+    server_id: str = ""  # --id given to tritonserver; its /v2 metadata answers with it
+
+    @property
+    def client_host(self) -> str:
+        """Address clients connect to: the bind address, or loopback for a wildcard bind."""
+        return "127.0.0.1" if self.host in ("0.0.0.0", "", "::") else self.host
+
+    @property
+    def url_http(self) -> str:
+        """`host:port` of the HTTP endpoint, as tritonclient and `deal-client --url` take it."""
+        return f"{self.client_host}:{self.http_port}"
+
+    @property
+    def url_grpc(self) -> str:
+        return f"{self.client_host}:{self.grpc_port}"
+
+    @property
+    def url_metrics(self) -> str:
+        return f"http://{self.client_host}:{self.metrics_port}/metrics"
+
+    def save(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(path.suffix + ".tmp")
+        tmp.write_text(json.dumps(asdict(self), indent=2) + "\n")
+        tmp.replace(path)
+
+    @classmethod
+    def load(cls, path: Path) -> ServerState:
+        try:
+            return cls(**json.loads(Path(path).read_text()))
+        except FileNotFoundError:
+            raise ServerError(f"no server state file at {path}; is a server running?") from None
+        except (ValueError, TypeError) as exc:
+            raise ServerError(f"{path} is not a deal-serve state file: {exc}") from exc
+
+
+@dataclass(frozen=True)
+class Bundle:
+    """Paths inside the installed nvidia-pytriton distribution."""
+
+    tritonserver: Path
+    python_backend: Path  # folder with libtriton_python.so and triton_python_backend_utils.py
+    stub: Path  # triton_python_backend_stub for this Python
+
+
+def find_bundle() -> Bundle:
+    """Locate the tritonserver that nvidia-pytriton bundles, without importing pytriton."""
+    spec = importlib.util.find_spec("pytriton")
+    if spec is None or not spec.submodule_search_locations:
+        raise ServerError(
+            "the bundled Triton server comes with nvidia-pytriton, which is not installed; "
+            "install it with `pip install 'dealseg[serve]'` (nvidia-pytriton==0.7.0), or run "
+            "Triton in its container (`deal-serve start --docker`)"
+        )
+    root = Path(next(iter(spec.submodule_search_locations))) / "tritonserver"
+    version = f"{sys.version_info.major}.{sys.version_info.minor}"
+    bundle = Bundle(
+        tritonserver=root / "bin" / "tritonserver",
+        python_backend=root / "backends" / "python",
+        stub=root / "python_backend_stubs" / version / STUB_NAME,
+    )
+    if not bundle.stub.exists():
+        stubs = sorted(p.name for p in (root / "python_backend_stubs").glob("*"))
+        raise ServerError(
+            f"nvidia-pytriton has no Python-backend stub for Python {version} "
+            f"(it has {', '.join(stubs) or 'none'}); use one of those Python versions"
+        )
+    for path in (bundle.tritonserver, bundle.python_backend / "libtriton_python.so"):
+        if not path.exists():
+            raise ServerError(f"{path} is missing; reinstall nvidia-pytriton==0.7.0")
+    return bundle
+
+
+def make_backend_dir(bundle: Bundle, directory: Path) -> Path:
+    """`directory/python/` of symlinks to the bundled Python backend and stub; returns directory."""
+    python_dir = directory / "python"
+    python_dir.mkdir(parents=True, exist_ok=True)
+    links = {
+        "libtriton_python.so": bundle.python_backend / "libtriton_python.so",
+        "triton_python_backend_utils.py": bundle.python_backend / "triton_python_backend_utils.py",
+        STUB_NAME: bundle.stub,
+    }
+    for name, target in links.items():
+        link = python_dir / name
+        link.unlink(missing_ok=True)
+        link.symlink_to(target)
+    return directory
+
+
+def server_env() -> dict[str, str]:
+    """Environment for tritonserver: this venv's bin first on PATH, this Python's LIBDIR first."""
+    env = dict(os.environ)
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+    libdir = sysconfig.get_config_var("LIBDIR") or ""
+    env["LD_LIBRARY_PATH"] = os.pathsep.join(
+        p for p in (libdir, env.get("LD_LIBRARY_PATH", "")) if p
+    )
+    return env
+
+
+def _port_free(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        try:
+            s.bind((host if host not in ("", "0.0.0.0") else "127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def free_ports(host: str, count: int) -> list[int]:
+    """`count` distinct ports free on `host` right now."""
+    sockets = []
+    try:
+        for _ in range(count):
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            s.bind((host if host not in ("", "0.0.0.0") else "127.0.0.1", 0))
+            sockets.append(s)
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
+
+
+class TritonServer:
+    """The real bundled tritonserver serving `model_repository`.
+
+    >>> with TritonServer(repo) as server:          # doctest: +SKIP
+    ...     client = tritonclient.grpc.InferenceServerClient(server.url_grpc)
+
+    Ports left at 0 are picked free on `host`. `start` waits until `/v2/health/ready` answers or
+    raises ServerError with the log tail and the models that failed to load.
+    """
+
+    def __init__(
+        self,
+        model_repository: Path,
+        *,
+        host: str = "127.0.0.1",
+        http_port: int = 0,
+        grpc_port: int = 0,
+        metrics_port: int = 0,
+        timeout: float = 120.0,
+        log_path: Path | None = None,
+        log_verbose: int = 0,
+        exit_timeout: int = 10,
+    ) -> None:
+        self.model_repository = Path(model_repository).resolve()
+        self.host = host
+        self.ports = (http_port, grpc_port, metrics_port)
+        self.timeout = timeout
+        self.log_path = Path(log_path) if log_path else None
+        self.log_verbose = log_verbose
+        self.exit_timeout = exit_timeout
+        self.state: ServerState | None = None
+        self._process: subprocess.Popen[bytes] | None = None
+
+    # -- life cycle -----------------------------------------------------------------------
+    def start(self) -> TritonServer:
+        """Launch tritonserver and wait until it and the model are ready (see class doc)."""
+        if self.state is not None:
+            raise ServerError("server already started")
+        self._check_repository()
+        bundle = find_bundle()
+        for attempt in range(3):  # a free port picked by us can be taken before Triton binds it
+            try:
+                self._launch(bundle)
+                self._wait_ready()
+                return self
+            except _PortInUse as exc:
+                self.stop()
+                if attempt == 2 or all(self.ports):
+                    raise ServerError(str(exc)) from None
+            except BaseException:
+                self.stop()
+                raise
+        raise AssertionError("unreachable")
+
+    def _check_repository(self) -> None:
+        if not (self.model_repository / MODEL_NAME / "config.pbtxt").is_file():
+            found = sorted(p.parent.name for p in self.model_repository.glob("*/config.pbtxt"))
+            raise ServerError(
+                f"{self.model_repository} has no model '{MODEL_NAME}' (no "
+                f"{MODEL_NAME}/config.pbtxt; models there: {', '.join(found) or 'none'}); write "
+                f"it with `deal-export repository --repo {self.model_repository}`"
+            )
+
+    def _pick_ports(self) -> tuple[int, int, int]:
+        """The given ports (checked free) with zeros replaced by free ports."""
+        for what, port in zip(("http", "grpc", "metrics"), self.ports, strict=True):
+            if port and not _port_free(self.host, port):
+                raise ServerError(
+                    f"{what} port {port} on {self.host} is in use; pass --{what}-port with "
+                    "another port, or 0 for a free one"
+                )
+        picked = iter(free_ports(self.host, 3))
+        http, grpc, metrics = (port or next(picked) for port in self.ports)
+        return http, grpc, metrics
+
+    def _launch(self, bundle: Bundle) -> None:
+        http, grpc, metrics = self._pick_ports()
+        workdir = Path(tempfile.mkdtemp(prefix="dealseg-triton-"))
+        backend_dir = make_backend_dir(bundle, workdir / "backends")
+        log_path = self.log_path or workdir / "tritonserver.log"
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        server_id = f"dealseg-{os.getpid()}-{secrets.token_hex(4)}"
+        command = [
+            str(bundle.tritonserver),
+            f"--id={server_id}",  # tells our server from another one answering on a shared port
+            f"--model-repository={self.model_repository}",
+            f"--backend-directory={backend_dir}",
+            f"--http-address={self.host}",
+            f"--grpc-address={self.host}",
+            f"--metrics-address={self.host}",
+            f"--http-port={http}",
+            f"--grpc-port={grpc}",
+            f"--metrics-port={metrics}",
+            f"--log-verbose={self.log_verbose}",
+            # On SIGTERM Triton waits this long for in-flight requests and idle client connections.
+            f"--exit-timeout-secs={self.exit_timeout}",
+        ]
+        shm_before = sorted(_shm_regions())
+        try:
+            with open(log_path, "wb") as log:
+                self._process = subprocess.Popen(
+                    command,
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    env=server_env(),
+                    start_new_session=True,  # Ctrl-C reaches us, not the server; we stop it
+                )
+        except OSError as exc:
+            shutil.rmtree(workdir, ignore_errors=True)
+            raise ServerError(f"cannot run {bundle.tritonserver}: {exc}") from exc
+        self.state = ServerState(
+            pid=self._process.pid,
+            host=self.host,
+            http_port=http,
+            grpc_port=grpc,
+            metrics_port=metrics,
+            repository=str(self.model_repository),
+            log_path=str(log_path),
+            workdir=str(workdir),
+            shm_before=shm_before,
+            started_at=time.time(),
+            exit_timeout=self.exit_timeout,
+            server_id=server_id,
+        )
+
+    def stop(self, timeout: float | None = None) -> None:
+        """SIGTERM, wait (default: exit_timeout + 20 s), SIGKILL; then reap stubs, shm, workdir."""
+        if self.state is None:
+            return
+        stop_server(self.state, timeout=timeout, process=self._process)
+        self.state, self._process = None, None
+
+    def returncode(self) -> int | None:
+        """The server's exit code once it has exited on its own, else None."""
+        return self._process.poll() if self._process is not None else None
+
+    def __enter__(self) -> TritonServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # -- endpoints ------------------------------------------------------------------------
+    def _running(self) -> ServerState:
+        if self.state is None:
+            raise ServerError("server is not running")
+        return self.state
+
+    @property
+    def pid(self) -> int:
+        return self._running().pid
+
+    @property
+    def http_port(self) -> int:
+        return self._running().http_port
+
+    @property
+    def grpc_port(self) -> int:
+        return self._running().grpc_port
+
+    @property
+    def metrics_port(self) -> int:
+        return self._running().metrics_port
+
+    @property
+    def url_http(self) -> str:
+        """`host:port` of the HTTP endpoint (tritonclient's `url`)."""
+        return self._running().url_http
+
+    @property
+    def url_grpc(self) -> str:
+        return self._running().url_grpc
+
+    @property
+    def url_metrics(self) -> str:
+        return self._running().url_metrics
+
+    def _wait_ready(self) -> None:
+        state = self._running()
+        deadline = time.monotonic() + self.timeout
+        while time.monotonic() < deadline:
+            code = self._process.poll() if self._process else None
+            if code is not None:
+                raise _failure(state, f"tritonserver exited with code {code}")
+            in_use = _PORT_IN_USE.search(_read_log(state))
+            if in_use:  # Triton keeps running without that endpoint; we do not
+                raise _PortInUse(_failure(state, f"tritonserver {in_use.group(0)}").args[0])
+            if _is_ready(state):
+                return
+            time.sleep(0.2)
+        raise _failure(state, f"tritonserver was not ready after {self.timeout:.0f} s")
+
+
+# -- talking to a server -------------------------------------------------------------------
+def http_get(state: ServerState, path: str, timeout: float = 2.0) -> tuple[int, Any]:
+    """(status, parsed JSON or None) of GET `path` on the server's HTTP endpoint; 0 if down."""
+    return _http(state, "GET", path, timeout)
+
+
+def _http(state: ServerState, method: str, path: str, timeout: float) -> tuple[int, Any]:
+    data = b"{}" if method == "POST" else None
+    request = urllib.request.Request(f"http://{state.url_http}{path}", data=data, method=method)
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            body = response.read()
+            return response.status, json.loads(body) if body else None
+    except urllib.error.HTTPError as exc:
+        return exc.code, None
+    except (OSError, ValueError):
+        return 0, None
+
+
+def _is_ready(state: ServerState) -> bool:
+    """Ready, and it is our server that answers (not another one sharing the port)."""
+    if http_get(state, "/v2/health/ready")[0] != 200:
+        return False
+    code, metadata = http_get(state, "/v2")
+    if code != 200 or not isinstance(metadata, dict):
+        return False
+    return not state.server_id or metadata.get("name") == state.server_id
+
+
+def server_status(state: ServerState) -> dict[str, Any]:
+    """Whether the recorded server lives and is ready, each model's state, and its addresses."""
+    alive = _process_alive(state.pid) and _is_our_tritonserver(state)
+    ready = alive and _is_ready(state)
+    models: dict[str, str] = {}
+    if alive:
+        code, index = _http(state, "POST", "/v2/repository/index", 2.0)
+        if code == 200 and isinstance(index, list):
+            models = {m["name"]: m.get("state", "UNKNOWN") for m in index}
+    return {
+        "pid": state.pid,
+        "alive": alive,
+        "ready": ready,
+        "models": models,
+        "model_ready": models.get(MODEL_NAME) == "READY",
+        "http": state.url_http,
+        "grpc": state.url_grpc,
+        "metrics": state.url_metrics,
+        "repository": state.repository,
+        "log": state.log_path,
+    }
+
+
+def stop_server(
+    state: ServerState,
+    timeout: float | None = None,
+    process: subprocess.Popen[bytes] | None = None,
+) -> None:
+    """Stop the server of `state` (ours, possibly started by another process) and clean up.
+
+    SIGTERM lets Triton finish in-flight requests and unload models; after `timeout` (default:
+    its exit timeout + 20 s) it is SIGKILLed. Then any Python-backend stub it left is killed,
+    the shared-memory regions it created are removed, and its workdir is deleted.
+    """
+    timeout = state.exit_timeout + 20.0 if timeout is None else timeout
+    stubs = _stub_processes(state)
+    if _is_our_tritonserver(state):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(state.pid, signal.SIGTERM)
+        if not _wait_exit(state.pid, timeout, process):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(state.pid, signal.SIGKILL)
+            _wait_exit(state.pid, 5.0, process)
+    if process is not None:
+        process.poll()  # reap our child even when it died before we asked it to stop
+    leftover = _stub_processes(state)  # stubs still running without their server
+    for pid in leftover:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+    for pid in leftover:
+        if not _wait_exit(pid, 5.0):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+            _wait_exit(pid, 2.0)
+    regions = set(stubs.values()) | set(leftover.values())
+    _remove_shm_regions(state, stub_regions=regions)
+    shutil.rmtree(state.workdir, ignore_errors=True)
+
+
+# -- processes and shared memory -----------------------------------------------------------
+def _process_alive(pid: int) -> bool:
+    """True while `pid` exists and is not a zombie."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+
+
+def _cmdline(pid: int | str) -> list[str]:
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return []
+    return [a.decode(errors="replace") for a in raw.split(b"\0") if a]
+
+
+def _is_our_tritonserver(state: ServerState) -> bool:
+    """Guards against a recycled pid: the process must be tritonserver on our repository."""
+    args = _cmdline(state.pid)
+    return bool(args) and args[0].endswith("tritonserver") and (
+        f"--model-repository={state.repository}" in args
+    )
+
+
+def _wait_exit(pid: int, timeout: float, process: subprocess.Popen[bytes] | None = None) -> bool:
+    if process is not None:  # our child: wait() also reaps it
+        try:
+            process.wait(timeout)
+            return True
+        except subprocess.TimeoutExpired:
+            return False
+    deadline = time.monotonic() + timeout
+    while _process_alive(pid):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+def _stub_processes(state: ServerState) -> dict[int, str]:
+    """Python-backend stubs of this server: pid -> the shm region named on their command line.
+
+    A stub is ours when it runs from our backend dir (its argv[0]): each server has its own.
+    """
+    backend = str(Path(state.workdir) / "backends")
+    stubs: dict[int, str] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        args = _cmdline(entry.name)
+        if not args or not args[0].endswith(STUB_NAME):
+            continue
+        if args[0].startswith(backend):
+            region = next((a.lstrip("/") for a in args if SHM_PREFIX in a), "")
+            stubs[int(entry.name)] = region
+    return stubs
+
+
+def _shm_regions() -> set[str]:
+    return {p.name for p in SHM_DIR.glob(SHM_PREFIX + "*")}
+
+
+def _mapped_shm_regions() -> set[str]:
+    """Python-backend shm regions some live process has mapped."""
+    mapped: set[str] = set()
+    for maps in Path("/proc").glob("[0-9]*/maps"):
+        with contextlib.suppress(OSError):
+            mapped.update(re.findall(r"/dev/shm/(" + SHM_PREFIX + r"\S+)", maps.read_text()))
+    return mapped
+
+
+def _remove_shm_regions(state: ServerState, stub_regions: set[str]) -> None:
+    """Remove the regions this server created: those its stubs named, and any region new since
+    its start that no live process maps (another server's regions are always mapped)."""
+    stub_regions = {r for r in stub_regions if r}
+    new = _shm_regions() - set(state.shm_before)
+    in_use = _mapped_shm_regions()
+    for name in (stub_regions & _shm_regions()) | (new - in_use):
+        with contextlib.suppress(FileNotFoundError):
+            (SHM_DIR / name).unlink()
+
+
+# -- failure messages ----------------------------------------------------------------------
+_FAILED_LOAD = re.compile(r"failed to load '([^']+)'(?: version \d+)?: (.*)")
+_MODEL_TABLE_ROW = re.compile(r"^\|\s*(\S+)\s*\|\s*\d+\s*\|\s*UNAVAILABLE: (.*?)\s*\|\s*$")
+
+
+def failed_models(log_text: str) -> dict[str, str]:
+    """Model name -> one-line reason, for every model the server log says failed to load."""
+    failures: dict[str, str] = {}
+    for line in log_text.splitlines():
+        match = _FAILED_LOAD.search(line) or _MODEL_TABLE_ROW.search(line)
+        if match:
+            reason = match.group(2).split("\\n")[0].strip().rstrip('"').strip()
+            failures.setdefault(match.group(1), reason)
+    return failures
+
+
+# Harmless on a CPU-only machine (DESIGN 5), and the boxed tables Triton prints at start.
+_LOG_NOISE = re.compile(r"CUDA|Cuda|NVML|DCGM|pinned memory|^\s*[|+]|\]\s*$")
+
+
+def log_tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
+    """The last `lines` informative lines of a server log (GPU noise and tables left out)."""
+    try:
+        text = Path(path).read_text(errors="replace")
+    except OSError:
+        return "(no log)"
+    kept = [line for line in text.splitlines() if line.strip() and not _LOG_NOISE.search(line)]
+    return "\n".join(kept[-lines:])
+
+
+def _read_log(state: ServerState) -> str:
+    try:
+        return Path(state.log_path).read_text(errors="replace")
+    except OSError:
+        return ""
+
+
+def _failure(state: ServerState, what: str) -> ServerError:
+    """ServerError naming the models that failed to load, with the log's last lines."""
+    text = _read_log(state)
+    failures = failed_models(text)
+    lines = [what + "."]
+    for name, reason in failures.items():
+        lines.append(f"model '{name}' failed to load: {reason}")
+    if not failures and "error" not in text.lower():
+        lines.append("no model reported a failure; raise --timeout if the machine is busy")
+    lines.append(f"last lines of {state.log_path}:")
+    lines.append(log_tail(Path(state.log_path)))
+    return ServerError("\n".join(lines), failed_models=tuple(failures))

@@ -1,0 +1,415 @@
+"""Serving against the real bundled tritonserver, started here on free loopback ports.
+
+One module-scoped server runs the tiny exported model with the python-cpu target; the CLI tests
+start (and stop) their own servers.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import tritonclient.grpc as grpcclient
+import tritonclient.http as httpclient
+from tritonclient.utils import InferenceServerException
+
+from dealseg.serving import contract
+from dealseg.serving.contract import MODEL_NAME, OUTPUT_NAMES, SPECS, ModelSpec, check_io
+from dealseg.serving.repository import (
+    BACKEND_MODEL_PY,
+    TARGETS,
+    config_metadata,
+    parse_config,
+    read_onnx_spec,
+    write_repository,
+)
+from dealseg.serving.server import (
+    SHM_DIR,
+    ServerState,
+    TritonServer,
+    _cmdline,
+    _mapped_shm_regions,
+    _stub_processes,
+)
+
+BATCHING = {"max_batch_size": 16, "preferred_batch_sizes": (4, 8, 16), "max_queue_delay_us": 20000}
+CLIENTS = {"grpc": grpcclient, "http": httpclient}
+
+
+# -- fixtures ----------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def spec(tiny_onnx: Path) -> ModelSpec:
+    return read_onnx_spec(tiny_onnx)
+
+
+@pytest.fixture(scope="module")
+def images(spec: ModelSpec) -> np.ndarray:
+    """Five images [5, H, W, 3]: noise, smooth gradients and a constant one."""
+    h, w = spec.input_size
+    rng = np.random.default_rng(0)
+    noise = rng.integers(0, 256, (2, h, w, 3), dtype=np.uint8)
+    y, x = np.mgrid[0:h, 0:w]
+    ramp = np.stack([x * 255 // w, y * 255 // h, (x + y) * 127 // (h + w)], -1).astype(np.uint8)
+    flat = np.full((h, w, 3), 128, np.uint8)
+    return np.concatenate([noise, ramp[None], 255 - ramp[None], flat[None]])
+
+
+@pytest.fixture(scope="module")
+def reference(tiny_onnx: Path):
+    """The same model run in-process by ONNX Runtime: images -> {output name: array}."""
+    session = ort.InferenceSession(str(tiny_onnx), providers=["CPUExecutionProvider"])
+
+    def run(batch: np.ndarray) -> dict[str, np.ndarray]:
+        arrays = session.run(list(OUTPUT_NAMES), {contract.INPUT_NAME: batch})
+        return dict(zip(OUTPUT_NAMES, arrays, strict=True))
+
+    return run
+
+
+@pytest.fixture(scope="module")
+def server(tiny_onnx: Path, tmp_path_factory: pytest.TempPathFactory):
+    repo = tmp_path_factory.mktemp("repo")
+    write_repository(tiny_onnx, repo, "python-cpu", **BATCHING)
+    with TritonServer(repo, timeout=90) as srv:
+        yield srv
+
+
+def make_client(server: TritonServer, protocol: str) -> Any:
+    if protocol == "grpc":
+        return grpcclient.InferenceServerClient(server.url_grpc)
+    return httpclient.InferenceServerClient(server.url_http, concurrency=32)
+
+
+def infer(
+    client: Any, protocol: str, batch: np.ndarray, outputs: tuple[str, ...] = OUTPUT_NAMES
+) -> dict[str, np.ndarray]:
+    module = CLIENTS[protocol]
+    image = module.InferInput(contract.INPUT_NAME, list(batch.shape), "UINT8")
+    image.set_data_from_numpy(batch)
+    requested = [module.InferRequestedOutput(name) for name in outputs]
+    result = client.infer(MODEL_NAME, [image], outputs=requested)
+    return {name: result.as_numpy(name) for name in outputs}
+
+
+def served_io(metadata: dict[str, Any]) -> tuple[dict, dict]:
+    """Triton model metadata in `check_io` form; Triton serves the contract's [B] as [B, 1]."""
+    wire = {"UINT8": "uint8", "FP32": "float32"}
+
+    def convert(tensors: list[dict[str, Any]]) -> dict[str, tuple[str, tuple[int, ...]]]:
+        io = {}
+        for t in tensors:
+            shape = tuple(int(d) for d in t["shape"])
+            if not SPECS[t["name"]].dims and shape[1:] == (1,):
+                shape = shape[:1]
+            io[t["name"]] = (wire.get(t["datatype"], t["datatype"]), shape)
+        return io
+
+    return convert(metadata["inputs"]), convert(metadata["outputs"])
+
+
+def assert_matches_reference(got: dict[str, np.ndarray], want: dict[str, np.ndarray]) -> None:
+    """Triton's outputs equal embedded ONNX Runtime's within the contract's tolerances."""
+    n = len(want["ds"])
+    for name, array in got.items():
+        assert array.dtype == want[name].dtype, name
+        assert array.reshape(n, -1).shape == want[name].reshape(n, -1).shape, name
+    checks = {"ds": contract.TOL_DS, "entropy": contract.TOL_ENTROPY, "de": contract.TOL_DS,
+              "class_fraction": contract.TOL_CLASS_FRACTION}
+    for name, tol in checks.items():
+        if name in got:
+            np.testing.assert_allclose(got[name].reshape(n, -1), want[name].reshape(n, -1),
+                                       atol=tol, err_msg=name)
+    if "embedding" in got:
+        cosine = np.sum(got["embedding"] * want["embedding"], axis=1) / (
+            np.linalg.norm(got["embedding"], axis=1) * np.linalg.norm(want["embedding"], axis=1)
+        )
+        assert cosine.min() >= contract.MIN_EMBEDDING_COSINE
+    if "difficulty" in got:
+        assert np.abs(got["difficulty"].astype(int) - want["difficulty"]).max() <= 1
+    if "segmentation" in got:
+        assert (got["segmentation"] == want["segmentation"]).mean() >= 0.99
+
+
+# -- repository configs (no server) ------------------------------------------------------------
+@pytest.mark.parametrize("target", TARGETS)
+def test_written_config_matches_the_contract(
+    target: str, tiny_onnx: Path, spec: ModelSpec, tmp_path: Path
+) -> None:
+    plan = tmp_path / "engine.plan"
+    plan.write_bytes(b"not really an engine")
+    model_dir = write_repository(
+        tiny_onnx, tmp_path / "repo", target, **BATCHING, instances=2,
+        trt_accelerator=target == "onnxruntime", plan=plan if target == "tensorrt" else None,
+    )
+    config = parse_config(model_dir / "config.pbtxt")
+
+    assert config["name"] == MODEL_NAME
+    assert config["max_batch_size"] == BATCHING["max_batch_size"]
+    batching = config["dynamic_batching"]
+    assert batching["preferred_batch_size"] == list(BATCHING["preferred_batch_sizes"])
+    assert int(batching["max_queue_delay_microseconds"]) == BATCHING["max_queue_delay_us"]
+    (group,) = config["instance_group"]
+    assert group["count"] == 2
+    assert group["kind"] == ("KIND_CPU" if target == "python-cpu" else "KIND_GPU")
+    assert ModelSpec.from_metadata(config_metadata(config)) == spec
+    assert config_metadata(config) | spec.to_metadata() == config_metadata(config)
+
+    declared = {t["name"]: t for t in config["input"] + config["output"]}
+    assert sorted(declared) == sorted(SPECS)
+    for name, tensor in declared.items():
+        dims = tuple(int(d) for d in tensor["dims"])
+        assert dims == (spec.shape(name) or (1,)), name  # batch implicit; [B] served as [B, 1]
+        assert tensor["data_type"] == SPECS[name].triton_dtype
+        assert ("reshape" in tensor) == (not spec.shape(name))
+
+    files = sorted(p.name for p in (model_dir / "1").iterdir())
+    if target == "python-cpu":
+        assert config["backend"] == "python" and files == ["model.onnx", "model.py"]
+        assert int(config_metadata(config)["intra_op_thread_count"]) == 0
+    elif target == "onnxruntime":
+        assert config["platform"] == "onnxruntime_onnx" and files == ["model.onnx"]
+        (accelerator,) = config["optimization"]["execution_accelerators"][
+            "gpu_execution_accelerator"
+        ]
+        assert accelerator["name"] == "tensorrt"
+        assert accelerator["parameters"]["precision_mode"] == "FP16"
+    else:
+        assert config["platform"] == "tensorrt_plan" and "model.plan" in files
+
+
+def test_write_repository_rejects_a_model_outside_the_contract(tmp_path: Path) -> None:
+    garbage = tmp_path / "model.onnx"
+    garbage.write_bytes(b"garbage")
+    with pytest.raises(contract.ContractError, match="not a loadable ONNX model"):
+        write_repository(garbage, tmp_path / "repo")
+
+
+# -- the running server ------------------------------------------------------------------------
+@pytest.mark.triton
+def test_server_ready_and_served_model_equals_the_contract(
+    server: TritonServer, spec: ModelSpec
+) -> None:
+    client = httpclient.InferenceServerClient(server.url_http)
+    try:
+        assert client.is_server_ready() and client.is_model_ready(MODEL_NAME)
+        metadata = client.get_model_metadata(MODEL_NAME)
+        config = client.get_model_config(MODEL_NAME)
+    finally:
+        client.close()
+
+    check_io(spec, *served_io(metadata))  # raises ContractError listing any difference
+    assert ModelSpec.from_metadata(config_metadata(config)) == spec
+    assert config["max_batch_size"] == BATCHING["max_batch_size"]
+    assert config["dynamic_batching"]["preferred_batch_size"] == [4, 8, 16]
+
+
+@pytest.mark.triton
+@pytest.mark.parametrize("protocol", ["grpc", "http"])
+def test_inference_equals_embedded_onnxruntime(
+    server: TritonServer, protocol: str, images: np.ndarray, reference
+) -> None:
+    client = make_client(server, protocol)
+    try:
+        batch = infer(client, protocol, images)
+        single = infer(client, protocol, images[2:3], ("ds", "embedding"))
+    finally:
+        client.close()
+
+    assert_matches_reference(batch, reference(images))
+    assert sorted(single) == ["ds", "embedding"]
+    assert_matches_reference(single, reference(images[2:3]))
+
+
+@pytest.mark.triton
+def test_dynamic_batching_batches_concurrent_requests(
+    server: TritonServer, images: np.ndarray, reference
+) -> None:
+    def model_stats(client: Any) -> tuple[int, int]:
+        (stats,) = client.get_inference_statistics(MODEL_NAME, as_json=True)["model_stats"]
+        return int(stats.get("inference_count", 0)), int(stats.get("execution_count", 0))
+
+    client = make_client(server, "grpc")
+    try:
+        before = model_stats(client)
+        picks = [i % len(images) for i in range(32)]
+        with ThreadPoolExecutor(32) as pool:
+            results = list(
+                pool.map(lambda i: infer(client, "grpc", images[i : i + 1], ("ds",)), picks)
+            )
+        after = model_stats(client)
+    finally:
+        client.close()
+
+    inferences, executions = after[0] - before[0], after[1] - before[1]
+    assert inferences == 32
+    assert executions < inferences  # the dynamic batcher merged requests
+    expected = reference(images)["ds"]
+    got = np.array([r["ds"].item() for r in results])
+    np.testing.assert_allclose(got, expected[picks], atol=contract.TOL_DS)  # split back right
+
+
+@pytest.mark.triton
+@pytest.mark.parametrize("protocol", ["grpc", "http"])
+def test_malformed_requests_get_errors_and_the_server_keeps_serving(
+    server: TritonServer, protocol: str, images: np.ndarray, reference
+) -> None:
+    module = CLIENTS[protocol]
+    h, w = images.shape[1:3]
+    wrong_dtype = module.InferInput(contract.INPUT_NAME, [1, h, w, 3], "FP32")
+    wrong_dtype.set_data_from_numpy(images[:1].astype(np.float32))
+    wrong_shape = module.InferInput(contract.INPUT_NAME, [1, h // 2, w, 3], "UINT8")
+    wrong_shape.set_data_from_numpy(images[:1, : h // 2])
+    client = make_client(server, protocol)
+    try:
+        for inputs, message in [
+            ([wrong_dtype], "data-type is 'FP32'"),
+            ([wrong_shape], "unexpected shape"),
+            ([], "missing required input(s) ['image']"),
+        ]:
+            with pytest.raises(InferenceServerException, match=re.escape(message)):
+                client.infer(MODEL_NAME, inputs)
+            good = infer(client, protocol, images[:1], ("ds",))
+            assert_matches_reference(good, reference(images[:1]))
+    finally:
+        client.close()
+
+
+# -- the CLI: start, status, stop, and failures ------------------------------------------------
+def deal_serve(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "dealseg.serving.cli", *args],
+        capture_output=True, text=True, timeout=timeout,
+    )
+
+
+def our_processes(marker: str) -> list[int]:
+    """Live tritonserver/stub processes whose command line mentions `marker`."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        args = _cmdline(entry.name) if entry.name.isdigit() else []
+        if args and any(marker in a for a in args) and (
+            args[0].endswith("tritonserver") or args[0].endswith("triton_python_backend_stub")
+        ):
+            state = Path(f"/proc/{entry.name}/stat").read_text().rsplit(")", 1)[1].split()[0]
+            if state != "Z":
+                found.append(int(entry.name))
+    return found
+
+
+@pytest.mark.triton
+def test_cli_background_start_status_stop_leaves_nothing_behind(
+    tiny_onnx: Path, tmp_path: Path
+) -> None:
+    repo = tmp_path.resolve() / "repo"
+    write_repository(tiny_onnx, repo, "python-cpu", **BATCHING)
+    state_file = tmp_path / "serve.json"
+    ports = ["--http-port", "0", "--grpc-port", "0", "--metrics-port", "0"]
+    common = ["--state-file", str(state_file)]
+
+    started = deal_serve("start", "--model-repository", str(repo), *ports, *common,
+                         "--background", "--timeout", "90")
+    assert started.returncode == 0, started.stderr + started.stdout
+    assert "Triton ready" in started.stdout
+    try:
+        status = deal_serve("status", *common)
+        report = json.loads(status.stdout)
+        assert status.returncode == 0 and report["ready"] and report["model_ready"]
+        assert report["http"].startswith("127.0.0.1:") and report["grpc"].startswith("127.0.0.1:")
+        state = json.loads(state_file.read_text())
+        stubs = _stub_processes(ServerState(**state))
+        regions = {r for r in stubs.values() if r}
+        assert stubs and regions and all((SHM_DIR / r).exists() for r in regions)
+        assert our_processes(str(repo))
+    finally:
+        stopped = deal_serve("stop", *common)
+    assert stopped.returncode == 0, stopped.stderr
+    assert "stopped pid" in stopped.stdout
+
+    assert our_processes(str(repo)) == []
+    assert not any((SHM_DIR / r).exists() for r in regions)
+    assert not Path(state["workdir"]).exists() and not state_file.exists()
+    after = deal_serve("status", *common)
+    assert after.returncode == 1 and json.loads(after.stdout)["running"] is False
+
+
+@pytest.mark.triton
+def test_stop_after_the_server_was_killed_still_cleans_up(tiny_onnx: Path, tmp_path: Path) -> None:
+    repo = tmp_path.resolve() / "repo"
+    write_repository(tiny_onnx, repo, "python-cpu")
+    server = TritonServer(repo, timeout=90).start()
+    try:
+        state = server.state
+        regions = {r for r in _stub_processes(state).values() if r}
+        assert regions
+        os.kill(server.pid, signal.SIGKILL)  # its Python-backend stub is left behind
+    finally:
+        server.stop()
+    assert our_processes(str(repo)) == []
+    assert not any((SHM_DIR / r).exists() for r in regions)
+    assert not Path(state.workdir).exists()
+
+
+@pytest.mark.triton
+def test_start_with_a_broken_model_fails_naming_the_model(tiny_onnx: Path, tmp_path: Path) -> None:
+    repo = tmp_path.resolve() / "broken"
+    model_dir = write_repository(tiny_onnx, repo, "python-cpu")
+    (model_dir / "1" / "model.onnx").write_bytes(b"this is not an onnx file")
+    regions_before = {p.name for p in SHM_DIR.glob("triton_python_backend_shm_region_*")}
+
+    result = deal_serve("start", "--model-repository", str(repo), "--http-port", "0",
+                        "--grpc-port", "0", "--metrics-port", "0",
+                        "--state-file", str(tmp_path / "serve.json"), "--timeout", "90")
+
+    assert result.returncode == 1
+    assert "model 'deal' failed to load" in result.stderr
+    assert "last lines of" in result.stderr  # the server log's tail
+    assert our_processes(str(repo)) == []
+    regions_after = {p.name for p in SHM_DIR.glob("triton_python_backend_shm_region_*")}
+    assert regions_after - regions_before <= _mapped_shm_regions()  # only other servers' regions
+
+
+def test_cli_docker_prints_the_ngc_command(tmp_path: Path, tiny_onnx: Path) -> None:
+    write_repository(tiny_onnx, tmp_path, "onnxruntime")
+    result = deal_serve("start", "--model-repository", str(tmp_path), "--docker")
+    assert result.returncode == 0
+    assert result.stdout.startswith("docker run --gpus all --rm -p8000:8000 -p8001:8001")
+    assert f"-v {tmp_path.resolve()}:/models nvcr.io/nvidia/tritonserver:" in result.stdout
+    assert "tritonserver --model-repository=/models" in result.stdout
+
+
+@pytest.mark.gpu
+@pytest.mark.triton
+def test_python_backend_runs_on_cuda_when_present(tiny_onnx: Path, tmp_path: Path) -> None:
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        pytest.skip("needs onnxruntime-gpu and a CUDA GPU")
+    write_repository(tiny_onnx, tmp_path, "python-cpu", instance_kind="gpu")
+    log = tmp_path / "triton.log"
+    with TritonServer(tmp_path, log_path=log, timeout=120):
+        assert "serving model.onnx with CUDAExecutionProvider" in log.read_text()
+
+
+
+COMMITTED = Path(__file__).resolve().parents[1] / "model_repository" / MODEL_NAME
+
+
+@pytest.mark.skipif(
+    not (COMMITTED / "config.pbtxt").is_file(), reason="no committed model_repository/deal yet"
+)
+def test_committed_repository_matches_its_model_and_the_backend() -> None:
+    config = parse_config(COMMITTED / "config.pbtxt")
+    spec = read_onnx_spec(COMMITTED / "1" / "model.onnx")
+    assert config["backend"] == "python"
+    assert ModelSpec.from_metadata(config_metadata(config)) == spec
+    for tensor in config["input"] + config["output"]:
+        assert tuple(int(d) for d in tensor["dims"]) == (spec.shape(tensor["name"]) or (1,))
+    assert (COMMITTED / "1" / "model.py").read_text() == BACKEND_MODEL_PY.read_text()
