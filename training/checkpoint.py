@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import os
 import pickle
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -100,7 +99,7 @@ def read_raw(path: Path) -> dict[str, Any]:
             f"{str(exc).splitlines()[0][:200]}). dealseg checkpoints hold only tensors and "
             "plain types; re-save it with `deal-train fit` or convert it to a state dict."
         ) from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as exc:
+    except Exception as exc:  # torch raises many types on damaged files: all mean unreadable
         raise CheckpointError(
             f"{path}: not a readable torch checkpoint (corrupt or truncated?): "
             f"{str(exc).splitlines()[0][:200]}"

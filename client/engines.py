@@ -1,0 +1,340 @@
+"""Inference engines: the exported graph run in-process (ONNX Runtime) or by Triton servers.
+
+An engine has a `spec` (the model's `ModelSpec`, read from the model itself and checked against
+the contract before anything is streamed) and one method:
+
+    infer(images [B, H, W, 3] uint8, outputs) -> {name: array with batch axis first}
+
+`infer` may be called from several threads at once. Transport failures that outlast the retries
+raise `EngineError`; the scorer treats that as fatal (exit 1) with every finished result on disk.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import os
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, Protocol, TypeVar
+
+import numpy as np
+
+from dealseg.serving.contract import (
+    INPUT_NAME,
+    MODEL_NAME,
+    SPECS,
+    ContractError,
+    ModelSpec,
+    check_io,
+)
+
+T = TypeVar("T")
+_ORT_DTYPES = {"tensor(uint8)": "uint8", "tensor(float)": "float32"}
+_ORT_PROVIDERS = ("CUDAExecutionProvider", "CPUExecutionProvider")
+_WIRE_DTYPES = {"UINT8": "uint8", "FP32": "float32"}
+
+
+class EngineError(RuntimeError):
+    """The engine cannot run (unreachable server, failed request after retries, bad model)."""
+
+
+class Engine(Protocol):
+    spec: ModelSpec
+
+    def infer(self, images: np.ndarray, outputs: Sequence[str]) -> dict[str, np.ndarray]: ...
+
+    def close(self) -> None: ...
+
+
+def default_model_path() -> Path:
+    """The shipped model: `model_repository/deal/1/model.onnx` of the dealseg checkout."""
+    checkout = Path(__file__).resolve().parents[1]
+    return checkout / "model_repository" / MODEL_NAME / "1" / "model.onnx"
+
+
+def _check_batch(images: np.ndarray, spec: ModelSpec) -> None:
+    want = (*spec.input_size, 3)
+    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[1:] != want:
+        raise ValueError(
+            f"images must be uint8 [B, {want[0]}, {want[1]}, 3], got {images.dtype} "
+            f"{list(images.shape)}"
+        )
+
+
+# ------------------------------------------------------------------------------------ embedded
+class EmbeddedEngine:
+    """The exported ONNX graph run in this process by ONNX Runtime."""
+
+    def __init__(self, model_path: str | os.PathLike | None = None, threads: int = 0) -> None:
+        import onnxruntime as ort
+
+        path = Path(model_path) if model_path is not None else default_model_path()
+        if not path.is_file():
+            hint = (
+                "pass --model PATH, or export one with `deal-export onnx`"
+                if model_path is None
+                else "check --model"
+            )
+            raise EngineError(f"no ONNX model at {path}; {hint}")
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.log_severity_level = 3  # errors only; ORT's warnings are not the user's business
+        providers = [p for p in _ORT_PROVIDERS if p in ort.get_available_providers()]
+        try:
+            self.session = ort.InferenceSession(str(path), options, providers=providers)
+        except Exception as exc:  # onnxruntime raises its own exception types
+            raise EngineError(f"{path}: not a loadable ONNX model: {exc}") from exc
+        self.path = path
+        try:
+            self.spec = ModelSpec.from_metadata(self.session.get_modelmeta().custom_metadata_map)
+            check_io(self.spec, _ort_io(self.session.get_inputs()),
+                     _ort_io(self.session.get_outputs()))  # fmt: skip
+        except ContractError as exc:
+            raise EngineError(f"{path}: {exc}") from exc
+
+    def infer(self, images: np.ndarray, outputs: Sequence[str]) -> dict[str, np.ndarray]:
+        _check_batch(images, self.spec)
+        values = self.session.run(list(outputs), {INPUT_NAME: images})
+        return dict(zip(outputs, values, strict=True))
+
+    def close(self) -> None:
+        pass
+
+    def describe(self) -> str:
+        return f"ONNX Runtime ({', '.join(self.session.get_providers())}) on {self.path}"
+
+
+def _ort_io(args: Sequence[Any]) -> dict[str, tuple[str, tuple[int | str | None, ...]]]:
+    return {a.name: (_ORT_DTYPES.get(a.type, a.type), tuple(a.shape)) for a in args}
+
+
+# -------------------------------------------------------------------------------------- triton
+def _is_transient(exc: BaseException) -> bool:
+    """Connection refused / reset, server unavailable, or a timeout: worth retrying."""
+    if isinstance(exc, (ConnectionError, TimeoutError)):
+        return True
+    status = getattr(exc, "status", None)
+    text = f"{status() if callable(status) else ''} {exc}".lower()
+    return any(
+        word in text
+        for word in (
+            "unavailable", "deadline", "timed out", "timeout", "connection refused",
+            "connection reset", "failed to connect", "broken pipe", "socket closed",
+            "503", "502", "504", "server is not ready", "no route",
+        )
+    )  # fmt: skip
+
+
+def with_retries(
+    call: Callable[[], T], retries: int, backoff: float, what: str, on_retry: Callable[[], None]
+) -> T:
+    """Run `call`; on a transient error retry up to `retries` times, sleeping backoff * 2**n."""
+    for attempt in itertools.count():
+        try:
+            return call()
+        except Exception as exc:
+            if not _is_transient(exc):
+                raise EngineError(f"{what} failed: {_short(exc)}") from exc
+            if attempt >= retries:
+                raise EngineError(
+                    f"{what} failed after {attempt + 1} attempts: {_short(exc)}"
+                ) from exc
+            time.sleep(backoff * 2**attempt)
+            on_retry()
+    raise AssertionError("unreachable")
+
+
+def _short(exc: BaseException) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) < 300 else text[:300] + "..."
+
+
+class TritonEngine:
+    """The `deal` model served by one or more Triton servers (gRPC or HTTP).
+
+    Requests go round-robin over `urls`; a failed request is retried on the next URL with
+    exponential backoff. Each thread gets its own client per URL (the HTTP client is not
+    thread-safe). The model's spec comes from the served config's parameters and its served
+    inputs/outputs are checked against the contract.
+    """
+
+    def __init__(
+        self,
+        urls: Sequence[str],
+        protocol: str = "grpc",
+        *,
+        ssl: bool = False,
+        root_certs: str | None = None,
+        headers: Mapping[str, str] | None = None,
+        timeout: float = 30.0,
+        retries: int = 3,
+        backoff: float = 0.5,
+    ) -> None:
+        if not urls:
+            raise ValueError("TritonEngine needs at least one URL")
+        if protocol not in ("grpc", "http"):
+            raise ValueError(f"protocol must be 'grpc' or 'http', got {protocol!r}")
+        self.urls = [u.removeprefix("grpc://").removeprefix("http://").removeprefix("https://")
+                     for u in urls]  # fmt: skip
+        self.protocol, self.ssl, self.root_certs = protocol, ssl or bool(root_certs), root_certs
+        self.headers = dict(headers or {})
+        self.timeout, self.retries, self.backoff = timeout, retries, backoff
+        self._local = threading.local()
+        self._turn = itertools.count()
+        self._lock = threading.Lock()
+        self._all_clients: list[Any] = []
+        self.spec = self._read_spec()
+
+    # -- clients ----------------------------------------------------------------------------
+    def _module(self) -> Any:
+        if self.protocol == "grpc":
+            import tritonclient.grpc as module
+        else:
+            import tritonclient.http as module
+        return module
+
+    def _client(self, url: str) -> Any:
+        clients = self._local.__dict__.setdefault("clients", {})
+        if url not in clients:
+            clients[url] = self._connect(url)
+            with self._lock:
+                self._all_clients.append(clients[url])
+        return clients[url]
+
+    def _connect(self, url: str) -> Any:
+        module = self._module()
+        if self.protocol == "grpc":
+            return module.InferenceServerClient(
+                url, ssl=self.ssl, root_certificates=self.root_certs
+            )
+        factory = None
+        if self.root_certs:
+            import ssl as _ssl
+
+            cafile = self.root_certs
+
+            def factory() -> Any:
+                return _ssl.create_default_context(cafile=cafile)
+
+        return module.InferenceServerClient(
+            url,
+            connection_timeout=self.timeout,
+            network_timeout=self.timeout,
+            ssl=self.ssl,
+            ssl_context_factory=factory,
+        )
+
+    def _next_url(self) -> str:
+        with self._lock:
+            return self.urls[next(self._turn) % len(self.urls)]
+
+    def _call(self, what: str, fn: Callable[[Any], T], url: str | None = None) -> T:
+        """fn(client) with retries; a fixed `url`, or round-robin moving on after each failure."""
+        chosen = [url or self._next_url()]
+
+        def attempt() -> T:
+            return fn(self._client(chosen[0]))
+
+        def rotate() -> None:
+            if url is None:
+                chosen[0] = self._next_url()
+
+        return with_retries(attempt, self.retries, self.backoff, what, rotate)
+
+    # -- model spec and contract ------------------------------------------------------------
+    def _timeout_kw(self) -> dict[str, Any]:
+        return {"client_timeout": self.timeout} if self.protocol == "grpc" else {}
+
+    def _read_spec(self) -> ModelSpec:
+        specs = [self._spec_of(url) for url in self.urls]
+        ids = sorted({s.model_id for s in specs})
+        if len(ids) > 1:
+            raise EngineError(f"the servers serve different models: {', '.join(ids)}")
+        return specs[0]
+
+    def _spec_of(self, url: str) -> ModelSpec:
+        kw = {"headers": self.headers, **self._timeout_kw()}
+
+        def ready(client: Any) -> bool:
+            if not client.is_server_ready(**kw):
+                raise ConnectionError("server is not ready")
+            return client.is_model_ready(MODEL_NAME, **kw)
+
+        where = f"Triton at {url} ({self.protocol})"
+        if not self._call(f"{where}: readiness check", ready, url):
+            raise EngineError(f"{where}: model '{MODEL_NAME}' is not loaded or not ready")
+        config = self._call(f"{where}: model config", lambda c: self._config(c, kw), url)
+        meta = self._call(f"{where}: model metadata", lambda c: self._metadata(c, kw), url)
+        try:
+            spec = ModelSpec.from_metadata(
+                {k: v.get("string_value", "") for k, v in config.get("parameters", {}).items()}
+            )
+            check_io(spec, *_served_io(meta, spec))
+        except ContractError as exc:
+            raise EngineError(f"{where}: served model '{MODEL_NAME}': {exc}") from exc
+        return spec
+
+    def _config(self, client: Any, kw: dict[str, Any]) -> dict[str, Any]:
+        if self.protocol == "grpc":
+            return client.get_model_config(MODEL_NAME, as_json=True, **kw)["config"]
+        return client.get_model_config(MODEL_NAME, headers=self.headers)
+
+    def _metadata(self, client: Any, kw: dict[str, Any]) -> dict[str, Any]:
+        if self.protocol == "grpc":
+            return client.get_model_metadata(MODEL_NAME, as_json=True, **kw)
+        return client.get_model_metadata(MODEL_NAME, headers=self.headers)
+
+    # -- inference --------------------------------------------------------------------------
+    def infer(self, images: np.ndarray, outputs: Sequence[str]) -> dict[str, np.ndarray]:
+        _check_batch(images, self.spec)
+        module = self._module()
+        inp = module.InferInput(INPUT_NAME, list(images.shape), "UINT8")
+        inp.set_data_from_numpy(images)
+        if self.protocol == "grpc":
+            requested = [module.InferRequestedOutput(n) for n in outputs]
+        else:
+            requested = [module.InferRequestedOutput(n, binary_data=True) for n in outputs]
+        kw: dict[str, Any] = {"headers": self.headers, **self._timeout_kw()}
+
+        def run(client: Any) -> dict[str, np.ndarray]:
+            result = client.infer(MODEL_NAME, [inp], outputs=requested, **kw)
+            return {n: result.as_numpy(n) for n in outputs}
+
+        got = self._call(f"inference on {len(images)} images", run)
+        b = len(images)
+        return {n: np.asarray(got[n]).reshape(b, *self.spec.shape(n)) for n in outputs}
+
+    def close(self) -> None:
+        with self._lock:
+            clients, self._all_clients = self._all_clients, []
+        for client in clients:
+            with contextlib.suppress(Exception):  # closing is best effort
+                client.close()
+
+    def describe(self) -> str:
+        return f"Triton {self.protocol} at {', '.join(self.urls)}"
+
+
+def _served_io(
+    meta: Mapping[str, Any], spec: ModelSpec
+) -> tuple[dict[str, tuple[str, tuple[int, ...]]], dict[str, tuple[str, tuple[int, ...]]]]:
+    """(inputs, outputs) of Triton model metadata as `check_io` takes them.
+
+    Triton cannot declare [B] tensors, so the repository serves the contract's [B] outputs as
+    [B, 1]; those are read back as [B].
+    """
+
+    def one(t: Mapping[str, Any]) -> tuple[str, tuple[int, ...]]:
+        shape = tuple(int(d) for d in t.get("shape", []))
+        name = t["name"]
+        if name in SPECS and not SPECS[name].dims and shape[1:] == (1,):
+            shape = shape[:1]
+        return _WIRE_DTYPES.get(t.get("datatype", ""), t.get("datatype", "")), shape
+
+    return (
+        {t["name"]: one(t) for t in meta.get("inputs", [])},
+        {t["name"]: one(t) for t in meta.get("outputs", [])},
+    )

@@ -1,0 +1,445 @@
+"""The out dir: what `deal-client score` writes and `select` / `merge` read.
+
+    meta.json         the model's id and contract metadata (written first, checked on resume)
+    scores.jsonl      one JSON object per input, appended and flushed as results arrive
+    embeddings.f32    raw float32 rows [D] appended; a record's "row" indexes it
+    selection.txt     the selected paths, best first (the paths' original bytes, one per line)
+    selection.json    strategy, k, model id and the ranked rows with their scores
+    maps/             optional PNGs of the selected images
+
+A record: {"path", "status": "ok"|"error", "error", "ds", "de", "entropy", "class_fraction",
+"row", "model"}. Paths are absolute `str` (non-UTF-8 bytes as surrogate escapes, written as
+\\udcXX in JSON). A later record for a path replaces an earlier one, except that an "ok" record is
+never replaced by an "error". After a crash, a partial last line and embedding rows no record
+points to are cut off when the out dir is opened again.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import numpy as np
+
+from dealseg.serving.contract import ModelSpec
+
+from .select import Options, Pick, Pool
+
+SCORES = "scores.jsonl"
+EMBEDDINGS = "embeddings.f32"
+META = "meta.json"
+SELECTION_TXT = "selection.txt"
+SELECTION_JSON = "selection.json"
+MAPS = "maps"
+LOCK = ".lock"
+FORMAT = 1
+
+
+class StoreError(RuntimeError):
+    """The out dir cannot be used as asked (other model, damaged files, nothing to read)."""
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    """Write `data` to `path` so that readers see the old file or the whole new one."""
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _dumps(obj: Any) -> bytes:
+    return (json.dumps(obj, ensure_ascii=True, allow_nan=False) + "\n").encode("ascii")
+
+
+def _finite(x: float) -> float | None:
+    x = float(x)
+    return x if np.isfinite(x) else None
+
+
+# ------------------------------------------------------------------------------------ metadata
+def write_meta(out: Path, spec: ModelSpec) -> None:
+    meta = {"format": FORMAT, "model": spec.model_id, "embedding_dim": spec.embedding_dim,
+            "metadata": spec.to_metadata()}  # fmt: skip
+    atomic_write(out / META, json.dumps(meta, indent=1).encode())
+
+
+def read_meta(out: Path) -> dict[str, Any]:
+    try:
+        meta = json.loads((out / META).read_text())
+    except FileNotFoundError:
+        raise StoreError(f"{out} has no {META}: not a `deal-client score` out dir") from None
+    except (OSError, ValueError) as exc:
+        raise StoreError(f"{out / META}: unreadable ({exc})") from None
+    if meta.get("format") != FORMAT:
+        raise StoreError(f"{out / META}: format {meta.get('format')}, this client reads {FORMAT}")
+    return meta
+
+
+def spec_of(meta: dict[str, Any]) -> ModelSpec:
+    return ModelSpec.from_metadata(meta["metadata"])
+
+
+# ------------------------------------------------------------------------------------- records
+def record_ok(path: str, out: dict[str, np.ndarray], i: int, row: int, model: str) -> dict:
+    """The record of image i of a batch whose outputs are `out`."""
+    return {
+        "path": path,
+        "status": "ok",
+        "error": None,
+        "ds": _finite(out["ds"][i]),
+        "de": _finite(out["de"][i]),
+        "entropy": _finite(out["entropy"][i]),
+        "class_fraction": [round(float(v), 6) for v in out["class_fraction"][i]],
+        "row": row,
+        "model": model,
+    }
+
+
+def record_error(path: str, reason: str, model: str) -> dict:
+    return {"path": path, "status": "error", "error": reason, "ds": None, "de": None,
+            "entropy": None, "class_fraction": None, "row": None, "model": model}  # fmt: skip
+
+
+def _cut_partial_line(path: Path) -> int:
+    """Truncate `path` after its last newline (a crash mid-write); return bytes removed."""
+    size = path.stat().st_size
+    with open(path, "rb+") as f:
+        end = size
+        while end > 0:
+            start = max(0, end - 65536)
+            f.seek(start)
+            cut = f.read(end - start).rfind(b"\n")
+            if cut >= 0:
+                end = start + cut + 1
+                break
+            end = start
+        if end < size:
+            f.truncate(end)
+    return size - end
+
+
+def iter_records(path: Path) -> Iterator[dict[str, Any]]:
+    """Records of a scores.jsonl; a partial last line and undecodable lines are skipped."""
+    with open(path, "rb") as f:
+        for n, line in enumerate(f, 1):
+            if not line.endswith(b"\n"):
+                return  # partial last line of a crashed run
+            try:
+                record = json.loads(line)
+            except ValueError:
+                print(f"warning: {path}:{n}: not a JSON record, skipped", file=sys.stderr)
+                continue
+            if isinstance(record, dict) and isinstance(record.get("path"), str):
+                yield record
+
+
+def latest(records: Iterator[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """path -> the record that counts (the last one; an ok record is never replaced by an error)."""
+    out: dict[str, dict[str, Any]] = {}
+    for r in records:
+        old = out.get(r["path"])
+        if old is None or old["status"] != "ok" or r["status"] == "ok":
+            out[r["path"]] = r
+    return out
+
+
+# -------------------------------------------------------------------------------------- writer
+def _lock(out: Path) -> BinaryIO:
+    """An exclusive lock on the out dir, held until the returned file is closed."""
+    import fcntl
+
+    f = open(out / LOCK, "wb")  # noqa: SIM115 - the open file is the lock
+    try:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.close()
+        raise StoreError(
+            f"another deal-client is writing to {out}; wait for it or use another --out"
+        ) from None
+    return f
+
+
+class ScoreWriter:
+    """Appends records and embedding rows to an out dir; resumes one written by the same model."""
+
+    def __init__(self, out: Path, spec: ModelSpec) -> None:
+        self.out, self.spec, self.model = Path(out), spec, spec.model_id
+        self.out.mkdir(parents=True, exist_ok=True)
+        self._lock = _lock(self.out)
+        try:
+            self._open()
+        except BaseException:
+            self._lock.close()
+            raise
+
+    def _open(self) -> None:
+        scores, embeddings = self.out / SCORES, self.out / EMBEDDINGS
+        if (self.out / META).exists():
+            old = read_meta(self.out)["model"]
+            if old != self.model:
+                raise StoreError(
+                    f"{self.out} holds scores of model {old}, but this run uses {self.model}; "
+                    f"use another --out, or delete {scores} to start over"
+                )
+        elif scores.exists() and scores.stat().st_size:
+            raise StoreError(f"{scores} exists but {META} does not; use another --out")
+        write_meta(self.out, self.spec)
+        scores.touch()
+        embeddings.touch()
+        _cut_partial_line(scores)
+        self.status: dict[str, str] = {}  # path -> "ok" | "error", the record that counts
+        max_row = -1
+        for r in iter_records(scores):
+            if r["status"] == "ok":
+                self.status[r["path"]] = "ok"
+                max_row = max(max_row, int(r["row"]))
+            else:
+                self.status.setdefault(r["path"], "error")
+        self.next_row = self._repair_embeddings(embeddings, max_row + 1)
+        self.replaced = 0  # records written for paths that had one: compact on close
+        self._scores: BinaryIO = open(scores, "ab")  # noqa: SIM115 - closed by close()
+        self._embeddings: BinaryIO = open(embeddings, "ab")  # noqa: SIM115
+
+    def _repair_embeddings(self, path: Path, rows: int) -> int:
+        row_bytes = 4 * self.spec.embedding_dim
+        size = path.stat().st_size
+        if size < rows * row_bytes:
+            raise StoreError(
+                f"{path} has {size // row_bytes} rows but {SCORES} points to {rows}; the out dir "
+                "is damaged: use another --out"
+            )
+        if size > rows * row_bytes:  # rows of a batch whose records never got written
+            os.truncate(path, rows * row_bytes)
+        return rows
+
+    @property
+    def done(self) -> set[str]:
+        return {p for p, s in self.status.items() if s == "ok"}
+
+    def append_batch(self, paths: Sequence[str], out: dict[str, np.ndarray]) -> None:
+        """Write one inferred batch: embedding rows first, then the records that point at them."""
+        emb = np.ascontiguousarray(out["embedding"], dtype="<f4")  # [B, D]
+        self._embeddings.write(emb.tobytes())
+        self._embeddings.flush()
+        lines = [
+            _dumps(record_ok(p, out, i, self.next_row + i, self.model))
+            for i, p in enumerate(paths)
+        ]
+        self.next_row += len(paths)
+        self._scores.write(b"".join(lines))
+        self._scores.flush()
+        self.replaced += sum(p in self.status for p in paths)
+        self.status.update(dict.fromkeys(paths, "ok"))
+
+    def append_error(self, path: str, reason: str) -> None:
+        self._scores.write(_dumps(record_error(path, reason, self.model)))
+        self._scores.flush()
+        self.replaced += path in self.status
+        self.status.setdefault(path, "error")
+
+    def close(self) -> None:
+        """Flush and close; then rewrite scores.jsonl if a path got a second record."""
+        for f in (self._embeddings, self._scores):
+            f.flush()
+            os.fsync(f.fileno())
+            f.close()
+        if self.replaced:
+            compact_scores(self.out)
+        self._lock.close()
+
+
+# --------------------------------------------------------------------------------------- table
+@dataclass
+class Table:
+    """The OK records of a scores.jsonl as arrays (the input of selection) plus its errors."""
+
+    out: Path
+    meta: dict[str, Any]
+    paths: list[str]
+    scores: dict[str, np.ndarray]  # "ds" | "de" | "entropy" -> [N] float64 (NaN if missing)
+    rows: np.ndarray  # [N] int64 rows of the embeddings file
+    errors: dict[str, str] = field(default_factory=dict)  # path -> reason
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    @property
+    def embedding_dim(self) -> int:
+        return int(self.meta["embedding_dim"])
+
+    def embeddings(self) -> np.ndarray:
+        """[N, D] float32, memory-mapped when the rows are the file's rows in order."""
+        path, d = self.out / EMBEDDINGS, self.embedding_dim
+        n_file = path.stat().st_size // (4 * d) if path.exists() else 0
+        if int(self.rows.max(initial=-1)) >= n_file:
+            raise StoreError(f"{path} has {n_file} rows, fewer than {SCORES} points to")
+        if n_file == 0:
+            return np.zeros((0, d), np.float32)
+        mm = np.memmap(path, dtype="<f4", mode="r", shape=(n_file, d))
+        if len(self.rows) == n_file and np.array_equal(self.rows, np.arange(n_file)):
+            return mm
+        return np.asarray(mm[self.rows])
+
+    def pool(self, with_embeddings: bool) -> Pool:
+        return Pool(self.paths, self.scores, self.embeddings() if with_embeddings else None)
+
+
+def load_table(scores_path: Path) -> Table:
+    """Read an out dir's scores.jsonl (and meta.json beside it) for selection."""
+    scores_path = Path(scores_path)
+    if scores_path.is_dir():
+        scores_path = scores_path / SCORES
+    if not scores_path.is_file():
+        raise StoreError(f"no scores file at {scores_path}")
+    out = scores_path.parent
+    meta = read_meta(out)
+    paths: list[str] = []
+    cols: dict[str, list[float]] = {"ds": [], "de": [], "entropy": []}
+    rows: list[int] = []
+    errors: dict[str, str] = {}
+    for path, r in latest(iter_records(scores_path)).items():
+        if r.get("model") != meta["model"]:
+            print(f"warning: {path}: scored by another model, ignored", file=sys.stderr)
+        elif r["status"] == "ok":
+            paths.append(path)
+            for name, col in cols.items():
+                col.append(np.nan if r.get(name) is None else float(r[name]))
+            rows.append(int(r["row"]))
+        else:
+            errors[path] = str(r.get("error"))
+    return Table(
+        out=out,
+        meta=meta,
+        paths=paths,
+        scores={name: np.asarray(col, dtype=np.float64) for name, col in cols.items()},
+        rows=np.asarray(rows, dtype=np.int64),
+        errors=errors,
+    )
+
+
+# ----------------------------------------------------------------------------------- selection
+def selection_rows(table: Table, picks: Sequence[Pick]) -> list[dict[str, Any]]:
+    return [
+        {
+            "rank": n,
+            "path": table.paths[p.index],
+            "score": _finite(p.score),
+            **{name: _finite(col[p.index]) for name, col in table.scores.items()},
+            "row": int(table.rows[p.index]),
+        }
+        for n, p in enumerate(picks, 1)
+    ]
+
+
+def write_selection(
+    out: Path,
+    table: Table,
+    picks: Sequence[Pick],
+    strategy: str,
+    k: int,
+    options: Options,
+    labeled: str | None = None,
+) -> dict[str, Any]:
+    """Write selection.txt and selection.json atomically into `out`; return the JSON object."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    rows = selection_rows(table, picks)
+    doc = {
+        "strategy": strategy,
+        "k": k,
+        "selected": len(rows),
+        "model": table.meta["model"],
+        "seed": options.seed,
+        "diverse": options.diverse,
+        "labeled": labeled,
+        "pool_ok": len(table),
+        "pool_failed": len(table.errors),
+        "rows": rows,
+    }
+    atomic_write(out / SELECTION_JSON, json.dumps(doc, indent=1, ensure_ascii=True).encode())
+    atomic_write(out / SELECTION_TXT, b"".join(os.fsencode(r["path"]) + b"\n" for r in rows))
+    return doc
+
+
+# --------------------------------------------------------------------------------------- merge
+def _winners(sources: Sequence[Path]) -> tuple[dict[str, tuple[int, int]], int]:
+    """path -> (source, record number) of the record that counts, and the number of records.
+
+    Within a source the `latest` rule applies; across sources the first wins, except that an ok
+    record beats an error.
+    """
+    winner: dict[str, tuple[int, int, bool]] = {}
+    count = 0
+    for i, src in enumerate(sources):
+        for n, r in enumerate(iter_records(src)):
+            count += 1
+            ok = r["status"] == "ok"
+            old = winner.get(r["path"])
+            if old is None or (ok and not old[2]) or (old[0] == i and (ok or not old[2])):
+                winner[r["path"]] = (i, n, ok)
+    return {p: (i, n) for p, (i, n, _) in winner.items()}, count
+
+
+def compact_scores(out: Path) -> None:
+    """Drop records replaced by later ones (errors retried by a re-run): one record per path."""
+    path = Path(out) / SCORES
+    winners, count = _winners([path])
+    if count == len(winners):
+        return
+    tmp = path.with_name(f".{SCORES}.compact")
+    with open(tmp, "wb") as f:
+        for n, r in enumerate(iter_records(path)):
+            if winners[r["path"]] == (0, n):
+                f.write(_dumps(r))
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def merge_outputs(inputs: Sequence[Path], out: Path) -> None:
+    """Combine the out dirs of shard runs (same model) into `out`, each path once.
+
+    Two streaming passes: the first decides which record of each path counts (ok beats error,
+    the first input wins), the second copies those records and their embedding rows.
+    """
+    inputs = [Path(i) for i in inputs]
+    metas = [read_meta(i) for i in inputs]
+    models = sorted({m["model"] for m in metas})
+    if len(models) > 1:
+        raise StoreError(f"cannot merge scores of different models: {', '.join(models)}")
+    winners, _ = _winners([i / SCORES for i in inputs])
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    d = int(metas[0]["embedding_dim"])
+    tmp_scores, tmp_emb = out / f".{SCORES}.merge", out / f".{EMBEDDINGS}.merge"
+    row = 0
+    with _lock(out), open(tmp_scores, "wb") as fs, open(tmp_emb, "wb") as fe:
+        for i, src in enumerate(inputs):
+            emb = _open_embeddings(src, d)
+            for n, r in enumerate(iter_records(src / SCORES)):
+                if winners[r["path"]] != (i, n):
+                    continue
+                if r["status"] == "ok":
+                    fe.write(np.asarray(emb[int(r["row"])], dtype="<f4").tobytes())
+                    r["row"], row = row, row + 1
+                fs.write(_dumps(r))
+        fs.flush()
+        fe.flush()
+        os.replace(tmp_emb, out / EMBEDDINGS)
+        os.replace(tmp_scores, out / SCORES)
+        atomic_write(out / META, json.dumps(metas[0], indent=1).encode())
+
+
+def _open_embeddings(out: Path, d: int) -> np.ndarray:
+    path = out / EMBEDDINGS
+    n = path.stat().st_size // (4 * d) if path.exists() else 0
+    if n == 0:
+        return np.zeros((0, d), np.float32)
+    return np.memmap(path, dtype="<f4", mode="r", shape=(n, d))

@@ -1,0 +1,357 @@
+"""`deal-client` end to end with the embedded engine on the tiny exported model (`tiny_onnx`)."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner, Result
+from PIL import Image
+
+from dealseg.client.cli import DEFAULT_MAX_PIXELS, STRATEGY_NAMES, main
+from dealseg.client.maps import map_name
+from dealseg.serving.contract import TOL_DS, ModelSpec
+
+K = 5
+
+
+def deal_client(*args: object, input: bytes | None = None) -> Result:
+    return CliRunner().invoke(main, [str(a) for a in args], input=input, catch_exceptions=False)
+
+
+def write_pool(folder: Path, n: int, size: tuple[int, int] = (60, 80), seed: int = 0) -> Path:
+    """n small street-like images: sky, buildings, road, a few objects, noise; JPEG and PNG."""
+    rng = np.random.default_rng(seed)
+    h, w = size
+    for i in range(n):
+        img = np.zeros((h, w, 3), np.uint8)
+        horizon = int(rng.integers(h // 4, h // 2))
+        img[:horizon] = rng.integers(120, 230, 3)
+        img[horizon:] = rng.integers(40, 120, 3)
+        for _ in range(int(rng.integers(1, 6))):
+            y, x = rng.integers(0, h - 4), rng.integers(0, w - 4)
+            img[y : y + int(rng.integers(3, h // 2)), x : x + int(rng.integers(2, w // 3))] = (
+                rng.integers(0, 256, 3)
+            )
+        img = np.clip(img + rng.normal(0, rng.uniform(0, 30), img.shape), 0, 255).astype(np.uint8)
+        sub = folder / f"cam{i % 3}"
+        sub.mkdir(parents=True, exist_ok=True)
+        ext = "jpg" if i % 2 else "png"
+        Image.fromarray(img).save(sub / f"frame_{i:04d}.{ext}")
+    return folder
+
+
+def add_photos(folder: Path) -> None:
+    """A few real photos shipped with scikit-image, shrunk."""
+    import skimage
+
+    data = Path(skimage.__file__).parent / "data"
+    for name in ("astronaut.png", "coffee.png", "chelsea.png", "motorcycle_left.png", "rocket.jpg"):
+        im = Image.open(data / name).convert("RGB")
+        im.thumbnail((160, 120))
+        im.save(folder / f"photo_{Path(name).stem}.jpg", quality=90)
+
+
+def spec_of_out(out: Path) -> ModelSpec:
+    return ModelSpec.from_metadata(json.loads((out / "meta.json").read_text())["metadata"])
+
+
+def embeddings(out: Path) -> np.ndarray:
+    """[rows, D] of an out dir's embeddings file."""
+    d = spec_of_out(out).embedding_dim
+    return np.fromfile(out / "embeddings.f32", dtype="<f4").reshape(-1, d)
+
+
+def selection(out: Path) -> dict:
+    return json.loads((out / "selection.json").read_text())
+
+
+def records(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "scores.jsonl").read_bytes().splitlines()]
+
+
+def assert_same_selection(a: dict, b: dict) -> None:
+    assert [r["path"] for r in a["rows"]] == [r["path"] for r in b["rows"]]
+    for ra, rb in zip(a["rows"], b["rows"], strict=True):
+        for key in ("score", "ds", "entropy"):
+            assert ra[key] == pytest.approx(rb[key], abs=TOL_DS), key
+
+
+@pytest.fixture(scope="module")
+def pool(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = write_pool(tmp_path_factory.mktemp("pool"), 24)
+    add_photos(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def reference(pool: Path, tiny_onnx: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One uninterrupted, unsharded run: what every other way of scoring must reproduce."""
+    out = tmp_path_factory.mktemp("reference")
+    result = deal_client("score", pool, "-k", K, "--model", tiny_onnx, "--out", out)
+    assert result.exit_code == 0, result.stderr
+    return out
+
+
+# ------------------------------------------------------------------------------- outputs
+def test_score_writes_one_record_per_image_and_a_selection(pool: Path, reference: Path) -> None:
+    recs = records(reference)
+    n = len(list(pool.rglob("*.jpg"))) + len(list(pool.rglob("*.png")))
+    assert len(recs) == len({r["path"] for r in recs}) == n
+    spec = spec_of_out(reference)
+    for r in recs:
+        assert r["status"] == "ok" and r["error"] is None and r["model"] == spec.model_id
+        assert len(r["class_fraction"]) == spec.num_classes
+        assert abs(sum(r["class_fraction"]) - 1) < 1e-3
+    rows = sorted(r["row"] for r in recs)
+    assert rows == list(range(n))
+    emb = embeddings(reference)
+    assert emb.shape == (n, spec.embedding_dim)
+    assert np.allclose(np.linalg.norm(emb, axis=1), 1, atol=1e-4)
+    doc = selection(reference)
+    assert doc["strategy"] == "de" and doc["k"] == K and doc["selected"] == K
+    des = [r["de"] for r in doc["rows"]]
+    assert des == sorted(des, reverse=True)
+    assert max(r["de"] for r in recs) == des[0]
+    txt = (reference / "selection.txt").read_text().splitlines()
+    assert txt == [r["path"] for r in doc["rows"]]
+
+
+def test_stdout_json_and_table(reference: Path, pool: Path, tiny_onnx: Path,
+                               tmp_path: Path) -> None:  # fmt: skip
+    result = deal_client("score", pool, "-k", K, "--model", tiny_onnx, "--out", reference,
+                         "--json", "--no-progress")  # fmt: skip
+    assert result.exit_code == 0
+    doc = json.loads(result.stdout)
+    assert doc == selection(reference)
+    assert "0 scored" in result.stderr and "already done" in result.stderr  # all resumed
+    table = deal_client("select", reference, "-k", 3, "--out", tmp_path).stdout.splitlines()
+    assert table[0].split()[:3] == ["rank", "score", "path"] and len(table) == 4
+
+
+def test_select_reproduces_score_and_runs_every_strategy(reference: Path, tmp_path: Path) -> None:
+    result = deal_client("select", reference / "scores.jsonl", "--strategy", "de", "-k", K,
+                         "--out", tmp_path, "--json")  # fmt: skip
+    assert result.exit_code == 0, result.stderr
+    assert json.loads(result.stdout)["rows"] == selection(reference)["rows"]
+    assert (tmp_path / "selection.txt").read_bytes() == (reference / "selection.txt").read_bytes()
+    for strategy in STRATEGY_NAMES:
+        for extra in ([], ["--diverse", "0.99"]):
+            r = deal_client("select", reference, "-s", strategy, "-k", 7, "--out", tmp_path,
+                            "--json", *extra)  # fmt: skip
+            doc = json.loads(r.stdout)
+            assert r.exit_code == 0 and doc["strategy"] == strategy
+            assert 1 <= doc["selected"] <= 7
+            assert len({row["path"] for row in doc["rows"]}) == doc["selected"]
+
+
+def test_labeled_images_are_not_selected_again(reference: Path, tmp_path: Path) -> None:
+    first = [r["path"] for r in selection(reference)["rows"]]
+    labeled = tmp_path / "labeled.txt"
+    labeled.write_text("\n".join(first[:2]) + "\n")
+    for strategy in ("de", "coreset"):
+        r = deal_client("select", reference, "-s", strategy, "-k", K, "--labeled", labeled,
+                        "--out", tmp_path, "--json")  # fmt: skip
+        got = [row["path"] for row in json.loads(r.stdout)["rows"]]
+        assert not set(got) & set(first[:2]) and len(got) == K
+    emb = embeddings(reference)[:3]
+    np.save(tmp_path / "centres.npy", emb)
+    r = deal_client("select", reference, "-s", "coreset", "-k", 2, "--labeled",
+                    tmp_path / "centres.npy", "--out", tmp_path, "--json")  # fmt: skip
+    assert r.exit_code == 0 and json.loads(r.stdout)["selected"] == 2
+    r = deal_client("select", reference, "-k", 2, "--labeled", reference / "scores.jsonl",
+                    "--out", tmp_path, "--json")  # every image already labelled  # fmt: skip
+    assert r.exit_code == 0 and json.loads(r.stdout)["selected"] == 0
+
+
+# -------------------------------------------------------------------------------- resume
+def test_resume_after_a_crash_mid_write(pool: Path, reference: Path, tiny_onnx: Path,
+                                        tmp_path: Path) -> None:  # fmt: skip
+    out = tmp_path / "out"
+    first = deal_client("score", pool, "-k", K, "--model", tiny_onnx, "--out", out)
+    assert first.exit_code == 0
+    lines = (out / "scores.jsonl").read_bytes().splitlines(keepends=True)
+    keep = len(lines) // 2
+    # as if killed while writing: half the records, a partial line, rows of an unwritten batch
+    (out / "scores.jsonl").write_bytes(b"".join(lines[:keep]) + lines[keep][:17])
+    rows_kept = max(json.loads(x)["row"] for x in lines[:keep]) + 1
+    row_bytes = 4 * spec_of_out(out).embedding_dim
+    emb = (out / "embeddings.f32").read_bytes()
+    (out / "embeddings.f32").write_bytes(emb[: (rows_kept + 3) * row_bytes + 10])
+    again = deal_client("score", pool, "-k", K, "--model", tiny_onnx, "--out", out)
+    assert again.exit_code == 0, again.stderr
+    assert f"{keep} already done" in again.stderr
+    recs = records(out)
+    assert len(recs) == len({r["path"] for r in recs}) == len(lines)
+    assert sorted(r["row"] for r in recs) == list(range(len(lines)))
+    assert (out / "embeddings.f32").stat().st_size == len(lines) * row_bytes
+    assert_same_selection(selection(out), selection(reference))
+
+
+def test_sigint_leaves_valid_files_and_a_rerun_finishes(tiny_onnx: Path, tmp_path: Path) -> None:
+    pool = write_pool(tmp_path / "pool", 240, size=(40, 48), seed=1)
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "dealseg.client", "score", str(pool), "-k", str(K), "--model",
+           str(tiny_onnx), "--out", str(out), "--batch-size", "1", "--concurrency", "1",
+           "--workers", "1", "--no-progress"]  # fmt: skip
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    scores = out / "scores.jsonl"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and proc.poll() is None:
+        if scores.exists() and scores.read_bytes().count(b"\n") >= 8:
+            break
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err.decode()
+    assert b"interrupted" in err
+    done = records(out)  # every line parses
+    assert 8 <= len(done) < 240
+    rerun = deal_client("score", pool, "-k", K, "--model", tiny_onnx, "--out", out)
+    assert rerun.exit_code == 0, rerun.stderr
+    recs = records(out)
+    assert len(recs) == len({r["path"] for r in recs}) == 240
+    straight = deal_client("score", pool, "-k", K, "--model", tiny_onnx, "--out", tmp_path / "b")
+    assert straight.exit_code == 0
+    assert_same_selection(selection(out), selection(tmp_path / "b"))
+
+
+def test_an_out_dir_of_another_model_is_refused(reference: Path, pool: Path, tiny_onnx: Path,
+                                                tmp_path: Path) -> None:  # fmt: skip
+    out = tmp_path / "out"
+    deal_client("score", pool, "-k", K, "--model", tiny_onnx, "--out", out, "--shard", "0/4")
+    meta = json.loads((out / "meta.json").read_text())
+    meta["model"] = "deal:0:other"
+    (out / "meta.json").write_text(json.dumps(meta))
+    result = deal_client("score", pool, "-k", K, "--model", tiny_onnx, "--out", out)
+    assert result.exit_code == 1
+    assert "holds scores of model deal:0:other" in result.stderr
+
+
+def test_one_writer_per_out_dir(reference: Path, pool: Path, tiny_onnx: Path) -> None:
+    from dealseg.client.store import ScoreWriter, read_meta, spec_of
+
+    writer = ScoreWriter(reference, spec_of(read_meta(reference)))
+    try:
+        result = deal_client("score", pool, "-k", K, "--model", tiny_onnx, "--out", reference)
+    finally:
+        writer.close()
+    assert result.exit_code == 1 and "another deal-client is writing" in result.stderr
+
+
+# ---------------------------------------------------------------------------- shard+merge
+def test_shards_merged_equal_a_single_run(pool: Path, reference: Path, tiny_onnx: Path,
+                                          tmp_path: Path) -> None:  # fmt: skip
+    outs = []
+    for i in range(3):
+        outs.append(tmp_path / f"shard{i}")
+        r = deal_client("score", pool, "-k", K, "--model", tiny_onnx, "--out", outs[-1],
+                        "--shard", f"{i}/3", "--batch-size", 3)  # fmt: skip
+        assert r.exit_code == 0, r.stderr
+    sizes = [len(records(o)) for o in outs]
+    assert sum(sizes) == len(records(reference)) and min(sizes) > 0
+    merged = tmp_path / "merged"
+    r = deal_client("merge", *outs, "--out", merged, "--json")
+    assert r.exit_code == 0, r.stderr
+    assert_same_selection(json.loads(r.stdout), selection(reference))
+    assert_same_selection(selection(merged), selection(reference))
+    assert len(records(merged)) == len(records(reference))
+    r = deal_client("merge", *outs, "--out", merged, "-s", "coreset", "-k", 3)
+    assert r.exit_code == 0 and selection(merged)["strategy"] == "coreset"
+
+
+# ----------------------------------------------------------------------------------- maps
+def test_map_names_stay_inside_and_unique() -> None:
+    paths = ["/a/x.jpg", "/b/x.jpg", "/c/../../etc/passwd.jpg", "/d/.hidden.png", "/e/..jpg",
+             "/f/" + "long" * 80 + ".jpg", "/g/caf\udce9 photo (1).jpg", "/h/\u00e9t\u00e9.png"]
+    names = [map_name(i, p) for i, p in enumerate(paths, 1)]
+    assert len(set(names)) == len(names)
+    for name in names:
+        assert "/" not in name and "\\" not in name and not name.startswith(".")
+        assert name.endswith(".png") and len(name) < 80 and name.isascii()
+    assert map_name(1, "/a/x.jpg") != map_name(1, "/b/x.jpg")
+
+
+def test_maps_are_written_for_the_selection(tiny_onnx: Path, tmp_path: Path) -> None:
+    pool = tmp_path / "pool"
+    for sub in ("left", "right"):  # equal basenames in two folders
+        (pool / sub).mkdir(parents=True)
+        Image.new("RGB", (80, 60), (200, 30, 30) if sub == "left" else (20, 30, 200)).save(
+            pool / sub / "frame.png"
+        )
+    out = tmp_path / "out"
+    r = deal_client("score", pool, "-k", 2, "--model", tiny_onnx, "--out", out, "--maps")
+    assert r.exit_code == 0, r.stderr
+    maps = sorted((out / "maps").iterdir())
+    assert len(maps) == 2 and maps[0].name.startswith("0001_frame_")
+    h, w = spec_of_out(out).input_size
+    for m in maps:
+        with Image.open(m) as im:
+            assert im.size == (3 * w + 8, h) and im.mode == "RGB"
+
+
+# ---------------------------------------------------------------------- errors and usage
+def test_usage_errors_exit_2(pool: Path, tiny_onnx: Path, tmp_path: Path) -> None:
+    assert deal_client("score", pool, "--model", tiny_onnx).exit_code == 2  # no --top-k
+    assert deal_client("score", pool, "-k", 1, "--shard", "3/3").exit_code == 2
+    both = deal_client("score", pool, "-k", 1, "--model", tiny_onnx, "--url", "x:1")
+    assert both.exit_code == 2 and "exclude each other" in both.stderr
+    assert deal_client("score", tmp_path / "missing", "-k", 1).exit_code == 2
+    assert deal_client("score", pool, "-k", 1, "-s", "magic").exit_code == 2
+
+
+def test_fatal_errors_exit_1_with_one_message(tiny_onnx: Path, tmp_path: Path) -> None:
+    import onnx
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    r = deal_client("score", empty, "-k", 1, "--model", tiny_onnx, "--out", tmp_path / "o")
+    assert r.exit_code == 1 and "holds no images" in r.stderr
+    model = onnx.load(str(tiny_onnx))
+    del model.metadata_props[:]
+    bare = tmp_path / "bare.onnx"
+    onnx.save(model, str(bare))
+    write_pool(tmp_path / "pool", 2)
+    r = deal_client("score", tmp_path / "pool", "-k", 1, "--model", bare, "--out", tmp_path / "o")
+    assert r.exit_code == 1
+    assert "lacks dealseg.contract_version" in r.stderr and len(r.stderr.splitlines()) == 1
+
+
+def test_stdin_pool_and_shipped_model_default(pool: Path, tiny_onnx: Path, tmp_path: Path) -> None:
+    paths = sorted(str(p) for p in pool.rglob("*.png"))[:4]
+    r = deal_client("score", "-", "-k", 2, "--model", tiny_onnx, "--out", tmp_path,
+                    input="\n".join(paths).encode())  # fmt: skip
+    assert r.exit_code == 0 and sorted(x["path"] for x in records(tmp_path)) == paths
+
+
+# ------------------------------------------------------------------------------ packaging
+def test_client_imports_without_torch_and_help_is_quick() -> None:
+    code = (
+        "import sys, dealseg.client.cli as c\n"
+        "heavy = [m for m in ('numpy', 'PIL', 'onnxruntime', 'tritonclient', 'tqdm')"
+        " if m in sys.modules]\n"
+        "import dealseg.client.run, dealseg.client.engines, dealseg.client.maps\n"
+        "import dealseg.client.select, dealseg.client.store, dealseg.client.decode\n"
+        "print(heavy, 'torch' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["[]", "False"], out.stdout
+    exe = Path(sys.executable).with_name("deal-client")
+    if exe.exists():
+        start = time.perf_counter()
+        subprocess.run([exe, "--help"], capture_output=True, check=True)
+        print(f"deal-client --help: {time.perf_counter() - start:.2f} s")  # reported, not asserted
+
+
+def test_cli_constants_match_the_library() -> None:
+    from dealseg.client.decode import DEFAULT_MAX_PIXELS as decode_max
+    from dealseg.client.select import STRATEGIES
+
+    assert sorted(STRATEGY_NAMES) == sorted(STRATEGIES)
+    assert decode_max == DEFAULT_MAX_PIXELS

@@ -1,0 +1,160 @@
+"""`deal-client` through the real bundled Triton server, against the embedded engine.
+
+Uses only the serving package's public API: `write_repository` and the `TritonServer` context
+manager (`url_grpc`, `url_http`, `pid`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from test_client_cli import (
+    K,
+    assert_same_selection,
+    deal_client,
+    embeddings,
+    records,
+    selection,
+    write_pool,
+)
+
+from dealseg.serving.contract import MIN_EMBEDDING_COSINE, TOL_DS, TOL_ENTROPY, ModelSpec
+
+pytestmark = pytest.mark.triton
+
+
+@pytest.fixture(scope="module")
+def repo(tiny_onnx: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from dealseg.serving.repository import write_repository
+
+    repo = tmp_path_factory.mktemp("repo")
+    write_repository(tiny_onnx, repo, target="python-cpu")
+    return repo
+
+
+@pytest.fixture(scope="module")
+def server(repo: Path):
+    from dealseg.serving.server import TritonServer
+
+    with TritonServer(repo) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def pool(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_pool(tmp_path_factory.mktemp("pool"), 20, seed=3)
+
+
+@pytest.fixture(scope="module")
+def embedded(pool: Path, tiny_onnx: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("embedded")
+    assert deal_client("score", pool, "-k", K, "--model", tiny_onnx, "--out", out).exit_code == 0
+    return out
+
+
+def embeddings_by_path(out: Path) -> dict[str, np.ndarray]:
+    emb = embeddings(out)
+    return {r["path"]: emb[r["row"]] for r in records(out) if r["status"] == "ok"}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.parametrize("protocol", ["grpc", "http"])
+def test_triton_gives_the_embedded_selection(protocol: str, server, pool: Path, embedded: Path,
+                                             tmp_path: Path) -> None:  # fmt: skip
+    url = server.url_grpc if protocol == "grpc" else server.url_http
+    out = tmp_path / "out"
+    result = deal_client("score", pool, "-k", K, "--url", url, "--url", url, "--protocol",
+                         protocol, "--out", out, "--batch-size", 3, "--concurrency", 3,
+                         "--header", "x-request-source=test", "--maps")  # fmt: skip
+    assert result.exit_code == 0, result.stderr
+    assert_same_selection(selection(out), selection(embedded))
+    ours, theirs = {r["path"]: r for r in records(out)}, {r["path"]: r for r in records(embedded)}
+    assert ours.keys() == theirs.keys()
+    for path, r in ours.items():
+        assert r["ds"] == pytest.approx(theirs[path]["ds"], abs=TOL_DS)
+        assert r["entropy"] == pytest.approx(theirs[path]["entropy"], abs=TOL_ENTROPY)
+    a, b = embeddings_by_path(out), embeddings_by_path(embedded)
+    assert min(float(a[p] @ b[p]) for p in a) >= MIN_EMBEDDING_COSINE
+    assert len(list((out / "maps").glob("*.png"))) == K
+
+
+def test_health_reports_ready_and_the_model(server, embedded: Path) -> None:
+    result = deal_client("health", "--url", server.url_http, "--protocol", "http")
+    assert result.exit_code == 0, result.stderr
+    doc = json.loads(result.stdout)
+    spec = ModelSpec.from_metadata(json.loads((embedded / "meta.json").read_text())["metadata"])
+    assert doc["ready"] and doc["model"] == spec.model_id
+    assert doc["input_size"] == list(spec.input_size)
+
+
+def test_unreachable_server_fails_fast_with_one_message(pool: Path, tmp_path: Path) -> None:
+    start = time.monotonic()
+    result = deal_client("score", pool, "-k", 1, "--url", f"127.0.0.1:{free_port()}",
+                         "--timeout", 2, "--retries", 1, "--out", tmp_path)  # fmt: skip
+    elapsed = time.monotonic() - start
+    assert result.exit_code == 1
+    assert "readiness check failed after 2 attempts" in result.stderr
+    assert elapsed < 15, elapsed
+    assert not (tmp_path / "scores.jsonl").exists()
+
+
+def test_a_served_model_off_the_contract_is_refused(tiny_onnx: Path, tmp_path: Path) -> None:
+    from dealseg.serving.repository import read_onnx_spec, write_repository
+    from dealseg.serving.server import TritonServer
+
+    config = write_repository(tiny_onnx, tmp_path / "repo") / "config.pbtxt"
+    text = config.read_text()
+    h, w = read_onnx_spec(tiny_onnx).input_size
+    assert text.count(f'"{h}x{w}"') == 1
+    config.write_text(text.replace(f'"{h}x{w}"', f'"{h}x{w + 1}"'))  # metadata off by one
+    with TritonServer(tmp_path / "repo") as server:
+        result = deal_client("health", "--url", server.url_grpc)
+    assert result.exit_code == 1
+    assert "does not match the dealseg contract" in result.stderr
+    assert f"image: shape [-1, {h}, {w}, 3], contract says [B, *[{h}, {w + 1}, 3]]" in result.stderr
+
+
+def test_server_killed_mid_run_then_resumed(repo: Path, tiny_onnx: Path, tmp_path: Path) -> None:
+    from dealseg.serving.server import TritonServer
+
+    pool = write_pool(tmp_path / "pool", 200, size=(40, 48), seed=4)
+    out = tmp_path / "out"
+    scores = out / "scores.jsonl"
+    with TritonServer(repo) as server:
+        cmd = [sys.executable, "-m", "dealseg.client", "score", str(pool), "-k", str(K),
+               "--url", server.url_grpc, "--out", str(out), "--batch-size", "1",
+               "--concurrency", "2", "--retries", "2", "--timeout", "5", "--no-progress"]
+        client = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and client.poll() is None:
+            if scores.exists() and scores.read_bytes().count(b"\n") >= 10:
+                break
+            time.sleep(0.02)
+        os.kill(server.pid, signal.SIGKILL)  # the server dies, not politely
+        _, err = client.communicate(timeout=120)
+    assert client.returncode == 1, err.decode()
+    assert b"failed after 3 attempts" in err and b"run the same command again" in err
+    partial = records(out)
+    assert 10 <= len(partial) < 200 and all(r["status"] == "ok" for r in partial)
+    with TritonServer(repo) as server:
+        rerun = deal_client("score", pool, "-k", K, "--url", server.url_grpc, "--out", out)
+    assert rerun.exit_code == 0, rerun.stderr
+    assert len(records(out)) == len({r["path"] for r in records(out)}) == 200
+    straight = tmp_path / "straight"
+    result = deal_client("score", pool, "-k", K, "--model", tiny_onnx, "--out", straight)
+    assert result.exit_code == 0
+    assert_same_selection(selection(out), selection(straight))

@@ -1,0 +1,190 @@
+"""Pool-level selection: exact rankings on hand-made pools, and invariants with hypothesis."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from dealseg.client.select import (
+    STRATEGIES,
+    Options,
+    Pool,
+    random_scores,
+    select,
+    top_k,
+)
+
+SCORE_STRATEGIES = ("ds", "de", "entropy", "random")
+
+
+def pool_of(paths, ds, embeddings=None) -> Pool:
+    ds = np.asarray(ds, dtype=np.float64)
+    return Pool(list(paths), {"ds": ds, "de": -ds, "entropy": ds * 2}, embeddings)
+
+
+def picked(pool: Pool, strategy: str, k: int, **options) -> list[tuple[str, float]]:
+    picks = select(pool, strategy, k, Options(**options))
+    return [(pool.paths[p.index], round(p.score, 4)) for p in picks]
+
+
+# ------------------------------------------------------------------------ exact rankings
+def test_higher_score_first_ties_broken_by_path() -> None:
+    pool = pool_of(["c", "a", "b", "d"], [0.5, 0.9, 0.5, 0.1])
+    assert picked(pool, "ds", 3) == [("a", 0.9), ("b", 0.5), ("c", 0.5)]
+    # the tie straddles the k boundary: "b" wins by path although "c" comes first in the pool
+    assert picked(pool, "ds", 2) == [("a", 0.9), ("b", 0.5)]
+    assert picked(pool, "de", 2) == [("d", -0.1), ("b", -0.5)]
+
+
+def test_k_larger_than_pool_returns_the_whole_pool_in_order() -> None:
+    pool = pool_of(["c", "a", "b", "d"], [0.5, 0.9, 0.5, 0.1])
+    assert [p for p, _ in picked(pool, "ds", 100)] == ["a", "b", "c", "d"]
+
+
+def test_empty_pool_is_a_clear_error() -> None:
+    with pytest.raises(ValueError, match="empty"):
+        select(pool_of([], []), "ds", 3)
+
+
+def test_unknown_strategy_lists_the_valid_names() -> None:
+    with pytest.raises(KeyError, match="coreset, de, ds, entropy, random"):
+        select(pool_of(["a"], [1.0]), "dss", 1)
+    with pytest.raises(KeyError, match="choose one of"):
+        STRATEGIES["nope"]
+
+
+def test_nan_scores_rank_last() -> None:
+    pool = pool_of(["a", "b", "c"], [np.nan, 0.1, 0.2])
+    assert [p for p, _ in picked(pool, "ds", 3)] == ["c", "b", "a"]
+
+
+def test_paths_compare_as_file_system_bytes() -> None:
+    odd = "caf\udce9.jpg"  # a Latin-1 name that is not valid UTF-8
+    pool = pool_of(["b.jpg", odd, "a.jpg"], [1.0, 1.0, 1.0])
+    assert [p for p, _ in picked(pool, "ds", 3)] == ["a.jpg", "b.jpg", odd]
+
+
+def test_random_is_seeded_and_depends_only_on_the_path() -> None:
+    paths = [f"img{i:03d}.jpg" for i in range(50)]
+    a = random_scores(paths, seed=1)
+    assert np.array_equal(a, random_scores(paths, seed=1))
+    assert not np.array_equal(a, random_scores(paths, seed=2))
+    assert np.array_equal(random_scores(paths[::-1] + ["x" * 300], seed=1)[:50], a[::-1])
+    assert ((a >= 0) & (a < 1)).all()
+    pool = pool_of(paths, np.zeros(50))
+    assert picked(pool, "random", 5, seed=3) == picked(pool, "random", 5, seed=3)
+    assert picked(pool, "random", 5, seed=3) != picked(pool, "random", 5, seed=4)
+
+
+def test_coreset_with_labeled_centres_picks_farthest_first() -> None:
+    deg = np.deg2rad([90, 180, 170, 20])
+    emb = np.stack([np.cos(deg), np.sin(deg)], axis=1).astype(np.float32)
+    pool = pool_of(["p90", "p180", "p170", "p20"], np.zeros(4), emb)
+    labeled = np.array([[1.0, 0.0]], dtype=np.float32)  # a labelled image at 0 degrees
+    got = picked(pool, "coreset", 3, labeled=labeled)
+    assert got == [("p180", 2.0), ("p90", 1.0), ("p20", round(1 - np.cos(np.deg2rad(20)), 4))]
+
+
+def test_coreset_without_labeled_starts_farthest_from_the_mean_tie_by_path() -> None:
+    emb = np.array([[1, 0], [-1, 0], [0, 1]], dtype=np.float32)
+    pool = pool_of(["z", "m", "a"], np.zeros(3), emb)
+    # z and m are equally far (cosine 0) from the mean direction (0, 1): m wins by path
+    assert picked(pool, "coreset", 3) == [("m", 1.0), ("z", 2.0), ("a", 1.0)]
+
+
+def test_coreset_normalises_embeddings() -> None:
+    emb = np.array([[10, 0], [-0.1, 0], [0, 3]], dtype=np.float32)
+    pool = pool_of(["z", "m", "a"], np.zeros(3), emb)
+    assert picked(pool, "coreset", 3) == [("m", 1.0), ("z", 2.0), ("a", 1.0)]
+
+
+def test_diverse_skips_near_duplicates_of_picked_images() -> None:
+    emb = np.array([[1, 0], [0.99, 0.141], [0, 1]], dtype=np.float32)  # b ~ a (cosine 0.99)
+    pool = pool_of(["a", "b", "c"], [0.9, 0.8, 0.7], emb)
+    assert picked(pool, "ds", 2, diverse=0.95) == [("a", 0.9), ("c", 0.7)]
+    assert picked(pool, "ds", 3, diverse=0.95) == [("a", 0.9), ("c", 0.7)]  # b never comes
+    assert picked(pool, "ds", 3, diverse=0.999) == [("a", 0.9), ("b", 0.8), ("c", 0.7)]
+    assert [p for p, _ in picked(pool, "coreset", 3, diverse=0.95)] == ["c", "a"]
+
+
+def test_diverse_looks_beyond_the_first_block() -> None:
+    n = 40  # 39 near-duplicates of the best image, then one different image ranked last
+    emb = np.tile(np.array([[1.0, 0.0]], np.float32), (n, 1))
+    emb[-1] = [0.0, 1.0]
+    pool = pool_of([f"{i:02d}" for i in range(n)], np.linspace(1, 0, n), emb)
+    assert [p for p, _ in picked(pool, "ds", 2, diverse=0.9)] == ["00", "39"]
+
+
+def test_excluded_images_are_never_picked() -> None:
+    emb = np.eye(4, dtype=np.float32)
+    pool = pool_of(["a", "b", "c", "d"], [4, 3, 2, 1], emb)
+    exclude = np.array([True, False, True, False])
+    for strategy in STRATEGIES:
+        got = [p for p, _ in picked(pool, strategy, 4, exclude=exclude)]
+        assert sorted(got) == ["b", "d"], strategy
+    assert picked(pool, "ds", 4, exclude=np.ones(4, bool)) == []
+
+
+def test_strategies_needing_embeddings_say_so() -> None:
+    with pytest.raises(ValueError, match="embeddings"):
+        select(pool_of(["a"], [1.0]), "coreset", 1)
+    with pytest.raises(ValueError, match="embeddings"):
+        select(pool_of(["a"], [1.0]), "ds", 1, Options(diverse=0.9))
+
+
+def test_top_k_of_a_large_pool_matches_a_full_sort() -> None:
+    rng = np.random.default_rng(0)
+    n = 200_000
+    scores = rng.integers(0, 50, n).astype(np.float32)  # heavy ties at every boundary
+    paths = [f"p{v:07d}" for v in rng.permutation(n)]
+    got = top_k(paths, scores, 1000)
+    want = sorted(range(n), key=lambda i: (-scores[i], paths[i]))[:1000]
+    assert got.tolist() == want
+
+
+# ---------------------------------------------------------------------------- invariants
+@st.composite
+def pools(draw):
+    n = draw(st.integers(1, 25))
+    names = draw(st.lists(st.text("abcxyz", min_size=1, max_size=4), min_size=n, max_size=n,
+                          unique=True))  # fmt: skip
+    values = draw(st.lists(st.sampled_from([0.0, 0.25, 0.5, 1.0]), min_size=n, max_size=n))
+    seed = draw(st.integers(0, 2**16))
+    emb = np.random.default_rng(seed).normal(size=(n, 3)).astype(np.float32)
+    emb[draw(st.integers(0, n - 1))] = emb[0]  # an exact duplicate embedding
+    return pool_of(names, values, emb)
+
+
+def permuted(pool: Pool, order: np.ndarray) -> Pool:
+    return Pool([pool.paths[i] for i in order],
+                {k: v[order] for k, v in pool.scores.items()}, pool.embeddings[order])  # fmt: skip
+
+
+@settings(max_examples=60, deadline=None)
+@given(pools(), st.integers(1, 30), st.sampled_from(sorted(STRATEGIES)), st.randoms())
+def test_selection_does_not_depend_on_pool_order(pool, k, strategy, rnd) -> None:
+    order = np.arange(len(pool))
+    rnd.shuffle(order)
+    for diverse in (None, 0.9):
+        a = picked(pool, strategy, k, diverse=diverse)
+        assert a == picked(permuted(pool, order), strategy, k, diverse=diverse)
+
+
+@settings(max_examples=60, deadline=None)
+@given(pools(), st.integers(1, 25), st.sampled_from(SCORE_STRATEGIES), st.sampled_from([None, 0.5]))
+def test_top_k_is_a_prefix_of_top_k_plus_one(pool, k, strategy, diverse) -> None:
+    shorter = picked(pool, strategy, k, diverse=diverse)
+    longer = picked(pool, strategy, k + 1, diverse=diverse)
+    assert longer[: len(shorter)] == shorter
+    if diverse is None:
+        assert len(shorter) == min(k, len(pool))
+
+
+@settings(max_examples=60, deadline=None)
+@given(pools(), st.integers(1, 30))
+def test_coreset_picks_distinct_images(pool, k) -> None:
+    picks = select(pool, "coreset", k)
+    assert len({p.index for p in picks}) == len(picks) == min(k, len(pool))
+    assert all(p.score >= -1e-6 for p in picks)
