@@ -17,6 +17,18 @@ install: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q
 
+# The main job on the embedded engine and the shipped model: a pool of fresh street scenes (a seed
+# the shipped model never saw) plus real photos, scored and ranked by DE, with difficulty maps.
+demo: $(STAMP)
+	rm -rf $(DEMO)
+	$(VENV)/bin/deal-train synth --out $(DEMO)/streets --n 40 --size 360x480 --seed 7 >/dev/null
+	mkdir -p $(DEMO)/pool/photos && cp -r $(DEMO)/streets/train $(DEMO)/pool/streets
+	$(PY) -c "import shutil, pathlib, skimage; d = pathlib.Path(skimage.__file__).parent / 'data'; \
+	  [shutil.copy(d / n, '$(DEMO)/pool/photos/') for n in \
+	   ('astronaut.png', 'coffee.png', 'chelsea.png', 'motorcycle_left.png', 'rocket.jpg')]"
+	$(VENV)/bin/deal-client score $(DEMO)/pool --top-k 8 --strategy de --out $(DEMO)/out --maps
+	@echo "outputs: $(DEMO)/out/ (scores.jsonl, embeddings.f32, selection.txt, selection.json, maps/)"
+
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 

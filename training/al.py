@@ -1,8 +1,37 @@
-"""The active-learning protocol: labelled sets, acquisition and the stage loop."""
+"""The active-learning protocol: labelled sets, the stage loop, resumable state (DESIGN.md §7).
+
+For every seed the initial labelled set (`initial_labeled`, 10% by default) is the same for every
+strategy. Each stage retrains from the ImageNet backbone on the labelled set (`train.fit`),
+tests the best-val checkpoint, and lets the strategy pick the next step x pool images.
+
+Layout of `out`:
+
+    initial/seed<k>/               stage 0, the same for every strategy of a seed: trained once
+    <strategy>/seed<k>/stage<i>/   fit output (best.pt, last.pt, history.json) + result.json
+    <strategy>/seed<k>/state.json  labelled sets, metrics, selections and timings per stage
+    full/seed<k>/                  the optional full-data reference run (first seed)
+
+A stage recorded in state.json is never redone; a fit in progress resumes from its last.pt.
+"""
 
 from __future__ import annotations
 
+import json
+import math
+import os
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
 import numpy as np
+
+from .config import Preset, with_classes
+
+STATE_FILE = "state.json"
+RESULT_FILE = "result.json"
 
 
 def initial_labeled(pool_size: int, fraction: float, seed: int) -> list[int]:
@@ -12,3 +41,297 @@ def initial_labeled(pool_size: int, fraction: float, seed: int) -> list[int]:
     k = max(1, round(pool_size * fraction))
     rng = np.random.default_rng(seed)
     return sorted(int(i) for i in rng.choice(pool_size, size=min(k, pool_size), replace=False))
+
+
+def stage_sizes(pool_size: int, init: float, step: float, max_fraction: float) -> list[int]:
+    """Labelled-set size per stage: round(pool x (init + i x step)) for init .. max_fraction."""
+    if not 0 < init <= max_fraction <= 1:
+        raise ValueError(f"need 0 < init <= max <= 1, got init={init}, max={max_fraction}")
+    if step <= 0:
+        raise ValueError(f"step must be > 0, got {step}")
+    count = math.floor((max_fraction - init) / step + 1e-9) + 1
+    sizes = [max(1, round(pool_size * (init + i * step))) for i in range(count)]
+    if any(b <= a for a, b in zip(sizes, sizes[1:], strict=False)):
+        raise ValueError(f"step {step} adds no image to a pool of {pool_size}; raise --step")
+    return sizes
+
+
+def _write_json(path: Path, data: Any) -> None:
+    """Atomic write (tmp + rename): an interrupted run never leaves a broken file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=1))
+    os.replace(tmp, path)
+
+
+def _plain(data: Any) -> Any:
+    """As it reads back from JSON (tuples become lists), so saved and fresh values compare."""
+    return json.loads(json.dumps(data))
+
+
+def _changed(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
+    """Dotted names of the settings that differ (`train.epochs`)."""
+    out = []
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += _changed(a, b, f"{prefix}{key}.")
+        elif a != b:
+            out.append(f"{prefix}{key}")
+    return out
+
+
+def seeded_preset(preset: Preset, seed: int) -> Preset:
+    """The preset with its training seed shifted by the AL seed (weights, augmentation)."""
+    return Preset(preset.model, replace(preset.train, seed=preset.train.seed + seed))
+
+
+def train_and_test(
+    data: Path,
+    run_dir: Path,
+    preset: Preset,
+    labeled: Sequence[int] | None,
+    test_split: str = "test",
+    quiet: bool = True,
+) -> dict[str, Any]:
+    """Fit on `labeled` (None = the whole train split), test mIoU of the best-val checkpoint.
+
+    The result is kept in run_dir/result.json and reused while the labelled set and the
+    configuration are unchanged; an interrupted fit resumes from run_dir/last.pt.
+    """
+    from .checkpoint import load_checkpoint
+    from .data import SegmentationDataset
+    from .evaluate import evaluate_model
+    from .train import fit
+
+    key = _plain(
+        {
+            "labeled": None if labeled is None else sorted(labeled),
+            "model": preset.model.to_dict(),
+            "train": preset.train.to_dict(),
+            "test_split": test_split,
+        }
+    )
+    cache = run_dir / RESULT_FILE
+    if cache.is_file():
+        saved = json.loads(cache.read_text())
+        if saved.get("key") == key:
+            return saved["result"]
+    t0 = time.time()
+    fitted = fit(data, run_dir, preset, labeled=labeled, quiet=quiet)
+    t1 = time.time()
+    model = load_checkpoint(fitted.best_path).build_model()
+    metrics = evaluate_model(model, SegmentationDataset(data, test_split), model.cfg)
+    val = [h for h in fitted.history if "val_miou" in h]
+    result = {
+        "val_miou": fitted.best_miou,
+        "best_epoch": max(val, key=lambda h: h["val_miou"])["epoch"] if val else None,
+        "test_miou": metrics["miou"],
+        "test_iou_per_class": metrics["iou_per_class"],
+        "test_pixel_accuracy": metrics["pixel_accuracy"],
+        "test_difficulty_auroc": metrics.get("difficulty_auroc"),
+        "fit_seconds": round(t1 - t0, 2),
+        "test_seconds": round(time.time() - t1, 2),
+        "history": fitted.history,
+    }
+    _write_json(cache, {"key": key, "result": result})
+    return result
+
+
+def _say(message: str, quiet: bool) -> None:
+    if not quiet:
+        print(message, file=sys.stderr, flush=True)
+
+
+class StrategyRun:
+    """One strategy and seed: its state.json, advanced one stage at a time."""
+
+    def __init__(
+        self, data: Path, out: Path, name: str, seed: int, settings: dict[str, Any]
+    ) -> None:
+        self.data, self.out, self.name, self.seed = data, out, name, seed
+        self.dir = out / name / f"seed{seed}"
+        self.settings = _plain({**settings, "strategy": name, "seed": seed})
+        self.state: dict[str, Any] = {
+            "strategy": name,
+            "seed": seed,
+            "settings": self.settings,
+            "stages": [],
+        }
+        path = self.dir / STATE_FILE
+        if path.is_file():
+            saved = json.loads(path.read_text())
+            if saved.get("settings") != self.settings:
+                changed = _changed(saved.get("settings", {}), self.settings)
+                raise ValueError(
+                    f"{path} was recorded with other settings (changed: {', '.join(changed)}); "
+                    "use another --out or delete that folder"
+                )
+            self.state = saved
+
+    @property
+    def stages(self) -> list[dict[str, Any]]:
+        return self.state["stages"]
+
+    def save(self) -> None:
+        _write_json(self.dir / STATE_FILE, self.state)
+
+    def labeled_at(self, stage: int) -> list[int]:
+        """Stage 0: the seed's initial set; later: the previous set plus its selection."""
+        if stage == 0:
+            return initial_labeled(self.settings["pool_size"], self.settings["init"], self.seed)
+        prev = self.stages[stage - 1]
+        return sorted(prev["labeled"] + prev["selection"]["indices"])
+
+    def advance(self, stage: int, preset: Preset, quiet: bool) -> None:
+        """Train, test and select for `stage`, unless state.json already records it."""
+        sizes, pool_size = self.settings["sizes"], self.settings["pool_size"]
+        last = stage == len(sizes) - 1
+        done = len(self.stages) > stage and (last or "selection" in self.stages[stage])
+        if not done:
+            del self.stages[stage:]  # a partial record (tested, not yet selected) is finished
+            labeled = self.labeled_at(stage)
+            if len(labeled) != sizes[stage]:
+                raise ValueError(
+                    f"{self.dir}: stage {stage} has {len(labeled)} labelled images, "
+                    f"expected {sizes[stage]}"
+                )
+            run_dir = (
+                self.out / "initial" / f"seed{self.seed}"
+                if stage == 0
+                else self.dir / f"stage{stage}"
+            )
+            t0 = time.time()
+            result = train_and_test(
+                self.data, run_dir, preset, labeled, self.settings["test_split"], quiet=True
+            )
+            record = {
+                "stage": stage,
+                "fraction": sizes[stage] / pool_size,
+                "labeled": labeled,
+                "run_dir": str(run_dir.relative_to(self.out)),
+                **result,
+                "stage_seconds": round(time.time() - t0, 2),
+            }
+            self.stages.append(record)
+            self.save()
+            if not last:
+                record["selection"] = self._select(stage, record)
+                self.save()
+        self._progress(stage, quiet, resumed=done)
+
+    def _select(self, stage: int, record: dict[str, Any]) -> dict[str, Any]:
+        """The strategy's next batch, scored with this stage's best-val model."""
+        from .acquisition import Context, pool_subset, select
+        from .checkpoint import load_checkpoint
+
+        sizes = self.settings["sizes"]
+        k = sizes[stage + 1] - sizes[stage]
+        labeled = set(record["labeled"])
+        unlabeled = [i for i in range(self.settings["pool_size"]) if i not in labeled]
+        candidates = pool_subset(unlabeled, self.settings["subset"], k, self.seed, stage)
+        t0 = time.time()
+        model = None
+        if self.name != "random":
+            model = load_checkpoint(self.out / record["run_dir"] / "best.pt").build_model()
+        ctx = Context(
+            data=self.data,
+            model=model,
+            labeled=tuple(record["labeled"]),
+            split=self.settings["train_split"],
+            bins=self.settings["bins"],
+            passes=self.settings["passes"],
+            seed=self.seed,
+            stage=stage,
+            batch_size=self.settings["score_batch_size"],
+        )
+        picked = select(self.name, ctx, candidates, k)
+        return {
+            "k": k,
+            "indices": picked.indices,
+            "scores": picked.scores,
+            "scored": picked.scored,
+            "seconds": round(time.time() - t0, 2),
+        }
+
+    def _progress(self, stage: int, quiet: bool, resumed: bool) -> None:
+        r = self.stages[stage]
+        n, total = len(r["labeled"]), len(self.settings["sizes"])
+        line = (
+            f"al {self.name} seed {self.seed} stage {stage + 1}/{total}: "
+            f"{n}/{self.settings['pool_size']} labelled ({r['fraction'] * 100:.0f}%), "
+            f"val {r['val_miou'] * 100:.1f} test {r['test_miou'] * 100:.1f} mIoU, "
+            f"fit {r['fit_seconds']:.0f}s"
+        )
+        if "selection" in r:
+            s = r["selection"]
+            line += f", picked {len(s['indices'])} of {s['scored']} in {s['seconds']:.0f}s"
+        _say(line + (" (recorded)" if resumed else ""), quiet)
+
+
+def run_al(
+    data: Path,
+    out: Path,
+    preset: Preset,
+    strategies: Sequence[str],
+    seeds: Sequence[int],
+    init: float = 0.10,
+    step: float = 0.05,
+    max_fraction: float = 0.40,
+    subset: float | None = None,
+    bins: int = 8,
+    full: bool = False,
+    passes: int = 10,
+    score_batch_size: int = 8,
+    test_split: str = "test",
+    quiet: bool = False,
+) -> dict[str, Any]:
+    """The paper's protocol for every strategy and seed; writes results.json/.md/.png in `out`.
+
+    Stage-major per seed (every strategy finishes stage i before any starts stage i + 1), so an
+    interrupted run still leaves a comparable table. Returns the collected results.
+    """
+    from .acquisition import STRATEGIES
+    from .data import SegmentationDataset
+    from .report import collect, write_report
+
+    for name in strategies:
+        STRATEGIES[name]  # noqa: B018 - an unknown name fails here, before any training
+    if not strategies or not seeds:
+        raise ValueError("need at least one strategy and one seed")
+    train_set = SegmentationDataset(data, preset.train.train_split)
+    pool_size = len(train_set)
+    preset = with_classes(preset, train_set.num_classes)
+    sizes = stage_sizes(pool_size, init, step, max_fraction)
+    protocol = {
+        "init": init,
+        "step": step,
+        "max": max_fraction,
+        "subset": subset,
+        "bins": bins,
+        "passes": passes,
+        "score_batch_size": score_batch_size,
+        "pool_size": pool_size,
+        "sizes": sizes,
+        "train_split": preset.train.train_split,
+        "test_split": test_split,
+    }
+    out = Path(out)
+    if full:
+        seeded = seeded_preset(preset, seeds[0])
+        r = train_and_test(data, out / "full" / f"seed{seeds[0]}", seeded, None, test_split)
+        _say(
+            f"al full data seed {seeds[0]}: {pool_size} images, val {r['val_miou'] * 100:.1f} "
+            f"test {r['test_miou'] * 100:.1f} mIoU, fit {r['fit_seconds']:.0f}s",
+            quiet,
+        )
+    for seed in seeds:
+        seeded = seeded_preset(preset, seed)
+        settings = {**protocol, "model": seeded.model.to_dict(), "train": seeded.train.to_dict()}
+        runs = [StrategyRun(data, out, name, seed, settings) for name in strategies]
+        for stage in range(len(sizes)):
+            for run in runs:
+                run.advance(stage, seeded, quiet)
+    results = collect(out, strategies, seeds)
+    write_report(out, results)
+    return results

@@ -117,7 +117,8 @@ def evaluate(checkpoint: Path, data: Path, split: str, out: Path | None, threads
     dataset = SegmentationDataset(data, split)
     if dataset.num_classes != ckpt.model_config.num_classes:
         raise click.ClickException(
-            f"{data} has {dataset.num_classes} classes, the checkpoint {ckpt.model_config.num_classes}"
+            f"{data} has {dataset.num_classes} classes, "
+            f"the checkpoint {ckpt.model_config.num_classes}"
         )
     figure = out / "figure.png" if out else None
     result = evaluate_model(model, dataset, ckpt.model_config, figure=figure)
@@ -131,6 +132,81 @@ def evaluate(checkpoint: Path, data: Path, split: str, out: Path | None, threads
     click.echo(table)
     if out:
         click.echo(f"\nwrote {out / 'metrics.json'}, {out / 'metrics.md'}, {figure}", err=True)
+
+
+def _csv(kind: type) -> Any:
+    """A click callback parsing `a,b,c` into a list of `kind`."""
+
+    def parse(ctx: click.Context, param: click.Parameter, value: str) -> list[Any]:
+        try:
+            items = [kind(v.strip()) for v in value.split(",") if v.strip()]
+        except ValueError:
+            raise click.BadParameter(f"{value!r} is not a comma-separated list") from None
+        if not items or len(set(items)) != len(items):
+            raise click.BadParameter(f"{value!r}: give at least one value, each once")
+        return items
+
+    return parse
+
+
+@main.command("al")
+@click.option("--data", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              required=True, help="Dataset root (CamVid layout or Cityscapes).")
+@click.option("--out", type=click.Path(path_type=Path), required=True,
+              help="Run folder: per-stage fits, state.json per strategy and seed, results.*")
+@click.option("--strategies", default="ds,de,random,entropy", show_default=True,
+              callback=_csv(str), help="Comma-separated: ds, de, entropy, qbc, coreset, random.")
+@click.option("--seeds", default="0", show_default=True, callback=_csv(int),
+              help="Comma-separated seeds (initial labelled set, training, random picks).")
+@click.option("--preset", default="streets-cpu", show_default=True,
+              help="streets-cpu | cpu | paper.")
+@click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False,
+              path_type=Path), help='JSON {"model": {...}, "train": {...}} over the preset.')
+@click.option("--init", type=click.FloatRange(0, 1, min_open=True), default=0.10,
+              show_default=True, help="Initial labelled fraction of the train split.")
+@click.option("--step", type=click.FloatRange(0, 1, min_open=True), default=0.05,
+              show_default=True, help="Fraction of the train split added per stage.")
+@click.option("--max", "max_fraction", type=click.FloatRange(0, 1, min_open=True),
+              default=0.40, show_default=True, help="Last stage's labelled fraction.")
+@click.option("--subset", type=click.FloatRange(0, 1, min_open=True), default=None,
+              show_default=True,
+              help="Score only a seeded random fraction of the unlabelled pool (paper: 0.5).")
+@click.option("--bins", type=click.IntRange(min=2), default=8, show_default=True,
+              help="DE histogram bins (paper: CamVid 8, Cityscapes 10).")
+@click.option("--full/--no-full", default=False, show_default=True,
+              help="Also train on the whole train split (first seed) for the % of full line.")
+@click.argument("overrides", nargs=-1)
+def al(data: Path, out: Path, strategies: list[str], seeds: list[int], preset: str,
+       config_file: Path | None, init: float, step: float, max_fraction: float,
+       subset: float | None, bins: int, full: bool, overrides: tuple[str, ...]) -> None:
+    """Run the paper's active-learning protocol and report mIoU vs % labelled.
+
+    OVERRIDES are key=value settings over the preset, e.g. epochs=2 decoder_width=32.
+    """
+    from .acquisition import STRATEGIES
+    from .al import run_al
+    from .config import resolve_config
+    from .data import SegmentationDataset, validate
+    from .report import format_table
+
+    unknown = [s for s in strategies if s not in STRATEGIES]
+    if unknown:
+        raise click.BadParameter(f"unknown {unknown}; choose from {', '.join(sorted(STRATEGIES))}",
+                                 param_hint="--strategies")
+    try:
+        cfg = resolve_config(preset, config_file, parse_overrides(overrides))
+    except (KeyError, ValueError) as exc:
+        raise click.BadParameter(str(exc.args[0] if exc.args else exc)) from None
+    train_set = SegmentationDataset(data, cfg.train.train_split)
+    validate(train_set.samples, train_set.num_classes)
+    try:
+        results = run_al(data, out, cfg, strategies, seeds, init=init, step=step,
+                         max_fraction=max_fraction, subset=subset, bins=bins, full=full)
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(format_table(results))
+    click.echo(f"wrote {out / 'results.json'}, {out / 'results.md'}, {out / 'results.png'}",
+               err=True)
 
 
 if __name__ == "__main__":

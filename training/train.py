@@ -163,10 +163,12 @@ def fit(
                     {"val_miou": best, "epoch": epoch + 1},
                     epoch + 1,
                 )
-            progress.write(
-                f"epoch {epoch + 1}: loss {stats['loss']:.3f} "
-                f"val mIoU {metrics['miou'] * 100:.1f} (best {best * 100:.1f})"
-            )
+            if not quiet:
+                progress.write(
+                    f"epoch {epoch + 1}: loss {stats['loss']:.3f} "
+                    f"val mIoU {metrics['miou'] * 100:.1f} (best {best * 100:.1f})",
+                    file=sys.stderr,
+                )
         history.append(record)
         save_checkpoint(
             last_path,
