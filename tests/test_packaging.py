@@ -1,0 +1,46 @@
+"""Packaging: one `dealseg` namespace, torch-free serving and client, the documented scripts."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+SCRIPTS = ("deal-client", "deal-train", "deal-export", "deal-serve")
+
+
+def run_fresh(code: str) -> str:
+    """Run `code` in a fresh interpreter outside the checkout, so only installed code imports."""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, cwd="/")
+    return out.stdout.strip()
+
+
+def test_serving_and_client_import_without_torch() -> None:
+    code = (
+        "import sys\n"
+        "import dealseg.serving.contract, dealseg.serving.server, dealseg.serving.repository\n"
+        "import dealseg.serving.cli\n"
+        "import dealseg.client.cli, dealseg.client.run, dealseg.client.engines\n"
+        "import dealseg.client.select, dealseg.client.decode, dealseg.client.maps\n"
+        "print('torch' in sys.modules)\n"
+    )
+    assert run_fresh(code) == "False"
+
+
+def test_nothing_generic_lands_at_the_top_of_site_packages() -> None:
+    code = (
+        "import importlib.util as u\n"
+        "print([n for n in ('client', 'training', 'export', 'serving') if u.find_spec(n)])\n"
+    )
+    assert run_fresh(code) == "[]"
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_console_scripts_answer_help(script: str) -> None:
+    exe = Path(sys.executable).with_name(script)
+    assert exe.exists(), f"{script} is not installed"
+    out = subprocess.run([exe, "--help"], capture_output=True, text=True, check=True)
+    assert "Usage:" in out.stdout
