@@ -104,3 +104,14 @@ def test_lite0_imagenet_weights_load_strictly_and_recognise_a_cat() -> None:
         logits = F.linear(F.relu6(h).mean((2, 3)), state["_fc.weight"], state["_fc.bias"])
     top5 = set(logits.topk(5).indices[0].tolist())
     assert top5 & set(range(281, 286)), f"ImageNet cat classes 281-285 not in top-5 {top5}"
+
+
+def test_training_pam_takes_the_fused_kernel_not_the_n_by_n_path() -> None:
+    from torch.profiler import ProfilerActivity, profile
+
+    p = torch.softmax(torch.randn(2, 11, 600), dim=1).requires_grad_()
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        pam_sdpa(p).sum().backward()
+    ops = {e.key for e in prof.key_averages()}
+    assert any("flash_attention" in op for op in ops), sorted(ops)
+    assert "aten::_scaled_dot_product_attention_math" not in ops

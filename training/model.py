@@ -141,9 +141,13 @@ def pam_blocked(p: torch.Tensor, block: int) -> torch.Tensor:
 
 
 def pam_sdpa(p: torch.Tensor) -> torch.Tensor:
-    """Exact PAM through fused attention (query = key = value = Pᵀ, scale 1)."""
-    pt = p.transpose(1, 2).contiguous()  # contiguous, else SDPA falls back to the N x N path
-    return F.scaled_dot_product_attention(pt, pt, pt, scale=1.0).transpose(1, 2)
+    """Exact PAM through fused attention (query = key = value = Pᵀ, scale 1).
+
+    The input must be a contiguous 4-D [B, 1, N, C] tensor: on a 3-D or strided one, torch's CPU
+    kernel silently takes the N x N math path (4x the memory, 2-4x the time in training).
+    """
+    pt = p.transpose(1, 2).contiguous().unsqueeze(1)  # [B, 1, N, C]
+    return F.scaled_dot_product_attention(pt, pt, pt, scale=1.0)[:, 0].transpose(1, 2)
 
 
 class DifficultyHead(nn.Module):
