@@ -29,6 +29,13 @@ demo: $(STAMP)
 	$(VENV)/bin/deal-client score $(DEMO)/pool --top-k 8 --strategy de --out $(DEMO)/out --maps
 	@echo "outputs: $(DEMO)/out/ (scores.jsonl, embeddings.f32, selection.txt, selection.json, maps/)"
 
+# Benchmarks (bench/, DESIGN 9): each prints a short table and writes bench/results/<name>.md with
+# the date and the machine. `make bench BENCH_FLAGS=--quick` for a smoke run (a few minutes).
+BENCH := engine pipeline wire pam selection quantize
+BENCH_FLAGS ?=
+bench: $(STAMP)
+	set -e; for b in $(BENCH); do $(PY) bench/$$b.py $(BENCH_FLAGS); done
+
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 

@@ -88,6 +88,13 @@ class EmbeddedEngine:
         except Exception as exc:  # onnxruntime raises its own exception types
             raise EngineError(f"{path}: not a loadable ONNX model: {exc}") from exc
         self.path = path
+        # On the CPU with all cores as intra-op threads, one run already uses every core; two
+        # runs at once only oversubscribe them (measured: 25% fewer img/s at the client's default
+        # concurrency 2 on 2 cores, bench/pipeline.py). Such runs take turns; callers still
+        # overlap decoding and writing with inference.
+        all_cores = threads == 0 or threads >= (os.cpu_count() or 1)
+        on_cpu = self.session.get_providers() == ["CPUExecutionProvider"]
+        self._one_run = threading.Lock() if on_cpu and all_cores else contextlib.nullcontext()
         try:
             self.spec = ModelSpec.from_metadata(self.session.get_modelmeta().custom_metadata_map)
             check_io(self.spec, _ort_io(self.session.get_inputs()),
@@ -97,7 +104,8 @@ class EmbeddedEngine:
 
     def infer(self, images: np.ndarray, outputs: Sequence[str]) -> dict[str, np.ndarray]:
         _check_batch(images, self.spec)
-        values = self.session.run(list(outputs), {INPUT_NAME: images})
+        with self._one_run:
+            values = self.session.run(list(outputs), {INPUT_NAME: images})
         return dict(zip(outputs, values, strict=True))
 
     def close(self) -> None:

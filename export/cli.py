@@ -152,5 +152,30 @@ def repository(model_path: Path, repo: Path, target: str, plan: Path | None,
     click.echo(f"wrote {model_dir / 'config.pbtxt'} ({target})")
 
 
+@main.command()
+@click.option("--model", "model_path", type=click.Path(exists=True, dir_okay=False,
+              path_type=Path), required=True, help="FP32 model.onnx from `deal-export onnx`.")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True,
+              help="Output INT8 model, e.g. model-int8.onnx.")
+@click.option("--calibration", required=True,
+              help="Calibration POOL: a folder of images, or a text file of image paths (as "
+                   "`deal-client score` takes it); use images like the ones you will score.")
+@click.option("--count", type=click.IntRange(min=1), default=64, show_default=True,
+              help="Calibration images, spread evenly over the pool.")
+def quantize(model_path: Path, out: Path, calibration: str, count: int) -> None:
+    """Static INT8 (QDQ) quantization of the segmenter; heads and scores stay FP32."""
+    from .quantize import QuantizeError, quantize_model
+
+    try:
+        report = quantize_model(model_path, out, calibration, count)
+    except QuantizeError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(
+        f"wrote {out} ({report.bytes_out / 1e6:.1f} MB, from {report.bytes_in / 1e6:.1f} MB): "
+        f"{report.quantized_convs} convolutions INT8, calibrated on {report.calibration_images} "
+        f"images; {len(report.fp32_nodes)} nodes of the heads and scores kept FP32"
+    )
+
+
 if __name__ == "__main__":
     sys.exit(main())

@@ -838,7 +838,9 @@ def write_streets(
         (out_dir / f"{name}annot").mkdir(parents=True, exist_ok=True)
     jobs = [(out_dir, seed, i, tuple(size), names[i]) for i in range(n)]
     if workers > 1:
-        with multiprocessing.get_context("fork").Pool(workers) as pool:
+        # spawn, not fork: a fork of a process whose torch/ONNX Runtime thread pools already run
+        # can deadlock in the child (seen in the test suite).
+        with multiprocessing.get_context("spawn").Pool(workers) as pool:
             hists = pool.map(_write_one, jobs, chunksize=max(1, n // (workers * 8)))
     else:
         hists = [_write_one(job) for job in jobs]

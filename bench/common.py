@@ -1,0 +1,176 @@
+"""Shared helpers of the benchmarks: the machine, A/B timing, peak RSS, markdown result files.
+
+Every benchmark prints one short markdown table and writes it, with the date, the machine and the
+exact command, to `bench/results/<name>.md`. Ratios are measured side by side in one run: the
+cases are timed in alternation (A B A B ...), so a background load slows all of them alike.
+Generated inputs (JPEGs, exported test graphs) go to /tmp/dealseg-bench, never into the checkout.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import platform
+import re
+import shlex
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "bench" / "results"
+CACHE = Path(os.environ.get("DEALSEG_BENCH_CACHE", "/tmp/dealseg-bench"))
+SHIPPED_MODEL = ROOT / "model_repository" / "deal" / "1" / "model.onnx"
+CHECKPOINT = ROOT / "runs" / "full" / "best.pt"
+PYTHON = sys.executable
+
+
+def cpu_model() -> str:
+    """`lscpu`'s model name (falls back to /proc/cpuinfo)."""
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
+        match = re.search(r"^Model name:\s*(.+)$", out, re.M)
+        family = re.search(r"^CPU family:\s*(\d+)$", out, re.M)
+        model = re.search(r"^Model:\s*(\d+)$", out, re.M)
+        if match:
+            name = match.group(1).strip()
+            if family and model:
+                name += f" (family {family.group(1)}, model {model.group(1)})"
+            return name
+    except (OSError, subprocess.CalledProcessError):
+        pass
+    match = re.search(r"^model name\s*:\s*(.+)$", Path("/proc/cpuinfo").read_text(), re.M)
+    return match.group(1).strip() if match else platform.processor() or "unknown CPU"
+
+
+def cpu_features() -> str:
+    """The SIMD features that decide which kernels ONNX Runtime and oneDNN can use."""
+    flags = set()
+    match = re.search(r"^flags\s*:\s*(.+)$", Path("/proc/cpuinfo").read_text(), re.M)
+    if match:
+        flags = set(match.group(1).split())
+    wanted = ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_bf16")
+    return " ".join(f for f in wanted if f in flags) or "no AVX2"
+
+
+def machine() -> str:
+    """One line: CPU model, cores, SIMD features, runtime versions."""
+    import numpy as np
+    import onnxruntime as ort
+
+    return (
+        f"{cpu_model()}, {os.cpu_count()} cores ({cpu_features()}), "
+        f"Python {platform.python_version()}, onnxruntime {ort.__version__}, numpy {np.__version__}"
+    )
+
+
+def load_note() -> str:
+    """Load average at the start: a busy machine slows every case of a run alike."""
+    one, five, _ = os.getloadavg()
+    return f"load average at start {one:.2f} (1 min), {five:.2f} (5 min)"
+
+
+def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    """A GitHub markdown table; floats are printed as given (format them before)."""
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def write_result(name: str, title: str, body: str, notes: Sequence[str] = ()) -> Path:
+    """Print `body` (+ notes) and write bench/results/<name>.md with date, machine and command."""
+    command = " ".join([".venv/bin/python", f"bench/{name}.py", *map(shlex.quote, sys.argv[1:])])
+    text = "\n".join([
+        f"# {title}",
+        "",
+        f"- date: {dt.datetime.now().astimezone().strftime('%Y-%m-%d %H:%M %Z')}",
+        f"- machine: {machine()}",
+        f"- {load_note()}",
+        f"- command: `{command}`",
+        "",
+        body,
+        "",
+        *[f"- {n}" for n in notes],
+    ]).rstrip() + "\n"  # fmt: skip
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / f"{name}.md"
+    path.write_text(text)
+    print(body)
+    for note in notes:
+        print(f"- {note}")
+    print(f"\nwrote {path.relative_to(ROOT)}")
+    return path
+
+
+def alternate(
+    cases: dict[str, Callable[[], object]], reps: int, warmup: int = 1
+) -> dict[str, list[float]]:
+    """Seconds per call of each case, the cases run in turn (A B C A B C ...) `reps` times."""
+    for _ in range(warmup):
+        for fn in cases.values():
+            fn()
+    times: dict[str, list[float]] = {name: [] for name in cases}
+    for _ in range(reps):
+        for name, fn in cases.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return times
+
+
+def median(values: Sequence[float]) -> float:
+    ordered = sorted(values)
+    mid = len(ordered) // 2
+    return ordered[mid] if len(ordered) % 2 else 0.5 * (ordered[mid - 1] + ordered[mid])
+
+
+def ort_session(path: Path | str, threads: int = 2, spin: bool = False) -> object:
+    """An ONNX Runtime CPU session with `threads` intra-op threads (all optimisations on).
+
+    Spinning is off by default: ORT's idle worker threads otherwise busy-wait after each run,
+    and when two engines are timed in alternation in one process they steal each other's cores
+    (measured here: both engines 20-45% slower than alone).
+    """
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3
+    options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+# ------------------------------------------------------------------------------ memory
+RSS_PROBE = r'''
+import re
+
+def _status(key):
+    return int(re.search(key + r":\s+(\d+) kB", open("/proc/self/status").read()).group(1))
+
+def reset_peak():
+    """Start a fresh peak: VmHWM := VmRSS (Linux >= 4.0, clear_refs 5)."""
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+    return _status("VmRSS")
+
+def peak_kib():
+    return _status("VmHWM")
+'''
+
+
+def run_probe(code: str, timeout: float = 600.0, env: dict[str, str] | None = None) -> str:
+    """Run `code` (which can call reset_peak() / peak_kib()) in a fresh Python; its stdout."""
+    done = subprocess.run(
+        [PYTHON, "-c", RSS_PROBE + code], capture_output=True, text=True, timeout=timeout,
+        cwd=ROOT, env={**os.environ, **(env or {})},
+    )  # fmt: skip
+    if done.returncode != 0:
+        raise RuntimeError(f"probe failed ({done.returncode}):\n{done.stderr[-3000:]}")
+    return done.stdout
+
+
+def mib(kib: float) -> str:
+    return f"{kib / 1024:.1f}"

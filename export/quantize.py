@@ -1,0 +1,203 @@
+"""`deal-export quantize`: static INT8 (QDQ) quantization of an exported DEAL graph.
+
+    model.onnx (FP32) + a pool of images ─► calibration (min/max of every activation) ─►
+    model-int8.onnx: QuantizeLinear/DequantizeLinear pairs in the segmenter, same contract
+
+What is quantized: the nodes of the segmenter's encoder and decoder (`SEGMENTER_SCOPES`, read from
+the exporter's per-node `namespace` metadata) of the types in `QUANTIZED_OPS`: the convolutions
+and what sits between them (ReLU/ReLU6, residual adds, concatenations, upsampling), so that
+consecutive convolutions hand each other UINT8 tensors. Quantizing the convolutions alone leaves
+a dequantize/requantize pair around every activation and was slower than FP32 here.
+
+What stays FP32: the segmentation head (the logits), the difficulty head (PAM: softmax,
+attention matmuls, 1x1 classifier) and the score tail (resize, sigmoid, histogram, entropy,
+argmax, embedding), so DS and DE are computed exactly as before, from slightly different logits.
+
+Number formats: UINT8 activations (asymmetric, min/max calibrated), INT8 weights (symmetric, per
+output channel). Weights of convolutions that ONNX Runtime runs as a GEMM (1x1 and the dense stem)
+use 7 bits (`reduce_range`): on x86 CPUs without VNNI the U8S8 GEMM adds pairs of products in
+16 bits with saturation, which with full-range weights visibly corrupted the difficulty scores;
+depthwise kernels do not saturate and keep 8 bits.
+
+The calibration images are decoded from the pool exactly as `deal-client` decodes them. The
+`dealseg.*` metadata is copied, so the client, the Triton repository writer and the contract
+checks accept the result like any exported model.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from dealseg.serving.contract import INPUT_NAME, ContractError, ModelSpec
+
+SEGMENTER_SCOPES: tuple[str, ...] = ("model.encoder", "model.decoder")
+QUANTIZED_OPS: tuple[str, ...] = ("Conv", "MatMul", "Clip", "Relu", "Add", "Concat", "Resize")
+
+
+class QuantizeError(ValueError):
+    """The model or the calibration pool cannot be used; the message says what to change."""
+
+
+@dataclass(frozen=True)
+class QuantizeReport:
+    """What `quantize_model` did."""
+
+    out: Path
+    calibration_images: int
+    quantized_convs: int  # Conv/MatMul nodes whose weights are now INT8
+    fp32_nodes: list[str]  # nodes of a quantizable type deliberately left FP32
+    bytes_in: int
+    bytes_out: int
+
+
+def calibration_images(pool: str | os.PathLike, size: tuple[int, int], count: int) -> np.ndarray:
+    """`count` images spread evenly over the pool, decoded to uint8 [count, H, W, 3].
+
+    Files that fail to decode are skipped (the next ones are taken); QuantizeError if the pool
+    holds no decodable image.
+    """
+    from dealseg.client.decode import DecodeError, decode_image
+    from dealseg.client.pool import PoolError, read_pool
+
+    try:
+        paths = read_pool(os.fspath(pool))
+    except PoolError as exc:
+        raise QuantizeError(f"calibration pool: {exc}") from None
+    step = max(1, len(paths) // max(count, 1))
+    order = paths[::step] + [p for i, p in enumerate(paths) if i % step]  # spread, then the rest
+    images: list[np.ndarray] = []
+    for path in order:
+        if len(images) == count:
+            break
+        try:
+            images.append(decode_image(path, size))
+        except DecodeError:
+            continue
+    if not images:
+        raise QuantizeError(f"no decodable image in the calibration pool {pool}")
+    return np.stack(images)
+
+
+class ImageReader:
+    """ONNX Runtime's CalibrationDataReader protocol over uint8 images, one [1, H, W, 3] a time."""
+
+    def __init__(self, images: np.ndarray) -> None:
+        self._images = images
+        self._iter: Iterator[np.ndarray] = iter(images)
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        image = next(self._iter, None)
+        return None if image is None else {INPUT_NAME: image[None]}
+
+    def rewind(self) -> None:
+        self._iter = iter(self._images)
+
+
+def _scope(node: Any) -> str | None:
+    return next((p.value for p in node.metadata_props if p.key == "namespace"), None)
+
+
+def fp32_nodes(model: Any, scopes: tuple[str, ...] = SEGMENTER_SCOPES) -> list[str]:
+    """Names of the nodes of a quantizable type that stay FP32: all outside the segmenter.
+
+    A graph without the exporter's `namespace` metadata keeps every MatMul (only the PAM
+    multiplies matrices) and the last two Convs (segmentation head, difficulty classifier).
+    """
+    nodes = [n for n in model.graph.node if n.op_type in QUANTIZED_OPS]
+    if any(_scope(n) is not None for n in nodes):
+        inside = tuple(f"{s}:" for s in scopes)  # "model.encoder: dealseg...EfficientNet"
+        return [n.name for n in nodes if not any(s in (_scope(n) or "") for s in inside)]
+    convs = [n.name for n in nodes if n.op_type == "Conv"]
+    return [n.name for n in nodes if n.op_type == "MatMul"] + convs[-2:]
+
+
+def gemm_weight_overrides(model: Any) -> dict[str, list[dict[str, Any]]]:
+    """TensorQuantOverrides giving 7-bit weights to every non-depthwise Conv (one dict/channel)."""
+    weights = {i.name: i for i in model.graph.initializer}
+    overrides: dict[str, list[dict[str, Any]]] = {}
+    for node in model.graph.node:
+        w = weights.get(node.input[1]) if node.op_type == "Conv" else None
+        if w is None or len(w.dims) != 4 or w.dims[1] == 1:  # [Cout, Cin/groups, kh, kw]
+            continue
+        overrides[w.name] = [{"reduce_range": True, "axis": 0}] + [
+            {"reduce_range": True} for _ in range(w.dims[0] - 1)
+        ]
+    return overrides
+
+
+def quantize_model(
+    model_path: Path, out: Path, pool: str | os.PathLike, count: int = 64
+) -> QuantizeReport:
+    """Write a static INT8 QDQ version of `model_path` to `out`, calibrated on `pool`."""
+    import onnx
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    model_path, out = Path(model_path), Path(out)
+    try:
+        model = onnx.load(str(model_path))
+    except Exception as exc:  # onnx raises DecodeError, OSError, ...
+        raise QuantizeError(f"{model_path}: not a readable ONNX model: {exc}") from None
+    try:
+        spec = ModelSpec.from_metadata({p.key: p.value for p in model.metadata_props})
+    except ContractError as exc:
+        raise QuantizeError(f"{model_path}: {exc}") from None
+    images = calibration_images(pool, spec.input_size, count)
+    keep = fp32_nodes(model)
+    quiet = logging.getLogger().level
+    logging.getLogger().setLevel(logging.ERROR)  # ORT's "consider pre-processing" warnings
+    try:
+        with tempfile.TemporaryDirectory(prefix="deal-quantize-") as tmp:
+            raw = Path(tmp) / "model-int8.onnx"
+            quantize_static(
+                str(model_path),
+                raw,
+                ImageReader(images),  # type: ignore[arg-type]
+                quant_format=QuantFormat.QDQ,
+                op_types_to_quantize=list(QUANTIZED_OPS),
+                nodes_to_exclude=keep,
+                per_channel=True,
+                activation_type=QuantType.QUInt8,
+                weight_type=QuantType.QInt8,
+                calibrate_method=CalibrationMethod.MinMax,
+                calibration_providers=["CPUExecutionProvider"],
+                extra_options={
+                    "WeightSymmetric": True,
+                    "ActivationSymmetric": False,
+                    "TensorQuantOverrides": gemm_weight_overrides(model),
+                },
+            )
+            quantized = onnx.load(str(raw))
+    finally:
+        logging.getLogger().setLevel(quiet)
+    copy_metadata(model, quantized)
+    onnx.checker.check_model(quantized)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp_out = out.with_name(out.name + ".tmp")
+    onnx.save(quantized, str(tmp_out))
+    tmp_out.replace(out)
+    return QuantizeReport(out, len(images), _int8_convs(quantized), keep,
+                          model_path.stat().st_size, out.stat().st_size)  # fmt: skip
+
+
+def _int8_convs(model: Any) -> int:
+    """Conv/MatMul nodes whose weight input comes out of a DequantizeLinear."""
+    dequantized = {o for n in model.graph.node if n.op_type == "DequantizeLinear"
+                   for o in n.output}  # fmt: skip
+    return sum(1 for n in model.graph.node
+               if n.op_type in ("Conv", "MatMul") and n.input[1] in dequantized)  # fmt: skip
+
+
+def copy_metadata(source: Any, target: Any) -> None:
+    """The metadata (the `dealseg.*` contract keys) and producer of `source` onto `target`."""
+    del target.metadata_props[:]
+    for prop in source.metadata_props:
+        target.metadata_props.add(key=prop.key, value=prop.value)
+    target.producer_name = source.producer_name

@@ -1,0 +1,104 @@
+"""INT8 quantization: the quantized tiny model keeps the contract and ranks images like FP32."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from dealseg.client.engines import EmbeddedEngine
+from dealseg.export.cli import main as export_cli
+from dealseg.export.quantize import QuantizeError, quantize_model
+from dealseg.serving import contract
+from dealseg.training.synth import render_scene
+
+SIZE = (64, 80)  # the tiny fixture's input size
+
+
+def street_images(n: int, seed: int) -> np.ndarray:
+    """[n, H, W, 3] uint8 procedural street scenes at the tiny model's input size."""
+    return np.stack([render_scene(np.random.default_rng([seed, i]), SIZE)[0] for i in range(n)])
+
+
+@pytest.fixture(scope="module")
+def calibration_pool(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    pool = tmp_path_factory.mktemp("calibration")
+    for i, image in enumerate(street_images(8, seed=1)):
+        Image.fromarray(image).save(pool / f"street_{i}.png")
+    (pool / "broken.jpg").write_bytes(b"not a jpeg")  # skipped, not fatal
+    return pool
+
+
+@pytest.fixture(scope="module")
+def int8_model(tiny_onnx: Path, calibration_pool: Path, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("int8") / "model-int8.onnx"
+    report = quantize_model(tiny_onnx, out, calibration_pool, count=6)
+    assert report.calibration_images == 6 and report.quantized_convs > 40
+    assert report.bytes_out < report.bytes_in
+    return out
+
+
+def test_int8_model_keeps_metadata_and_io_contract(tiny_onnx: Path, int8_model: Path) -> None:
+    fp32, int8 = onnx.load(str(tiny_onnx)), onnx.load(str(int8_model))
+    meta = {p.key: p.value for p in fp32.metadata_props}
+    assert {p.key: p.value for p in int8.metadata_props} == meta
+    assert any(k.startswith(contract.META_PREFIX) for k in meta)
+    engine = EmbeddedEngine(int8_model)  # checks the contract, raises otherwise
+    assert engine.spec == EmbeddedEngine(tiny_onnx).spec
+    for batch in (1, 3):
+        out = engine.infer(street_images(batch, seed=2), contract.OUTPUT_NAMES)
+        for name in contract.OUTPUT_NAMES:
+            assert out[name].shape == (batch, *engine.spec.shape(name)), name
+            assert out[name].dtype == np.dtype(contract.SPECS[name].dtype), name
+
+
+def test_only_the_segmenter_is_quantized(int8_model: Path) -> None:
+    graph = onnx.load(str(int8_model)).graph
+    dequantized = {o for n in graph.node if n.op_type == "DequantizeLinear" for o in n.output}
+    matmuls = [n for n in graph.node if n.op_type == "MatMul"]
+    assert matmuls, "the PAM multiplies matrices"
+    assert not any(i in dequantized for n in matmuls for i in n.input)  # PAM stays FP32
+    convs = [n for n in graph.node if n.op_type == "Conv"]
+    assert sum(n.input[1] in dequantized for n in convs) == len(convs) - 2  # both heads FP32
+
+
+def test_int8_scores_follow_fp32(tiny_onnx: Path, int8_model: Path) -> None:
+    images = street_images(16, seed=3)
+    names = ["ds", "class_fraction", "embedding"]
+    fp32, int8 = (EmbeddedEngine(m).infer(images, names) for m in (tiny_onnx, int8_model))
+    assert np.abs(fp32["ds"] - int8["ds"]).max() < 0.01
+    assert np.corrcoef(fp32["ds"], int8["ds"])[0, 1] > 0.8  # the tiny model's DS spread is small
+    assert np.abs(fp32["class_fraction"] - int8["class_fraction"]).max() < 0.1
+    cosine = (fp32["embedding"] * int8["embedding"]).sum(axis=1)  # both L2-normalised
+    assert cosine.min() > 0.98
+
+
+def test_cli_quantize(tiny_onnx: Path, calibration_pool: Path, tmp_path: Path) -> None:
+    out = tmp_path / "q.onnx"
+    args = ["quantize", "--model", str(tiny_onnx), "--out", str(out), "--calibration",
+            str(calibration_pool), "--count", "2"]  # fmt: skip
+    result = CliRunner().invoke(export_cli, args)
+    assert result.exit_code == 0, result.output
+    assert "calibrated on 2 images" in result.output and out.is_file()
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    args[6] = str(empty)
+    result = CliRunner().invoke(export_cli, args)
+    assert result.exit_code == 1 and "no decodable image" in result.output
+
+
+def test_model_without_contract_is_refused(tmp_path: Path, calibration_pool: Path) -> None:
+    from onnx import TensorProto, helper
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])
+    bare = helper.make_model(helper.make_graph([helper.make_node("Identity", ["x"], ["y"])],
+                                               "g", [x], [helper.make_tensor_value_info(
+                                                   "y", TensorProto.FLOAT, [1])]))
+    path = tmp_path / "bare.onnx"
+    onnx.save(bare, str(path))
+    with pytest.raises(QuantizeError, match="metadata lacks"):
+        quantize_model(path, tmp_path / "out.onnx", calibration_pool)
