@@ -121,7 +121,8 @@ def train_and_test(
     fitted = fit(data, run_dir, preset, labeled=labeled, quiet=quiet)
     t1 = time.time()
     model = load_checkpoint(fitted.best_path).build_model()
-    metrics = evaluate_model(model, SegmentationDataset(data, test_split), model.cfg)
+    test_set = SegmentationDataset(data, test_split, size=model.cfg.input_size)
+    metrics = evaluate_model(model, test_set, model.cfg)
     val = [h for h in fitted.history if "val_miou" in h]
     result = {
         "val_miou": fitted.best_miou,

@@ -60,7 +60,8 @@ def synth(out: Path, count: int, size: str, seed: int, workers: int) -> None:
               required=True, help="Dataset root (CamVid layout or Cityscapes).")
 @click.option("--out", type=click.Path(path_type=Path), required=True,
               help="Run folder: best.pt, last.pt, history.json.")
-@click.option("--preset", default="cpu", show_default=True, help="paper | cpu.")
+@click.option("--preset", default="cpu", show_default=True,
+              help="paper | paper-cityscapes | cpu | streets-cpu.")
 @click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False,
               path_type=Path), help='JSON {"model": {...}, "train": {...}} over the preset.')
 @click.option("--fraction", type=click.FloatRange(0, 1, min_open=True), default=1.0,
@@ -114,7 +115,7 @@ def evaluate(checkpoint: Path, data: Path, split: str, out: Path | None, threads
         model = ckpt.build_model()
     except CheckpointError as exc:
         raise click.ClickException(str(exc)) from None
-    dataset = SegmentationDataset(data, split)
+    dataset = SegmentationDataset(data, split, size=ckpt.model_config.input_size)
     if dataset.num_classes != ckpt.model_config.num_classes:
         raise click.ClickException(
             f"{data} has {dataset.num_classes} classes, "

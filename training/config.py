@@ -51,6 +51,12 @@ class Preset:
 PRESETS: dict[str, Preset] = {
     # The paper's CamVid setting (360x480, 256-wide decoder, 100 epochs, batch 4): for GPU hosts.
     "paper": Preset(ModelConfig(), TrainConfig()),
+    # The paper's Cityscapes setting: images resized to 688x688, attention grid 86x86, batch 8
+    # (use 10 DE bins: `--bins 10`).
+    "paper-cityscapes": Preset(
+        ModelConfig(num_classes=19, attention_size=(86, 86), input_size=(688, 688)),
+        TrainConfig(batch_size=8, crop=(688, 688)),
+    ),
     # What a 2-core CPU trains in minutes on the 180x240 street set: separable 96-wide decoder,
     # attention grid at the paper's 1/6 of the input, short schedule.
     "cpu": Preset(

@@ -87,8 +87,11 @@ def fit(
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     augment = Augment(crop=cfg.crop, scale=cfg.scale, color_jitter=cfg.color_jitter)
-    train_set = SegmentationDataset(data, cfg.train_split, augment=augment, indices=labeled)
-    val_set = SegmentationDataset(data, cfg.val_split)
+    size = preset.model.input_size  # a no-op for data already at the model's size (CamVid)
+    train_set = SegmentationDataset(
+        data, cfg.train_split, size=size, augment=augment, indices=labeled
+    )
+    val_set = SegmentationDataset(data, cfg.val_split, size=size)
     preset = with_classes(preset, train_set.num_classes)
     if len(train_set) < cfg.batch_size:
         raise ValueError(
