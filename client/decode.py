@@ -7,6 +7,7 @@ file; the caller writes it as one error record and goes on. Pillow is imported l
 from __future__ import annotations
 
 import errno
+import functools
 import os
 import stat
 import warnings
@@ -30,7 +31,9 @@ class DecodeError(Exception):
         self.reason = reason
 
 
+@functools.cache
 def _pillow():  # -> module PIL.Image
+    """Pillow, imported on first use; the warning filter is installed once, not per image."""
     from PIL import Image
 
     # We enforce --max-pixels ourselves, before decoding; silence Pillow's own bomb warning.

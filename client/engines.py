@@ -23,18 +23,19 @@ from typing import Any, Protocol, TypeVar
 import numpy as np
 
 from dealseg.serving.contract import (
+    INPUT,
     INPUT_NAME,
     MODEL_NAME,
     SPECS,
     ContractError,
     ModelSpec,
     check_io,
+    session_spec,
 )
 
 T = TypeVar("T")
-_ORT_DTYPES = {"tensor(uint8)": "uint8", "tensor(float)": "float32"}
 _ORT_PROVIDERS = ("CUDAExecutionProvider", "CPUExecutionProvider")
-_WIRE_DTYPES = {"UINT8": "uint8", "FP32": "float32"}
+_WIRE_DTYPES = {t.wire_dtype: t.dtype for t in SPECS.values()}
 
 
 class EngineError(RuntimeError):
@@ -68,7 +69,7 @@ def _check_batch(images: np.ndarray, spec: ModelSpec) -> None:
 class EmbeddedEngine:
     """The exported ONNX graph run in this process by ONNX Runtime."""
 
-    def __init__(self, model_path: str | os.PathLike | None = None, threads: int = 0) -> None:
+    def __init__(self, model_path: str | os.PathLike | None = None) -> None:
         import onnxruntime as ort
 
         path = Path(model_path) if model_path is not None else default_model_path()
@@ -80,7 +81,6 @@ class EmbeddedEngine:
             )
             raise EngineError(f"no ONNX model at {path}; {hint}")
         options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
         options.log_severity_level = 3  # errors only; ORT's warnings are not the user's business
         providers = [p for p in _ORT_PROVIDERS if p in ort.get_available_providers()]
         try:
@@ -88,17 +88,14 @@ class EmbeddedEngine:
         except Exception as exc:  # onnxruntime raises its own exception types
             raise EngineError(f"{path}: not a loadable ONNX model: {exc}") from exc
         self.path = path
-        # On the CPU with all cores as intra-op threads, one run already uses every core; two
-        # runs at once only oversubscribe them (measured: 25% fewer img/s at the client's default
+        # On the CPU, one run already uses every core (ORT's default intra-op threads); two runs
+        # at once only oversubscribe them (measured: 25% fewer img/s at the client's default
         # concurrency 2 on 2 cores, bench/pipeline.py). Such runs take turns; callers still
         # overlap decoding and writing with inference.
-        all_cores = threads == 0 or threads >= (os.cpu_count() or 1)
         on_cpu = self.session.get_providers() == ["CPUExecutionProvider"]
-        self._one_run = threading.Lock() if on_cpu and all_cores else contextlib.nullcontext()
+        self._one_run = threading.Lock() if on_cpu else contextlib.nullcontext()
         try:
-            self.spec = ModelSpec.from_metadata(self.session.get_modelmeta().custom_metadata_map)
-            check_io(self.spec, _ort_io(self.session.get_inputs()),
-                     _ort_io(self.session.get_outputs()))  # fmt: skip
+            self.spec = session_spec(self.session)
         except ContractError as exc:
             raise EngineError(f"{path}: {exc}") from exc
 
@@ -113,10 +110,6 @@ class EmbeddedEngine:
 
     def describe(self) -> str:
         return f"ONNX Runtime ({', '.join(self.session.get_providers())}) on {self.path}"
-
-
-def _ort_io(args: Sequence[Any]) -> dict[str, tuple[str, tuple[int | str | None, ...]]]:
-    return {a.name: (_ORT_DTYPES.get(a.type, a.type), tuple(a.shape)) for a in args}
 
 
 # -------------------------------------------------------------------------------------- triton
@@ -299,7 +292,7 @@ class TritonEngine:
     def infer(self, images: np.ndarray, outputs: Sequence[str]) -> dict[str, np.ndarray]:
         _check_batch(images, self.spec)
         module = self._module()
-        inp = module.InferInput(INPUT_NAME, list(images.shape), "UINT8")
+        inp = module.InferInput(INPUT_NAME, list(images.shape), INPUT.wire_dtype)
         inp.set_data_from_numpy(images)
         if self.protocol == "grpc":
             requested = [module.InferRequestedOutput(n) for n in outputs]

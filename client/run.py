@@ -197,14 +197,8 @@ def load_labeled(
         if other.meta["model"] != table.meta["model"]:
             raise ValueError(f"{source} was scored by {other.meta['model']}, not this model")
         exclude = np.isin(np.asarray(table.paths, dtype=object), other.paths)
-        return (other.embeddings()[:] if need_centres else None), exclude
-    base = source.parent
-    with open(source, "rb") as f:
-        labeled = {
-            os.path.abspath(os.path.join(base, os.fsdecode(line.strip())))
-            for line in f.read().splitlines()
-            if line.strip() and not line.startswith(b"#")
-        }
+        return (other.embeddings() if need_centres else None), exclude
+    labeled = set(list_paths(str(source)))  # a list file, read exactly as a POOL
     exclude = np.fromiter((p in labeled for p in table.paths), dtype=bool, count=len(table))
     missing = len(labeled) - int(exclude.sum())
     if missing:

@@ -28,7 +28,7 @@ import numpy as np
 
 from dealseg.serving.contract import ModelSpec
 
-from .select import Options, Pick, Pool
+from .select import SCORE_COLUMNS, Options, Pick, Pool
 
 SCORES = "scores.jsonl"
 EMBEDDINGS = "embeddings.f32"
@@ -301,7 +301,7 @@ def load_table(scores_path: Path) -> Table:
     out = scores_path.parent
     meta = read_meta(out)
     paths: list[str] = []
-    cols: dict[str, list[float]] = {"ds": [], "de": [], "entropy": []}
+    cols: dict[str, list[float]] = {name: [] for name in SCORE_COLUMNS}
     rows: list[int] = []
     errors: dict[str, str] = {}
     for path, r in latest(iter_records(scores_path)).items():

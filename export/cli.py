@@ -43,26 +43,23 @@ def main() -> None:
 def onnx(checkpoint: Path, out: Path, input_size: str | None, max_batch: int, bins: int,
          model_version: str, compare: bool) -> None:
     """Export a checkpoint to ONNX, run onnx.checker, then compare ORT against PyTorch."""
-    from dealseg.training.checkpoint import CheckpointError, load_checkpoint
+    from dealseg.training.checkpoint import CheckpointError
 
-    from .onnx_export import export_onnx, with_input_size
+    from .onnx_export import export_graph, prepare_graph
 
     logging.getLogger("torch.onnx").setLevel(logging.ERROR)
-    size = parse_size(input_size)
     try:
-        spec = export_onnx(checkpoint, out, size, max_batch, bins, model_version)
-        ckpt = with_input_size(load_checkpoint(checkpoint), size)
+        graph, spec = prepare_graph(checkpoint, parse_size(input_size), bins, model_version)
     except CheckpointError as exc:
         raise click.ClickException(str(exc)) from None
+    export_graph(graph, spec, out, max_batch)
     click.echo(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB), model id {spec.model_id}")
     if not compare:
         return
     from .compare import compare as run_compare
     from .compare import random_images, real_photos
-    from .graph import DEALGraph
-
     images = {**random_images(4, spec.input_size), **real_photos()}
-    report = run_compare(DEALGraph(ckpt.build_model(), bins), out, images)
+    report = run_compare(graph, out, images)
     click.echo(report.table())
     if report.failures:
         raise click.ClickException("ONNX Runtime and PyTorch disagree:\n  "
@@ -94,12 +91,9 @@ def tensorrt(onnx_path: Path, out: Path, fp16: bool, min_batch: int, opt_batch: 
         raise click.BadParameter(str(exc)) from None
     try:
         build_engine(onnx_path, out, profile, fp16=fp16, workspace_gib=workspace_gib)
-        import onnxruntime as ort
+        from dealseg.serving.repository import read_onnx_spec
 
-        from dealseg.serving.contract import ModelSpec
-
-        meta = ort.InferenceSession(str(onnx_path)).get_modelmeta().custom_metadata_map
-        h, w = ModelSpec.from_metadata(meta).input_size
+        h, w = read_onnx_spec(onnx_path).input_size
         images = np.random.default_rng(0).integers(0, 256, (opt_batch, h, w, 3), dtype=np.uint8)
         click.echo(json.dumps(parity_vs_onnxruntime(out, onnx_path, images), indent=2))
     except TensorRTUnavailable as exc:

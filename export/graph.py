@@ -8,7 +8,7 @@ import copy
 import torch
 from torch import nn
 
-from dealseg.training.model import DEALNet
+from dealseg.training.model import DEALNet, DEALOutput
 from dealseg.training.scores import (
     class_fraction,
     difficulty_entropy,
@@ -32,8 +32,14 @@ class DEALGraph(nn.Module):
 
     def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """image [B, H, W, 3] uint8 RGB -> outputs in contract order (contract.OUTPUT_NAMES)."""
-        x = (image.permute(0, 3, 1, 2).float() - self.mean) / self.std  # [B, 3, H, W]
-        out = self.model(x)
+        return self.outputs(self.model(self.normalise(image)))
+
+    def normalise(self, image: torch.Tensor) -> torch.Tensor:
+        """uint8 [B, H, W, 3] -> the model's normalised float input [B, 3, H, W]."""
+        return (image.permute(0, 3, 1, 2).float() - self.mean) / self.std
+
+    def outputs(self, out: DEALOutput) -> tuple[torch.Tensor, ...]:
+        """The contract outputs of one forward pass of the model."""
         difficulty = out.difficulty()  # [B, H, W] in (0, 1)
         grid = torch.sigmoid(out.difficulty_logits[:, 0])  # [B, h, w] attention grid
         return (

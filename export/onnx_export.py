@@ -44,6 +44,15 @@ def with_input_size(ckpt: Checkpoint, input_size: tuple[int, int] | None) -> Che
     return replace(ckpt, model_config=cfg)
 
 
+def prepare_graph(
+    checkpoint: Path, input_size: tuple[int, int] | None, bins: int, version: str
+) -> tuple[DEALGraph, contract.ModelSpec]:
+    """The graph to export from `checkpoint` and the contract metadata it will carry."""
+    ckpt = with_input_size(load_checkpoint(checkpoint), input_size)
+    spec = model_spec(ckpt, bins, file_sha256(checkpoint), version)
+    return DEALGraph(ckpt.build_model(), bins).eval(), spec
+
+
 def export_onnx(
     checkpoint: Path,
     out: Path,
@@ -53,11 +62,15 @@ def export_onnx(
     version: str = "1",
 ) -> contract.ModelSpec:
     """Export `checkpoint` to `out` with contract names, a dynamic batch axis and metadata."""
+    graph, spec = prepare_graph(checkpoint, input_size, bins, version)
+    export_graph(graph, spec, out, max_batch)
+    return spec
+
+
+def export_graph(graph: DEALGraph, spec: contract.ModelSpec, out: Path, max_batch: int) -> None:
+    """Write `graph` to `out` as ONNX with `spec`'s metadata, then run the ONNX checker."""
     import onnx
 
-    ckpt = with_input_size(load_checkpoint(checkpoint), input_size)
-    spec = model_spec(ckpt, bins, file_sha256(checkpoint), version)
-    graph = DEALGraph(ckpt.build_model(), bins).eval()
     h, w = spec.input_size
     example = torch.zeros(2, h, w, 3, dtype=torch.uint8)
     batch = torch.export.Dim("batch", min=1, max=max_batch)
@@ -86,4 +99,3 @@ def export_onnx(
     tmp_out = out.with_name(out.name + ".tmp")
     onnx.save(model, str(tmp_out))
     tmp_out.replace(out)
-    return spec

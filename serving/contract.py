@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 MODEL_NAME = "deal"
 CONTRACT_VERSION = "1"
@@ -186,6 +187,23 @@ class ModelSpec:
             model_version=m["model_version"],
             checkpoint_sha256=m["checkpoint_sha256"],
         )
+
+
+_ORT_DTYPES = {"tensor(uint8)": "uint8", "tensor(float)": "float32"}
+
+
+def session_spec(session: Any) -> ModelSpec:
+    """The ModelSpec of an onnxruntime InferenceSession, its tensors checked against it.
+
+    Reads only the session's attributes, so this module needs no onnxruntime import.
+    """
+    spec = ModelSpec.from_metadata(session.get_modelmeta().custom_metadata_map)
+
+    def io(args: Any) -> dict[str, tuple[str, tuple[int | str | None, ...]]]:
+        return {a.name: (_ORT_DTYPES.get(a.type, a.type), tuple(a.shape)) for a in args}
+
+    check_io(spec, io(session.get_inputs()), io(session.get_outputs()))
+    return spec
 
 
 def check_io(

@@ -30,7 +30,7 @@ from dealseg.serving.contract import (
     SCORE_OUTPUTS,
     ContractError,
     ModelSpec,
-    check_io,
+    session_spec,
 )
 
 TARGETS: tuple[str, ...] = ("python-cpu", "onnxruntime", "tensorrt")
@@ -42,7 +42,6 @@ PARAM_INTRA_OP = "intra_op_thread_count"
 PARAM_INTER_OP = "inter_op_thread_count"
 PARAM_DEFAULT_OUTPUTS = "default_outputs"  # comma-separated; sent when a request asks for none
 
-_ORT_DTYPES = {"tensor(uint8)": "uint8", "tensor(float)": "float32"}
 _KINDS = {"cpu": mc.ModelInstanceGroup.KIND_CPU, "gpu": mc.ModelInstanceGroup.KIND_GPU}
 _DEFAULT_KIND = {"python-cpu": "cpu", "onnxruntime": "gpu", "tensorrt": "gpu"}
 
@@ -62,13 +61,7 @@ def read_onnx_spec(model_path: Path) -> ModelSpec:
         )
     except Exception as exc:  # onnxruntime raises its own exception types
         raise ContractError(f"{model_path}: not a loadable ONNX model ({exc})") from exc
-    spec = ModelSpec.from_metadata(session.get_modelmeta().custom_metadata_map)
-
-    def io(args: Sequence[Any]) -> dict[str, tuple[str, tuple[int | str | None, ...]]]:
-        return {a.name: (_ORT_DTYPES.get(a.type, a.type), tuple(a.shape)) for a in args}
-
-    check_io(spec, io(session.get_inputs()), io(session.get_outputs()))
-    return spec
+    return session_spec(session)
 
 
 def build_config(
@@ -145,16 +138,8 @@ def write_repository(
     repo: Path,
     target: str = "python-cpu",
     *,
-    max_batch_size: int = 16,
-    preferred_batch_sizes: Sequence[int] = (4, 8, 16),
-    max_queue_delay_us: int = 2000,
-    instances: int = 1,
-    instance_kind: str | None = None,
-    intra_op_threads: int = 0,
-    inter_op_threads: int = 0,
-    trt_accelerator: bool = False,
-    trt_precision: str = "FP16",
     plan: Path | None = None,
+    **options: Any,
 ) -> Path:
     """Write the Triton model `deal` for `target` into `repo`; return `repo/deal`.
 
@@ -162,10 +147,9 @@ def write_repository(
         contract and copied into the config's `parameters`.
     repo: the model repository root (created if needed); other models in it are left alone.
     target: `python-cpu`, `onnxruntime` or `tensorrt` (see the module doc).
-    max_batch_size, preferred_batch_sizes, max_queue_delay_us: Triton's dynamic batcher.
-    instances, instance_kind: the instance group (`cpu` or `gpu`; default per target).
-    intra_op_threads, inter_op_threads: ONNX Runtime thread counts (0 = ORT's default).
-    trt_accelerator, trt_precision: onnxruntime target only, TensorRT execution accelerator.
+    options: `build_config`'s keywords: max_batch_size, preferred_batch_sizes and
+        max_queue_delay_us (the dynamic batcher); instances, instance_kind (the instance group);
+        intra_op_threads, inter_op_threads (ONNX Runtime); trt_accelerator, trt_precision.
     plan: tensorrt target only, a serialized engine copied to `1/model.plan`. Without it the ONNX
         file is copied to `1/model.onnx` and the plan must be built there on the GPU host
         (`trtexec_command`).
@@ -174,19 +158,7 @@ def write_repository(
     if plan is not None and target != "tensorrt":
         raise ValueError("plan applies to the tensorrt target only")
     spec = read_onnx_spec(model_path)
-    config = build_config(
-        spec,
-        target,
-        max_batch_size=max_batch_size,
-        preferred_batch_sizes=preferred_batch_sizes,
-        max_queue_delay_us=max_queue_delay_us,
-        instances=instances,
-        instance_kind=instance_kind,
-        intra_op_threads=intra_op_threads,
-        inter_op_threads=inter_op_threads,
-        trt_accelerator=trt_accelerator,
-        trt_precision=trt_precision,
-    )
+    config = build_config(spec, target, **options)
     model_dir = repo / MODEL_NAME
     version_dir = model_dir / VERSION
     version_dir.mkdir(parents=True, exist_ok=True)

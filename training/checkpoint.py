@@ -35,7 +35,8 @@ class Checkpoint:
     def build_model(self) -> DEALNet:
         """The model with these weights, strictly loaded; a mismatch becomes a CheckpointError."""
         model = DEALNet(self.model_config, pretrained=False)
-        missing, unexpected = _key_diff(model.state_dict(), self.state_dict)
+        expected = model.state_dict()
+        missing, unexpected = _key_diff(expected, self.state_dict)
         if missing or unexpected:
             raise CheckpointError(
                 f"{self.path}: weights do not fit a {self.model_config.encoder} DEALNet with "
@@ -44,9 +45,9 @@ class Checkpoint:
                 f"{'...' if len(unexpected) > 5 else ''}"
             )
         bad = [
-            f"{k} {tuple(v.shape)} vs {tuple(model.state_dict()[k].shape)}"
+            f"{k} {tuple(v.shape)} vs {tuple(expected[k].shape)}"
             for k, v in self.state_dict.items()
-            if v.shape != model.state_dict()[k].shape
+            if v.shape != expected[k].shape
         ]
         if bad:
             raise CheckpointError(f"{self.path}: tensor shapes do not fit the config: {bad[:5]}")

@@ -5,9 +5,12 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
+
+if TYPE_CHECKING:
+    from .config import Preset
 
 
 def parse_overrides(items: tuple[str, ...]) -> dict[str, Any]:
@@ -34,6 +37,32 @@ def parse_size(value: str) -> tuple[int, int]:
     return h, w
 
 
+data_option = click.option(
+    "--data", type=click.Path(exists=True, file_okay=False, path_type=Path), required=True,
+    help="Dataset root (CamVid layout or Cityscapes).",
+)
+config_option = click.option(
+    "--config", "config_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help='JSON {"model": {...}, "train": {...}} over the preset.',
+)
+
+
+def checked_config(
+    data: Path, preset: str, config_file: Path | None, overrides: tuple[str, ...]
+) -> tuple[Preset, int]:
+    """Preset + config file + overrides, and the train split checked up front: (config, size)."""
+    from .config import resolve_config
+    from .data import SegmentationDataset
+
+    try:
+        cfg = resolve_config(preset, config_file, parse_overrides(overrides))
+    except (KeyError, ValueError) as exc:
+        raise click.BadParameter(str(exc.args[0] if exc.args else exc)) from None
+    train_set = SegmentationDataset(data, cfg.train.train_split)
+    train_set.validate()
+    return cfg, len(train_set)
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 def main() -> None:
     """Train and evaluate DEAL segmenters; run the active-learning protocol."""
@@ -56,39 +85,30 @@ def synth(out: Path, count: int, size: str, seed: int, workers: int) -> None:
 
 
 @main.command()
-@click.option("--data", type=click.Path(exists=True, file_okay=False, path_type=Path),
-              required=True, help="Dataset root (CamVid layout or Cityscapes).")
+@data_option
 @click.option("--out", type=click.Path(path_type=Path), required=True,
               help="Run folder: best.pt, last.pt, history.json.")
 @click.option("--preset", default="cpu", show_default=True,
               help="paper | paper-cityscapes | cpu | streets-cpu.")
-@click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False,
-              path_type=Path), help='JSON {"model": {...}, "train": {...}} over the preset.')
+@config_option
 @click.option("--fraction", type=click.FloatRange(0, 1, min_open=True), default=1.0,
               show_default=True, help="Train on a seeded random fraction of the train split.")
 @click.argument("overrides", nargs=-1)
 def fit(data: Path, out: Path, preset: str, config_file: Path | None, fraction: float,
         overrides: tuple[str, ...]) -> None:
     """Train DEALNet. OVERRIDES are key=value settings, e.g. epochs=5 decoder_width=64."""
-    from .config import resolve_config
-    from .data import SegmentationDataset, validate
     from .train import fit as run_fit
 
-    try:
-        cfg = resolve_config(preset, config_file, parse_overrides(overrides))
-    except (KeyError, ValueError) as exc:
-        raise click.BadParameter(str(exc.args[0] if exc.args else exc)) from None
-    train_set = SegmentationDataset(data, cfg.train.train_split)
-    validate(train_set.samples, train_set.num_classes)
+    cfg, pool_size = checked_config(data, preset, config_file, overrides)
     labeled = None
     if fraction < 1.0:
         from .al import initial_labeled
 
-        labeled = initial_labeled(len(train_set), fraction, cfg.train.seed)
+        labeled = initial_labeled(pool_size, fraction, cfg.train.seed)
     result = run_fit(data, out, cfg, labeled=labeled)
     click.echo(json.dumps({"best": str(result.best_path), "val_miou": result.best_miou,
                            "seconds": round(result.seconds, 1),
-                           "train_images": len(labeled) if labeled else len(train_set)}))
+                           "train_images": len(labeled) if labeled else pool_size}))
 
 
 @main.command("eval")
@@ -151,8 +171,7 @@ def _csv(kind: type) -> Any:
 
 
 @main.command("al")
-@click.option("--data", type=click.Path(exists=True, file_okay=False, path_type=Path),
-              required=True, help="Dataset root (CamVid layout or Cityscapes).")
+@data_option
 @click.option("--out", type=click.Path(path_type=Path), required=True,
               help="Run folder: per-stage fits, state.json per strategy and seed, results.*")
 @click.option("--strategies", default="ds,de,random,entropy", show_default=True,
@@ -161,8 +180,7 @@ def _csv(kind: type) -> Any:
               help="Comma-separated seeds (initial labelled set, training, random picks).")
 @click.option("--preset", default="streets-cpu", show_default=True,
               help="streets-cpu | cpu | paper.")
-@click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False,
-              path_type=Path), help='JSON {"model": {...}, "train": {...}} over the preset.')
+@config_option
 @click.option("--init", type=click.FloatRange(0, 1, min_open=True), default=0.10,
               show_default=True, help="Initial labelled fraction of the train split.")
 @click.option("--step", type=click.FloatRange(0, 1, min_open=True), default=0.05,
@@ -186,20 +204,13 @@ def al(data: Path, out: Path, strategies: list[str], seeds: list[int], preset: s
     """
     from .acquisition import STRATEGIES
     from .al import run_al
-    from .config import resolve_config
-    from .data import SegmentationDataset, validate
     from .report import format_table
 
     unknown = [s for s in strategies if s not in STRATEGIES]
     if unknown:
         raise click.BadParameter(f"unknown {unknown}; choose from {', '.join(sorted(STRATEGIES))}",
                                  param_hint="--strategies")
-    try:
-        cfg = resolve_config(preset, config_file, parse_overrides(overrides))
-    except (KeyError, ValueError) as exc:
-        raise click.BadParameter(str(exc.args[0] if exc.args else exc)) from None
-    train_set = SegmentationDataset(data, cfg.train.train_split)
-    validate(train_set.samples, train_set.num_classes)
+    cfg, _ = checked_config(data, preset, config_file, overrides)
     try:
         results = run_al(data, out, cfg, strategies, seeds, init=init, step=step,
                          max_fraction=max_fraction, subset=subset, bins=bins, full=full)

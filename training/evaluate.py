@@ -10,6 +10,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from .data import decode_label
 from .losses import IGNORE_INDEX
 from .model import DEALNet, ModelConfig, normalise
 from .scores import difficulty_score
@@ -135,13 +136,6 @@ def evaluate_model(
     return result
 
 
-def colorize(label: np.ndarray, palette: Sequence[Sequence[int]] | None) -> np.ndarray:
-    pal = np.zeros((256, 3), dtype=np.uint8)
-    if palette is not None:
-        pal[: len(palette)] = np.asarray(palette, dtype=np.uint8)
-    return pal[label]
-
-
 def save_figure(
     path: Path, rows: list[tuple[np.ndarray, ...]], palette: Sequence[Sequence[int]] | None
 ) -> None:
@@ -151,9 +145,10 @@ def save_figure(
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    pal = palette or [[0, 0, 0]]
     fig, axes = plt.subplots(len(rows), 4, figsize=(12, 2.4 * len(rows)), squeeze=False)
     for r, (img, lab, pred, dif) in enumerate(rows):
-        panels = [np.clip(img, 0, 1), colorize(lab, palette), colorize(pred, palette), dif]
+        panels = [np.clip(img, 0, 1), decode_label(lab, pal), decode_label(pred, pal), dif]
         for a, (ax, panel) in enumerate(zip(axes[r], panels, strict=True)):
             ax.imshow(panel, cmap="jet" if a == 3 else None, vmin=0, vmax=1)
             ax.set_axis_off()

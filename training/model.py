@@ -9,13 +9,25 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .encoders import build_encoder
+
+C = TypeVar("C")
+HEAD_LR_SCALE = 10.0  # the paper: decoder, heads and gamma at 10x the backbone's learning rate
+
+
+def config_from_dict(cls: type[C], d: dict[str, Any], what: str) -> C:
+    """A frozen config dataclass from its JSON form (lists back to tuples); unknown keys fail."""
+    names = set(cls.__dataclass_fields__)  # type: ignore[attr-defined]
+    unknown = sorted(set(d) - names)
+    if unknown:
+        raise ValueError(f"unknown {what} config keys {unknown}; valid: {sorted(names)}")
+    return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
 
 
 @dataclass(frozen=True)
@@ -39,11 +51,7 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ModelConfig:
-        names = set(cls.__dataclass_fields__)
-        unknown = sorted(set(d) - names)
-        if unknown:
-            raise ValueError(f"unknown model config keys {unknown}; valid: {sorted(names)}")
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
+        return config_from_dict(cls, d, "model")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -114,7 +122,6 @@ class DeepLabV3PlusDecoder(nn.Module):
             conv_bn_relu(w, w, 3, separable=cfg.separable),
             nn.Dropout(cfg.decoder_dropout[1]),
         )
-        self.feature_channels = w + cfg.low_level_channels
 
     def forward(self, low: torch.Tensor, high: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         high = F.interpolate(
@@ -230,4 +237,4 @@ class DEALNet(nn.Module):
         backbone = list(self.encoder.parameters())
         ids = {id(p) for p in backbone}
         heads = [p for p in self.parameters() if id(p) not in ids]
-        return [{"params": backbone, "lr": lr}, {"params": heads, "lr": 10 * lr}]
+        return [{"params": backbone, "lr": lr}, {"params": heads, "lr": HEAD_LR_SCALE * lr}]

@@ -19,7 +19,7 @@ from .config import Preset, with_classes
 from .data import Augment, SegmentationDataset
 from .evaluate import evaluate_model
 from .losses import deal_loss
-from .model import DEALNet, normalise
+from .model import HEAD_LR_SCALE, DEALNet, normalise
 
 
 @dataclass
@@ -36,7 +36,7 @@ def poly_lr(base: float, it: int, max_it: int, power: float) -> float:
 
 
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
-    for group, scale in zip(optimizer.param_groups, (1.0, 10.0), strict=True):
+    for group, scale in zip(optimizer.param_groups, (1.0, HEAD_LR_SCALE), strict=True):
         group["lr"] = lr * scale
 
 
