@@ -12,6 +12,7 @@ import re
 import signal
 import subprocess
 import sys
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -246,7 +247,12 @@ def test_dynamic_batching_batches_concurrent_requests(
             results = list(
                 pool.map(lambda i: infer(client, "grpc", images[i : i + 1], ("ds",)), picks)
             )
+        # Triton updates its statistics after the responses leave: wait until they settle.
+        deadline = time.monotonic() + 10
         after = model_stats(client)
+        while after[0] - before[0] < 32 and time.monotonic() < deadline:
+            time.sleep(0.05)
+            after = model_stats(client)
     finally:
         client.close()
 
