@@ -8,12 +8,17 @@
 3. Peak RSS of `deal-client score` (in-process ONNX Runtime, shipped model) on a pool of 1k and
    of 20k images (target: flat within 50 MB). The pool is a text file of distinct symlink names
    that point at a few real 960x720 JPEGs, so every image is really decoded and scored while
-   the files stay few. `--quick`: 1M scores, 10k embeddings, 200 vs 1000 images.
+   the files stay few.
+4. Peak RSS of `deal-client select --strategy de` on out dirs of 100k and 1M records (realistic
+   scores.jsonl lines, 11 class fractions each): the memory a record costs when a pool's scores
+   are read back for selection.
+`--quick`: 1M scores, 10k embeddings, 200 vs 1000 images, 20k vs 200k records.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import subprocess
@@ -105,6 +110,48 @@ def client_peak(pool: Path, n: int) -> tuple[float, float]:
     return int(peak_file.read_text()) / 1024, n / seconds
 
 
+def synthetic_out_dir(n: int, embedding_dim: int = 144) -> Path:
+    """An out dir of `n` ok records as `deal-client score` writes them (embeddings sparse)."""
+    from dealseg.client.store import EMBEDDINGS, FORMAT, META, SCORES
+
+    out = CACHE / "selection" / f"records_{n}"
+    if (out / SCORES).is_file():
+        return out
+    out.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(2)
+    with open(out / SCORES, "w") as f:
+        for start in range(0, n, 100_000):
+            stop = min(n, start + 100_000)
+            ds, de, ent = rng.random((3, stop - start))
+            frac = rng.dirichlet(np.ones(11), stop - start)
+            for i, path in enumerate(synthetic_paths(stop)[start:], start):
+                j = i - start
+                fractions = ", ".join(f"{v:.6f}" for v in frac[j])
+                f.write(f'{{"path": "{path}", "status": "ok", "error": null, "ds": {ds[j]!r}, '
+                        f'"de": {2 * de[j]!r}, "entropy": {ent[j]!r}, "class_fraction": '
+                        f'[{fractions}], "row": {i}, "model": "deal:1:bench"}}\n')
+    with open(out / EMBEDDINGS, "wb") as f:
+        f.truncate(n * embedding_dim * 4)  # sparse: `de` selection never reads it
+    meta = {"format": FORMAT, "model": "deal:1:bench", "embedding_dim": embedding_dim,
+            "metadata": {}}  # fmt: skip
+    (out / META).write_text(json.dumps(meta))
+    return out
+
+
+def select_peak(out: Path) -> tuple[float, float]:
+    """(peak RSS MiB, seconds) of one `deal-client select --strategy de` over `out`."""
+    peak_file = out.parent / f"{out.name}.peak"
+    command = [PYTHON, "-c", CLIENT_WITH_PEAK, "select", str(out), "--strategy", "de",
+               "--top-k", "100", "--out", str(out.parent / f"{out.name}.selection")]  # fmt: skip
+    start = time.perf_counter()
+    done = subprocess.run(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=ROOT,
+                          env={**os.environ, "DEAL_BENCH_PEAK": str(peak_file)})  # fmt: skip
+    seconds = time.perf_counter() - start
+    if done.returncode != 0:
+        raise RuntimeError(f"deal-client exited {done.returncode}: {done.stderr[-2000:]!r}")
+    return int(peak_file.read_text()) / 1024, seconds
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="smaller pools (a smoke run)")
@@ -119,6 +166,10 @@ def main() -> None:
     sources = make_jpegs(50)
     peaks = {n: client_peak(symlink_pool(n, sources), n) for n in (small, large)}
     growth = peaks[large][0] - peaks[small][0]
+    record_counts = (20_000, 200_000) if args.quick else (100_000, 1_000_000)
+    reads = {n: select_peak(synthetic_out_dir(n)) for n in record_counts}
+    (few, few_peak), (many, many_peak) = ((n, reads[n][0]) for n in record_counts)
+    per_record = (many_peak - few_peak) * 2**20 / (many - few)
 
     sizes = (1_000_000,) if args.quick else (1_000_000, 10_000_000)
     rows: list[list[object]] = []
@@ -129,6 +180,10 @@ def main() -> None:
     memory = markdown_table(
         ["`deal-client score` (in-process ORT)", "peak RSS MiB", "img/s (wall)"],
         [[f"{n:,} images", f"{peak:.0f}", f"{rate:.1f}"] for n, (peak, rate) in peaks.items()],
+    )
+    reading = markdown_table(
+        ["`deal-client select --strategy de`", "peak RSS MiB", "seconds"],
+        [[f"{n:,} records", f"{peak:.0f}", f"{sec:.1f}"] for n, (peak, sec) in reads.items()],
     )
     top = [r for r in rows if str(r[0]).startswith("top-k") and "10,000,000" in str(r[0])]
     worst = max((float(str(r[2])) for r in top), default=float("nan"))
@@ -142,9 +197,11 @@ def main() -> None:
         "decoded every time); peak RSS = the client process's own VmHWM at exit",
         f"target peak memory flat within 50 MB from {small:,} to {large:,} images: "
         f"{'met' if growth * 1.048576 <= 50 else 'not met'} (+{growth:.0f} MiB)",
+        f"reading scores back for selection costs {per_record:.0f} bytes per record "
+        f"({few:,} -> {many:,} records; the path string itself is about 100 of them)",
     ]
     write_result("selection", "Selection at scale and client memory",
-                 timing + "\n\n" + memory, notes)  # fmt: skip
+                 timing + "\n\n" + memory + "\n\n" + reading, notes)  # fmt: skip
 
 
 if __name__ == "__main__":

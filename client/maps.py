@@ -38,27 +38,34 @@ def map_name(rank: int, path: str) -> str:
     return f"{rank:04d}_{safe}_{digest}.png"
 
 
-def heat_colors(values: np.ndarray) -> np.ndarray:
-    """uint8 [h, w] -> uint8 RGB [h, w, 3] on a dark-to-bright heat ramp."""
-    x = np.linspace(0, 255, len(_HEAT_ANCHORS))
-    lut = np.stack([np.interp(np.arange(256), x, _HEAT_ANCHORS[:, c]) for c in range(3)], axis=1)
-    return lut.round().astype(np.uint8)[values]
+_HEAT_LUT = np.stack(  # uint8 difficulty -> RGB
+    [
+        np.interp(np.arange(256), np.linspace(0, 255, len(_HEAT_ANCHORS)), _HEAT_ANCHORS[:, c])
+        for c in range(3)
+    ],
+    axis=1,
+).round().astype(np.uint8)
+
+
+def class_colors(palette: Sequence[Sequence[int]]) -> np.ndarray:
+    """uint8 [256, 3]: class id -> palette colour; ids beyond the palette are grey."""
+    colors = np.full((256, 3), 128, dtype=np.uint8)
+    colors[: len(palette)] = np.asarray(palette, dtype=np.uint8).reshape(-1, 3)
+    return colors
 
 
 def render(
-    image: np.ndarray,
-    difficulty: np.ndarray,
-    segmentation: np.ndarray,
-    palette: Sequence[Sequence[int]],
+    image: np.ndarray, difficulty: np.ndarray, segmentation: np.ndarray, colors: np.ndarray
 ) -> np.ndarray:
-    """[H, W, 3] image, [h, w] difficulty x 255, [sh, sw] classes -> [H, 3W + 2 gap, 3] panel."""
+    """[H, W, 3] image, [h, w] difficulty x 255, [sh, sw] classes -> [H, 3W + 2 gap, 3] panel.
+
+    `colors` is `class_colors(palette)`.
+    """
     from PIL import Image
 
     h, w = image.shape[:2]
     diff = np.asarray(Image.fromarray(difficulty).resize((w, h), Image.Resampling.BILINEAR))
-    overlay = (0.45 * image + 0.55 * heat_colors(diff)).round().astype(np.uint8)
-    colors = np.full((256, 3), 128, dtype=np.uint8)  # classes beyond the palette: grey
-    colors[: len(palette)] = np.asarray(palette, dtype=np.uint8).reshape(-1, 3)
+    overlay = (0.45 * image + 0.55 * _HEAT_LUT[diff]).round().astype(np.uint8)
     seg = np.asarray(Image.fromarray(segmentation).resize((w, h), Image.Resampling.NEAREST))
     gap = np.full((h, _GAP, 3), 255, dtype=np.uint8)
     return np.concatenate([image, gap, overlay, gap, colors[seg]], axis=1)
@@ -80,6 +87,7 @@ def write_maps(
         if _OUR_NAME.match(old.name):
             old.unlink()
     spec = engine.spec
+    colors = class_colors(spec.palette)
     failed: dict[str, str] = {}
     for start in range(0, len(selected), batch_size):
         batch, images = [], []
@@ -93,7 +101,7 @@ def write_maps(
             continue
         maps = engine.infer(np.stack(images), MAP_OUTPUTS)
         for i, (rank, path) in enumerate(batch):
-            panel = render(images[i], maps["difficulty"][i], maps["segmentation"][i], spec.palette)
+            panel = render(images[i], maps["difficulty"][i], maps["segmentation"][i], colors)
             buf = io.BytesIO()
             Image.fromarray(panel).save(buf, format="PNG")
             atomic_write(folder / map_name(rank, path), buf.getvalue())

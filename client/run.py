@@ -27,7 +27,7 @@ from dealseg.serving.contract import SCORE_OUTPUTS
 from .decode import DEFAULT_MAX_PIXELS, DecodeError, decode_image
 from .engines import Engine, EngineError
 from .pool import read_pool, take_shard
-from .select import Options, select
+from .select import Options, Pool, select
 from .store import ScoreWriter, Table, load_table, write_selection
 
 
@@ -176,13 +176,14 @@ def score_paths(
 
 # ----------------------------------------------------------------------------------- selection
 def load_labeled(
-    source: Path, table: Table, need_centres: bool
+    source: Path, table: Table, embeddings: np.ndarray | None
 ) -> tuple[np.ndarray | None, np.ndarray]:
     """`--labeled FILE` -> (centres [L, D] or None, exclude [N] bool).
 
     FILE is a .npy of embeddings [L, D]; a scores.jsonl (or out dir) of a run on the labelled
     images (their embeddings are the centres and their paths are never picked); or a text file of
-    paths in the pool (never picked; their embeddings are the centres).
+    paths in the pool (never picked; their embeddings, rows of `embeddings` = the table's, are the
+    centres). Without `embeddings` no centres are read.
     """
     source = Path(source)
     d = table.embedding_dim
@@ -197,14 +198,14 @@ def load_labeled(
         if other.meta["model"] != table.meta["model"]:
             raise ValueError(f"{source} was scored by {other.meta['model']}, not this model")
         exclude = np.isin(np.asarray(table.paths, dtype=object), other.paths)
-        return (other.embeddings() if need_centres else None), exclude
+        return (other.embeddings() if embeddings is not None else None), exclude
     labeled = set(list_paths(str(source)))  # a list file, read exactly as a POOL
     exclude = np.fromiter((p in labeled for p in table.paths), dtype=bool, count=len(table))
     missing = len(labeled) - int(exclude.sum())
     if missing:
         print(f"warning: {missing} labelled paths in {source} are not in the scores, ignored",
               file=sys.stderr)  # fmt: skip
-    centres = np.asarray(table.embeddings()[exclude]) if need_centres else None
+    centres = np.asarray(embeddings[exclude]) if embeddings is not None else None
     return centres, exclude
 
 
@@ -219,11 +220,12 @@ def run_selection(
     labeled: Path | None = None,
 ) -> dict[str, Any]:
     """Select from a loaded table and write selection.txt / selection.json into `out`."""
+    emb = table.embeddings() if strategy == "coreset" or diverse is not None else None
     centres, exclude = (None, None)
     if labeled is not None:
-        centres, exclude = load_labeled(labeled, table, need_centres=strategy == "coreset")
+        centres, exclude = load_labeled(labeled, table, emb if strategy == "coreset" else None)
     options = Options(seed=seed, labeled=centres, diverse=diverse, exclude=exclude)
-    pool = table.pool(with_embeddings=strategy == "coreset" or diverse is not None)
+    pool = Pool(table.paths, table.scores, emb)
     picks = select(pool, strategy, k, options)
     return write_selection(
         out, table, picks, strategy, k, options, None if labeled is None else str(labeled)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from array import array
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,7 +29,7 @@ import numpy as np
 
 from dealseg.serving.contract import ModelSpec
 
-from .select import SCORE_COLUMNS, Options, Pick, Pool
+from .select import SCORE_COLUMNS, Options, Pick
 
 SCORES = "scores.jsonl"
 EMBEDDINGS = "embeddings.f32"
@@ -138,16 +139,6 @@ def iter_records(path: Path) -> Iterator[dict[str, Any]]:
                 continue
             if isinstance(record, dict) and isinstance(record.get("path"), str):
                 yield record
-
-
-def latest(records: Iterator[dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """path -> the record that counts (the last one; an ok record is never replaced by an error)."""
-    out: dict[str, dict[str, Any]] = {}
-    for r in records:
-        old = out.get(r["path"])
-        if old is None or old["status"] != "ok" or r["status"] == "ok":
-            out[r["path"]] = r
-    return out
 
 
 # -------------------------------------------------------------------------------------- writer
@@ -287,12 +278,14 @@ class Table:
             return mm
         return np.asarray(mm[self.rows])
 
-    def pool(self, with_embeddings: bool) -> Pool:
-        return Pool(self.paths, self.scores, self.embeddings() if with_embeddings else None)
-
 
 def load_table(scores_path: Path) -> Table:
-    """Read an out dir's scores.jsonl (and meta.json beside it) for selection."""
+    """Read an out dir's scores.jsonl (and meta.json beside it) for selection.
+
+    The record that counts for a path is its last one, except that an ok record is never
+    replaced by an error. Records are streamed into flat arrays (about 100 bytes a path beside
+    the path itself), so a pool of millions fits in memory.
+    """
     scores_path = Path(scores_path)
     if scores_path.is_dir():
         scores_path = scores_path / SCORES
@@ -300,27 +293,45 @@ def load_table(scores_path: Path) -> Table:
         raise StoreError(f"no scores file at {scores_path}")
     out = scores_path.parent
     meta = read_meta(out)
+    slot: dict[str, int] = {}  # path -> index into the arrays below
     paths: list[str] = []
-    cols: dict[str, list[float]] = {name: [] for name in SCORE_COLUMNS}
-    rows: list[int] = []
-    errors: dict[str, str] = {}
-    for path, r in latest(iter_records(scores_path)).items():
-        if r.get("model") != meta["model"]:
-            print(f"warning: {path}: scored by another model, ignored", file=sys.stderr)
-        elif r["status"] == "ok":
-            paths.append(path)
-            for name, col in cols.items():
-                col.append(np.nan if r.get(name) is None else float(r[name]))
-            rows.append(int(r["row"]))
+    ok, ours = bytearray(), bytearray()  # the counting record is ok / by this model
+    cols = {name: array("d") for name in SCORE_COLUMNS}
+    rows = array("q")
+    reasons: dict[int, str] = {}
+    for r in iter_records(scores_path):
+        is_ok = r["status"] == "ok"
+        i = slot.setdefault(r["path"], len(paths))
+        if i == len(paths):
+            paths.append(r["path"])
+            ok.append(0)
+            ours.append(0)
+            rows.append(-1)
+            for col in cols.values():
+                col.append(np.nan)
+        elif ok[i] and not is_ok:
+            continue
+        ok[i], ours[i] = is_ok, r.get("model") == meta["model"]
+        rows[i] = int(r["row"]) if is_ok else -1
+        for name, col in cols.items():
+            col[i] = np.nan if r.get(name) is None else float(r[name])
+        if is_ok:
+            reasons.pop(i, None)
         else:
-            errors[path] = str(r.get("error"))
+            reasons[i] = str(r.get("error"))
+    del slot
+    mine = np.frombuffer(ours, dtype=np.uint8).astype(bool)
+    good = np.frombuffer(ok, dtype=np.uint8).astype(bool) & mine
+    for i in np.flatnonzero(~mine):
+        print(f"warning: {paths[i]}: scored by another model, ignored", file=sys.stderr)
+    keep = np.flatnonzero(good)
     return Table(
         out=out,
         meta=meta,
-        paths=paths,
-        scores={name: np.asarray(col, dtype=np.float64) for name, col in cols.items()},
-        rows=np.asarray(rows, dtype=np.int64),
-        errors=errors,
+        paths=[paths[i] for i in keep],
+        scores={name: np.frombuffer(col, dtype=np.float64)[keep] for name, col in cols.items()},
+        rows=np.frombuffer(rows, dtype=np.int64)[keep],
+        errors={paths[i]: reasons[i] for i in sorted(reasons) if mine[i]},
     )
 
 

@@ -19,6 +19,7 @@ from dealseg.serving.server import (
     ServerState,
     TritonServer,
     default_state_file,
+    server_alive,
     server_status,
     stop_server,
 )
@@ -65,7 +66,7 @@ def _refuse_if_running(state_file: Path) -> None:
         state = ServerState.load(state_file)
     except ServerError:
         return  # unreadable: overwritten below
-    if server_status(state)["alive"]:
+    if server_alive(state):
         raise click.ClickException(
             f"a server is already running (pid {state.pid}, HTTP {state.url_http}) per "
             f"{state_file}; run `deal-serve stop` first or pass another --state-file"
@@ -195,7 +196,7 @@ def stop(state_file: Path, timeout: float | None) -> None:
         state = ServerState.load(state_file)
     except ServerError as exc:
         raise click.ClickException(str(exc)) from exc
-    was_alive = server_status(state)["alive"]
+    was_alive = server_alive(state)
     stop_server(state, timeout=timeout)
     state_file.unlink(missing_ok=True)
     what = "stopped" if was_alive else "was not running; cleaned up after"

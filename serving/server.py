@@ -176,23 +176,38 @@ def server_env() -> dict[str, str]:
     return env
 
 
+def _bind_socket(host: str, port: int) -> socket.socket:
+    """A TCP socket bound where the server would bind `host`:`port` (IPv4 or IPv6, wildcards
+    included: a wildcard bind clashes with any address already using the port)."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(
+            host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+    except socket.gaierror as exc:
+        raise ServerError(f"cannot resolve host {host!r}: {exc}") from exc
+    s = socket.socket(family, kind, proto)
+    try:
+        s.bind(address)
+    except OSError:
+        s.close()
+        raise
+    return s
+
+
 def _port_free(host: str, port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        try:
-            s.bind((host if host not in ("", "0.0.0.0") else "127.0.0.1", port))
-        except OSError:
-            return False
+    try:
+        _bind_socket(host, port).close()
+    except OSError:
+        return False
     return True
 
 
 def free_ports(host: str, count: int) -> list[int]:
     """`count` distinct ports free on `host` right now."""
-    sockets = []
+    sockets: list[socket.socket] = []
     try:
         for _ in range(count):
-            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            s.bind((host if host not in ("", "0.0.0.0") else "127.0.0.1", 0))
-            sockets.append(s)
+            sockets.append(_bind_socket(host, 0))
         return [s.getsockname()[1] for s in sockets]
     finally:
         for s in sockets:
@@ -353,18 +368,6 @@ class TritonServer:
         return self._running().pid
 
     @property
-    def http_port(self) -> int:
-        return self._running().http_port
-
-    @property
-    def grpc_port(self) -> int:
-        return self._running().grpc_port
-
-    @property
-    def metrics_port(self) -> int:
-        return self._running().metrics_port
-
-    @property
     def url_http(self) -> str:
         """`host:port` of the HTTP endpoint (tritonclient's `url`)."""
         return self._running().url_http
@@ -372,10 +375,6 @@ class TritonServer:
     @property
     def url_grpc(self) -> str:
         return self._running().url_grpc
-
-    @property
-    def url_metrics(self) -> str:
-        return self._running().url_metrics
 
     def _wait_ready(self) -> None:
         state = self._running()
@@ -422,9 +421,14 @@ def _is_ready(state: ServerState) -> bool:
     return not state.server_id or metadata.get("name") == state.server_id
 
 
+def server_alive(state: ServerState) -> bool:
+    """Whether the recorded server's process still runs (and is that server, not a new pid)."""
+    return _process_alive(state.pid) and _is_our_tritonserver(state)
+
+
 def server_status(state: ServerState) -> dict[str, Any]:
     """Whether the recorded server lives and is ready, each model's state, and its addresses."""
-    alive = _process_alive(state.pid) and _is_our_tritonserver(state)
+    alive = server_alive(state)
     ready = alive and _is_ready(state)
     models: dict[str, str] = {}
     if alive:
@@ -585,14 +589,10 @@ def failed_models(log_text: str) -> dict[str, str]:
 _LOG_NOISE = re.compile(r"CUDA|Cuda|NVML|DCGM|pinned memory|^\s*[|+]|\]\s*$")
 
 
-def log_tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
+def log_tail(text: str, lines: int = LOG_TAIL_LINES) -> str:
     """The last `lines` informative lines of a server log (GPU noise and tables left out)."""
-    try:
-        text = Path(path).read_text(errors="replace")
-    except OSError:
-        return "(no log)"
     kept = [line for line in text.splitlines() if line.strip() and not _LOG_NOISE.search(line)]
-    return "\n".join(kept[-lines:])
+    return "\n".join(kept[-lines:]) if kept else "(no log)"
 
 
 def _read_log(state: ServerState) -> str:
@@ -612,5 +612,5 @@ def _failure(state: ServerState, what: str) -> ServerError:
     if not failures and "error" not in text.lower():
         lines.append("no model reported a failure; raise --timeout if the machine is busy")
     lines.append(f"last lines of {state.log_path}:")
-    lines.append(log_tail(Path(state.log_path)))
+    lines.append(log_tail(text))
     return ServerError("\n".join(lines), failed_models=tuple(failures))

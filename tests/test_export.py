@@ -17,6 +17,7 @@ from dealseg.export.cli import main as export_cli
 from dealseg.export.compare import compare, numpy_de, random_images, real_photos
 from dealseg.export.graph import DEALGraph
 from dealseg.serving import contract
+from dealseg.serving.repository import read_onnx_spec
 from dealseg.training.checkpoint import CheckpointError, load_checkpoint, read_raw
 
 REPO = Path(__file__).resolve().parents[1]
@@ -79,6 +80,13 @@ def test_parity_on_random_and_real_photos(tiny_onnx: Path, tiny_checkpoint: Path
     assert report.max_abs["entropy"] <= contract.TOL_ENTROPY
     assert report.min_embedding_cosine >= contract.MIN_EMBEDDING_COSINE
     assert report.map_pixels_off_by_more_than_1 == 0
+    # The table prints the bound that was applied: on this small grid two pixels' worth.
+    seg_pixels = int(np.prod(read_onnx_spec(tiny_onnx).segmentation_size))
+    tol = max(contract.TOL_CLASS_FRACTION, 2 / seg_pixels)
+    assert report.tolerance["class_fraction"] == tol
+    assert f"| class_fraction | {report.max_abs['class_fraction']:.2e} | {tol:.3g} |" in (
+        report.table()
+    )
 
 
 def test_numpy_de_reference() -> None:

@@ -10,6 +10,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -40,9 +41,22 @@ from dealseg.serving.server import (
     TritonServer,
     _cmdline,
     _mapped_shm_regions,
+    _port_free,
     _stub_processes,
+    free_ports,
 )
 
+
+def _ipv6() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6) as s:
+            s.bind(("::", 0))
+    except OSError:
+        return False
+    return True
+
+
+HOSTS = ["127.0.0.1", "0.0.0.0", ""] + (["::"] if _ipv6() else [])
 BATCHING = {"max_batch_size": 16, "preferred_batch_sizes": (4, 8, 16), "max_queue_delay_us": 20000}
 CLIENTS = {"grpc": grpcclient, "http": httpclient}
 
@@ -346,6 +360,17 @@ def test_cli_background_start_status_stop_leaves_nothing_behind(
     assert not Path(state["workdir"]).exists() and not state_file.exists()
     after = deal_serve("status", *common)
     assert after.returncode == 1 and json.loads(after.stdout)["running"] is False
+
+
+@pytest.mark.parametrize("host", HOSTS)
+def test_port_checks_see_a_loopback_listener_from_any_host_form(host: str) -> None:
+    """A wildcard bind (IPv4 or IPv6) clashes with a listener on 127.0.0.1: the check must too."""
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        assert not _port_free(host, held.getsockname()[1])
+    ports = free_ports(host, 3)
+    assert len(set(ports)) == 3 and all(_port_free(host, port) for port in ports)
 
 
 @pytest.mark.triton

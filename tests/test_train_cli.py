@@ -13,7 +13,8 @@ from dealseg.training.cli import main as train_cli
 from dealseg.training.synth import write_streets
 
 TINY = ["decoder_width=16", "attention_size=[8,10]", "input_size=[64,80]", "epochs=2",
-        "batch_size=4", "crop=[64,64]", "val_every=1", "threads=1"]  # fmt: skip
+        "batch_size=4", "crop=[64,64]", "val_every=1", "threads=1",
+        "refit_difficulty=true"]  # fmt: skip
 
 
 def test_fit_resume_and_eval(tmp_path: Path) -> None:
@@ -30,9 +31,16 @@ def test_fit_resume_and_eval(tmp_path: Path) -> None:
     assert raw["model_config"]["decoder_width"] == 16 and len(raw["class_names"]) == 11
     history = json.loads((run / "history.json").read_text())
     assert [h["epoch"] for h in history] == [1, 2] and all("val_miou" in h for h in history)
+    refit = raw["metrics"]["difficulty_refit"]  # the head refit on the val split, recorded
+    assert refit == summary["difficulty_refit"] and refit["split"] == "val"
+    assert refit["auroc_after"] >= refit["auroc_before"] and refit["pixels"] > 0
 
     again = runner.invoke(train_cli, ["fit", "--data", str(data), "--out", str(run), *TINY])
     assert again.exit_code == 0 and "resuming" in again.output  # nothing left to train
+    assert json.loads(again.stdout.strip().splitlines()[-1])["difficulty_refit"] == refit
+    assert torch.equal(torch.load(run / "best.pt", weights_only=True)["state_dict"]
+                       ["difficulty_head.classifier.weight"],
+                       raw["state_dict"]["difficulty_head.classifier.weight"])  # not refit twice
 
     out = tmp_path / "eval"
     evaluated = runner.invoke(train_cli, ["eval", "--checkpoint", str(run / "best.pt"),
@@ -46,8 +54,27 @@ def test_fit_resume_and_eval(tmp_path: Path) -> None:
     assert math.isnan(auroc) or 0 <= auroc <= 1  # NaN only if a split has no errors at all
     assert "| **mIoU** |" in evaluated.output and (out / "figure.png").stat().st_size > 1000
 
+    # A standalone refit (for checkpoints trained without one) writes a new checkpoint.
+    refit_out = tmp_path / "refit.pt"
+    refitted = runner.invoke(train_cli, ["refit", "--checkpoint", str(run / "best.pt"), "--data",
+                                         str(data), "--split", "train", "--loss", "bce",
+                                         "--out", str(refit_out), "--threads", "1"])  # fmt: skip
+    assert refitted.exit_code == 0, refitted.output
+    record = json.loads(refitted.stdout.strip().splitlines()[-1])["difficulty_refit"]
+    assert record["split"] == "train" and record["auroc_after"] >= record["auroc_before"]
+    assert torch.load(refit_out, weights_only=True)["metrics"]["difficulty_refit"] == record
+
 
 def test_fit_rejects_unknown_settings(tmp_path: Path) -> None:
     result = CliRunner().invoke(train_cli, ["fit", "--data", str(tmp_path), "--out",
                                             str(tmp_path / "r"), "learning_rate=1"])
     assert result.exit_code == 2 and "unknown setting 'learning_rate'" in result.output
+
+
+def test_fit_rejects_settings_of_the_wrong_form(tmp_path: Path) -> None:
+    for bad, hint in [("attention_size=45,60", "attention_size=[60,80]"),
+                      ("attention_size=[45]", "attention_size=[60,80]"),
+                      ("epochs=2.5", "epochs=100"), ("separable=1", "separable=false")]:
+        result = CliRunner().invoke(train_cli, ["fit", "--data", str(tmp_path), "--out",
+                                                str(tmp_path / "r"), bad])
+        assert result.exit_code == 2 and hint in result.output, (bad, result.output)

@@ -1,4 +1,4 @@
-"""`deal-train`: synth, fit, eval (and the active-learning loop, `al`)."""
+"""`deal-train`: synth, fit, eval, refit (and the active-learning loop, `al`)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,10 @@ from typing import TYPE_CHECKING, Any
 import click
 
 if TYPE_CHECKING:
+    from .checkpoint import Checkpoint
     from .config import Preset
+    from .data import SegmentationDataset
+    from .model import DEALNet
 
 
 def parse_overrides(items: tuple[str, ...]) -> dict[str, Any]:
@@ -106,9 +109,33 @@ def fit(data: Path, out: Path, preset: str, config_file: Path | None, fraction: 
 
         labeled = initial_labeled(pool_size, fraction, cfg.train.seed)
     result = run_fit(data, out, cfg, labeled=labeled)
-    click.echo(json.dumps({"best": str(result.best_path), "val_miou": result.best_miou,
-                           "seconds": round(result.seconds, 1),
-                           "train_images": len(labeled) if labeled else pool_size}))
+    summary = {"best": str(result.best_path), "val_miou": result.best_miou,
+               "seconds": round(result.seconds, 1),
+               "train_images": len(labeled) if labeled else pool_size}  # fmt: skip
+    if result.difficulty_refit is not None:
+        summary["difficulty_refit"] = result.difficulty_refit
+    click.echo(json.dumps(summary))
+
+
+def _checkpoint_and_split(
+    checkpoint: Path, data: Path, split: str
+) -> tuple[Checkpoint, DEALNet, SegmentationDataset]:
+    """(Checkpoint, its model, the split at the model's input size); mismatches are errors."""
+    from .checkpoint import CheckpointError, load_checkpoint
+    from .data import SegmentationDataset
+
+    try:
+        ckpt = load_checkpoint(checkpoint)
+        model = ckpt.build_model()
+    except CheckpointError as exc:
+        raise click.ClickException(str(exc)) from None
+    dataset = SegmentationDataset(data, split, size=ckpt.model_config.input_size)
+    if dataset.num_classes != ckpt.model_config.num_classes:
+        raise click.ClickException(
+            f"{data} has {dataset.num_classes} classes, "
+            f"the checkpoint {ckpt.model_config.num_classes}"
+        )
+    return ckpt, model, dataset
 
 
 @main.command("eval")
@@ -124,23 +151,11 @@ def evaluate(checkpoint: Path, data: Path, split: str, out: Path | None, threads
     """mIoU, per-class IoU and difficulty-map quality on a split."""
     import torch
 
-    from .checkpoint import CheckpointError, load_checkpoint
-    from .data import SegmentationDataset
     from .evaluate import evaluate_model, format_table
 
     if threads:
         torch.set_num_threads(threads)
-    try:
-        ckpt = load_checkpoint(checkpoint)
-        model = ckpt.build_model()
-    except CheckpointError as exc:
-        raise click.ClickException(str(exc)) from None
-    dataset = SegmentationDataset(data, split, size=ckpt.model_config.input_size)
-    if dataset.num_classes != ckpt.model_config.num_classes:
-        raise click.ClickException(
-            f"{data} has {dataset.num_classes} classes, "
-            f"the checkpoint {ckpt.model_config.num_classes}"
-        )
+    ckpt, model, dataset = _checkpoint_and_split(checkpoint, data, split)
     figure = out / "figure.png" if out else None
     result = evaluate_model(model, dataset, ckpt.model_config, figure=figure)
     result.update({"checkpoint": str(checkpoint), "split": split,
@@ -153,6 +168,40 @@ def evaluate(checkpoint: Path, data: Path, split: str, out: Path | None, threads
     click.echo(table)
     if out:
         click.echo(f"\nwrote {out / 'metrics.json'}, {out / 'metrics.md'}, {figure}", err=True)
+
+
+@main.command()
+@click.option("--checkpoint", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              required=True, help="Checkpoint from `deal-train fit`.")
+@click.option("--data", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              required=True, help="Dataset root.")
+@click.option("--split", default="val", show_default=True,
+              help="Held-out split whose error masks the head is fit to (not the test split).")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True,
+              help="Checkpoint to write (may be --checkpoint itself).")
+@click.option("--loss", type=click.Choice(["wbce", "bce"]), default=None,
+              show_default="the checkpoint's training loss", help="Difficulty loss of the fit.")
+@click.option("--threads", type=int, default=0, show_default=True, help="Torch threads (0=all).")
+def refit(checkpoint: Path, data: Path, split: str, out: Path, loss: str | None,
+          threads: int) -> None:
+    """Refit the difficulty head's 1x1 conv on a held-out split (everything else frozen)."""
+    import torch
+
+    from .checkpoint import save_checkpoint
+    from .refit import refit_difficulty_head
+
+    if threads:
+        torch.set_num_threads(threads)
+    ckpt, model, dataset = _checkpoint_and_split(checkpoint, data, split)
+    loss = loss or ckpt.train_config.get("difficulty_loss", "wbce")
+    try:
+        result = refit_difficulty_head(model, dataset, loss)
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from None
+    record = {"split": split, **result.to_dict()}
+    save_checkpoint(out, model, ckpt.class_names, ckpt.palette, ckpt.train_config,
+                    {**ckpt.metrics, "difficulty_refit": record}, ckpt.epoch)  # fmt: skip
+    click.echo(json.dumps({"checkpoint": str(out), "difficulty_refit": record}))
 
 
 def _csv(kind: type) -> Any:

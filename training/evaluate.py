@@ -46,6 +46,17 @@ def rank(values: np.ndarray) -> np.ndarray:
     return ranks
 
 
+def auroc(scores: np.ndarray, positive: np.ndarray) -> float:
+    """AUROC of `scores` for the bool labels `positive` (Mann-Whitney; ties count 1/2)."""
+    scores, positive = np.asarray(scores).reshape(-1), np.asarray(positive, bool).reshape(-1)
+    n_pos = int(positive.sum())
+    n_neg = len(positive) - n_pos
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    r = rank(scores) + 1  # 1-based
+    return float((r[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
 def spearman(a: Sequence[float], b: Sequence[float]) -> float:
     """Spearman rank correlation over the pairs where both values are finite."""
     x, y = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)

@@ -20,17 +20,22 @@ def bce_loss(difficulty: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return F.binary_cross_entropy(difficulty.clamp(1e-7, 1 - 1e-7), target)
 
 
-def wbce_loss(difficulty: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Weighted BCE: right and wrong pixels averaged separately, weights 1/sqrt(n+1) normalised."""
-    per_pixel = F.binary_cross_entropy(difficulty.clamp(1e-7, 1 - 1e-7), target, reduction="none")
-    wrong = target > 0.5
-    n_err = wrong.sum().float()
-    n_right = target.numel() - n_err
+def balanced_mean(per_pixel: torch.Tensor, wrong: torch.Tensor) -> torch.Tensor:
+    """wbce's reduction: right and wrong pixels averaged separately, weights 1/sqrt(n+1)
+    normalised. `wrong` is a bool mask shaped like `per_pixel`."""
+    n_err = wrong.sum().to(per_pixel.dtype)
+    n_right = wrong.numel() - n_err
     w = torch.stack([1 / torch.sqrt(n_right + 1), 1 / torch.sqrt(n_err + 1)])
     w = w / w.sum()
     right_mean = per_pixel[~wrong].sum() / n_right.clamp(min=1)
     wrong_mean = per_pixel[wrong].sum() / n_err.clamp(min=1)
     return w[0] * right_mean + w[1] * wrong_mean
+
+
+def wbce_loss(difficulty: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Weighted BCE: right and wrong pixels averaged separately, weights 1/sqrt(n+1) normalised."""
+    per_pixel = F.binary_cross_entropy(difficulty.clamp(1e-7, 1 - 1e-7), target, reduction="none")
+    return balanced_mean(per_pixel, target > 0.5)
 
 
 def deal_loss(

@@ -6,6 +6,7 @@ image -> encoder -> decoder -> segmentation_head -> logits (stride 4)
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -21,12 +22,39 @@ C = TypeVar("C")
 HEAD_LR_SCALE = 10.0  # the paper: decoder, heads and gamma at 10x the backbone's learning rate
 
 
+def _fits(value: Any, like: Any) -> bool:
+    """Whether `value` has the JSON type of the default `like` (ints count as floats)."""
+    if isinstance(like, bool) or isinstance(value, bool):
+        return isinstance(value, bool) and isinstance(like, bool)
+    if isinstance(like, tuple):
+        return (
+            isinstance(value, (list, tuple))
+            and len(value) == len(like)
+            and all(_fits(v, w) for v, w in zip(value, like, strict=True))
+        )
+    if isinstance(like, float):
+        return isinstance(value, (int, float))
+    return isinstance(value, type(like))
+
+
 def config_from_dict(cls: type[C], d: dict[str, Any], what: str) -> C:
-    """A frozen config dataclass from its JSON form (lists back to tuples); unknown keys fail."""
-    names = set(cls.__dataclass_fields__)  # type: ignore[attr-defined]
-    unknown = sorted(set(d) - names)
+    """A frozen config dataclass from its JSON form (lists back to tuples).
+
+    Unknown keys fail, and so do values of the wrong type or length (`attention_size="45,60"`
+    instead of `[45, 60]`), naming the key and the expected form.
+    """
+    fields = cls.__dataclass_fields__  # type: ignore[attr-defined]
+    unknown = sorted(set(d) - set(fields))
     if unknown:
-        raise ValueError(f"unknown {what} config keys {unknown}; valid: {sorted(names)}")
+        raise ValueError(f"unknown {what} config keys {unknown}; valid: {sorted(fields)}")
+    for key, value in d.items():
+        default = fields[key].default
+        if not _fits(value, default):
+            example = json.dumps(list(default) if isinstance(default, tuple) else default)
+            raise ValueError(
+                f"{what} setting {key}={value!r}: expected a value like {example} "
+                f"(on the command line: {key}={example.replace(' ', '')})"
+            )
     return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
 
 
@@ -179,13 +207,17 @@ class DifficultyHead(nn.Module):
             return pam_blocked(p, self.pam_block)
         return pam_sdpa(p)
 
-    def forward(self, logits: torch.Tensor) -> torch.Tensor:
-        """logits [B, C, h4, w4] -> difficulty logits [B, 1, h, w] on the attention grid."""
+    def features(self, logits: torch.Tensor) -> torch.Tensor:
+        """logits [B, C, h4, w4] -> Q = γ·PAM(P) + P [B, C, h, w], the 1x1 conv's input."""
         x = F.interpolate(logits, size=self.attention_size, mode="bilinear", align_corners=False)
         b, c, h, w = x.shape
         p = torch.softmax(x, dim=1).reshape(b, c, h * w)  # [B, C, N]
         q = self.gamma * self.attend(p) + p
-        return self.classifier(q.reshape(b, c, h, w))
+        return q.reshape(b, c, h, w)
+
+    def forward(self, logits: torch.Tensor) -> torch.Tensor:
+        """logits [B, C, h4, w4] -> difficulty logits [B, 1, h, w] on the attention grid."""
+        return self.classifier(self.features(logits))
 
 
 @dataclass

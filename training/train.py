@@ -14,12 +14,13 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from .checkpoint import read_raw, save_checkpoint
-from .config import Preset, with_classes
+from .checkpoint import load_checkpoint, read_raw, save_checkpoint
+from .config import Preset, TrainConfig, with_classes
 from .data import Augment, SegmentationDataset
 from .evaluate import evaluate_model
 from .losses import deal_loss
 from .model import HEAD_LR_SCALE, DEALNet, normalise
+from .refit import refit_difficulty_head
 
 
 @dataclass
@@ -29,6 +30,7 @@ class FitResult:
     epochs_run: int
     seconds: float
     history: list[dict[str, Any]]
+    difficulty_refit: dict[str, Any] | None = None
 
 
 def poly_lr(base: float, it: int, max_it: int, power: float) -> float:
@@ -190,4 +192,29 @@ def fit(
         )
     progress.close()
     (out / "history.json").write_text(json.dumps(history, indent=2))
-    return FitResult(best_path, best, cfg.epochs - start_epoch, time.time() - t0, history)
+    refit = refit_best(best_path, val_set, cfg, quiet) if cfg.refit_difficulty else None
+    return FitResult(
+        best_path, best, cfg.epochs - start_epoch, time.time() - t0, history, refit
+    )
+
+
+def refit_best(
+    best_path: Path, val_set: SegmentationDataset, cfg: TrainConfig, quiet: bool = False
+) -> dict[str, Any]:
+    """Refit the kept checkpoint's difficulty head on `val_set` once (a resumed run keeps it)."""
+    ckpt = load_checkpoint(best_path)
+    done = ckpt.metrics.get("difficulty_refit")
+    if done is None:
+        model = ckpt.build_model()
+        result = refit_difficulty_head(model, val_set, cfg.difficulty_loss, seed=cfg.seed)
+        done = {"split": val_set.split, **result.to_dict()}
+        save_checkpoint(best_path, model, ckpt.class_names, ckpt.palette, ckpt.train_config,
+                        {**ckpt.metrics, "difficulty_refit": done}, ckpt.epoch)  # fmt: skip
+    if not quiet:
+        print(
+            f"difficulty head refit on {done['split']} ({done['pixels']:,} pixels): AUROC "
+            f"{done['auroc_before']:.3f} -> {done['auroc_after']:.3f}"
+            + (" (kept the trained head)" if done["kept_old"] else ""),
+            file=sys.stderr,
+        )
+    return done

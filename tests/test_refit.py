@@ -1,0 +1,74 @@
+"""The difficulty-head refit: exact for the map the model outputs, and only the 1x1 conv moves."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from dealseg.training.checkpoint import load_checkpoint
+from dealseg.training.data import SegmentationDataset
+from dealseg.training.evaluate import auroc, evaluate_model
+from dealseg.training.model import normalise
+from dealseg.training.refit import head_inputs, refit_difficulty_head
+from dealseg.training.synth import write_streets
+
+
+@pytest.fixture(scope="module")
+def streets(tmp_path_factory: pytest.TempPathFactory) -> SegmentationDataset:
+    root = tmp_path_factory.mktemp("streets")
+    write_streets(root, n=16, size=(64, 80), seed=5)
+    return SegmentationDataset(root, "train")
+
+
+def test_the_map_is_a_linear_read_out_of_upsampled_q(tiny_checkpoint: Path) -> None:
+    """conv1x1 then bilinear upsampling = upsampling then conv1x1: the refit's premise."""
+    model = load_checkpoint(tiny_checkpoint).build_model().eval()
+    x = normalise(torch.rand(2, 3, 64, 80), model.cfg.mean, model.cfg.std)
+    with torch.no_grad():
+        out = model(x)
+        head = model.difficulty_head
+        q = F.interpolate(head.features(out.logits), size=(64, 80), mode="bilinear",
+                          align_corners=False)  # fmt: skip
+        read_out = head.classifier(q)[:, 0]
+        direct = torch.logit(out.difficulty().double(), eps=0).float()
+    np.testing.assert_allclose(read_out.numpy(), direct.numpy(), atol=1e-4)
+
+
+def test_refit_raises_auroc_and_moves_only_the_head(
+    tiny_checkpoint: Path, streets: SegmentationDataset
+) -> None:
+    model = load_checkpoint(tiny_checkpoint).build_model()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    baseline = evaluate_model(model, streets, model.cfg)["difficulty_auroc"]
+
+    result = refit_difficulty_head(model, streets, "wbce", max_pixels=20_000, seed=1)
+
+    assert 0 < result.error_rate < 1 and 20_000 <= result.pixels < 20_000 + len(streets)
+    assert not result.kept_old and result.auroc_after > result.auroc_before
+    changed = {k for k, v in model.state_dict().items() if not torch.equal(v, before[k])}
+    assert changed == {"difficulty_head.classifier.weight", "difficulty_head.classifier.bias"}
+    # The reported AUROC is the map's: recompute it from the model's own outputs.
+    x, wrong = head_inputs(model, streets, max_pixels=20_000, seed=1)
+    conv = model.difficulty_head.classifier
+    scores = (x @ conv.weight.detach().reshape(-1).double() + conv.bias.item()).numpy()
+    assert auroc(scores, wrong.numpy()) == pytest.approx(result.auroc_after, abs=1e-6)  # fp32 head
+    # On every pixel of the split (histogram AUROC), the map improved too.
+    assert evaluate_model(model, streets, model.cfg)["difficulty_auroc"] > baseline
+
+
+def test_refit_with_plain_bce_and_bad_loss(tiny_checkpoint: Path,
+                                           streets: SegmentationDataset) -> None:  # fmt: skip
+    model = load_checkpoint(tiny_checkpoint).build_model()
+    assert refit_difficulty_head(model, streets, "bce", max_pixels=5_000).auroc_after > 0.5
+    with pytest.raises(ValueError, match="difficulty loss 'focal'"):
+        refit_difficulty_head(model, streets, "focal")
+
+
+def test_auroc_counts_ties_as_half() -> None:
+    assert auroc(np.array([0.1, 0.2, 0.3, 0.4]), np.array([0, 0, 1, 1], bool)) == 1.0
+    assert auroc(np.array([0.5, 0.5]), np.array([0, 1], bool)) == 0.5
+    assert np.isnan(auroc(np.array([0.1, 0.2]), np.array([1, 1], bool)))
