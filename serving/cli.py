@@ -88,7 +88,7 @@ def main() -> None:
     help="Triton model repository holding the model 'deal' (see `deal-export repository`).",
 )
 @click.option("--host", default="127.0.0.1", show_default=True,
-              help="Address to bind HTTP, gRPC and metrics to (0.0.0.0 exposes the server).")
+              help="IPv4 address to bind HTTP, gRPC and metrics to (0.0.0.0 exposes the server).")
 @click.option("--http-port", type=int, default=8000, show_default=True,
               help="HTTP/REST port; 0 picks a free one.")
 @click.option("--grpc-port", type=int, default=8001, show_default=True,

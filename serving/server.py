@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
+import ipaddress
 import json
 import os
 import re
@@ -81,7 +82,7 @@ class ServerState:
     @property
     def client_host(self) -> str:
         """Address clients connect to: the bind address, or loopback for a wildcard bind."""
-        return "127.0.0.1" if self.host in ("0.0.0.0", "", "::") else self.host
+        return "127.0.0.1" if self.host in ("0.0.0.0", "") else self.host
 
     @property
     def url_http(self) -> str:
@@ -176,18 +177,28 @@ def server_env() -> dict[str, str]:
     return env
 
 
+def check_host(host: str) -> str:
+    """`host` as Triton binds it: an IPv4 address ("" = 0.0.0.0), else ServerError.
+
+    Triton 2.51 parses its HTTP and metrics addresses as IPv4 only: given `::` or a host name it
+    binds 255.255.255.255 and answers nowhere, so both are refused here with the reason.
+    """
+    try:
+        return str(ipaddress.IPv4Address(host or "0.0.0.0"))
+    except ValueError:
+        raise ServerError(
+            f"host {host!r} is not an IPv4 address; tritonserver binds its HTTP and metrics "
+            "endpoints with IPv4 only: pass 127.0.0.1 (this machine), 0.0.0.0 (every interface) "
+            "or one interface's IPv4 address"
+        ) from None
+
+
 def _bind_socket(host: str, port: int) -> socket.socket:
-    """A TCP socket bound where the server would bind `host`:`port` (IPv4 or IPv6, wildcards
-    included: a wildcard bind clashes with any address already using the port)."""
+    """A TCP socket bound where the server would bind `host`:`port` (a wildcard as a wildcard:
+    it clashes with any address already using the port)."""
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     try:
-        family, kind, proto, _, address = socket.getaddrinfo(
-            host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
-        )[0]
-    except socket.gaierror as exc:
-        raise ServerError(f"cannot resolve host {host!r}: {exc}") from exc
-    s = socket.socket(family, kind, proto)
-    try:
-        s.bind(address)
+        s.bind((check_host(host), port))
     except OSError:
         s.close()
         raise
@@ -252,6 +263,7 @@ class TritonServer:
         """Launch tritonserver and wait until it and the model are ready (see class doc)."""
         if self.state is not None:
             raise ServerError("server already started")
+        check_host(self.host)
         self._check_repository()
         bundle = find_bundle()
         for attempt in range(3):  # a free port picked by us can be taken before Triton binds it

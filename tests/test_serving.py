@@ -37,6 +37,7 @@ from dealseg.serving.repository import (
 )
 from dealseg.serving.server import (
     SHM_DIR,
+    ServerError,
     ServerState,
     TritonServer,
     _cmdline,
@@ -46,17 +47,6 @@ from dealseg.serving.server import (
     free_ports,
 )
 
-
-def _ipv6() -> bool:
-    try:
-        with socket.socket(socket.AF_INET6) as s:
-            s.bind(("::", 0))
-    except OSError:
-        return False
-    return True
-
-
-HOSTS = ["127.0.0.1", "0.0.0.0", ""] + (["::"] if _ipv6() else [])
 BATCHING = {"max_batch_size": 16, "preferred_batch_sizes": (4, 8, 16), "max_queue_delay_us": 20000}
 CLIENTS = {"grpc": grpcclient, "http": httpclient}
 
@@ -362,15 +352,26 @@ def test_cli_background_start_status_stop_leaves_nothing_behind(
     assert after.returncode == 1 and json.loads(after.stdout)["running"] is False
 
 
-@pytest.mark.parametrize("host", HOSTS)
+@pytest.mark.parametrize("host", ["127.0.0.1", "0.0.0.0", ""])
 def test_port_checks_see_a_loopback_listener_from_any_host_form(host: str) -> None:
-    """A wildcard bind (IPv4 or IPv6) clashes with a listener on 127.0.0.1: the check must too."""
+    """A wildcard bind clashes with a listener on 127.0.0.1: the check must too."""
     with socket.socket() as held:
         held.bind(("127.0.0.1", 0))
         held.listen()
         assert not _port_free(host, held.getsockname()[1])
     ports = free_ports(host, 3)
     assert len(set(ports)) == 3 and all(_port_free(host, port) for port in ports)
+
+
+@pytest.mark.parametrize("host", ["::", "::1", "localhost"])
+def test_hosts_triton_cannot_bind_are_refused_before_launch(host: str, tmp_path: Path) -> None:
+    """tritonserver 2.51 binds HTTP and metrics on 255.255.255.255 for these: refuse them."""
+    with pytest.raises(ServerError, match="IPv4 only"):
+        TritonServer(tmp_path, host=host).start()
+    result = deal_serve("start", "--model-repository", str(tmp_path), "--host", host,
+                        "--state-file", str(tmp_path / "serve.json"))
+    assert result.returncode == 1 and "is not an IPv4 address" in result.stderr
+    assert not (tmp_path / "serve.json").exists()
 
 
 @pytest.mark.triton
