@@ -78,3 +78,16 @@ def test_fit_rejects_settings_of_the_wrong_form(tmp_path: Path) -> None:
         result = CliRunner().invoke(train_cli, ["fit", "--data", str(tmp_path), "--out",
                                                 str(tmp_path / "r"), bad])
         assert result.exit_code == 2 and hint in result.output, (bad, result.output)
+
+
+def test_bad_data_and_checkpoints_are_one_line_errors(tmp_path: Path) -> None:
+    runner = CliRunner()
+    fitted = runner.invoke(train_cli, ["fit", "--data", str(tmp_path), "--out",
+                                       str(tmp_path / "r")])  # fmt: skip
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a checkpoint")
+    refitted = runner.invoke(train_cli, ["refit", "--checkpoint", str(bad), "--data",
+                                         str(tmp_path), "--out", str(tmp_path / "x")])  # fmt: skip
+    for result in (fitted, refitted):
+        assert result.exit_code == 1 and isinstance(result.exception, SystemExit)
+        assert result.output.startswith("Error: ") and str(tmp_path) in result.output

@@ -66,7 +66,20 @@ def checked_config(
     return cfg, len(train_set)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _Group(click.Group):
+    """Bad data and bad checkpoints end a command with their one-line message, not a trace."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        from .checkpoint import CheckpointError
+        from .data import DataError
+
+        try:
+            return super().invoke(ctx)
+        except (DataError, CheckpointError) as exc:
+            raise click.ClickException(str(exc)) from None
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 def main() -> None:
     """Train and evaluate DEAL segmenters; run the active-learning protocol."""
 
