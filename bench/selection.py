@@ -93,21 +93,26 @@ main(prog_name="deal-client")
 """
 
 
-def client_peak(pool: Path, n: int) -> tuple[float, float]:
-    """(peak RSS MiB, img/s) of one `deal-client score` process on `pool`."""
-    out = CACHE / "selection" / f"out_{n}"
-    peak_file = CACHE / "selection" / f"peak_{n}.txt"
-    shutil.rmtree(out, ignore_errors=True)
+def run_client(args: list[str], peak_file: Path) -> tuple[float, float]:
+    """(peak RSS MiB, wall seconds) of one `deal-client ARGS` process."""
     peak_file.unlink(missing_ok=True)
-    command = [PYTHON, "-c", CLIENT_WITH_PEAK, "score", str(pool), "--top-k", "100", "--out",
-               str(out), "--no-progress", "--json"]  # fmt: skip
+    command = [PYTHON, "-c", CLIENT_WITH_PEAK, *args]
     start = time.perf_counter()
     done = subprocess.run(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=ROOT,
                           env={**os.environ, "DEAL_BENCH_PEAK": str(peak_file)})  # fmt: skip
     seconds = time.perf_counter() - start
     if done.returncode != 0:
         raise RuntimeError(f"deal-client exited {done.returncode}: {done.stderr[-2000:]!r}")
-    return int(peak_file.read_text()) / 1024, n / seconds
+    return int(peak_file.read_text()) / 1024, seconds
+
+
+def client_peak(pool: Path, n: int) -> tuple[float, float]:
+    """(peak RSS MiB, img/s) of one `deal-client score` process on `pool`."""
+    out = CACHE / "selection" / f"out_{n}"
+    shutil.rmtree(out, ignore_errors=True)
+    peak, seconds = run_client(["score", str(pool), "--top-k", "100", "--out", str(out),
+                                "--no-progress", "--json"], CACHE / "selection" / f"peak_{n}.txt")
+    return peak, n / seconds
 
 
 def synthetic_out_dir(n: int, embedding_dim: int = 144) -> Path:
@@ -140,16 +145,9 @@ def synthetic_out_dir(n: int, embedding_dim: int = 144) -> Path:
 
 def select_peak(out: Path) -> tuple[float, float]:
     """(peak RSS MiB, seconds) of one `deal-client select --strategy de` over `out`."""
-    peak_file = out.parent / f"{out.name}.peak"
-    command = [PYTHON, "-c", CLIENT_WITH_PEAK, "select", str(out), "--strategy", "de",
-               "--top-k", "100", "--out", str(out.parent / f"{out.name}.selection")]  # fmt: skip
-    start = time.perf_counter()
-    done = subprocess.run(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=ROOT,
-                          env={**os.environ, "DEAL_BENCH_PEAK": str(peak_file)})  # fmt: skip
-    seconds = time.perf_counter() - start
-    if done.returncode != 0:
-        raise RuntimeError(f"deal-client exited {done.returncode}: {done.stderr[-2000:]!r}")
-    return int(peak_file.read_text()) / 1024, seconds
+    args = ["select", str(out), "--strategy", "de", "--top-k", "100",
+            "--out", str(out.parent / f"{out.name}.selection")]  # fmt: skip
+    return run_client(args, out.parent / f"{out.name}.peak")
 
 
 def main() -> None:

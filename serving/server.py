@@ -198,7 +198,7 @@ def _bind_socket(host: str, port: int) -> socket.socket:
     it clashes with any address already using the port)."""
     s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     try:
-        s.bind((check_host(host), port))
+        s.bind((host or "0.0.0.0", port))
     except OSError:
         s.close()
         raise

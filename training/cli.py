@@ -134,14 +134,11 @@ def _checkpoint_and_split(
     checkpoint: Path, data: Path, split: str
 ) -> tuple[Checkpoint, DEALNet, SegmentationDataset]:
     """(Checkpoint, its model, the split at the model's input size); mismatches are errors."""
-    from .checkpoint import CheckpointError, load_checkpoint
+    from .checkpoint import load_checkpoint
     from .data import SegmentationDataset
 
-    try:
-        ckpt = load_checkpoint(checkpoint)
-        model = ckpt.build_model()
-    except CheckpointError as exc:
-        raise click.ClickException(str(exc)) from None
+    ckpt = load_checkpoint(checkpoint)  # a CheckpointError becomes the group's one-line error
+    model = ckpt.build_model()
     dataset = SegmentationDataset(data, split, size=ckpt.model_config.input_size)
     if dataset.num_classes != ckpt.model_config.num_classes:
         raise click.ClickException(
@@ -200,20 +197,16 @@ def refit(checkpoint: Path, data: Path, split: str, out: Path, loss: str | None,
     """Refit the difficulty head's 1x1 conv on a held-out split (everything else frozen)."""
     import torch
 
-    from .checkpoint import save_checkpoint
-    from .refit import refit_difficulty_head
+    from .refit import refit_checkpoint
 
     if threads:
         torch.set_num_threads(threads)
     ckpt, model, dataset = _checkpoint_and_split(checkpoint, data, split)
     loss = loss or ckpt.train_config.get("difficulty_loss", "wbce")
     try:
-        result = refit_difficulty_head(model, dataset, loss)
+        record = refit_checkpoint(ckpt, model, dataset, loss, out)
     except ValueError as exc:
         raise click.ClickException(str(exc)) from None
-    record = {"split": split, **result.to_dict()}
-    save_checkpoint(out, model, ckpt.class_names, ckpt.palette, ckpt.train_config,
-                    {**ckpt.metrics, "difficulty_refit": record}, ckpt.epoch)  # fmt: skip
     click.echo(json.dumps({"checkpoint": str(out), "difficulty_refit": record}))
 
 

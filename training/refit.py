@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -22,6 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
+from .checkpoint import Checkpoint, save_checkpoint
+from .data import SegmentationDataset
 from .evaluate import auroc
 from .losses import DIFFICULTY_LOSSES, IGNORE_INDEX, balanced_mean
 from .model import DEALNet, normalise
@@ -127,3 +130,16 @@ def refit_difficulty_head(
         auroc_after=before if kept_old else after,
         kept_old=kept_old,
     )
+
+
+def refit_checkpoint(
+    ckpt: Checkpoint, model: DEALNet, dataset: SegmentationDataset, loss: str, out: Path,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Refit `model` (built from `ckpt`) on `dataset` and save it to `out` with the refit's
+    record (split, pixels, AUROC before/after) added to the checkpoint's metrics."""
+    result = refit_difficulty_head(model, dataset, loss, seed=seed)
+    record = {"split": dataset.split, **result.to_dict()}
+    save_checkpoint(out, model, ckpt.class_names, ckpt.palette, ckpt.train_config,
+                    {**ckpt.metrics, "difficulty_refit": record}, ckpt.epoch)  # fmt: skip
+    return record

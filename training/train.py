@@ -20,7 +20,7 @@ from .data import Augment, SegmentationDataset
 from .evaluate import evaluate_model
 from .losses import deal_loss
 from .model import HEAD_LR_SCALE, DEALNet, normalise
-from .refit import refit_difficulty_head
+from .refit import refit_checkpoint
 
 
 @dataclass
@@ -205,11 +205,8 @@ def refit_best(
     ckpt = load_checkpoint(best_path)
     done = ckpt.metrics.get("difficulty_refit")
     if done is None:
-        model = ckpt.build_model()
-        result = refit_difficulty_head(model, val_set, cfg.difficulty_loss, seed=cfg.seed)
-        done = {"split": val_set.split, **result.to_dict()}
-        save_checkpoint(best_path, model, ckpt.class_names, ckpt.palette, ckpt.train_config,
-                        {**ckpt.metrics, "difficulty_refit": done}, ckpt.epoch)  # fmt: skip
+        done = refit_checkpoint(ckpt, ckpt.build_model(), val_set, cfg.difficulty_loss,
+                                best_path, seed=cfg.seed)  # fmt: skip
     if not quiet:
         print(
             f"difficulty head refit on {done['split']} ({done['pixels']:,} pixels): AUROC "
