@@ -220,10 +220,11 @@ def run_selection(
     labeled: Path | None = None,
 ) -> dict[str, Any]:
     """Select from a loaded table and write selection.txt / selection.json into `out`."""
-    emb = table.embeddings() if strategy == "coreset" or diverse is not None else None
+    need_centres = strategy == "coreset"
+    emb = table.embeddings() if need_centres or diverse is not None else None
     centres, exclude = (None, None)
     if labeled is not None:
-        centres, exclude = load_labeled(labeled, table, emb if strategy == "coreset" else None)
+        centres, exclude = load_labeled(labeled, table, emb if need_centres else None)
     options = Options(seed=seed, labeled=centres, diverse=diverse, exclude=exclude)
     pool = Pool(table.paths, table.scores, emb)
     picks = select(pool, strategy, k, options)

@@ -295,33 +295,33 @@ def load_table(scores_path: Path) -> Table:
     meta = read_meta(out)
     slot: dict[str, int] = {}  # path -> index into the arrays below
     paths: list[str] = []
-    ok, ours = bytearray(), bytearray()  # the counting record is ok / by this model
-    cols = {name: array("d") for name in SCORE_COLUMNS}
+    ours = bytearray()  # the counting record is by this model
+    cols = {name: array("d") for name in SCORE_COLUMNS}  # read for ok records only
     rows = array("q")
-    reasons: dict[int, str] = {}
+    reasons: dict[int, str] = {}  # the counting record is an error
     for r in iter_records(scores_path):
         is_ok = r["status"] == "ok"
         i = slot.setdefault(r["path"], len(paths))
         if i == len(paths):
             paths.append(r["path"])
-            ok.append(0)
             ours.append(0)
             rows.append(-1)
             for col in cols.values():
                 col.append(np.nan)
-        elif ok[i] and not is_ok:
-            continue
-        ok[i], ours[i] = is_ok, r.get("model") == meta["model"]
-        rows[i] = int(r["row"]) if is_ok else -1
-        for name, col in cols.items():
-            col[i] = np.nan if r.get(name) is None else float(r[name])
+        elif not is_ok and i not in reasons:
+            continue  # an ok record is never replaced by an error
+        ours[i] = r.get("model") == meta["model"]
         if is_ok:
             reasons.pop(i, None)
+            rows[i] = int(r["row"])
+            for name, col in cols.items():
+                col[i] = np.nan if r.get(name) is None else float(r[name])
         else:
             reasons[i] = str(r.get("error"))
     del slot
     mine = np.frombuffer(ours, dtype=np.uint8).astype(bool)
-    good = np.frombuffer(ok, dtype=np.uint8).astype(bool) & mine
+    good = mine.copy()
+    good[list(reasons)] = False
     for i in np.flatnonzero(~mine):
         print(f"warning: {paths[i]}: scored by another model, ignored", file=sys.stderr)
     keep = np.flatnonzero(good)
@@ -383,7 +383,7 @@ def write_selection(
 def _winners(sources: Sequence[Path]) -> tuple[dict[str, tuple[int, int]], int]:
     """path -> (source, record number) of the record that counts, and the number of records.
 
-    Within a source the `latest` rule applies; across sources the first wins, except that an ok
+    Within a source `load_table`'s rule applies; across sources the first wins, except that an ok
     record beats an error.
     """
     winner: dict[str, tuple[int, int, bool]] = {}

@@ -177,14 +177,14 @@ def server_env() -> dict[str, str]:
     return env
 
 
-def check_host(host: str) -> str:
-    """`host` as Triton binds it: an IPv4 address ("" = 0.0.0.0), else ServerError.
+def check_host(host: str) -> None:
+    """ServerError unless `host` is an IPv4 address ("" = 0.0.0.0), the only kind Triton binds.
 
     Triton 2.51 parses its HTTP and metrics addresses as IPv4 only: given `::` or a host name it
     binds 255.255.255.255 and answers nowhere, so both are refused here with the reason.
     """
     try:
-        return str(ipaddress.IPv4Address(host or "0.0.0.0"))
+        ipaddress.IPv4Address(host or "0.0.0.0")
     except ValueError:
         raise ServerError(
             f"host {host!r} is not an IPv4 address; tritonserver binds its HTTP and metrics "

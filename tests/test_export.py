@@ -24,17 +24,9 @@ REPO = Path(__file__).resolve().parents[1]
 SHIPPED = REPO / "model_repository" / "deal" / "1" / "model.onnx"
 
 
-def session_io(session: ort.InferenceSession) -> tuple[dict, dict]:
-    dtypes = {"tensor(uint8)": "uint8", "tensor(float)": "float32"}
-    inputs = {i.name: (dtypes[i.type], tuple(i.shape)) for i in session.get_inputs()}
-    outputs = {o.name: (dtypes[o.type], tuple(o.shape)) for o in session.get_outputs()}
-    return inputs, outputs
-
-
 def check_against_contract(path: Path) -> contract.ModelSpec:
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    spec = contract.ModelSpec.from_metadata(session.get_modelmeta().custom_metadata_map)
-    contract.check_io(spec, *session_io(session))
+    spec = contract.session_spec(session)  # metadata, then every tensor checked against it
     for batch in (1, 3):
         x = np.random.default_rng(batch).integers(0, 256, (batch, *spec.input_size, 3), np.uint8)
         out = dict(zip(contract.OUTPUT_NAMES, session.run(list(contract.OUTPUT_NAMES),
