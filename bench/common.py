@@ -18,6 +18,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
@@ -126,8 +127,11 @@ def median(values: Sequence[float]) -> float:
     return ordered[mid] if len(ordered) % 2 else 0.5 * (ordered[mid - 1] + ordered[mid])
 
 
-def ort_session(path: Path | str, threads: int = 2, spin: bool = False) -> object:
-    """An ONNX Runtime CPU session with `threads` intra-op threads (all optimisations on).
+def ort_session(
+    path: Path | str, threads: int = 2, spin: bool = False, profile_prefix: Path | None = None
+) -> Any:
+    """An ONNX Runtime CPU session with `threads` intra-op threads (all optimisations on),
+    profiling into `profile_prefix`* when given (read with `profile_events`).
 
     Spinning is off by default: ORT's idle worker threads otherwise busy-wait after each run,
     and when two engines are timed in alternation in one process they steal each other's cores
@@ -140,7 +144,23 @@ def ort_session(path: Path | str, threads: int = 2, spin: bool = False) -> objec
     options.inter_op_num_threads = 1
     options.log_severity_level = 3
     options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
+    if profile_prefix is not None:
+        profile_prefix.parent.mkdir(parents=True, exist_ok=True)
+        options.enable_profiling = True
+        options.profile_file_prefix = str(profile_prefix)
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def profile_events(session: Any) -> list[dict[str, Any]]:
+    """End a profiling session and return its trace's events (the trace file is removed).
+
+    Kernels are the events of category "Node" whose name ends in "_kernel_time"."""
+    import json
+
+    path = Path(session.end_profiling())
+    events = json.loads(path.read_text())
+    path.unlink()
+    return events
 
 
 # ------------------------------------------------------------------------------ memory
@@ -174,3 +194,17 @@ def run_probe(code: str, timeout: float = 600.0, env: dict[str, str] | None = No
 
 def mib(kib: float) -> str:
     return f"{kib / 1024:.1f}"
+
+
+def python_cpu_server(name: str) -> Any:
+    """A TritonServer (not started) on free loopback ports for a fresh python-cpu repository of
+    the shipped model under CACHE/`name`/repo."""
+    import shutil
+
+    from dealseg.serving.repository import write_repository
+    from dealseg.serving.server import TritonServer
+
+    repo = CACHE / name / "repo"
+    shutil.rmtree(repo, ignore_errors=True)
+    write_repository(SHIPPED_MODEL, repo, "python-cpu", intra_op_threads=2)
+    return TritonServer(repo, host="127.0.0.1")

@@ -24,6 +24,7 @@ import os
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from common import (
@@ -35,8 +36,11 @@ from common import (
     markdown_table,
     median,
     ort_session,
+    profile_events,
     write_result,
 )
+
+from dealseg.serving import contract
 
 THREADS = 2
 
@@ -96,16 +100,10 @@ class ConvRun:
     reorders ORT puts around a lone NCHW convolution (inside the model they are hoisted out)."""
 
     def __init__(self, c: ConvShape) -> None:
-        import onnxruntime as ort
-
         name = f"conv_{c.cin}_{c.cout}_{c.groups}_{c.k}_{c.h}x{c.w}_{c.stride}_{c.dilation}"
-        options = ort.SessionOptions()
-        options.intra_op_num_threads, options.log_severity_level = THREADS, 3
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        options.enable_profiling = True
-        options.profile_file_prefix = str(CACHE / "engine" / f"profile_{name}")
         path = conv_onnx(CACHE / "engine" / f"{name}.onnx", c)
-        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        self.session = ort_session(path, THREADS,
+                                   profile_prefix=CACHE / "engine" / f"profile_{name}")  # fmt: skip
         self.shape = c
         x = np.random.default_rng(1).standard_normal((c.batch, c.cin, c.h, c.w)).astype(np.float32)
         self.x = x
@@ -116,11 +114,7 @@ class ConvRun:
 
     def kernel_seconds(self) -> float:
         """Median Conv kernel time over the runs so far, the first (warm-up) one left out."""
-        import json
-
-        path = Path(self.session.end_profiling())
-        events = json.loads(path.read_text())
-        path.unlink()
+        events = profile_events(self.session)
         durations = [e["dur"] * 1e-6 for e in events if e.get("cat") == "Node"
                      and e["name"].endswith("_kernel_time") and "Conv" in e["args"]["op_name"]]
         return median(durations[1:] or durations)
@@ -155,21 +149,11 @@ def _kernel_flops(kind: str, op: str, shapes: list[list[int]], out: list[int]) -
 
 def profile_kinds(model: Path, images: np.ndarray, runs: int) -> dict[str, list[float]]:
     """ORT's own profiler over `runs` runs after a warm-up: kind -> [s/image, FLOPs/image]."""
-    import json
-
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads, options.log_severity_level = THREADS, 3
-    options.enable_profiling = True
-    (CACHE / "engine").mkdir(parents=True, exist_ok=True)
-    options.profile_file_prefix = str(CACHE / "engine" / "ort_profile")
-    session = ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
+    session = ort_session(model, THREADS, spin=True,
+                          profile_prefix=CACHE / "engine" / "ort_profile")  # fmt: skip
     for _ in range(runs + 1):
         session.run(None, {"image": images})
-    path = Path(session.end_profiling())
-    events = json.loads(path.read_text())
-    path.unlink()
+    events = profile_events(session)
     run_starts = sorted(e["ts"] for e in events if e.get("name") == "model_run")
     kinds: dict[str, list[float]] = {}
     per_image = 1.0 / (runs * len(images))
@@ -188,7 +172,7 @@ def profile_kinds(model: Path, images: np.ndarray, runs: int) -> dict[str, list[
     return kinds
 
 
-def eager_graph(checkpoint: Path) -> tuple[object, str]:
+def eager_graph(checkpoint: Path, spec: Any) -> tuple[object, str]:
     """(the model in the exported wrapper, where its weights come from).
 
     The checkpoint's model when it is there (it is not committed); otherwise the shipped
@@ -198,18 +182,17 @@ def eager_graph(checkpoint: Path) -> tuple[object, str]:
     import torch
 
     from dealseg.export.graph import DEALGraph
-    from dealseg.serving.repository import read_onnx_spec
     from dealseg.training.checkpoint import load_checkpoint
     from dealseg.training.model import DEALNet, ModelConfig
 
     torch.set_num_threads(THREADS)
-    spec = read_onnx_spec(SHIPPED_MODEL)
     if checkpoint.is_file():
         model = load_checkpoint(checkpoint).build_model()
         where = checkpoint.resolve()
         source = str(where.relative_to(ROOT) if where.is_relative_to(ROOT) else where)
     else:
-        cfg = ModelConfig(num_classes=spec.num_classes, decoder_width=spec.embedding_dim - 48,
+        skip = ModelConfig.low_level_channels  # the embedding is decoder width + skip channels
+        cfg = ModelConfig(num_classes=spec.num_classes, decoder_width=spec.embedding_dim - skip,
                           separable=True, attention_size=spec.difficulty_size,
                           input_size=spec.input_size)  # fmt: skip
         model = DEALNet(cfg, pretrained=False)
@@ -277,8 +260,9 @@ def main() -> None:
     args = parser.parse_args()
 
     session = ort_session(SHIPPED_MODEL, THREADS)
-    size = tuple(session.get_inputs()[0].shape[1:3])
-    graph, source = eager_graph(args.checkpoint)
+    spec = contract.session_spec(session)
+    size = spec.input_size
+    graph, source = eager_graph(args.checkpoint, spec)
     flops, dw_shapes = count_flops(graph, size)
     rows, ort_rate = time_engines(session, graph, size, args.quick)
     gflop = flops["total"] / 1e9
@@ -310,7 +294,6 @@ def main() -> None:
     f_dw = kinds.get("depthwise conv", [0.0, 0.0])[1]
     f_rest = sum(v[1] for v in kinds.values()) - f_dw
     mix_gflops = (f_rest + f_dw) / (f_rest / dense["gflops"] + f_dw / dw["gflops"])
-    achieved = model_gflops
 
     engines = markdown_table(
         ["batch", "eager img/s", "ORT img/s", "ORT / eager", "eager GFLOP/s", "ORT GFLOP/s"], rows
@@ -320,13 +303,13 @@ def main() -> None:
          "GFLOP/s", "GB/s moved", "whole model in ORT as % of it"],
         [
             [dense_shape.label(), f"{dense['gflops']:.1f}", f"{dense['gbps']:.2f}",
-             f"{100 * achieved / dense['gflops']:.0f}%"],
+             f"{100 * model_gflops / dense['gflops']:.0f}%"],
             [big_dw_shape.label(), f"{big_dw['gflops']:.1f}", f"{big_dw['gbps']:.2f}", ""],
             [f"best of the model's {len(dw_runs)} depthwise layer shapes: "
              f"{best_dw_shape.label()}", f"{dw['gflops']:.1f}", f"{dw['gbps']:.2f}", ""],
             ["the model's mix: each FLOP at its kind's ceiling (dense / best depthwise)",
-             f"{mix_gflops:.1f}", "", f"{100 * achieved / mix_gflops:.0f}%"],
-            ["the whole model in ORT, batch 8 (in this alternation)", f"{achieved:.1f}", "",
+             f"{mix_gflops:.1f}", "", f"{100 * model_gflops / mix_gflops:.0f}%"],
+            ["the whole model in ORT, batch 8 (in this alternation)", f"{model_gflops:.1f}", "",
              ""],
         ],
     )  # fmt: skip
@@ -344,7 +327,7 @@ def main() -> None:
         ["ORT kernels by kind (batch 8, ORT profiler)", "GFLOP/image", "share of kernel time",
          "GFLOP/s", "% of its kind's ceiling"], rows_kind,
     )  # fmt: skip
-    share = 100 * achieved / dense["gflops"]
+    share = 100 * model_gflops / dense["gflops"]
     one, dwk = pct.get("1x1 conv", (0, 0)), pct.get("depthwise conv", (0, 0))
     f_1x1 = kinds.get("1x1 conv", [0.0, 0.0])[1]
     other = sum(v[0] for k, v in pct.items() if not k.endswith("conv"))

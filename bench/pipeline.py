@@ -24,6 +24,7 @@ import shutil
 import subprocess
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from common import (
@@ -33,6 +34,7 @@ from common import (
     SHIPPED_MODEL,
     markdown_table,
     median,
+    python_cpu_server,
     write_result,
 )
 
@@ -76,14 +78,19 @@ def pool_file(paths: list[Path], name: str) -> Path:
     return out
 
 
-def bare_engine(paths: list[Path]) -> float:
-    """img/s of the engine alone on images decoded beforehand (not timed), batches of 8."""
+def decoded(paths: list[Path]) -> tuple[Any, np.ndarray]:
+    """The in-process engine and `paths` decoded to its input size (done once, not timed)."""
     from dealseg.client.decode import decode_image
     from dealseg.client.engines import EmbeddedEngine
-    from dealseg.serving.contract import SCORE_OUTPUTS
 
     engine = EmbeddedEngine(SHIPPED_MODEL)
-    images = np.stack([decode_image(str(p), engine.spec.input_size) for p in paths])
+    return engine, np.stack([decode_image(str(p), engine.spec.input_size) for p in paths])
+
+
+def bare_engine(engine: Any, images: np.ndarray) -> float:
+    """img/s of the engine alone on images decoded beforehand, batches of 8."""
+    from dealseg.serving.contract import SCORE_OUTPUTS
+
     engine.infer(images[:BATCH], SCORE_OUTPUTS)  # warm-up
     start = time.perf_counter()
     for s in range(0, len(images), BATCH):
@@ -91,7 +98,7 @@ def bare_engine(paths: list[Path]) -> float:
     return len(images) / (time.perf_counter() - start)
 
 
-def client_run(pool: Path, out: Path, extra: list[str]) -> tuple[float, float]:
+def client_run(pool: Path, n: int, out: Path, extra: list[str]) -> tuple[float, float]:
     """(scoring img/s as the client reports it, wall-clock img/s) of one `deal-client score`."""
     shutil.rmtree(out, ignore_errors=True)
     command = [CLIENT, "score", str(pool), "--top-k", "10", "--out", str(out),
@@ -104,19 +111,7 @@ def client_run(pool: Path, out: Path, extra: list[str]) -> tuple[float, float]:
     match = _RATE.search(done.stderr)
     if not match:
         raise RuntimeError(f"no rate in the client's summary:\n{done.stderr[-2000:]}")
-    n = len(pool.read_text().splitlines())
     return float(match.group(2)), n / wall
-
-
-def start_triton() -> object:
-    """The bundled tritonserver on free loopback ports serving a python-cpu repository."""
-    from dealseg.serving.repository import write_repository
-    from dealseg.serving.server import TritonServer
-
-    repo = CACHE / "pipeline" / "repo"
-    shutil.rmtree(repo, ignore_errors=True)
-    write_repository(SHIPPED_MODEL, repo, "python-cpu", intra_op_threads=2)
-    return TritonServer(repo, host="127.0.0.1").start()
 
 
 def main() -> None:
@@ -130,20 +125,21 @@ def main() -> None:
 
     paths = make_jpegs(count)
     pool = pool_file(paths, f"pool_{count}")
-    server = start_triton()
+    engine, images = decoded(paths)
+    server = python_cpu_server("pipeline").start()
     rates: dict[str, list[tuple[float, float]]] = {"bare": [], "embedded": [], "triton": []}
     try:
-        url = server.url_grpc  # type: ignore[attr-defined]
+        url = server.url_grpc
         for rep in range(reps):
-            bare = bare_engine(paths)
+            bare = bare_engine(engine, images)
             rates["bare"].append((bare, bare))
             out = CACHE / "pipeline" / "out"
-            rates["embedded"].append(client_run(pool, out, []))
-            rates["triton"].append(client_run(pool, out, ["--url", url]))
+            rates["embedded"].append(client_run(pool, count, out, []))
+            rates["triton"].append(client_run(pool, count, out, ["--url", url]))
             print(f"rep {rep + 1}/{reps}: " + ", ".join(
                 f"{k} {v[-1][0]:.1f} img/s" for k, v in rates.items()))  # fmt: skip
     finally:
-        server.stop()  # type: ignore[attr-defined]
+        server.stop()
     bare = median([r[0] for r in rates["bare"]])
     labels = {
         "bare": "bare engine (ORT, pre-decoded arrays, batch 8)",

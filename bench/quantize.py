@@ -106,6 +106,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="100 held-out images, few reps")
     args = parser.parse_args()
     from dealseg.client.decode import decode_image
+    from dealseg.client.pool import read_pool
     from dealseg.export.quantize import quantize_model
     from dealseg.serving.repository import read_onnx_spec
 
@@ -129,8 +130,7 @@ def main() -> None:
         speedups[batch] = q / f
         speed_rows.append([batch, f"{f:.1f}", f"{q:.1f}", f"{q / f:.2f}x"])
 
-    root = held_out.parent
-    paths = [str(root / line) for line in held_out.read_text().split()]
+    paths = read_pool(str(held_out))
     images = np.stack([decode_image(p, size) for p in paths])
     s32, s8 = scores(fp32, images), scores(int8, images)
     acc_rows, acc = [], {}

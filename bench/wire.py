@@ -13,10 +13,9 @@ from __future__ import annotations
 
 import argparse
 import http.client
-import shutil
 
 import numpy as np
-from common import CACHE, SHIPPED_MODEL, markdown_table, write_result
+from common import SHIPPED_MODEL, markdown_table, python_cpu_server, write_result
 
 BATCH = 8
 OUTPUT_SETS = {
@@ -78,16 +77,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="same as the full run (it is fast)")
     parser.parse_args()
-    from dealseg.serving.repository import read_onnx_spec, write_repository
-    from dealseg.serving.server import TritonServer
+    from dealseg.serving.repository import read_onnx_spec
 
     spec = read_onnx_spec(SHIPPED_MODEL)
     images = street_images(BATCH, spec.input_size)
-    repo = CACHE / "wire" / "repo"
-    shutil.rmtree(repo, ignore_errors=True)
-    write_repository(SHIPPED_MODEL, repo, "python-cpu", intra_op_threads=2)
     rows, payloads = [], []
-    with TritonServer(repo, host="127.0.0.1") as server:
+    with python_cpu_server("wire") as server:
         for label, outputs in OUTPUT_SETS.items():
             body, arrays = http_body_bytes(server.url_http, images, outputs)
             message = grpc_message_bytes(server.url_grpc, images, outputs)

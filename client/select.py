@@ -19,6 +19,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -234,14 +235,14 @@ def coreset(pool: Pool, k: int, opts: Options) -> list[Pick]:
     return picks
 
 
-class _Registry(dict):
+class Registry(dict):
     """A name -> strategy dict whose KeyError lists the valid names."""
 
-    def __missing__(self, name: str) -> Strategy:
+    def __missing__(self, name: str) -> Any:
         raise KeyError(f"unknown strategy {name!r}; choose one of: {', '.join(sorted(self))}")
 
 
-STRATEGIES: dict[str, Strategy] = _Registry(
+STRATEGIES: dict[str, Strategy] = Registry(
     ds=_by_score(_column("ds")),
     de=_by_score(_column("de")),
     entropy=_by_score(_column("entropy")),

@@ -13,6 +13,7 @@ from dealseg.serving import contract
 from dealseg.training.checkpoint import Checkpoint, file_sha256, load_checkpoint
 
 from .graph import DEALGraph
+from .onnxfile import save_model
 
 OPSET = 18
 
@@ -91,11 +92,4 @@ def export_graph(graph: DEALGraph, spec: contract.ModelSpec, out: Path, max_batc
             verbose=False,
         )
         model = onnx.load(str(raw))
-    del model.metadata_props[:]
-    for key, value in spec.to_metadata().items():
-        model.metadata_props.add(key=key, value=value)
-    model.producer_name = "dealseg"
-    onnx.checker.check_model(model, full_check=True)
-    tmp_out = out.with_name(out.name + ".tmp")
-    onnx.save(model, str(tmp_out))
-    tmp_out.replace(out)
+    save_model(model, spec.to_metadata(), out, full_check=True)

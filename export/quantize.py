@@ -38,6 +38,8 @@ import numpy as np
 
 from dealseg.serving.contract import INPUT_NAME, ContractError, ModelSpec
 
+from .onnxfile import save_model
+
 SEGMENTER_SCOPES: tuple[str, ...] = ("model.encoder", "model.decoder")
 QUANTIZED_OPS: tuple[str, ...] = ("Conv", "MatMul", "Clip", "Relu", "Add", "Concat", "Resize")
 
@@ -50,7 +52,6 @@ class QuantizeError(ValueError):
 class QuantizeReport:
     """What `quantize_model` did."""
 
-    out: Path
     calibration_images: int
     quantized_convs: int  # Conv/MatMul nodes whose weights are now INT8
     fp32_nodes: list[str]  # nodes of a quantizable type deliberately left FP32
@@ -105,7 +106,7 @@ def _scope(node: Any) -> str | None:
     return next((p.value for p in node.metadata_props if p.key == "namespace"), None)
 
 
-def fp32_nodes(model: Any, scopes: tuple[str, ...] = SEGMENTER_SCOPES) -> list[str]:
+def fp32_nodes(model: Any) -> list[str]:
     """Names of the nodes of a quantizable type that stay FP32: all outside the segmenter.
 
     A graph without the exporter's `namespace` metadata keeps every MatMul (only the PAM
@@ -113,7 +114,7 @@ def fp32_nodes(model: Any, scopes: tuple[str, ...] = SEGMENTER_SCOPES) -> list[s
     """
     nodes = [n for n in model.graph.node if n.op_type in QUANTIZED_OPS]
     if any(_scope(n) is not None for n in nodes):
-        inside = tuple(f"{s}:" for s in scopes)  # "model.encoder: dealseg...EfficientNet"
+        inside = tuple(f"{s}:" for s in SEGMENTER_SCOPES)  # "model.encoder: dealseg...EfficientNet"
         return [n.name for n in nodes if not any(s in (_scope(n) or "") for s in inside)]
     convs = [n.name for n in nodes if n.op_type == "Conv"]
     return [n.name for n in nodes if n.op_type == "MatMul"] + convs[-2:]
@@ -177,13 +178,8 @@ def quantize_model(
             quantized = onnx.load(str(raw))
     finally:
         logging.getLogger().setLevel(quiet)
-    copy_metadata(model, quantized)
-    onnx.checker.check_model(quantized)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp_out = out.with_name(out.name + ".tmp")
-    onnx.save(quantized, str(tmp_out))
-    tmp_out.replace(out)
-    return QuantizeReport(out, len(images), _int8_convs(quantized), keep,
+    save_model(quantized, {p.key: p.value for p in model.metadata_props}, out, full_check=False)
+    return QuantizeReport(len(images), _int8_convs(quantized), keep,
                           model_path.stat().st_size, out.stat().st_size)  # fmt: skip
 
 
@@ -194,10 +190,3 @@ def _int8_convs(model: Any) -> int:
     return sum(1 for n in model.graph.node
                if n.op_type in ("Conv", "MatMul") and n.input[1] in dequantized)  # fmt: skip
 
-
-def copy_metadata(source: Any, target: Any) -> None:
-    """The metadata (the `dealseg.*` contract keys) and producer of `source` onto `target`."""
-    del target.metadata_props[:]
-    for prop in source.metadata_props:
-        target.metadata_props.add(key=prop.key, value=prop.value)
-    target.producer_name = source.producer_name

@@ -31,6 +31,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
+from dealseg.client.select import Registry
+
 from .data import SegmentationDataset
 from .model import DEALNet, normalise
 from .scores import difficulty_entropy, difficulty_score, pooled_embedding, softmax_entropy
@@ -204,18 +206,15 @@ def vote_entropy(votes: torch.Tensor, num_classes: int) -> torch.Tensor:
 def qbc_batch(model: DEALNet, x: torch.Tensor, ctx: Context) -> torch.Tensor:
     """Vote entropy of `ctx.passes` MC-dropout passes at stride 4.
 
-    The paper's dropout layers are the decoder's, so the encoder runs once per batch and only
-    the decoder and segmentation head are sampled (unless the encoder has dropout of its own).
+    The paper's dropout layers are the decoder's (the encoders have none), so the encoder runs
+    once per batch and only the decoder and segmentation head are sampled.
     """
     with mc_dropout(model):
-        if any(isinstance(m, DROPOUT_TYPES) for m in model.encoder.modules()):
-            votes = [model(x).logits.argmax(1) for _ in range(ctx.passes)]
-        else:
-            low, high = model.encoder(x)
-            votes = [
-                model.segmentation_head(model.decoder(low, high)[0]).argmax(1)
-                for _ in range(ctx.passes)
-            ]
+        low, high = model.encoder(x)
+        votes = [
+            model.segmentation_head(model.decoder(low, high)[0]).argmax(1)
+            for _ in range(ctx.passes)
+        ]
     return vote_entropy(torch.stack(votes), model.cfg.num_classes)  # votes [T, B, h, w]
 
 
@@ -239,10 +238,9 @@ class ImageScore:
         self.seeded = seeded  # fix torch's RNG (dropout masks) from the context's seed and stage
 
     def __call__(self, ctx: Context, candidates: Sequence[int], k: int) -> Selection:
-        if not self.seeded:
-            return _ranked(candidates, infer(ctx, candidates, self.batch_fn), k)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(_torch_seed(ctx))
+        with torch.random.fork_rng(devices=[], enabled=self.seeded):
+            if self.seeded:
+                torch.manual_seed(_torch_seed(ctx))
             return _ranked(candidates, infer(ctx, candidates, self.batch_fn), k)
 
 
@@ -260,14 +258,7 @@ def coreset_strategy(ctx: Context, candidates: Sequence[int], k: int) -> Selecti
     return Selection([int(candidates[i]) for i in picks], [float(d) for d in dist], len(candidates))
 
 
-class _Registry(dict):
-    """A name -> strategy dict whose KeyError lists the valid names."""
-
-    def __missing__(self, name: str) -> Strategy:
-        raise KeyError(f"unknown strategy {name!r}; choose one of: {', '.join(sorted(self))}")
-
-
-STRATEGIES: dict[str, Strategy] = _Registry(
+STRATEGIES: dict[str, Strategy] = Registry(
     ds=ImageScore(ds_batch),
     de=ImageScore(de_batch),
     entropy=ImageScore(entropy_batch),

@@ -120,13 +120,13 @@ def train_and_test(
     t0 = time.time()
     fitted = fit(data, run_dir, preset, labeled=labeled, quiet=quiet)
     t1 = time.time()
-    model = load_checkpoint(fitted.best_path).build_model()
+    best = load_checkpoint(fitted.best_path)
+    model = best.build_model()
     test_set = SegmentationDataset(data, test_split, size=model.cfg.input_size)
     metrics = evaluate_model(model, test_set, model.cfg)
-    val = [h for h in fitted.history if "val_miou" in h]
     result = {
         "val_miou": fitted.best_miou,
-        "best_epoch": max(val, key=lambda h: h["val_miou"])["epoch"] if val else None,
+        "best_epoch": best.epoch,
         "test_miou": metrics["miou"],
         "test_iou_per_class": metrics["iou_per_class"],
         "test_pixel_accuracy": metrics["pixel_accuracy"],

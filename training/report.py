@@ -31,7 +31,6 @@ COLORS = {
     "coreset": "tab:purple",
     "random": "tab:gray",
 }
-RESERVED = ("initial", "full")  # folders of `out` that are not strategies
 FULL_LINE = 0.95  # the paper's "95% of full" reference
 
 
@@ -52,25 +51,17 @@ def _summarise(runs: list[dict[str, Any]], stages: int) -> dict[str, list[Any]]:
     return {"mean": mean, "std": std, "n": count}
 
 
-def collect(
-    out: Path, strategies: Sequence[str] | None = None, seeds: Sequence[int] | None = None
-) -> dict[str, Any]:
-    """Every state.json under `out` (or only the named strategies and seeds) as one results dict.
+def collect(out: Path, strategies: Sequence[str], seeds: Sequence[int]) -> dict[str, Any]:
+    """The state.json of the named strategies and seeds under `out` as one results dict.
 
     Holds the protocol and the preset configs, a per-strategy summary, the full-data reference
     (if run) and every run's complete state (labelled sets, metrics, selections, timings).
     """
     out = Path(out)
-    if strategies is None:
-        strategies = sorted(
-            p.name
-            for p in out.iterdir()
-            if p.name not in RESERVED and any(p.glob("seed*/state.json"))
-        )
     runs: list[dict[str, Any]] = []
     for name in strategies:
         paths = sorted((out / name).glob("seed*/state.json"))
-        runs += [s for s in map(_read, paths) if seeds is None or s["seed"] in seeds]
+        runs += [s for s in map(_read, paths) if s["seed"] in seeds]
     if not runs:
         raise ValueError(f"no active-learning runs (*/seed*/state.json) under {out}")
     settings = dict(runs[0]["settings"])

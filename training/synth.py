@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-from .data import CAMVID_CLASSES, CAMVID_PALETTE, CAMVID_VOID
+from .camvid import CAMVID_CLASSES, CAMVID_PALETTE, CAMVID_VOID
 
 SKY, BUILDING, POLE, ROAD, PAVEMENT, TREE, SIGN, FENCE, CAR, PEDESTRIAN, BICYCLIST = range(11)
 VOID = CAMVID_VOID  # unlabelled things (bins, boxes): label value 11
