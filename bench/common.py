@@ -83,18 +83,23 @@ def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> 
 def write_result(name: str, title: str, body: str, notes: Sequence[str] = ()) -> Path:
     """Print `body` (+ notes) and write bench/results/<name>.md with date, machine and command."""
     command = " ".join([".venv/bin/python", f"bench/{name}.py", *map(shlex.quote, sys.argv[1:])])
-    text = "\n".join([
-        f"# {title}",
-        "",
-        f"- date: {dt.datetime.now().astimezone().strftime('%Y-%m-%d %H:%M %Z')}",
-        f"- machine: {machine()}",
-        f"- {load_note()}",
-        f"- command: `{command}`",
-        "",
-        body,
-        "",
-        *[f"- {n}" for n in notes],
-    ]).rstrip() + "\n"  # fmt: skip
+    text = (
+        "\n".join(
+            [
+                f"# {title}",
+                "",
+                f"- date: {dt.datetime.now().astimezone().strftime('%Y-%m-%d %H:%M %Z')}",
+                f"- machine: {machine()}",
+                f"- {load_note()}",
+                f"- command: `{command}`",
+                "",
+                body,
+                "",
+                *[f"- {n}" for n in notes],
+            ]
+        ).rstrip()
+        + "\n"
+    )
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"{name}.md"
     path.write_text(text)
@@ -184,9 +189,13 @@ def peak_kib():
 def run_probe(code: str, timeout: float = 600.0, env: dict[str, str] | None = None) -> str:
     """Run `code` (which can call reset_peak() / peak_kib()) in a fresh Python; its stdout."""
     done = subprocess.run(
-        [PYTHON, "-c", RSS_PROBE + code], capture_output=True, text=True, timeout=timeout,
-        cwd=ROOT, env={**os.environ, **(env or {})},
-    )  # fmt: skip
+        [PYTHON, "-c", RSS_PROBE + code],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=ROOT,
+        env={**os.environ, **(env or {})},
+    )
     if done.returncode != 0:
         raise RuntimeError(f"probe failed ({done.returncode}):\n{done.stderr[-3000:]}")
     return done.stdout

@@ -67,8 +67,10 @@ class ConvShape:
         kind = "depthwise" if self.groups == self.cin > 1 else "dense"
         extra = f", stride {self.stride}" if self.stride > 1 else ""
         extra += f", dilation {self.dilation}" if self.dilation > 1 else ""
-        return (f"{kind} {self.k}x{self.k}, {self.cin}->{self.cout} ch, {self.h}x{self.w}{extra}, "
-                f"batch {self.batch}")
+        return (
+            f"{kind} {self.k}x{self.k}, {self.cin}->{self.cout} ch, {self.h}x{self.w}{extra}, "
+            f"batch {self.batch}"
+        )
 
 
 def conv_onnx(path: Path, c: ConvShape) -> Path:
@@ -79,15 +81,23 @@ def conv_onnx(path: Path, c: ConvShape) -> Path:
     rng = np.random.default_rng(0)
     weight = rng.standard_normal((c.cout, c.cin // c.groups, c.k, c.k)).astype(np.float32) * 0.05
     pad = c.dilation * (c.k // 2)
-    node = helper.make_node("Conv", ["x", "w"], ["y"], kernel_shape=[c.k, c.k],
-                            pads=[pad] * 4, group=c.groups, strides=[c.stride] * 2,
-                            dilations=[c.dilation] * 2)  # fmt: skip
+    node = helper.make_node(
+        "Conv",
+        ["x", "w"],
+        ["y"],
+        kernel_shape=[c.k, c.k],
+        pads=[pad] * 4,
+        group=c.groups,
+        strides=[c.stride] * 2,
+        dilations=[c.dilation] * 2,
+    )
     graph = helper.make_graph(
-        [node], "conv",
+        [node],
+        "conv",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, [c.batch, c.cin, c.h, c.w])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
         initializer=[numpy_helper.from_array(weight, "w")],
-    )  # fmt: skip
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -102,8 +112,9 @@ class ConvRun:
     def __init__(self, c: ConvShape) -> None:
         name = f"conv_{c.cin}_{c.cout}_{c.groups}_{c.k}_{c.h}x{c.w}_{c.stride}_{c.dilation}"
         path = conv_onnx(CACHE / "engine" / f"{name}.onnx", c)
-        self.session = ort_session(path, THREADS,
-                                   profile_prefix=CACHE / "engine" / f"profile_{name}")  # fmt: skip
+        self.session = ort_session(
+            path, THREADS, profile_prefix=CACHE / "engine" / f"profile_{name}"
+        )
         self.shape = c
         x = np.random.default_rng(1).standard_normal((c.batch, c.cin, c.h, c.w)).astype(np.float32)
         self.x = x
@@ -115,8 +126,13 @@ class ConvRun:
     def kernel_seconds(self) -> float:
         """Median Conv kernel time over the runs so far, the first (warm-up) one left out."""
         events = profile_events(self.session)
-        durations = [e["dur"] * 1e-6 for e in events if e.get("cat") == "Node"
-                     and e["name"].endswith("_kernel_time") and "Conv" in e["args"]["op_name"]]
+        durations = [
+            e["dur"] * 1e-6
+            for e in events
+            if e.get("cat") == "Node"
+            and e["name"].endswith("_kernel_time")
+            and "Conv" in e["args"]["op_name"]
+        ]
         return median(durations[1:] or durations)
 
     def rates(self, seconds: float) -> dict[str, float]:
@@ -149,8 +165,9 @@ def _kernel_flops(kind: str, op: str, shapes: list[list[int]], out: list[int]) -
 
 def profile_kinds(model: Path, images: np.ndarray, runs: int) -> dict[str, list[float]]:
     """ORT's own profiler over `runs` runs after a warm-up: kind -> [s/image, FLOPs/image]."""
-    session = ort_session(model, THREADS, spin=True,
-                          profile_prefix=CACHE / "engine" / "ort_profile")  # fmt: skip
+    session = ort_session(
+        model, THREADS, spin=True, profile_prefix=CACHE / "engine" / "ort_profile"
+    )
     for _ in range(runs + 1):
         session.run(None, {"image": images})
     events = profile_events(session)
@@ -192,9 +209,13 @@ def eager_graph(checkpoint: Path, spec: Any) -> tuple[object, str]:
         source = str(where.relative_to(ROOT) if where.is_relative_to(ROOT) else where)
     else:
         skip = ModelConfig.low_level_channels  # the embedding is decoder width + skip channels
-        cfg = ModelConfig(num_classes=spec.num_classes, decoder_width=spec.embedding_dim - skip,
-                          separable=True, attention_size=spec.difficulty_size,
-                          input_size=spec.input_size)  # fmt: skip
+        cfg = ModelConfig(
+            num_classes=spec.num_classes,
+            decoder_width=spec.embedding_dim - skip,
+            separable=True,
+            attention_size=spec.difficulty_size,
+            input_size=spec.input_size,
+        )
         model = DEALNet(cfg, pretrained=False)
         source = f"random weights, shipped architecture ({checkpoint} absent)"
     return DEALGraph(model, bins=spec.bins).eval(), source
@@ -214,11 +235,24 @@ def count_flops(graph: object, size: tuple[int, int]) -> tuple[dict[str, float],
             k = module.kernel_size[0]
             depthwise[0] += 2.0 * out.numel() * k * k  # one k x k filter per output value
             h, w = inputs[0].shape[-2:]
-            shapes.add(ConvShape(module.in_channels, module.out_channels, module.groups, k,
-                                 int(h), int(w), module.stride[0], module.dilation[0]))
+            shapes.add(
+                ConvShape(
+                    module.in_channels,
+                    module.out_channels,
+                    module.groups,
+                    k,
+                    int(h),
+                    int(w),
+                    module.stride[0],
+                    module.dilation[0],
+                )
+            )
 
-    handles = [m.register_forward_hook(hook) for m in graph.modules()  # type: ignore[attr-defined]
-               if isinstance(m, nn.Conv2d)]  # fmt: skip
+    handles = [
+        m.register_forward_hook(hook)
+        for m in graph.modules()  # type: ignore[attr-defined]
+        if isinstance(m, nn.Conv2d)
+    ]
     image = torch.zeros(1, *size, 3, dtype=torch.uint8)
     with torch.inference_mode(), FlopCounterMode(display=False) as counter:
         graph(image)  # type: ignore[operator]
@@ -247,16 +281,21 @@ def time_engines(session: object, graph: object, size: tuple[int, int], quick: b
         times = alternate({"eager": eager, "ort": onnxruntime}, reps)
         eager_s, ort_s = median(times["eager"]), median(times["ort"])
         ort_rate[batch] = batch / ort_s
-        rows.append([batch, f"{batch / eager_s:.1f}", f"{batch / ort_s:.1f}",
-                     f"{eager_s / ort_s:.2f}x"])  # fmt: skip
+        rows.append(
+            [batch, f"{batch / eager_s:.1f}", f"{batch / ort_s:.1f}", f"{eager_s / ort_s:.2f}x"]
+        )
     return rows, ort_rate
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="few repetitions (a smoke run)")
-    parser.add_argument("--checkpoint", type=Path, default=CHECKPOINT,
-                        help="eager model's weights (default runs/full/best.pt, if present)")
+    parser.add_argument(
+        "--checkpoint",
+        type=Path,
+        default=CHECKPOINT,
+        help="eager model's weights (default runs/full/best.pt, if present)",
+    )
     args = parser.parse_args()
 
     session = ort_session(SHIPPED_MODEL, THREADS)
@@ -281,10 +320,17 @@ def main() -> None:
     best_dw = ConvRun(best_dw_shape)  # a fresh profile for the alternated timing
     conv_runs = {"dense": ConvRun(dense_shape), "big_dw": ConvRun(big_dw_shape), "dw": best_dw}
     batch8 = np.random.default_rng(3).integers(0, 256, (8, *size, 3), dtype=np.uint8)
-    times = alternate({"model": lambda: session.run(None, {"image": batch8}),  # type: ignore
-                       **{k: r.run for k, r in conv_runs.items()}}, reps, warmup=0)  # fmt: skip
-    dense, big_dw, dw = (conv_runs[k].rates(conv_runs[k].kernel_seconds())
-                         for k in ("dense", "big_dw", "dw"))  # fmt: skip
+    times = alternate(
+        {
+            "model": lambda: session.run(None, {"image": batch8}),  # type: ignore
+            **{k: r.run for k, r in conv_runs.items()},
+        },
+        reps,
+        warmup=0,
+    )
+    dense, big_dw, dw = (
+        conv_runs[k].rates(conv_runs[k].kernel_seconds()) for k in ("dense", "big_dw", "dw")
+    )
     model_gflops = gflop * 8 / median(times["model"])
 
     images = np.random.default_rng(2).integers(0, 256, (8, *size, 3), dtype=np.uint8)
@@ -299,34 +345,70 @@ def main() -> None:
         ["batch", "eager img/s", "ORT img/s", "ORT / eager", "eager GFLOP/s", "ORT GFLOP/s"], rows
     )
     ceilings = markdown_table(
-        ["ceiling: one conv's kernel in ORT, 2 threads (alternated with the model at batch 8)",
-         "GFLOP/s", "GB/s moved", "whole model in ORT as % of it"],
         [
-            [dense_shape.label(), f"{dense['gflops']:.1f}", f"{dense['gbps']:.2f}",
-             f"{100 * model_gflops / dense['gflops']:.0f}%"],
-            [big_dw_shape.label(), f"{big_dw['gflops']:.1f}", f"{big_dw['gbps']:.2f}", ""],
-            [f"best of the model's {len(dw_runs)} depthwise layer shapes: "
-             f"{best_dw_shape.label()}", f"{dw['gflops']:.1f}", f"{dw['gbps']:.2f}", ""],
-            ["the model's mix: each FLOP at its kind's ceiling (dense / best depthwise)",
-             f"{mix_gflops:.1f}", "", f"{100 * model_gflops / mix_gflops:.0f}%"],
-            ["the whole model in ORT, batch 8 (in this alternation)", f"{model_gflops:.1f}", "",
-             ""],
+            "ceiling: one conv's kernel in ORT, 2 threads (alternated with the model at batch 8)",
+            "GFLOP/s",
+            "GB/s moved",
+            "whole model in ORT as % of it",
         ],
-    )  # fmt: skip
-    ceiling_of = {"depthwise conv": dw["gflops"], "1x1 conv": dense["gflops"],
-                  "dense kxk conv": dense["gflops"]}  # fmt: skip
+        [
+            [
+                dense_shape.label(),
+                f"{dense['gflops']:.1f}",
+                f"{dense['gbps']:.2f}",
+                f"{100 * model_gflops / dense['gflops']:.0f}%",
+            ],
+            [big_dw_shape.label(), f"{big_dw['gflops']:.1f}", f"{big_dw['gbps']:.2f}", ""],
+            [
+                f"best of the model's {len(dw_runs)} depthwise layer shapes: "
+                f"{best_dw_shape.label()}",
+                f"{dw['gflops']:.1f}",
+                f"{dw['gbps']:.2f}",
+                "",
+            ],
+            [
+                "the model's mix: each FLOP at its kind's ceiling (dense / best depthwise)",
+                f"{mix_gflops:.1f}",
+                "",
+                f"{100 * model_gflops / mix_gflops:.0f}%",
+            ],
+            [
+                "the whole model in ORT, batch 8 (in this alternation)",
+                f"{model_gflops:.1f}",
+                "",
+                "",
+            ],
+        ],
+    )
+    ceiling_of = {
+        "depthwise conv": dw["gflops"],
+        "1x1 conv": dense["gflops"],
+        "dense kxk conv": dense["gflops"],
+    }
     rows_kind, pct = [], {}
     for kind, (t, f) in sorted(kinds.items(), key=lambda kv: -kv[1][0]):
         rate = f / t / 1e9 if f else 0.0
         ceiling = ceiling_of.get(kind)
         pct[kind] = (100 * t / kernel_s, 100 * rate / ceiling if ceiling else 0.0)
-        rows_kind.append([kind, f"{f / 1e9:.3f}", f"{pct[kind][0]:.0f}%",
-                          f"{rate:.1f}" if f else "",
-                          f"{pct[kind][1]:.0f}%" if ceiling else ""])  # fmt: skip
+        rows_kind.append(
+            [
+                kind,
+                f"{f / 1e9:.3f}",
+                f"{pct[kind][0]:.0f}%",
+                f"{rate:.1f}" if f else "",
+                f"{pct[kind][1]:.0f}%" if ceiling else "",
+            ]
+        )
     breakdown = markdown_table(
-        ["ORT kernels by kind (batch 8, ORT profiler)", "GFLOP/image", "share of kernel time",
-         "GFLOP/s", "% of its kind's ceiling"], rows_kind,
-    )  # fmt: skip
+        [
+            "ORT kernels by kind (batch 8, ORT profiler)",
+            "GFLOP/image",
+            "share of kernel time",
+            "GFLOP/s",
+            "% of its kind's ceiling",
+        ],
+        rows_kind,
+    )
     share = 100 * model_gflops / dense["gflops"]
     one, dwk = pct.get("1x1 conv", (0, 0)), pct.get("depthwise conv", (0, 0))
     f_1x1 = kinds.get("1x1 conv", [0.0, 0.0])[1]

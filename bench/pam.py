@@ -91,9 +91,17 @@ def export_pam(impl: str, n: int) -> Path:
     logging.getLogger("torch.onnx").setLevel(logging.ERROR)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(PAM(), (torch.rand(1, CLASSES, n),), str(path), input_names=["p"],
-                          output_names=["q"], opset_version=18, dynamo=True,
-                          external_data=False, verbose=False)  # fmt: skip
+        torch.onnx.export(
+            PAM(),
+            (torch.rand(1, CLASSES, n),),
+            str(path),
+            input_names=["p"],
+            output_names=["q"],
+            opset_version=18,
+            dynamo=True,
+            external_data=False,
+            verbose=False,
+        )
     return path
 
 
@@ -114,8 +122,14 @@ CASES: list[tuple[str, str, str, dict[str, str]]] = [
 
 def measure(runtime: str, impl: str, n: int, reps: int, env: dict[str, str]) -> dict:
     """{'delta_kib', 'times'} of one case in a fresh process."""
-    fields = {"threads": THREADS, "classes": CLASSES, "n": n, "reps": reps, "impl": impl,
-              "block": BLOCK}  # fmt: skip
+    fields = {
+        "threads": THREADS,
+        "classes": CLASSES,
+        "n": n,
+        "reps": reps,
+        "impl": impl,
+        "block": BLOCK,
+    }
     if runtime == "torch":
         return json.loads(run_probe(TORCH_PROBE.format(**fields), env=env))
     return json.loads(run_probe(ORT_PROBE.format(path=export_pam(impl, n), **fields)))
@@ -135,14 +149,19 @@ def main() -> None:
         row = [runtime, label]
         for grid in GRIDS:
             r, naive = results[label, runtime, grid], results["naive", runtime, grid]
-            row += [mib(r["delta_kib"]), f"{1000 * sorted(r['times'])[len(r['times']) // 2]:.1f}",
-                    f"{r['delta_kib'] / naive['delta_kib']:.3f}"]  # fmt: skip
+            row += [
+                mib(r["delta_kib"]),
+                f"{1000 * sorted(r['times'])[len(r['times']) // 2]:.1f}",
+                f"{r['delta_kib'] / naive['delta_kib']:.3f}",
+            ]
         rows.append(row)
     headers = ["runtime", "PAM"]
     for grid, n in GRIDS.items():
         headers += [f"{grid} (N={n}) peak MiB", "ms", "peak / naive"]
-    ratio = (results[CASES[-1][2], "onnxruntime", "86x86"]["delta_kib"]
-             / results["naive", "onnxruntime", "86x86"]["delta_kib"])  # fmt: skip
+    ratio = (
+        results[CASES[-1][2], "onnxruntime", "86x86"]["delta_kib"]
+        / results["naive", "onnxruntime", "86x86"]["delta_kib"]
+    )
     nn_mib = 7396 * 7396 * 4 / 2**20
     notes = [
         f"one image, P = softmax of [1, {CLASSES}, N] fp32, {THREADS} threads; peak = VmHWM - "
@@ -155,8 +174,12 @@ def main() -> None:
         f"issue 3 acceptance, ORT blocked <= 1/10 of naive at 86x86: "
         f"{'met' if ratio <= 0.1 else 'not met'} (ratio {ratio:.3f}, 1/{1 / ratio:.0f})",
     ]
-    write_result("pam", "PAM: blocked vs naive attention, peak memory and time",
-                 markdown_table(headers, rows), notes)  # fmt: skip
+    write_result(
+        "pam",
+        "PAM: blocked vs naive attention, peak memory and time",
+        markdown_table(headers, rows),
+        notes,
+    )
 
 
 if __name__ == "__main__":

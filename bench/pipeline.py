@@ -101,8 +101,18 @@ def bare_engine(engine: Any, images: np.ndarray) -> float:
 def client_run(pool: Path, n: int, out: Path, extra: list[str]) -> tuple[float, float]:
     """(scoring img/s as the client reports it, wall-clock img/s) of one `deal-client score`."""
     shutil.rmtree(out, ignore_errors=True)
-    command = [CLIENT, "score", str(pool), "--top-k", "10", "--out", str(out),
-               "--no-progress", "--json", *extra]  # fmt: skip
+    command = [
+        CLIENT,
+        "score",
+        str(pool),
+        "--top-k",
+        "10",
+        "--out",
+        str(out),
+        "--no-progress",
+        "--json",
+        *extra,
+    ]
     start = time.perf_counter()
     done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT)
     wall = time.perf_counter() - start
@@ -136,8 +146,10 @@ def main() -> None:
             out = CACHE / "pipeline" / "out"
             rates["embedded"].append(client_run(pool, count, out, []))
             rates["triton"].append(client_run(pool, count, out, ["--url", url]))
-            print(f"rep {rep + 1}/{reps}: " + ", ".join(
-                f"{k} {v[-1][0]:.1f} img/s" for k, v in rates.items()))  # fmt: skip
+            print(
+                f"rep {rep + 1}/{reps}: "
+                + ", ".join(f"{k} {v[-1][0]:.1f} img/s" for k, v in rates.items())
+            )
     finally:
         server.stop()
     bare = median([r[0] for r in rates["bare"]])
@@ -149,8 +161,14 @@ def main() -> None:
     rows = []
     for name, values in rates.items():
         scoring, wall = median([v[0] for v in values]), median([v[1] for v in values])
-        rows.append([labels[name], f"{scoring:.1f}",
-                     "" if name == "bare" else f"{wall:.1f}", f"{100 * scoring / bare:.0f}%"])
+        rows.append(
+            [
+                labels[name],
+                f"{scoring:.1f}",
+                "" if name == "bare" else f"{wall:.1f}",
+                f"{100 * scoring / bare:.0f}%",
+            ]
+        )
     triton = median([v[0] for v in rates["triton"]])
     ratio = triton / bare
     notes = [

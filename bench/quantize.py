@@ -53,8 +53,10 @@ def render_pool(folder: Path, seed: int, count: int, size: tuple[int, int]) -> P
 
 def scores(session: object, images: np.ndarray) -> dict[str, np.ndarray]:
     """DS and DE of every image, batches of 8."""
-    runs = [session.run(["ds", "de"], {"image": images[s : s + 8]})  # type: ignore[attr-defined]
-            for s in range(0, len(images), 8)]  # fmt: skip
+    runs = [
+        session.run(["ds", "de"], {"image": images[s : s + 8]})  # type: ignore[attr-defined]
+        for s in range(0, len(images), 8)
+    ]
     return {"ds": np.concatenate([r[0] for r in runs]), "de": np.concatenate([r[1] for r in runs])}
 
 
@@ -78,10 +80,12 @@ def try_low_precision(elem: str) -> str:
     dtype = getattr(TensorProto, elem)
     weight = helper.make_tensor("w", dtype, [8, 8, 3, 3], np.zeros(8 * 8 * 9).tolist())
     graph = helper.make_graph(
-        [helper.make_node("Conv", ["x", "w"], ["y"], pads=[1, 1, 1, 1])], "conv",
+        [helper.make_node("Conv", ["x", "w"], ["y"], pads=[1, 1, 1, 1])],
+        "conv",
         [helper.make_tensor_value_info("x", dtype, [1, 8, 16, 16])],
-        [helper.make_tensor_value_info("y", dtype, [1, 8, 16, 16])], initializer=[weight],
-    )  # fmt: skip
+        [helper.make_tensor_value_info("y", dtype, [1, 8, 16, 16])],
+        initializer=[weight],
+    )
     # Conv accepts bfloat16 from opset 22 on; float16 from the start.
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 22)])
     model.ir_version = 10
@@ -96,8 +100,10 @@ def try_low_precision(elem: str) -> str:
         return "not supported by ONNX Runtime's CPU provider here: " + str(exc).split("\n")[0]
     ops = [n.op_type for n in onnx.load(options.optimized_model_filepath).graph.node]
     if "Cast" in ops:
-        return (f"accepted, but ORT wraps the Conv in Casts and computes it in FP32 ({ops}): "
-                "no speed-up to be had")
+        return (
+            f"accepted, but ORT wraps the Conv in Casts and computes it in FP32 ({ops}): "
+            "no speed-up to be had"
+        )
     return f"a native kernel exists ({ops})"
 
 
@@ -122,10 +128,13 @@ def main() -> None:
     rng = np.random.default_rng(0)
     for batch, reps in ((1, 4 if args.quick else 30), (8, 2 if args.quick else 10)):
         x = rng.integers(0, 256, (batch, *size, 3), dtype=np.uint8)
-        times = alternate({
-            "fp32": lambda x=x: fp32.run(None, {"image": x}),
-            "int8": lambda x=x: int8.run(None, {"image": x}),
-        }, reps)  # fmt: skip
+        times = alternate(
+            {
+                "fp32": lambda x=x: fp32.run(None, {"image": x}),
+                "int8": lambda x=x: int8.run(None, {"image": x}),
+            },
+            reps,
+        )
         f, q = batch / median(times["fp32"]), batch / median(times["int8"])
         speedups[batch] = q / f
         speed_rows.append([batch, f"{f:.1f}", f"{q:.1f}", f"{q / f:.2f}x"])
@@ -138,8 +147,15 @@ def main() -> None:
         rho, overlap = agreement(s32[name], s8[name], paths)
         acc[name] = (rho, overlap)
         diff = np.abs(s32[name] - s8[name])
-        acc_rows.append([name.upper(), f"{rho:.4f}", f"{100 * overlap:.0f}%",
-                         f"{diff.mean():.4f}", f"{diff.max():.4f}"])  # fmt: skip
+        acc_rows.append(
+            [
+                name.upper(),
+                f"{rho:.4f}",
+                f"{100 * overlap:.0f}%",
+                f"{diff.mean():.4f}",
+                f"{diff.max():.4f}",
+            ]
+        )
 
     best = max(speedups.values())
     rho, overlap = acc["ds"]
@@ -161,11 +177,21 @@ def main() -> None:
         f"fp16: {try_low_precision('FLOAT16')}",
         *[f"target {k}: {'met' if ok else 'not met'} ({v})" for k, (ok, v) in verdict.items()],
     ]
-    body = "\n\n".join([
-        markdown_table(["batch", "FP32 img/s", "INT8 img/s", "INT8 / FP32"], speed_rows),
-        markdown_table(["score", "Spearman INT8 vs FP32", f"top-{TOP} overlap",
-                        "mean abs diff", "max abs diff"], acc_rows),
-    ])  # fmt: skip
+    body = "\n\n".join(
+        [
+            markdown_table(["batch", "FP32 img/s", "INT8 img/s", "INT8 / FP32"], speed_rows),
+            markdown_table(
+                [
+                    "score",
+                    "Spearman INT8 vs FP32",
+                    f"top-{TOP} overlap",
+                    "mean abs diff",
+                    "max abs diff",
+                ],
+                acc_rows,
+            ),
+        ]
+    )
     write_result("quantize", "A faster engine: INT8 (static QDQ) vs FP32", body, notes)
 
 

@@ -98,8 +98,13 @@ def run_client(args: list[str], peak_file: Path) -> tuple[float, float]:
     peak_file.unlink(missing_ok=True)
     command = [PYTHON, "-c", CLIENT_WITH_PEAK, *args]
     start = time.perf_counter()
-    done = subprocess.run(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=ROOT,
-                          env={**os.environ, "DEAL_BENCH_PEAK": str(peak_file)})  # fmt: skip
+    done = subprocess.run(
+        command,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        cwd=ROOT,
+        env={**os.environ, "DEAL_BENCH_PEAK": str(peak_file)},
+    )
     seconds = time.perf_counter() - start
     if done.returncode != 0:
         raise RuntimeError(f"deal-client exited {done.returncode}: {done.stderr[-2000:]!r}")
@@ -110,8 +115,10 @@ def client_peak(pool: Path, n: int) -> tuple[float, float]:
     """(peak RSS MiB, img/s) of one `deal-client score` process on `pool`."""
     out = CACHE / "selection" / f"out_{n}"
     shutil.rmtree(out, ignore_errors=True)
-    peak, seconds = run_client(["score", str(pool), "--top-k", "100", "--out", str(out),
-                                "--no-progress", "--json"], CACHE / "selection" / f"peak_{n}.txt")
+    peak, seconds = run_client(
+        ["score", str(pool), "--top-k", "100", "--out", str(out), "--no-progress", "--json"],
+        CACHE / "selection" / f"peak_{n}.txt",
+    )
     return peak, n / seconds
 
 
@@ -132,29 +139,47 @@ def synthetic_out_dir(n: int, embedding_dim: int = 144) -> Path:
             for i, path in enumerate(synthetic_paths(stop)[start:], start):
                 j = i - start
                 fractions = ", ".join(f"{v:.6f}" for v in frac[j])
-                f.write(f'{{"path": "{path}", "status": "ok", "error": null, "ds": {ds[j]!r}, '
-                        f'"de": {2 * de[j]!r}, "entropy": {ent[j]!r}, "class_fraction": '
-                        f'[{fractions}], "row": {i}, "model": "deal:1:bench"}}\n')
+                f.write(
+                    f'{{"path": "{path}", "status": "ok", "error": null, "ds": {ds[j]!r}, '
+                    f'"de": {2 * de[j]!r}, "entropy": {ent[j]!r}, "class_fraction": '
+                    f'[{fractions}], "row": {i}, "model": "deal:1:bench"}}\n'
+                )
     with open(out / EMBEDDINGS, "wb") as f:
         f.truncate(n * embedding_dim * 4)  # sparse: `de` selection never reads it
-    meta = {"format": FORMAT, "model": "deal:1:bench", "embedding_dim": embedding_dim,
-            "metadata": {}}  # fmt: skip
+    meta = {
+        "format": FORMAT,
+        "model": "deal:1:bench",
+        "embedding_dim": embedding_dim,
+        "metadata": {},
+    }
     (out / META).write_text(json.dumps(meta))
     return out
 
 
 def select_peak(out: Path) -> tuple[float, float]:
     """(peak RSS MiB, seconds) of one `deal-client select --strategy de` over `out`."""
-    args = ["select", str(out), "--strategy", "de", "--top-k", "100",
-            "--out", str(out.parent / f"{out.name}.selection")]  # fmt: skip
+    args = [
+        "select",
+        str(out),
+        "--strategy",
+        "de",
+        "--top-k",
+        "100",
+        "--out",
+        str(out.parent / f"{out.name}.selection"),
+    ]
     return run_client(args, out.parent / f"{out.name}.peak")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="smaller pools (a smoke run)")
-    parser.add_argument("--images", default=None, metavar="SMALL,LARGE",
-                        help="client pool sizes (default 1000,20000; --quick 200,1000)")
+    parser.add_argument(
+        "--images",
+        default=None,
+        metavar="SMALL,LARGE",
+        help="client pool sizes (default 1000,20000; --quick 200,1000)",
+    )
     args = parser.parse_args()
     from pipeline import make_jpegs
 
@@ -189,8 +214,11 @@ def main() -> None:
         "times are single runs of `dealseg.client.select.select` on in-memory arrays with real "
         "path strings (ties broken by path); scores uniform random float32",
         "target top-k over 10M scores <= 2 s: "
-        + ("not run (--quick)" if not top else f"{'met' if worst <= 2 else 'not met'} "
-           f"(slowest k: {worst:.2f} s)"),
+        + (
+            "not run (--quick)"
+            if not top
+            else f"{'met' if worst <= 2 else 'not met'} (slowest k: {worst:.2f} s)"
+        ),
         f"client pool: distinct symlink names over {len(sources)} real 960x720 JPEGs (each "
         "decoded every time); peak RSS = the client process's own VmHWM at exit",
         f"target peak memory flat within 50 MB from {small:,} to {large:,} images: "
@@ -198,8 +226,12 @@ def main() -> None:
         f"reading scores back for selection costs {per_record:.0f} bytes per record "
         f"({few:,} -> {many:,} records; the path string itself is about 100 of them)",
     ]
-    write_result("selection", "Selection at scale and client memory",
-                 timing + "\n\n" + memory + "\n\n" + reading, notes)  # fmt: skip
+    write_result(
+        "selection",
+        "Selection at scale and client memory",
+        timing + "\n\n" + memory + "\n\n" + reading,
+        notes,
+    )
 
 
 if __name__ == "__main__":

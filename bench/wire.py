@@ -21,10 +21,22 @@ BATCH = 8
 OUTPUT_SETS = {
     "scalar scores (ds, de, entropy)": ("ds", "de", "entropy"),
     "client default: scores + class_fraction + embedding": (
-        "ds", "de", "entropy", "class_fraction", "embedding"),
+        "ds",
+        "de",
+        "entropy",
+        "class_fraction",
+        "embedding",
+    ),
     "all outputs (with difficulty + segmentation maps)": (
-        "ds", "de", "entropy", "class_fraction", "embedding", "difficulty", "segmentation"),
-}  # fmt: skip
+        "ds",
+        "de",
+        "entropy",
+        "class_fraction",
+        "embedding",
+        "difficulty",
+        "segmentation",
+    ),
+}
 
 
 def street_images(n: int, size: tuple[int, int]) -> np.ndarray:
@@ -88,15 +100,33 @@ def main() -> None:
             message = grpc_message_bytes(server.url_grpc, images, outputs)
             payload = sum(a.nbytes for a in arrays.values())
             payloads.append(payload / BATCH)
-            rows.append([label, f"{payload / BATCH:,.0f}", f"{body / BATCH:,.0f}",
-                         f"{message / BATCH:,.0f}"])  # fmt: skip
+            rows.append(
+                [
+                    label,
+                    f"{payload / BATCH:,.0f}",
+                    f"{body / BATCH:,.0f}",
+                    f"{message / BATCH:,.0f}",
+                ]
+            )
     h, w = spec.input_size
     logits = spec.num_classes * h * w * 4
-    rows.append([f"fp32 logits at the input size ({spec.num_classes} x {h} x {w}, computed)",
-                 f"{logits:,}", "", ""])  # fmt: skip
+    rows.append(
+        [
+            f"fp32 logits at the input size ({spec.num_classes} x {h} x {w}, computed)",
+            f"{logits:,}",
+            "",
+            "",
+        ]
+    )
     camera = spec.num_classes * 720 * 960 * 4
-    rows.append([f"fp32 logits at camera size ({spec.num_classes} x 720 x 960, computed)",
-                 f"{camera:,}", "", ""])  # fmt: skip
+    rows.append(
+        [
+            f"fp32 logits at camera size ({spec.num_classes} x 720 x 960, computed)",
+            f"{camera:,}",
+            "",
+            "",
+        ]
+    )
     table = markdown_table(
         ["returned per image", "tensor bytes", "HTTP body bytes", "gRPC message bytes"], rows
     )

@@ -57,26 +57,55 @@ def _display(path: str) -> str:
 # ---------------------------------------------------------------------------- option groups
 def selection_options(require_k: bool) -> Callable[[Callable], Callable]:
     def decorate(f: Callable) -> Callable:
-        for option in reversed([
-            click.option("--top-k", "-k", "top_k", type=click.IntRange(min=1),
-                         required=require_k, help="How many images to select."),
-            click.option("--strategy", "-s", type=click.Choice(STRATEGY_NAMES),
-                         default=None if not require_k else "de", show_default=True,
-                         help="Ranking: the paper's difficulty score (ds) or difficulty entropy "
-                              "(de), softmax entropy, seeded random, or k-center core-set."),
-            click.option("--diverse", type=click.FloatRange(0.0, 1.0), default=None,
-                         help="Skip an image whose embedding cosine to an already selected "
-                              "one is above this threshold (e.g. 0.95)."),
-            click.option("--labeled", type=click.Path(exists=True, path_type=Path),
-                         default=None,
-                         help="Already-labelled images, never selected and the core-set's first "
-                              "centres: a text file of paths, a scores.jsonl of a run on them, "
-                              "or a .npy of embeddings [L, D]."),
-            click.option("--seed", type=int, default=0, show_default=True,
-                         help="Seed of the random strategy."),
-            click.option("--json", "as_json", is_flag=True,
-                         help="Print selection.json on stdout instead of a table."),
-        ]):  # fmt: skip
+        for option in reversed(
+            [
+                click.option(
+                    "--top-k",
+                    "-k",
+                    "top_k",
+                    type=click.IntRange(min=1),
+                    required=require_k,
+                    help="How many images to select.",
+                ),
+                click.option(
+                    "--strategy",
+                    "-s",
+                    type=click.Choice(STRATEGY_NAMES),
+                    default=None if not require_k else "de",
+                    show_default=True,
+                    help="Ranking: the paper's difficulty score (ds) or difficulty entropy "
+                    "(de), softmax entropy, seeded random, or k-center core-set.",
+                ),
+                click.option(
+                    "--diverse",
+                    type=click.FloatRange(0.0, 1.0),
+                    default=None,
+                    help="Skip an image whose embedding cosine to an already selected "
+                    "one is above this threshold (e.g. 0.95).",
+                ),
+                click.option(
+                    "--labeled",
+                    type=click.Path(exists=True, path_type=Path),
+                    default=None,
+                    help="Already-labelled images, never selected and the core-set's first "
+                    "centres: a text file of paths, a scores.jsonl of a run on them, "
+                    "or a .npy of embeddings [L, D].",
+                ),
+                click.option(
+                    "--seed",
+                    type=int,
+                    default=0,
+                    show_default=True,
+                    help="Seed of the random strategy.",
+                ),
+                click.option(
+                    "--json",
+                    "as_json",
+                    is_flag=True,
+                    help="Print selection.json on stdout instead of a table.",
+                ),
+            ]
+        ):
             f = option(f)
         return f
 
@@ -84,20 +113,48 @@ def selection_options(require_k: bool) -> Callable[[Callable], Callable]:
 
 
 def triton_options(f: Callable) -> Callable:
-    for option in reversed([
-        click.option("--protocol", type=click.Choice(["grpc", "http"]), default="grpc",
-                     show_default=True, envvar="DEAL_PROTOCOL", show_envvar=True,
-                     help="Triton protocol for --url."),
-        click.option("--ssl", is_flag=True, help="Use TLS to talk to Triton."),
-        click.option("--root-certs", type=click.Path(exists=True, dir_okay=False),
-                     default=None, help="PEM root certificates for --ssl (implies --ssl)."),
-        click.option("--header", "headers", multiple=True, callback=_headers,
-                     metavar="KEY=VALUE", help="Extra request header (repeatable)."),
-        click.option("--timeout", type=click.FloatRange(min=0.1), default=30.0,
-                     show_default=True, help="Seconds per request to Triton."),
-        click.option("--retries", type=click.IntRange(min=0), default=3, show_default=True,
-                     help="Retries of a request after a transient error (backoff 0.5 s, x2)."),
-    ]):  # fmt: skip
+    for option in reversed(
+        [
+            click.option(
+                "--protocol",
+                type=click.Choice(["grpc", "http"]),
+                default="grpc",
+                show_default=True,
+                envvar="DEAL_PROTOCOL",
+                show_envvar=True,
+                help="Triton protocol for --url.",
+            ),
+            click.option("--ssl", is_flag=True, help="Use TLS to talk to Triton."),
+            click.option(
+                "--root-certs",
+                type=click.Path(exists=True, dir_okay=False),
+                default=None,
+                help="PEM root certificates for --ssl (implies --ssl).",
+            ),
+            click.option(
+                "--header",
+                "headers",
+                multiple=True,
+                callback=_headers,
+                metavar="KEY=VALUE",
+                help="Extra request header (repeatable).",
+            ),
+            click.option(
+                "--timeout",
+                type=click.FloatRange(min=0.1),
+                default=30.0,
+                show_default=True,
+                help="Seconds per request to Triton.",
+            ),
+            click.option(
+                "--retries",
+                type=click.IntRange(min=0),
+                default=3,
+                show_default=True,
+                help="Retries of a request after a transient error (backoff 0.5 s, x2).",
+            ),
+        ]
+    ):
         f = option(f)
     return f
 
@@ -106,9 +163,14 @@ def _triton(urls: tuple[str, ...], o: dict[str, Any]) -> Any:
     from .engines import TritonEngine
 
     return TritonEngine(
-        urls, o["protocol"], ssl=o["ssl"], root_certs=o["root_certs"], headers=o["headers"],
-        timeout=o["timeout"], retries=o["retries"],
-    )  # fmt: skip
+        urls,
+        o["protocol"],
+        ssl=o["ssl"],
+        root_certs=o["root_certs"],
+        headers=o["headers"],
+        timeout=o["timeout"],
+        retries=o["retries"],
+    )
 
 
 def _print_selection(doc: dict[str, Any], as_json: bool) -> None:
@@ -136,38 +198,83 @@ def main() -> None:
 @main.command()
 @click.argument("pool")
 @selection_options(require_k=True)
-@click.option("--out", "-o", type=click.Path(file_okay=False, path_type=Path),
-              default=Path("deal-out"), show_default=True, envvar="DEAL_OUT", show_envvar=True,
-              help="Output folder; re-running on it resumes.")  # fmt: skip
-@click.option("--model", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              default=None, envvar="DEAL_MODEL", show_envvar=True,
-              help="ONNX model run in-process [default: the shipped "
-                   "model_repository/deal/1/model.onnx].")  # fmt: skip
-@click.option("--url", "urls", multiple=True, envvar="DEAL_URL", show_envvar=True,
-              metavar="HOST:PORT",
-              help="Triton server(s) to use instead of the in-process model (repeatable; "
-                   "requests are spread over them).")  # fmt: skip
+@click.option(
+    "--out",
+    "-o",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("deal-out"),
+    show_default=True,
+    envvar="DEAL_OUT",
+    show_envvar=True,
+    help="Output folder; re-running on it resumes.",
+)
+@click.option(
+    "--model",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    envvar="DEAL_MODEL",
+    show_envvar=True,
+    help="ONNX model run in-process [default: the shipped model_repository/deal/1/model.onnx].",
+)
+@click.option(
+    "--url",
+    "urls",
+    multiple=True,
+    envvar="DEAL_URL",
+    show_envvar=True,
+    metavar="HOST:PORT",
+    help="Triton server(s) to use instead of the in-process model (repeatable; "
+    "requests are spread over them).",
+)
 @triton_options
-@click.option("--batch-size", type=click.IntRange(1, 1024), default=8, show_default=True,
-              help="Images per inference request.")  # fmt: skip
-@click.option("--concurrency", type=click.IntRange(1, 256), default=2, show_default=True,
-              help="Inference requests in flight.")  # fmt: skip
-@click.option("--workers", type=click.IntRange(1, 256), default=4, show_default=True,
-              help="Image decoding threads.")  # fmt: skip
-@click.option("--max-pixels", type=click.IntRange(min=1), default=DEFAULT_MAX_PIXELS,
-              show_default=True,
-              help="Refuse images with more pixels (decompression-bomb guard).")  # fmt: skip
-@click.option("--shard", callback=_shard, default=None, metavar="I/N",
-              help="Score only slice I of N (0 <= I < N; by a hash of each path); "
-                   "combine the outputs with `deal-client merge`.")  # fmt: skip
-@click.option("--maps", is_flag=True,
-              help="Also write image | difficulty | segmentation PNGs of the selection to "
-                   "OUT/maps/.")  # fmt: skip
-@click.option("--progress/--no-progress", default=True, show_default=True,
-              help="Progress bar on stderr.")  # fmt: skip
+@click.option(
+    "--batch-size",
+    type=click.IntRange(1, 1024),
+    default=8,
+    show_default=True,
+    help="Images per inference request.",
+)
+@click.option(
+    "--concurrency",
+    type=click.IntRange(1, 256),
+    default=2,
+    show_default=True,
+    help="Inference requests in flight.",
+)
+@click.option(
+    "--workers",
+    type=click.IntRange(1, 256),
+    default=4,
+    show_default=True,
+    help="Image decoding threads.",
+)
+@click.option(
+    "--max-pixels",
+    type=click.IntRange(min=1),
+    default=DEFAULT_MAX_PIXELS,
+    show_default=True,
+    help="Refuse images with more pixels (decompression-bomb guard).",
+)
+@click.option(
+    "--shard",
+    callback=_shard,
+    default=None,
+    metavar="I/N",
+    help="Score only slice I of N (0 <= I < N; by a hash of each path); "
+    "combine the outputs with `deal-client merge`.",
+)
+@click.option(
+    "--maps",
+    is_flag=True,
+    help="Also write image | difficulty | segmentation PNGs of the selection to OUT/maps/.",
+)
+@click.option(
+    "--progress/--no-progress", default=True, show_default=True, help="Progress bar on stderr."
+)
 @click.pass_context
-def score(ctx: click.Context, pool: str, urls: tuple[str, ...], model: Path | None,
-          **o: Any) -> None:  # fmt: skip
+def score(
+    ctx: click.Context, pool: str, urls: tuple[str, ...], model: Path | None, **o: Any
+) -> None:
     """Score every image of POOL and select the --top-k most worth labelling.
 
     POOL is a folder (searched recursively), a text file of image paths, or - (paths on stdin).
@@ -204,15 +311,18 @@ def _score(pool: str, urls: tuple[str, ...], model: Path | None, o: dict[str, An
         engine = _triton(urls, o) if urls else EmbeddedEngine(model)
     except EngineError as exc:
         raise click.ClickException(str(exc)) from None
-    settings = ScoreSettings(o["batch_size"], o["concurrency"], o["workers"], o["max_pixels"],
-                             o["progress"])  # fmt: skip
+    settings = ScoreSettings(
+        o["batch_size"], o["concurrency"], o["workers"], o["max_pixels"], o["progress"]
+    )
     try:
         try:
             writer = ScoreWriter(out, engine.spec)
         except StoreError as exc:
             raise click.ClickException(str(exc)) from None
-        _stderr(f"deal-client: {len(paths)} images, model {engine.spec.model_id} via "
-                f"{engine.describe()}, out {out}")  # fmt: skip
+        _stderr(
+            f"deal-client: {len(paths)} images, model {engine.spec.model_id} via "
+            f"{engine.describe()}, out {out}"
+        )
         try:
             report = score_paths(paths, engine, writer, settings)
         except EngineError as exc:
@@ -224,8 +334,15 @@ def _score(pool: str, urls: tuple[str, ...], model: Path | None, o: dict[str, An
         table = load_table(out)
         doc = None
         try:
-            doc = run_selection(table, out, o["strategy"], o["top_k"], seed=o["seed"],
-                                diverse=o["diverse"], labeled=o["labeled"])  # fmt: skip
+            doc = run_selection(
+                table,
+                out,
+                o["strategy"],
+                o["top_k"],
+                seed=o["seed"],
+                diverse=o["diverse"],
+                labeled=o["labeled"],
+            )
         except ValueError as exc:
             _stderr(f"no selection: {exc}")
         if doc is not None and o["maps"]:
@@ -233,8 +350,9 @@ def _score(pool: str, urls: tuple[str, ...], model: Path | None, o: dict[str, An
 
             try:
                 picked = [(r["rank"], r["path"]) for r in doc["rows"]]
-                for path, reason in write_maps(engine, picked, out, o["max_pixels"],
-                                               o["batch_size"]).items():  # fmt: skip
+                for path, reason in write_maps(
+                    engine, picked, out, o["max_pixels"], o["batch_size"]
+                ).items():
                     _stderr(f"warning: no map for {_display(path)}: {reason}")
             except EngineError as exc:
                 raise click.ClickException(f"writing maps: {exc}") from None
@@ -246,9 +364,12 @@ def _score(pool: str, urls: tuple[str, ...], model: Path | None, o: dict[str, An
     _stderr(
         f"deal-client: {report.total} images: {report.scored} scored, {report.resumed} already "
         f"done, {len(report.failed)} failed, {report.seconds:.1f} s ({report.rate:.1f} img/s); "
-        + (f"top {doc['selected']} by {doc['strategy']} in {out / 'selection.txt'}"
-           if doc is not None else "no selection")
-    )  # fmt: skip
+        + (
+            f"top {doc['selected']} by {doc['strategy']} in {out / 'selection.txt'}"
+            if doc is not None
+            else "no selection"
+        )
+    )
     if report.failed or doc is None:
         return EXIT_FAILED_INPUTS
     return EXIT_OK
@@ -258,8 +379,13 @@ def _score(pool: str, urls: tuple[str, ...], model: Path | None, o: dict[str, An
 @main.command("select")
 @click.argument("scores", type=click.Path(exists=True, path_type=Path))
 @selection_options(require_k=True)
-@click.option("--out", "-o", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Where to write selection.txt/.json [default: the folder of SCORES].")
+@click.option(
+    "--out",
+    "-o",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Where to write selection.txt/.json [default: the folder of SCORES].",
+)
 def select_command(scores: Path, out: Path | None, **o: Any) -> None:
     """Re-select from SCORES (a scores.jsonl or an out dir) without re-scoring."""
     from .run import run_selection
@@ -267,8 +393,15 @@ def select_command(scores: Path, out: Path | None, **o: Any) -> None:
 
     try:
         table = load_table(scores)
-        doc = run_selection(table, out or table.out, o["strategy"], o["top_k"], seed=o["seed"],
-                            diverse=o["diverse"], labeled=o["labeled"])  # fmt: skip
+        doc = run_selection(
+            table,
+            out or table.out,
+            o["strategy"],
+            o["top_k"],
+            seed=o["seed"],
+            diverse=o["diverse"],
+            labeled=o["labeled"],
+        )
     except (StoreError, ValueError) as exc:
         raise click.ClickException(str(exc)) from None
     _print_selection(doc, o["as_json"])
@@ -276,10 +409,16 @@ def select_command(scores: Path, out: Path | None, **o: Any) -> None:
 
 # ---------------------------------------------------------------------------------- merge
 @main.command()
-@click.argument("inputs", nargs=-1, required=True,
-                type=click.Path(exists=True, file_okay=False, path_type=Path))  # fmt: skip
-@click.option("--out", "-o", type=click.Path(file_okay=False, path_type=Path), required=True,
-              help="Folder for the merged scores and selection.")
+@click.argument(
+    "inputs", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False, path_type=Path)
+)
+@click.option(
+    "--out",
+    "-o",
+    type=click.Path(file_okay=False, path_type=Path),
+    required=True,
+    help="Folder for the merged scores and selection.",
+)
 @selection_options(require_k=False)
 def merge(inputs: tuple[Path, ...], out: Path, **o: Any) -> None:
     """Combine the out dirs of `score --shard` runs into --out and select from them.
@@ -293,13 +432,16 @@ def merge(inputs: tuple[Path, ...], out: Path, **o: Any) -> None:
     try:
         merge_outputs(inputs, out)
         table = load_table(out)
-        doc = run_selection(table, out, strategy, k, seed=o["seed"], diverse=o["diverse"],
-                            labeled=o["labeled"])  # fmt: skip
+        doc = run_selection(
+            table, out, strategy, k, seed=o["seed"], diverse=o["diverse"], labeled=o["labeled"]
+        )
     except (StoreError, ValueError) as exc:
         raise click.ClickException(str(exc)) from None
     _print_selection(doc, o["as_json"])
-    _stderr(f"deal-client: merged {len(inputs)} outputs, {len(table)} images scored, "
-            f"{len(table.errors)} failed; top {doc['selected']} in {out / 'selection.txt'}")
+    _stderr(
+        f"deal-client: merged {len(inputs)} outputs, {len(table)} images scored, "
+        f"{len(table.errors)} failed; top {doc['selected']} in {out / 'selection.txt'}"
+    )
     _list_failures(table.errors)
     sys.exit(EXIT_FAILED_INPUTS if table.errors else EXIT_OK)
 
@@ -317,14 +459,22 @@ def _merged_selection(inputs: tuple[Path, ...], strategy: str | None, k: int | N
             seen.add(None)
     if len(seen) != 1 or None in seen:
         raise click.UsageError("give --top-k (and --strategy): the inputs' selections differ")
-    (old_strategy, old_k), = seen
+    ((old_strategy, old_k),) = seen
     return strategy or old_strategy, k or old_k
 
 
 # --------------------------------------------------------------------------------- health
 @main.command()
-@click.option("--url", "urls", multiple=True, required=True, envvar="DEAL_URL",
-              show_envvar=True, metavar="HOST:PORT", help="Triton server(s) to check.")
+@click.option(
+    "--url",
+    "urls",
+    multiple=True,
+    required=True,
+    envvar="DEAL_URL",
+    show_envvar=True,
+    metavar="HOST:PORT",
+    help="Triton server(s) to check.",
+)
 @triton_options
 def health(urls: tuple[str, ...], **o: Any) -> None:
     """Check that Triton server(s) are ready and serve a model matching the contract."""
@@ -337,7 +487,15 @@ def health(urls: tuple[str, ...], **o: Any) -> None:
         raise click.ClickException(str(exc)) from None
     spec = engine.spec
     engine.close()
-    click.echo(json.dumps({
-        "ready": True, "urls": list(urls), "protocol": o["protocol"], "model": spec.model_id,
-        "input_size": list(spec.input_size), "classes": list(spec.class_names),
-    }))  # fmt: skip
+    click.echo(
+        json.dumps(
+            {
+                "ready": True,
+                "urls": list(urls),
+                "protocol": o["protocol"],
+                "model": spec.model_id,
+                "input_size": list(spec.input_size),
+                "classes": list(spec.class_names),
+            }
+        )
+    )

@@ -122,11 +122,22 @@ def _is_transient(exc: BaseException) -> bool:
     return any(
         word in text
         for word in (
-            "unavailable", "deadline", "timed out", "timeout", "connection refused",
-            "connection reset", "failed to connect", "broken pipe", "socket closed",
-            "503", "502", "504", "server is not ready", "no route",
+            "unavailable",
+            "deadline",
+            "timed out",
+            "timeout",
+            "connection refused",
+            "connection reset",
+            "failed to connect",
+            "broken pipe",
+            "socket closed",
+            "503",
+            "502",
+            "504",
+            "server is not ready",
+            "no route",
         )
-    )  # fmt: skip
+    )
 
 
 def with_retries(
@@ -178,8 +189,9 @@ class TritonEngine:
             raise ValueError("TritonEngine needs at least one URL")
         if protocol not in ("grpc", "http"):
             raise ValueError(f"protocol must be 'grpc' or 'http', got {protocol!r}")
-        self.urls = [u.removeprefix("grpc://").removeprefix("http://").removeprefix("https://")
-                     for u in urls]  # fmt: skip
+        self.urls = [
+            u.removeprefix("grpc://").removeprefix("http://").removeprefix("https://") for u in urls
+        ]
         self.protocol, self.ssl, self.root_certs = protocol, ssl or bool(root_certs), root_certs
         self.headers = dict(headers or {})
         self.timeout, self.retries, self.backoff = timeout, retries, backoff

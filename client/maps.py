@@ -38,13 +38,17 @@ def map_name(rank: int, path: str) -> str:
     return f"{rank:04d}_{safe}_{digest}.png"
 
 
-_HEAT_LUT = np.stack(  # uint8 difficulty -> RGB
-    [
-        np.interp(np.arange(256), np.linspace(0, 255, len(_HEAT_ANCHORS)), _HEAT_ANCHORS[:, c])
-        for c in range(3)
-    ],
-    axis=1,
-).round().astype(np.uint8)
+_HEAT_LUT = (
+    np.stack(  # uint8 difficulty -> RGB
+        [
+            np.interp(np.arange(256), np.linspace(0, 255, len(_HEAT_ANCHORS)), _HEAT_ANCHORS[:, c])
+            for c in range(3)
+        ],
+        axis=1,
+    )
+    .round()
+    .astype(np.uint8)
+)
 
 
 def class_colors(palette: Sequence[Sequence[int]]) -> np.ndarray:

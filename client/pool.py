@@ -15,9 +15,22 @@ from collections.abc import Callable, Iterable
 import numpy as np
 
 IMAGE_EXTENSIONS = frozenset(
-    {".jpg", ".jpeg", ".jpe", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp",
-     ".ppm", ".pgm", ".pbm", ".pnm"}
-)  # fmt: skip
+    {
+        ".jpg",
+        ".jpeg",
+        ".jpe",
+        ".png",
+        ".bmp",
+        ".gif",
+        ".tif",
+        ".tiff",
+        ".webp",
+        ".ppm",
+        ".pgm",
+        ".pbm",
+        ".pnm",
+    }
+)
 _SHARD_SEED = 0x5EED  # fixed: a path's shard never depends on anything but the path
 
 

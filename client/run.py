@@ -89,9 +89,16 @@ def _progress(total: int, initial: int, enabled: bool) -> Any:
     from tqdm import tqdm
 
     return tqdm(
-        total=total, initial=initial, unit="img", file=sys.stderr, disable=not enabled,
-        dynamic_ncols=True, mininterval=0.5, smoothing=0.1, desc="scoring",
-    )  # fmt: skip
+        total=total,
+        initial=initial,
+        unit="img",
+        file=sys.stderr,
+        disable=not enabled,
+        dynamic_ncols=True,
+        mininterval=0.5,
+        smoothing=0.1,
+        desc="scoring",
+    )
 
 
 def score_paths(
@@ -203,8 +210,10 @@ def load_labeled(
     exclude = np.fromiter((p in labeled for p in table.paths), dtype=bool, count=len(table))
     missing = len(labeled) - int(exclude.sum())
     if missing:
-        print(f"warning: {missing} labelled paths in {source} are not in the scores, ignored",
-              file=sys.stderr)  # fmt: skip
+        print(
+            f"warning: {missing} labelled paths in {source} are not in the scores, ignored",
+            file=sys.stderr,
+        )
     centres = np.asarray(embeddings[exclude]) if embeddings is not None else None
     return centres, exclude
 

@@ -66,8 +66,12 @@ def _finite(x: float) -> float | None:
 
 # ------------------------------------------------------------------------------------ metadata
 def write_meta(out: Path, spec: ModelSpec) -> None:
-    meta = {"format": FORMAT, "model": spec.model_id, "embedding_dim": spec.embedding_dim,
-            "metadata": spec.to_metadata()}  # fmt: skip
+    meta = {
+        "format": FORMAT,
+        "model": spec.model_id,
+        "embedding_dim": spec.embedding_dim,
+        "metadata": spec.to_metadata(),
+    }
     atomic_write(out / META, json.dumps(meta, indent=1).encode())
 
 
@@ -104,8 +108,17 @@ def record_ok(path: str, out: dict[str, np.ndarray], i: int, row: int, model: st
 
 
 def record_error(path: str, reason: str, model: str) -> dict:
-    return {"path": path, "status": "error", "error": reason, "ds": None, "de": None,
-            "entropy": None, "class_fraction": None, "row": None, "model": model}  # fmt: skip
+    return {
+        "path": path,
+        "status": "error",
+        "error": reason,
+        "ds": None,
+        "de": None,
+        "entropy": None,
+        "class_fraction": None,
+        "row": None,
+        "model": model,
+    }
 
 
 def _cut_partial_line(path: Path) -> int:
@@ -220,8 +233,7 @@ class ScoreWriter:
         self._embeddings.write(emb.tobytes())
         self._embeddings.flush()
         lines = [
-            _dumps(record_ok(p, out, i, self.next_row + i, self.model))
-            for i, p in enumerate(paths)
+            _dumps(record_ok(p, out, i, self.next_row + i, self.model)) for i, p in enumerate(paths)
         ]
         self.next_row += len(paths)
         self._scores.write(b"".join(lines))

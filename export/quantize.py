@@ -179,14 +179,14 @@ def quantize_model(
     finally:
         logging.getLogger().setLevel(quiet)
     save_model(quantized, {p.key: p.value for p in model.metadata_props}, out, full_check=False)
-    return QuantizeReport(len(images), _int8_convs(quantized), keep,
-                          model_path.stat().st_size, out.stat().st_size)  # fmt: skip
+    return QuantizeReport(
+        len(images), _int8_convs(quantized), keep, model_path.stat().st_size, out.stat().st_size
+    )
 
 
 def _int8_convs(model: Any) -> int:
     """Conv/MatMul nodes whose weight input comes out of a DequantizeLinear."""
-    dequantized = {o for n in model.graph.node if n.op_type == "DequantizeLinear"
-                   for o in n.output}  # fmt: skip
-    return sum(1 for n in model.graph.node
-               if n.op_type in ("Conv", "MatMul") and n.input[1] in dequantized)  # fmt: skip
-
+    dequantized = {o for n in model.graph.node if n.op_type == "DequantizeLinear" for o in n.output}
+    return sum(
+        1 for n in model.graph.node if n.op_type in ("Conv", "MatMul") and n.input[1] in dequantized
+    )

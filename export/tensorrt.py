@@ -121,8 +121,13 @@ def parity_vs_onnxruntime(plan_path: Path, onnx_path: Path, images: np.ndarray) 
     import onnxruntime as ort
 
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-    ref = dict(zip(contract.OUTPUT_NAMES, session.run(list(contract.OUTPUT_NAMES),
-                                                       {contract.INPUT_NAME: images}), strict=True))
+    ref = dict(
+        zip(
+            contract.OUTPUT_NAMES,
+            session.run(list(contract.OUTPUT_NAMES), {contract.INPUT_NAME: images}),
+            strict=True,
+        )
+    )
     got = run_engine(plan_path, images)
     result = {
         name: float(np.abs(got[name].astype(np.float64) - ref[name]).max())

@@ -87,31 +87,78 @@ def main() -> None:
     show_default="model_repository/ of the source checkout",
     help="Triton model repository holding the model 'deal' (see `deal-export repository`).",
 )
-@click.option("--host", default="127.0.0.1", show_default=True,
-              help="IPv4 address to bind HTTP, gRPC and metrics to (0.0.0.0 exposes the server).")
-@click.option("--http-port", type=int, default=8000, show_default=True,
-              help="HTTP/REST port; 0 picks a free one.")
-@click.option("--grpc-port", type=int, default=8001, show_default=True,
-              help="gRPC port; 0 picks a free one.")
-@click.option("--metrics-port", type=int, default=8002, show_default=True,
-              help="Prometheus metrics port; 0 picks a free one.")
-@click.option("--background", is_flag=True, default=False, show_default=True,
-              help="Start, wait until ready, record the server in --state-file and return.")
-@click.option("--state-file", type=click.Path(dir_okay=False, path_type=Path),
-              default=default_state_file, envvar="DEAL_SERVE_STATE_FILE",
-              show_default="$XDG_STATE_HOME/dealseg/serve.json",
-              help="Where the running server is recorded for `stop` and `status`.")
-@click.option("--timeout", type=float, default=120.0, show_default=True,
-              help="Seconds to wait for the server and model to become ready.")
-@click.option("--exit-timeout", type=int, default=10, show_default=True,
-              help="Seconds Triton waits for in-flight requests when stopping.")
-@click.option("--log-file", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              show_default="a file in the server's temporary workdir, removed on stop",
-              help="Where tritonserver writes its log.")
-@click.option("--docker", is_flag=True, default=False, show_default=True,
-              help="Print the NGC container command serving the repository on a GPU host; exit.")
-@click.option("--docker-image", default=DEFAULT_DOCKER_IMAGE, show_default=True,
-              help="Triton container image used by --docker.")
+@click.option(
+    "--host",
+    default="127.0.0.1",
+    show_default=True,
+    help="IPv4 address to bind HTTP, gRPC and metrics to (0.0.0.0 exposes the server).",
+)
+@click.option(
+    "--http-port",
+    type=int,
+    default=8000,
+    show_default=True,
+    help="HTTP/REST port; 0 picks a free one.",
+)
+@click.option(
+    "--grpc-port", type=int, default=8001, show_default=True, help="gRPC port; 0 picks a free one."
+)
+@click.option(
+    "--metrics-port",
+    type=int,
+    default=8002,
+    show_default=True,
+    help="Prometheus metrics port; 0 picks a free one.",
+)
+@click.option(
+    "--background",
+    is_flag=True,
+    default=False,
+    show_default=True,
+    help="Start, wait until ready, record the server in --state-file and return.",
+)
+@click.option(
+    "--state-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=default_state_file,
+    envvar="DEAL_SERVE_STATE_FILE",
+    show_default="$XDG_STATE_HOME/dealseg/serve.json",
+    help="Where the running server is recorded for `stop` and `status`.",
+)
+@click.option(
+    "--timeout",
+    type=float,
+    default=120.0,
+    show_default=True,
+    help="Seconds to wait for the server and model to become ready.",
+)
+@click.option(
+    "--exit-timeout",
+    type=int,
+    default=10,
+    show_default=True,
+    help="Seconds Triton waits for in-flight requests when stopping.",
+)
+@click.option(
+    "--log-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    show_default="a file in the server's temporary workdir, removed on stop",
+    help="Where tritonserver writes its log.",
+)
+@click.option(
+    "--docker",
+    is_flag=True,
+    default=False,
+    show_default=True,
+    help="Print the NGC container command serving the repository on a GPU host; exit.",
+)
+@click.option(
+    "--docker-image",
+    default=DEFAULT_DOCKER_IMAGE,
+    show_default=True,
+    help="Triton container image used by --docker.",
+)
 def start(
     model_repository: Path | None,
     host: str,
@@ -184,12 +231,21 @@ def _serve_until_signal(server: TritonServer) -> int | None:
 
 
 @main.command()
-@click.option("--state-file", type=click.Path(dir_okay=False, path_type=Path),
-              default=default_state_file, envvar="DEAL_SERVE_STATE_FILE",
-              show_default="$XDG_STATE_HOME/dealseg/serve.json",
-              help="State file written by `deal-serve start`.")
-@click.option("--timeout", type=float, default=None, show_default="exit timeout + 20 s",
-              help="Seconds to wait after SIGTERM before SIGKILL.")
+@click.option(
+    "--state-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=default_state_file,
+    envvar="DEAL_SERVE_STATE_FILE",
+    show_default="$XDG_STATE_HOME/dealseg/serve.json",
+    help="State file written by `deal-serve start`.",
+)
+@click.option(
+    "--timeout",
+    type=float,
+    default=None,
+    show_default="exit timeout + 20 s",
+    help="Seconds to wait after SIGTERM before SIGKILL.",
+)
 def stop(state_file: Path, timeout: float | None) -> None:
     """Stop the server recorded in --state-file; remove its stub processes and shared memory."""
     try:
@@ -204,10 +260,14 @@ def stop(state_file: Path, timeout: float | None) -> None:
 
 
 @main.command()
-@click.option("--state-file", type=click.Path(dir_okay=False, path_type=Path),
-              default=default_state_file, envvar="DEAL_SERVE_STATE_FILE",
-              show_default="$XDG_STATE_HOME/dealseg/serve.json",
-              help="State file written by `deal-serve start`.")
+@click.option(
+    "--state-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=default_state_file,
+    envvar="DEAL_SERVE_STATE_FILE",
+    show_default="$XDG_STATE_HOME/dealseg/serve.json",
+    help="State file written by `deal-serve start`.",
+)
 def status(state_file: Path) -> None:
     """Print the server's state as JSON; exit 0 when it and the model are ready, else 1."""
     if not state_file.is_file():

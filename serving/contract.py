@@ -155,7 +155,8 @@ class ModelSpec:
         missing = [k for k in META_KEYS if META_PREFIX + k not in meta]
         if missing:
             raise ContractError(
-                "model metadata lacks " + ", ".join(META_PREFIX + k for k in missing)
+                "model metadata lacks "
+                + ", ".join(META_PREFIX + k for k in missing)
                 + "; was it exported by `deal-export onnx`?"
             )
         m = {k: meta[META_PREFIX + k] for k in META_KEYS}

@@ -56,9 +56,7 @@ def read_onnx_spec(model_path: Path) -> ModelSpec:
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     try:
-        session = ort.InferenceSession(
-            str(model_path), options, providers=["CPUExecutionProvider"]
-        )
+        session = ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
     except Exception as exc:  # onnxruntime raises its own exception types
         raise ContractError(f"{model_path}: not a loadable ONNX model ({exc})") from exc
     return session_spec(session)

@@ -518,8 +518,10 @@ def _cmdline(pid: int | str) -> list[str]:
 def _is_our_tritonserver(state: ServerState) -> bool:
     """Guards against a recycled pid: the process must be tritonserver on our repository."""
     args = _cmdline(state.pid)
-    return bool(args) and args[0].endswith("tritonserver") and (
-        f"--model-repository={state.repository}" in args
+    return (
+        bool(args)
+        and args[0].endswith("tritonserver")
+        and (f"--model-repository={state.repository}" in args)
     )
 
 

@@ -8,9 +8,18 @@ from pathlib import Path
 import pytest
 
 TINY_CLASSES = [
-    "sky", "building", "pole", "road", "pavement", "tree",
-    "sign", "fence", "car", "pedestrian", "bicyclist",
-]  # fmt: skip
+    "sky",
+    "building",
+    "pole",
+    "road",
+    "pavement",
+    "tree",
+    "sign",
+    "fence",
+    "car",
+    "pedestrian",
+    "bicyclist",
+]
 TINY_PALETTE = [[(37 * i) % 256, (91 * i) % 256, (53 * i) % 256] for i in range(11)]
 TINY_SIZE = (64, 80)
 
@@ -24,7 +33,10 @@ def make_tiny_checkpoint(path: Path, seed: int = 0) -> Path:
 
     torch.manual_seed(seed)
     cfg = ModelConfig(
-        decoder_width=16, separable=True, attention_size=(12, 16), input_size=TINY_SIZE,
+        decoder_width=16,
+        separable=True,
+        attention_size=(12, 16),
+        input_size=TINY_SIZE,
         pam_block=64,
     )
     model = DEALNet(cfg, pretrained=True)

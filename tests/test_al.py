@@ -35,9 +35,16 @@ TINY_MODEL = ModelConfig(
     decoder_width=16, separable=True, attention_size=(8, 10), input_size=(64, 80)
 )
 TINY_OVERRIDES = [
-    "decoder_width=16", "attention_size=[8,10]", "input_size=[64,80]", "epochs=1",
-    "batch_size=4", "crop=[64,64]", "val_every=1", "scale=[1.0,1.0]", "threads=1",
-]  # fmt: skip
+    "decoder_width=16",
+    "attention_size=[8,10]",
+    "input_size=[64,80]",
+    "epochs=1",
+    "batch_size=4",
+    "crop=[64,64]",
+    "val_every=1",
+    "scale=[1.0,1.0]",
+    "threads=1",
+]
 
 
 def unit_circle(*degrees: float) -> np.ndarray:
@@ -144,8 +151,11 @@ vectors = st.lists(
 
 
 @settings(max_examples=60, deadline=None)
-@given(pool=vectors, labeled=st.lists(st.tuples(*[st.integers(-3, 3)] * 3), max_size=3),
-       k=st.integers(0, 12))  # fmt: skip
+@given(
+    pool=vectors,
+    labeled=st.lists(st.tuples(*[st.integers(-3, 3)] * 3), max_size=3),
+    k=st.integers(0, 12),
+)
 def test_k_center_picks_distinct_and_never_farther_later(
     pool: list[tuple[int, ...]], labeled: list[tuple[int, ...]], k: int
 ) -> None:
@@ -227,8 +237,23 @@ def _read(path: Path) -> dict:
 
 def test_two_stage_loop_end_to_end_and_resume(streets: Path, tmp_path: Path) -> None:
     out = tmp_path / "al"
-    args = ["al", "--data", str(streets), "--out", str(out), "--strategies", "ds,random", "--init",
-            "0.2", "--step", "0.2", "--max", "0.4", "--full", *TINY_OVERRIDES]  # fmt: skip
+    args = [
+        "al",
+        "--data",
+        str(streets),
+        "--out",
+        str(out),
+        "--strategies",
+        "ds,random",
+        "--init",
+        "0.2",
+        "--step",
+        "0.2",
+        "--max",
+        "0.4",
+        "--full",
+        *TINY_OVERRIDES,
+    ]
     result = CliRunner().invoke(main, args, catch_exceptions=False)
     assert result.exit_code == 0, result.output
     assert result.stdout.startswith("Test mIoU")  # only the table on stdout
@@ -265,8 +290,9 @@ def test_two_stage_loop_end_to_end_and_resume(streets: Path, tmp_path: Path) -> 
     stamp = best.stat().st_mtime_ns
     state_path.write_text(json.dumps({**before, "stages": before["stages"][:1]}))
     cfg = resolve_config("streets-cpu", None, parse_overrides(tuple(TINY_OVERRIDES)))
-    run_al(streets, out, cfg, ["ds", "random"], [0], init=0.2, step=0.2, max_fraction=0.4,
-           quiet=True)  # fmt: skip
+    run_al(
+        streets, out, cfg, ["ds", "random"], [0], init=0.2, step=0.2, max_fraction=0.4, quiet=True
+    )
     after = _read(state_path)
     assert after["stages"][0] == before["stages"][0]
     assert after["stages"][1]["labeled"] == before["stages"][1]["labeled"]

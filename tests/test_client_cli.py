@@ -123,10 +123,12 @@ def test_score_writes_one_record_per_image_and_a_selection(pool: Path, reference
     assert txt == [r["path"] for r in doc["rows"]]
 
 
-def test_stdout_json_and_table(reference: Path, pool: Path, tiny_onnx: Path,
-                               tmp_path: Path) -> None:  # fmt: skip
-    result = deal_client("score", pool, "-k", K, "--model", tiny_onnx, "--out", reference,
-                         "--json", "--no-progress")  # fmt: skip
+def test_stdout_json_and_table(
+    reference: Path, pool: Path, tiny_onnx: Path, tmp_path: Path
+) -> None:
+    result = deal_client(
+        "score", pool, "-k", K, "--model", tiny_onnx, "--out", reference, "--json", "--no-progress"
+    )
     assert result.exit_code == 0
     doc = json.loads(result.stdout)
     assert doc == selection(reference)
@@ -136,15 +138,25 @@ def test_stdout_json_and_table(reference: Path, pool: Path, tiny_onnx: Path,
 
 
 def test_select_reproduces_score_and_runs_every_strategy(reference: Path, tmp_path: Path) -> None:
-    result = deal_client("select", reference / "scores.jsonl", "--strategy", "de", "-k", K,
-                         "--out", tmp_path, "--json")  # fmt: skip
+    result = deal_client(
+        "select",
+        reference / "scores.jsonl",
+        "--strategy",
+        "de",
+        "-k",
+        K,
+        "--out",
+        tmp_path,
+        "--json",
+    )
     assert result.exit_code == 0, result.stderr
     assert json.loads(result.stdout)["rows"] == selection(reference)["rows"]
     assert (tmp_path / "selection.txt").read_bytes() == (reference / "selection.txt").read_bytes()
     for strategy in STRATEGY_NAMES:
         for extra in ([], ["--diverse", "0.99"]):
-            r = deal_client("select", reference, "-s", strategy, "-k", 7, "--out", tmp_path,
-                            "--json", *extra)  # fmt: skip
+            r = deal_client(
+                "select", reference, "-s", strategy, "-k", 7, "--out", tmp_path, "--json", *extra
+            )
             doc = json.loads(r.stdout)
             assert r.exit_code == 0 and doc["strategy"] == strategy
             assert 1 <= doc["selected"] <= 7
@@ -156,23 +168,55 @@ def test_labeled_images_are_not_selected_again(reference: Path, tmp_path: Path) 
     labeled = tmp_path / "labeled.txt"
     labeled.write_text("\n".join(first[:2]) + "\n")
     for strategy in ("de", "coreset"):
-        r = deal_client("select", reference, "-s", strategy, "-k", K, "--labeled", labeled,
-                        "--out", tmp_path, "--json")  # fmt: skip
+        r = deal_client(
+            "select",
+            reference,
+            "-s",
+            strategy,
+            "-k",
+            K,
+            "--labeled",
+            labeled,
+            "--out",
+            tmp_path,
+            "--json",
+        )
         got = [row["path"] for row in json.loads(r.stdout)["rows"]]
         assert not set(got) & set(first[:2]) and len(got) == K
     emb = embeddings(reference)[:3]
     np.save(tmp_path / "centres.npy", emb)
-    r = deal_client("select", reference, "-s", "coreset", "-k", 2, "--labeled",
-                    tmp_path / "centres.npy", "--out", tmp_path, "--json")  # fmt: skip
+    r = deal_client(
+        "select",
+        reference,
+        "-s",
+        "coreset",
+        "-k",
+        2,
+        "--labeled",
+        tmp_path / "centres.npy",
+        "--out",
+        tmp_path,
+        "--json",
+    )
     assert r.exit_code == 0 and json.loads(r.stdout)["selected"] == 2
-    r = deal_client("select", reference, "-k", 2, "--labeled", reference / "scores.jsonl",
-                    "--out", tmp_path, "--json")  # every image already labelled  # fmt: skip
+    r = deal_client(
+        "select",
+        reference,
+        "-k",
+        2,
+        "--labeled",
+        reference / "scores.jsonl",
+        "--out",
+        tmp_path,
+        "--json",
+    )  # every image already labelled
     assert r.exit_code == 0 and json.loads(r.stdout)["selected"] == 0
 
 
 # -------------------------------------------------------------------------------- resume
-def test_resume_after_a_crash_mid_write(pool: Path, reference: Path, tiny_onnx: Path,
-                                        tmp_path: Path) -> None:  # fmt: skip
+def test_resume_after_a_crash_mid_write(
+    pool: Path, reference: Path, tiny_onnx: Path, tmp_path: Path
+) -> None:
     out = tmp_path / "out"
     first = deal_client("score", pool, "-k", K, "--model", tiny_onnx, "--out", out)
     assert first.exit_code == 0
@@ -197,9 +241,26 @@ def test_resume_after_a_crash_mid_write(pool: Path, reference: Path, tiny_onnx: 
 def test_sigint_leaves_valid_files_and_a_rerun_finishes(tiny_onnx: Path, tmp_path: Path) -> None:
     pool = write_pool(tmp_path / "pool", 240, size=(40, 48), seed=1)
     out = tmp_path / "out"
-    cmd = [sys.executable, "-m", "dealseg.client", "score", str(pool), "-k", str(K), "--model",
-           str(tiny_onnx), "--out", str(out), "--batch-size", "1", "--concurrency", "1",
-           "--workers", "1", "--no-progress"]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "dealseg.client",
+        "score",
+        str(pool),
+        "-k",
+        str(K),
+        "--model",
+        str(tiny_onnx),
+        "--out",
+        str(out),
+        "--batch-size",
+        "1",
+        "--concurrency",
+        "1",
+        "--workers",
+        "1",
+        "--no-progress",
+    ]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     scores = out / "scores.jsonl"
     deadline = time.monotonic() + 60
@@ -222,8 +283,9 @@ def test_sigint_leaves_valid_files_and_a_rerun_finishes(tiny_onnx: Path, tmp_pat
     assert_same_selection(selection(out), selection(tmp_path / "b"))
 
 
-def test_an_out_dir_of_another_model_is_refused(reference: Path, pool: Path, tiny_onnx: Path,
-                                                tmp_path: Path) -> None:  # fmt: skip
+def test_an_out_dir_of_another_model_is_refused(
+    reference: Path, pool: Path, tiny_onnx: Path, tmp_path: Path
+) -> None:
     out = tmp_path / "out"
     deal_client("score", pool, "-k", K, "--model", tiny_onnx, "--out", out, "--shard", "0/4")
     meta = json.loads((out / "meta.json").read_text())
@@ -246,13 +308,26 @@ def test_one_writer_per_out_dir(reference: Path, pool: Path, tiny_onnx: Path) ->
 
 
 # ---------------------------------------------------------------------------- shard+merge
-def test_shards_merged_equal_a_single_run(pool: Path, reference: Path, tiny_onnx: Path,
-                                          tmp_path: Path) -> None:  # fmt: skip
+def test_shards_merged_equal_a_single_run(
+    pool: Path, reference: Path, tiny_onnx: Path, tmp_path: Path
+) -> None:
     outs = []
     for i in range(3):
         outs.append(tmp_path / f"shard{i}")
-        r = deal_client("score", pool, "-k", K, "--model", tiny_onnx, "--out", outs[-1],
-                        "--shard", f"{i}/3", "--batch-size", 3)  # fmt: skip
+        r = deal_client(
+            "score",
+            pool,
+            "-k",
+            K,
+            "--model",
+            tiny_onnx,
+            "--out",
+            outs[-1],
+            "--shard",
+            f"{i}/3",
+            "--batch-size",
+            3,
+        )
         assert r.exit_code == 0, r.stderr
     sizes = [len(records(o)) for o in outs]
     assert sum(sizes) == len(records(reference)) and min(sizes) > 0
@@ -268,8 +343,16 @@ def test_shards_merged_equal_a_single_run(pool: Path, reference: Path, tiny_onnx
 
 # ----------------------------------------------------------------------------------- maps
 def test_map_names_stay_inside_and_unique() -> None:
-    paths = ["/a/x.jpg", "/b/x.jpg", "/c/../../etc/passwd.jpg", "/d/.hidden.png", "/e/..jpg",
-             "/f/" + "long" * 80 + ".jpg", "/g/caf\udce9 photo (1).jpg", "/h/\u00e9t\u00e9.png"]
+    paths = [
+        "/a/x.jpg",
+        "/b/x.jpg",
+        "/c/../../etc/passwd.jpg",
+        "/d/.hidden.png",
+        "/e/..jpg",
+        "/f/" + "long" * 80 + ".jpg",
+        "/g/caf\udce9 photo (1).jpg",
+        "/h/\u00e9t\u00e9.png",
+    ]
     names = [map_name(i, p) for i, p in enumerate(paths, 1)]
     assert len(set(names)) == len(names)
     for name in names:
@@ -325,8 +408,17 @@ def test_fatal_errors_exit_1_with_one_message(tiny_onnx: Path, tmp_path: Path) -
 
 def test_stdin_pool_and_shipped_model_default(pool: Path, tiny_onnx: Path, tmp_path: Path) -> None:
     paths = sorted(str(p) for p in pool.rglob("*.png"))[:4]
-    r = deal_client("score", "-", "-k", 2, "--model", tiny_onnx, "--out", tmp_path,
-                    input="\n".join(paths).encode())  # fmt: skip
+    r = deal_client(
+        "score",
+        "-",
+        "-k",
+        2,
+        "--model",
+        tiny_onnx,
+        "--out",
+        tmp_path,
+        input="\n".join(paths).encode(),
+    )
     assert r.exit_code == 0 and sorted(x["path"] for x in records(tmp_path)) == paths
 
 

@@ -66,9 +66,20 @@ def make_odd_pool(folder: Path, big_pixels: int = 300 * 300) -> tuple[set[str], 
     sideways_jpeg(folder / "exif_rotated.jpg")
     Image.new("RGB", (1, 1), (10, 20, 30)).save(folder / "one_pixel.png")
     good.save(os.path.join(os.fsencode(folder), b"caf\xe9_latin1.png"))  # not valid UTF-8
-    ok = {"good.jpg", "good.png", "gray16.png", "cmyk.jpg", "palette.png", "rgba.png",
-          "gray.png", "gray_alpha.png", "bilevel.png", "exif_rotated.jpg", "one_pixel.png",
-          os.fsdecode(b"caf\xe9_latin1.png")}  # fmt: skip
+    ok = {
+        "good.jpg",
+        "good.png",
+        "gray16.png",
+        "cmyk.jpg",
+        "palette.png",
+        "rgba.png",
+        "gray.png",
+        "gray_alpha.png",
+        "bilevel.png",
+        "exif_rotated.jpg",
+        "one_pixel.png",
+        os.fsdecode(b"caf\xe9_latin1.png"),
+    }
 
     (folder / "zero.jpg").write_bytes(b"")
     data = jpeg_bytes(good)
@@ -148,8 +159,15 @@ def test_jpeg_draft_mode_decodes_near_the_target_size(tmp_path: Path) -> None:
 
 # ------------------------------------------------------------------------------------- pool
 def test_folder_walk_is_recursive_sorted_and_survives_symlink_loops(tmp_path: Path) -> None:
-    for rel in ["b.jpg", "a/z.PNG", "a.jpg", "a/b/c.webp", ".hidden.jpg", "notes.txt",
-                ".git/x.jpg"]:  # fmt: skip
+    for rel in [
+        "b.jpg",
+        "a/z.PNG",
+        "a.jpg",
+        "a/b/c.webp",
+        ".hidden.jpg",
+        "notes.txt",
+        ".git/x.jpg",
+    ]:
         p = tmp_path / rel
         p.parent.mkdir(parents=True, exist_ok=True)
         p.write_bytes(b"x")
@@ -173,8 +191,11 @@ def test_list_file_paths_are_relative_to_the_list(tmp_path: Path) -> None:
     (tmp_path / "imgs").mkdir()
     listing = tmp_path / "imgs" / "pool.txt"
     listing.write_bytes(b"# labelled later\na.jpg\n\n/abs/b.png\na.jpg\r\n  c.jpg  \n")
-    assert read_pool(str(listing)) == [str(tmp_path / "imgs" / "a.jpg"), "/abs/b.png",
-                                       str(tmp_path / "imgs" / "c.jpg")]  # fmt: skip
+    assert read_pool(str(listing)) == [
+        str(tmp_path / "imgs" / "a.jpg"),
+        "/abs/b.png",
+        str(tmp_path / "imgs" / "c.jpg"),
+    ]
 
 
 def test_stdin_pool(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -205,16 +226,28 @@ def test_bad_shards_are_rejected(text: str) -> None:
 
 
 # ------------------------------------------------------------------------------ end to end
-def test_odd_pool_scores_the_good_and_records_each_bad_one(tiny_onnx: Path,
-                                                           tmp_path: Path) -> None:  # fmt: skip
+def test_odd_pool_scores_the_good_and_records_each_bad_one(tiny_onnx: Path, tmp_path: Path) -> None:
     from click.testing import CliRunner
 
     from dealseg.client.cli import main
 
     pool, out = tmp_path / "pool", tmp_path / "out"
     ok, bad = make_odd_pool(pool, big_pixels=50_000)
-    result = CliRunner().invoke(main, ["score", str(pool), "-k", "3", "--model", str(tiny_onnx),
-                                       "--out", str(out), "--max-pixels", "50000"])  # fmt: skip
+    result = CliRunner().invoke(
+        main,
+        [
+            "score",
+            str(pool),
+            "-k",
+            "3",
+            "--model",
+            str(tiny_onnx),
+            "--out",
+            str(out),
+            "--max-pixels",
+            "50000",
+        ],
+    )
     assert result.exit_code == 3, result.stderr
     recs = [json.loads(x) for x in (out / "scores.jsonl").read_bytes().splitlines()]
     by_name = {os.path.basename(r["path"]): r for r in recs}

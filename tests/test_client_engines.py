@@ -92,10 +92,9 @@ def test_triton_metadata_reads_b1_scalars_as_b(tiny_onnx: Path) -> None:
             {"name": "class_fraction", "datatype": "FP32", "shape": [-1, spec.num_classes]},
             {"name": "embedding", "datatype": "FP32", "shape": [-1, spec.embedding_dim]},
             {"name": "difficulty", "datatype": "UINT8", "shape": [-1, *spec.difficulty_size]},
-            {"name": "segmentation", "datatype": "UINT8",
-             "shape": [-1, *spec.segmentation_size]},
+            {"name": "segmentation", "datatype": "UINT8", "shape": [-1, *spec.segmentation_size]},
         ],
-    }  # fmt: skip
+    }
     check_io(spec, *_served_io(meta, spec))
     meta["outputs"][3]["shape"] = [-1, spec.num_classes + 1]
     with pytest.raises(ContractError, match="class_fraction: shape"):

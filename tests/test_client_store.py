@@ -12,20 +12,39 @@ from dealseg.client.store import EMBEDDINGS, FORMAT, META, SCORES, load_table
 
 
 def _ok(path: str, ds: float, row: int, model: str = "m") -> dict:
-    return {"path": path, "status": "ok", "error": None, "ds": ds, "de": 2 * ds, "entropy": None,
-            "class_fraction": [1.0], "row": row, "model": model}  # fmt: skip
+    return {
+        "path": path,
+        "status": "ok",
+        "error": None,
+        "ds": ds,
+        "de": 2 * ds,
+        "entropy": None,
+        "class_fraction": [1.0],
+        "row": row,
+        "model": model,
+    }
 
 
 def _error(path: str, reason: str) -> dict:
-    return {"path": path, "status": "error", "error": reason, "ds": None, "de": None,
-            "entropy": None, "class_fraction": None, "row": None, "model": "m"}  # fmt: skip
+    return {
+        "path": path,
+        "status": "error",
+        "error": reason,
+        "ds": None,
+        "de": None,
+        "entropy": None,
+        "class_fraction": None,
+        "row": None,
+        "model": "m",
+    }
 
 
 def test_last_record_counts_but_an_error_never_replaces_an_ok(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    (tmp_path / META).write_text(json.dumps({"format": FORMAT, "model": "m", "embedding_dim": 2,
-                                             "metadata": {}}))  # fmt: skip
+    (tmp_path / META).write_text(
+        json.dumps({"format": FORMAT, "model": "m", "embedding_dim": 2, "metadata": {}})
+    )
     records = [
         _ok("/a", 0.1, 0),
         _error("/b", "truncated"),
@@ -53,8 +72,9 @@ def test_last_record_counts_but_an_error_never_replaces_an_ok(
 
 
 def test_an_empty_scores_file_is_an_empty_table(tmp_path: Path) -> None:
-    (tmp_path / META).write_text(json.dumps({"format": FORMAT, "model": "m", "embedding_dim": 2,
-                                             "metadata": {}}))  # fmt: skip
+    (tmp_path / META).write_text(
+        json.dumps({"format": FORMAT, "model": "m", "embedding_dim": 2, "metadata": {}})
+    )
     (tmp_path / SCORES).write_text("")
     table = load_table(tmp_path)
     assert len(table) == 0 and table.errors == {} and table.embeddings().shape == (0, 2)

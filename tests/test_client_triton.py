@@ -73,13 +73,32 @@ def free_port() -> int:
 
 
 @pytest.mark.parametrize("protocol", ["grpc", "http"])
-def test_triton_gives_the_embedded_selection(protocol: str, server, pool: Path, embedded: Path,
-                                             tmp_path: Path) -> None:  # fmt: skip
+def test_triton_gives_the_embedded_selection(
+    protocol: str, server, pool: Path, embedded: Path, tmp_path: Path
+) -> None:
     url = server.url_grpc if protocol == "grpc" else server.url_http
     out = tmp_path / "out"
-    result = deal_client("score", pool, "-k", K, "--url", url, "--url", url, "--protocol",
-                         protocol, "--out", out, "--batch-size", 3, "--concurrency", 3,
-                         "--header", "x-request-source=test", "--maps")  # fmt: skip
+    result = deal_client(
+        "score",
+        pool,
+        "-k",
+        K,
+        "--url",
+        url,
+        "--url",
+        url,
+        "--protocol",
+        protocol,
+        "--out",
+        out,
+        "--batch-size",
+        3,
+        "--concurrency",
+        3,
+        "--header",
+        "x-request-source=test",
+        "--maps",
+    )
     assert result.exit_code == 0, result.stderr
     assert_same_selection(selection(out), selection(embedded))
     ours, theirs = {r["path"]: r for r in records(out)}, {r["path"]: r for r in records(embedded)}
@@ -103,8 +122,20 @@ def test_health_reports_ready_and_the_model(server, embedded: Path) -> None:
 
 def test_unreachable_server_fails_fast_with_one_message(pool: Path, tmp_path: Path) -> None:
     start = time.monotonic()
-    result = deal_client("score", pool, "-k", 1, "--url", f"127.0.0.1:{free_port()}",
-                         "--timeout", 2, "--retries", 1, "--out", tmp_path)  # fmt: skip
+    result = deal_client(
+        "score",
+        pool,
+        "-k",
+        1,
+        "--url",
+        f"127.0.0.1:{free_port()}",
+        "--timeout",
+        2,
+        "--retries",
+        1,
+        "--out",
+        tmp_path,
+    )
     elapsed = time.monotonic() - start
     assert result.exit_code == 1
     assert "readiness check failed after 2 attempts" in result.stderr
@@ -135,9 +166,28 @@ def test_server_killed_mid_run_then_resumed(repo: Path, tiny_onnx: Path, tmp_pat
     out = tmp_path / "out"
     scores = out / "scores.jsonl"
     with TritonServer(repo) as server:
-        cmd = [sys.executable, "-m", "dealseg.client", "score", str(pool), "-k", str(K),
-               "--url", server.url_grpc, "--out", str(out), "--batch-size", "1",
-               "--concurrency", "2", "--retries", "2", "--timeout", "5", "--no-progress"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "dealseg.client",
+            "score",
+            str(pool),
+            "-k",
+            str(K),
+            "--url",
+            server.url_grpc,
+            "--out",
+            str(out),
+            "--batch-size",
+            "1",
+            "--concurrency",
+            "2",
+            "--retries",
+            "2",
+            "--timeout",
+            "5",
+            "--no-progress",
+        ]
         client = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline and client.poll() is None:

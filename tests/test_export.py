@@ -29,8 +29,13 @@ def check_against_contract(path: Path) -> contract.ModelSpec:
     spec = contract.session_spec(session)  # metadata, then every tensor checked against it
     for batch in (1, 3):
         x = np.random.default_rng(batch).integers(0, 256, (batch, *spec.input_size, 3), np.uint8)
-        out = dict(zip(contract.OUTPUT_NAMES, session.run(list(contract.OUTPUT_NAMES),
-                                                           {contract.INPUT_NAME: x}), strict=True))
+        out = dict(
+            zip(
+                contract.OUTPUT_NAMES,
+                session.run(list(contract.OUTPUT_NAMES), {contract.INPUT_NAME: x}),
+                strict=True,
+            )
+        )
         for name in contract.OUTPUT_NAMES:
             assert out[name].shape == (batch, *spec.shape(name)), name
             assert out[name].dtype == np.dtype(contract.SPECS[name].dtype), name
@@ -89,9 +94,22 @@ def test_numpy_de_reference() -> None:
 
 def test_cli_onnx_prints_the_parity_table(tiny_checkpoint: Path, tmp_path: Path) -> None:
     out = tmp_path / "m.onnx"
-    result = CliRunner().invoke(export_cli, ["onnx", "--checkpoint", str(tiny_checkpoint),
-                                             "--out", str(out), "--input-size", "96x128",
-                                             "--bins", "10", "--max-batch", "4"])
+    result = CliRunner().invoke(
+        export_cli,
+        [
+            "onnx",
+            "--checkpoint",
+            str(tiny_checkpoint),
+            "--out",
+            str(out),
+            "--input-size",
+            "96x128",
+            "--bins",
+            "10",
+            "--max-batch",
+            "4",
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert "| ds |" in result.output and "parity: OK" in result.output
     spec = check_against_contract(out)
@@ -113,8 +131,10 @@ def bad_checkpoints(good: Path, tmp: Path) -> dict[str, tuple[Path, str]]:
     torch.save(wrong_keys, tmp / "keys.pt")
     cases["wrong keys"] = (tmp / "keys.pt", "do not fit")
     cfg = dict(raw["model_config"], num_classes=5)
-    torch.save(dict(raw, model_config=cfg, class_names=raw["class_names"][:5],
-                    palette=raw["palette"][:5]), tmp / "classes.pt")
+    torch.save(
+        dict(raw, model_config=cfg, class_names=raw["class_names"][:5], palette=raw["palette"][:5]),
+        tmp / "classes.pt",
+    )
     cases["wrong class count"] = (tmp / "classes.pt", "shapes do not fit")
     torch.save(dict(raw, class_names=raw["class_names"][:3]), tmp / "names.pt")
     cases["names vs classes"] = (tmp / "names.pt", "3 class names")
@@ -136,8 +156,9 @@ def test_bad_checkpoints_fail_with_specific_errors(tiny_checkpoint: Path, tmp_pa
     for name, (path, message) in bad_checkpoints(tiny_checkpoint, tmp_path).items():
         with pytest.raises(CheckpointError, match=message):
             load_checkpoint(path).build_model()
-        result = CliRunner().invoke(export_cli, ["onnx", "--checkpoint", str(path),
-                                                 "--out", str(tmp_path / "x.onnx")])
+        result = CliRunner().invoke(
+            export_cli, ["onnx", "--checkpoint", str(path), "--out", str(tmp_path / "x.onnx")]
+        )
         assert result.exit_code == 1, (name, result.output)
         assert "Error:" in result.output and "Traceback" not in result.output, name
         assert not isinstance(result.exception, (RuntimeError, zipfile.BadZipFile)), name

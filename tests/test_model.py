@@ -99,8 +99,14 @@ def test_lite0_imagenet_weights_load_strictly_and_recognise_a_cat() -> None:
     with torch.no_grad():
         _, high = enc(x)
         h = F.conv2d(high, state["_conv_head.weight"])
-        h = F.batch_norm(h, state["_bn1.running_mean"], state["_bn1.running_var"],
-                         state["_bn1.weight"], state["_bn1.bias"], eps=1e-3)
+        h = F.batch_norm(
+            h,
+            state["_bn1.running_mean"],
+            state["_bn1.running_var"],
+            state["_bn1.weight"],
+            state["_bn1.bias"],
+            eps=1e-3,
+        )
         logits = F.linear(F.relu6(h).mean((2, 3)), state["_fc.weight"], state["_fc.bias"])
     top5 = set(logits.topk(5).indices[0].tolist())
     assert top5 & set(range(281, 286)), f"ImageNet cat classes 281-285 not in top-5 {top5}"

@@ -13,8 +13,9 @@ SCRIPTS = ("deal-client", "deal-train", "deal-export", "deal-serve")
 
 def run_fresh(code: str) -> str:
     """Run `code` in a fresh interpreter outside the checkout, so only installed code imports."""
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         check=True, cwd="/")
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd="/"
+    )
     return out.stdout.strip()
 
 

@@ -79,8 +79,17 @@ def test_int8_scores_follow_fp32(tiny_onnx: Path, int8_model: Path) -> None:
 
 def test_cli_quantize(tiny_onnx: Path, calibration_pool: Path, tmp_path: Path) -> None:
     out = tmp_path / "q.onnx"
-    args = ["quantize", "--model", str(tiny_onnx), "--out", str(out), "--calibration",
-            str(calibration_pool), "--count", "2"]  # fmt: skip
+    args = [
+        "quantize",
+        "--model",
+        str(tiny_onnx),
+        "--out",
+        str(out),
+        "--calibration",
+        str(calibration_pool),
+        "--count",
+        "2",
+    ]
     result = CliRunner().invoke(export_cli, args)
     assert result.exit_code == 0, result.output
     assert "calibrated on 2 images" in result.output and out.is_file()
@@ -95,9 +104,14 @@ def test_model_without_contract_is_refused(tmp_path: Path, calibration_pool: Pat
     from onnx import TensorProto, helper
 
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])
-    bare = helper.make_model(helper.make_graph([helper.make_node("Identity", ["x"], ["y"])],
-                                               "g", [x], [helper.make_tensor_value_info(
-                                                   "y", TensorProto.FLOAT, [1])]))
+    bare = helper.make_model(
+        helper.make_graph(
+            [helper.make_node("Identity", ["x"], ["y"])],
+            "g",
+            [x],
+            [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])],
+        )
+    )
     path = tmp_path / "bare.onnx"
     onnx.save(bare, str(path))
     with pytest.raises(QuantizeError, match="metadata lacks"):

@@ -31,8 +31,9 @@ def test_the_map_is_a_linear_read_out_of_upsampled_q(tiny_checkpoint: Path) -> N
     with torch.no_grad():
         out = model(x)
         head = model.difficulty_head
-        q = F.interpolate(head.features(out.logits), size=(64, 80), mode="bilinear",
-                          align_corners=False)  # fmt: skip
+        q = F.interpolate(
+            head.features(out.logits), size=(64, 80), mode="bilinear", align_corners=False
+        )
         read_out = head.classifier(q)[:, 0]
         direct = torch.logit(out.difficulty().double(), eps=0).float()
     np.testing.assert_allclose(read_out.numpy(), direct.numpy(), atol=1e-4)
@@ -60,8 +61,9 @@ def test_refit_raises_auroc_and_moves_only_the_head(
     assert evaluate_model(model, streets, model.cfg)["difficulty_auroc"] > baseline
 
 
-def test_refit_with_plain_bce_and_bad_loss(tiny_checkpoint: Path,
-                                           streets: SegmentationDataset) -> None:  # fmt: skip
+def test_refit_with_plain_bce_and_bad_loss(
+    tiny_checkpoint: Path, streets: SegmentationDataset
+) -> None:
     model = load_checkpoint(tiny_checkpoint).build_model()
     assert refit_difficulty_head(model, streets, "bce", max_pixels=5_000).auroc_after > 0.5
     with pytest.raises(ValueError, match="difficulty loss 'focal'"):

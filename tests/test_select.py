@@ -148,8 +148,9 @@ def test_top_k_of_a_large_pool_matches_a_full_sort() -> None:
 @st.composite
 def pools(draw):
     n = draw(st.integers(1, 25))
-    names = draw(st.lists(st.text("abcxyz", min_size=1, max_size=4), min_size=n, max_size=n,
-                          unique=True))  # fmt: skip
+    names = draw(
+        st.lists(st.text("abcxyz", min_size=1, max_size=4), min_size=n, max_size=n, unique=True)
+    )
     values = draw(st.lists(st.sampled_from([0.0, 0.25, 0.5, 1.0]), min_size=n, max_size=n))
     seed = draw(st.integers(0, 2**16))
     emb = np.random.default_rng(seed).normal(size=(n, 3)).astype(np.float32)
@@ -158,8 +159,11 @@ def pools(draw):
 
 
 def permuted(pool: Pool, order: np.ndarray) -> Pool:
-    return Pool([pool.paths[i] for i in order],
-                {k: v[order] for k, v in pool.scores.items()}, pool.embeddings[order])  # fmt: skip
+    return Pool(
+        [pool.paths[i] for i in order],
+        {k: v[order] for k, v in pool.scores.items()},
+        pool.embeddings[order],
+    )
 
 
 @settings(max_examples=60, deadline=None)

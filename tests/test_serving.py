@@ -128,12 +128,17 @@ def assert_matches_reference(got: dict[str, np.ndarray], want: dict[str, np.ndar
     for name, array in got.items():
         assert array.dtype == want[name].dtype, name
         assert array.reshape(n, -1).shape == want[name].reshape(n, -1).shape, name
-    checks = {"ds": contract.TOL_DS, "entropy": contract.TOL_ENTROPY, "de": contract.TOL_DS,
-              "class_fraction": contract.TOL_CLASS_FRACTION}
+    checks = {
+        "ds": contract.TOL_DS,
+        "entropy": contract.TOL_ENTROPY,
+        "de": contract.TOL_DS,
+        "class_fraction": contract.TOL_CLASS_FRACTION,
+    }
     for name, tol in checks.items():
         if name in got:
-            np.testing.assert_allclose(got[name].reshape(n, -1), want[name].reshape(n, -1),
-                                       atol=tol, err_msg=name)
+            np.testing.assert_allclose(
+                got[name].reshape(n, -1), want[name].reshape(n, -1), atol=tol, err_msg=name
+            )
     if "embedding" in got:
         cosine = np.sum(got["embedding"] * want["embedding"], axis=1) / (
             np.linalg.norm(got["embedding"], axis=1) * np.linalg.norm(want["embedding"], axis=1)
@@ -153,8 +158,13 @@ def test_written_config_matches_the_contract(
     plan = tmp_path / "engine.plan"
     plan.write_bytes(b"not really an engine")
     model_dir = write_repository(
-        tiny_onnx, tmp_path / "repo", target, **BATCHING, instances=2,
-        trt_accelerator=target == "onnxruntime", plan=plan if target == "tensorrt" else None,
+        tiny_onnx,
+        tmp_path / "repo",
+        target,
+        **BATCHING,
+        instances=2,
+        trt_accelerator=target == "onnxruntime",
+        plan=plan if target == "tensorrt" else None,
     )
     config = parse_config(model_dir / "config.pbtxt")
 
@@ -298,7 +308,9 @@ def test_malformed_requests_get_errors_and_the_server_keeps_serving(
 def deal_serve(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "dealseg.serving.cli", *args],
-        capture_output=True, text=True, timeout=timeout,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
 
 
@@ -307,8 +319,10 @@ def our_processes(marker: str) -> list[int]:
     found = []
     for entry in Path("/proc").iterdir():
         args = _cmdline(entry.name) if entry.name.isdigit() else []
-        if args and any(marker in a for a in args) and (
-            args[0].endswith("tritonserver") or args[0].endswith("triton_python_backend_stub")
+        if (
+            args
+            and any(marker in a for a in args)
+            and (args[0].endswith("tritonserver") or args[0].endswith("triton_python_backend_stub"))
         ):
             state = Path(f"/proc/{entry.name}/stat").read_text().rsplit(")", 1)[1].split()[0]
             if state != "Z":
@@ -326,8 +340,9 @@ def test_cli_background_start_status_stop_leaves_nothing_behind(
     ports = ["--http-port", "0", "--grpc-port", "0", "--metrics-port", "0"]
     common = ["--state-file", str(state_file)]
 
-    started = deal_serve("start", "--model-repository", str(repo), *ports, *common,
-                         "--background", "--timeout", "90")
+    started = deal_serve(
+        "start", "--model-repository", str(repo), *ports, *common, "--background", "--timeout", "90"
+    )
     assert started.returncode == 0, started.stderr + started.stdout
     assert "Triton ready" in started.stdout
     try:
@@ -368,8 +383,15 @@ def test_hosts_triton_cannot_bind_are_refused_before_launch(host: str, tmp_path:
     """tritonserver 2.51 binds HTTP and metrics on 255.255.255.255 for these: refuse them."""
     with pytest.raises(ServerError, match="IPv4 only"):
         TritonServer(tmp_path, host=host).start()
-    result = deal_serve("start", "--model-repository", str(tmp_path), "--host", host,
-                        "--state-file", str(tmp_path / "serve.json"))
+    result = deal_serve(
+        "start",
+        "--model-repository",
+        str(tmp_path),
+        "--host",
+        host,
+        "--state-file",
+        str(tmp_path / "serve.json"),
+    )
     assert result.returncode == 1 and "is not an IPv4 address" in result.stderr
     assert not (tmp_path / "serve.json").exists()
 
@@ -398,9 +420,21 @@ def test_start_with_a_broken_model_fails_naming_the_model(tiny_onnx: Path, tmp_p
     (model_dir / "1" / "model.onnx").write_bytes(b"this is not an onnx file")
     regions_before = {p.name for p in SHM_DIR.glob("triton_python_backend_shm_region_*")}
 
-    result = deal_serve("start", "--model-repository", str(repo), "--http-port", "0",
-                        "--grpc-port", "0", "--metrics-port", "0",
-                        "--state-file", str(tmp_path / "serve.json"), "--timeout", "90")
+    result = deal_serve(
+        "start",
+        "--model-repository",
+        str(repo),
+        "--http-port",
+        "0",
+        "--grpc-port",
+        "0",
+        "--metrics-port",
+        "0",
+        "--state-file",
+        str(tmp_path / "serve.json"),
+        "--timeout",
+        "90",
+    )
 
     assert result.returncode == 1
     assert "model 'deal' failed to load" in result.stderr
@@ -428,7 +462,6 @@ def test_python_backend_runs_on_cuda_when_present(tiny_onnx: Path, tmp_path: Pat
     log = tmp_path / "triton.log"
     with TritonServer(tmp_path, log_path=log, timeout=120):
         assert "serving model.onnx with CUDAExecutionProvider" in log.read_text()
-
 
 
 COMMITTED = Path(__file__).resolve().parents[1] / "model_repository" / MODEL_NAME

@@ -117,8 +117,9 @@ def reference(tiny_onnx: Path):
     session = ort.InferenceSession(str(tiny_onnx), providers=["CPUExecutionProvider"])
 
     def run(images: np.ndarray) -> dict[str, np.ndarray]:
-        return dict(zip(OUTPUT_NAMES, session.run(list(OUTPUT_NAMES), {"image": images}),
-                        strict=True))
+        return dict(
+            zip(OUTPUT_NAMES, session.run(list(OUTPUT_NAMES), {"image": images}), strict=True)
+        )
 
     return run
 

@@ -23,17 +23,29 @@ def cuda_available() -> bool:
 
 @pytest.mark.skipif(HAS_TENSORRT, reason="tensorrt is installed here")
 def test_without_tensorrt_the_command_says_what_to_install(tiny_onnx: Path, tmp_path: Path) -> None:
-    result = CliRunner().invoke(export_cli, ["tensorrt", "--onnx", str(tiny_onnx),
-                                             "--out", str(tmp_path / "m.plan")])
+    result = CliRunner().invoke(
+        export_cli, ["tensorrt", "--onnx", str(tiny_onnx), "--out", str(tmp_path / "m.plan")]
+    )
     assert result.exit_code == 1
     assert "TensorRT is not installed" in result.output and "nvcr.io" in result.output
     assert not (tmp_path / "m.plan").exists()
 
 
 def test_batch_profile_is_validated(tiny_onnx: Path, tmp_path: Path) -> None:
-    result = CliRunner().invoke(export_cli, ["tensorrt", "--onnx", str(tiny_onnx), "--out",
-                                             str(tmp_path / "m.plan"), "--min-batch", "8",
-                                             "--opt-batch", "4"])
+    result = CliRunner().invoke(
+        export_cli,
+        [
+            "tensorrt",
+            "--onnx",
+            str(tiny_onnx),
+            "--out",
+            str(tmp_path / "m.plan"),
+            "--min-batch",
+            "8",
+            "--opt-batch",
+            "4",
+        ],
+    )
     assert result.exit_code == 2 and "min (8) <= opt (4)" in result.output
 
 

@@ -12,9 +12,17 @@ from click.testing import CliRunner
 from dealseg.training.cli import main as train_cli
 from dealseg.training.synth import write_streets
 
-TINY = ["decoder_width=16", "attention_size=[8,10]", "input_size=[64,80]", "epochs=2",
-        "batch_size=4", "crop=[64,64]", "val_every=1", "threads=1",
-        "refit_difficulty=true"]  # fmt: skip
+TINY = [
+    "decoder_width=16",
+    "attention_size=[8,10]",
+    "input_size=[64,80]",
+    "epochs=2",
+    "batch_size=4",
+    "crop=[64,64]",
+    "val_every=1",
+    "threads=1",
+    "refit_difficulty=true",
+]
 
 
 def test_fit_resume_and_eval(tmp_path: Path) -> None:
@@ -38,14 +46,30 @@ def test_fit_resume_and_eval(tmp_path: Path) -> None:
     again = runner.invoke(train_cli, ["fit", "--data", str(data), "--out", str(run), *TINY])
     assert again.exit_code == 0 and "resuming" in again.output  # nothing left to train
     assert json.loads(again.stdout.strip().splitlines()[-1])["difficulty_refit"] == refit
-    assert torch.equal(torch.load(run / "best.pt", weights_only=True)["state_dict"]
-                       ["difficulty_head.classifier.weight"],
-                       raw["state_dict"]["difficulty_head.classifier.weight"])  # not refit twice
+    assert torch.equal(
+        torch.load(run / "best.pt", weights_only=True)["state_dict"][
+            "difficulty_head.classifier.weight"
+        ],
+        raw["state_dict"]["difficulty_head.classifier.weight"],
+    )  # not refit twice
 
     out = tmp_path / "eval"
-    evaluated = runner.invoke(train_cli, ["eval", "--checkpoint", str(run / "best.pt"),
-                                          "--data", str(data), "--split", "test", "--out",
-                                          str(out), "--threads", "1"])
+    evaluated = runner.invoke(
+        train_cli,
+        [
+            "eval",
+            "--checkpoint",
+            str(run / "best.pt"),
+            "--data",
+            str(data),
+            "--split",
+            "test",
+            "--out",
+            str(out),
+            "--threads",
+            "1",
+        ],
+    )
     assert evaluated.exit_code == 0, evaluated.output
     metrics = json.loads((out / "metrics.json").read_text())
     n_test = len((data / "test.txt").read_text().splitlines())
@@ -56,9 +80,24 @@ def test_fit_resume_and_eval(tmp_path: Path) -> None:
 
     # A standalone refit (for checkpoints trained without one) writes a new checkpoint.
     refit_out = tmp_path / "refit.pt"
-    refitted = runner.invoke(train_cli, ["refit", "--checkpoint", str(run / "best.pt"), "--data",
-                                         str(data), "--split", "train", "--loss", "bce",
-                                         "--out", str(refit_out), "--threads", "1"])  # fmt: skip
+    refitted = runner.invoke(
+        train_cli,
+        [
+            "refit",
+            "--checkpoint",
+            str(run / "best.pt"),
+            "--data",
+            str(data),
+            "--split",
+            "train",
+            "--loss",
+            "bce",
+            "--out",
+            str(refit_out),
+            "--threads",
+            "1",
+        ],
+    )
     assert refitted.exit_code == 0, refitted.output
     record = json.loads(refitted.stdout.strip().splitlines()[-1])["difficulty_refit"]
     assert record["split"] == "train" and record["auroc_after"] >= record["auroc_before"]
@@ -66,28 +105,36 @@ def test_fit_resume_and_eval(tmp_path: Path) -> None:
 
 
 def test_fit_rejects_unknown_settings(tmp_path: Path) -> None:
-    result = CliRunner().invoke(train_cli, ["fit", "--data", str(tmp_path), "--out",
-                                            str(tmp_path / "r"), "learning_rate=1"])
+    result = CliRunner().invoke(
+        train_cli, ["fit", "--data", str(tmp_path), "--out", str(tmp_path / "r"), "learning_rate=1"]
+    )
     assert result.exit_code == 2 and "unknown setting 'learning_rate'" in result.output
 
 
 def test_fit_rejects_settings_of_the_wrong_form(tmp_path: Path) -> None:
-    for bad, hint in [("attention_size=45,60", "attention_size=[60,80]"),
-                      ("attention_size=[45]", "attention_size=[60,80]"),
-                      ("epochs=2.5", "epochs=100"), ("separable=1", "separable=false")]:
-        result = CliRunner().invoke(train_cli, ["fit", "--data", str(tmp_path), "--out",
-                                                str(tmp_path / "r"), bad])
+    for bad, hint in [
+        ("attention_size=45,60", "attention_size=[60,80]"),
+        ("attention_size=[45]", "attention_size=[60,80]"),
+        ("epochs=2.5", "epochs=100"),
+        ("separable=1", "separable=false"),
+    ]:
+        result = CliRunner().invoke(
+            train_cli, ["fit", "--data", str(tmp_path), "--out", str(tmp_path / "r"), bad]
+        )
         assert result.exit_code == 2 and hint in result.output, (bad, result.output)
 
 
 def test_bad_data_and_checkpoints_are_one_line_errors(tmp_path: Path) -> None:
     runner = CliRunner()
-    fitted = runner.invoke(train_cli, ["fit", "--data", str(tmp_path), "--out",
-                                       str(tmp_path / "r")])  # fmt: skip
+    fitted = runner.invoke(
+        train_cli, ["fit", "--data", str(tmp_path), "--out", str(tmp_path / "r")]
+    )
     bad = tmp_path / "bad.pt"
     bad.write_bytes(b"not a checkpoint")
-    refitted = runner.invoke(train_cli, ["refit", "--checkpoint", str(bad), "--data",
-                                         str(tmp_path), "--out", str(tmp_path / "x")])  # fmt: skip
+    refitted = runner.invoke(
+        train_cli,
+        ["refit", "--checkpoint", str(bad), "--data", str(tmp_path), "--out", str(tmp_path / "x")],
+    )
     for result in (fitted, refitted):
         assert result.exit_code == 1 and isinstance(result.exception, SystemExit)
         assert result.output.startswith("Error: ") and str(tmp_path) in result.output

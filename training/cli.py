@@ -41,11 +41,15 @@ def parse_size(value: str) -> tuple[int, int]:
 
 
 data_option = click.option(
-    "--data", type=click.Path(exists=True, file_okay=False, path_type=Path), required=True,
+    "--data",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    required=True,
     help="Dataset root (CamVid layout or Cityscapes).",
 )
 config_option = click.option(
-    "--config", "config_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    "--config",
+    "config_file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
     help='JSON {"model": {...}, "train": {...}} over the preset.',
 )
 
@@ -86,12 +90,19 @@ def main() -> None:
 
 @main.command()
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Output folder.")
-@click.option("--n", "count", type=click.IntRange(min=1), default=1000, show_default=True,
-              help="Number of images.")
+@click.option(
+    "--n",
+    "count",
+    type=click.IntRange(min=1),
+    default=1000,
+    show_default=True,
+    help="Number of images.",
+)
 @click.option("--size", default="180x240", show_default=True, help="Image size HxW.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Random seed.")
-@click.option("--workers", type=click.IntRange(min=1), default=2, show_default=True,
-              help="Worker processes.")
+@click.option(
+    "--workers", type=click.IntRange(min=1), default=2, show_default=True, help="Worker processes."
+)
 def synth(out: Path, count: int, size: str, seed: int, workers: int) -> None:
     """Write procedural street scenes in CamVid layout (deterministic by seed)."""
     from .synth import write_streets
@@ -102,16 +113,35 @@ def synth(out: Path, count: int, size: str, seed: int, workers: int) -> None:
 
 @main.command()
 @data_option
-@click.option("--out", type=click.Path(path_type=Path), required=True,
-              help="Run folder: best.pt, last.pt, history.json.")
-@click.option("--preset", default="cpu", show_default=True,
-              help="paper | paper-cityscapes | cpu | streets-cpu.")
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path),
+    required=True,
+    help="Run folder: best.pt, last.pt, history.json.",
+)
+@click.option(
+    "--preset",
+    default="cpu",
+    show_default=True,
+    help="paper | paper-cityscapes | cpu | streets-cpu.",
+)
 @config_option
-@click.option("--fraction", type=click.FloatRange(0, 1, min_open=True), default=1.0,
-              show_default=True, help="Train on a seeded random fraction of the train split.")
+@click.option(
+    "--fraction",
+    type=click.FloatRange(0, 1, min_open=True),
+    default=1.0,
+    show_default=True,
+    help="Train on a seeded random fraction of the train split.",
+)
 @click.argument("overrides", nargs=-1)
-def fit(data: Path, out: Path, preset: str, config_file: Path | None, fraction: float,
-        overrides: tuple[str, ...]) -> None:
+def fit(
+    data: Path,
+    out: Path,
+    preset: str,
+    config_file: Path | None,
+    fraction: float,
+    overrides: tuple[str, ...],
+) -> None:
     """Train DEALNet. OVERRIDES are key=value settings, e.g. epochs=5 decoder_width=64."""
     from .train import fit as run_fit
 
@@ -122,9 +152,12 @@ def fit(data: Path, out: Path, preset: str, config_file: Path | None, fraction: 
 
         labeled = initial_labeled(pool_size, fraction, cfg.train.seed)
     result = run_fit(data, out, cfg, labeled=labeled)
-    summary = {"best": str(result.best_path), "val_miou": result.best_miou,
-               "seconds": round(result.seconds, 1),
-               "train_images": len(labeled) if labeled else pool_size}  # fmt: skip
+    summary = {
+        "best": str(result.best_path),
+        "val_miou": result.best_miou,
+        "seconds": round(result.seconds, 1),
+        "train_images": len(labeled) if labeled else pool_size,
+    }
     if result.difficulty_refit is not None:
         summary["difficulty_refit"] = result.difficulty_refit
     click.echo(json.dumps(summary))
@@ -149,13 +182,25 @@ def _checkpoint_and_split(
 
 
 @main.command("eval")
-@click.option("--checkpoint", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              required=True, help="Checkpoint from `deal-train fit`.")
-@click.option("--data", type=click.Path(exists=True, file_okay=False, path_type=Path),
-              required=True, help="Dataset root.")
+@click.option(
+    "--checkpoint",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    required=True,
+    help="Checkpoint from `deal-train fit`.",
+)
+@click.option(
+    "--data",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    required=True,
+    help="Dataset root.",
+)
 @click.option("--split", default="test", show_default=True, help="Split to evaluate.")
-@click.option("--out", type=click.Path(path_type=Path), default=None,
-              help="Write metrics.json, metrics.md and figure.png here.")
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Write metrics.json, metrics.md and figure.png here.",
+)
 @click.option("--threads", type=int, default=0, show_default=True, help="Torch threads (0=all).")
 def evaluate(checkpoint: Path, data: Path, split: str, out: Path | None, threads: int) -> None:
     """mIoU, per-class IoU and difficulty-map quality on a split."""
@@ -168,8 +213,7 @@ def evaluate(checkpoint: Path, data: Path, split: str, out: Path | None, threads
     ckpt, model, dataset = _checkpoint_and_split(checkpoint, data, split)
     figure = out / "figure.png" if out else None
     result = evaluate_model(model, dataset, ckpt.model_config, figure=figure)
-    result.update({"checkpoint": str(checkpoint), "split": split,
-                   "class_names": ckpt.class_names})
+    result.update({"checkpoint": str(checkpoint), "split": split, "class_names": ckpt.class_names})
     table = format_table(result, ckpt.class_names)
     if out:
         out.mkdir(parents=True, exist_ok=True)
@@ -181,19 +225,41 @@ def evaluate(checkpoint: Path, data: Path, split: str, out: Path | None, threads
 
 
 @main.command()
-@click.option("--checkpoint", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              required=True, help="Checkpoint from `deal-train fit`.")
-@click.option("--data", type=click.Path(exists=True, file_okay=False, path_type=Path),
-              required=True, help="Dataset root.")
-@click.option("--split", default="val", show_default=True,
-              help="Held-out split whose error masks the head is fit to (not the test split).")
-@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True,
-              help="Checkpoint to write (may be --checkpoint itself).")
-@click.option("--loss", type=click.Choice(["wbce", "bce"]), default=None,
-              show_default="the checkpoint's training loss", help="Difficulty loss of the fit.")
+@click.option(
+    "--checkpoint",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    required=True,
+    help="Checkpoint from `deal-train fit`.",
+)
+@click.option(
+    "--data",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    required=True,
+    help="Dataset root.",
+)
+@click.option(
+    "--split",
+    default="val",
+    show_default=True,
+    help="Held-out split whose error masks the head is fit to (not the test split).",
+)
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    required=True,
+    help="Checkpoint to write (may be --checkpoint itself).",
+)
+@click.option(
+    "--loss",
+    type=click.Choice(["wbce", "bce"]),
+    default=None,
+    show_default="the checkpoint's training loss",
+    help="Difficulty loss of the fit.",
+)
 @click.option("--threads", type=int, default=0, show_default=True, help="Torch threads (0=all).")
-def refit(checkpoint: Path, data: Path, split: str, out: Path, loss: str | None,
-          threads: int) -> None:
+def refit(
+    checkpoint: Path, data: Path, split: str, out: Path, loss: str | None, threads: int
+) -> None:
     """Refit the difficulty head's 1x1 conv on a held-out split (everything else frozen)."""
     import torch
 
@@ -227,32 +293,88 @@ def _csv(kind: type) -> Any:
 
 @main.command("al")
 @data_option
-@click.option("--out", type=click.Path(path_type=Path), required=True,
-              help="Run folder: per-stage fits, state.json per strategy and seed, results.*")
-@click.option("--strategies", default="ds,de,random,entropy", show_default=True,
-              callback=_csv(str), help="Comma-separated: ds, de, entropy, qbc, coreset, random.")
-@click.option("--seeds", default="0", show_default=True, callback=_csv(int),
-              help="Comma-separated seeds (initial labelled set, training, random picks).")
-@click.option("--preset", default="streets-cpu", show_default=True,
-              help="streets-cpu | cpu | paper.")
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path),
+    required=True,
+    help="Run folder: per-stage fits, state.json per strategy and seed, results.*",
+)
+@click.option(
+    "--strategies",
+    default="ds,de,random,entropy",
+    show_default=True,
+    callback=_csv(str),
+    help="Comma-separated: ds, de, entropy, qbc, coreset, random.",
+)
+@click.option(
+    "--seeds",
+    default="0",
+    show_default=True,
+    callback=_csv(int),
+    help="Comma-separated seeds (initial labelled set, training, random picks).",
+)
+@click.option(
+    "--preset", default="streets-cpu", show_default=True, help="streets-cpu | cpu | paper."
+)
 @config_option
-@click.option("--init", type=click.FloatRange(0, 1, min_open=True), default=0.10,
-              show_default=True, help="Initial labelled fraction of the train split.")
-@click.option("--step", type=click.FloatRange(0, 1, min_open=True), default=0.05,
-              show_default=True, help="Fraction of the train split added per stage.")
-@click.option("--max", "max_fraction", type=click.FloatRange(0, 1, min_open=True),
-              default=0.40, show_default=True, help="Last stage's labelled fraction.")
-@click.option("--subset", type=click.FloatRange(0, 1, min_open=True), default=None,
-              show_default=True,
-              help="Score only a seeded random fraction of the unlabelled pool (paper: 0.5).")
-@click.option("--bins", type=click.IntRange(min=2), default=8, show_default=True,
-              help="DE histogram bins (paper: CamVid 8, Cityscapes 10).")
-@click.option("--full/--no-full", default=False, show_default=True,
-              help="Also train on the whole train split (first seed) for the % of full line.")
+@click.option(
+    "--init",
+    type=click.FloatRange(0, 1, min_open=True),
+    default=0.10,
+    show_default=True,
+    help="Initial labelled fraction of the train split.",
+)
+@click.option(
+    "--step",
+    type=click.FloatRange(0, 1, min_open=True),
+    default=0.05,
+    show_default=True,
+    help="Fraction of the train split added per stage.",
+)
+@click.option(
+    "--max",
+    "max_fraction",
+    type=click.FloatRange(0, 1, min_open=True),
+    default=0.40,
+    show_default=True,
+    help="Last stage's labelled fraction.",
+)
+@click.option(
+    "--subset",
+    type=click.FloatRange(0, 1, min_open=True),
+    default=None,
+    show_default=True,
+    help="Score only a seeded random fraction of the unlabelled pool (paper: 0.5).",
+)
+@click.option(
+    "--bins",
+    type=click.IntRange(min=2),
+    default=8,
+    show_default=True,
+    help="DE histogram bins (paper: CamVid 8, Cityscapes 10).",
+)
+@click.option(
+    "--full/--no-full",
+    default=False,
+    show_default=True,
+    help="Also train on the whole train split (first seed) for the % of full line.",
+)
 @click.argument("overrides", nargs=-1)
-def al(data: Path, out: Path, strategies: list[str], seeds: list[int], preset: str,
-       config_file: Path | None, init: float, step: float, max_fraction: float,
-       subset: float | None, bins: int, full: bool, overrides: tuple[str, ...]) -> None:
+def al(
+    data: Path,
+    out: Path,
+    strategies: list[str],
+    seeds: list[int],
+    preset: str,
+    config_file: Path | None,
+    init: float,
+    step: float,
+    max_fraction: float,
+    subset: float | None,
+    bins: int,
+    full: bool,
+    overrides: tuple[str, ...],
+) -> None:
     """Run the paper's active-learning protocol and report mIoU vs % labelled.
 
     OVERRIDES are key=value settings over the preset, e.g. epochs=2 decoder_width=32.
@@ -263,17 +385,31 @@ def al(data: Path, out: Path, strategies: list[str], seeds: list[int], preset: s
 
     unknown = [s for s in strategies if s not in STRATEGIES]
     if unknown:
-        raise click.BadParameter(f"unknown {unknown}; choose from {', '.join(sorted(STRATEGIES))}",
-                                 param_hint="--strategies")
+        raise click.BadParameter(
+            f"unknown {unknown}; choose from {', '.join(sorted(STRATEGIES))}",
+            param_hint="--strategies",
+        )
     cfg, _ = checked_config(data, preset, config_file, overrides)
     try:
-        results = run_al(data, out, cfg, strategies, seeds, init=init, step=step,
-                         max_fraction=max_fraction, subset=subset, bins=bins, full=full)
+        results = run_al(
+            data,
+            out,
+            cfg,
+            strategies,
+            seeds,
+            init=init,
+            step=step,
+            max_fraction=max_fraction,
+            subset=subset,
+            bins=bins,
+            full=full,
+        )
     except ValueError as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(format_table(results))
-    click.echo(f"wrote {out / 'results.json'}, {out / 'results.md'}, {out / 'results.png'}",
-               err=True)
+    click.echo(
+        f"wrote {out / 'results.json'}, {out / 'results.md'}, {out / 'results.png'}", err=True
+    )
 
 
 if __name__ == "__main__":

@@ -133,13 +133,24 @@ def refit_difficulty_head(
 
 
 def refit_checkpoint(
-    ckpt: Checkpoint, model: DEALNet, dataset: SegmentationDataset, loss: str, out: Path,
+    ckpt: Checkpoint,
+    model: DEALNet,
+    dataset: SegmentationDataset,
+    loss: str,
+    out: Path,
     seed: int = 0,
 ) -> dict[str, Any]:
     """Refit `model` (built from `ckpt`) on `dataset` and save it to `out` with the refit's
     record (split, pixels, AUROC before/after) added to the checkpoint's metrics."""
     result = refit_difficulty_head(model, dataset, loss, seed=seed)
     record = {"split": dataset.split, **result.to_dict()}
-    save_checkpoint(out, model, ckpt.class_names, ckpt.palette, ckpt.train_config,
-                    {**ckpt.metrics, "difficulty_refit": record}, ckpt.epoch)  # fmt: skip
+    save_checkpoint(
+        out,
+        model,
+        ckpt.class_names,
+        ckpt.palette,
+        ckpt.train_config,
+        {**ckpt.metrics, "difficulty_refit": record},
+        ckpt.epoch,
+    )
     return record

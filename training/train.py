@@ -193,9 +193,7 @@ def fit(
     progress.close()
     (out / "history.json").write_text(json.dumps(history, indent=2))
     refit = refit_best(best_path, val_set, cfg, quiet) if cfg.refit_difficulty else None
-    return FitResult(
-        best_path, best, cfg.epochs - start_epoch, time.time() - t0, history, refit
-    )
+    return FitResult(best_path, best, cfg.epochs - start_epoch, time.time() - t0, history, refit)
 
 
 def refit_best(
@@ -205,8 +203,9 @@ def refit_best(
     ckpt = load_checkpoint(best_path)
     done = ckpt.metrics.get("difficulty_refit")
     if done is None:
-        done = refit_checkpoint(ckpt, ckpt.build_model(), val_set, cfg.difficulty_loss,
-                                best_path, seed=cfg.seed)  # fmt: skip
+        done = refit_checkpoint(
+            ckpt, ckpt.build_model(), val_set, cfg.difficulty_loss, best_path, seed=cfg.seed
+        )
     if not quiet:
         print(
             f"difficulty head refit on {done['split']} ({done['pixels']:,} pixels): AUROC "
