@@ -40,7 +40,7 @@ from common import (
     write_result,
 )
 
-from dealseg.serving import contract
+from dealseg.core import contract
 
 THREADS = 2
 

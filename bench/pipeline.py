@@ -80,8 +80,8 @@ def pool_file(paths: list[Path], name: str) -> Path:
 
 def decoded(paths: list[Path]) -> tuple[Any, np.ndarray]:
     """The in-process engine and `paths` decoded to its input size (done once, not timed)."""
-    from dealseg.client.decode import decode_image
     from dealseg.client.engines import EmbeddedEngine
+    from dealseg.core.decode import decode_image
 
     engine = EmbeddedEngine(SHIPPED_MODEL)
     return engine, np.stack([decode_image(str(p), engine.spec.input_size) for p in paths])
@@ -89,7 +89,7 @@ def decoded(paths: list[Path]) -> tuple[Any, np.ndarray]:
 
 def bare_engine(engine: Any, images: np.ndarray) -> float:
     """img/s of the engine alone on images decoded beforehand, batches of 8."""
-    from dealseg.serving.contract import SCORE_OUTPUTS
+    from dealseg.core.contract import SCORE_OUTPUTS
 
     engine.infer(images[:BATCH], SCORE_OUTPUTS)  # warm-up
     start = time.perf_counter()

@@ -64,7 +64,7 @@ def agreement(fp32: np.ndarray, int8: np.ndarray, paths: list[str]) -> tuple[flo
     """(Spearman, top-100 overlap) of two score vectors, ranked as the client ranks them."""
     from scipy.stats import spearmanr
 
-    from dealseg.client.select import top_k
+    from dealseg.core.ranking import top_k
 
     k = min(TOP, len(paths))
     a, b = set(top_k(paths, fp32, k).tolist()), set(top_k(paths, int8, k).tolist())
@@ -111,8 +111,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="100 held-out images, few reps")
     args = parser.parse_args()
-    from dealseg.client.decode import decode_image
-    from dealseg.client.pool import read_pool
+    from dealseg.core.decode import decode_image
+    from dealseg.core.pool import read_pool
     from dealseg.export.quantize import quantize_model
     from dealseg.serving.repository import read_onnx_spec
 

@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/selection.py [--quick]
 
-1. `dealseg.client.select.select(..., "de", k)` on pools of 1M and 10M random scores with real
+1. `dealseg.core.ranking.select(..., "de", k)` on pools of 1M and 10M random scores with real
    path strings (time vs pool size; target: 10M in <= 2 s).
 2. `select(..., "coreset", 100)` (greedy k-center, cosine) on 100k random unit embeddings, D=144.
 3. Peak RSS of `deal-client score` (in-process ONNX Runtime, shipped model) on a pool of 1k and
@@ -38,7 +38,7 @@ def synthetic_paths(n: int) -> list[str]:
 
 def time_topk(n: int, ks: tuple[int, ...]) -> list[list[object]]:
     """Rows: pool size, k, seconds of select(strategy "de")."""
-    from dealseg.client.select import Pool, select
+    from dealseg.core.ranking import Pool, select
 
     paths = synthetic_paths(n)
     de = np.random.default_rng(0).random(n, dtype=np.float32).astype(np.float64) * 2.0
@@ -54,7 +54,7 @@ def time_topk(n: int, ks: tuple[int, ...]) -> list[list[object]]:
 
 
 def time_coreset(n: int, d: int, k: int) -> list[object]:
-    from dealseg.client.select import Pool, select
+    from dealseg.core.ranking import Pool, select
 
     emb = np.random.default_rng(1).standard_normal((n, d)).astype(np.float32)
     emb /= np.linalg.norm(emb, axis=1, keepdims=True)
@@ -211,7 +211,7 @@ def main() -> None:
     top = [r for r in rows if str(r[0]).startswith("top-k") and "10,000,000" in str(r[0])]
     worst = max((float(str(r[2])) for r in top), default=float("nan"))
     notes = [
-        "times are single runs of `dealseg.client.select.select` on in-memory arrays with real "
+        "times are single runs of `dealseg.core.ranking.select` on in-memory arrays with real "
         "path strings (ties broken by path); scores uniform random float32",
         "target top-k over 10M scores <= 2 s: "
         + (

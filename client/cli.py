@@ -27,7 +27,7 @@ DEFAULT_MAX_PIXELS = 89_478_485  # == decode.DEFAULT_MAX_PIXELS (tested), Pillow
 def _shard(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[int, int]:
     if value is None:
         return (0, 1)
-    from .pool import parse_shard
+    from dealseg.core.pool import parse_shard
 
     try:
         return parse_shard(value)
@@ -292,8 +292,9 @@ def score(
 
 
 def _score(pool: str, urls: tuple[str, ...], model: Path | None, o: dict[str, Any]) -> int:
+    from dealseg.core.pool import IMAGE_EXTENSIONS, PoolError
+
     from .engines import EmbeddedEngine, EngineError
-    from .pool import IMAGE_EXTENSIONS, PoolError
     from .run import ScoreSettings, list_paths, run_selection, score_paths
     from .store import ScoreWriter, StoreError, load_table
 

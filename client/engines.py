@@ -22,7 +22,7 @@ from typing import Any, Protocol, TypeVar
 
 import numpy as np
 
-from dealseg.serving.contract import (
+from dealseg.core.contract import (
     INPUT,
     INPUT_NAME,
     MODEL_NAME,

@@ -16,11 +16,12 @@ from pathlib import Path
 
 import numpy as np
 
-from dealseg.serving.contract import MAP_OUTPUTS
+from dealseg.core.contract import MAP_OUTPUTS
+from dealseg.core.decode import DecodeError, decode_image
+from dealseg.core.files import atomic_write
 
-from .decode import DecodeError, decode_image
 from .engines import Engine
-from .store import MAPS, atomic_write
+from .store import MAPS
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9_-]+")
 _OUR_NAME = re.compile(r"^\d{4,}_[A-Za-z0-9_-]+_[0-9a-f]{10}\.png$")

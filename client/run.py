@@ -22,12 +22,12 @@ from typing import Any
 
 import numpy as np
 
-from dealseg.serving.contract import SCORE_OUTPUTS
+from dealseg.core.contract import SCORE_OUTPUTS
+from dealseg.core.decode import DEFAULT_MAX_PIXELS, DecodeError, decode_image
+from dealseg.core.pool import read_pool, take_shard
+from dealseg.core.ranking import Options, Pool, select
 
-from .decode import DEFAULT_MAX_PIXELS, DecodeError, decode_image
 from .engines import Engine, EngineError
-from .pool import read_pool, take_shard
-from .select import Options, Pool, select
 from .store import ScoreWriter, Table, load_table, write_selection
 
 

@@ -27,9 +27,9 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
-from dealseg.serving.contract import ModelSpec
-
-from .select import SCORE_COLUMNS, Options, Pick
+from dealseg.core.contract import ModelSpec
+from dealseg.core.files import atomic_write
+from dealseg.core.ranking import SCORE_COLUMNS, Options, Pick
 
 SCORES = "scores.jsonl"
 EMBEDDINGS = "embeddings.f32"
@@ -43,16 +43,6 @@ FORMAT = 1
 
 class StoreError(RuntimeError):
     """The out dir cannot be used as asked (other model, damaged files, nothing to read)."""
-
-
-def atomic_write(path: Path, data: bytes) -> None:
-    """Write `data` to `path` so that readers see the old file or the whole new one."""
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def _dumps(obj: Any) -> bytes:

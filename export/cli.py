@@ -233,7 +233,7 @@ def repository(
     trt_accelerator: bool,
 ) -> None:
     """Write a Triton model repository (config.pbtxt + version folder) for a target."""
-    from dealseg.serving.contract import ContractError
+    from dealseg.core.contract import ContractError
     from dealseg.serving.repository import write_repository
 
     try:

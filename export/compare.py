@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dealseg.serving import contract
+from dealseg.core import contract
 
 from .graph import DEALGraph
 

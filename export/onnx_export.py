@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from dealseg.serving import contract
+from dealseg.core import contract
 from dealseg.training.checkpoint import Checkpoint, file_sha256, load_checkpoint
 
 from .graph import DEALGraph

@@ -6,6 +6,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from dealseg.core.files import atomic_output
+
 
 def save_model(model: Any, metadata: Mapping[str, str], out: Path, full_check: bool) -> None:
     """Set `metadata` as the model's only metadata (producer `dealseg`), run onnx.checker, and
@@ -18,6 +20,5 @@ def save_model(model: Any, metadata: Mapping[str, str], out: Path, full_check: b
     model.producer_name = "dealseg"
     onnx.checker.check_model(model, full_check=full_check)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    onnx.save(model, str(tmp))
-    tmp.replace(out)
+    with atomic_output(out) as tmp:
+        onnx.save(model, str(tmp))

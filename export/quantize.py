@@ -36,7 +36,7 @@ from typing import Any
 
 import numpy as np
 
-from dealseg.serving.contract import INPUT_NAME, ContractError, ModelSpec
+from dealseg.core.contract import INPUT_NAME, ContractError, ModelSpec
 
 from .onnxfile import save_model
 
@@ -65,8 +65,8 @@ def calibration_images(pool: str | os.PathLike, size: tuple[int, int], count: in
     Files that fail to decode are skipped (the next ones are taken); QuantizeError if the pool
     holds no decodable image.
     """
-    from dealseg.client.decode import DecodeError, decode_image
-    from dealseg.client.pool import PoolError, read_pool
+    from dealseg.core.decode import DecodeError, decode_image
+    from dealseg.core.pool import PoolError, read_pool
 
     try:
         paths = read_pool(os.fspath(pool))

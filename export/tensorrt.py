@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dealseg.serving import contract
+from dealseg.core import contract
 
 INSTALL_HINT = (
     "TensorRT is not installed. On a CUDA host: pip install 'dealseg[gpu]' (tensorrt), or run "

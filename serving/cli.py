@@ -13,7 +13,7 @@ from pathlib import Path
 
 import click
 
-from dealseg.serving.contract import MODEL_NAME
+from dealseg.core.contract import MODEL_NAME
 from dealseg.serving.server import (
     ServerError,
     ServerState,

@@ -23,7 +23,7 @@ from typing import Any
 from google.protobuf import json_format, text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
-from dealseg.serving.contract import (
+from dealseg.core.contract import (
     INPUT,
     MODEL_NAME,
     OUTPUTS,
@@ -169,7 +169,7 @@ def write_repository(
         _copy(Path(plan), version_dir / "model.plan")
     header = (
         f"# Triton config of the DEAL model, target {target}, written by dealseg's\n"
-        "# write_repository (`deal-export repository`). Tensors follow dealseg.serving.contract;\n"
+        "# write_repository (`deal-export repository`). Tensors follow dealseg.core.contract;\n"
         "# the dealseg.* parameters are the exported model's contract metadata.\n"
     )
     (model_dir / "config.pbtxt").write_text(header + config_text(config))

@@ -33,7 +33,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dealseg.serving.contract import MODEL_NAME
+from dealseg.core.contract import MODEL_NAME
+from dealseg.core.files import atomic_write_json
 
 SHM_DIR = Path("/dev/shm")
 SHM_PREFIX = "triton_python_backend_shm_region_"
@@ -99,9 +100,7 @@ class ServerState:
 
     def save(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(path.suffix + ".tmp")
-        tmp.write_text(json.dumps(asdict(self), indent=2) + "\n")
-        tmp.replace(path)
+        atomic_write_json(path, asdict(self), indent=2)
 
     @classmethod
     def load(cls, path: Path) -> ServerState:

@@ -3,9 +3,18 @@
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
+
+# Property tests: `make test` and CI run the same derandomized examples on every machine, and the
+# examples that once failed are pinned as explicit tests. HYPOTHESIS_PROFILE=explore searches anew
+# (random examples, saved in .hypothesis/ when they fail).
+settings.register_profile("ci", derandomize=True, database=None, print_blob=True)
+settings.register_profile("explore", derandomize=False)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 TINY_CLASSES = [
     "sky",

@@ -11,17 +11,16 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
+from dealseg.core.contract import ModelSpec
 from dealseg.training.acquisition import (
     STRATEGIES,
     Context,
+    embedding_batch,
+    image_paths,
     infer,
-    k_center,
     pool_subset,
     select,
-    top_k,
     vote_entropy,
 )
 from dealseg.training.al import initial_labeled, run_al, stage_sizes
@@ -83,23 +82,7 @@ def tiny_model() -> DEALNet:
     return model.eval()
 
 
-# --------------------------------------------------------------------- exact rankings: top-k
-def test_top_k_higher_first_ties_by_index() -> None:
-    scores = [0.5, 0.9, 0.5, 0.1]
-    assert top_k(scores, 3).tolist() == [1, 0, 2]
-    assert top_k(scores, 2).tolist() == [1, 0]  # the tie at the boundary goes to index 0
-    assert top_k(scores, 10).tolist() == [1, 0, 2, 3]  # k > pool: the whole pool
-    assert top_k([float("nan"), 0.2, 0.2], 3).tolist() == [1, 2, 0]  # NaN ranks last
-    assert top_k(scores, 0).tolist() == []
-
-
-def test_empty_pool_and_negative_k_are_clear_errors() -> None:
-    with pytest.raises(ValueError, match="pool is empty"):
-        top_k([], 3)
-    with pytest.raises(ValueError, match="pool is empty"):
-        k_center(np.zeros((0, 2)), None, 3)
-    with pytest.raises(ValueError, match="k must be"):
-        top_k([1.0], -1)
+def test_empty_pool_is_a_clear_error() -> None:
     with pytest.raises(ValueError, match="unlabelled pool is empty"):
         select("random", Context(Path("."), None), [], 3)
 
@@ -109,62 +92,8 @@ def test_unknown_strategy_lists_the_valid_names() -> None:
         STRATEGIES["vaal"]
 
 
-# ------------------------------------------------------------------ exact rankings: k-center
-def test_k_center_on_the_unit_circle_from_a_labelled_centre() -> None:
-    pool = unit_circle(10, 90, 180, 170, 270)
-    picks, dist = k_center(pool, unit_circle(0), 5)
-    # 180 is opposite the centre (d = 2); then 90 and 270 tie at d = 1 -> the lower index first;
-    # then 10 and 170 tie at 1 - cos 10 (next to 0 and 180) -> index 0 first
-    assert picks.tolist() == [2, 1, 4, 0, 3]
-    near = 1 - math.cos(math.radians(10))
-    np.testing.assert_allclose(dist, [2, 1, 1, near, near], atol=1e-12)
-
-
-def test_k_center_respects_labelled_centres() -> None:
-    pool = unit_circle(10, 90, 185)
-    assert k_center(pool, unit_circle(0, 180), 1)[0].tolist() == [1]  # 10 and 185 are covered
-    assert k_center(pool, unit_circle(0), 1)[0].tolist() == [2]  # only 0 is a centre
-
-
-def test_k_center_without_centres_starts_farthest_from_the_mean() -> None:
-    # mean direction is 10 degrees: 180 is farthest from it, then 0 (opposite 180), then 10
-    picks, _ = k_center(unit_circle(0, 10, 180), None, 3)
-    assert picks.tolist() == [2, 0, 1]
-
-
-# ------------------------------------------------------------------------------- invariants
-tied_scores = st.lists(st.sampled_from([0.0, 0.25, 0.5, 1.0, float("nan")]), min_size=1)
-
-
-@settings(max_examples=60, deadline=None)
-@given(scores=tied_scores, k=st.integers(0, 12))
-def test_top_k_is_the_stable_descending_order(scores: list[float], k: int) -> None:
-    keyed = [-math.inf if math.isnan(s) else s for s in scores]
-    expected = sorted(range(len(scores)), key=lambda i: (-keyed[i], i))[:k]
-    assert top_k(scores, k).tolist() == expected
-    assert len(expected) == min(k, len(scores))
-
-
-vectors = st.lists(
-    st.tuples(st.integers(-3, 3), st.integers(-3, 3), st.integers(-3, 3)), min_size=1, max_size=9
-)
-
-
-@settings(max_examples=60, deadline=None)
-@given(
-    pool=vectors,
-    labeled=st.lists(st.tuples(*[st.integers(-3, 3)] * 3), max_size=3),
-    k=st.integers(0, 12),
-)
-def test_k_center_picks_distinct_and_never_farther_later(
-    pool: list[tuple[int, ...]], labeled: list[tuple[int, ...]], k: int
-) -> None:
-    centres = np.array(labeled, dtype=float).reshape(-1, 3)
-    picks, dist = k_center(np.array(pool, dtype=float), centres, k)
-    assert len(picks) == min(k, len(pool))
-    assert len(set(picks.tolist())) == len(picks)
-    if len(centres):  # greedy k-center: each pick is no farther than the one before
-        assert np.all(np.diff(dist) <= 1e-9)
+def test_only_random_runs_without_the_model() -> None:
+    assert [n for n, s in sorted(STRATEGIES.items()) if not s.needs_model] == ["random"]
 
 
 def test_pool_subset_is_seeded_sorted_and_at_least_k() -> None:
@@ -228,6 +157,47 @@ def test_coreset_picks_unlabelled_distinct_images(streets: Path, tiny_model: DEA
     picked = select("coreset", ctx, range(3, 12), 4)
     assert len(set(picked.indices)) == 4 and set(picked.indices) <= set(range(3, 12))
     assert picked.scores == sorted(picked.scores, reverse=True)
+
+
+def test_the_loop_and_the_client_pick_the_same_frames_from_the_same_scores(
+    streets: Path, tiny_model: DEALNet, tmp_path: Path
+) -> None:
+    """The loop's scores written as a client out dir, re-selected by `deal-client select`."""
+    from dealseg.client.cli import main as client_main
+    from dealseg.client.store import ScoreWriter
+
+    candidates, labeled = list(range(3, 21)), (0, 1, 2)
+    ctx = Context(streets, tiny_model, labeled=labeled, bins=8, batch_size=6)
+    paths = image_paths(ctx, candidates)
+    scores = {n: infer(ctx, candidates, STRATEGIES[n].batch_fn) for n in ("ds", "de", "entropy")}
+    emb = infer(ctx, candidates, embedding_batch)
+    spec = ModelSpec(
+        tuple("abc"),
+        ((0, 0, 0),) * 3,
+        (64, 80),
+        (8, 10),
+        (16, 20),
+        emb.shape[1],
+        8,
+        (0.5,) * 3,
+        (0.5,) * 3,
+        "1",
+        "0" * 64,
+    )
+    out = tmp_path / "out"
+    writer = ScoreWriter(out, spec)
+    writer.append_batch(paths, {**scores, "class_fraction": np.zeros((18, 3)), "embedding": emb})
+    writer.close()
+    np.save(tmp_path / "labeled.npy", infer(ctx, labeled, embedding_batch))
+    for name in ("ds", "de", "entropy", "coreset"):
+        args = ["select", str(out), "-k", "6", "--strategy", name, "--json"]
+        if name == "coreset":
+            args += ["--labeled", str(tmp_path / "labeled.npy")]
+        result = CliRunner().invoke(client_main, args, catch_exceptions=False)
+        assert result.exit_code == 0, result.output
+        client = [row["path"] for row in json.loads(result.stdout)["rows"]]
+        loop = [paths[candidates.index(i)] for i in select(name, ctx, candidates, 6).indices]
+        assert client == loop, name
 
 
 # ----------------------------------------------------------------------- the loop, end to end

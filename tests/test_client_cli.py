@@ -16,7 +16,7 @@ from PIL import Image
 
 from dealseg.client.cli import DEFAULT_MAX_PIXELS, STRATEGY_NAMES, main
 from dealseg.client.maps import map_name
-from dealseg.serving.contract import TOL_DS, ModelSpec
+from dealseg.core.contract import TOL_DS, ModelSpec
 
 K = 5
 
@@ -429,7 +429,7 @@ def test_client_imports_without_torch_and_help_is_quick() -> None:
         "heavy = [m for m in ('numpy', 'PIL', 'onnxruntime', 'tritonclient', 'tqdm')"
         " if m in sys.modules]\n"
         "import dealseg.client.run, dealseg.client.engines, dealseg.client.maps\n"
-        "import dealseg.client.select, dealseg.client.store, dealseg.client.decode\n"
+        "import dealseg.core.ranking, dealseg.client.store, dealseg.core.decode\n"
         "print(heavy, 'torch' in sys.modules)\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
@@ -442,8 +442,8 @@ def test_client_imports_without_torch_and_help_is_quick() -> None:
 
 
 def test_cli_constants_match_the_library() -> None:
-    from dealseg.client.decode import DEFAULT_MAX_PIXELS as decode_max
-    from dealseg.client.select import STRATEGIES
+    from dealseg.core.decode import DEFAULT_MAX_PIXELS as decode_max
+    from dealseg.core.ranking import STRATEGIES
 
     assert sorted(STRATEGY_NAMES) == sorted(STRATEGIES)
     assert decode_max == DEFAULT_MAX_PIXELS

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dealseg.client.decode import DecodeError, decode_image
-from dealseg.client.pool import (
+from dealseg.core.decode import DecodeError, decode_image
+from dealseg.core.pool import (
     PoolError,
     parse_shard,
     read_pool,

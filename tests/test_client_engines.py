@@ -14,7 +14,7 @@ from dealseg.client.engines import (
     _served_io,
     with_retries,
 )
-from dealseg.serving.contract import SCORE_OUTPUTS, ContractError, check_io
+from dealseg.core.contract import SCORE_OUTPUTS, ContractError, check_io
 
 
 def test_embedded_engine_reads_the_spec_and_infers(tiny_onnx: Path) -> None:

@@ -27,7 +27,7 @@ from test_client_cli import (
     write_pool,
 )
 
-from dealseg.serving.contract import MIN_EMBEDDING_COSINE, TOL_DS, TOL_ENTROPY, ModelSpec
+from dealseg.core.contract import MIN_EMBEDDING_COSINE, TOL_DS, TOL_ENTROPY, ModelSpec
 
 pytestmark = pytest.mark.triton
 

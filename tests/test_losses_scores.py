@@ -10,7 +10,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dealseg.training.losses import bce_loss, deal_loss, error_mask, wbce_loss
+from dealseg.training.losses import deal_loss, difficulty_loss, error_mask
 from dealseg.training.scores import (
     class_fraction,
     difficulty_entropy,
@@ -36,18 +36,18 @@ def test_bce_and_wbce_hand_computed() -> None:
     d = torch.tensor([0.9, 0.2, 0.4, 0.7])
     t = torch.tensor([1.0, 0.0, 0.0, 0.0])
     terms = [-math.log(0.9), -math.log(0.8), -math.log(0.6), -math.log(0.3)]
-    assert bce_loss(d, t).item() == pytest.approx(sum(terms) / 4, rel=1e-5)
+    assert difficulty_loss(d, t, "bce").item() == pytest.approx(sum(terms) / 4, rel=1e-5)
     w_r, w_e = 1 / math.sqrt(3 + 1), 1 / math.sqrt(1 + 1)
     w_r, w_e = w_r / (w_r + w_e), w_e / (w_r + w_e)
     expected = w_r * sum(terms[1:]) / 3 + w_e * terms[0]
-    assert wbce_loss(d, t).item() == pytest.approx(expected, rel=1e-5)
+    assert difficulty_loss(d, t, "wbce").item() == pytest.approx(expected, rel=1e-5)
 
 
 def test_wbce_with_no_errors_is_the_right_side_only() -> None:
     d, t = torch.tensor([0.1, 0.3]), torch.zeros(2)
     w_r = (1 / math.sqrt(3)) / (1 / math.sqrt(3) + 1)
     expected = w_r * (-math.log(0.9) - math.log(0.7)) / 2
-    assert wbce_loss(d, t).item() == pytest.approx(expected, rel=1e-5)
+    assert difficulty_loss(d, t, "wbce").item() == pytest.approx(expected, rel=1e-5)
 
 
 def test_deal_loss_is_ce_plus_difficulty_and_rejects_unknown_kind() -> None:

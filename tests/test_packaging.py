@@ -22,10 +22,10 @@ def run_fresh(code: str) -> str:
 def test_serving_and_client_import_without_torch() -> None:
     code = (
         "import sys\n"
-        "import dealseg.serving.contract, dealseg.serving.server, dealseg.serving.repository\n"
+        "import dealseg.core.contract, dealseg.serving.server, dealseg.serving.repository\n"
         "import dealseg.serving.cli\n"
         "import dealseg.client.cli, dealseg.client.run, dealseg.client.engines\n"
-        "import dealseg.client.select, dealseg.client.decode, dealseg.client.maps\n"
+        "import dealseg.core.ranking, dealseg.core.decode, dealseg.client.maps\n"
         "print('torch' in sys.modules)\n"
     )
     assert run_fresh(code) == "False"

@@ -11,9 +11,9 @@ from click.testing import CliRunner
 from PIL import Image
 
 from dealseg.client.engines import EmbeddedEngine
+from dealseg.core import contract
 from dealseg.export.cli import main as export_cli
 from dealseg.export.quantize import QuantizeError, quantize_model
-from dealseg.serving import contract
 from dealseg.training.synth import render_scene
 
 SIZE = (64, 80)  # the tiny fixture's input size

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import itertools
+import math
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dealseg.client.select import (
+from dealseg.core.ranking import (
     STRATEGIES,
     Options,
     Pool,
@@ -144,6 +147,39 @@ def test_top_k_of_a_large_pool_matches_a_full_sort() -> None:
     assert got.tolist() == want
 
 
+def test_coreset_distances_within_the_tolerance_tie_and_break_by_path() -> None:
+    # "c" is farther from the labelled centre than "a" by 1e-8: computed noise, not a difference
+    emb = np.array([[1.0, 0.0], [1.0, 1e-8], [-1.0, 0.0]])
+    pool = pool_of(["c", "a", "z"], np.zeros(3), emb)
+    labeled = np.array([[0.0, 1.0]])
+    assert [p for p, _ in picked(pool, "coreset", 2, labeled=labeled)] == ["a", "z"]
+
+
+# Found by hypothesis on an AVX-512 CPU: "a" and "aaaa" hold the same embedding, and which of the
+# two BLAS put farther away depended on their rows' positions.
+REGRESSION_EMB = np.array(
+    [
+        [0.12573022, -0.13210486, 0.64042264],
+        [0.12573022, -0.13210486, 0.64042264],
+        [1.304, 0.94708097, -0.70373523],
+        [-1.2654215, -0.62327445, 0.04132598],
+        [-2.3250308, -0.21879166, -1.245911],
+        [-0.7322674, -0.544259, -0.31630015],
+        [0.41163054, 1.0425134, -0.12853466],
+    ],
+    dtype=np.float32,
+)
+REGRESSION_PATHS = ["aaaa", "a", "b", "c", "x", "aa", "aaa"]
+
+
+def test_coreset_on_duplicate_embeddings_is_the_same_in_every_pool_order() -> None:
+    pool = pool_of(REGRESSION_PATHS, np.zeros(7), REGRESSION_EMB)
+    want = picked(pool, "coreset", 3)
+    assert [p for p, _ in want] == ["b", "c", "a"]
+    for order in itertools.permutations(range(7)):
+        assert picked(permuted(pool, np.array(order)), "coreset", 3) == want, order
+
+
 # ---------------------------------------------------------------------------- invariants
 @st.composite
 def pools(draw):
@@ -192,3 +228,102 @@ def test_coreset_picks_distinct_images(pool, k) -> None:
     picks = select(pool, "coreset", k)
     assert len({p.index for p in picks}) == len(picks) == min(k, len(pool))
     assert all(p.score >= -1e-6 for p in picks)
+
+
+# ------------------------------------- rankings keyed by position (the active-learning loop's)
+def by_index(n: int) -> list[str]:
+    """Paths that sort like positions: "ties by path" reads as "ties by index"."""
+    return [f"{i:06d}" for i in range(n)]
+
+
+def top_k_by_index(scores, k: int) -> np.ndarray:
+    picks = select(pool_of(by_index(len(scores)), scores), "ds", k)
+    return np.array([p.index for p in picks], dtype=np.int64)
+
+
+def k_center(emb: np.ndarray, centres: np.ndarray | None, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Core-set picks (positions) and their distances, as the loop's k-center sees them."""
+    pool = Pool(by_index(len(emb)), {}, np.asarray(emb))
+    picks = select(pool, "coreset", k, Options(labeled=centres))
+    return np.array([p.index for p in picks], dtype=np.int64), np.array([p.score for p in picks])
+
+
+def unit_circle(*degrees: float) -> np.ndarray:
+    rad = np.radians(degrees)
+    return np.stack([np.cos(rad), np.sin(rad)], axis=1)
+
+
+def test_top_k_by_index_higher_first_ties_by_index() -> None:
+    scores = [0.5, 0.9, 0.5, 0.1]
+    assert top_k_by_index(scores, 3).tolist() == [1, 0, 2]
+    assert top_k_by_index(scores, 2).tolist() == [1, 0]  # the tie at the boundary goes to index 0
+    assert top_k_by_index(scores, 10).tolist() == [1, 0, 2, 3]  # k > pool: the whole pool
+    assert top_k_by_index([float("nan"), 0.2, 0.2], 3).tolist() == [1, 2, 0]  # NaN ranks last
+    assert top_k_by_index(scores, 0).tolist() == []
+
+
+def test_by_index_empty_pool_and_negative_k_are_clear_errors() -> None:
+    with pytest.raises(ValueError, match="pool is empty"):
+        top_k_by_index([], 3)
+    with pytest.raises(ValueError, match="pool is empty"):
+        k_center(np.zeros((0, 2)), None, 3)
+    with pytest.raises(ValueError, match="k must be"):
+        top_k_by_index([1.0], -1)
+
+
+# ------------------------------------------------------------------ exact rankings: k-center
+def test_k_center_on_the_unit_circle_from_a_labelled_centre() -> None:
+    pool = unit_circle(10, 90, 180, 170, 270)
+    picks, dist = k_center(pool, unit_circle(0), 5)
+    # 180 is opposite the centre (d = 2); then 90 and 270 tie at d = 1 -> the lower index first;
+    # then 10 and 170 tie at 1 - cos 10 (next to 0 and 180) -> index 0 first
+    assert picks.tolist() == [2, 1, 4, 0, 3]
+    near = 1 - math.cos(math.radians(10))
+    np.testing.assert_allclose(dist, [2, 1, 1, near, near], atol=1e-12)
+
+
+def test_k_center_respects_labelled_centres() -> None:
+    pool = unit_circle(10, 90, 185)
+    assert k_center(pool, unit_circle(0, 180), 1)[0].tolist() == [1]  # 10 and 185 are covered
+    assert k_center(pool, unit_circle(0), 1)[0].tolist() == [2]  # only 0 is a centre
+
+
+def test_k_center_without_centres_starts_farthest_from_the_mean() -> None:
+    # mean direction is 10 degrees: 180 is farthest from it, then 0 (opposite 180), then 10
+    picks, _ = k_center(unit_circle(0, 10, 180), None, 3)
+    assert picks.tolist() == [2, 0, 1]
+
+
+# ------------------------------------------------------------------------------- invariants
+tied_scores = st.lists(st.sampled_from([0.0, 0.25, 0.5, 1.0, float("nan")]), min_size=1)
+
+
+@settings(max_examples=60, deadline=None)
+@given(scores=tied_scores, k=st.integers(0, 12))
+def test_top_k_by_index_is_the_stable_descending_order(scores: list[float], k: int) -> None:
+    keyed = [-math.inf if math.isnan(s) else s for s in scores]
+    expected = sorted(range(len(scores)), key=lambda i: (-keyed[i], i))[:k]
+    assert top_k_by_index(scores, k).tolist() == expected
+    assert len(expected) == min(k, len(scores))
+
+
+vectors = st.lists(
+    st.tuples(st.integers(-3, 3), st.integers(-3, 3), st.integers(-3, 3)), min_size=1, max_size=9
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    pool=vectors,
+    labeled=st.lists(st.tuples(*[st.integers(-3, 3)] * 3), max_size=3),
+    k=st.integers(0, 12),
+)
+def test_k_center_picks_distinct_and_never_farther_later(
+    pool: list[tuple[int, ...]], labeled: list[tuple[int, ...]], k: int
+) -> None:
+    centres = np.array(labeled, dtype=float).reshape(-1, 3)
+    picks, dist = k_center(np.array(pool, dtype=float), centres, k)
+    assert len(picks) == min(k, len(pool))
+    assert len(set(picks.tolist())) == len(picks)
+    if len(centres):  # greedy k-center: each pick is no farther than the one before
+        assert np.all(np.diff(dist) <= 1e-9)

@@ -25,8 +25,8 @@ import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
-from dealseg.serving import contract
-from dealseg.serving.contract import MODEL_NAME, OUTPUT_NAMES, SPECS, ModelSpec, check_io
+from dealseg.core import contract
+from dealseg.core.contract import MODEL_NAME, OUTPUT_NAMES, SPECS, ModelSpec, check_io
 from dealseg.serving.repository import (
     BACKEND_MODEL_PY,
     TARGETS,

@@ -17,7 +17,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from dealseg.serving.contract import MAP_OUTPUTS, OUTPUT_NAMES, SCORE_OUTPUTS
+from dealseg.core.contract import MAP_OUTPUTS, OUTPUT_NAMES, SCORE_OUTPUTS
 from dealseg.serving.repository import (
     BACKEND_MODEL_PY,
     parse_config,

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
+from dealseg.core import contract
 from dealseg.export.cli import main as export_cli
-from dealseg.serving import contract
 
 HAS_TENSORRT = importlib.util.find_spec("tensorrt") is not None
 

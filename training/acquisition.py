@@ -1,8 +1,9 @@
 """Acquisition over the unlabelled pool: score images with a stage's model, pick the next batch.
 
 One pipeline for every strategy (baal's shape): infer over the candidates (a DataLoader, no
-augmentation, batches under no_grad) -> one score per image -> rank. Higher score = picked
-first, ties broken by train-split index. Strategies are looked up by name in `STRATEGIES`.
+augmentation, batches under no_grad) -> one score per image -> rank with the client's ranking
+rules (`dealseg.core.ranking`: higher score = picked first, ties broken by the image's path).
+Strategies are looked up by name in `STRATEGIES`; each says whether it needs the stage's model.
 
     ds        DEAL: mean of the difficulty map               (scores.difficulty_score)
     de        DEAL: ln-entropy of the difficulty histogram   (scores.difficulty_entropy, `bins`)
@@ -13,9 +14,9 @@ first, ties broken by train-split index. Strategies are looked up by name in `ST
               features, the labelled images as initial centres
     random    seeded uniform scores
 
-DS, DE, entropy and the embedding are the functions the exported graph uses; nothing here
-re-implements them. `top_k` and `k_center` are plain numpy so they can be tested on hand-made
-inputs (the client's `client/select.py` does the same on scored files, ties by path).
+DS, DE, entropy and the embedding are the functions the exported graph uses, and top-k and
+k-center are the client's own: nothing here re-implements them, so the loop and `deal-client`
+pick the same frames from the same scores.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -31,7 +33,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
-from dealseg.client.select import Registry
+from dealseg.core.ranking import Options, Pool, coreset, top_k
+from dealseg.core.registry import Registry
 
 from .data import SegmentationDataset
 from .model import DEALNet, normalise
@@ -64,62 +67,15 @@ class Selection:
     scored: int  # how many candidates the strategy scored
 
 
-Strategy = Callable[[Context, Sequence[int], int], Selection]
+class Strategy(Protocol):
+    """Picks k of the candidates; `needs_model` says whether it looks at the stage's model."""
+
+    needs_model: bool
+
+    def __call__(self, ctx: Context, candidates: Sequence[int], k: int) -> Selection: ...
+
+
 BatchFn = Callable[[DEALNet, torch.Tensor, Context], torch.Tensor]  # [B,3,H,W] -> [B] | [B,D]
-
-
-# ---------------------------------------------------------------------------------- ranking
-def top_k(scores: Sequence[float] | np.ndarray, k: int) -> np.ndarray:
-    """Positions of the k highest scores, best first; ties by position; NaN ranks last.
-
-    k larger than the pool returns the whole pool; an empty pool is a ValueError.
-    """
-    s = np.asarray(scores, dtype=np.float64).reshape(-1)
-    if len(s) == 0:
-        raise ValueError("the pool is empty: there is nothing to select from")
-    if k < 0:
-        raise ValueError(f"k must be >= 0, got {k}")
-    keyed = np.where(np.isnan(s), -np.inf, s)
-    return np.lexsort((np.arange(len(s)), -keyed))[:k]
-
-
-def _unit(x: np.ndarray) -> np.ndarray:
-    """Rows L2-normalised (float64); zero rows stay zero."""
-    x = np.asarray(x, dtype=np.float64)
-    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
-
-
-def k_center(
-    emb_pool: np.ndarray, emb_labeled: np.ndarray | None, k: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """Greedy k-center with cosine distance (1 - cos): picked positions, and each pick's distance
-    to its nearest centre when it was picked.
-
-    emb_pool [N, D], emb_labeled [L, D] (the initial centres; None or L = 0 for none). Every step
-    picks the candidate farthest from all centres, ties by position. Without centres the first
-    pick is the candidate farthest from the pool's mean direction. Picks are distinct; k larger
-    than the pool returns the whole pool; an empty pool is a ValueError.
-    """
-    pool = _unit(emb_pool)
-    if pool.ndim != 2 or len(pool) == 0:
-        raise ValueError("the pool is empty: there is nothing to select from")
-    if k < 0:
-        raise ValueError(f"k must be >= 0, got {k}")
-    n = len(pool)
-    centres = np.zeros((0, pool.shape[1])) if emb_labeled is None else _unit(emb_labeled)
-    if len(centres):
-        dist = 1.0 - (pool @ centres.T).max(axis=1)  # [N]
-    else:
-        dist = 1.0 - pool @ _unit(pool.sum(axis=0))  # first pick: farthest from the mean
-    picks, picked_dist = [], []
-    for step in range(min(k, n)):
-        i = int(np.argmax(dist))  # first maximum = lowest position
-        picks.append(i)
-        picked_dist.append(float(dist[i]))
-        near = 1.0 - pool @ pool[i]  # [N] distance to the new centre
-        dist = near if step == 0 and not len(centres) else np.minimum(dist, near)
-        dist[picks] = -np.inf
-    return np.asarray(picks, dtype=np.int64), np.asarray(picked_dist)
 
 
 def pool_subset(
@@ -223,8 +179,14 @@ def _torch_seed(ctx: Context) -> int:
 
 
 # ------------------------------------------------------------------------------ strategies
-def _ranked(candidates: Sequence[int], scores: np.ndarray, k: int) -> Selection:
-    order = top_k(scores, k)
+def image_paths(ctx: Context, indices: Sequence[int]) -> list[str]:
+    """The image file of each train-split index: the key that breaks ties between equal scores."""
+    dataset = SegmentationDataset(ctx.data, ctx.split, indices=indices)
+    return [str(sample.image) for sample in dataset.samples]
+
+
+def _ranked(ctx: Context, candidates: Sequence[int], scores: np.ndarray, k: int) -> Selection:
+    order = top_k(image_paths(ctx, candidates), scores, k)
     return Selection(
         [int(candidates[i]) for i in order], [float(scores[i]) for i in order], len(candidates)
     )
@@ -232,6 +194,8 @@ def _ranked(candidates: Sequence[int], scores: np.ndarray, k: int) -> Selection:
 
 class ImageScore:
     """Rank candidates by one score per image computed batch-wise by `batch_fn`."""
+
+    needs_model = True
 
     def __init__(self, batch_fn: BatchFn, seeded: bool = False) -> None:
         self.batch_fn = batch_fn
@@ -241,37 +205,50 @@ class ImageScore:
         with torch.random.fork_rng(devices=[], enabled=self.seeded):
             if self.seeded:
                 torch.manual_seed(_torch_seed(ctx))
-            return _ranked(candidates, infer(ctx, candidates, self.batch_fn), k)
+            return _ranked(ctx, candidates, infer(ctx, candidates, self.batch_fn), k)
 
 
-def random_strategy(ctx: Context, candidates: Sequence[int], k: int) -> Selection:
+class RandomScore:
     """Seeded uniform scores: a reproducible random batch, different per seed and stage."""
-    rng = np.random.default_rng([ctx.seed, ctx.stage, 2])
-    return _ranked(candidates, rng.random(len(candidates)), k)
+
+    needs_model = False
+
+    def __call__(self, ctx: Context, candidates: Sequence[int], k: int) -> Selection:
+        rng = np.random.default_rng([ctx.seed, ctx.stage, 2])
+        return _ranked(ctx, candidates, rng.random(len(candidates)), k)
 
 
-def coreset_strategy(ctx: Context, candidates: Sequence[int], k: int) -> Selection:
-    """Greedy k-center on pooled decoder features; score = distance to the nearest centre."""
-    emb = infer(ctx, candidates, embedding_batch)  # [N, D]
-    centres = infer(ctx, ctx.labeled, embedding_batch) if ctx.labeled else None  # [L, D]
-    picks, dist = k_center(emb, centres, k)
-    return Selection([int(candidates[i]) for i in picks], [float(d) for d in dist], len(candidates))
+class KCenter:
+    """Greedy k-center (the client's core-set) on pooled decoder features, the labelled images
+    as the first centres; score = distance to the nearest centre when picked."""
+
+    needs_model = True
+
+    def __call__(self, ctx: Context, candidates: Sequence[int], k: int) -> Selection:
+        emb = infer(ctx, candidates, embedding_batch)  # [N, D]
+        centres = infer(ctx, ctx.labeled, embedding_batch) if ctx.labeled else None  # [L, D]
+        pool = Pool(image_paths(ctx, candidates), {}, emb)
+        picks = coreset(pool, k, Options(labeled=centres))
+        return Selection(
+            [int(candidates[p.index]) for p in picks], [p.score for p in picks], len(candidates)
+        )
 
 
-STRATEGIES: dict[str, Strategy] = Registry(
+STRATEGIES: Registry[Strategy] = Registry(
+    "strategy",
     ds=ImageScore(ds_batch),
     de=ImageScore(de_batch),
     entropy=ImageScore(entropy_batch),
     qbc=ImageScore(qbc_batch, seeded=True),
-    coreset=coreset_strategy,
-    random=random_strategy,
+    coreset=KCenter(),
+    random=RandomScore(),
 )
 
 
 def select(name: str, ctx: Context, candidates: Sequence[int], k: int) -> Selection:
     """Pick the k candidates (train-split indices) most worth labelling by strategy `name`."""
     strategy = STRATEGIES[name]
-    pool = sorted({int(i) for i in candidates})  # ties by position are then ties by index
+    pool = sorted({int(i) for i in candidates})
     if not pool:
         raise ValueError("the unlabelled pool is empty: there is nothing to select from")
     if k < 0:

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import sys
 import time
 from collections.abc import Sequence
@@ -27,6 +26,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from dealseg.core.files import atomic_write_json
 
 from .config import Preset, with_classes
 
@@ -57,11 +58,8 @@ def stage_sizes(pool_size: int, init: float, step: float, max_fraction: float) -
 
 
 def _write_json(path: Path, data: Any) -> None:
-    """Atomic write (tmp + rename): an interrupted run never leaves a broken file."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=1))
-    os.replace(tmp, path)
+    atomic_write_json(path, data)
 
 
 def _plain(data: Any) -> Any:
@@ -223,7 +221,7 @@ class StrategyRun:
 
     def _select(self, stage: int, record: dict[str, Any]) -> dict[str, Any]:
         """The strategy's next batch, scored with this stage's best-val model."""
-        from .acquisition import Context, pool_subset, select
+        from .acquisition import STRATEGIES, Context, pool_subset, select
         from .checkpoint import load_checkpoint
 
         sizes = self.settings["sizes"]
@@ -233,7 +231,7 @@ class StrategyRun:
         candidates = pool_subset(unlabeled, self.settings["subset"], k, self.seed, stage)
         t0 = time.time()
         model = None
-        if self.name != "random":
+        if STRATEGIES[self.name].needs_model:
             model = load_checkpoint(self.out / record["run_dir"] / "best.pt").build_model()
         ctx = Context(
             data=self.data,

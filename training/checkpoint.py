@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import hashlib
-import os
 import pickle
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from dealseg.core.files import atomic_output
 
 from .model import DEALNet, ModelConfig
 
@@ -82,9 +83,8 @@ def save_checkpoint(
         "epoch": epoch,
         **(extra or {}),
     }
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
+    with atomic_output(path) as tmp:
+        torch.save(payload, tmp)
 
 
 def read_raw(path: Path) -> dict[str, Any]:

@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dealseg.core.registry import Registry
+
 # EfficientNet-Lite0 / MobileNetV2 stages: (repeats, kernel, stride, expand, in_ch, out_ch)
 LITE0_STAGES = (
     (1, 3, 1, 1, 32, 16),
@@ -157,15 +159,10 @@ def mobilenet_v2(pretrained: bool = False, weights: Path | None = None) -> nn.Mo
     return enc
 
 
-ENCODERS: dict[str, Callable[..., nn.Module]] = {
-    "efficientnet_lite0": efficientnet_lite0,
-    "mobilenet_v2": mobilenet_v2,
-}
+ENCODERS: Registry[Callable[..., nn.Module]] = Registry(
+    "encoder", efficientnet_lite0=efficientnet_lite0, mobilenet_v2=mobilenet_v2
+)
 
 
 def build_encoder(name: str, pretrained: bool, weights: Path | None = None) -> nn.Module:
-    try:
-        factory = ENCODERS[name]
-    except KeyError:
-        raise KeyError(f"unknown encoder {name!r}; choose one of {sorted(ENCODERS)}") from None
-    return factory(pretrained=pretrained, weights=weights)
+    return ENCODERS[name](pretrained=pretrained, weights=weights)

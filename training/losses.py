@@ -5,8 +5,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from dealseg.core.registry import Registry
+
 IGNORE_INDEX = 255
-DIFFICULTY_LOSSES = ("bce", "wbce")
 
 
 def error_mask(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -15,9 +16,9 @@ def error_mask(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return (wrong & (labels != IGNORE_INDEX)).float()
 
 
-def bce_loss(difficulty: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Plain BCE averaged over all pixels (ignored pixels count as right, as in the paper)."""
-    return F.binary_cross_entropy(difficulty.clamp(1e-7, 1 - 1e-7), target)
+def plain_mean(per_pixel: torch.Tensor, wrong: torch.Tensor) -> torch.Tensor:
+    """bce's reduction: every pixel alike (ignored pixels count as right, as in the paper)."""
+    return per_pixel.mean()
 
 
 def balanced_mean(per_pixel: torch.Tensor, wrong: torch.Tensor) -> torch.Tensor:
@@ -32,10 +33,15 @@ def balanced_mean(per_pixel: torch.Tensor, wrong: torch.Tensor) -> torch.Tensor:
     return w[0] * right_mean + w[1] * wrong_mean
 
 
-def wbce_loss(difficulty: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Weighted BCE: right and wrong pixels averaged separately, weights 1/sqrt(n+1) normalised."""
+# Difficulty losses by name: the reduction of the per-pixel BCE against the error mask.
+DIFFICULTY_LOSSES = Registry("difficulty loss", bce=plain_mean, wbce=balanced_mean)
+
+
+def difficulty_loss(difficulty: torch.Tensor, target: torch.Tensor, kind: str) -> torch.Tensor:
+    """BCE of the difficulty map against the error mask, reduced as loss `kind` says."""
+    reduce = DIFFICULTY_LOSSES[kind]
     per_pixel = F.binary_cross_entropy(difficulty.clamp(1e-7, 1 - 1e-7), target, reduction="none")
-    return balanced_mean(per_pixel, target > 0.5)
+    return reduce(per_pixel, target > 0.5)
 
 
 def deal_loss(
@@ -46,10 +52,8 @@ def deal_loss(
     weight: float = 1.0,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """Total loss = CE(ignore 255) + weight * difficulty loss. logits/difficulty at label size."""
-    if kind not in DIFFICULTY_LOSSES:
-        raise ValueError(f"difficulty loss {kind!r}; choose one of {list(DIFFICULTY_LOSSES)}")
     seg = F.cross_entropy(logits, labels, ignore_index=IGNORE_INDEX)
     target = error_mask(logits.detach(), labels)
-    dif = (wbce_loss if kind == "wbce" else bce_loss)(difficulty, target)
+    dif = difficulty_loss(difficulty, target, kind)
     total = seg + weight * dif
     return total, {"loss": total.item(), "seg": seg.item(), "dif": dif.item()}

@@ -7,7 +7,7 @@ image -> encoder -> decoder -> segmentation_head -> logits (stride 4)
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -15,6 +15,8 @@ from typing import Any, TypeVar
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from dealseg.core.registry import Registry
 
 from .encoders import build_encoder
 
@@ -159,13 +161,15 @@ class DeepLabV3PlusDecoder(nn.Module):
         return self.fuse(skip), skip
 
 
-def pam_naive(p: torch.Tensor) -> torch.Tensor:
-    """Reference PAM output P Aᵀ with A = softmax(PᵀP): p [B, C, N] -> [B, C, N]. O(N²) memory."""
+def pam_naive(p: torch.Tensor, block: int = 0) -> torch.Tensor:
+    """Reference PAM output P Aᵀ with A = softmax(PᵀP): p [B, C, N] -> [B, C, N]. O(N²) memory.
+
+    `block` is unused (every query at once); the PAM functions share one signature."""
     attention = torch.softmax(p.transpose(1, 2) @ p, dim=-1)  # [B, N, N]
     return p @ attention.transpose(1, 2)
 
 
-def pam_blocked(p: torch.Tensor, block: int) -> torch.Tensor:
+def pam_blocked(p: torch.Tensor, block: int = 512) -> torch.Tensor:
     """Exact PAM in static query blocks: O(block·N) memory; exports without an N x N tensor."""
     pt = p.transpose(1, 2)  # [B, N, C]
     outs = []
@@ -175,14 +179,20 @@ def pam_blocked(p: torch.Tensor, block: int) -> torch.Tensor:
     return torch.cat(outs, dim=1).transpose(1, 2)
 
 
-def pam_sdpa(p: torch.Tensor) -> torch.Tensor:
-    """Exact PAM through fused attention (query = key = value = Pᵀ, scale 1).
+def pam_sdpa(p: torch.Tensor, block: int = 0) -> torch.Tensor:
+    """Exact PAM through fused attention (query = key = value = Pᵀ, scale 1); `block` is unused.
 
     The input must be a contiguous 4-D [B, 1, N, C] tensor: on a 3-D or strided one, torch's CPU
     kernel silently takes the N x N math path (4x the memory, 2-4x the time in training).
     """
     pt = p.transpose(1, 2).contiguous().unsqueeze(1)  # [B, 1, N, C]
     return F.scaled_dot_product_attention(pt, pt, pt, scale=1.0)[:, 0].transpose(1, 2)
+
+
+# PAM implementations by name: "sdpa" trains, "blocked" exports, "naive" is the reference.
+PAM_IMPLS: Registry[Callable[[torch.Tensor, int], torch.Tensor]] = Registry(
+    "PAM implementation", naive=pam_naive, blocked=pam_blocked, sdpa=pam_sdpa
+)
 
 
 class DifficultyHead(nn.Module):
@@ -192,8 +202,7 @@ class DifficultyHead(nn.Module):
         self, num_classes: int, attention_size: tuple[int, int], pam_block: int, pam_impl: str
     ):
         super().__init__()
-        if pam_impl not in {"sdpa", "blocked", "naive"}:
-            raise ValueError(f"pam_impl {pam_impl!r}; choose one of ['blocked', 'naive', 'sdpa']")
+        PAM_IMPLS[pam_impl]  # noqa: B018 - an unknown name fails here, listing the valid ones
         self.attention_size = tuple(attention_size)
         self.pam_block = pam_block
         self.pam_impl = pam_impl
@@ -201,11 +210,7 @@ class DifficultyHead(nn.Module):
         self.classifier = nn.Conv2d(num_classes, 1, 1)
 
     def attend(self, p: torch.Tensor) -> torch.Tensor:
-        if self.pam_impl == "naive":
-            return pam_naive(p)
-        if self.pam_impl == "blocked":
-            return pam_blocked(p, self.pam_block)
-        return pam_sdpa(p)
+        return PAM_IMPLS[self.pam_impl](p, self.pam_block)
 
     def features(self, logits: torch.Tensor) -> torch.Tensor:
         """logits [B, C, h4, w4] -> Q = γ·PAM(P) + P [B, C, h, w], the 1x1 conv's input."""

@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader, Dataset
 from .checkpoint import Checkpoint, save_checkpoint
 from .data import SegmentationDataset
 from .evaluate import auroc
-from .losses import DIFFICULTY_LOSSES, IGNORE_INDEX, balanced_mean
+from .losses import DIFFICULTY_LOSSES, IGNORE_INDEX
 from .model import DEALNet, normalise
 
 MAX_PIXELS = 1_000_000  # pixels sampled for the fit: 12 parameters need far fewer
@@ -90,8 +90,7 @@ def refit_difficulty_head(
     training, so the map keeps its level; `bce`: plain). The old weights are kept when the fit
     does not raise the AUROC on the sampled pixels.
     """
-    if loss not in DIFFICULTY_LOSSES:
-        raise ValueError(f"difficulty loss {loss!r}; choose one of {list(DIFFICULTY_LOSSES)}")
+    reduce = DIFFICULTY_LOSSES[loss]
     x, wrong = head_inputs(model, dataset, max_pixels, seed)
     if wrong.all() or not wrong.any():
         raise ValueError(
@@ -108,7 +107,7 @@ def refit_difficulty_head(
     def closure() -> torch.Tensor:
         optimizer.zero_grad()
         per_pixel = F.binary_cross_entropy_with_logits(xb @ w, target, reduction="none")
-        value = balanced_mean(per_pixel, wrong) if loss == "wbce" else per_pixel.mean()
+        value = reduce(per_pixel, wrong)
         value.backward()
         return value
 

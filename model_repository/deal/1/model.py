@@ -15,7 +15,7 @@ import numpy as np
 import onnxruntime as ort
 import triton_python_backend_utils as pb_utils
 
-INPUT_NAME = "image"  # dealseg.serving.contract.INPUT_NAME
+INPUT_NAME = "image"  # dealseg.core.contract.INPUT_NAME
 MODEL_FILENAME = "model.onnx"
 
 

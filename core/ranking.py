@@ -1,8 +1,11 @@
 """Pool-level selection: rank scored images and pick the k most worth labelling. Pure numpy.
 
-Every strategy follows one rule: higher score = picked first, ties broken by path (ascending, by the
-path's file-system bytes). Strategies are looked up by name in `STRATEGIES`; each takes a `Pool`
-and returns ranked `Pick`s.
+The one home of the ranking rules, used by `deal-client` on scored files and by the active-learning
+loop in training. Every strategy follows one rule: higher score = picked first, ties broken by path
+(ascending, by the path's file-system bytes). Scores read from data (ds, de, entropy) tie only when
+equal; distances this module computes (core-set) tie when within `TIE_TOLERANCE`, because the last
+bits of a BLAS dot product depend on a row's position in the matrix. Strategies are looked up by
+name in `STRATEGIES`; each takes a `Pool` and returns ranked `Pick`s.
 
     ds, de, entropy   the model's per-image scores (DEAL's difficulty score / difficulty entropy,
                       and the softmax-entropy baseline)
@@ -19,11 +22,13 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
+from .registry import Registry
+
 SCORE_COLUMNS: tuple[str, ...] = ("ds", "de", "entropy")
+TIE_TOLERANCE = 1e-5  # computed cosine distances closer than this are ties (then: by path)
 _CHUNK_ROWS = 1 << 16  # rows of embeddings processed at a time by coreset / diverse
 
 
@@ -110,15 +115,16 @@ def _ranked_blocks(paths: Sequence[str], scores: np.ndarray, first: int) -> Iter
 
 # ----------------------------------------------------------------------------------- embeddings
 def _unit(x: np.ndarray) -> np.ndarray:
-    """Rows L2-normalised (float32); zero rows stay zero."""
-    x = np.asarray(x, dtype=np.float32)
+    """Rows L2-normalised in float64 (distances far above TIE_TOLERANCE's noise); zero rows stay
+    zero."""
+    x = np.asarray(x, dtype=np.float64)
     norm = np.linalg.norm(x, axis=-1, keepdims=True)
     return x / np.maximum(norm, 1e-12)
 
 
 def _max_cosine(emb: np.ndarray, centres: np.ndarray) -> np.ndarray:
     """[N] max cosine of each row of emb to any of centres [M, D] (-inf when M == 0)."""
-    out = np.full(len(emb), -np.inf, dtype=np.float32)
+    out = np.full(len(emb), -np.inf)
     if len(centres) == 0:
         return out
     c = _unit(centres)
@@ -136,11 +142,13 @@ def _need_embeddings(pool: Pool, why: str) -> np.ndarray:
 
 
 def _farthest(paths: Sequence[str], dist: np.ndarray) -> int | None:
-    """Index of the largest finite-or-inf distance, ties by path; None if all are -inf."""
+    """Index of the largest distance, ties (within TIE_TOLERANCE) by path; NaN counts as -inf;
+    None if every distance is -inf."""
+    dist = np.where(np.isnan(dist), -np.inf, dist)
     best = dist.max()
-    if best == -np.inf or np.isnan(best):
+    if best == -np.inf:
         return None
-    tied = np.flatnonzero(dist == best)
+    tied = np.flatnonzero(dist >= best - TIE_TOLERANCE)
     return int(tied[0]) if len(tied) == 1 else int(tied[np.argmin(_path_keys(paths, tied))])
 
 
@@ -185,7 +193,7 @@ def _by_score(score_fn: Callable[[Pool, Options], np.ndarray]) -> Strategy:
             return [Pick(int(i), float(scores[i])) for i in top_k(pool.paths, scores, k)]
         emb = _need_embeddings(pool, "--diverse")
         picks: list[Pick] = []
-        picked = np.zeros((0, emb.shape[1]), dtype=np.float32)  # [P, D] unit rows
+        picked = np.zeros((0, emb.shape[1]))  # [P, D] unit rows
         for i in _ranked_blocks(pool.paths, scores, 4 * k):
             if len(picks) >= k:
                 break
@@ -209,21 +217,21 @@ def coreset(pool: Pool, k: int, opts: Options) -> list[Pick]:
     """
     emb = _need_embeddings(pool, "coreset")
     n, d = emb.shape
-    labeled = np.zeros((0, d), np.float32) if opts.labeled is None else opts.labeled
-    dist = 1.0 - _max_cosine(emb, labeled).astype(np.float64)  # [N]; +inf without centres
+    labeled = np.zeros((0, d)) if opts.labeled is None else opts.labeled
+    dist = 1.0 - _max_cosine(emb, labeled)  # [N]; +inf without centres
     picks: list[Pick] = []
 
     def take(i: int, score: float) -> None:
         nonlocal dist
         picks.append(Pick(i, score))
-        dist = np.minimum(dist, 1.0 - _max_cosine(emb, emb[i][None]).astype(np.float64))
+        dist = np.minimum(dist, 1.0 - _max_cosine(emb, emb[i][None]))
         dist[i] = -np.inf
 
     if len(labeled) == 0 and k > 0:
         mean = np.zeros(d, dtype=np.float64)
         for s in range(0, n, _CHUNK_ROWS):
             mean += _unit(emb[s : s + _CHUNK_ROWS]).sum(axis=0)
-        from_mean = 1.0 - _max_cosine(emb, mean[None].astype(np.float32)).astype(np.float64)
+        from_mean = 1.0 - _max_cosine(emb, mean[None])
         i = _farthest(pool.paths, from_mean)
         if i is not None:
             take(i, float(from_mean[i]))
@@ -235,14 +243,8 @@ def coreset(pool: Pool, k: int, opts: Options) -> list[Pick]:
     return picks
 
 
-class Registry(dict):
-    """A name -> strategy dict whose KeyError lists the valid names."""
-
-    def __missing__(self, name: str) -> Any:
-        raise KeyError(f"unknown strategy {name!r}; choose one of: {', '.join(sorted(self))}")
-
-
-STRATEGIES: dict[str, Strategy] = Registry(
+STRATEGIES: Registry[Strategy] = Registry(
+    "strategy",
     ds=_by_score(_column("ds")),
     de=_by_score(_column("de")),
     entropy=_by_score(_column("entropy")),

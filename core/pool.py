@@ -125,7 +125,7 @@ def parse_shard(text: str) -> tuple[int, int]:
 
 def shard_of(paths: list[str], n: int) -> np.ndarray:
     """[N] shard number of each path: a hash of the path alone, so listings may differ."""
-    from .select import random_scores
+    from .ranking import random_scores
 
     return np.minimum((random_scores(paths, _SHARD_SEED) * n).astype(np.int64), n - 1)
 

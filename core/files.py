@@ -1,0 +1,54 @@
+"""Atomic file writes: a reader sees the old file or the whole new one, never a torn one.
+
+Every writer of a finished file in dealseg (out-dir metadata and selections, checkpoints, ONNX
+models, AL state, the server's state file) goes through `atomic_output`: write a temporary file
+beside the target, flush it to disk, rename it over the target. If writing fails (disk full,
+read-only folder, an exception in the caller) the temporary file is removed and the target is
+left as it was.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def atomic_output(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """A temporary path beside `path` to write to; renamed over `path` when the block succeeds.
+
+    The temporary file is fsynced before the rename, and removed if anything fails.
+    """
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        yield tmp
+        _fsync(tmp)
+        os.replace(tmp, path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+
+
+def atomic_write(path: str | os.PathLike[str], data: bytes) -> None:
+    """Write `data` to `path` atomically (see `atomic_output`)."""
+    with atomic_output(path) as tmp:
+        tmp.write_bytes(data)
+
+
+def atomic_write_json(path: str | os.PathLike[str], obj: Any, indent: int | None = 1) -> None:
+    """`obj` as JSON (ASCII) written atomically to `path`."""
+    text = json.dumps(obj, indent=indent, ensure_ascii=True)
+    atomic_write(path, (text + "\n").encode("ascii"))
