@@ -10,10 +10,13 @@ Exit codes: 0 all scored; 3 finished but some inputs failed (each listed on stde
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import sys
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -49,9 +52,14 @@ def _stderr(message: str) -> None:
     click.echo(message, err=True)
 
 
+# Control characters as escapes on the terminal: a name must not move the cursor or split a line.
+_ESCAPES = {c: f"\\x{c:02x}" for c in (*range(32), 127)} | {9: "\\t", 10: "\\n", 13: "\\r"}
+
+
 def _display(path: str) -> str:
-    """A path printable on any terminal (undecodable bytes shown as \\xNN)."""
-    return os.fsencode(path).decode("utf-8", "backslashreplace")
+    """A path printable on any terminal: bytes that are not UTF-8 and control characters shown
+    as escapes (\\xNN, \\n)."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace").translate(_ESCAPES)
 
 
 # ---------------------------------------------------------------------------- option groups
@@ -160,27 +168,41 @@ def triton_options(f: Callable) -> Callable:
 
 
 def _triton(urls: tuple[str, ...], o: dict[str, Any]) -> Any:
-    from .engines import TritonEngine
+    """The Triton engine for --url; a --url that names no usable endpoint is a usage error."""
+    from .engines import EndpointError, TritonEngine
 
-    return TritonEngine(
-        urls,
-        o["protocol"],
-        ssl=o["ssl"],
-        root_certs=o["root_certs"],
-        headers=o["headers"],
-        timeout=o["timeout"],
-        retries=o["retries"],
+    try:
+        return TritonEngine(
+            urls,
+            o["protocol"],
+            ssl=o["ssl"],
+            root_certs=o["root_certs"],
+            headers=o["headers"],
+            timeout=o["timeout"],
+            retries=o["retries"],
+        )
+    except EndpointError as exc:
+        raise click.BadParameter(str(exc), param_hint="--url") from None
+
+
+def _select_settings(o: dict[str, Any], strategy: str | None = None, k: int | None = None) -> Any:
+    from .run import SelectSettings
+
+    return SelectSettings(
+        strategy or o["strategy"], k or o["top_k"], o["seed"], o["diverse"], o["labeled"]
     )
 
 
 def _print_selection(doc: dict[str, Any], as_json: bool) -> None:
+    from .store import record_path
+
     if as_json:
         click.echo(json.dumps(doc, indent=1, ensure_ascii=True))
         return
     click.echo(f"{'rank':>4}  {'score':>10}  path  [{doc['strategy']}, top {doc['k']}]")
     for r in doc["rows"]:
         score = "nan" if r["score"] is None else f"{r['score']:.6f}"
-        click.echo(f"{r['rank']:>4}  {score:>10}  {_display(r['path'])}")
+        click.echo(f"{r['rank']:>4}  {score:>10}  {_display(record_path(r))}")
 
 
 def _list_failures(failed: dict[str, str]) -> None:
@@ -283,85 +305,108 @@ def score(
     """
     if model is not None and urls:
         raise click.UsageError("--model and --url exclude each other: use one engine")
-    try:
-        code = _score(pool, urls, model, o)
-    except KeyboardInterrupt:
-        _stderr(f"interrupted: results so far are in {o['out']}; run again to resume")
-        code = EXIT_INTERRUPTED
+    with _sigterm_interrupts():
+        try:
+            code = _score(pool, urls, model, o)
+        except KeyboardInterrupt as exc:
+            how = f" ({exc.args[0]})" if exc.args else ""
+            _stderr(f"interrupted{how}: results so far are in {o['out']}; run again to resume")
+            code = EXIT_INTERRUPTED
     ctx.exit(code)
 
 
-def _score(pool: str, urls: tuple[str, ...], model: Path | None, o: dict[str, Any]) -> int:
-    from dealseg.core.pool import IMAGE_EXTENSIONS, PoolError
+@contextlib.contextmanager
+def _sigterm_interrupts() -> Iterator[None]:
+    """SIGTERM stops a run as Ctrl-C does: files left valid, a message, exit 130."""
 
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt("SIGTERM")
+
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signal handlers belong to the main thread
+        return
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _score(pool: str, urls: tuple[str, ...], model: Path | None, o: dict[str, Any]) -> int:
     from .engines import EmbeddedEngine, EngineError
-    from .run import ScoreSettings, list_paths, run_selection, score_paths
-    from .store import ScoreWriter, StoreError, load_table
+    from .run import ScoreSettings, score_pool
+    from .store import StoreError
 
     out: Path = o["out"]
+    paths = _pool_paths(pool, o["shard"])
     try:
-        paths = list_paths(pool, o["shard"])
+        engine = _triton(urls, o) if urls else EmbeddedEngine(model)
+    except EngineError as exc:
+        raise click.ClickException(str(exc)) from None
+    try:
+        limit = engine.max_batch_size
+        if limit and o["batch_size"] > limit:
+            raise click.BadParameter(
+                f"{o['batch_size']} is more than the server's max_batch_size {limit}; "
+                f"use --batch-size {limit} or less",
+                param_hint="--batch-size",
+            )
+        _stderr(
+            f"deal-client: {len(paths)} images, model {engine.spec.model_id} via "
+            f"{engine.describe()}, out {out}"
+        )
+        settings = ScoreSettings(
+            o["batch_size"], o["concurrency"], o["workers"], o["max_pixels"], o["progress"]
+        )
+        run = score_pool(paths, engine, out, settings, _select_settings(o), o["maps"])
+    except StoreError as exc:
+        raise click.ClickException(str(exc)) from None
+    except EngineError as exc:
+        raise click.ClickException(f"{exc}\n{_resume_hint(out)}") from None
+    except OSError as exc:
+        raise click.ClickException(f"{_os_error(exc, out)}\n{_resume_hint(out)}") from None
+    finally:
+        engine.close()
+    return _report(run, out, o["as_json"])
+
+
+def _pool_paths(pool: str, shard: tuple[int, int]) -> list[str]:
+    from dealseg.core.pool import IMAGE_EXTENSIONS, PoolError
+
+    from .run import list_paths
+
+    try:
+        paths = list_paths(pool, shard)
     except PoolError as exc:
         raise click.BadParameter(str(exc), param_hint="POOL") from None
     if not paths:
         raise click.ClickException(
             f"POOL {pool} holds no images ({' '.join(sorted(IMAGE_EXTENSIONS))})"
-            + (f" in shard {o['shard'][0]}/{o['shard'][1]}" if o["shard"][1] > 1 else "")
+            + (f" in shard {shard[0]}/{shard[1]}" if shard[1] > 1 else "")
         )
-    try:
-        engine = _triton(urls, o) if urls else EmbeddedEngine(model)
-    except EngineError as exc:
-        raise click.ClickException(str(exc)) from None
-    settings = ScoreSettings(
-        o["batch_size"], o["concurrency"], o["workers"], o["max_pixels"], o["progress"]
-    )
-    try:
-        try:
-            writer = ScoreWriter(out, engine.spec)
-        except StoreError as exc:
-            raise click.ClickException(str(exc)) from None
-        _stderr(
-            f"deal-client: {len(paths)} images, model {engine.spec.model_id} via "
-            f"{engine.describe()}, out {out}"
-        )
-        try:
-            report = score_paths(paths, engine, writer, settings)
-        except EngineError as exc:
-            raise click.ClickException(
-                f"{exc}\nresults so far are in {out}; run the same command again to resume"
-            ) from None
-        finally:
-            writer.close()
-        table = load_table(out)
-        doc = None
-        try:
-            doc = run_selection(
-                table,
-                out,
-                o["strategy"],
-                o["top_k"],
-                seed=o["seed"],
-                diverse=o["diverse"],
-                labeled=o["labeled"],
-            )
-        except ValueError as exc:
-            _stderr(f"no selection: {exc}")
-        if doc is not None and o["maps"]:
-            from .maps import write_maps
+    return paths
 
-            try:
-                picked = [(r["rank"], r["path"]) for r in doc["rows"]]
-                for path, reason in write_maps(
-                    engine, picked, out, o["max_pixels"], o["batch_size"]
-                ).items():
-                    _stderr(f"warning: no map for {_display(path)}: {reason}")
-            except EngineError as exc:
-                raise click.ClickException(f"writing maps: {exc}") from None
-    finally:
-        engine.close()
+
+def _resume_hint(out: Path) -> str:
+    return f"results so far are in {out}; run the same command again to resume"
+
+
+def _os_error(exc: OSError, out: Path) -> str:
+    """One line for a file the run could not write (a full disk, a read-only folder)."""
+    where = exc.filename or out
+    return f"cannot write {where}: {exc.strerror or exc}"
+
+
+def _report(run: Any, out: Path, as_json: bool) -> int:
+    """Failures, the selection and the summary line; the exit code."""
+    report, doc = run.report, run.selection
     _list_failures(report.failed)
-    if doc is not None:
-        _print_selection(doc, o["as_json"])
+    for path, reason in run.map_failures.items():
+        _stderr(f"warning: no map for {_display(path)}: {reason}")
+    if doc is None:
+        _stderr(f"no selection: {run.no_selection}")
+    else:
+        _print_selection(doc, as_json)
     _stderr(
         f"deal-client: {report.total} images: {report.scored} scored, {report.resumed} already "
         f"done, {len(report.failed)} failed, {report.seconds:.1f} s ({report.rate:.1f} img/s); "
@@ -371,9 +416,7 @@ def _score(pool: str, urls: tuple[str, ...], model: Path | None, o: dict[str, An
             else "no selection"
         )
     )
-    if report.failed or doc is None:
-        return EXIT_FAILED_INPUTS
-    return EXIT_OK
+    return EXIT_FAILED_INPUTS if report.failed or doc is None else EXIT_OK
 
 
 # --------------------------------------------------------------------------------- select
@@ -394,17 +437,11 @@ def select_command(scores: Path, out: Path | None, **o: Any) -> None:
 
     try:
         table = load_table(scores)
-        doc = run_selection(
-            table,
-            out or table.out,
-            o["strategy"],
-            o["top_k"],
-            seed=o["seed"],
-            diverse=o["diverse"],
-            labeled=o["labeled"],
-        )
+        doc = run_selection(table, out or table.out, _select_settings(o))
     except (StoreError, ValueError) as exc:
         raise click.ClickException(str(exc)) from None
+    except OSError as exc:
+        raise click.ClickException(_os_error(exc, out or scores)) from None
     _print_selection(doc, o["as_json"])
 
 
@@ -433,11 +470,11 @@ def merge(inputs: tuple[Path, ...], out: Path, **o: Any) -> None:
     try:
         merge_outputs(inputs, out)
         table = load_table(out)
-        doc = run_selection(
-            table, out, strategy, k, seed=o["seed"], diverse=o["diverse"], labeled=o["labeled"]
-        )
+        doc = run_selection(table, out, _select_settings(o, strategy, k))
     except (StoreError, ValueError) as exc:
         raise click.ClickException(str(exc)) from None
+    except OSError as exc:
+        raise click.ClickException(_os_error(exc, out)) from None
     _print_selection(doc, o["as_json"])
     _stderr(
         f"deal-client: merged {len(inputs)} outputs, {len(table)} images scored, "

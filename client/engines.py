@@ -17,6 +17,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
@@ -42,8 +43,57 @@ class EngineError(RuntimeError):
     """The engine cannot run (unreachable server, failed request after retries, bad model)."""
 
 
+class EndpointError(ValueError):
+    """A --url that does not name a Triton endpoint this client can talk to (a usage error)."""
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """One Triton server: `address` is host:port as tritonclient takes it; `tls` from https://."""
+
+    address: str
+    tls: bool = False
+
+
+_SCHEMES = {  # scheme -> (protocol it implies or None for either, TLS)
+    "grpc": ("grpc", False),
+    "grpcs": ("grpc", True),
+    "http": ("http", False),
+    "https": (None, True),
+}
+
+
+def parse_url(url: str, protocol: str) -> Endpoint:
+    """`[scheme://]host:port` -> Endpoint, or EndpointError saying what is wrong.
+
+    https:// (and grpcs://) turn TLS on; http:// with gRPC and grpc:// with HTTP are refused
+    with the fix; a host without a port, a path, or a port outside 1..65535 are refused.
+    """
+    scheme, sep, rest = url.strip().partition("://")
+    if not sep:
+        scheme, rest = "", scheme
+    if scheme and scheme.lower() not in _SCHEMES:
+        raise EndpointError(
+            f"{url!r}: unknown scheme {scheme!r}; use host:port, http(s)://, grpc://"
+        )
+    implied, tls = _SCHEMES.get(scheme.lower(), (None, False))
+    if implied is not None and implied != protocol:
+        flag = "--protocol http" if implied == "http" else "--protocol grpc (the default)"
+        raise EndpointError(f"{url!r} is a Triton {implied.upper()} endpoint: add {flag}")
+    if "/" in rest.rstrip("/"):
+        raise EndpointError(f"{url!r}: give host:port only, without a path")
+    host, colon, port = rest.rstrip("/").rpartition(":")
+    if not colon or not host or host.endswith(":") and not host.startswith("["):
+        default = 8000 if protocol == "http" else 8001
+        raise EndpointError(f"{url!r}: needs a port, e.g. {rest or 'host'}:{default}")
+    if not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise EndpointError(f"{url!r}: port {port!r} is not a number in 1..65535")
+    return Endpoint(f"{host}:{int(port)}", tls)
+
+
 class Engine(Protocol):
     spec: ModelSpec
+    max_batch_size: int | None  # images per infer call at most; None: any number
 
     def infer(self, images: np.ndarray, outputs: Sequence[str]) -> dict[str, np.ndarray]: ...
 
@@ -88,6 +138,7 @@ class EmbeddedEngine:
         except Exception as exc:  # onnxruntime raises its own exception types
             raise EngineError(f"{path}: not a loadable ONNX model: {exc}") from exc
         self.path = path
+        self.max_batch_size = None
         # On the CPU, one run already uses every core (ORT's default intra-op threads); two runs
         # at once only oversubscribe them (measured: 25% fewer img/s at the client's default
         # concurrency 2 on 2 cores, bench/pipeline.py). Such runs take turns; callers still
@@ -119,31 +170,39 @@ def _is_transient(exc: BaseException) -> bool:
         return True
     status = getattr(exc, "status", None)
     text = f"{status() if callable(status) else ''} {exc}".lower()
-    return any(
-        word in text
-        for word in (
-            "unavailable",
-            "deadline",
-            "timed out",
-            "timeout",
-            "connection refused",
-            "connection reset",
-            "failed to connect",
-            "broken pipe",
-            "socket closed",
-            "503",
-            "502",
-            "504",
-            "server is not ready",
-            "no route",
-        )
-    )
+    return any(word in text for word in _TRANSIENT)
+
+
+# Words of the errors worth retrying, from gRPC statuses, geventhttpclient (HTTP) and sockets.
+_TRANSIENT = (
+    "unavailable",
+    "deadline",
+    "timed out",
+    "timeout",
+    "connection refused",
+    "connection reset",
+    "connection closed",  # geventhttpclient: the server went away mid-request
+    "connection aborted",
+    "remote end closed",
+    "failed to connect",
+    "broken pipe",
+    "socket closed",
+    "503",
+    "502",
+    "504",
+    "server is not ready",
+    "no route",
+)
+
+
+MAX_BACKOFF = 10.0  # seconds between two attempts at most
 
 
 def with_retries(
     call: Callable[[], T], retries: int, backoff: float, what: str, on_retry: Callable[[], None]
 ) -> T:
-    """Run `call`; on a transient error retry up to `retries` times, sleeping backoff * 2**n."""
+    """Run `call`; on a transient error retry up to `retries` times, sleeping backoff * 2**n
+    (at most MAX_BACKOFF) between attempts."""
     for attempt in itertools.count():
         try:
             return call()
@@ -154,7 +213,7 @@ def with_retries(
                 raise EngineError(
                     f"{what} failed after {attempt + 1} attempts: {_short(exc)}"
                 ) from exc
-            time.sleep(backoff * 2**attempt)
+            time.sleep(min(backoff * 2**attempt, MAX_BACKOFF))
             on_retry()
     raise AssertionError("unreachable")
 
@@ -189,10 +248,10 @@ class TritonEngine:
             raise ValueError("TritonEngine needs at least one URL")
         if protocol not in ("grpc", "http"):
             raise ValueError(f"protocol must be 'grpc' or 'http', got {protocol!r}")
-        self.urls = [
-            u.removeprefix("grpc://").removeprefix("http://").removeprefix("https://") for u in urls
-        ]
-        self.protocol, self.ssl, self.root_certs = protocol, ssl or bool(root_certs), root_certs
+        endpoints = [parse_url(u, protocol) for u in urls]
+        self.urls = [e.address for e in endpoints]
+        self.tls = {e.address: e.tls or ssl or bool(root_certs) for e in endpoints}
+        self.protocol, self.root_certs = protocol, root_certs
         self.headers = dict(headers or {})
         self.timeout, self.retries, self.backoff = timeout, retries, backoff
         self._local = threading.local()
@@ -221,7 +280,7 @@ class TritonEngine:
         module = self._module()
         if self.protocol == "grpc":
             return module.InferenceServerClient(
-                url, ssl=self.ssl, root_certificates=self.root_certs
+                url, ssl=self.tls[url], root_certificates=self.root_certs
             )
         factory = None
         if self.root_certs:
@@ -236,7 +295,7 @@ class TritonEngine:
             url,
             connection_timeout=self.timeout,
             network_timeout=self.timeout,
-            ssl=self.ssl,
+            ssl=self.tls[url],
             ssl_context_factory=factory,
         )
 
@@ -262,13 +321,15 @@ class TritonEngine:
         return {"client_timeout": self.timeout} if self.protocol == "grpc" else {}
 
     def _read_spec(self) -> ModelSpec:
-        specs = [self._spec_of(url) for url in self.urls]
-        ids = sorted({s.model_id for s in specs})
+        served = [self._spec_of(url) for url in self.urls]
+        ids = sorted({spec.model_id for spec, _ in served})
         if len(ids) > 1:
             raise EngineError(f"the servers serve different models: {', '.join(ids)}")
-        return specs[0]
+        self.max_batch_size = min(limit for _, limit in served)
+        return served[0][0]
 
-    def _spec_of(self, url: str) -> ModelSpec:
+    def _spec_of(self, url: str) -> tuple[ModelSpec, int]:
+        """The served model's spec and its max_batch_size, checked against the contract."""
         kw = {"headers": self.headers, **self._timeout_kw()}
 
         def ready(client: Any) -> bool:
@@ -288,7 +349,7 @@ class TritonEngine:
             check_io(spec, *_served_io(meta, spec))
         except ContractError as exc:
             raise EngineError(f"{where}: served model '{MODEL_NAME}': {exc}") from exc
-        return spec
+        return spec, int(config.get("max_batch_size", 0))
 
     def _config(self, client: Any, kw: dict[str, Any]) -> dict[str, Any]:
         if self.protocol == "grpc":

@@ -28,7 +28,7 @@ from dealseg.core.pool import read_pool, take_shard
 from dealseg.core.ranking import Options, Pool, select
 
 from .engines import Engine, EngineError
-from .store import ScoreWriter, Table, load_table, write_selection
+from .store import ScoreWriter, Table, load_table, record_path, write_selection
 
 
 @dataclass(frozen=True)
@@ -101,84 +101,166 @@ def _progress(total: int, initial: int, enabled: bool) -> Any:
     )
 
 
-def score_paths(
-    paths: Sequence[str], engine: Engine, writer: ScoreWriter, settings: ScoreSettings
-) -> ScoreReport:
-    """Score every path not yet scored OK in `writer`'s out dir; append records as they come."""
-    done = writer.done
-    todo = [p for p in paths if p not in done]
-    report = ScoreReport(total=len(paths), resumed=len(paths) - len(todo))
-    size, bs = engine.spec.input_size, settings.batch_size
-    window = bs * (settings.concurrency + 1) + 2 * settings.workers  # decoded images held
-    bar = _progress(len(paths), report.resumed, settings.progress)
-    decoding = ThreadPoolExecutor(settings.workers, thread_name_prefix="deal-decode")
-    inferring = ThreadPoolExecutor(settings.concurrency, thread_name_prefix="deal-infer")
-    pending: deque[tuple[str, Future]] = deque()
-    in_flight: set[Future] = set()
-    batch: list[tuple[str, np.ndarray]] = []
-    upcoming = iter(todo)
-    start = time.perf_counter()
+class Scorer:
+    """One streaming pass: decode threads feed batches to the engine; results are appended.
 
-    def refill() -> None:
-        while len(pending) < window:
-            path = next(upcoming, None)
-            if path is None:
-                return
-            pending.append((path, decoding.submit(_decode, path, size, settings.max_pixels)))
+    The main thread owns every file write; `pending` holds decode futures in pool order (a
+    window of them, never the whole pool), `batch` the decoded images of the next request and
+    `in_flight` the requests the engine is running.
+    """
 
-    def collect(block: bool) -> None:
-        finished, _ = wait(in_flight, timeout=None if block else 0, return_when=FIRST_COMPLETED)
-        for future in finished:
-            in_flight.discard(future)
-            done_paths, out = future.result()  # EngineError propagates: fatal
-            writer.append_batch(done_paths, out)
-            report.scored += len(done_paths)
-            bar.update(len(done_paths))
+    def __init__(self, engine: Engine, writer: ScoreWriter, settings: ScoreSettings) -> None:
+        self.engine, self.writer, self.settings = engine, writer, settings
+        self.size = engine.spec.input_size
+        self.window = settings.batch_size * (settings.concurrency + 1) + 2 * settings.workers
+        self.pending: deque[tuple[str, Future]] = deque()
+        self.in_flight: set[Future] = set()
+        self.batch: list[tuple[str, np.ndarray]] = []
 
-    def submit() -> None:
-        while len(in_flight) >= settings.concurrency:
-            collect(block=True)
-        images = np.stack([img for _, img in batch])  # [B, H, W, 3]
-        in_flight.add(inferring.submit(_infer, engine, [p for p, _ in batch], images))
-        batch.clear()
-
-    error: EngineError | None = None
-    try:
+    def run(self, paths: Sequence[str]) -> ScoreReport:
+        """Score every path not yet scored OK in the writer's out dir."""
+        done = self.writer.done
+        todo = [p for p in paths if p not in done]
+        self.report = ScoreReport(total=len(paths), resumed=len(paths) - len(todo))
+        self.upcoming = iter(todo)
+        self.bar = _progress(len(paths), self.report.resumed, self.settings.progress)
+        self.decoding = ThreadPoolExecutor(self.settings.workers, thread_name_prefix="deal-decode")
+        self.inferring = ThreadPoolExecutor(
+            self.settings.concurrency, thread_name_prefix="deal-infer"
+        )
+        start = time.perf_counter()
         try:
-            refill()
-            while pending:
-                path, future = pending.popleft()
+            self._stream()
+        finally:
+            self.decoding.shutdown(wait=False, cancel_futures=True)
+            self.inferring.shutdown(wait=False, cancel_futures=True)
+            self.bar.close()
+            self.report.seconds = time.perf_counter() - start
+        return self.report
+
+    def _stream(self) -> None:
+        """Decode and submit in pool order; an engine failure stops decoding, but every batch
+        the engine still finishes is written before the failure is raised."""
+        error: EngineError | None = None
+        try:
+            self._refill()
+            while self.pending:
+                path, future = self.pending.popleft()
                 result = future.result()
-                refill()
-                if isinstance(result, DecodeError):
-                    writer.append_error(path, result.reason)
-                    report.failed[path] = result.reason
-                    bar.update(1)
-                    bar.set_postfix_str(f"errors={len(report.failed)}", refresh=False)
-                else:
-                    batch.append((path, result))
-                    if len(batch) == bs:
-                        submit()
-                if in_flight:
-                    collect(block=False)
-            if batch:
-                submit()
-        except EngineError as exc:  # stop decoding; still write what the engine finishes
+                self._refill()
+                self._take(path, result)
+                if self.in_flight:
+                    self._collect(block=False)
+            if self.batch:
+                self._submit()
+        except EngineError as exc:
             error = exc
-            decoding.shutdown(wait=False, cancel_futures=True)
-        while in_flight:
+            self.decoding.shutdown(wait=False, cancel_futures=True)
+        while self.in_flight:
             try:
-                collect(block=True)
+                self._collect(block=True)
             except EngineError as exc:
                 error = error or exc
         if error is not None:
             raise error
-    finally:
-        decoding.shutdown(wait=False, cancel_futures=True)
-        inferring.shutdown(wait=False, cancel_futures=True)
-        bar.close()
-        report.seconds = time.perf_counter() - start
-    return report
+
+    def _refill(self) -> None:
+        while len(self.pending) < self.window:
+            path = next(self.upcoming, None)
+            if path is None:
+                return
+            job = self.decoding.submit(_decode, path, self.size, self.settings.max_pixels)
+            self.pending.append((path, job))
+
+    def _take(self, path: str, result: np.ndarray | DecodeError) -> None:
+        """A decoded image joins the batch; a failed decode is written as its error record."""
+        if isinstance(result, DecodeError):
+            self.writer.append_error(path, result.reason)
+            self.report.failed[path] = result.reason
+            self.bar.update(1)
+            self.bar.set_postfix_str(f"errors={len(self.report.failed)}", refresh=False)
+            return
+        self.batch.append((path, result))
+        if len(self.batch) == self.settings.batch_size:
+            self._submit()
+
+    def _collect(self, block: bool) -> None:
+        finished, _ = wait(
+            self.in_flight, timeout=None if block else 0, return_when=FIRST_COMPLETED
+        )
+        for future in finished:
+            self.in_flight.discard(future)
+            done_paths, out = future.result()  # EngineError propagates: fatal
+            self.writer.append_batch(done_paths, out)
+            self.report.scored += len(done_paths)
+            self.bar.update(len(done_paths))
+
+    def _submit(self) -> None:
+        while len(self.in_flight) >= self.settings.concurrency:
+            self._collect(block=True)
+        images = np.stack([img for _, img in self.batch])  # [B, H, W, 3]
+        paths = [p for p, _ in self.batch]
+        self.in_flight.add(self.inferring.submit(_infer, self.engine, paths, images))
+        self.batch = []
+
+
+def score_paths(
+    paths: Sequence[str], engine: Engine, writer: ScoreWriter, settings: ScoreSettings
+) -> ScoreReport:
+    """Score every path not yet scored OK in `writer`'s out dir; append records as they come."""
+    return Scorer(engine, writer, settings).run(paths)
+
+
+@dataclass(frozen=True)
+class SelectSettings:
+    """What `run_selection` picks (the CLI's --strategy, --top-k, --seed, ... options)."""
+
+    strategy: str = "de"
+    k: int = 100
+    seed: int = 0
+    diverse: float | None = None
+    labeled: Path | None = None
+
+
+@dataclass
+class PoolRun:
+    """What `score_pool` did: the scoring report, the selection (None, with the reason in
+    `no_selection`, when nothing could be selected) and the maps that could not be drawn."""
+
+    report: ScoreReport
+    selection: dict[str, Any] | None
+    no_selection: str = ""
+    map_failures: dict[str, str] = field(default_factory=dict)
+
+
+def score_pool(
+    paths: Sequence[str],
+    engine: Engine,
+    out: Path,
+    settings: ScoreSettings,
+    select_settings: SelectSettings,
+    maps: bool = False,
+) -> PoolRun:
+    """Score `paths` into the out dir `out` (resuming it), select from everything scored there,
+    and optionally draw the maps of the selection.
+
+    Raises StoreError (out dir unusable), EngineError (after its retries; every finished batch
+    is on disk, a re-run resumes) and OSError (the out dir cannot be written).
+    """
+    with ScoreWriter(out, engine.spec) as writer:
+        report = score_paths(paths, engine, writer, settings)
+    run = PoolRun(report, None)
+    try:
+        run.selection = run_selection(load_table(out), out, select_settings)
+    except ValueError as exc:
+        run.no_selection = str(exc)
+        return run
+    if maps:
+        from .maps import write_maps
+
+        picked = [(r["rank"], record_path(r)) for r in run.selection["rows"]]
+        run.map_failures = write_maps(engine, picked, out, settings.max_pixels, settings.batch_size)
+    return run
 
 
 # ----------------------------------------------------------------------------------- selection
@@ -218,25 +300,14 @@ def load_labeled(
     return centres, exclude
 
 
-def run_selection(
-    table: Table,
-    out: Path,
-    strategy: str,
-    k: int,
-    *,
-    seed: int = 0,
-    diverse: float | None = None,
-    labeled: Path | None = None,
-) -> dict[str, Any]:
+def run_selection(table: Table, out: Path, how: SelectSettings) -> dict[str, Any]:
     """Select from a loaded table and write selection.txt / selection.json into `out`."""
-    need_centres = strategy == "coreset"
-    emb = table.embeddings() if need_centres or diverse is not None else None
+    need_centres = how.strategy == "coreset"
+    emb = table.embeddings() if need_centres or how.diverse is not None else None
     centres, exclude = (None, None)
-    if labeled is not None:
-        centres, exclude = load_labeled(labeled, table, emb if need_centres else None)
-    options = Options(seed=seed, labeled=centres, diverse=diverse, exclude=exclude)
-    pool = Pool(table.paths, table.scores, emb)
-    picks = select(pool, strategy, k, options)
-    return write_selection(
-        out, table, picks, strategy, k, options, None if labeled is None else str(labeled)
-    )
+    if how.labeled is not None:
+        centres, exclude = load_labeled(how.labeled, table, emb if need_centres else None)
+    options = Options(seed=how.seed, labeled=centres, diverse=how.diverse, exclude=exclude)
+    picks = select(Pool(table.paths, table.scores, emb), how.strategy, how.k, options)
+    labeled = None if how.labeled is None else str(how.labeled)
+    return write_selection(out, table, picks, how.strategy, how.k, options, labeled)

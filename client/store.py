@@ -8,14 +8,17 @@
     maps/             optional PNGs of the selected images
 
 A record: {"path", "status": "ok"|"error", "error", "ds", "de", "entropy", "class_fraction",
-"row", "model"}. Paths are absolute `str` (non-UTF-8 bytes as surrogate escapes, written as
-\\udcXX in JSON). A later record for a path replaces an earlier one, except that an "ok" record is
-never replaced by an "error". After a crash, a partial last line and embedding rows no record
-points to are cut off when the out dir is opened again.
+"row", "model"}. Paths are absolute. Every file is valid UTF-8 JSON: a path whose bytes are not
+UTF-8 is written as text with those bytes shown as `\\xNN`, plus "path_b64", the exact bytes in
+base64, which readers use instead (`record_path`). Which record counts for a path is one rule,
+`replaces`. After a crash, a partial last line and embedding rows no record points to are cut
+off when the out dir is opened again.
 """
 
 from __future__ import annotations
 
+import base64
+import contextlib
 import json
 import os
 import sys
@@ -28,7 +31,7 @@ from typing import Any, BinaryIO
 import numpy as np
 
 from dealseg.core.contract import ModelSpec
-from dealseg.core.files import atomic_write
+from dealseg.core.files import atomic_output, atomic_write
 from dealseg.core.ranking import SCORE_COLUMNS, Options, Pick
 
 SCORES = "scores.jsonl"
@@ -45,8 +48,11 @@ class StoreError(RuntimeError):
     """The out dir cannot be used as asked (other model, damaged files, nothing to read)."""
 
 
-def _dumps(obj: Any) -> bytes:
-    return (json.dumps(obj, ensure_ascii=True, allow_nan=False) + "\n").encode("ascii")
+def _dumps(record: dict[str, Any]) -> bytes:
+    """One JSON line of a record, its path written as `path_fields` says."""
+    fields = {k: v for k, v in record.items() if k not in ("path", "path_b64")}
+    line = json.dumps({**path_fields(record["path"]), **fields}, ensure_ascii=True, allow_nan=False)
+    return (line + "\n").encode("ascii")
 
 
 def _finite(x: float) -> float | None:
@@ -82,6 +88,36 @@ def spec_of(meta: dict[str, Any]) -> ModelSpec:
 
 
 # ------------------------------------------------------------------------------------- records
+def path_fields(path: str) -> dict[str, str]:
+    """{"path": text} for a UTF-8 path; for other bytes, the text with them as \\xNN and
+    "path_b64": the exact bytes (paths are `str` with surrogate escapes, as os.fsdecode gives)."""
+    raw = os.fsencode(path)
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError:
+        text = raw.decode("utf-8", "backslashreplace")
+        return {"path": text, "path_b64": base64.b64encode(raw).decode("ascii")}
+    return {"path": path}
+
+
+def record_path(record: dict[str, Any]) -> str:
+    """The exact path of a record or selection row as read from a file (see `path_fields`)."""
+    raw = record.get("path_b64")
+    return os.fsdecode(base64.b64decode(raw)) if raw else record["path"]
+
+
+def replaces(old_ok: bool | None, new_ok: bool, same_source: bool = True) -> bool:
+    """Whether a path's new record replaces the one that counts so far (`old_ok` None: none).
+
+    Within one scores.jsonl the later record counts (a re-scored image, an error retried), but
+    an error never replaces an ok; across the sources of a merge the first counts, but an ok
+    beats an error.
+    """
+    if old_ok is None or (new_ok and not old_ok):
+        return True
+    return same_source and (new_ok or not old_ok)
+
+
 def record_ok(path: str, out: dict[str, np.ndarray], i: int, row: int, model: str) -> dict:
     """The record of image i of a batch whose outputs are `out`."""
     return {
@@ -130,7 +166,8 @@ def _cut_partial_line(path: Path) -> int:
 
 
 def iter_records(path: Path) -> Iterator[dict[str, Any]]:
-    """Records of a scores.jsonl; a partial last line and undecodable lines are skipped."""
+    """Records of a scores.jsonl, "path" the exact path; a partial last line and undecodable
+    lines are skipped."""
     with open(path, "rb") as f:
         for n, line in enumerate(f, 1):
             if not line.endswith(b"\n"):
@@ -188,18 +225,24 @@ class ScoreWriter:
         scores.touch()
         embeddings.touch()
         _cut_partial_line(scores)
-        self.status: dict[str, str] = {}  # path -> "ok" | "error", the record that counts
+        self.ok: dict[str, bool] = {}  # path -> whether the record that counts is ok
         max_row = -1
         for r in iter_records(scores):
-            if r["status"] == "ok":
-                self.status[r["path"]] = "ok"
+            ok = r["status"] == "ok"
+            if ok:
                 max_row = max(max_row, int(r["row"]))
-            else:
-                self.status.setdefault(r["path"], "error")
+            if replaces(self.ok.get(r["path"]), ok):
+                self.ok[r["path"]] = ok
         self.next_row = self._repair_embeddings(embeddings, max_row + 1)
         self.replaced = 0  # records written for paths that had one: compact on close
         self._scores: BinaryIO = open(scores, "ab")  # noqa: SIM115 - closed by close()
         self._embeddings: BinaryIO = open(embeddings, "ab")  # noqa: SIM115
+
+    def __enter__(self) -> ScoreWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def _repair_embeddings(self, path: Path, rows: int) -> int:
         row_bytes = 4 * self.spec.embedding_dim
@@ -215,7 +258,7 @@ class ScoreWriter:
 
     @property
     def done(self) -> set[str]:
-        return {p for p, s in self.status.items() if s == "ok"}
+        return {p for p, ok in self.ok.items() if ok}
 
     def append_batch(self, paths: Sequence[str], out: dict[str, np.ndarray]) -> None:
         """Write one inferred batch: embedding rows first, then the records that point at them."""
@@ -228,24 +271,32 @@ class ScoreWriter:
         self.next_row += len(paths)
         self._scores.write(b"".join(lines))
         self._scores.flush()
-        self.replaced += sum(p in self.status for p in paths)
-        self.status.update(dict.fromkeys(paths, "ok"))
+        self.replaced += sum(p in self.ok for p in paths)
+        self.ok.update(dict.fromkeys(paths, True))
 
     def append_error(self, path: str, reason: str) -> None:
         self._scores.write(_dumps(record_error(path, reason, self.model)))
         self._scores.flush()
-        self.replaced += path in self.status
-        self.status.setdefault(path, "error")
+        self.replaced += path in self.ok
+        if replaces(self.ok.get(path), False):
+            self.ok[path] = False
 
     def close(self) -> None:
-        """Flush and close; then rewrite scores.jsonl if a path got a second record."""
-        for f in (self._embeddings, self._scores):
-            f.flush()
-            os.fsync(f.fileno())
-            f.close()
-        if self.replaced:
-            compact_scores(self.out)
-        self._lock.close()
+        """Flush and close; then rewrite scores.jsonl if a path got a second record.
+
+        The files and the lock are released even when flushing fails (a full disk): the error
+        is raised after, and the next run cuts what was written half-way."""
+        try:
+            for f in (self._embeddings, self._scores):
+                f.flush()
+                os.fsync(f.fileno())
+            if self.replaced:
+                compact_scores(self.out)
+        finally:
+            for f in (self._embeddings, self._scores):
+                with contextlib.suppress(OSError):
+                    f.close()
+            self._lock.close()
 
 
 # --------------------------------------------------------------------------------------- table
@@ -284,9 +335,9 @@ class Table:
 def load_table(scores_path: Path) -> Table:
     """Read an out dir's scores.jsonl (and meta.json beside it) for selection.
 
-    The record that counts for a path is its last one, except that an ok record is never
-    replaced by an error. Records are streamed into flat arrays (about 100 bytes a path beside
-    the path itself), so a pool of millions fits in memory.
+    The record that counts for a path is the one `replaces` keeps. Records are streamed into
+    flat arrays (about 100 bytes a path beside the path itself), so a pool of millions fits in
+    memory.
     """
     scores_path = Path(scores_path)
     if scores_path.is_dir():
@@ -310,8 +361,8 @@ def load_table(scores_path: Path) -> Table:
             rows.append(-1)
             for col in cols.values():
                 col.append(np.nan)
-        elif not is_ok and i not in reasons:
-            continue  # an ok record is never replaced by an error
+        elif not replaces(i not in reasons, is_ok):
+            continue
         ours[i] = r.get("model") == meta["model"]
         if is_ok:
             reasons.pop(i, None)
@@ -342,7 +393,7 @@ def selection_rows(table: Table, picks: Sequence[Pick]) -> list[dict[str, Any]]:
     return [
         {
             "rank": n,
-            "path": table.paths[p.index],
+            **path_fields(table.paths[p.index]),
             "score": _finite(p.score),
             **{name: _finite(col[p.index]) for name, col in table.scores.items()},
             "row": int(table.rows[p.index]),
@@ -377,17 +428,15 @@ def write_selection(
         "rows": rows,
     }
     atomic_write(out / SELECTION_JSON, json.dumps(doc, indent=1, ensure_ascii=True).encode())
-    atomic_write(out / SELECTION_TXT, b"".join(os.fsencode(r["path"]) + b"\n" for r in rows))
+    picked = b"".join(os.fsencode(table.paths[p.index]) + b"\n" for p in picks)
+    atomic_write(out / SELECTION_TXT, picked)
     return doc
 
 
 # --------------------------------------------------------------------------------------- merge
 def _winners(sources: Sequence[Path]) -> tuple[dict[str, tuple[int, int]], int]:
-    """path -> (source, record number) of the record that counts, and the number of records.
-
-    Within a source `load_table`'s rule applies; across sources the first wins, except that an ok
-    record beats an error.
-    """
+    """path -> (source, record number) of the record that counts (`replaces`), and the number
+    of records."""
     winner: dict[str, tuple[int, int, bool]] = {}
     count = 0
     for i, src in enumerate(sources):
@@ -395,7 +444,7 @@ def _winners(sources: Sequence[Path]) -> tuple[dict[str, tuple[int, int]], int]:
             count += 1
             ok = r["status"] == "ok"
             old = winner.get(r["path"])
-            if old is None or (ok and not old[2]) or (old[0] == i and (ok or not old[2])):
+            if old is None or replaces(old[2], ok, same_source=old[0] == i):
                 winner[r["path"]] = (i, n, ok)
     return {p: (i, n) for p, (i, n, _) in winner.items()}, count
 
@@ -406,14 +455,10 @@ def compact_scores(out: Path) -> None:
     winners, count = _winners([path])
     if count == len(winners):
         return
-    tmp = path.with_name(f".{SCORES}.compact")
-    with open(tmp, "wb") as f:
+    with atomic_output(path) as tmp, open(tmp, "wb") as f:
         for n, r in enumerate(iter_records(path)):
             if winners[r["path"]] == (0, n):
                 f.write(_dumps(r))
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def merge_outputs(inputs: Sequence[Path], out: Path) -> None:
@@ -431,22 +476,23 @@ def merge_outputs(inputs: Sequence[Path], out: Path) -> None:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     d = int(metas[0]["embedding_dim"])
-    tmp_scores, tmp_emb = out / f".{SCORES}.merge", out / f".{EMBEDDINGS}.merge"
     row = 0
-    with _lock(out), open(tmp_scores, "wb") as fs, open(tmp_emb, "wb") as fe:
-        for i, src in enumerate(inputs):
-            emb = _open_embeddings(src, d)
-            for n, r in enumerate(iter_records(src / SCORES)):
-                if winners[r["path"]] != (i, n):
-                    continue
-                if r["status"] == "ok":
-                    fe.write(np.asarray(emb[int(r["row"])], dtype="<f4").tobytes())
-                    r["row"], row = row, row + 1
-                fs.write(_dumps(r))
-        fs.flush()
-        fe.flush()
-        os.replace(tmp_emb, out / EMBEDDINGS)
-        os.replace(tmp_scores, out / SCORES)
+    with _lock(out):
+        with (
+            atomic_output(out / SCORES) as tmp_scores,  # replaced last: its rows exist by then
+            atomic_output(out / EMBEDDINGS) as tmp_emb,
+            open(tmp_scores, "wb") as fs,
+            open(tmp_emb, "wb") as fe,
+        ):
+            for i, src in enumerate(inputs):
+                emb = _open_embeddings(src, d)
+                for n, r in enumerate(iter_records(src / SCORES)):
+                    if winners[r["path"]] != (i, n):
+                        continue
+                    if r["status"] == "ok":
+                        fe.write(np.asarray(emb[int(r["row"])], dtype="<f4").tobytes())
+                        r["row"], row = row, row + 1
+                    fs.write(_dumps(r))
         atomic_write(out / META, json.dumps(metas[0], indent=1).encode())
 
 

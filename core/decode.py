@@ -42,7 +42,13 @@ def _pillow():  # -> module PIL.Image
 
 
 def _check_file(path: str) -> None:
-    """Raise DecodeError for anything that is not a readable, non-empty regular file."""
+    """Raise DecodeError for anything that is not a readable, non-empty regular file, and for a
+    name with a line break (it would split the line-per-path lists dealseg writes and reads)."""
+    if "\n" in path or "\r" in path:
+        raise DecodeError(
+            "file name contains a line break (\\n or \\r): it cannot be listed one path per "
+            "line (selection.txt, --labeled lists); rename the file"
+        )
     try:
         st = os.stat(path)
     except OSError as exc:

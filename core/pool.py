@@ -1,6 +1,7 @@
 """The pool: which image files to score.
 
-POOL is a folder (searched recursively, symlinked folders followed once, hidden entries skipped),
+POOL is a folder (searched recursively, symlinked folders followed once, hidden entries, whose
+names start with '.', skipped and counted in a warning),
 a text file with one path per line (relative paths are relative to that file's folder), `-` for
 paths on stdin, or a single image file. Paths are `str` decoded with the file-system encoding and
 `surrogateescape`, so names that are not valid UTF-8 survive; `os.fsencode` gives the bytes back.
@@ -51,10 +52,12 @@ def walk_folder(root: str, on_problem: Callable[[str], None] = _warn) -> list[st
 
     Entries with an image extension are listed even when they are broken (dangling or looping
     symlinks, unreadable files) so that each gets an error record. Folders reached twice through
-    symlinks (loops) are visited once; unreadable folders are reported via `on_problem`.
+    symlinks (loops) are visited once; unreadable folders are reported via `on_problem`, and so
+    is the number of hidden images and folders skipped (macOS `._*` files, `.thumbnails/`).
     """
     found: list[str] = []
     seen: set[tuple[int, int]] = set()
+    hidden = {"image": 0, "folder": 0}
     stack = [root]
     while stack:
         folder = stack.pop()
@@ -69,12 +72,20 @@ def walk_folder(root: str, on_problem: Callable[[str], None] = _warn) -> list[st
             on_problem(f"{folder}: cannot list folder: {exc.strerror or exc}")
             continue
         for entry in entries:
-            if entry.name.startswith("."):
+            kind = "folder" if _is_dir(entry) else "image" if is_image_name(entry.name) else None
+            if kind is None:
                 continue
-            if _is_dir(entry):
+            if entry.name.startswith("."):
+                hidden[kind] += 1
+            elif kind == "folder":
                 stack.append(entry.path)
-            elif is_image_name(entry.name):
+            else:
                 found.append(entry.path)
+    if any(hidden.values()):
+        on_problem(
+            f"{root}: skipped {hidden['image']} hidden image file(s) and {hidden['folder']} "
+            "hidden folder(s) (names starting with '.'); list them in a POOL file to score them"
+        )
     found.sort(key=os.fsencode)
     return found
 

@@ -15,10 +15,12 @@ import click
 
 from dealseg.core.contract import MODEL_NAME
 from dealseg.serving.server import (
+    Cleanup,
     ServerError,
     ServerState,
     TritonServer,
     default_state_file,
+    leftovers,
     server_alive,
     server_status,
     stop_server,
@@ -59,7 +61,16 @@ def _print_endpoints(state: ServerState) -> None:
     click.echo("\n".join(lines))
 
 
+def _cleanup_message(state: ServerState, cleanup: Cleanup) -> str:
+    done = [f"killed {len(cleanup.stubs)} orphaned backend stub(s)"] if cleanup.stubs else []
+    if cleanup.regions:
+        done.append(f"removed {len(cleanup.regions)} shared-memory region(s)")
+    line = f"pid {state.pid}" + (f": {', '.join(done)}" if done else "")
+    return line + (f"; {cleanup.workdir_kept}" if cleanup.workdir_kept else "")
+
+
 def _refuse_if_running(state_file: Path) -> None:
+    """Refuse to start over a live server; clean up after a dead one the state file records."""
     if not state_file.is_file():
         return
     try:
@@ -71,6 +82,12 @@ def _refuse_if_running(state_file: Path) -> None:
             f"a server is already running (pid {state.pid}, HTTP {state.url_http}) per "
             f"{state_file}; run `deal-serve stop` first or pass another --state-file"
         )
+    cleanup = stop_server(state)
+    click.echo(
+        f"deal-serve: cleaned up after a server that is no longer running, "
+        f"{_cleanup_message(state, cleanup)}",
+        err=True,
+    )
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -252,11 +269,10 @@ def stop(state_file: Path, timeout: float | None) -> None:
         state = ServerState.load(state_file)
     except ServerError as exc:
         raise click.ClickException(str(exc)) from exc
-    was_alive = server_alive(state)
-    stop_server(state, timeout=timeout)
+    cleanup = stop_server(state, timeout=timeout)
     state_file.unlink(missing_ok=True)
-    what = "stopped" if was_alive else "was not running; cleaned up after"
-    click.echo(f"deal-serve: {what} pid {state.pid}")
+    what = "stopped" if cleanup.stopped else "was not running; cleaned up after"
+    click.echo(f"deal-serve: {what} {_cleanup_message(state, cleanup)}")
 
 
 @main.command()
@@ -279,6 +295,11 @@ def status(state_file: Path) -> None:
         raise click.ClickException(str(exc)) from exc
     report = {"running": True, **server_status(state), "state_file": str(state_file)}
     report["running"] = report["alive"]
+    if not report["alive"]:
+        found = leftovers(state)
+        report["leftovers"] = found
+        if any(found.values()):
+            report["hint"] = "the server died and left these; `deal-serve stop` removes them"
     click.echo(json.dumps(report, indent=2))
     if not (report["ready"] and report["model_ready"]):
         sys.exit(1)

@@ -212,6 +212,59 @@ def config_metadata(config: dict[str, Any]) -> dict[str, str]:
     return {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
 
 
+_CONFIG_DTYPES = {"TYPE_UINT8": "uint8", "TYPE_FP32": "float32"}
+_ORT_DTYPES = {"tensor(uint8)": "uint8", "tensor(float)": "float32"}
+
+
+def model_file_problems(model_dir: Path) -> list[str]:
+    """How the ONNX files of `model_dir` (`<version>/model.onnx`) disagree with its config.pbtxt:
+    a tensor the other lacks, or another dtype or shape (both shapes named). Empty when they
+    agree. Versions without model.onnx (a TensorRT plan) and files ONNX Runtime cannot load
+    (the server names those when it fails to load them) are not checked here."""
+    import onnxruntime as ort  # lazy: keeps `deal-serve --help` fast
+
+    config = parse_config(Path(model_dir) / "config.pbtxt")
+    declared = {
+        t["name"]: (_CONFIG_DTYPES.get(t.get("data_type", ""), t.get("data_type")), t["dims"])
+        for t in config.get("input", []) + config.get("output", [])
+    }
+    problems = []
+    for onnx_file in sorted(Path(model_dir).glob("[0-9]*/model.onnx")):
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        try:
+            session = ort.InferenceSession(str(onnx_file), options, ["CPUExecutionProvider"])
+        except Exception:  # onnxruntime's own types; the server reports a file it cannot load
+            continue
+        actual = {
+            a.name: (_ORT_DTYPES.get(a.type, a.type), a.shape[1:])
+            for a in session.get_inputs() + session.get_outputs()
+        }
+        for name, (dtype, dims) in declared.items():
+            problems += _tensor_problems(onnx_file, name, (dtype, dims), actual.get(name))
+    return problems
+
+
+def _tensor_problems(onnx_file: Path, name: str, declared: tuple, actual: tuple | None) -> list:
+    """`name` as config.pbtxt declares it vs as the ONNX file has it (batch axis left out;
+    the config's [1] is the model's scalar per image)."""
+    dtype, dims = declared
+    want = [int(d) for d in dims]
+    if actual is None:
+        return [f"config.pbtxt declares {name!r}, {onnx_file} has no such tensor"]
+    got_dtype, got = actual
+    same_shape = (got == [] and want == [1]) or (
+        len(got) == len(want)
+        and all(not isinstance(g, int) or g < 0 or g == w for g, w in zip(got, want, strict=True))
+    )
+    if dtype == got_dtype and same_shape:
+        return []
+    return [
+        f"{name}: config.pbtxt says {dtype} [B, {', '.join(map(str, want))}], {onnx_file} has "
+        f"{got_dtype} [B, {', '.join(map(str, got))}]"
+    ]
+
+
 def _data_type(dtype: str) -> int:
     return {"uint8": mc.TYPE_UINT8, "float32": mc.TYPE_FP32}[dtype]
 

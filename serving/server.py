@@ -40,6 +40,9 @@ SHM_DIR = Path("/dev/shm")
 SHM_PREFIX = "triton_python_backend_shm_region_"
 STUB_NAME = "triton_python_backend_stub"
 LOG_TAIL_LINES = 25
+WORKDIR_PREFIX = "dealseg-triton-"
+WORKDIR_MARKER = ".dealseg-triton"  # in every workdir we create; holds the server's id
+SERVER_UMASK = 0o077  # the server's files and shared-memory regions: readable by this user only
 
 
 class ServerError(RuntimeError):
@@ -74,7 +77,7 @@ class ServerState:
     metrics_port: int
     repository: str
     log_path: str
-    workdir: str  # backend dir (and log, unless given) of this server; removed on stop
+    workdir: str  # backend dir (and log, unless given); removed on stop if we created it
     shm_before: list[str] = field(default_factory=list)  # shm regions that existed before start
     started_at: float = 0.0
     exit_timeout: int = 10  # --exit-timeout-secs given to tritonserver
@@ -194,8 +197,12 @@ def check_host(host: str) -> None:
 
 def _bind_socket(host: str, port: int) -> socket.socket:
     """A TCP socket bound where the server would bind `host`:`port` (a wildcard as a wildcard:
-    it clashes with any address already using the port)."""
+    it clashes with any address already using the port).
+
+    SO_REUSEADDR, as tritonserver's own listeners use it: connections of a stopped server that
+    linger in TIME_WAIT do not hold the port, a listener does."""
     s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         s.bind((host or "0.0.0.0", port))
     except OSError:
@@ -280,12 +287,27 @@ class TritonServer:
         raise AssertionError("unreachable")
 
     def _check_repository(self) -> None:
-        if not (self.model_repository / MODEL_NAME / "config.pbtxt").is_file():
+        """The repository holds the model, and its model files take what its config declares
+        (else Triton would start "ready" and fail every request)."""
+        from .repository import model_file_problems
+
+        model_dir = self.model_repository / MODEL_NAME
+        if not (model_dir / "config.pbtxt").is_file():
             found = sorted(p.parent.name for p in self.model_repository.glob("*/config.pbtxt"))
             raise ServerError(
                 f"{self.model_repository} has no model '{MODEL_NAME}' (no "
                 f"{MODEL_NAME}/config.pbtxt; models there: {', '.join(found) or 'none'}); write "
                 f"it with `deal-export repository --repo {self.model_repository}`"
+            )
+        try:
+            problems = model_file_problems(model_dir)
+        except ValueError as exc:  # an unparsable config.pbtxt
+            raise ServerError(str(exc)) from None
+        if problems:
+            raise ServerError(
+                f"the model files of {model_dir} do not match its config.pbtxt: "
+                + "; ".join(problems)
+                + "; write both with `deal-export repository`"
             )
 
     def _pick_ports(self) -> tuple[int, int, int]:
@@ -302,11 +324,12 @@ class TritonServer:
 
     def _launch(self, bundle: Bundle) -> None:
         http, grpc, metrics = self._pick_ports()
-        workdir = Path(tempfile.mkdtemp(prefix="dealseg-triton-"))
+        server_id = f"dealseg-{os.getpid()}-{secrets.token_hex(4)}"
+        workdir = Path(tempfile.mkdtemp(prefix=WORKDIR_PREFIX))
+        (workdir / WORKDIR_MARKER).write_text(server_id)
         backend_dir = make_backend_dir(bundle, workdir / "backends")
         log_path = self.log_path or workdir / "tritonserver.log"
         log_path.parent.mkdir(parents=True, exist_ok=True)
-        server_id = f"dealseg-{os.getpid()}-{secrets.token_hex(4)}"
         command = [
             str(bundle.tritonserver),
             f"--id={server_id}",  # tells our server from another one answering on a shared port
@@ -332,6 +355,7 @@ class TritonServer:
                     stderr=subprocess.STDOUT,
                     env=server_env(),
                     start_new_session=True,  # Ctrl-C reaches us, not the server; we stop it
+                    umask=SERVER_UMASK,
                 )
         except OSError as exc:
             shutil.rmtree(workdir, ignore_errors=True)
@@ -460,20 +484,33 @@ def server_status(state: ServerState) -> dict[str, Any]:
     }
 
 
+@dataclass
+class Cleanup:
+    """What `stop_server` did."""
+
+    stopped: bool = False  # the server process was running and has been stopped
+    stubs: list[int] = field(default_factory=list)  # orphaned backend stubs killed
+    regions: list[str] = field(default_factory=list)  # shared-memory regions removed
+    workdir_kept: str = ""  # why the recorded workdir was not removed ("" = removed or gone)
+
+
 def stop_server(
     state: ServerState,
     timeout: float | None = None,
     process: subprocess.Popen[bytes] | None = None,
-) -> None:
+) -> Cleanup:
     """Stop the server of `state` (ours, possibly started by another process) and clean up.
 
     SIGTERM lets Triton finish in-flight requests and unload models; after `timeout` (default:
     its exit timeout + 20 s) it is SIGKILLed. Then any Python-backend stub it left is killed,
-    the shared-memory regions it created are removed, and its workdir is deleted.
+    the shared-memory regions it created are removed, and its workdir is deleted if it is one
+    that `TritonServer` created (the state file's word alone is not enough).
     """
     timeout = state.exit_timeout + 20.0 if timeout is None else timeout
+    cleanup = Cleanup()
     stubs = _stub_processes(state)
     if _is_our_tritonserver(state):
+        cleanup.stopped = True
         with contextlib.suppress(ProcessLookupError):
             os.kill(state.pid, signal.SIGTERM)
         if not _wait_exit(state.pid, timeout, process):
@@ -491,9 +528,44 @@ def stop_server(
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
             _wait_exit(pid, 2.0)
-    regions = set(stubs.values()) | set(leftover.values())
-    _remove_shm_regions(state, stub_regions=regions)
-    shutil.rmtree(state.workdir, ignore_errors=True)
+    cleanup.stubs = sorted(leftover)
+    cleanup.regions = _remove_shm_regions(state, set(stubs.values()) | set(leftover.values()))
+    cleanup.workdir_kept = _remove_workdir(state)
+    return cleanup
+
+
+def leftovers(state: ServerState) -> dict[str, list]:
+    """Backend stubs and shared-memory regions a dead server of `state` left behind."""
+    stubs = _stub_processes(state)
+    regions = {r for r in stubs.values() if r} & _shm_regions()
+    return {"stubs": sorted(stubs), "shm_regions": sorted(regions)}
+
+
+def _remove_workdir(state: ServerState) -> str:
+    """Delete the state's workdir if `TritonServer` made it: a `dealseg-triton-*` folder (not a
+    link) in the temporary directory holding our marker with this server's id. Returns why it
+    was kept, or "" when it was removed or is already gone."""
+    workdir = Path(state.workdir)
+    if not os.path.lexists(workdir):
+        return ""
+    ours = (
+        workdir.name.startswith(WORKDIR_PREFIX)
+        and not workdir.is_symlink()
+        and workdir.parent.resolve() == Path(tempfile.gettempdir()).resolve()
+        and _read_marker(workdir) == state.server_id
+        and bool(state.server_id)
+    )
+    if not ours:
+        return f"{workdir} is not a folder deal-serve created; left as it is"
+    shutil.rmtree(workdir, ignore_errors=True)
+    return ""
+
+
+def _read_marker(workdir: Path) -> str:
+    try:
+        return (workdir / WORKDIR_MARKER).read_text()
+    except OSError:
+        return ""
 
 
 # -- processes and shared memory -----------------------------------------------------------
@@ -571,15 +643,18 @@ def _mapped_shm_regions() -> set[str]:
     return mapped
 
 
-def _remove_shm_regions(state: ServerState, stub_regions: set[str]) -> None:
+def _remove_shm_regions(state: ServerState, stub_regions: set[str]) -> list[str]:
     """Remove the regions this server created: those its stubs named, and any region new since
     its start that no live process maps (another server's regions are always mapped)."""
     stub_regions = {r for r in stub_regions if r}
     new = _shm_regions() - set(state.shm_before)
     in_use = _mapped_shm_regions()
-    for name in (stub_regions & _shm_regions()) | (new - in_use):
+    removed = []
+    for name in sorted((stub_regions & _shm_regions()) | (new - in_use)):
         with contextlib.suppress(FileNotFoundError):
             (SHM_DIR / name).unlink()
+            removed.append(name)
+    return removed
 
 
 # -- failure messages ----------------------------------------------------------------------

@@ -230,6 +230,7 @@ def test_odd_pool_scores_the_good_and_records_each_bad_one(tiny_onnx: Path, tmp_
     from click.testing import CliRunner
 
     from dealseg.client.cli import main
+    from dealseg.client.store import record_path
 
     pool, out = tmp_path / "pool", tmp_path / "out"
     ok, bad = make_odd_pool(pool, big_pixels=50_000)
@@ -249,7 +250,12 @@ def test_odd_pool_scores_the_good_and_records_each_bad_one(tiny_onnx: Path, tmp_
         ],
     )
     assert result.exit_code == 3, result.stderr
-    recs = [json.loads(x) for x in (out / "scores.jsonl").read_bytes().splitlines()]
+    raw = (out / "scores.jsonl").read_bytes()
+    raw.decode("utf-8", "strict")  # every name, even one that is not UTF-8, as strict UTF-8
+    recs = [json.loads(x) for x in raw.splitlines()]
+    assert b"\\udc" not in raw  # no lone surrogates, which strict JSON parsers reject
+    for r in recs:
+        r["path"] = record_path(r)
     by_name = {os.path.basename(r["path"]): r for r in recs}
     assert len(recs) == len(by_name) == len(ok) + len(bad)
     for name in ok:
