@@ -10,12 +10,15 @@ an engine failure (after its retries) stops the run with every finished batch on
 
 from __future__ import annotations
 
+import contextlib
 import os
+import queue
 import sys
+import threading
 import time
 from collections import deque
-from collections.abc import Sequence
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from collections.abc import Callable, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -85,6 +88,46 @@ def _infer(engine: Engine, paths: list[str], images: np.ndarray) -> tuple[list[s
     return paths, out
 
 
+class Workers:
+    """A fixed pool of daemon threads running submitted calls; `submit` returns a Future.
+
+    Unlike ThreadPoolExecutor's threads, daemon threads never hold up the exit of an interrupted
+    run: a decode stuck on a hung network file or a request waiting on a dead server is simply
+    abandoned. They never write files (the main thread does), so nothing is lost with them.
+    """
+
+    def __init__(self, count: int, name: str) -> None:
+        self._jobs: queue.SimpleQueue = queue.SimpleQueue()
+        self._count = count
+        for i in range(count):
+            threading.Thread(target=self._work, name=f"{name}_{i}", daemon=True).start()
+
+    def submit(self, fn: Callable[..., Any], *args: Any) -> Future:
+        future: Future = Future()
+        self._jobs.put((future, fn, args))
+        return future
+
+    def _work(self) -> None:
+        while (job := self._jobs.get()) is not None:
+            future, fn, args = job
+            if not future.set_running_or_notify_cancel():
+                continue  # cancelled while queued
+            try:
+                future.set_result(fn(*args))
+            except BaseException as exc:  # handed to whoever waits on the future
+                future.set_exception(exc)
+
+    def shutdown(self) -> None:
+        """Cancel the calls not yet started; the threads end after their current call."""
+        with contextlib.suppress(queue.Empty):
+            while True:
+                job = self._jobs.get_nowait()
+                if job is not None:
+                    job[0].cancel()
+        for _ in range(self._count):
+            self._jobs.put(None)
+
+
 def _progress(total: int, initial: int, enabled: bool) -> Any:
     from tqdm import tqdm
 
@@ -124,16 +167,14 @@ class Scorer:
         self.report = ScoreReport(total=len(paths), resumed=len(paths) - len(todo))
         self.upcoming = iter(todo)
         self.bar = _progress(len(paths), self.report.resumed, self.settings.progress)
-        self.decoding = ThreadPoolExecutor(self.settings.workers, thread_name_prefix="deal-decode")
-        self.inferring = ThreadPoolExecutor(
-            self.settings.concurrency, thread_name_prefix="deal-infer"
-        )
+        self.decoding = Workers(self.settings.workers, "deal-decode")
+        self.inferring = Workers(self.settings.concurrency, "deal-infer")
         start = time.perf_counter()
         try:
             self._stream()
         finally:
-            self.decoding.shutdown(wait=False, cancel_futures=True)
-            self.inferring.shutdown(wait=False, cancel_futures=True)
+            self.decoding.shutdown()
+            self.inferring.shutdown()
             self.bar.close()
             self.report.seconds = time.perf_counter() - start
         return self.report
@@ -155,7 +196,7 @@ class Scorer:
                 self._submit()
         except EngineError as exc:
             error = exc
-            self.decoding.shutdown(wait=False, cancel_futures=True)
+            self.decoding.shutdown()
         while self.in_flight:
             try:
                 self._collect(block=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -238,42 +239,64 @@ def test_resume_after_a_crash_mid_write(
     assert_same_selection(selection(out), selection(reference))
 
 
-def test_sigint_leaves_valid_files_and_a_rerun_finishes(tiny_onnx: Path, tmp_path: Path) -> None:
-    pool = write_pool(tmp_path / "pool", 240, size=(40, 48), seed=1)
-    out = tmp_path / "out"
-    cmd = [
-        sys.executable,
-        "-m",
-        "dealseg.client",
-        "score",
-        str(pool),
-        "-k",
-        str(K),
-        "--model",
-        str(tiny_onnx),
-        "--out",
-        str(out),
-        "--batch-size",
-        "1",
-        "--concurrency",
-        "1",
-        "--workers",
-        "1",
-        "--no-progress",
-    ]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+GATED_CLIENT = Path(__file__).parent / "gated_client.py"
+
+
+def start_gated(pool: Path, gate_at: int, release: Path, *args: object) -> subprocess.Popen:
+    """`deal-client score POOL ARGS` in a subprocess whose decode of the pool's image number
+    `gate_at` (0-based, pool order) waits until `release` exists (see gated_client.py)."""
+    from dealseg.client.run import list_paths
+
+    gate = os.path.basename(list_paths(str(pool))[gate_at])
+    cmd = [sys.executable, str(GATED_CLIENT), gate, str(release), "score", str(pool)]
+    cmd += [str(a) for a in args]
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def wait_for_records(out: Path, n: int, proc: subprocess.Popen) -> None:
+    """Until scores.jsonl holds n lines; the process must still be running (it is gated)."""
     scores = out / "scores.jsonl"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and proc.poll() is None:
-        if scores.exists() and scores.read_bytes().count(b"\n") >= 8:
-            break
+    deadline = time.monotonic() + 120  # a failure guard: the condition is met in seconds
+    while not (scores.exists() and scores.read_bytes().count(b"\n") >= n):
+        assert proc.poll() is None, proc.communicate()[1].decode()
+        assert time.monotonic() < deadline, "the gated run never wrote its first records"
         time.sleep(0.02)
-    proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=60)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_an_interrupt_leaves_valid_files_and_a_rerun_finishes(
+    sig: signal.Signals, tiny_onnx: Path, tmp_path: Path
+) -> None:
+    pool = write_pool(tmp_path / "pool", 240, size=(40, 48), seed=1)
+    out, release = tmp_path / "out", tmp_path / "release"
+    # one image per request and one decode thread: images 0-6 are written (7 too, perhaps) and
+    # the run waits at image 8 until the test releases it, which it never does
+    proc = start_gated(
+        pool,
+        8,
+        release,
+        "-k",
+        K,
+        "--model",
+        tiny_onnx,
+        "--out",
+        out,
+        "--batch-size",
+        1,
+        "--concurrency",
+        1,
+        "--workers",
+        1,
+        "--no-progress",
+    )
+    wait_for_records(out, 7, proc)
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err.decode()
-    assert b"interrupted" in err
+    assert b"interrupted" in err and b"Traceback" not in err
+    assert (sig == signal.SIGTERM) == (b"interrupted (SIGTERM)" in err)
     done = records(out)  # every line parses
-    assert 8 <= len(done) < 240
+    assert 7 <= len(done) <= 8
     rerun = deal_client("score", pool, "-k", K, "--model", tiny_onnx, "--out", out)
     assert rerun.exit_code == 0, rerun.stderr
     recs = records(out)

@@ -1,0 +1,41 @@
+"""`deal-client` with one image's decode held at a gate, for tests that act at a known point.
+
+    python tests/gated_client.py GATE RELEASE deal-client-args...
+
+Decoding the pool file whose name is GATE waits until the file RELEASE exists, so the run cannot
+finish before the test acts, whatever the machine's speed: with one decode worker, every image
+before GATE is scored first and nothing after it is.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+import dealseg.client.run as run
+from dealseg.client.cli import main
+
+
+def gated(gate: str, release: Path):  # -> the decode function with the gate
+    decode = run.decode_image
+
+    def decode_image(path: str, size: tuple[int, int], max_pixels: int) -> np.ndarray:
+        if os.path.basename(path) == gate:
+            while not release.exists():
+                time.sleep(0.01)  # waiting for a condition, not for time to pass
+        return decode(path, size, max_pixels)
+
+    return decode_image
+
+
+if __name__ == "__main__":
+    # Ctrl-C raises KeyboardInterrupt even when the test runner was started with SIGINT ignored
+    # (as background jobs of a shell are), which this process would otherwise inherit.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    run.decode_image = gated(sys.argv[1], Path(sys.argv[2]))
+    main(sys.argv[3:])
