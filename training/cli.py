@@ -103,11 +103,47 @@ def main() -> None:
 @click.option(
     "--workers", type=click.IntRange(min=1), default=2, show_default=True, help="Worker processes."
 )
-def synth(out: Path, count: int, size: str, seed: int, workers: int) -> None:
-    """Write procedural street scenes in CamVid layout (deterministic by seed)."""
-    from .synth import write_streets
+@click.option(
+    "--sequence-length",
+    type=click.IntRange(min=1),
+    default=5,
+    show_default=True,
+    help="Frames per drive (consecutive frames are near-duplicates); 1: independent frames.",
+)
+@click.option(
+    "--rare-scale",
+    type=click.FloatRange(min=0),
+    default=1.0,
+    show_default=True,
+    help="Multiply the rare conditions' rates (night, fog, rain, snow, fisheye, "
+    "glare); 0: all clear.",
+)
+def synth(
+    out: Path,
+    count: int,
+    size: str,
+    seed: int,
+    workers: int,
+    sequence_length: int,
+    rare_scale: float,
+) -> None:
+    """Write drives of procedural street scenes in CamVid layout, with tags.jsonl (deterministic
+    by seed)."""
+    from .synth import condition_rates, write_streets
 
-    summary = write_streets(out, count, parse_size(size), seed=seed, workers=workers)
+    try:
+        condition_rates(rare_scale)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--rare-scale") from None
+    summary = write_streets(
+        out,
+        count,
+        parse_size(size),
+        seed=seed,
+        workers=workers,
+        sequence_length=sequence_length,
+        rare_scale=rare_scale,
+    )
     click.echo(json.dumps(summary, indent=2))
 
 
