@@ -29,7 +29,7 @@ demo: $(STAMP)
 	$(VENV)/bin/deal-client score $(DEMO)/pool --top-k 8 --strategy de --out $(DEMO)/out --maps
 	@echo "outputs: $(DEMO)/out/ (scores.jsonl, embeddings.f32, selection.txt, selection.json, maps/)"
 
-# Benchmarks (bench/, DESIGN 9): each prints a short table and writes bench/results/<name>.md with
+# Benchmarks (bench/): each prints a short table and writes bench/results/<name>.md with
 # the date and the machine. `make bench BENCH_FLAGS=--quick` for a smoke run (a few minutes).
 BENCH := engine pipeline wire pam selection quantize
 BENCH_FLAGS ?=
@@ -38,6 +38,7 @@ bench: $(STAMP)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 
 clean:
 	rm -rf $(DEMO) deal-out .pytest_cache

@@ -107,7 +107,7 @@ def export_pam(impl: str, n: int) -> Path:
 
 # (runtime, impl, label, extra environment); glibc's default mmap threshold grows with the
 # largest freed block, so torch's per-block buffers end up on the heap and RSS keeps growing;
-# a fixed threshold (DESIGN 8) gives each block buffer back to the OS when it is freed.
+# a fixed threshold gives each block buffer back to the OS when it is freed.
 FIXED_MMAP = {"MALLOC_MMAP_THRESHOLD_": "1048576"}
 CASES: list[tuple[str, str, str, dict[str, str]]] = [
     ("torch", "naive", "naive", {}),

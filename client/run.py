@@ -175,6 +175,9 @@ class Scorer:
         finally:
             self.decoding.shutdown()
             self.inferring.shutdown()
+            # Requests already running end first (their results are dropped): a process that
+            # exits during an ONNX Runtime run is aborted. A second Ctrl-C cuts this short.
+            wait(self.in_flight)
             self.bar.close()
             self.report.seconds = time.perf_counter() - start
         return self.report

@@ -69,7 +69,7 @@ META_KEYS: tuple[str, ...] = (
     "checkpoint_sha256",  # hex digest of the checkpoint file
 )
 
-# Parity tolerances between PyTorch, ONNX Runtime and Triton (DESIGN 4).
+# Parity tolerances between PyTorch, ONNX Runtime and Triton (docs/architecture.md).
 TOL_DS = 1e-4
 TOL_ENTROPY = 1e-4
 TOL_CLASS_FRACTION = 1e-3

@@ -29,7 +29,8 @@ def _fsync(path: Path) -> None:
 def atomic_output(path: str | os.PathLike[str]) -> Iterator[Path]:
     """A temporary path beside `path` to write to; renamed over `path` when the block succeeds.
 
-    The temporary file is fsynced before the rename, and removed if anything fails.
+    The temporary file is fsynced before the rename, and removed if anything fails; an
+    OSError while writing names `path`.
     """
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
@@ -37,6 +38,10 @@ def atomic_output(path: str | os.PathLike[str]) -> Iterator[Path]:
         yield tmp
         _fsync(tmp)
         os.replace(tmp, path)
+    except OSError as exc:
+        if exc.filename in (None, str(tmp), tmp):  # name the file the caller writes, not ours
+            raise OSError(exc.errno, exc.strerror, str(path)) from exc
+        raise
     finally:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()

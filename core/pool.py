@@ -136,9 +136,9 @@ def parse_shard(text: str) -> tuple[int, int]:
 
 def shard_of(paths: list[str], n: int) -> np.ndarray:
     """[N] shard number of each path: a hash of the path alone, so listings may differ."""
-    from .ranking import random_scores
+    from .ranking import path_hash
 
-    return np.minimum((random_scores(paths, _SHARD_SEED) * n).astype(np.int64), n - 1)
+    return np.minimum((path_hash(paths, _SHARD_SEED) * n).astype(np.int64), n - 1)
 
 
 def take_shard(paths: list[str], i: int, n: int) -> list[str]:

@@ -153,7 +153,7 @@ def _farthest(paths: Sequence[str], dist: np.ndarray) -> int | None:
 
 
 # ----------------------------------------------------------------------------------- strategies
-def random_scores(paths: Sequence[str], seed: int) -> np.ndarray:
+def path_hash(paths: Sequence[str], seed: int) -> np.ndarray:
     """[N] uniform [0, 1) scores from a seeded hash of each path's bytes.
 
     The same path and seed always get the same score, whatever else is in the pool or its order,
@@ -248,7 +248,7 @@ STRATEGIES: Registry[Strategy] = Registry(
     ds=_by_score(_column("ds")),
     de=_by_score(_column("de")),
     entropy=_by_score(_column("entropy")),
-    random=_by_score(lambda pool, opts: random_scores(pool.paths, opts.seed)),
+    random=_by_score(lambda pool, opts: path_hash(pool.paths, opts.seed)),
     coreset=coreset,
 )
 

@@ -18,18 +18,23 @@ from .onnxfile import save_model
 OPSET = 18
 
 
-def model_spec(ckpt: Checkpoint, bins: int, sha256: str, version: str) -> contract.ModelSpec:
-    """The contract metadata of a checkpoint exported at its configured input size."""
+@torch.no_grad()
+def model_spec(
+    ckpt: Checkpoint, graph: DEALGraph, bins: int, sha256: str, version: str
+) -> contract.ModelSpec:
+    """The contract metadata of `graph` (built from `ckpt`) at its configured input size; the
+    map and embedding shapes are read off one forward pass of the graph."""
     cfg = ckpt.model_config
     h, w = cfg.input_size
-    seg = (-(-h // 2) + 1) // 2, (-(-w // 2) + 1) // 2  # two SAME stride-2 convs: ceil, ceil
+    outputs = graph(torch.zeros(1, h, w, 3, dtype=torch.uint8))
+    out = dict(zip(contract.OUTPUT_NAMES, outputs, strict=True))
     return contract.ModelSpec(
         class_names=tuple(ckpt.class_names),
         palette=tuple(tuple(int(v) for v in c) for c in ckpt.palette),  # type: ignore[misc]
         input_size=(h, w),
-        difficulty_size=tuple(cfg.attention_size),  # type: ignore[arg-type]
-        segmentation_size=seg,
-        embedding_dim=cfg.decoder_width + cfg.low_level_channels,
+        difficulty_size=tuple(out["difficulty"].shape[1:]),  # type: ignore[arg-type]
+        segmentation_size=tuple(out["segmentation"].shape[1:]),  # type: ignore[arg-type]
+        embedding_dim=out["embedding"].shape[1],
         bins=bins,
         mean=tuple(cfg.mean),  # type: ignore[arg-type]
         std=tuple(cfg.std),  # type: ignore[arg-type]
@@ -50,8 +55,8 @@ def prepare_graph(
 ) -> tuple[DEALGraph, contract.ModelSpec]:
     """The graph to export from `checkpoint` and the contract metadata it will carry."""
     ckpt = with_input_size(load_checkpoint(checkpoint), input_size)
-    spec = model_spec(ckpt, bins, file_sha256(checkpoint), version)
-    return DEALGraph(ckpt.build_model(), bins).eval(), spec
+    graph = DEALGraph(ckpt.build_model(), bins).eval()
+    return graph, model_spec(ckpt, graph, bins, file_sha256(checkpoint), version)
 
 
 def export_onnx(

@@ -1,6 +1,6 @@
 """`deal-serve`: run the bundled Triton server on a model repository (start, stop, status).
 
-Thin commands over `dealseg.serving.server`; see DESIGN 5.
+Thin commands over `dealseg.serving.server`; see serving/README.md.
 """
 
 from __future__ import annotations
@@ -9,6 +9,7 @@ import json
 import signal
 import sys
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import click
@@ -90,6 +91,18 @@ def _refuse_if_running(state_file: Path) -> None:
     )
 
 
+def state_file_option(help_text: str) -> Callable[[Callable], Callable]:
+    """--state-file, the file `start --background` records its server in."""
+    return click.option(
+        "--state-file",
+        type=click.Path(dir_okay=False, path_type=Path),
+        default=default_state_file,
+        envvar="DEAL_SERVE_STATE_FILE",
+        show_default="$XDG_STATE_HOME/dealseg/serve.json",
+        help=help_text,
+    )
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 def main() -> None:
     """Serve the DEAL model with NVIDIA Triton (the server bundled with nvidia-pytriton)."""
@@ -134,14 +147,7 @@ def main() -> None:
     show_default=True,
     help="Start, wait until ready, record the server in --state-file and return.",
 )
-@click.option(
-    "--state-file",
-    type=click.Path(dir_okay=False, path_type=Path),
-    default=default_state_file,
-    envvar="DEAL_SERVE_STATE_FILE",
-    show_default="$XDG_STATE_HOME/dealseg/serve.json",
-    help="Where the running server is recorded for `stop` and `status`.",
-)
+@state_file_option("Where the running server is recorded for `stop` and `status`.")
 @click.option(
     "--timeout",
     type=float,
@@ -248,14 +254,7 @@ def _serve_until_signal(server: TritonServer) -> int | None:
 
 
 @main.command()
-@click.option(
-    "--state-file",
-    type=click.Path(dir_okay=False, path_type=Path),
-    default=default_state_file,
-    envvar="DEAL_SERVE_STATE_FILE",
-    show_default="$XDG_STATE_HOME/dealseg/serve.json",
-    help="State file written by `deal-serve start`.",
-)
+@state_file_option("State file written by `deal-serve start`.")
 @click.option(
     "--timeout",
     type=float,
@@ -276,14 +275,7 @@ def stop(state_file: Path, timeout: float | None) -> None:
 
 
 @main.command()
-@click.option(
-    "--state-file",
-    type=click.Path(dir_okay=False, path_type=Path),
-    default=default_state_file,
-    envvar="DEAL_SERVE_STATE_FILE",
-    show_default="$XDG_STATE_HOME/dealseg/serve.json",
-    help="State file written by `deal-serve start`.",
-)
+@state_file_option("State file written by `deal-serve start`.")
 def status(state_file: Path) -> None:
     """Print the server's state as JSON; exit 0 when it and the model are ready, else 1."""
     if not state_file.is_file():

@@ -1,4 +1,4 @@
-"""Start, watch and stop the real `tritonserver` bundled with nvidia-pytriton (DESIGN 5).
+"""Start, watch and stop the real `tritonserver` bundled with nvidia-pytriton.
 
 The bundled binary (2.51) runs our Python-backend model on CPU when it is started like this:
 a backend directory `B/python/` of symlinks to the bundled `libtriton_python.so`,
@@ -42,7 +42,7 @@ STUB_NAME = "triton_python_backend_stub"
 LOG_TAIL_LINES = 25
 WORKDIR_PREFIX = "dealseg-triton-"
 WORKDIR_MARKER = ".dealseg-triton"  # in every workdir we create; holds the server's id
-SERVER_UMASK = 0o077  # the server's files and shared-memory regions: readable by this user only
+SHM_MODE = 0o600  # our stubs' shared-memory regions (created 0644): this user only
 
 
 class ServerError(RuntimeError):
@@ -276,6 +276,7 @@ class TritonServer:
             try:
                 self._launch(bundle)
                 self._wait_ready()
+                _restrict_shm(self._running())
                 return self
             except _PortInUse as exc:
                 self.stop()
@@ -355,7 +356,6 @@ class TritonServer:
                     stderr=subprocess.STDOUT,
                     env=server_env(),
                     start_new_session=True,  # Ctrl-C reaches us, not the server; we stop it
-                    umask=SERVER_UMASK,
                 )
         except OSError as exc:
             shutil.rmtree(workdir, ignore_errors=True)
@@ -630,6 +630,15 @@ def _stub_processes(state: ServerState) -> dict[int, str]:
     return stubs
 
 
+def _restrict_shm(state: ServerState) -> None:
+    """Make the shared-memory regions of the server's stubs readable by this user only: they
+    carry the images and scores of every request, and the backend creates them world-readable."""
+    for region in _stub_processes(state).values():
+        if region:
+            with contextlib.suppress(FileNotFoundError):
+                os.chmod(SHM_DIR / region, SHM_MODE)
+
+
 def _shm_regions() -> set[str]:
     return {p.name for p in SHM_DIR.glob(SHM_PREFIX + "*")}
 
@@ -673,7 +682,7 @@ def failed_models(log_text: str) -> dict[str, str]:
     return failures
 
 
-# Harmless on a CPU-only machine (DESIGN 5), and the boxed tables Triton prints at start.
+# Harmless on a CPU-only machine, and the boxed tables Triton prints at start.
 _LOG_NOISE = re.compile(r"CUDA|Cuda|NVML|DCGM|pinned memory|^\s*[|+]|\]\s*$")
 
 

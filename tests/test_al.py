@@ -23,7 +23,7 @@ from dealseg.training.acquisition import (
     select,
     vote_entropy,
 )
-from dealseg.training.al import initial_labeled, run_al, stage_sizes
+from dealseg.training.al import Protocol, initial_labeled, run_al, stage_sizes
 from dealseg.training.cli import main, parse_overrides
 from dealseg.training.config import resolve_config
 from dealseg.training.data import SegmentationDataset
@@ -260,9 +260,7 @@ def test_two_stage_loop_end_to_end_and_resume(streets: Path, tmp_path: Path) -> 
     stamp = best.stat().st_mtime_ns
     state_path.write_text(json.dumps({**before, "stages": before["stages"][:1]}))
     cfg = resolve_config("streets-cpu", None, parse_overrides(tuple(TINY_OVERRIDES)))
-    run_al(
-        streets, out, cfg, ["ds", "random"], [0], init=0.2, step=0.2, max_fraction=0.4, quiet=True
-    )
+    run_al(streets, out, cfg, ["ds", "random"], [0], Protocol(init=0.2, step=0.2), quiet=True)
     after = _read(state_path)
     assert after["stages"][0] == before["stages"][0]
     assert after["stages"][1]["labeled"] == before["stages"][1]["labeled"]
@@ -271,7 +269,7 @@ def test_two_stage_loop_end_to_end_and_resume(streets: Path, tmp_path: Path) -> 
     assert _read(out / "random" / "seed0" / "state.json") == states["random"]
 
     with pytest.raises(ValueError, match=r"other settings \(changed: sizes, step\)"):
-        run_al(streets, out, cfg, ["ds"], [0], init=0.2, step=0.1, max_fraction=0.4)
+        run_al(streets, out, cfg, ["ds"], [0], Protocol(init=0.2, step=0.1))
 
 
 def test_cli_rejects_unknown_strategy(streets: Path, tmp_path: Path) -> None:

@@ -31,6 +31,26 @@ def test_serving_and_client_import_without_torch() -> None:
     assert run_fresh(code) == "False"
 
 
+def test_core_imports_only_numpy_and_pillow() -> None:
+    code = (
+        "import sys\n"
+        "import dealseg.core.contract, dealseg.core.decode, dealseg.core.files\n"
+        "import dealseg.core.pool, dealseg.core.ranking, dealseg.core.registry\n"
+        "print([m for m in ('torch', 'onnxruntime', 'tritonclient', 'dealseg.client',"
+        " 'dealseg.training') if m in sys.modules])\n"
+    )
+    assert run_fresh(code) == "[]"
+
+
+def test_training_never_imports_the_client() -> None:
+    training = Path(__file__).resolve().parents[1] / "training"
+    named = [p.name for p in training.glob("*.py") if "dealseg.client" in p.read_text()]
+    assert named == []
+    modules = ", ".join(f"dealseg.training.{p.stem}" for p in sorted(training.glob("*.py")))
+    code = f"import sys\nimport {modules}\nprint('dealseg.client' in sys.modules)\n"
+    assert run_fresh(code) == "False"
+
+
 def test_nothing_generic_lands_at_the_top_of_site_packages() -> None:
     code = (
         "import importlib.util as u\n"

@@ -14,7 +14,7 @@ from dealseg.core.ranking import (
     STRATEGIES,
     Options,
     Pool,
-    random_scores,
+    path_hash,
     select,
     top_k,
 )
@@ -71,10 +71,10 @@ def test_paths_compare_as_file_system_bytes() -> None:
 
 def test_random_is_seeded_and_depends_only_on_the_path() -> None:
     paths = [f"img{i:03d}.jpg" for i in range(50)]
-    a = random_scores(paths, seed=1)
-    assert np.array_equal(a, random_scores(paths, seed=1))
-    assert not np.array_equal(a, random_scores(paths, seed=2))
-    assert np.array_equal(random_scores(paths[::-1] + ["x" * 300], seed=1)[:50], a[::-1])
+    a = path_hash(paths, seed=1)
+    assert np.array_equal(a, path_hash(paths, seed=1))
+    assert not np.array_equal(a, path_hash(paths, seed=2))
+    assert np.array_equal(path_hash(paths[::-1] + ["x" * 300], seed=1)[:50], a[::-1])
     assert ((a >= 0) & (a < 1)).all()
     pool = pool_of(paths, np.zeros(50))
     assert picked(pool, "random", 5, seed=3) == picked(pool, "random", 5, seed=3)

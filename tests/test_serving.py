@@ -9,10 +9,12 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -43,6 +45,7 @@ from dealseg.serving.server import (
     _cmdline,
     _mapped_shm_regions,
     _port_free,
+    _process_alive,
     _stub_processes,
     free_ports,
 )
@@ -245,34 +248,66 @@ def test_inference_equals_embedded_onnxruntime(
     assert_matches_reference(single, reference(images[2:3]))
 
 
+# The backend model behind a gate: `execute` records how many requests it was given, then waits
+# until the gate file exists. Tests see the server's queue fill while one execution is held.
+GATED_MODEL_PY = """
+import importlib.util, os, time
+_spec = importlib.util.spec_from_file_location("deal_backend", {backend!r})
+_real = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(_real)
+
+class TritonPythonModel(_real.TritonPythonModel):
+    def execute(self, requests):
+        with open({log!r}, "a") as f:
+            f.write(f"{{len(requests)}}\\n")
+        while not os.path.exists({gate!r}):
+            time.sleep(0.01)
+        return super().execute(requests)
+"""
+
+
+def metric(server: TritonServer, name: str) -> float:
+    """A `deal` model metric from the server's Prometheus endpoint (0 if absent)."""
+    import urllib.request
+
+    with urllib.request.urlopen(server.state.url_metrics, timeout=10) as response:
+        text = response.read().decode()
+    found = re.search(rf'^{name}{{model="{MODEL_NAME}",version="1"}} (\S+)$', text, re.M)
+    return float(found.group(1)) if found else 0.0
+
+
 @pytest.mark.triton
 def test_dynamic_batching_batches_concurrent_requests(
-    server: TritonServer, images: np.ndarray, reference
+    tiny_onnx: Path, images: np.ndarray, reference, tmp_path: Path
 ) -> None:
-    def model_stats(client: Any) -> tuple[int, int]:
-        (stats,) = client.get_inference_statistics(MODEL_NAME, as_json=True)["model_stats"]
-        return int(stats.get("inference_count", 0)), int(stats.get("execution_count", 0))
-
-    client = make_client(server, "grpc")
-    try:
-        before = model_stats(client)
-        picks = [i % len(images) for i in range(32)]
-        with ThreadPoolExecutor(32) as pool:
-            results = list(
-                pool.map(lambda i: infer(client, "grpc", images[i : i + 1], ("ds",)), picks)
-            )
-        # Triton updates its statistics after the responses leave: wait until they settle.
-        deadline = time.monotonic() + 10
-        after = model_stats(client)
-        while after[0] - before[0] < 32 and time.monotonic() < deadline:
-            time.sleep(0.05)
-            after = model_stats(client)
-    finally:
-        client.close()
-
-    inferences, executions = after[0] - before[0], after[1] - before[1]
-    assert inferences == 32
-    assert executions < inferences  # the dynamic batcher merged requests
+    repo, gate, log = tmp_path / "repo", tmp_path / "gate", tmp_path / "executions"
+    model_dir = write_repository(tiny_onnx, repo, "python-cpu", **BATCHING)
+    backend = model_dir / "1" / "model.py"
+    text = GATED_MODEL_PY.format(backend=str(BACKEND_MODEL_PY), log=str(log), gate=str(gate))
+    backend.write_text(text)
+    picks = [i % len(images) for i in range(32)]
+    with TritonServer(repo, timeout=90) as server:
+        client = make_client(server, "grpc")
+        try:
+            with ThreadPoolExecutor(32) as pool:
+                sent = [
+                    pool.submit(infer, client, "grpc", images[i : i + 1], ("ds",)) for i in picks
+                ]
+                # one execution is held at the gate; wait until the other requests are queued
+                deadline = time.monotonic() + 120  # a failure guard, not a timing
+                while not log.exists() or metric(
+                    server, "nv_inference_pending_request_count"
+                ) < 32 - int(log.read_text().split()[0]):
+                    assert time.monotonic() < deadline, "the requests never queued up"
+                    time.sleep(0.05)
+                gate.touch()
+                results = [f.result() for f in sent]
+        finally:
+            client.close()
+    executions = [int(n) for n in log.read_text().split()]
+    assert sum(executions) == 32
+    assert len(executions) < 32 and max(executions) > 1  # the dynamic batcher merged requests
+    assert len(executions) <= 1 + 31 // 4 + 3  # queued requests go in batches of 4, 8 or 16
     expected = reference(images)["ds"]
     got = np.array([r["ds"].item() for r in results])
     np.testing.assert_allclose(got, expected[picks], atol=contract.TOL_DS)  # split back right
@@ -376,6 +411,127 @@ def test_port_checks_see_a_loopback_listener_from_any_host_form(host: str) -> No
         assert not _port_free(host, held.getsockname()[1])
     ports = free_ports(host, 3)
     assert len(set(ports)) == 3 and all(_port_free(host, port) for port in ports)
+
+
+def time_wait_on(port: int) -> bool:
+    """Whether a TCP socket on 127.0.0.1:`port` is in TIME_WAIT (state 06 of /proc/net/tcp)."""
+    local = f"0100007F:{port:04X}"
+    rows = Path("/proc/net/tcp").read_text().splitlines()[1:]
+    return any(r.split()[1] == local and r.split()[3] == "06" for r in rows)
+
+
+def test_a_port_whose_old_connections_linger_in_time_wait_is_free() -> None:
+    """What a stopped or crashed server leaves: its side of a connection it closed first
+    (tritonserver's listeners, like this one, set SO_REUSEADDR)."""
+    with socket.socket() as listener:
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        port = listener.getsockname()[1]
+        client = socket.create_connection(("127.0.0.1", port))
+        accepted, _ = listener.accept()
+        accepted.close()  # the server side closes first: it goes to TIME_WAIT
+        client.recv(1)
+        client.close()
+    assert time_wait_on(port)
+    assert _port_free("127.0.0.1", port) and _port_free("0.0.0.0", port)
+    with socket.socket() as held:  # a listener still holds its port
+        held.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        held.bind(("127.0.0.1", port))
+        held.listen()
+        assert not _port_free("127.0.0.1", port)
+        with pytest.raises(ServerError, match=f"http port {port} on 127.0.0.1 is in use"):
+            TritonServer(Path("."), http_port=port)._pick_ports()
+
+
+def test_stop_removes_only_a_workdir_deal_serve_created(tmp_path: Path) -> None:
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "precious.txt").write_text("keep me")
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    ).stdout
+    state = ServerState(int(dead), "127.0.0.1", 1, 2, 3, str(tmp_path), "", str(victim))
+    state_file = tmp_path / "serve.json"
+    state.save(state_file)
+    result = deal_serve("stop", "--state-file", str(state_file))
+    assert result.returncode == 0, result.stderr
+    assert (victim / "precious.txt").read_text() == "keep me"
+    assert "is not a folder deal-serve created; left as it is" in result.stdout
+    # one that looks like ours but lacks our marker with the server's id is kept too
+    fake = Path(tempfile.mkdtemp(prefix="dealseg-triton-"))
+    try:
+        (fake / ".dealseg-triton").write_text("another-id")
+        ServerState(
+            int(dead), "127.0.0.1", 1, 2, 3, str(tmp_path), "", str(fake), server_id="this-id"
+        ).save(state_file)
+        assert deal_serve("stop", "--state-file", str(state_file)).returncode == 0
+        assert fake.exists()
+    finally:
+        shutil.rmtree(fake)
+
+
+@pytest.mark.triton
+def test_start_refuses_model_files_that_do_not_match_the_config(
+    tiny_onnx: Path, tmp_path: Path
+) -> None:
+    repo = tmp_path / "repo"
+    config = write_repository(tiny_onnx, repo, "python-cpu") / "config.pbtxt"
+    h, w = read_onnx_spec(tiny_onnx).input_size
+    text = config.read_text()
+    # the config (dims and metadata alike) says one size, model.onnx takes another
+    text = text.replace(f"dims: {h}\n  dims: {w}\n", f"dims: {h}\n  dims: {w + 8}\n")
+    config.write_text(text.replace(f'"{h}x{w}"', f'"{h}x{w + 8}"'))
+    with pytest.raises(ServerError, match="do not match its config.pbtxt") as caught:
+        TritonServer(repo).start()
+    assert f"image: config.pbtxt says uint8 [B, {h}, {w + 8}, 3]" in str(caught.value)
+    assert f"has uint8 [B, {h}, {w}, 3]" in str(caught.value)
+    assert our_processes(str(repo.resolve())) == []
+
+
+@pytest.mark.triton
+def test_start_cleans_up_after_a_killed_server_and_status_says_what_it_left(
+    tiny_onnx: Path, tmp_path: Path
+) -> None:
+    repo = tmp_path.resolve() / "repo"
+    write_repository(tiny_onnx, repo, "python-cpu")
+    common = ["--state-file", str(tmp_path / "serve.json")]
+    start = [
+        "start",
+        "--model-repository",
+        str(repo),
+        "--http-port",
+        "0",
+        "--grpc-port",
+        "0",
+        "--metrics-port",
+        "0",
+        "--background",
+        "--timeout",
+        "90",
+        *common,
+    ]
+    assert deal_serve(*start).returncode == 0
+    old = ServerState.load(tmp_path / "serve.json")
+    stubs = _stub_processes(old)
+    regions = {r for r in stubs.values() if r}
+    assert regions and all((SHM_DIR / r).stat().st_mode & 0o077 == 0 for r in regions)
+    os.kill(old.pid, signal.SIGKILL)  # the stub and its shared memory stay behind
+    status = deal_serve("status", *common)
+    report = json.loads(status.stdout)
+    assert status.returncode == 1 and report["alive"] is False
+    assert report["leftovers"]["stubs"] == sorted(stubs)
+    assert report["leftovers"]["shm_regions"] == sorted(regions)
+    restarted = deal_serve(*start)
+    try:
+        assert restarted.returncode == 0, restarted.stderr
+        assert "cleaned up after a server that is no longer running" in restarted.stderr
+        assert not any(_process_alive(pid) for pid in stubs)
+        assert not any((SHM_DIR / r).exists() for r in regions)
+        assert not Path(old.workdir).exists()
+    finally:
+        assert deal_serve("stop", *common).returncode == 0
+    assert our_processes(str(repo)) == []
 
 
 @pytest.mark.parametrize("host", ["::", "::1", "localhost"])

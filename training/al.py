@@ -1,4 +1,4 @@
-"""The active-learning protocol: labelled sets, the stage loop, resumable state (DESIGN.md §7).
+"""The active-learning protocol: labelled sets, the stage loop, resumable state.
 
 For every seed the initial labelled set (`initial_labeled`, 10% by default) is the same for every
 strategy. Each stage retrains from the ImageNet backbone on the labelled set (`train.fit`),
@@ -21,7 +21,7 @@ import math
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +33,21 @@ from .config import Preset, with_classes
 
 STATE_FILE = "state.json"
 RESULT_FILE = "result.json"
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """How the labelled set grows and how picks are scored; the defaults are the paper's CamVid
+    protocol. Saved, with the plan and the preset, in every state.json and in results.json."""
+
+    init: float = 0.10  # labelled fraction of the train split at stage 0
+    step: float = 0.05  # fraction added per stage
+    max_fraction: float = 0.40  # labelled fraction of the last stage
+    subset: float | None = None  # share of the unlabelled pool scored per stage (the paper: 0.5)
+    bins: int = 8  # DE histogram bins (the paper: CamVid 8, Cityscapes 10)
+    passes: int = 10  # QBC MC-dropout passes
+    score_batch_size: int = 8
+    test_split: str = "test"
 
 
 def initial_labeled(pool_size: int, fraction: float, seed: int) -> list[int]:
@@ -143,14 +158,19 @@ def _say(message: str, quiet: bool) -> None:
 
 
 class StrategyRun:
-    """One strategy and seed: its state.json, advanced one stage at a time."""
+    """One strategy and seed: its state.json, advanced one stage at a time.
+
+    `settings` is what state.json records and a resumed run must match: the protocol, the
+    plan (pool size, labelled-set sizes, train split), the preset, the strategy and the seed.
+    """
 
     def __init__(
-        self, data: Path, out: Path, name: str, seed: int, settings: dict[str, Any]
+        self, data: Path, out: Path, name: str, seed: int, protocol: Protocol, plan: dict
     ) -> None:
         self.data, self.out, self.name, self.seed = data, out, name, seed
+        self.protocol, self.sizes, self.pool_size = protocol, plan["sizes"], plan["pool_size"]
         self.dir = out / name / f"seed{seed}"
-        self.settings = _plain({**settings, "strategy": name, "seed": seed})
+        self.settings = _plain({**asdict(protocol), **plan, "strategy": name, "seed": seed})
         self.state: dict[str, Any] = {
             "strategy": name,
             "seed": seed,
@@ -178,13 +198,13 @@ class StrategyRun:
     def labeled_at(self, stage: int) -> list[int]:
         """Stage 0: the seed's initial set; later: the previous set plus its selection."""
         if stage == 0:
-            return initial_labeled(self.settings["pool_size"], self.settings["init"], self.seed)
+            return initial_labeled(self.pool_size, self.protocol.init, self.seed)
         prev = self.stages[stage - 1]
         return sorted(prev["labeled"] + prev["selection"]["indices"])
 
     def advance(self, stage: int, preset: Preset, quiet: bool) -> None:
         """Train, test and select for `stage`, unless state.json already records it."""
-        sizes, pool_size = self.settings["sizes"], self.settings["pool_size"]
+        sizes = self.sizes
         last = stage == len(sizes) - 1
         done = len(self.stages) > stage and (last or "selection" in self.stages[stage])
         if not done:
@@ -202,11 +222,11 @@ class StrategyRun:
             )
             t0 = time.time()
             result = train_and_test(
-                self.data, run_dir, preset, labeled, self.settings["test_split"], quiet=True
+                self.data, run_dir, preset, labeled, self.protocol.test_split, quiet=True
             )
             record = {
                 "stage": stage,
-                "fraction": sizes[stage] / pool_size,
+                "fraction": sizes[stage] / self.pool_size,
                 "labeled": labeled,
                 "run_dir": str(run_dir.relative_to(self.out)),
                 **result,
@@ -224,11 +244,10 @@ class StrategyRun:
         from .acquisition import STRATEGIES, Context, pool_subset, select
         from .checkpoint import load_checkpoint
 
-        sizes = self.settings["sizes"]
-        k = sizes[stage + 1] - sizes[stage]
+        k = self.sizes[stage + 1] - self.sizes[stage]
         labeled = set(record["labeled"])
-        unlabeled = [i for i in range(self.settings["pool_size"]) if i not in labeled]
-        candidates = pool_subset(unlabeled, self.settings["subset"], k, self.seed, stage)
+        unlabeled = [i for i in range(self.pool_size) if i not in labeled]
+        candidates = pool_subset(unlabeled, self.protocol.subset, k, self.seed, stage)
         t0 = time.time()
         model = None
         if STRATEGIES[self.name].needs_model:
@@ -238,11 +257,11 @@ class StrategyRun:
             model=model,
             labeled=tuple(record["labeled"]),
             split=self.settings["train_split"],
-            bins=self.settings["bins"],
-            passes=self.settings["passes"],
+            bins=self.protocol.bins,
+            passes=self.protocol.passes,
             seed=self.seed,
             stage=stage,
-            batch_size=self.settings["score_batch_size"],
+            batch_size=self.protocol.score_batch_size,
         )
         picked = select(self.name, ctx, candidates, k)
         return {
@@ -255,10 +274,10 @@ class StrategyRun:
 
     def _progress(self, stage: int, quiet: bool, resumed: bool) -> None:
         r = self.stages[stage]
-        n, total = len(r["labeled"]), len(self.settings["sizes"])
+        n, total = len(r["labeled"]), len(self.sizes)
         line = (
             f"al {self.name} seed {self.seed} stage {stage + 1}/{total}: "
-            f"{n}/{self.settings['pool_size']} labelled ({r['fraction'] * 100:.0f}%), "
+            f"{n}/{self.pool_size} labelled ({r['fraction'] * 100:.0f}%), "
             f"val {r['val_miou'] * 100:.1f} test {r['test_miou'] * 100:.1f} mIoU, "
             f"fit {r['fit_seconds']:.0f}s"
         )
@@ -274,21 +293,15 @@ def run_al(
     preset: Preset,
     strategies: Sequence[str],
     seeds: Sequence[int],
-    init: float = 0.10,
-    step: float = 0.05,
-    max_fraction: float = 0.40,
-    subset: float | None = None,
-    bins: int = 8,
+    protocol: Protocol = Protocol(),
     full: bool = False,
-    passes: int = 10,
-    score_batch_size: int = 8,
-    test_split: str = "test",
     quiet: bool = False,
 ) -> dict[str, Any]:
-    """The paper's protocol for every strategy and seed; writes results.json/.md/.png in `out`.
+    """`protocol` for every strategy and seed; writes results.json/.md/.png in `out`.
 
     Stage-major per seed (every strategy finishes stage i before any starts stage i + 1), so an
-    interrupted run still leaves a comparable table. Returns the collected results.
+    interrupted run still leaves a comparable table. `full` also trains the full-data reference
+    (first seed). Returns the collected results.
     """
     from .acquisition import STRATEGIES
     from .data import SegmentationDataset
@@ -301,24 +314,16 @@ def run_al(
     train_set = SegmentationDataset(data, preset.train.train_split)
     pool_size = len(train_set)
     preset = with_classes(preset, train_set.num_classes)
-    sizes = stage_sizes(pool_size, init, step, max_fraction)
-    protocol = {
-        "init": init,
-        "step": step,
-        "max": max_fraction,
-        "subset": subset,
-        "bins": bins,
-        "passes": passes,
-        "score_batch_size": score_batch_size,
+    plan = {
         "pool_size": pool_size,
-        "sizes": sizes,
+        "sizes": stage_sizes(pool_size, protocol.init, protocol.step, protocol.max_fraction),
         "train_split": preset.train.train_split,
-        "test_split": test_split,
     }
     out = Path(out)
     if full:
         seeded = seeded_preset(preset, seeds[0])
-        r = train_and_test(data, out / "full" / f"seed{seeds[0]}", seeded, None, test_split)
+        full_dir = out / "full" / f"seed{seeds[0]}"
+        r = train_and_test(data, full_dir, seeded, None, protocol.test_split)
         _say(
             f"al full data seed {seeds[0]}: {pool_size} images, val {r['val_miou'] * 100:.1f} "
             f"test {r['test_miou'] * 100:.1f} mIoU, fit {r['fit_seconds']:.0f}s",
@@ -326,9 +331,11 @@ def run_al(
         )
     for seed in seeds:
         seeded = seeded_preset(preset, seed)
-        settings = {**protocol, "model": seeded.model.to_dict(), "train": seeded.train.to_dict()}
-        runs = [StrategyRun(data, out, name, seed, settings) for name in strategies]
-        for stage in range(len(sizes)):
+        configs = {"model": seeded.model.to_dict(), "train": seeded.train.to_dict()}
+        runs = [
+            StrategyRun(data, out, name, seed, protocol, {**plan, **configs}) for name in strategies
+        ]
+        for stage in range(len(plan["sizes"])):
             for run in runs:
                 run.advance(stage, seeded, quiet)
     results = collect(out, strategies, seeds)

@@ -62,12 +62,12 @@ def checked_config(
     from .data import SegmentationDataset
 
     try:
-        cfg = resolve_config(preset, config_file, parse_overrides(overrides))
+        config = resolve_config(preset, config_file, parse_overrides(overrides))
     except (KeyError, ValueError) as exc:
         raise click.BadParameter(str(exc.args[0] if exc.args else exc)) from None
-    train_set = SegmentationDataset(data, cfg.train.train_split)
+    train_set = SegmentationDataset(data, config.train.train_split)
     train_set.validate()
-    return cfg, len(train_set)
+    return config, len(train_set)
 
 
 class _Group(click.Group):
@@ -181,13 +181,13 @@ def fit(
     """Train DEALNet. OVERRIDES are key=value settings, e.g. epochs=5 decoder_width=64."""
     from .train import fit as run_fit
 
-    cfg, pool_size = checked_config(data, preset, config_file, overrides)
+    config, pool_size = checked_config(data, preset, config_file, overrides)
     labeled = None
     if fraction < 1.0:
         from .al import initial_labeled
 
-        labeled = initial_labeled(pool_size, fraction, cfg.train.seed)
-    result = run_fit(data, out, cfg, labeled=labeled)
+        labeled = initial_labeled(pool_size, fraction, config.train.seed)
+    result = run_fit(data, out, config, labeled=labeled)
     summary = {
         "best": str(result.best_path),
         "val_miou": result.best_miou,
@@ -416,7 +416,7 @@ def al(
     OVERRIDES are key=value settings over the preset, e.g. epochs=2 decoder_width=32.
     """
     from .acquisition import STRATEGIES
-    from .al import run_al
+    from .al import Protocol, run_al
     from .report import format_table
 
     unknown = [s for s in strategies if s not in STRATEGIES]
@@ -425,21 +425,12 @@ def al(
             f"unknown {unknown}; choose from {', '.join(sorted(STRATEGIES))}",
             param_hint="--strategies",
         )
-    cfg, _ = checked_config(data, preset, config_file, overrides)
+    config, _ = checked_config(data, preset, config_file, overrides)
     try:
-        results = run_al(
-            data,
-            out,
-            cfg,
-            strategies,
-            seeds,
-            init=init,
-            step=step,
-            max_fraction=max_fraction,
-            subset=subset,
-            bins=bins,
-            full=full,
+        protocol = Protocol(
+            init=init, step=step, max_fraction=max_fraction, subset=subset, bins=bins
         )
+        results = run_al(data, out, config, strategies, seeds, protocol, full=full)
     except ValueError as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(format_table(results))

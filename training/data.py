@@ -1,4 +1,4 @@
-"""Dataset loaders: CamVid (SegNet layout) and Cityscapes (gtFine labelIds), DESIGN.md section 3.
+"""Dataset loaders: CamVid (SegNet layout) and Cityscapes (gtFine labelIds).
 
 Both layouts are read from a user path, never downloaded. Every sample is a pair of files
 (`Sample`); labels are mapped to train ids on load (CamVid void 11 -> 255, Cityscapes official

@@ -108,9 +108,8 @@ class InvertedResidualEncoder(nn.Module):
                     MBConv(cin if r == 0 else cout, cout, kernel, s, expand, dilation, eps)
                 )
             if stride_now == 4 and self.low_index < 0:
-                self.low_index = len(blocks) - 1
+                self.low_index, self.low_channels = len(blocks) - 1, cout  # stride-4 features
         self._blocks = nn.ModuleList(blocks)
-        self.low_channels = stages[1][5]
         self.out_channels = stages[-1][5]
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -144,6 +144,8 @@ class DeepLabV3PlusDecoder(nn.Module):
     def __init__(self, low_channels: int, high_channels: int, cfg: ModelConfig) -> None:
         super().__init__()
         w = cfg.decoder_width
+        self.out_channels = w  # of the decoded features the segmentation head reads
+        self.feature_channels = w + cfg.low_level_channels  # of the features pooled to embeddings
         self.aspp = ASPP(high_channels, w, cfg.aspp_rates, cfg.aspp_dropout, cfg.separable)
         self.low_project = conv_bn_relu(low_channels, cfg.low_level_channels, 1)
         self.fuse = nn.Sequential(
@@ -256,7 +258,7 @@ class DEALNet(nn.Module):
         self.decoder = DeepLabV3PlusDecoder(
             self.encoder.low_channels, self.encoder.out_channels, cfg
         )
-        self.segmentation_head = nn.Conv2d(cfg.decoder_width, cfg.num_classes, 1)
+        self.segmentation_head = nn.Conv2d(self.decoder.out_channels, cfg.num_classes, 1)
         self.difficulty_head = DifficultyHead(
             cfg.num_classes, cfg.attention_size, cfg.pam_block, cfg.pam_impl
         )

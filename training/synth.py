@@ -1,4 +1,4 @@
-"""Procedural street scenes in CamVid layout: the offline benchmark (DESIGN.md section 3).
+"""Procedural street scenes in CamVid layout: the offline benchmark (see docs/architecture.md).
 
 A scene is a pinhole camera over a flat street seen down its length: sky, a perspective road
 with sidewalks, facades with windows, fences, trees, slender poles with small signs, cars,

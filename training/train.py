@@ -51,14 +51,18 @@ def train_one_epoch(
     max_iter: int,
     progress: tqdm,
 ) -> dict[str, float]:
-    cfg = preset.train
+    train_cfg = preset.train
     model.train()
     totals: dict[str, float] = {}
     for i, (images, labels) in enumerate(loader):
-        set_lr(optimizer, poly_lr(cfg.lr, first_iter + i, max_iter, cfg.poly_power))
+        set_lr(optimizer, poly_lr(train_cfg.lr, first_iter + i, max_iter, train_cfg.poly_power))
         out = model(normalise(images, preset.model.mean, preset.model.std))
         loss, parts = deal_loss(
-            out.full_logits(), out.difficulty(), labels, cfg.difficulty_loss, cfg.difficulty_weight
+            out.full_logits(),
+            out.difficulty(),
+            labels,
+            train_cfg.difficulty_loss,
+            train_cfg.difficulty_weight,
         )
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -69,6 +73,151 @@ def train_one_epoch(
         progress.set_postfix(loss=f"{parts['loss']:.3f}", dif=f"{parts['dif']:.3f}")
     n = max(len(loader), 1)
     return {k: v / n for k, v in totals.items()}
+
+
+class Trainer:
+    """One `fit` run: `preset`'s data, model and optimiser, and the run's files in `out`.
+
+    out/last.pt   every epoch: weights, optimiser, best val mIoU, history (resume point)
+    out/best.pt   the best-val checkpoint (readable with torch.load(weights_only=True))
+    out/config.json, out/history.json
+    """
+
+    def __init__(
+        self, data: Path, out: Path, preset: Preset, labeled: Sequence[int] | None, quiet: bool
+    ) -> None:
+        train_cfg = preset.train
+        if train_cfg.threads:
+            torch.set_num_threads(train_cfg.threads)
+        torch.manual_seed(train_cfg.seed)
+        augment = Augment(
+            crop=train_cfg.crop, scale=train_cfg.scale, color_jitter=train_cfg.color_jitter
+        )
+        size = preset.model.input_size  # a no-op for data already at the model's size (CamVid)
+        self.train_set = SegmentationDataset(
+            data, train_cfg.train_split, size=size, augment=augment, indices=labeled
+        )
+        self.val_set = SegmentationDataset(data, train_cfg.val_split, size=size)
+        self.preset = preset = with_classes(preset, self.train_set.num_classes)
+        self.train_cfg, self.out, self.quiet = train_cfg, out, quiet
+        if len(self.train_set) < train_cfg.batch_size:
+            raise ValueError(
+                f"{len(self.train_set)} training images is fewer than one batch of "
+                f"{train_cfg.batch_size}; lower batch_size"
+            )
+        self.model = DEALNet(preset.model, pretrained=train_cfg.pretrained)
+        self.optimizer = torch.optim.SGD(
+            self.model.param_groups(train_cfg.lr),
+            lr=train_cfg.lr,
+            momentum=train_cfg.momentum,
+            nesterov=True,
+            weight_decay=train_cfg.weight_decay,
+        )
+        self.run_state = {
+            "model": preset.model.to_dict(),
+            "train": train_cfg.to_dict(),
+            "labeled": list(labeled) if labeled is not None else None,
+        }
+        self.start_epoch, self.best, self.history = 0, -1.0, []
+        self.last_path, self.best_path = out / "last.pt", out / "best.pt"
+        self.iters_per_epoch = len(self.train_set) // train_cfg.batch_size
+        self.max_iter = train_cfg.epochs * self.iters_per_epoch
+
+    def resume(self) -> None:
+        """Continue from last.pt when it was written by a run of the same configuration."""
+        if not self.last_path.exists():
+            return
+        raw = read_raw(self.last_path)
+        if raw.get("run_state") != self.run_state:
+            return
+        self.model.load_state_dict(raw["state_dict"])
+        self.optimizer.load_state_dict(raw["optimizer"])
+        self.start_epoch, self.best = raw["epoch"], raw["best_miou"]
+        self.history = list(raw["history"])
+        if not self.quiet:
+            print(f"resuming {self.out} at epoch {self.start_epoch}", file=sys.stderr)
+
+    def train_epoch(self, epoch: int, progress: tqdm) -> dict[str, float]:
+        """One pass over the training set; its shuffling and augmentation are seeded by epoch."""
+        train_cfg = self.train_cfg
+        torch.manual_seed(
+            train_cfg.seed * 1000003 + epoch
+        )  # augmentation stream, resumable per epoch
+        shuffle = torch.Generator().manual_seed(train_cfg.seed * 100003 + epoch)
+        loader = DataLoader(
+            self.train_set,
+            batch_size=train_cfg.batch_size,
+            shuffle=True,
+            drop_last=True,
+            generator=shuffle,
+        )
+        first = epoch * self.iters_per_epoch
+        return train_one_epoch(
+            self.model, loader, self.optimizer, self.preset, first, self.max_iter, progress
+        )
+
+    def validate_and_save(self, epoch: int, stats: dict[str, float], progress: tqdm) -> None:
+        """Validate when due (keeping best.pt), record the epoch, write last.pt."""
+        train_cfg, model = self.train_cfg, self.model
+        names, palette = self.train_set.class_names, self.train_set.palette
+        record: dict[str, Any] = {"epoch": epoch + 1, **stats}
+        if (epoch + 1) % train_cfg.val_every == 0 or epoch + 1 == train_cfg.epochs:
+            metrics = evaluate_model(model, self.val_set, self.preset.model, difficulty=False)
+            record["val_miou"] = metrics["miou"]
+            if metrics["miou"] > self.best:
+                self.best = metrics["miou"]
+                metrics_saved = {"val_miou": self.best, "epoch": epoch + 1}
+                save_checkpoint(
+                    self.best_path,
+                    model,
+                    names,
+                    palette,
+                    train_cfg.to_dict(),
+                    metrics_saved,
+                    epoch + 1,
+                )
+            if not self.quiet:
+                progress.write(
+                    f"epoch {epoch + 1}: loss {stats['loss']:.3f} "
+                    f"val mIoU {metrics['miou'] * 100:.1f} (best {self.best * 100:.1f})",
+                    file=sys.stderr,
+                )
+        self.history.append(record)
+        resume_point = {
+            "optimizer": self.optimizer.state_dict(),
+            "best_miou": self.best,
+            "history": self.history,
+            "run_state": self.run_state,
+        }
+        save_checkpoint(
+            self.last_path, model, names, palette, train_cfg.to_dict(), {}, epoch + 1, resume_point
+        )
+
+    def run(self) -> FitResult:
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.resume()
+        (self.out / "config.json").write_text(json.dumps(self.run_state, indent=2))
+        t0 = time.time()
+        progress = tqdm(
+            total=self.max_iter,
+            initial=self.start_epoch * self.iters_per_epoch,
+            disable=self.quiet,
+            desc=f"fit {self.out.name}",
+            unit="it",
+            file=sys.stderr,
+        )
+        for epoch in range(self.start_epoch, self.train_cfg.epochs):
+            stats = self.train_epoch(epoch, progress)
+            self.validate_and_save(epoch, stats, progress)
+        progress.close()
+        (self.out / "history.json").write_text(json.dumps(self.history, indent=2))
+        refit = None
+        if self.train_cfg.refit_difficulty:
+            refit = refit_best(self.best_path, self.val_set, self.train_cfg, self.quiet)
+        epochs_run = self.train_cfg.epochs - self.start_epoch
+        return FitResult(
+            self.best_path, self.best, epochs_run, time.time() - t0, self.history, refit
+        )
 
 
 def fit(
@@ -83,128 +232,23 @@ def fit(
     `labeled` restricts training to those indices of the train split (active learning). If
     `out/last.pt` exists from an interrupted run with the same configuration, training resumes.
     """
-    out.mkdir(parents=True, exist_ok=True)
-    cfg = preset.train
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    torch.manual_seed(cfg.seed)
-    augment = Augment(crop=cfg.crop, scale=cfg.scale, color_jitter=cfg.color_jitter)
-    size = preset.model.input_size  # a no-op for data already at the model's size (CamVid)
-    train_set = SegmentationDataset(
-        data, cfg.train_split, size=size, augment=augment, indices=labeled
-    )
-    val_set = SegmentationDataset(data, cfg.val_split, size=size)
-    preset = with_classes(preset, train_set.num_classes)
-    if len(train_set) < cfg.batch_size:
-        raise ValueError(
-            f"{len(train_set)} training images is fewer than one batch of {cfg.batch_size}; "
-            "lower batch_size"
-        )
-    model = DEALNet(preset.model, pretrained=cfg.pretrained)
-    optimizer = torch.optim.SGD(
-        model.param_groups(cfg.lr),
-        lr=cfg.lr,
-        momentum=cfg.momentum,
-        nesterov=True,
-        weight_decay=cfg.weight_decay,
-    )
-    run_state = {
-        "model": preset.model.to_dict(),
-        "train": cfg.to_dict(),
-        "labeled": list(labeled) if labeled is not None else None,
-    }
-    start_epoch, best, history = 0, -1.0, []
-    last_path, best_path = out / "last.pt", out / "best.pt"
-    if last_path.exists():
-        raw = read_raw(last_path)
-        if raw.get("run_state") == run_state:
-            model.load_state_dict(raw["state_dict"])
-            optimizer.load_state_dict(raw["optimizer"])
-            start_epoch, best, history = raw["epoch"], raw["best_miou"], list(raw["history"])
-            if not quiet:
-                print(f"resuming {out} at epoch {start_epoch}", file=sys.stderr)
-    (out / "config.json").write_text(json.dumps(run_state, indent=2))
-
-    def make_loader(epoch: int) -> DataLoader:
-        g = torch.Generator().manual_seed(cfg.seed * 100003 + epoch)
-        return DataLoader(
-            train_set, batch_size=cfg.batch_size, shuffle=True, drop_last=True, generator=g
-        )
-
-    iters_per_epoch = len(train_set) // cfg.batch_size
-    max_iter = cfg.epochs * iters_per_epoch
-    t0 = time.time()
-    progress = tqdm(
-        total=max_iter,
-        initial=start_epoch * iters_per_epoch,
-        disable=quiet,
-        desc=f"fit {out.name}",
-        unit="it",
-        file=sys.stderr,
-    )
-    for epoch in range(start_epoch, cfg.epochs):
-        torch.manual_seed(cfg.seed * 1000003 + epoch)  # augmentation stream, resumable per epoch
-        stats = train_one_epoch(
-            model,
-            make_loader(epoch),
-            optimizer,
-            preset,
-            epoch * iters_per_epoch,
-            max_iter,
-            progress,
-        )
-        record: dict[str, Any] = {"epoch": epoch + 1, **stats}
-        if (epoch + 1) % cfg.val_every == 0 or epoch + 1 == cfg.epochs:
-            metrics = evaluate_model(model, val_set, preset.model, difficulty=False)
-            record["val_miou"] = metrics["miou"]
-            if metrics["miou"] > best:
-                best = metrics["miou"]
-                save_checkpoint(
-                    best_path,
-                    model,
-                    train_set.class_names,
-                    train_set.palette,
-                    cfg.to_dict(),
-                    {"val_miou": best, "epoch": epoch + 1},
-                    epoch + 1,
-                )
-            if not quiet:
-                progress.write(
-                    f"epoch {epoch + 1}: loss {stats['loss']:.3f} "
-                    f"val mIoU {metrics['miou'] * 100:.1f} (best {best * 100:.1f})",
-                    file=sys.stderr,
-                )
-        history.append(record)
-        save_checkpoint(
-            last_path,
-            model,
-            train_set.class_names,
-            train_set.palette,
-            cfg.to_dict(),
-            {},
-            epoch + 1,
-            extra={
-                "optimizer": optimizer.state_dict(),
-                "best_miou": best,
-                "history": history,
-                "run_state": run_state,
-            },
-        )
-    progress.close()
-    (out / "history.json").write_text(json.dumps(history, indent=2))
-    refit = refit_best(best_path, val_set, cfg, quiet) if cfg.refit_difficulty else None
-    return FitResult(best_path, best, cfg.epochs - start_epoch, time.time() - t0, history, refit)
+    return Trainer(data, out, preset, labeled, quiet).run()
 
 
 def refit_best(
-    best_path: Path, val_set: SegmentationDataset, cfg: TrainConfig, quiet: bool = False
+    best_path: Path, val_set: SegmentationDataset, train_cfg: TrainConfig, quiet: bool = False
 ) -> dict[str, Any]:
     """Refit the kept checkpoint's difficulty head on `val_set` once (a resumed run keeps it)."""
     ckpt = load_checkpoint(best_path)
     done = ckpt.metrics.get("difficulty_refit")
     if done is None:
         done = refit_checkpoint(
-            ckpt, ckpt.build_model(), val_set, cfg.difficulty_loss, best_path, seed=cfg.seed
+            ckpt,
+            ckpt.build_model(),
+            val_set,
+            train_cfg.difficulty_loss,
+            best_path,
+            seed=train_cfg.seed,
         )
     if not quiet:
         print(
