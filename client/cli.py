@@ -23,7 +23,16 @@ from typing import Any
 import click
 
 EXIT_OK, EXIT_FATAL, EXIT_USAGE, EXIT_FAILED_INPUTS, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
-STRATEGY_NAMES = ("ds", "de", "entropy", "random", "coreset")  # == select.STRATEGIES (tested)
+STRATEGY_NAMES = (  # == core.ranking.STRATEGIES (tested)
+    "ds",
+    "de",
+    "entropy",
+    "random",
+    "coreset",
+    "ds+coreset",
+    "de+coreset",
+    "entropy+coreset",
+)
 DEFAULT_MAX_PIXELS = 89_478_485  # == decode.DEFAULT_MAX_PIXELS (tested), Pillow's own limit
 
 

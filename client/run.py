@@ -346,7 +346,7 @@ def load_labeled(
 
 def run_selection(table: Table, out: Path, how: SelectSettings) -> dict[str, Any]:
     """Select from a loaded table and write selection.txt / selection.json into `out`."""
-    need_centres = how.strategy == "coreset"
+    need_centres = how.strategy.endswith("coreset")  # k-center: embeddings and centres
     emb = table.embeddings() if need_centres or how.diverse is not None else None
     centres, exclude = (None, None)
     if how.labeled is not None:

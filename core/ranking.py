@@ -12,6 +12,8 @@ name in `STRATEGIES`; each takes a `Pool` and returns ranked `Pick`s.
     random            a seeded hash of the path: reproducible and independent of pool order
     coreset           greedy k-center on L2-normalised embeddings, cosine distance; `labeled`
                       embeddings are the initial centres
+    ds+coreset, ...   the 4k highest by a score, then k-center among them: hard images that are
+                      not near-duplicates of each other (frames of one drive) or of the labelled
 
 `diverse=THRESH` (any strategy) skips an image whose embedding cosine to an already picked image
 is above THRESH.
@@ -21,7 +23,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -29,6 +31,7 @@ from .registry import Registry
 
 SCORE_COLUMNS: tuple[str, ...] = ("ds", "de", "entropy")
 TIE_TOLERANCE = 1e-5  # computed cosine distances closer than this are ties (then: by path)
+CANDIDATE_FACTOR = 4  # score-then-core-set strategies: k-center among the 4k best by score
 _CHUNK_ROWS = 1 << 16  # rows of embeddings processed at a time by coreset / diverse
 
 
@@ -243,6 +246,32 @@ def coreset(pool: Pool, k: int, opts: Options) -> list[Pick]:
     return picks
 
 
+def _score_then_coreset(score_fn: Callable[[Pool, Options], np.ndarray]) -> Strategy:
+    """The CANDIDATE_FACTOR x k images with the highest score, then greedy k-center among them:
+    hard images that are not near-duplicates of each other nor of the labelled images.
+
+    The k-center starts from the labelled images, or without them from the highest-scoring
+    candidate (picked first). A pick's score is the base score; picks come in k-center order.
+    """
+
+    def strategy(pool: Pool, k: int, opts: Options) -> list[Pick]:
+        scores = score_fn(pool, opts)
+        emb = _need_embeddings(pool, "a score-then-core-set strategy")
+        candidates = top_k(pool.paths, scores, CANDIDATE_FACTOR * k)
+        if len(candidates) == 0:
+            return []
+        if opts.labeled is None or len(opts.labeled) == 0:  # the hardest candidate comes first
+            first, candidates = candidates[:1], candidates[1:]
+            opts, k = replace(opts, labeled=np.asarray(emb[first])), k - 1
+        else:
+            first = candidates[:0]
+        sub = Pool(_Take(pool.paths, candidates), {}, np.asarray(emb)[candidates])
+        chosen = [*first, *(candidates[p.index] for p in coreset(sub, k, opts))]
+        return [Pick(int(i), float(scores[i])) for i in chosen]
+
+    return strategy
+
+
 STRATEGIES: Registry[Strategy] = Registry(
     "strategy",
     ds=_by_score(_column("ds")),
@@ -250,6 +279,10 @@ STRATEGIES: Registry[Strategy] = Registry(
     entropy=_by_score(_column("entropy")),
     random=_by_score(lambda pool, opts: path_hash(pool.paths, opts.seed)),
     coreset=coreset,
+    **{
+        f"{name}+coreset": _score_then_coreset(_column(name))
+        for name in ("ds", "de", "entropy")
+    },
 )
 
 

@@ -51,8 +51,24 @@ def test_empty_pool_is_a_clear_error() -> None:
         select(pool_of([], []), "ds", 3)
 
 
+def test_score_then_coreset_spreads_the_picks_over_near_duplicate_clusters() -> None:
+    # a drive of 6 near-duplicate hard frames (a*), two other drives (b*, c*) less hard, one easy
+    emb = np.array([[1, 0, 0]] * 6 + [[0, 1, 0]] * 2 + [[0, 0, 1]] * 2 + [[1, 1, 1]], np.float32)
+    emb[:6, 1] = np.linspace(0, 0.01, 6)  # not quite identical
+    paths = [f"a{i}" for i in range(6)] + ["b0", "b1", "c0", "c1", "z"]
+    ds = [0.9, 0.89, 0.88, 0.87, 0.86, 0.85, 0.5, 0.49, 0.4, 0.39, 0.1]
+    pool = pool_of(paths, ds, emb)
+    assert [p for p, _ in picked(pool, "ds", 3)] == ["a0", "a1", "a2"]
+    # among the 12 best by ds (everything), k-center from the hardest: one frame per drive
+    assert picked(pool, "ds+coreset", 3) == [("a0", 0.9), ("b0", 0.5), ("c0", 0.4)]
+    # the labelled set covers drive a already: the picks go elsewhere
+    got = picked(pool, "ds+coreset", 3, labeled=emb[:1])
+    assert [p for p, _ in got] == ["b0", "c0", "z"]
+    assert picked(pool, "entropy+coreset", 0) == []
+
+
 def test_unknown_strategy_lists_the_valid_names() -> None:
-    with pytest.raises(KeyError, match="coreset, de, ds, entropy, random"):
+    with pytest.raises(KeyError, match="coreset, de, de\\+coreset, ds, ds\\+coreset, entropy"):
         select(pool_of(["a"], [1.0]), "dss", 1)
     with pytest.raises(KeyError, match="choose one of"):
         STRATEGIES["nope"]

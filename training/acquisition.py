@@ -12,6 +12,8 @@ Strategies are looked up by name in `STRATEGIES`; each says whether it needs the
               entropy of the argmax votes, image mean
     coreset   greedy k-center, cosine distance on scores.pooled_embedding of the decoder
               features, the labelled images as initial centres
+    ds+coreset, de+coreset, entropy+coreset
+              the best candidates by that score, then k-center among them (the client's)
     random    seeded uniform scores
 
 DS, DE, entropy and the embedding are the functions the exported graph uses, and top-k and
@@ -34,10 +36,11 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from dealseg.core.ranking import Options, Pool, coreset, top_k
+from dealseg.core.ranking import select as core_select
 from dealseg.core.registry import Registry
 
 from .data import SegmentationDataset
-from .model import DEALNet, normalise
+from .model import DEALNet, DEALOutput, normalise
 from .scores import difficulty_entropy, difficulty_score, pooled_embedding, softmax_entropy
 
 DROPOUT_TYPES = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d)
@@ -76,6 +79,7 @@ class Strategy(Protocol):
 
 
 BatchFn = Callable[[DEALNet, torch.Tensor, Context], torch.Tensor]  # [B,3,H,W] -> [B] | [B,D]
+ScoreFn = Callable[[DEALOutput, Context], torch.Tensor]  # one forward pass's outputs -> [B]
 
 
 def pool_subset(
@@ -119,16 +123,28 @@ def infer(ctx: Context, indices: Sequence[int], fn: BatchFn) -> np.ndarray:
     return torch.cat(outs).numpy().astype(np.float64) if outs else np.zeros(0)
 
 
+def ds_from(out: DEALOutput, ctx: Context) -> torch.Tensor:
+    return difficulty_score(out.difficulty())
+
+
+def de_from(out: DEALOutput, ctx: Context) -> torch.Tensor:
+    return difficulty_entropy(out.difficulty(), ctx.bins)
+
+
+def entropy_from(out: DEALOutput, ctx: Context) -> torch.Tensor:
+    return softmax_entropy(out.logits)
+
+
 def ds_batch(model: DEALNet, x: torch.Tensor, ctx: Context) -> torch.Tensor:
-    return difficulty_score(model(x).difficulty())
+    return ds_from(model(x), ctx)
 
 
 def de_batch(model: DEALNet, x: torch.Tensor, ctx: Context) -> torch.Tensor:
-    return difficulty_entropy(model(x).difficulty(), ctx.bins)
+    return de_from(model(x), ctx)
 
 
 def entropy_batch(model: DEALNet, x: torch.Tensor, ctx: Context) -> torch.Tensor:
-    return softmax_entropy(model(x).logits)
+    return entropy_from(model(x), ctx)
 
 
 def embedding_batch(model: DEALNet, x: torch.Tensor, ctx: Context) -> torch.Tensor:
@@ -234,6 +250,30 @@ class KCenter:
         )
 
 
+class ScoreThenKCenter:
+    """The client's `<score>+coreset`: the best candidates by a score, then k-center among them
+    on pooled decoder features, the labelled images as the first centres (core.ranking)."""
+
+    needs_model = True
+
+    def __init__(self, score: str, score_from: ScoreFn) -> None:
+        self.score, self.score_from = score, score_from
+
+    def _score_and_embed(self, model: DEALNet, x: torch.Tensor, ctx: Context) -> torch.Tensor:
+        """[B, 1 + D]: the score, then the embedding, from one forward pass."""
+        out = model(x)
+        return torch.cat([self.score_from(out, ctx)[:, None], pooled_embedding(out.features)], 1)
+
+    def __call__(self, ctx: Context, candidates: Sequence[int], k: int) -> Selection:
+        scored = infer(ctx, candidates, self._score_and_embed)  # [N, 1 + D]
+        centres = infer(ctx, ctx.labeled, embedding_batch) if ctx.labeled else None  # [L, D]
+        pool = Pool(image_paths(ctx, candidates), {self.score: scored[:, 0]}, scored[:, 1:])
+        picks = core_select(pool, f"{self.score}+coreset", k, Options(labeled=centres))
+        return Selection(
+            [int(candidates[p.index]) for p in picks], [p.score for p in picks], len(candidates)
+        )
+
+
 STRATEGIES: Registry[Strategy] = Registry(
     "strategy",
     ds=ImageScore(ds_batch),
@@ -242,6 +282,10 @@ STRATEGIES: Registry[Strategy] = Registry(
     qbc=ImageScore(qbc_batch, seeded=True),
     coreset=KCenter(),
     random=RandomScore(),
+    **{
+        f"{name}+coreset": ScoreThenKCenter(name, score_from)
+        for name, score_from in (("ds", ds_from), ("de", de_from), ("entropy", entropy_from))
+    },
 )
 
 
