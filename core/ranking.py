@@ -279,10 +279,7 @@ STRATEGIES: Registry[Strategy] = Registry(
     entropy=_by_score(_column("entropy")),
     random=_by_score(lambda pool, opts: path_hash(pool.paths, opts.seed)),
     coreset=coreset,
-    **{
-        f"{name}+coreset": _score_then_coreset(_column(name))
-        for name in ("ds", "de", "entropy")
-    },
+    **{f"{name}+coreset": _score_then_coreset(_column(name)) for name in ("ds", "de", "entropy")},
 )
 
 
