@@ -33,8 +33,9 @@ TINY_PALETTE = [[(37 * i) % 256, (91 * i) % 256, (53 * i) % 256] for i in range(
 TINY_SIZE = (64, 80)
 
 
-def make_tiny_checkpoint(path: Path, seed: int = 0) -> Path:
-    """A small DEALNet (ImageNet encoder, narrow separable decoder) saved as a real checkpoint."""
+def make_tiny_checkpoint(path: Path, seed: int = 0, **head: object) -> Path:
+    """A small DEALNet (ImageNet encoder, narrow separable decoder) saved as a real checkpoint;
+    `head` sets ModelConfig's difficulty_inputs / difficulty_hidden."""
     import torch
 
     from dealseg.training.checkpoint import save_checkpoint
@@ -47,6 +48,7 @@ def make_tiny_checkpoint(path: Path, seed: int = 0) -> Path:
         attention_size=(12, 16),
         input_size=TINY_SIZE,
         pam_block=64,
+        **head,  # type: ignore[arg-type]
     )
     model = DEALNet(cfg, pretrained=True)
     with torch.no_grad():

@@ -86,6 +86,22 @@ def test_parity_on_random_and_real_photos(tiny_onnx: Path, tiny_checkpoint: Path
     )
 
 
+def test_the_uncertainty_head_exports_with_parity(tmp_path: Path) -> None:
+    from conftest import make_tiny_checkpoint
+
+    from dealseg.export.onnx_export import export_onnx
+
+    ckpt = make_tiny_checkpoint(
+        tmp_path / "u.pt", difficulty_inputs="uncertainty", difficulty_hidden=8
+    )
+    out = tmp_path / "u.onnx"
+    export_onnx(ckpt, out, max_batch=4)
+    graph = DEALGraph(load_checkpoint(ckpt).build_model(), bins=8)
+    report = compare(graph, out, {**random_images(2, (64, 80)), **real_photos()})
+    assert report.failures == [], report.table()
+    assert report.max_abs["ds"] <= contract.TOL_DS
+
+
 def test_numpy_de_reference() -> None:
     d = np.array([[0.0, 0.0, 1.0, 1.0]])
     assert numpy_de(d, 8) == pytest.approx(np.log(2))

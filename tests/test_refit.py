@@ -61,6 +61,24 @@ def test_refit_raises_auroc_and_moves_only_the_head(
     assert evaluate_model(model, streets, model.cfg)["difficulty_auroc"] > baseline
 
 
+def test_refit_of_an_mlp_read_out_on_uncertainty(
+    tmp_path: Path, streets: SegmentationDataset
+) -> None:
+    from conftest import make_tiny_checkpoint
+
+    path = make_tiny_checkpoint(
+        tmp_path / "u.pt", difficulty_inputs="uncertainty", difficulty_hidden=8
+    )
+    model = load_checkpoint(path).build_model()
+    assert model.difficulty_head.features(torch.randn(2, 11, 16, 20)).shape == (2, 14, 12, 16)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    result = refit_difficulty_head(model, streets, "bce", max_pixels=20_000, seed=1)
+    assert not result.kept_old and result.auroc_after >= result.auroc_before
+    changed = {k for k, v in model.state_dict().items() if not torch.equal(v, before[k])}
+    assert changed and all(k.startswith("difficulty_head.classifier.") for k in changed)
+    assert next(model.difficulty_head.classifier.parameters()).dtype == torch.float32
+
+
 def test_refit_with_plain_bce_and_bad_loss(
     tiny_checkpoint: Path, streets: SegmentationDataset
 ) -> None:

@@ -289,14 +289,14 @@ def evaluate(checkpoint: Path, data: Path, split: str, out: Path | None, threads
     "--loss",
     type=click.Choice(["wbce", "bce"]),
     default=None,
-    show_default="the checkpoint's training loss",
+    show_default="the checkpoint's refit_loss",
     help="Difficulty loss of the fit.",
 )
 @click.option("--threads", type=int, default=0, show_default=True, help="Torch threads (0=all).")
 def refit(
     checkpoint: Path, data: Path, split: str, out: Path, loss: str | None, threads: int
 ) -> None:
-    """Refit the difficulty head's 1x1 conv on a held-out split (everything else frozen)."""
+    """Refit the difficulty head's read-out on a held-out split (everything else frozen)."""
     import torch
 
     from .refit import refit_checkpoint
@@ -304,9 +304,10 @@ def refit(
     if threads:
         torch.set_num_threads(threads)
     ckpt, model, dataset = _checkpoint_and_split(checkpoint, data, split)
-    loss = loss or ckpt.train_config.get("difficulty_loss", "wbce")
+    loss = loss or ckpt.train_config.get("refit_loss", "wbce")
+    l2 = ckpt.train_config.get("refit_l2", 0.0)
     try:
-        record = refit_checkpoint(ckpt, model, dataset, loss, out)
+        record = refit_checkpoint(ckpt, model, dataset, loss, out, l2=l2)
     except ValueError as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(json.dumps({"checkpoint": str(out), "difficulty_refit": record}))

@@ -31,9 +31,11 @@ class TrainConfig:
     pretrained: bool = True  # ImageNet encoder weights
     train_split: str = "train"
     val_split: str = "val"
-    # After training, refit the difficulty head's 1x1 conv on the val split's error masks
+    # After training, refit the difficulty head's read-out on the val split's error masks
     # (training/refit.py): the same architecture, a sharper map on unseen images.
     refit_difficulty: bool = False
+    refit_loss: str = "wbce"  # "bce": the map becomes an error probability, DS an error rate
+    refit_l2: float = 0.0  # penalty on the read-out's weights (for an MLP read-out)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:

@@ -7,6 +7,7 @@ image -> encoder -> decoder -> segmentation_head -> logits (stride 4)
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -73,6 +74,10 @@ class ModelConfig:
     attention_size: tuple[int, int] = (60, 80)  # PAM grid (h, w): CamVid 60x80, Cityscapes 86x86
     pam_block: int = 512  # query rows per block in the exact blocked PAM
     pam_impl: str = "sdpa"  # "sdpa" (training), "blocked" (export), "naive" (reference)
+    # What the difficulty head reads: "paper" (Q, the attended probabilities, as published) or
+    # "uncertainty" (Q and each pixel's entropy, 1 - max and 1 - margin of its probabilities).
+    difficulty_inputs: str = "paper"
+    difficulty_hidden: int = 0  # 0: the 1x1 conv read-out; > 0: a 1x1 MLP with this many units
     input_size: tuple[int, int] = (360, 480)  # (H, W) the model is exported at
     # Input normalisation on 0..1 RGB: EfficientNet-Lite's own (127/255, 128/255); ImageNet
     # statistics (0.485, 0.456, 0.406) / (0.229, 0.224, 0.225) for torchvision-style backbones.
@@ -197,30 +202,66 @@ PAM_IMPLS: Registry[Callable[[torch.Tensor, int], torch.Tensor]] = Registry(
 )
 
 
+def uncertainty(p: torch.Tensor) -> torch.Tensor:
+    """Per-pixel uncertainty of class probabilities p [B, C, N] -> [B, 3, N]: entropy / ln C,
+    1 - the top probability, and 1 - the margin between the top two."""
+    entropy = -(p * torch.log(p.clamp_min(1e-12))).sum(dim=1, keepdim=True) / math.log(p.shape[1])
+    top = torch.topk(p, 2, dim=1).values  # [B, 2, N]
+    return torch.cat([entropy, 1 - top[:, :1], 1 - (top[:, :1] - top[:, 1:])], dim=1)
+
+
+# What the difficulty head reads, by name: (features of P and Q = γ·PAM(P) + P, their channels
+# beyond the C of Q).
+HEAD_INPUTS: Registry[tuple[Callable[[torch.Tensor, torch.Tensor], torch.Tensor], int]] = Registry(
+    "difficulty head input",
+    paper=(lambda p, q: q, 0),
+    uncertainty=(lambda p, q: torch.cat([q, uncertainty(p)], dim=1), 3),
+)
+
+
+def read_out(channels: int, hidden: int) -> nn.Module:
+    """The head's per-pixel read-out: a 1x1 conv, or a 1x1 MLP with `hidden` units."""
+    if hidden == 0:
+        return nn.Conv2d(channels, 1, 1)
+    return nn.Sequential(nn.Conv2d(channels, hidden, 1), nn.ReLU(), nn.Conv2d(hidden, 1, 1))
+
+
 class DifficultyHead(nn.Module):
-    """The DEAL branch: softmax -> probability attention -> 1x1 conv -> difficulty logits."""
+    """The DEAL branch: softmax -> probability attention -> read-out -> difficulty logits.
+
+    As published (`inputs="paper"`, `hidden=0`) the read-out is a 1x1 conv of Q; with
+    `inputs="uncertainty"` it also sees each pixel's entropy, 1 - max and 1 - margin.
+    """
 
     def __init__(
-        self, num_classes: int, attention_size: tuple[int, int], pam_block: int, pam_impl: str
+        self,
+        num_classes: int,
+        attention_size: tuple[int, int],
+        pam_block: int,
+        pam_impl: str,
+        inputs: str = "paper",
+        hidden: int = 0,
     ):
         super().__init__()
         PAM_IMPLS[pam_impl]  # noqa: B018 - an unknown name fails here, listing the valid ones
+        self.combine, extra = HEAD_INPUTS[inputs]
         self.attention_size = tuple(attention_size)
         self.pam_block = pam_block
         self.pam_impl = pam_impl
         self.gamma = nn.Parameter(torch.zeros(1))
-        self.classifier = nn.Conv2d(num_classes, 1, 1)
+        self.classifier = read_out(num_classes + extra, hidden)
 
     def attend(self, p: torch.Tensor) -> torch.Tensor:
         return PAM_IMPLS[self.pam_impl](p, self.pam_block)
 
     def features(self, logits: torch.Tensor) -> torch.Tensor:
-        """logits [B, C, h4, w4] -> Q = γ·PAM(P) + P [B, C, h, w], the 1x1 conv's input."""
+        """logits [B, C, h4, w4] -> the read-out's input [B, D, h, w]: Q = γ·PAM(P) + P
+        (D = C), with the uncertainty of P for `inputs="uncertainty"` (D = C + 3)."""
         x = F.interpolate(logits, size=self.attention_size, mode="bilinear", align_corners=False)
         b, c, h, w = x.shape
         p = torch.softmax(x, dim=1).reshape(b, c, h * w)  # [B, C, N]
         q = self.gamma * self.attend(p) + p
-        return q.reshape(b, c, h, w)
+        return self.combine(p, q).reshape(b, -1, h, w)
 
     def forward(self, logits: torch.Tensor) -> torch.Tensor:
         """logits [B, C, h4, w4] -> difficulty logits [B, 1, h, w] on the attention grid."""
@@ -260,7 +301,12 @@ class DEALNet(nn.Module):
         )
         self.segmentation_head = nn.Conv2d(self.decoder.out_channels, cfg.num_classes, 1)
         self.difficulty_head = DifficultyHead(
-            cfg.num_classes, cfg.attention_size, cfg.pam_block, cfg.pam_impl
+            cfg.num_classes,
+            cfg.attention_size,
+            cfg.pam_block,
+            cfg.pam_impl,
+            cfg.difficulty_inputs,
+            cfg.difficulty_hidden,
         )
 
     def forward(self, x: torch.Tensor) -> DEALOutput:

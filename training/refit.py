@@ -1,14 +1,16 @@
-"""Refit the difficulty head's 1x1 conv on held-out error masks, everything else frozen.
+"""Refit the difficulty head's read-out on held-out error masks, everything else frozen.
 
-The difficulty map is sigmoid(upsample(conv1x1(Q))) with Q = γ·PAM(P) + P: a linear read-out of Q.
-Joint training (the paper's protocol) leaves that read-out's C + 1 weights far from the best one
-for Q: weight decay and the poly schedule keep them small, and the error masks it learns from are
-the training images' errors in train mode (dropout on), not the errors the model makes on images
-it has not seen. The refit sets them to the logistic-regression fit of the eval-mode model's error
-mask on a held-out split (the validation split in `deal-train fit`). Nothing else changes: same
-architecture, same segmenter, same γ, same exported graph. Because the conv and the bilinear
-upsampling are both linear (and bilinear weights sum to 1), fitting on Q upsampled to the label
-size is exactly fitting the map the model outputs.
+The difficulty map is sigmoid(upsample(read_out(F))) with F the head's features: Q = γ·PAM(P) + P
+as published, plus each pixel's uncertainty for the "uncertainty" head. Joint training (the
+paper's protocol) leaves the read-out far from the best one for F: weight decay and the poly
+schedule keep its weights small, and the error masks it learns from are the training images'
+errors in train mode (dropout on), not the errors the model makes on images it has not seen. The
+refit sets it to the best fit of the eval-mode model's error mask on a held-out split (the
+validation split in `deal-train fit`). Nothing else changes: same segmenter, same γ, same graph.
+For the 1x1 conv read-out, conv and bilinear upsampling are both linear (and bilinear weights sum
+to 1), so fitting on F upsampled to the label size is exactly fitting the map the model outputs;
+for an MLP read-out it is a close approximation (the graph applies the MLP on the grid, then
+upsamples its logits).
 """
 
 from __future__ import annotations
@@ -48,7 +50,7 @@ class RefitResult:
 def head_inputs(
     model: DEALNet, dataset: Dataset, max_pixels: int = MAX_PIXELS, seed: int = 0
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(Q at label size [P, C] float64, wrong [P] bool) for up to `max_pixels` labelled pixels,
+    """(features at label size [P, D] float64, wrong [P] bool) for up to `max_pixels` pixels,
     sampled evenly over the images of `dataset` with the eval-mode model."""
     was_training = model.training
     model.eval()
@@ -83,12 +85,14 @@ def refit_difficulty_head(
     loss: str = "wbce",
     max_pixels: int = MAX_PIXELS,
     seed: int = 0,
+    l2: float = 0.0,
 ) -> RefitResult:
-    """Set the head's 1x1 conv to the `loss`-optimal read-out of Q for `dataset`'s error masks.
+    """Set the head's read-out to the `loss`-optimal one for `dataset`'s error masks.
 
-    `loss` is the training difficulty loss (`wbce`: right and wrong pixels weighted as in
-    training, so the map keeps its level; `bce`: plain). The old weights are kept when the fit
-    does not raise the AUROC on the sampled pixels.
+    `loss` is a difficulty loss (`wbce`: right and wrong pixels weighted as in training, so the
+    map keeps its level; `bce`: plain, so the map is the probability of an error and its mean
+    the expected error rate). `l2` penalises the read-out's weights (for an MLP read-out). The
+    old weights are kept when the fit lowers the AUROC on the sampled pixels.
     """
     reduce = DIFFICULTY_LOSSES[loss]
     x, wrong = head_inputs(model, dataset, max_pixels, seed)
@@ -97,31 +101,35 @@ def refit_difficulty_head(
             "the refit needs both right and wrong pixels; the model gets "
             f"{'every' if wrong.all() else 'no'} sampled pixel wrong"
         )
-    conv = model.difficulty_head.classifier
-    xb = torch.cat([x, torch.ones(len(x), 1, dtype=x.dtype)], dim=1)
-    old = torch.cat([conv.weight.detach().reshape(-1), conv.bias.detach()]).double()
+    head = model.difficulty_head.classifier
+    dtype = next(head.parameters()).dtype
+    head.double()
+    pixels = x[:, :, None, None]  # [P, D, 1, 1]: the read-out is per pixel
     target = wrong.double()
-    w = old.clone().requires_grad_(True)
-    optimizer = torch.optim.LBFGS([w], max_iter=500, line_search_fn="strong_wolfe")
+    old = {k: v.clone() for k, v in head.state_dict().items()}
+    weights = [p for p in head.parameters() if p.dim() > 1]
+    optimizer = torch.optim.LBFGS(head.parameters(), max_iter=500, line_search_fn="strong_wolfe")
 
     def closure() -> torch.Tensor:
         optimizer.zero_grad()
-        per_pixel = F.binary_cross_entropy_with_logits(xb @ w, target, reduction="none")
-        value = reduce(per_pixel, wrong)
+        per_pixel = F.binary_cross_entropy_with_logits(
+            head(pixels).reshape(-1), target, reduction="none"
+        )
+        value = reduce(per_pixel, wrong) + l2 * sum(w.pow(2).sum() for w in weights)
         value.backward()
         return value
 
+    labels = wrong.numpy()
+    with torch.no_grad():
+        before = auroc(head(pixels).reshape(-1).numpy(), labels)
     with torch.enable_grad():
         optimizer.step(closure)
-    new = w.detach()
-    labels = wrong.numpy()
-    before = auroc((xb @ old).numpy(), labels)
-    after = auroc((xb @ new).numpy(), labels)
-    kept_old = not (np.isfinite(after) and after > before)
-    if not kept_old:
-        with torch.no_grad():
-            conv.weight.copy_(new[:-1].reshape(conv.weight.shape).to(conv.weight.dtype))
-            conv.bias.copy_(new[-1:].to(conv.bias.dtype))
+    with torch.no_grad():
+        after = auroc(head(pixels).reshape(-1).numpy(), labels)
+    kept_old = not (np.isfinite(after) and after >= before)
+    if kept_old:
+        head.load_state_dict(old)
+    head.to(dtype)
     return RefitResult(
         pixels=len(labels),
         error_rate=float(labels.mean()),
@@ -138,11 +146,12 @@ def refit_checkpoint(
     loss: str,
     out: Path,
     seed: int = 0,
+    l2: float = 0.0,
 ) -> dict[str, Any]:
     """Refit `model` (built from `ckpt`) on `dataset` and save it to `out` with the refit's
-    record (split, pixels, AUROC before/after) added to the checkpoint's metrics."""
-    result = refit_difficulty_head(model, dataset, loss, seed=seed)
-    record = {"split": dataset.split, **result.to_dict()}
+    record (split, loss, pixels, AUROC before/after) added to the checkpoint's metrics."""
+    result = refit_difficulty_head(model, dataset, loss, seed=seed, l2=l2)
+    record = {"split": dataset.split, "loss": loss, "l2": l2, **result.to_dict()}
     save_checkpoint(
         out,
         model,

@@ -246,9 +246,10 @@ def refit_best(
             ckpt,
             ckpt.build_model(),
             val_set,
-            train_cfg.difficulty_loss,
+            train_cfg.refit_loss,
             best_path,
             seed=train_cfg.seed,
+            l2=train_cfg.refit_l2,
         )
     if not quiet:
         print(
