@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import asdict
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -270,6 +271,21 @@ def test_two_stage_loop_end_to_end_and_resume(streets: Path, tmp_path: Path) -> 
 
     with pytest.raises(ValueError, match=r"other settings \(changed: sizes, step\)"):
         run_al(streets, out, cfg, ["ds"], [0], Protocol(init=0.2, step=0.1))
+
+
+def test_a_config_field_added_later_at_its_default_is_no_change() -> None:
+    from dealseg.training.al import _with_new_defaults
+
+    from dealseg.training.config import TrainConfig
+
+    configs = {"model": asdict(TINY_MODEL), "train": asdict(TrainConfig()), "init": 0.1}
+    current = json.loads(json.dumps(configs))
+    recorded = {**current, "model": dict(current["model"]), "train": dict(current["train"])}
+    del recorded["model"]["difficulty_hidden"]  # written before the fields existed
+    del recorded["train"]["refit_l2"]
+    assert _with_new_defaults(recorded) == current
+    recorded["model"]["difficulty_hidden"] = 4  # a recorded value is never overridden
+    assert _with_new_defaults(recorded)["model"]["difficulty_hidden"] == 4
 
 
 def test_cli_rejects_unknown_strategy(streets: Path, tmp_path: Path) -> None:

@@ -29,7 +29,8 @@ import numpy as np
 
 from dealseg.core.files import atomic_write_json
 
-from .config import Preset, with_classes
+from .config import Preset, TrainConfig, with_classes
+from .model import ModelConfig
 
 STATE_FILE = "state.json"
 RESULT_FILE = "result.json"
@@ -82,6 +83,17 @@ def _plain(data: Any) -> Any:
     return json.loads(json.dumps(data))
 
 
+def _with_new_defaults(saved: dict[str, Any]) -> dict[str, Any]:
+    """A recorded {"model": ..., "train": ...} record with the config fields added to the code
+    since it was written filled in at their defaults: a field a newer dealseg added, at its
+    default, changes nothing about a run, so a recorded run still resumes."""
+    filled = dict(saved)
+    for key, config in (("model", ModelConfig), ("train", TrainConfig)):
+        if isinstance(saved.get(key), dict):
+            filled[key] = {**_plain(asdict(config())), **saved[key]}
+    return filled
+
+
 def _changed(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
     """Dotted names of the settings that differ (`train.epochs`)."""
     out = []
@@ -128,7 +140,7 @@ def train_and_test(
     cache = run_dir / RESULT_FILE
     if cache.is_file():
         saved = json.loads(cache.read_text())
-        if saved.get("key") == key:
+        if _with_new_defaults(saved.get("key", {})) == key:
             return saved["result"]
     t0 = time.time()
     fitted = fit(data, run_dir, preset, labeled=labeled, quiet=quiet)
@@ -180,13 +192,14 @@ class StrategyRun:
         path = self.dir / STATE_FILE
         if path.is_file():
             saved = json.loads(path.read_text())
-            if saved.get("settings") != self.settings:
-                changed = _changed(saved.get("settings", {}), self.settings)
+            recorded = _with_new_defaults(saved.get("settings", {}))
+            if recorded != self.settings:
+                changed = _changed(recorded, self.settings)
                 raise ValueError(
                     f"{path} was recorded with other settings (changed: {', '.join(changed)}); "
                     "use another --out or delete that folder"
                 )
-            self.state = saved
+            self.state = {**saved, "settings": self.settings}
 
     @property
     def stages(self) -> list[dict[str, Any]]:
