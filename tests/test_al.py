@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict
 from collections.abc import Iterator
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -275,7 +275,6 @@ def test_two_stage_loop_end_to_end_and_resume(streets: Path, tmp_path: Path) -> 
 
 def test_a_config_field_added_later_at_its_default_is_no_change() -> None:
     from dealseg.training.al import _with_new_defaults
-
     from dealseg.training.config import TrainConfig
 
     configs = {"model": asdict(TINY_MODEL), "train": asdict(TrainConfig()), "init": 0.1}
