@@ -251,6 +251,11 @@ def test_two_stage_loop_end_to_end_and_resume(streets: Path, tmp_path: Path) -> 
     assert results["config"]["model"]["decoder_width"] == 16
     assert results["summary"]["ds"]["mean"] == [s["test_miou"] for s in states["ds"]["stages"]]
     assert results["full"]["test_miou"] > 0
+    assert results["area"]["ds"]["n"] == 1 and 0 < results["area"]["ds"]["mean"] < 1
+    picks = results["picks"]
+    assert 0 <= picks["pool"]["rare_class"] < 1 and picks["pool"]["rare_condition"] is not None
+    assert set(picks["strategies"]) == {"ds", "random"}
+    assert "rare-condition frames" in result.stdout
     assert (out / "results.md").read_text().strip() in result.stdout
     assert (out / "results.png").read_bytes()[:4] == b"\x89PNG"
 
@@ -271,6 +276,18 @@ def test_two_stage_loop_end_to_end_and_resume(streets: Path, tmp_path: Path) -> 
 
     with pytest.raises(ValueError, match=r"other settings \(changed: sizes, step\)"):
         run_al(streets, out, cfg, ["ds"], [0], Protocol(init=0.2, step=0.1))
+
+
+def test_area_under_the_curve_is_the_mean_miou_over_the_range() -> None:
+    from dealseg.training.report import area_under_curve
+
+    def run(*mious: float) -> dict:
+        return {"stages": [{"test_miou": m} for m in mious]}
+
+    area = area_under_curve([run(0.2, 0.4, 0.4), run(0.3, 0.3, 0.3), run(0.1)], [0.1, 0.2, 0.3])
+    # trapezoids: (0.3 + 0.4) / 2 = 0.35 and 0.3; the unfinished run does not count
+    assert area["n"] == 2 and area["mean"] == pytest.approx(0.325)
+    assert area["std"] == pytest.approx(np.std([0.35, 0.3], ddof=1))
 
 
 def test_a_config_field_added_later_at_its_default_is_no_change() -> None:

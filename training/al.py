@@ -351,6 +351,6 @@ def run_al(
         for stage in range(len(plan["sizes"])):
             for run in runs:
                 run.advance(stage, seeded, quiet)
-    results = collect(out, strategies, seeds)
+    results = collect(out, strategies, seeds, data)
     write_report(out, results)
     return results

@@ -1,8 +1,12 @@
-"""Results of `deal-train al`: one JSON, a markdown table and the paper-style plot.
+"""Results of `deal-train al`: one JSON, markdown tables and the paper-style plot.
 
-The table has one row per strategy and one column per % labelled: test mIoU of the best-val
-checkpoint, mean ± std (sample std, ddof 1) over the seeds that reached that stage; the
-full-data mIoU and its 95% line come from the optional `--full` reference run.
+The first table has one row per strategy and one column per % labelled: test mIoU of the
+best-val checkpoint, mean ± std (sample std, ddof 1) over the seeds that reached that stage,
+then the area under the curve (the mean mIoU over the labelled range, trapezoids, per seed). The
+full-data mIoU and its 95% line come from the optional `--full` reference run. With the data
+set at hand, a second table says what each strategy picked: the share of its picks from rare
+conditions (the street set's tags.jsonl) and the share of their labelled pixels in rare classes
+(those under RARE_CLASS_SHARE of the pool's labelled pixels), beside the pool's own shares.
 """
 
 from __future__ import annotations
@@ -22,6 +26,9 @@ LABELS = {
     "qbc": "QBC",
     "coreset": "Core-set",
     "random": "Random",
+    "ds+coreset": "DEAL (DS) + core-set",
+    "de+coreset": "DEAL (DE) + core-set",
+    "entropy+coreset": "Entropy + core-set",
 }
 COLORS = {
     "ds": "tab:red",
@@ -30,8 +37,12 @@ COLORS = {
     "qbc": "tab:green",
     "coreset": "tab:purple",
     "random": "tab:gray",
+    "ds+coreset": "tab:brown",
+    "de+coreset": "tab:pink",
+    "entropy+coreset": "tab:cyan",
 }
 FULL_LINE = 0.95  # the paper's "95% of full" reference
+RARE_CLASS_SHARE = 0.02  # a class with less than this share of the pool's pixels is rare
 
 
 def _read(path: Path) -> dict[str, Any]:
@@ -51,11 +62,83 @@ def _summarise(runs: list[dict[str, Any]], stages: int) -> dict[str, list[Any]]:
     return {"mean": mean, "std": std, "n": count}
 
 
-def collect(out: Path, strategies: Sequence[str], seeds: Sequence[int]) -> dict[str, Any]:
+def _mean_std(values: Sequence[float]) -> dict[str, float | None]:
+    v = np.asarray(values, dtype=np.float64)
+    return {
+        "mean": float(v.mean()) if len(v) else None,
+        "std": float(v.std(ddof=1)) if len(v) > 1 else None,
+        "n": int(len(v)),
+    }
+
+
+def area_under_curve(runs: list[dict[str, Any]], fractions: Sequence[float]) -> dict[str, Any]:
+    """Mean test mIoU over the labelled range (trapezoids), per seed that finished every stage;
+    mean ± std over those seeds."""
+    x = np.asarray(fractions, dtype=np.float64)
+    per_seed = []
+    for run in runs:
+        if len(run["stages"]) == len(x):
+            y = np.array([stage["test_miou"] for stage in run["stages"]])
+            per_seed.append(float(np.sum((y[1:] + y[:-1]) / 2 * np.diff(x)) / (x[-1] - x[0])))
+    return _mean_std(per_seed)
+
+
+def _picked(run: dict[str, Any]) -> list[int]:
+    return [i for stage in run["stages"] for i in stage.get("selection", {}).get("indices", [])]
+
+
+def pick_stats(data: Path, split: str, runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Rare-condition and rare-class shares of each strategy's picks (all stages) and the pool's.
+
+    Rare conditions come from the set's tags.jsonl (absent: not reported); rare classes are
+    those with less than RARE_CLASS_SHARE of the pool's labelled pixels.
+    """
+    from .data import SegmentationDataset, load_sample
+    from .tags import read_tags
+
+    dataset = SegmentationDataset(data, split)
+    counts = np.zeros((len(dataset), dataset.num_classes), dtype=np.int64)  # [N, C] pixels
+    for i, sample in enumerate(dataset.samples):
+        label = load_sample(sample, dataset.num_classes)[1]
+        counts[i] = np.bincount(label[label < dataset.num_classes], minlength=dataset.num_classes)
+    pool_share = counts.sum(0) / max(counts.sum(), 1)
+    rare_classes = np.flatnonzero(pool_share < RARE_CLASS_SHARE)
+    try:
+        tags = read_tags(data)
+        names = [str(s.image.relative_to(Path(data))) for s in dataset.samples]
+        rare = np.array([tags[n].rare for n in names])
+    except (FileNotFoundError, KeyError, ValueError):
+        rare = None
+
+    def shares(indices: Sequence[int]) -> tuple[float | None, float]:
+        idx = np.asarray(indices, dtype=np.int64)
+        picked = counts[idx]
+        cls = float(picked[:, rare_classes].sum() / max(picked.sum(), 1))
+        return (None if rare is None else float(rare[idx].mean())), cls
+
+    pool_cond, pool_cls = shares(range(len(dataset)))
+    by_strategy: dict[str, Any] = {}
+    for name in dict.fromkeys(r["strategy"] for r in runs):
+        seeds = [shares(_picked(r)) for r in runs if r["strategy"] == name and _picked(r)]
+        by_strategy[name] = {
+            "rare_condition": None if rare is None else _mean_std([c for c, _ in seeds]),
+            "rare_class": _mean_std([k for _, k in seeds]),
+        }
+    return {
+        "rare_classes": [dataset.class_names[c] for c in rare_classes],
+        "pool": {"rare_condition": pool_cond, "rare_class": pool_cls},
+        "strategies": by_strategy,
+    }
+
+
+def collect(
+    out: Path, strategies: Sequence[str], seeds: Sequence[int], data: Path | None = None
+) -> dict[str, Any]:
     """The state.json of the named strategies and seeds under `out` as one results dict.
 
-    Holds the protocol and the preset configs, a per-strategy summary, the full-data reference
-    (if run) and every run's complete state (labelled sets, metrics, selections, timings).
+    Holds the protocol and the preset configs, a per-strategy summary and area under the
+    curve, the full-data reference (if run), what the strategies picked (with `data`, the data
+    set's root) and every run's complete state (labelled sets, metrics, selections, timings).
     """
     out = Path(out)
     runs: list[dict[str, Any]] = []
@@ -75,15 +158,21 @@ def collect(out: Path, strategies: Sequence[str], seeds: Sequence[int]) -> dict[
     ]
     for r in full_runs:
         r.pop("history", None)
+    fractions = [n / settings["pool_size"] for n in settings["sizes"]]
     return {
         "protocol": settings,
         "config": config,  # the first run's; every run differs only in train.seed (+ AL seed)
         "strategies": [s for s in strategies if any(r["strategy"] == s for r in runs)],
         "seeds": sorted({r["seed"] for r in runs}),
-        "fractions": [n / settings["pool_size"] for n in settings["sizes"]],
+        "fractions": fractions,
         "summary": {
             s: _summarise([r for r in runs if r["strategy"] == s], stages) for s in strategies
         },
+        "area": {
+            s: area_under_curve([r for r in runs if r["strategy"] == s], fractions)
+            for s in strategies
+        },
+        "picks": None if data is None else pick_stats(data, settings["train_split"], runs),
         "full": (
             {"test_miou": float(np.mean([r["test_miou"] for r in full_runs])), "runs": full_runs}
             if full_runs
@@ -104,20 +193,23 @@ def format_table(results: dict[str, Any]) -> str:
     """Markdown: rows = strategy, columns = % labelled, test mIoU (%) mean ± std over seeds."""
     fractions, seeds = results["fractions"], results["seeds"]
     proto = results["protocol"]
-    head = "| strategy | " + " | ".join(f"{f * 100:.0f}%" for f in fractions) + " |"
+    span = f"{fractions[0] * 100:.0f}-{fractions[-1] * 100:.0f}%"
+    head = "| strategy | " + " | ".join(f"{f * 100:.0f}%" for f in fractions)
     lines = [
         f"Test mIoU (%) of each stage's best-val checkpoint, mean ± std over seeds "
         f"{', '.join(map(str, seeds))}; pool of {proto['pool_size']} images, labelled "
-        f"{', '.join(map(str, proto['sizes']))}.",
+        f"{', '.join(map(str, proto['sizes']))}; area = mean mIoU over {span} (per seed).",
         "",
-        head,
-        "|---|" + "---:|" * len(fractions),
+        head + " | area |",
+        "|---|" + "---:|" * (len(fractions) + 1),
     ]
     for name in results["strategies"]:
-        s = results["summary"][name]
+        s, area = results["summary"][name], results.get("area", {}).get(name)
         rows = zip(s["mean"], s["std"], s["n"], strict=True)
         cells = [_cell(m, d, n, len(seeds)) for m, d, n in rows]
+        cells.append("-" if area is None else _cell(area["mean"], area["std"], area["n"], 0))
         lines.append(f"| {LABELS.get(name, name)} | " + " | ".join(cells) + " |")
+    lines += _picks_table(results)
     full = results.get("full")
     if full:
         lines += [
@@ -127,6 +219,37 @@ def format_table(results: dict[str, Any]) -> str:
             f"mIoU; {FULL_LINE:.0%} of full = {full['test_miou'] * FULL_LINE * 100:.1f}.",
         ]
     return "\n".join(lines)
+
+
+def _share(value: dict[str, Any] | float | None) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, dict):
+        return "-" if value["mean"] is None else _cell(value["mean"], value["std"], value["n"], 0)
+    return f"{value * 100:.1f}"
+
+
+def _picks_table(results: dict[str, Any]) -> list[str]:
+    """What each strategy picked over all stages: rare-condition frames, rare-class pixels."""
+    picks = results.get("picks")
+    if not picks:
+        return []
+    lines = [
+        "",
+        f"Share (%) of the picked frames from rare conditions, and of their labelled pixels in "
+        f"rare classes ({', '.join(picks['rare_classes']) or 'none'}), mean ± std over seeds:",
+        "",
+        "| strategy | rare-condition frames | rare-class pixels |",
+        "|---|---:|---:|",
+    ]
+    for name in results["strategies"]:
+        p = picks["strategies"].get(name)
+        if p:
+            cond, cls = _share(p["rare_condition"]), _share(p["rare_class"])
+            lines.append(f"| {LABELS.get(name, name)} | {cond} | {cls} |")
+    pool = picks["pool"]
+    pool_row = f"| (the pool) | {_share(pool['rare_condition'])} | {_share(pool['rare_class'])} |"
+    return [*lines, pool_row]
 
 
 def plot(results: dict[str, Any], path: Path) -> None:
