@@ -4,8 +4,8 @@ Commands are thin: they parse options and call plain functions of `run`, `store`
 Heavy modules (numpy, Pillow, onnxruntime, tritonclient, tqdm) are imported inside the commands
 so that `deal-client --help` answers at once.
 
-Exit codes: 0 all scored; 3 finished but some inputs failed (each listed on stderr); 1 fatal;
-2 usage; 130 interrupted (files stay valid; re-run to resume).
+Exit codes: 0 all scored (or evaluated); 3 finished but some inputs failed (each listed on
+stderr); 1 fatal; 2 usage; 130 interrupted (files stay valid; re-run to resume).
 """
 
 from __future__ import annotations
@@ -176,6 +176,70 @@ def triton_options(f: Callable) -> Callable:
     return f
 
 
+def engine_options(f: Callable) -> Callable:
+    """The engine (--model or --url with the Triton options) and how images stream to it."""
+    for option in reversed(
+        [
+            click.option(
+                "--model",
+                type=click.Path(exists=True, dir_okay=False, path_type=Path),
+                default=None,
+                envvar="DEAL_MODEL",
+                show_envvar=True,
+                help="ONNX model run in-process "
+                "[default: the shipped model_repository/deal/1/model.onnx].",
+            ),
+            click.option(
+                "--url",
+                "urls",
+                multiple=True,
+                envvar="DEAL_URL",
+                show_envvar=True,
+                metavar="HOST:PORT",
+                help="Triton server(s) to use instead of the in-process model (repeatable; "
+                "requests are spread over them).",
+            ),
+            triton_options,
+            click.option(
+                "--batch-size",
+                type=click.IntRange(1, 1024),
+                default=8,
+                show_default=True,
+                help="Images per inference request.",
+            ),
+            click.option(
+                "--concurrency",
+                type=click.IntRange(1, 256),
+                default=2,
+                show_default=True,
+                help="Inference requests in flight.",
+            ),
+            click.option(
+                "--workers",
+                type=click.IntRange(1, 256),
+                default=4,
+                show_default=True,
+                help="Image decoding threads.",
+            ),
+            click.option(
+                "--max-pixels",
+                type=click.IntRange(min=1),
+                default=DEFAULT_MAX_PIXELS,
+                show_default=True,
+                help="Refuse images with more pixels (decompression-bomb guard).",
+            ),
+            click.option(
+                "--progress/--no-progress",
+                default=True,
+                show_default=True,
+                help="Progress bar on stderr.",
+            ),
+        ]
+    ):
+        f = option(f)
+    return f
+
+
 def _triton(urls: tuple[str, ...], o: dict[str, Any]) -> Any:
     """The Triton engine for --url; a --url that names no usable endpoint is a usage error."""
     from .engines import EndpointError, TritonEngine
@@ -239,53 +303,7 @@ def main() -> None:
     show_envvar=True,
     help="Output folder; re-running on it resumes.",
 )
-@click.option(
-    "--model",
-    type=click.Path(exists=True, dir_okay=False, path_type=Path),
-    default=None,
-    envvar="DEAL_MODEL",
-    show_envvar=True,
-    help="ONNX model run in-process [default: the shipped model_repository/deal/1/model.onnx].",
-)
-@click.option(
-    "--url",
-    "urls",
-    multiple=True,
-    envvar="DEAL_URL",
-    show_envvar=True,
-    metavar="HOST:PORT",
-    help="Triton server(s) to use instead of the in-process model (repeatable; "
-    "requests are spread over them).",
-)
-@triton_options
-@click.option(
-    "--batch-size",
-    type=click.IntRange(1, 1024),
-    default=8,
-    show_default=True,
-    help="Images per inference request.",
-)
-@click.option(
-    "--concurrency",
-    type=click.IntRange(1, 256),
-    default=2,
-    show_default=True,
-    help="Inference requests in flight.",
-)
-@click.option(
-    "--workers",
-    type=click.IntRange(1, 256),
-    default=4,
-    show_default=True,
-    help="Image decoding threads.",
-)
-@click.option(
-    "--max-pixels",
-    type=click.IntRange(min=1),
-    default=DEFAULT_MAX_PIXELS,
-    show_default=True,
-    help="Refuse images with more pixels (decompression-bomb guard).",
-)
+@engine_options
 @click.option(
     "--shard",
     callback=_shard,
@@ -299,9 +317,6 @@ def main() -> None:
     is_flag=True,
     help="Also write image | difficulty | segmentation PNGs of the selection to OUT/maps/.",
 )
-@click.option(
-    "--progress/--no-progress", default=True, show_default=True, help="Progress bar on stderr."
-)
 @click.pass_context
 def score(
     ctx: click.Context, pool: str, urls: tuple[str, ...], model: Path | None, **o: Any
@@ -312,16 +327,25 @@ def score(
     Outputs in --out: scores.jsonl (one record per input), embeddings.f32, selection.txt and
     selection.json. Without --url the model runs in-process with ONNX Runtime.
     """
+    _one_engine(urls, model)
+    after = f"results so far are in {o['out']}; run again to resume"
+    ctx.exit(_interruptible(lambda: _score(pool, urls, model, o), after))
+
+
+def _one_engine(urls: tuple[str, ...], model: Path | None) -> None:
     if model is not None and urls:
         raise click.UsageError("--model and --url exclude each other: use one engine")
+
+
+def _interruptible(run: Callable[[], int], after: str) -> int:
+    """run()'s exit code; Ctrl-C or SIGTERM: a line saying what is left (`after`), 130."""
     with _sigterm_interrupts():
         try:
-            code = _score(pool, urls, model, o)
+            return run()
         except KeyboardInterrupt as exc:
             how = f" ({exc.args[0]})" if exc.args else ""
-            _stderr(f"interrupted{how}: results so far are in {o['out']}; run again to resume")
-            code = EXIT_INTERRUPTED
-    ctx.exit(code)
+            _stderr(f"interrupted{how}: {after}")
+            return EXIT_INTERRUPTED
 
 
 @contextlib.contextmanager
@@ -341,33 +365,47 @@ def _sigterm_interrupts() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
-def _score(pool: str, urls: tuple[str, ...], model: Path | None, o: dict[str, Any]) -> int:
+def _engine(urls: tuple[str, ...], model: Path | None, o: dict[str, Any]) -> Any:
+    """The engine of --url or --model, its --batch-size checked against the server's limit."""
     from .engines import EmbeddedEngine, EngineError
-    from .run import ScoreSettings, score_pool
-    from .store import StoreError
 
-    out: Path = o["out"]
-    paths = _pool_paths(pool, o["shard"])
     try:
         engine = _triton(urls, o) if urls else EmbeddedEngine(model)
     except EngineError as exc:
         raise click.ClickException(str(exc)) from None
+    limit = engine.max_batch_size
+    if limit and o["batch_size"] > limit:
+        engine.close()
+        raise click.BadParameter(
+            f"{o['batch_size']} is more than the server's max_batch_size {limit}; "
+            f"use --batch-size {limit} or less",
+            param_hint="--batch-size",
+        )
+    return engine
+
+
+def _score_settings(o: dict[str, Any]) -> Any:
+    from .run import ScoreSettings
+
+    return ScoreSettings(
+        o["batch_size"], o["concurrency"], o["workers"], o["max_pixels"], o["progress"]
+    )
+
+
+def _score(pool: str, urls: tuple[str, ...], model: Path | None, o: dict[str, Any]) -> int:
+    from .engines import EngineError
+    from .run import score_pool
+    from .store import StoreError
+
+    out: Path = o["out"]
+    paths = _pool_paths(pool, o["shard"])
+    engine = _engine(urls, model, o)
     try:
-        limit = engine.max_batch_size
-        if limit and o["batch_size"] > limit:
-            raise click.BadParameter(
-                f"{o['batch_size']} is more than the server's max_batch_size {limit}; "
-                f"use --batch-size {limit} or less",
-                param_hint="--batch-size",
-            )
         _stderr(
             f"deal-client: {len(paths)} images, model {engine.spec.model_id} via "
             f"{engine.describe()}, out {out}"
         )
-        settings = ScoreSettings(
-            o["batch_size"], o["concurrency"], o["workers"], o["max_pixels"], o["progress"]
-        )
-        run = score_pool(paths, engine, out, settings, _select_settings(o), o["maps"])
+        run = score_pool(paths, engine, out, _score_settings(o), _select_settings(o), o["maps"])
     except StoreError as exc:
         raise click.ClickException(str(exc)) from None
     except EngineError as exc:
@@ -508,6 +546,105 @@ def _merged_selection(inputs: tuple[Path, ...], strategy: str | None, k: int | N
         raise click.UsageError("give --top-k (and --strategy): the inputs' selections differ")
     ((old_strategy, old_k),) = seen
     return strategy or old_strategy, k or old_k
+
+
+# ----------------------------------------------------------------------------------- eval
+@main.command("eval")
+@click.argument("pool")
+@click.option(
+    "--labels",
+    "-l",
+    type=click.Path(exists=True, file_okay=False),
+    required=True,
+    help="The masks of POOL's images (uint8 class ids, PNG mode L or P): a folder matched by "
+    "file stem (searched recursively), or a CamVid-layout root (test/x.png <-> "
+    "testannot/x.png).",
+)
+@click.option(
+    "--out",
+    "-o",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("deal-eval"),
+    show_default=True,
+    help="Output folder: eval.json and risk_coverage.png.",
+)
+@engine_options
+@click.option(
+    "--ignore",
+    type=click.IntRange(0, 255),
+    multiple=True,
+    metavar="V",
+    help="A label value not evaluated, beside 255 and C, the number of classes (CamVid's void "
+    "11) (repeatable).",
+)
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random baseline.")
+@click.option(
+    "--json", "as_json", is_flag=True, help="Print eval.json's summary instead of the table."
+)
+@click.pass_context
+def eval_command(
+    ctx: click.Context,
+    pool: str,
+    labels: str,
+    urls: tuple[str, ...],
+    model: Path | None,
+    **o: Any,
+) -> None:
+    """Compare the selection strategies on labelled frames of POOL: how well each image score
+    (and a random baseline, and the oracle: the true error rate) finds the images the model
+    gets most wrong.
+
+    Prints a table (strategies by Spearman with the error rate; the best per column marked);
+    writes eval.json (metrics, per-image rows, errors) and risk_coverage.png into --out.
+    """
+    _one_engine(urls, model)
+    ctx.exit(_interruptible(lambda: _eval(pool, labels, urls, model, o), "nothing written"))
+
+
+def _eval(pool: str, labels: str, urls: tuple[str, ...], model: Path | None, o: dict) -> int:
+    from .engines import EngineError
+    from .evaluation import EvalSettings, evaluate_pool, format_table
+
+    out: Path = o["out"]
+    paths = _pool_paths(pool, (0, 1))
+    index = _label_index(labels)
+    engine = _engine(urls, model, o)
+    try:
+        _stderr(
+            f"deal-client eval: {len(paths)} images, {len(index)} masks, model "
+            f"{engine.spec.model_id} via {engine.describe()}, out {out}"
+        )
+        how = EvalSettings(o["ignore"], o["seed"])
+        run = evaluate_pool(paths, index, engine, out, _score_settings(o), how, pool)
+    except EngineError as exc:
+        raise click.ClickException(str(exc)) from None
+    except OSError as exc:
+        raise click.ClickException(_os_error(exc, out)) from None
+    finally:
+        engine.close()
+    _list_failures(run.failed)
+    summary = run.doc["summary"]
+    click.echo(json.dumps(summary, indent=1) if o["as_json"] else format_table(summary))
+    counts = summary["counts"]
+    _stderr(
+        f"deal-client eval: {counts['images']} images: {counts['evaluated']} evaluated, "
+        f"{counts['failed']} failed, {run.report.seconds:.1f} s; eval.json and "
+        f"risk_coverage.png in {out}"
+    )
+    return EXIT_FAILED_INPUTS if run.failed else EXIT_OK
+
+
+def _label_index(labels: str) -> Any:
+    from dealseg.core.labels import LabelIndex
+
+    try:
+        index = LabelIndex(labels)
+    except OSError as exc:
+        why = exc.strerror or exc
+        raise click.BadParameter(f"cannot list {labels}: {why}", param_hint="--labels") from None
+    if not len(index):
+        raise click.BadParameter(f"{labels} holds no mask PNGs", param_hint="--labels")
+    return index
 
 
 # --------------------------------------------------------------------------------- health

@@ -21,7 +21,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -66,23 +66,39 @@ def list_paths(source: str, shard: tuple[int, int] = (0, 1)) -> list[str]:
     return take_shard(paths, *shard)
 
 
-def _decode(path: str, size: tuple[int, int], max_pixels: int) -> np.ndarray | DecodeError:
+Load = Callable[[str], np.ndarray]  # path -> uint8 [H, W, 3] model input, or DecodeError
+
+
+class Sink(Protocol):
+    """Where a `Scorer` puts its results: the out dir's `ScoreWriter`, or eval's `Evaluator`."""
+
+    @property
+    def done(self) -> set[str]: ...  # paths already scored: skipped
+
+    def append_batch(self, paths: Sequence[str], out: dict[str, np.ndarray]) -> None: ...
+
+    def append_error(self, path: str, reason: str) -> None: ...
+
+
+def _decode(load: Load, path: str) -> np.ndarray | DecodeError:
     try:
-        return decode_image(path, size, max_pixels)
+        return load(path)
     except DecodeError as exc:
         return exc
     except Exception as exc:  # a decoder bug must cost one record, never the run
         return DecodeError(f"cannot decode: {type(exc).__name__}: {exc}")
 
 
-def _infer(engine: Engine, paths: list[str], images: np.ndarray) -> tuple[list[str], dict]:
+def _infer(
+    engine: Engine, paths: list[str], images: np.ndarray, outputs: Sequence[str]
+) -> tuple[list[str], dict]:
     try:
-        out = engine.infer(images, SCORE_OUTPUTS)
+        out = engine.infer(images, outputs)
     except EngineError:
         raise
     except Exception as exc:
         raise EngineError(f"inference failed: {type(exc).__name__}: {exc}") from exc
-    bad = [n for n in SCORE_OUTPUTS if len(out[n]) != len(paths)]
+    bad = [n for n in outputs if len(out[n]) != len(paths)]
     if bad:
         raise EngineError(f"the engine returned {bad} for a different number of images")
     return paths, out
@@ -145,24 +161,36 @@ def _progress(total: int, initial: int, enabled: bool) -> Any:
 
 
 class Scorer:
-    """One streaming pass: decode threads feed batches to the engine; results are appended.
+    """One streaming pass: decode threads feed batches to the engine; results go to the sink.
 
     The main thread owns every file write; `pending` holds decode futures in pool order (a
     window of them, never the whole pool), `batch` the decoded images of the next request and
-    `in_flight` the requests the engine is running.
+    `in_flight` the requests the engine is running. The engine is asked for `outputs`; `load`
+    (on the decode threads) turns a path into the model's input, by default `decode_image`.
     """
 
-    def __init__(self, engine: Engine, writer: ScoreWriter, settings: ScoreSettings) -> None:
-        self.engine, self.writer, self.settings = engine, writer, settings
+    def __init__(
+        self,
+        engine: Engine,
+        sink: Sink,
+        settings: ScoreSettings,
+        outputs: Sequence[str] = SCORE_OUTPUTS,
+        load: Load | None = None,
+    ) -> None:
+        self.engine, self.sink, self.settings = engine, sink, settings
+        self.outputs, self.load = tuple(outputs), load or self._decode_image
         self.size = engine.spec.input_size
         self.window = settings.batch_size * (settings.concurrency + 1) + 2 * settings.workers
         self.pending: deque[tuple[str, Future]] = deque()
         self.in_flight: set[Future] = set()
         self.batch: list[tuple[str, np.ndarray]] = []
 
+    def _decode_image(self, path: str) -> np.ndarray:
+        return decode_image(path, self.size, self.settings.max_pixels)
+
     def run(self, paths: Sequence[str]) -> ScoreReport:
-        """Score every path not yet scored OK in the writer's out dir."""
-        done = self.writer.done
+        """Score every path not yet done by the sink (scored OK in the writer's out dir)."""
+        done = self.sink.done
         todo = [p for p in paths if p not in done]
         self.report = ScoreReport(total=len(paths), resumed=len(paths) - len(todo))
         self.upcoming = iter(todo)
@@ -213,13 +241,13 @@ class Scorer:
             path = next(self.upcoming, None)
             if path is None:
                 return
-            job = self.decoding.submit(_decode, path, self.size, self.settings.max_pixels)
+            job = self.decoding.submit(_decode, self.load, path)
             self.pending.append((path, job))
 
     def _take(self, path: str, result: np.ndarray | DecodeError) -> None:
         """A decoded image joins the batch; a failed decode is written as its error record."""
         if isinstance(result, DecodeError):
-            self.writer.append_error(path, result.reason)
+            self.sink.append_error(path, result.reason)
             self.report.failed[path] = result.reason
             self.bar.update(1)
             self.bar.set_postfix_str(f"errors={len(self.report.failed)}", refresh=False)
@@ -235,7 +263,7 @@ class Scorer:
         for future in finished:
             self.in_flight.discard(future)
             done_paths, out = future.result()  # EngineError propagates: fatal
-            self.writer.append_batch(done_paths, out)
+            self.sink.append_batch(done_paths, out)
             self.report.scored += len(done_paths)
             self.bar.update(len(done_paths))
 
@@ -244,7 +272,8 @@ class Scorer:
             self._collect(block=True)
         images = np.stack([img for _, img in self.batch])  # [B, H, W, 3]
         paths = [p for p, _ in self.batch]
-        self.in_flight.add(self.inferring.submit(_infer, self.engine, paths, images))
+        job = self.inferring.submit(_infer, self.engine, paths, images, self.outputs)
+        self.in_flight.add(job)
         self.batch = []
 
 

@@ -48,7 +48,9 @@ OUTPUTS: tuple[TensorSpec, ...] = (
     TensorSpec("segmentation", "uint8", ("sh", "sw"), "argmax class at stride 4"),
 )
 OUTPUT_NAMES: tuple[str, ...] = tuple(t.name for t in OUTPUTS)
-SCORE_OUTPUTS: tuple[str, ...] = ("ds", "de", "entropy", "class_fraction", "embedding")
+# The per-image scalar scores ([B] FP32): what `deal-client eval` judges, each one a strategy.
+IMAGE_SCORES: tuple[str, ...] = ("ds", "de", "entropy")
+SCORE_OUTPUTS: tuple[str, ...] = (*IMAGE_SCORES, "class_fraction", "embedding")
 MAP_OUTPUTS: tuple[str, ...] = ("difficulty", "segmentation")
 SPECS: dict[str, TensorSpec] = {t.name: t for t in (INPUT, *OUTPUTS)}
 

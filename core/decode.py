@@ -93,13 +93,18 @@ def _open(f: BinaryIO, max_pixels: int) -> Image.Image:
     return im
 
 
+def _sideways(im: Image.Image) -> bool:
+    """Whether the file is stored sideways: its EXIF orientation rotates it by 90 degrees."""
+    return im.getexif().get(_EXIF_ORIENTATION) in _ROTATED_90
+
+
 def _draft(im: Image.Image, size: tuple[int, int]) -> None:
     """Ask the JPEG decoder for a DCT-scaled image no smaller than the target (H, W)."""
     if im.format != "JPEG":
         return
     target_h, target_w = size
-    if im.getexif().get(_EXIF_ORIENTATION) in _ROTATED_90:
-        target_h, target_w = target_w, target_h  # the file is stored sideways
+    if _sideways(im):
+        target_h, target_w = target_w, target_h
     im.draft(None, (target_w, target_h))
 
 
@@ -126,6 +131,12 @@ def to_rgb(im: Image.Image) -> Image.Image:
         raise DecodeError(f"unsupported colour mode {im.mode}: {exc}") from None
 
 
+def _shown_size(im: Image.Image) -> tuple[int, int]:
+    """(H, W) of the picture as shown: the file's size, swapped when it is stored sideways."""
+    w, h = im.size
+    return (w, h) if _sideways(im) else (h, w)
+
+
 def decode_image(
     path: str, size: tuple[int, int], max_pixels: int = DEFAULT_MAX_PIXELS
 ) -> np.ndarray:
@@ -134,6 +145,13 @@ def decode_image(
     JPEG files are decoded in draft mode near the target size, EXIF orientation is applied, any
     mode is converted to RGB, then the image is resized (bilinear) to exactly H x W.
     """
+    return decode_image_sized(path, size, max_pixels)[0]
+
+
+def decode_image_sized(
+    path: str, size: tuple[int, int], max_pixels: int = DEFAULT_MAX_PIXELS
+) -> tuple[np.ndarray, tuple[int, int]]:
+    """`decode_image`, and the (H, W) of the picture in the file (after EXIF orientation)."""
     from PIL import ImageOps
 
     Image = _pillow()
@@ -147,12 +165,13 @@ def decode_image(
     with f:
         try:
             im = _open(f, max_pixels)
+            shown = _shown_size(im)
             _draft(im, size)
             im.load()
             im = to_rgb(ImageOps.exif_transpose(im))
             if im.size != (size[1], size[0]):
                 im = im.resize((size[1], size[0]), Image.Resampling.BILINEAR)
-            return np.asarray(im, dtype=np.uint8)
+            return np.asarray(im, dtype=np.uint8), shown
         except DecodeError:
             raise
         except OSError as exc:

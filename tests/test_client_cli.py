@@ -544,10 +544,11 @@ def test_a_full_disk_ends_in_one_message_and_the_run_resumes(
 def test_client_imports_without_torch_or_heavy_modules_for_help() -> None:
     code = (
         "import sys, dealseg.client.cli as c\n"
-        "heavy = [m for m in ('numpy', 'PIL', 'onnxruntime', 'tritonclient', 'tqdm')"
+        "heavy = [m for m in ('numpy', 'PIL', 'onnxruntime', 'tritonclient', 'tqdm', 'matplotlib')"
         " if m in sys.modules]\n"
         "import dealseg.client.run, dealseg.client.engines, dealseg.client.maps\n"
         "import dealseg.core.ranking, dealseg.client.store, dealseg.core.decode\n"
+        "import dealseg.client.evaluation\n"
         "print(heavy, 'torch' in sys.modules)\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

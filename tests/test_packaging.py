@@ -26,6 +26,7 @@ def test_serving_and_client_import_without_torch() -> None:
         "import dealseg.serving.cli\n"
         "import dealseg.client.cli, dealseg.client.run, dealseg.client.engines\n"
         "import dealseg.core.ranking, dealseg.core.decode, dealseg.client.maps\n"
+        "import dealseg.client.evaluation, dealseg.core.metrics, dealseg.core.labels\n"
         "print('torch' in sys.modules)\n"
     )
     assert run_fresh(code) == "False"
@@ -36,6 +37,7 @@ def test_core_imports_only_numpy_and_pillow() -> None:
         "import sys\n"
         "import dealseg.core.contract, dealseg.core.decode, dealseg.core.files\n"
         "import dealseg.core.pool, dealseg.core.ranking, dealseg.core.registry\n"
+        "import dealseg.core.metrics, dealseg.core.labels\n"
         "print([m for m in ('torch', 'onnxruntime', 'tritonclient', 'dealseg.client',"
         " 'dealseg.training') if m in sys.modules])\n"
     )

@@ -10,63 +10,15 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from dealseg.core.metrics import auroc as auroc  # re-exported: its home moved to core
+from dealseg.core.metrics import confusion_matrix, iou_per_class, spearman
+
 from .data import decode_label
 from .losses import IGNORE_INDEX
 from .model import DEALNet, ModelConfig, normalise
 from .scores import difficulty_score
 
 AUROC_BINS = 2048
-
-
-def confusion_matrix(pred: np.ndarray, label: np.ndarray, num_classes: int) -> np.ndarray:
-    """[C, C] counts, rows = ground truth, columns = prediction; ignored pixels skipped."""
-    keep = label != IGNORE_INDEX
-    idx = label[keep].astype(np.int64) * num_classes + pred[keep].astype(np.int64)
-    return np.bincount(idx, minlength=num_classes**2).reshape(num_classes, num_classes)
-
-
-def iou_per_class(conf: np.ndarray) -> np.ndarray:
-    """IoU per class; NaN for a class absent from both ground truth and prediction."""
-    tp = np.diag(conf).astype(np.float64)
-    denom = conf.sum(0) + conf.sum(1) - tp
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(denom > 0, tp / np.maximum(denom, 1), np.nan)
-
-
-def rank(values: np.ndarray) -> np.ndarray:
-    """Average ranks (ties share the mean rank), 0-based."""
-    order = np.argsort(values, kind="mergesort")
-    ranks = np.empty(len(values), dtype=np.float64)
-    ranks[order] = np.arange(len(values))
-    sorted_vals = values[order]
-    _, start, counts = np.unique(sorted_vals, return_index=True, return_counts=True)
-    for s, c in zip(start, counts, strict=True):
-        if c > 1:
-            ranks[order[s : s + c]] = s + (c - 1) / 2
-    return ranks
-
-
-def auroc(scores: np.ndarray, positive: np.ndarray) -> float:
-    """AUROC of `scores` for the bool labels `positive` (Mann-Whitney; ties count 1/2)."""
-    scores, positive = np.asarray(scores).reshape(-1), np.asarray(positive, bool).reshape(-1)
-    n_pos = int(positive.sum())
-    n_neg = len(positive) - n_pos
-    if n_pos == 0 or n_neg == 0:
-        return float("nan")
-    r = rank(scores) + 1  # 1-based
-    return float((r[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
-
-
-def spearman(a: Sequence[float], b: Sequence[float]) -> float:
-    """Spearman rank correlation over the pairs where both values are finite."""
-    x, y = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
-    ok = np.isfinite(x) & np.isfinite(y)
-    if ok.sum() < 3:
-        return float("nan")
-    rx, ry = rank(x[ok]), rank(y[ok])
-    if rx.std() == 0 or ry.std() == 0:
-        return float("nan")
-    return float(np.corrcoef(rx, ry)[0, 1])
 
 
 def auroc_from_histograms(pos: np.ndarray, neg: np.ndarray) -> float:

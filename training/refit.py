@@ -25,9 +25,10 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
+from dealseg.core.metrics import auroc
+
 from .checkpoint import Checkpoint, save_checkpoint
 from .data import SegmentationDataset
-from .evaluate import auroc
 from .losses import DIFFICULTY_LOSSES, IGNORE_INDEX
 from .model import DEALNet, normalise
 
