@@ -18,20 +18,9 @@ from pathlib import Path
 import numpy as np
 
 from dealseg.core.contract import INPUT_NAME, ModelSpec
+from dealseg.training.camvid import CAMVID_CLASSES
 
-CLASSES = (
-    "Sky",
-    "Building",
-    "Pole",
-    "Road",
-    "Pavement",
-    "Tree",
-    "SignSymbol",
-    "Fence",
-    "Car",
-    "Pedestrian",
-    "Bicyclist",
-)  # CamVid's 11: value 11 in a mask is void
+CLASSES = tuple(CAMVID_CLASSES)  # value 11 in a mask is void
 SIZE = (32, 48)  # input H x W; the segmentation is 8 x 12
 STRIDE = 4
 OPSET = 17
