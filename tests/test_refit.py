@@ -13,7 +13,7 @@ from dealseg.training.checkpoint import load_checkpoint
 from dealseg.training.data import SegmentationDataset
 from dealseg.training.evaluate import auroc, evaluate_model
 from dealseg.training.model import normalise
-from dealseg.training.refit import head_inputs, refit_difficulty_head
+from dealseg.training.refit import grid_inputs, head_inputs, refit_difficulty_head
 from dealseg.training.synth import write_streets
 
 
@@ -32,7 +32,10 @@ def test_the_map_is_a_linear_read_out_of_upsampled_q(tiny_checkpoint: Path) -> N
         out = model(x)
         head = model.difficulty_head
         q = F.interpolate(
-            head.features(out.logits), size=(64, 80), mode="bilinear", align_corners=False
+            head.features(out.logits, out.decoded),
+            size=(64, 80),
+            mode="bilinear",
+            align_corners=False,
         )
         read_out = head.classifier(q)[:, 0]
         direct = torch.logit(out.difficulty().double(), eps=0).float()
@@ -61,22 +64,30 @@ def test_refit_raises_auroc_and_moves_only_the_head(
     assert evaluate_model(model, streets, model.cfg)["difficulty_auroc"] > baseline
 
 
-def test_refit_of_an_mlp_read_out_on_uncertainty(
+def test_refit_of_an_mlp_read_out_on_more_inputs(
     tmp_path: Path, streets: SegmentationDataset
 ) -> None:
+    """Inputs beyond Q are standardised on the refit data, then the MLP is fit on the grid."""
     from conftest import make_tiny_checkpoint
 
     path = make_tiny_checkpoint(
-        tmp_path / "u.pt", difficulty_inputs="uncertainty", difficulty_hidden=8
+        tmp_path / "u.pt", difficulty_inputs="Q+U+UA+DEC", difficulty_hidden=8
     )
     model = load_checkpoint(path).build_model()
-    assert model.difficulty_head.features(torch.randn(2, 11, 16, 20)).shape == (2, 14, 12, 16)
+    logits, decoded = torch.randn(2, 11, 16, 20), torch.randn(2, 16, 16, 20)
+    assert model.difficulty_head.features(logits, decoded).shape == (2, 14 + 3 + 16, 12, 16)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     result = refit_difficulty_head(model, streets, "bce", max_pixels=20_000, seed=1)
     assert not result.kept_old and result.auroc_after >= result.auroc_before
     changed = {k for k, v in model.state_dict().items() if not torch.equal(v, before[k])}
-    assert changed and all(k.startswith("difficulty_head.classifier.") for k in changed)
-    assert next(model.difficulty_head.classifier.parameters()).dtype == torch.float32
+    standardisation = {"difficulty_head.input_mean", "difficulty_head.input_std"}
+    assert standardisation < changed
+    assert all(k.startswith("difficulty_head.classifier.") for k in changed - standardisation)
+    head = model.difficulty_head
+    x = grid_inputs(model, streets)[0].transpose(0, 1).flatten(1)  # standardised now
+    np.testing.assert_allclose(x.mean(1).numpy(), 0, atol=1e-3)
+    np.testing.assert_allclose(x.std(1).numpy(), 1, atol=1e-3)
+    assert next(head.classifier.parameters()).dtype == torch.float32
 
 
 def test_refit_with_plain_bce_and_bad_loss(

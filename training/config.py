@@ -51,6 +51,10 @@ class Preset:
     train: TrainConfig
 
 
+# The difficulty head of dealseg's own models (the paper's reads "Q" alone), and its refit.
+FLEET_HEAD_INPUTS = "Q+U+UA+DEC"
+FLEET_REFIT: dict[str, Any] = {"refit_difficulty": True, "refit_loss": "bce"}
+
 PRESETS: Registry[Preset] = Registry(
     "preset",
     **{
@@ -63,17 +67,18 @@ PRESETS: Registry[Preset] = Registry(
             TrainConfig(batch_size=8, crop=(688, 688)),
         ),
         # The shipped street-set model on a 2-core CPU: separable 96-wide decoder, attention grid
-        # at the paper's 1/6 of the input, a difficulty head that sees per-pixel uncertainty
-        # (a 16-unit MLP read-out), refit on the val split with plain BCE so that the map is an
-        # error probability and DS an expected error rate. Measured times are in the README.
+        # at the paper's 1/6 of the input, a difficulty head that reads the attended
+        # probabilities, each pixel's uncertainty and the decoder's features through a 32-unit
+        # MLP, refit on the val split with plain BCE so that the map is an error probability and
+        # DS an expected error rate. Measured times are in the README.
         "cpu": Preset(
             ModelConfig(
                 decoder_width=96,
                 separable=True,
                 attention_size=(30, 40),
                 input_size=(180, 240),
-                difficulty_inputs="uncertainty",
-                difficulty_hidden=16,
+                difficulty_inputs=FLEET_HEAD_INPUTS,
+                difficulty_hidden=32,
             ),
             TrainConfig(
                 epochs=12,
@@ -81,22 +86,21 @@ PRESETS: Registry[Preset] = Registry(
                 crop=(176, 176),
                 scale=(0.75, 1.5),
                 val_every=4,
-                refit_difficulty=True,
-                refit_loss="bce",
+                refit_l2=1e-2,
+                **FLEET_REFIT,
             ),
         ),
         # `deal-train al` on the 180x240 street set on a 2-core CPU: a narrower decoder, shorter
         # training on smaller crops, so that a study of several strategies fits in hours (the
-        # README gives the command and its measured time).
-        # Each stage's model gets the shipped model's difficulty head and refit.
+        # README gives the command and its measured time). Each stage's model reads what the
+        # shipped model's head reads, through a 1x1 conv (a refit in seconds, not minutes).
         "streets-cpu": Preset(
             ModelConfig(
                 decoder_width=64,
                 separable=True,
                 attention_size=(30, 40),
                 input_size=(180, 240),
-                difficulty_inputs="uncertainty",
-                difficulty_hidden=16,
+                difficulty_inputs=FLEET_HEAD_INPUTS,
             ),
             TrainConfig(
                 epochs=6,
@@ -104,8 +108,8 @@ PRESETS: Registry[Preset] = Registry(
                 crop=(128, 128),
                 scale=(0.75, 1.25),
                 val_every=3,
-                refit_difficulty=True,
-                refit_loss="bce",
+                refit_l2=1e-4,
+                **FLEET_REFIT,
             ),
         ),
     },

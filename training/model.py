@@ -1,7 +1,7 @@
 """DEALNet: DeepLabV3+ segmenter with the DEAL difficulty branch.
 
 image -> encoder -> decoder -> segmentation_head -> logits (stride 4)
-                               difficulty_head(logits) -> difficulty map (input size, in (0, 1))
+                   difficulty_head(logits, decoded) -> difficulty map (input size, in (0, 1))
 """
 
 from __future__ import annotations
@@ -74,9 +74,10 @@ class ModelConfig:
     attention_size: tuple[int, int] = (60, 80)  # PAM grid (h, w): CamVid 60x80, Cityscapes 86x86
     pam_block: int = 512  # query rows per block in the exact blocked PAM
     pam_impl: str = "sdpa"  # "sdpa" (training), "blocked" (export), "naive" (reference)
-    # What the difficulty head reads: "paper" (Q, the attended probabilities, as published) or
-    # "uncertainty" (Q and each pixel's entropy, 1 - max and 1 - margin of its probabilities).
-    difficulty_inputs: str = "paper"
+    # What the difficulty head reads, parts joined by "+": "Q" (the attended probabilities, as
+    # published), "U"/"UA" (entropy, 1 - max, 1 - margin of P / of the attended P), "LP"
+    # (log-probabilities), "DEC" (the decoder's features); see model.HEAD_PARTS.
+    difficulty_inputs: str = "Q"
     difficulty_hidden: int = 0  # 0: the 1x1 conv read-out; > 0: a 1x1 MLP with this many units
     input_size: tuple[int, int] = (360, 480)  # (H, W) the model is exported at
     # Input normalisation on 0..1 RGB: EfficientNet-Lite's own (127/255, 128/255); ImageNet
@@ -210,13 +211,37 @@ def uncertainty(p: torch.Tensor) -> torch.Tensor:
     return torch.cat([entropy, 1 - top[:, :1], 1 - (top[:, :1] - top[:, 1:])], dim=1)
 
 
-# What the difficulty head reads, by name: (features of P and Q = γ·PAM(P) + P, their channels
-# beyond the C of Q).
-HEAD_INPUTS: Registry[tuple[Callable[[torch.Tensor, torch.Tensor], torch.Tensor], int]] = Registry(
-    "difficulty head input",
-    paper=(lambda p, q: q, 0),
-    uncertainty=(lambda p, q: torch.cat([q, uncertainty(p)], dim=1), 3),
+@dataclass(frozen=True)
+class HeadInputs:
+    """What the difficulty head sees on its grid: P (probabilities), A = PAM(P), Q = γ·A + P,
+    all [B, C, N], and D, the decoder's features [B, W, N]."""
+
+    p: torch.Tensor
+    a: torch.Tensor
+    q: torch.Tensor
+    d: torch.Tensor
+
+
+# The difficulty head's input parts by name: (the part [B, ., N], its channels for C classes and
+# W decoder channels). The paper's head reads Q alone.
+HEAD_PARTS: Registry[tuple[Callable[[HeadInputs], torch.Tensor], Callable[[int, int], int]]] = (
+    Registry(
+        "difficulty head input",
+        Q=(lambda x: x.q, lambda c, w: c),  # the attended probabilities (the paper's)
+        U=(lambda x: uncertainty(x.p), lambda c, w: 3),  # entropy, 1 - max, 1 - margin of P
+        UA=(lambda x: uncertainty(x.a), lambda c, w: 3),  # the same of the attended P
+        LP=(lambda x: torch.log(x.p.clamp_min(1e-6)), lambda c, w: c),  # log-probabilities
+        DEC=(lambda x: x.d, lambda c, w: w),  # decoder features (no gradient flows back)
+    )
 )
+
+
+def head_parts(inputs: str) -> list[str]:
+    """ "Q+U+DEC" -> ["Q", "U", "DEC"], each a known part (else UnknownName)."""
+    parts = inputs.split("+")
+    for part in parts:
+        HEAD_PARTS[part]  # noqa: B018 - an unknown name fails here, listing the valid ones
+    return parts
 
 
 def read_out(channels: int, hidden: int) -> nn.Module:
@@ -229,8 +254,10 @@ def read_out(channels: int, hidden: int) -> nn.Module:
 class DifficultyHead(nn.Module):
     """The DEAL branch: softmax -> probability attention -> read-out -> difficulty logits.
 
-    As published (`inputs="paper"`, `hidden=0`) the read-out is a 1x1 conv of Q; with
-    `inputs="uncertainty"` it also sees each pixel's entropy, 1 - max and 1 - margin.
+    As published (`inputs="Q"`, `hidden=0`) the read-out is a 1x1 conv of the attended
+    probabilities Q. Other inputs add parts of `HEAD_PARTS` (each pixel's uncertainty, log-
+    probabilities, the decoder's features); they are standardised by `input_mean`/`input_std`
+    (set by the refit) before the read-out.
     """
 
     def __init__(
@@ -239,33 +266,54 @@ class DifficultyHead(nn.Module):
         attention_size: tuple[int, int],
         pam_block: int,
         pam_impl: str,
-        inputs: str = "paper",
+        inputs: str = "Q",
         hidden: int = 0,
+        decoder_channels: int = 0,
     ):
         super().__init__()
         PAM_IMPLS[pam_impl]  # noqa: B018 - an unknown name fails here, listing the valid ones
-        self.combine, extra = HEAD_INPUTS[inputs]
+        self.parts = head_parts(inputs)
         self.attention_size = tuple(attention_size)
         self.pam_block = pam_block
         self.pam_impl = pam_impl
         self.gamma = nn.Parameter(torch.zeros(1))
-        self.classifier = read_out(num_classes + extra, hidden)
+        channels = sum(HEAD_PARTS[p][1](num_classes, decoder_channels) for p in self.parts)
+        if self.parts != ["Q"]:
+            self.register_buffer("input_mean", torch.zeros(1, channels, 1, 1))
+            self.register_buffer("input_std", torch.ones(1, channels, 1, 1))
+        self.classifier = read_out(channels, hidden)
 
     def attend(self, p: torch.Tensor) -> torch.Tensor:
         return PAM_IMPLS[self.pam_impl](p, self.pam_block)
 
-    def features(self, logits: torch.Tensor) -> torch.Tensor:
-        """logits [B, C, h4, w4] -> the read-out's input [B, D, h, w]: Q = γ·PAM(P) + P
-        (D = C), with the uncertainty of P for `inputs="uncertainty"` (D = C + 3)."""
-        x = F.interpolate(logits, size=self.attention_size, mode="bilinear", align_corners=False)
+    def features(self, logits: torch.Tensor, decoded: torch.Tensor | None = None) -> torch.Tensor:
+        """logits [B, C, h4, w4] and decoder features [B, W, h4, w4] (needed for "DEC") -> the
+        read-out's input [B, F, h, w] on the attention grid (Q for the paper's head),
+        standardised."""
+        size = self.attention_size
+        x = F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
         b, c, h, w = x.shape
         p = torch.softmax(x, dim=1).reshape(b, c, h * w)  # [B, C, N]
-        q = self.gamma * self.attend(p) + p
-        return self.combine(p, q).reshape(b, -1, h, w)
+        a = self.attend(p)
+        inputs = HeadInputs(p, a, self.gamma * a + p, self._decoded(decoded, size, b, h * w))
+        f = torch.cat([HEAD_PARTS[part][0](inputs) for part in self.parts], dim=1)
+        f = f.reshape(b, -1, h, w)
+        if self.parts == ["Q"]:
+            return f
+        return (f - self.input_mean) / self.input_std
 
-    def forward(self, logits: torch.Tensor) -> torch.Tensor:
-        """logits [B, C, h4, w4] -> difficulty logits [B, 1, h, w] on the attention grid."""
-        return self.classifier(self.features(logits))
+    def _decoded(self, decoded: torch.Tensor | None, size: tuple, b: int, n: int) -> torch.Tensor:
+        if "DEC" not in self.parts:
+            return torch.zeros(0)
+        if decoded is None:
+            raise ValueError("a difficulty head reading DEC needs the decoder's features")
+        d = F.interpolate(decoded.detach(), size=size, mode="bilinear", align_corners=False)
+        return d.reshape(b, -1, n)
+
+    def forward(self, logits: torch.Tensor, decoded: torch.Tensor | None = None) -> torch.Tensor:
+        """logits [B, C, h4, w4], decoder features [B, W, h4, w4] -> difficulty logits
+        [B, 1, h, w] on the attention grid."""
+        return self.classifier(self.features(logits, decoded))
 
 
 @dataclass
@@ -273,6 +321,7 @@ class DEALOutput:
     logits: torch.Tensor  # [B, C, H/4, W/4]
     difficulty_logits: torch.Tensor  # [B, 1, h, w] attention grid
     features: torch.Tensor  # [B, w + 48, H/4, W/4] decoder input (ASPP ⊕ skip), for embeddings
+    decoded: torch.Tensor  # [B, w, H/4, W/4] decoder output, the segmentation head's input
     input_size: tuple[int, int] = field(default=(0, 0))
 
     def full_logits(self) -> torch.Tensor:
@@ -307,6 +356,7 @@ class DEALNet(nn.Module):
             cfg.pam_impl,
             cfg.difficulty_inputs,
             cfg.difficulty_hidden,
+            self.decoder.out_channels,
         )
 
     def forward(self, x: torch.Tensor) -> DEALOutput:
@@ -315,7 +365,8 @@ class DEALNet(nn.Module):
         low, high = self.encoder(x)
         decoded, features = self.decoder(low, high)
         logits = self.segmentation_head(decoded)
-        return DEALOutput(logits, self.difficulty_head(logits), features, (h, w))
+        difficulty = self.difficulty_head(logits, decoded)
+        return DEALOutput(logits, difficulty, features, decoded, (h, w))
 
     def param_groups(self, lr: float) -> list[dict[str, Any]]:
         """The paper's optimiser groups: backbone at lr, heads and gamma at 10x lr."""

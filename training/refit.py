@@ -1,7 +1,8 @@
 """Refit the difficulty head's read-out on held-out error masks, everything else frozen.
 
 The difficulty map is sigmoid(upsample(read_out(F))) with F the head's features: Q = γ·PAM(P) + P
-as published, plus each pixel's uncertainty for the "uncertainty" head. Joint training (the
+as published, plus each pixel's uncertainty and the decoder's features for dealseg's head
+(model.HEAD_PARTS), standardised on the refit data. Joint training (the
 paper's protocol) leaves the read-out far from the best one for F: weight decay and the poly
 schedule keep its weights small, and the error masks it learns from are the training images'
 errors in train mode (dropout on), not the errors the model makes on images it has not seen. The
@@ -16,6 +17,7 @@ upsamples its logits).
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -53,31 +55,51 @@ def head_inputs(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(features at label size [P, D] float64, wrong [P] bool) for up to `max_pixels` pixels,
     sampled evenly over the images of `dataset` with the eval-mode model."""
-    was_training = model.training
-    model.eval()
-    cfg = model.cfg
     quota = max(1, math.ceil(max_pixels / max(len(dataset), 1)))
     rng = np.random.default_rng(seed)
     xs, ys = [], []
-    for images, labels in DataLoader(dataset, batch_size=4):
-        out = model(normalise(images, cfg.mean, cfg.std))
-        pred = out.full_logits().argmax(1)
-        q = F.interpolate(
-            model.difficulty_head.features(out.logits),
-            size=out.input_size,
-            mode="bilinear",
-            align_corners=False,
-        )
+    for grid, labels, wrong in _batches(model, dataset):
+        x = F.interpolate(grid, size=labels.shape[-2:], mode="bilinear", align_corners=False)
         for i in range(len(labels)):
             valid = np.flatnonzero((labels[i] != IGNORE_INDEX).reshape(-1).numpy())
             take = torch.from_numpy(rng.choice(valid, min(quota, len(valid)), replace=False))
-            xs.append(q[i].reshape(q.shape[1], -1)[:, take].T.double())
-            ys.append((pred[i] != labels[i]).reshape(-1)[take])
-    if was_training:
-        model.train()
+            xs.append(x[i].reshape(x.shape[1], -1)[:, take].T.double())
+            ys.append(wrong[i].reshape(-1)[take])
     if not xs:
         raise ValueError("no labelled pixels to refit the difficulty head on")
     return torch.cat(xs), torch.cat(ys)
+
+
+@torch.no_grad()
+def grid_inputs(model: DEALNet, dataset: Dataset) -> tuple[torch.Tensor, ...]:
+    """(features [N, D, h, w], error share [N, 1, h, w], labelled share [N, 1, h, w]) on the
+    head's grid: what an MLP read-out, which the graph applies on the grid, is fit on."""
+    grids, targets, weights = [], [], []
+    for grid, labels, wrong in _batches(model, dataset):
+        size = grid.shape[-2:]
+        valid = F.adaptive_avg_pool2d((labels != IGNORE_INDEX)[:, None].float(), size)
+        errors = F.adaptive_avg_pool2d(wrong[:, None].float(), size)
+        grids.append(grid)
+        targets.append((errors / valid.clamp_min(1e-6)).clamp(0, 1))
+        weights.append(valid)
+    if not grids:
+        raise ValueError("no labelled pixels to refit the difficulty head on")
+    return torch.cat(grids), torch.cat(targets), torch.cat(weights)
+
+
+def _batches(model: DEALNet, dataset: Dataset) -> Iterator[tuple[torch.Tensor, ...]]:
+    """Per batch of the eval-mode model: (head features on the grid [B, D, h, w], labels
+    [B, H, W], wrong [B, H, W] bool with ignored pixels right)."""
+    was_training = model.training
+    model.eval()
+    cfg = model.cfg
+    try:
+        for images, labels in DataLoader(dataset, batch_size=4):
+            out = model(normalise(images, cfg.mean, cfg.std))
+            wrong = (out.full_logits().argmax(1) != labels) & (labels != IGNORE_INDEX)
+            yield model.difficulty_head.features(out.logits, out.decoded), labels, wrong
+    finally:
+        model.train(was_training)
 
 
 def refit_difficulty_head(
@@ -92,45 +114,34 @@ def refit_difficulty_head(
 
     `loss` is a difficulty loss (`wbce`: right and wrong pixels weighted as in training, so the
     map keeps its level; `bce`: plain, so the map is the probability of an error and its mean
-    the expected error rate). `l2` penalises the read-out's weights (for an MLP read-out). The
-    old weights are kept when the fit lowers the AUROC on the sampled pixels.
+    the expected error rate). A 1x1 conv read-out is fit by L-BFGS on sampled pixels; an MLP
+    read-out by AdamW on the grid's cells against each cell's error share, `l2` its weight decay.
+    Heads with more inputs than Q first standardise them on this data. The old read-out is kept
+    when the fit lowers the AUROC on the sampled pixels.
     """
     reduce = DIFFICULTY_LOSSES[loss]
+    head = model.difficulty_head
+    old = {k: v.clone() for k, v in head.state_dict().items()}
     x, wrong = head_inputs(model, dataset, max_pixels, seed)
     if wrong.all() or not wrong.any():
         raise ValueError(
             "the refit needs both right and wrong pixels; the model gets "
             f"{'every' if wrong.all() else 'no'} sampled pixel wrong"
         )
-    head = model.difficulty_head.classifier
-    dtype = next(head.parameters()).dtype
-    head.double()
-    pixels = x[:, :, None, None]  # [P, D, 1, 1]: the read-out is per pixel
-    target = wrong.double()
-    old = {k: v.clone() for k, v in head.state_dict().items()}
-    weights = [p for p in head.parameters() if p.dim() > 1]
-    optimizer = torch.optim.LBFGS(head.parameters(), max_iter=500, line_search_fn="strong_wolfe")
-
-    def closure() -> torch.Tensor:
-        optimizer.zero_grad()
-        per_pixel = F.binary_cross_entropy_with_logits(
-            head(pixels).reshape(-1), target, reduction="none"
-        )
-        value = reduce(per_pixel, wrong) + l2 * sum(w.pow(2).sum() for w in weights)
-        value.backward()
-        return value
-
-    labels = wrong.numpy()
-    with torch.no_grad():
-        before = auroc(head(pixels).reshape(-1).numpy(), labels)
-    with torch.enable_grad():
-        optimizer.step(closure)
-    with torch.no_grad():
-        after = auroc(head(pixels).reshape(-1).numpy(), labels)
+    read_out = head.classifier
+    before = _auroc(read_out, x, wrong)
+    if hasattr(head, "input_mean"):
+        _standardise(model, dataset)
+        x, wrong = head_inputs(model, dataset, max_pixels, seed)  # the same pixels, standardised
+    if isinstance(read_out, torch.nn.Conv2d):
+        _fit_pixels(read_out, x, wrong, reduce, l2)
+    else:
+        _fit_cells(read_out, *grid_inputs(model, dataset), loss=loss, weight_decay=l2, seed=seed)
+    after = _auroc(read_out, x, wrong)
     kept_old = not (np.isfinite(after) and after >= before)
     if kept_old:
         head.load_state_dict(old)
-    head.to(dtype)
+    labels = wrong.numpy()
     return RefitResult(
         pixels=len(labels),
         error_rate=float(labels.mean()),
@@ -138,6 +149,82 @@ def refit_difficulty_head(
         auroc_after=before if kept_old else after,
         kept_old=kept_old,
     )
+
+
+@torch.no_grad()
+def _standardise(model: DEALNet, dataset: Dataset) -> None:
+    """Set the head's input mean and std to those of its raw features on `dataset`'s grid."""
+    head = model.difficulty_head
+    head.input_mean.zero_()
+    head.input_std.fill_(1.0)
+    grid = grid_inputs(model, dataset)[0].transpose(0, 1).flatten(1)  # [D, N·h·w]
+    head.input_mean.copy_(grid.mean(1).view_as(head.input_mean))
+    head.input_std.copy_(grid.std(1).clamp_min(1e-6).view_as(head.input_std))
+
+
+@torch.no_grad()
+def _auroc(read_out: torch.nn.Module, x: torch.Tensor, wrong: torch.Tensor) -> float:
+    """AUROC of the read-out on sampled pixels x [P, D] for their error mask."""
+    logits = read_out(x.float()[:, :, None, None]).reshape(-1)
+    return auroc(logits.numpy(), wrong.numpy())
+
+
+def _fit_pixels(
+    conv: torch.nn.Conv2d, x: torch.Tensor, wrong: torch.Tensor, reduce: Any, l2: float
+) -> None:
+    """L-BFGS on the C + 1 weights of a 1x1 conv over sampled pixels (float64)."""
+    xb = torch.cat([x, torch.ones(len(x), 1, dtype=x.dtype)], dim=1)
+    w0 = torch.cat([conv.weight.detach().reshape(-1), conv.bias.detach()]).double()
+    w = w0.clone().requires_grad_(True)
+    target = wrong.double()
+    optimizer = torch.optim.LBFGS([w], max_iter=500, line_search_fn="strong_wolfe")
+
+    def closure() -> torch.Tensor:
+        optimizer.zero_grad()
+        per_pixel = F.binary_cross_entropy_with_logits(xb @ w, target, reduction="none")
+        value = reduce(per_pixel, wrong) + l2 * w[:-1].pow(2).sum()
+        value.backward()
+        return value
+
+    with torch.enable_grad():
+        optimizer.step(closure)
+    with torch.no_grad():
+        conv.weight.copy_(w[:-1].reshape(conv.weight.shape).to(conv.weight.dtype))
+        conv.bias.copy_(w[-1:].to(conv.bias.dtype))
+
+
+def _fit_cells(
+    mlp: torch.nn.Module,
+    grid: torch.Tensor,
+    share: torch.Tensor,
+    labelled: torch.Tensor,
+    loss: str,
+    weight_decay: float,
+    seed: int,
+    steps: int = 1000,
+    lr: float = 0.01,
+) -> None:
+    """Full-batch AdamW (cosine schedule) of an MLP read-out on grid cells: BCE of each cell's
+    logit against its error share, cells weighted by their labelled share; for `wbce` the
+    wrong and right pixel masses are balanced as in training."""
+    torch.manual_seed(seed)
+    right, wrong = labelled * (1 - share), labelled * share  # pixel masses per cell
+    if loss == "wbce":
+        n_right, n_wrong = right.sum(), wrong.sum()
+        w = torch.stack([1 / torch.sqrt(n_right + 1), 1 / torch.sqrt(n_wrong + 1)])
+        right, wrong = right * w[0] / n_right / w.sum(), wrong * w[1] / n_wrong / w.sum()
+    else:
+        right, wrong = right / labelled.sum(), wrong / labelled.sum()
+    optimizer = torch.optim.AdamW(mlp.parameters(), lr=lr, weight_decay=weight_decay)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps)
+    with torch.enable_grad():
+        for _ in range(steps):
+            optimizer.zero_grad()
+            z = mlp(grid)
+            value = (wrong * F.softplus(-z) + right * F.softplus(z)).sum()  # BCE, both sides
+            value.backward()
+            optimizer.step()
+            schedule.step()
 
 
 def refit_checkpoint(
