@@ -267,6 +267,8 @@ def _select_settings(o: dict[str, Any], strategy: str | None = None, k: int | No
 
 
 def _print_selection(doc: dict[str, Any], as_json: bool) -> None:
+    from dealseg.core.ranking import MEANINGS
+
     from .store import record_path
 
     if as_json:
@@ -276,6 +278,7 @@ def _print_selection(doc: dict[str, Any], as_json: bool) -> None:
     for r in doc["rows"]:
         score = "nan" if r["score"] is None else f"{r['score']:.6f}"
         click.echo(f"{r['rank']:>4}  {score:>10}  {_display(record_path(r))}")
+    click.echo(f"score: {MEANINGS[doc['strategy']]}; higher = more worth labelling")
 
 
 def _list_failures(failed: dict[str, str]) -> None:

@@ -283,6 +283,21 @@ STRATEGIES: Registry[Strategy] = Registry(
 )
 
 
+# What each strategy's score says, in one line (shown under the selection table).
+MEANINGS: dict[str, str] = {
+    "ds": "ds = mean of the difficulty map: for dealseg's own models the expected share of "
+    "the frame's pixels the model gets wrong",
+    "de": "de = entropy of the difficulty map's histogram: how mixed easy and hard regions are",
+    "entropy": "entropy = mean per-pixel softmax entropy: how unsure the segmenter is",
+    "random": "random = a seeded hash of the path: a reproducible random sample",
+    "coreset": "coreset = distance to the nearest picked or labelled frame: frames unlike those",
+    "ds+coreset": "ds of the frame, picked among the hardest by ds so that no two are alike",
+    "de+coreset": "de of the frame, picked among the highest by de so that no two are alike",
+    "entropy+coreset": "entropy of the frame, picked among the most uncertain so that no two "
+    "are alike",
+}
+
+
 class _Take(Sequence[str]):
     """paths[keep[i]] without copying the paths."""
 

@@ -135,7 +135,8 @@ def test_stdout_json_and_table(
     assert doc == selection(reference)
     assert "0 scored" in result.stderr and "already done" in result.stderr  # all resumed
     table = deal_client("select", reference, "-k", 3, "--out", tmp_path).stdout.splitlines()
-    assert table[0].split()[:3] == ["rank", "score", "path"] and len(table) == 4
+    assert table[0].split()[:3] == ["rank", "score", "path"] and len(table) == 5
+    assert table[-1].startswith("score: de = entropy of the difficulty map's histogram")
 
 
 def test_select_reproduces_score_and_runs_every_strategy(reference: Path, tmp_path: Path) -> None:
@@ -559,7 +560,7 @@ def test_client_imports_without_torch_or_heavy_modules_for_help() -> None:
 
 def test_cli_constants_match_the_library() -> None:
     from dealseg.core.decode import DEFAULT_MAX_PIXELS as decode_max
-    from dealseg.core.ranking import STRATEGIES
+    from dealseg.core.ranking import MEANINGS, STRATEGIES
 
-    assert sorted(STRATEGY_NAMES) == sorted(STRATEGIES)
+    assert sorted(STRATEGY_NAMES) == sorted(STRATEGIES) == sorted(MEANINGS)
     assert decode_max == DEFAULT_MAX_PIXELS
