@@ -100,6 +100,20 @@ def test_fit_resume_and_eval(tmp_path: Path) -> None:
     assert record["split"] == "train" and record["auroc_after"] >= record["auroc_before"]
     assert torch.load(refit_out, weights_only=True)["metrics"]["difficulty_refit"] == record
 
+    # A new head on the same segmenter: the paper's, refit from scratch; segmenter unchanged.
+    paper_out = tmp_path / "paper.pt"
+    args = ["refit", "--checkpoint", str(run / "best.pt"), "--data", str(data), "--out"]
+    paper = runner.invoke(train_cli, [*args, str(paper_out), "--inputs", "Q", "--hidden", "0"])
+    assert paper.exit_code == 0, paper.output
+    old, new = raw["state_dict"], torch.load(paper_out, weights_only=True)
+    assert new["model_config"]["difficulty_inputs"] == "Q"
+    assert new["model_config"]["difficulty_hidden"] == 0
+    assert new["state_dict"]["difficulty_head.classifier.weight"].shape == (1, 11, 1, 1)
+    kept = [k for k in old if not k.startswith("difficulty_head.")]
+    assert kept and all(torch.equal(new["state_dict"][k], old[k]) for k in kept)
+    bad = runner.invoke(train_cli, [*args, str(paper_out), "--inputs", "Q+XYZ"])
+    assert bad.exit_code == 2 and "unknown difficulty head input 'XYZ'" in bad.output
+
 
 def test_fit_rejects_unknown_settings(tmp_path: Path) -> None:
     result = CliRunner().invoke(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import pickle
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +53,18 @@ class Checkpoint:
         if bad:
             raise CheckpointError(f"{self.path}: tensor shapes do not fit the config: {bad[:5]}")
         model.load_state_dict(self.state_dict, strict=True)
+        return model
+
+    def build_model_with_head(self, inputs: str, hidden: int) -> DEALNet:
+        """This checkpoint's segmenter and γ under another difficulty-head read-out (`inputs`
+        parts, `hidden` units), freshly initialised: the model a refit then fits."""
+        trained = self.build_model().state_dict()
+        cfg = replace(self.model_config, difficulty_inputs=inputs, difficulty_hidden=hidden)
+        model = DEALNet(cfg, pretrained=False)
+        new_head = ("difficulty_head.classifier.", "difficulty_head.input_")
+        model.load_state_dict(
+            {k: v for k, v in trained.items() if not k.startswith(new_head)}, strict=False
+        )
         return model
 
 

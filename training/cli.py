@@ -292,11 +292,41 @@ def evaluate(checkpoint: Path, data: Path, split: str, out: Path | None, threads
     show_default="the checkpoint's refit_loss",
     help="Difficulty loss of the fit.",
 )
+@click.option(
+    "--inputs",
+    default=None,
+    show_default="the checkpoint's",
+    help="A new head reading these parts (e.g. Q+U+UA+DEC; see ModelConfig.difficulty_inputs), "
+    "fit from scratch on the checkpoint's segmenter.",
+)
+@click.option(
+    "--hidden",
+    type=click.IntRange(min=0),
+    default=None,
+    show_default="the checkpoint's",
+    help="Units of the new head's MLP read-out (0: a 1x1 conv).",
+)
+@click.option(
+    "--l2",
+    type=click.FloatRange(min=0),
+    default=None,
+    show_default="the checkpoint's refit_l2",
+    help="Penalty on the read-out's weights (weight decay of an MLP read-out).",
+)
 @click.option("--threads", type=int, default=0, show_default=True, help="Torch threads (0=all).")
 def refit(
-    checkpoint: Path, data: Path, split: str, out: Path, loss: str | None, threads: int
+    checkpoint: Path,
+    data: Path,
+    split: str,
+    out: Path,
+    loss: str | None,
+    inputs: str | None,
+    hidden: int | None,
+    l2: float | None,
+    threads: int,
 ) -> None:
-    """Refit the difficulty head's read-out on a held-out split (everything else frozen)."""
+    """Refit the difficulty head's read-out on a held-out split (everything else frozen), or
+    fit a new head (--inputs, --hidden) onto the checkpoint's segmenter."""
     import torch
 
     from .refit import refit_checkpoint
@@ -304,8 +334,16 @@ def refit(
     if threads:
         torch.set_num_threads(threads)
     ckpt, model, dataset = _checkpoint_and_split(checkpoint, data, split)
+    if inputs is not None or hidden is not None:
+        cfg = ckpt.model_config
+        inputs = cfg.difficulty_inputs if inputs is None else inputs
+        hidden = cfg.difficulty_hidden if hidden is None else hidden
+        try:
+            model = ckpt.build_model_with_head(inputs, hidden)
+        except KeyError as exc:
+            raise click.BadParameter(str(exc), param_hint="--inputs") from None
     loss = loss or ckpt.train_config.get("refit_loss", "wbce")
-    l2 = ckpt.train_config.get("refit_l2", 0.0)
+    l2 = ckpt.train_config.get("refit_l2", 0.0) if l2 is None else l2
     try:
         record = refit_checkpoint(ckpt, model, dataset, loss, out, l2=l2)
     except ValueError as exc:
