@@ -578,7 +578,8 @@ def _report(run: Any, out: Path, as_json: bool) -> int:
     "--report",
     "html",
     is_flag=True,
-    help="Write OUT/report.html (implies --maps) [default: rewritten if --out had one].",
+    help="Write OUT/report.html (implies --maps unless --no-maps) [default: rewritten if "
+    "--out had one].",
 )
 @engine_options
 @click.pass_context
@@ -602,20 +603,23 @@ def _select(
     scores: Path, out: Path | None, urls: tuple[str, ...], model: Path | None, o: dict[str, Any]
 ) -> int:
     from .report import REPORT_HTML
-    from .run import draw, run_selection
+    from .run import check_replace, draw, run_selection
     from .store import MAPS, StoreError, load_table
 
+    how = _select_settings(o)
     try:
         table = load_table(scores)
+        out = out or table.out
+        if not o["force"]:
+            check_replace(out, table, how)
     except StoreError as exc:
         raise click.ClickException(str(exc)) from None
-    out = out or table.out
     html = o["html"] or (out / REPORT_HTML).is_file()
-    maps = html or (o["maps"] if o["maps"] is not None else (out / MAPS).is_dir())
+    maps = o["maps"] if o["maps"] is not None else html or (out / MAPS).is_dir()
     engine = _maps_engine(table, urls, model, o) if maps else None
     try:
-        doc = run_selection(table, out, _select_settings(o), replace_other=o["force"])
-        failed, page = draw(engine, table, out, doc, _score_settings(o), maps, html)
+        doc = run_selection(table, out, how)
+        failed, page = draw(engine, table, out, doc, _score_settings(o), html)
     except (StoreError, ValueError) as exc:
         raise click.ClickException(str(exc)) from None
     except OSError as exc:

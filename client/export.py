@@ -35,7 +35,7 @@ from dealseg.core.files import atomic_write
 from dealseg.core.ranking import SCORE_COLUMNS
 
 from .maps import layer_names
-from .store import MAPS, Table, load_table, read_selection, record_path, spec_of
+from .store import MAPS, Table, class_column, load_table, read_selection, record_path, spec_of
 
 FORMATS: tuple[str, ...] = ("labelstudio", "cvat", "fiftyone", "csv")
 _RLE_SIZES = (3, 4, 8, 16)  # the four run-length widths (bits) of Label Studio's brush RLE
@@ -104,11 +104,6 @@ class Context:
     table: Table
     selection: dict[str, Any]
     predictions: bool
-
-
-def field_name(class_name: str) -> str:
-    """The column / field of a class's share: `class_<name>`, non-word characters as `_`."""
-    return "class_" + re.sub(r"\W+", "_", class_name)
 
 
 def _text(path: str) -> str:
@@ -230,11 +225,8 @@ def _ls_prediction(ctx: Context, item: Item) -> dict[str, Any]:
         for c in np.unique(seg).tolist()
         if c < len(names)
     ]
-    return {
-        "model_version": ctx.selection["model"],
-        "score": item.scores["score"],
-        "result": result,
-    }
+    # no "score": Label Studio's is a confidence in 0..1; the scores are the task's data fields
+    return {"model_version": ctx.selection["model"], "result": result}
 
 
 def _labelstudio(dest: Path, items: list[Item], ctx: Context) -> list[Path]:
@@ -247,7 +239,7 @@ def _labelstudio(dest: Path, items: list[Item], ctx: Context) -> list[Path]:
             "strategy": ctx.selection["strategy"],
             "model": ctx.selection["model"],
             **item.scores,
-            **{field_name(name): share for name, share in item.fractions.items()},
+            **{class_column(name): share for name, share in item.fractions.items()},
         }
         task: dict[str, Any] = {"data": data}
         if ctx.predictions:
@@ -284,7 +276,7 @@ def _fiftyone(dest: Path, items: list[Item], ctx: Context) -> list[Path]:
             "local_path": item.path,
             "rank": item.rank,
             **item.scores,
-            **{field_name(name): share for name, share in item.fractions.items()},
+            **{class_column(name): share for name, share in item.fractions.items()},
         }
         if ctx.predictions:
             sample["prediction"] = {"_cls": "Segmentation", "mask_path": _mask(dest, ctx, item)}
@@ -307,7 +299,8 @@ def _mask(dest: Path, ctx: Context, item: Item) -> str:
     buf = io.BytesIO()
     Image.fromarray(_segmentation(ctx, item)).save(buf, format="PNG")
     path = (dest / "masks" / f"{item.rank:04d}.png").absolute()
-    atomic_write(path, buf.getvalue())
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, buf.getvalue(), durable=False)
     return str(path)
 
 
@@ -317,7 +310,7 @@ def _csv(dest: Path, items: list[Item], ctx: Context) -> list[Path]:
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(
-        ["rank", "path", "local_path", "score", *SCORE_COLUMNS, *map(field_name, names)]
+        ["rank", "path", "local_path", "score", *SCORE_COLUMNS, *map(class_column, names)]
     )
     for item in items:
         scores = [

@@ -161,9 +161,11 @@ def _fit(text: str, width: int, font: Any) -> str:
     """`text`, cut with an ellipsis to fit `width` pixels."""
     if font.getlength(text) <= width:
         return text
-    while text and font.getlength(text + "...") > width:
-        text = text[:-1]
-    return text + "..."
+    lo, hi = 0, len(text)  # the longest prefix that fits with the ellipsis: binary search
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        lo, hi = (mid, hi) if font.getlength(text[:mid] + "...") <= width else (lo, mid - 1)
+    return text[:lo] + "..."
 
 
 def _png(array: np.ndarray | Any) -> bytes:
@@ -228,6 +230,6 @@ def _write_one(
     strip = render(image, difficulty, segmentation, colors)
     panel = annotate(strip, image.shape[1], caption(item.rank, item.path, item.scores), legend)
     dif_name, seg_name = layer_names(item.rank, item.path)
-    atomic_write(folder / dif_name, _png(np.ascontiguousarray(difficulty)))
-    atomic_write(folder / seg_name, _png(np.ascontiguousarray(segmentation)))
-    atomic_write(folder / map_name(item.rank, item.path), _png(panel))
+    atomic_write(folder / dif_name, _png(np.ascontiguousarray(difficulty)), durable=False)
+    atomic_write(folder / seg_name, _png(np.ascontiguousarray(segmentation)), durable=False)
+    atomic_write(folder / map_name(item.rank, item.path), _png(panel), durable=False)

@@ -94,7 +94,7 @@ def _save(array: np.ndarray, path: Path) -> None:
         Image.fromarray(array).save(buf, format="JPEG", quality=85)
     else:
         Image.fromarray(array).save(buf, format="PNG")
-    atomic_write(path, buf.getvalue())
+    atomic_write(path, buf.getvalue(), durable=False)
 
 
 def _read_layer(path: Path) -> np.ndarray | None:

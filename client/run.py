@@ -295,6 +295,16 @@ def score_paths(
     return Scorer(engine, writer, settings).run(paths)
 
 
+def score_into(
+    paths: Sequence[str], engine: Engine, out: Path, settings: ScoreSettings
+) -> tuple[ScoreReport, Table]:
+    """Score `paths` into the out dir `out` (resuming it); the report and everything scored
+    there as a table. The scoring step of the CLI and the API."""
+    with ScoreWriter(out, engine.spec) as writer:
+        report = score_paths(paths, engine, writer, settings)
+    return report, load_table(out)
+
+
 @dataclass(frozen=True)
 class SelectSettings:
     """What `pick` selects (the CLI's --strategy, --top-k, --seed, ... options)."""
@@ -350,16 +360,15 @@ def score_pool(
     Raises StoreError (out dir unusable), EngineError (after its retries; every finished batch
     is on disk, a re-run resumes) and OSError (the out dir cannot be written).
     """
-    with ScoreWriter(out, engine.spec) as writer:
-        scored = score_paths(paths, engine, writer, settings)
+    scored, table = score_into(paths, engine, out, settings)
     run = PoolRun(scored, None)
-    table = load_table(out)
     try:
         run.selection = run_selection(table, out, select_settings)
     except ValueError as exc:
         run.no_selection = str(exc)
         return run
-    run.map_failures, run.html = draw(engine, table, out, run.selection, settings, maps, report)
+    painter = engine if maps or report else None
+    run.map_failures, run.html = draw(painter, table, out, run.selection, settings, report)
     return run
 
 
@@ -369,15 +378,15 @@ def draw(
     out: Path,
     selection: dict[str, Any],
     settings: ScoreSettings,
-    maps: bool,
     report: bool,
 ) -> tuple[dict[str, str], Path | None]:
-    """The maps of a selection (with an engine: drawn; without: the stale ones removed) and its
-    report; returns the maps that could not be drawn and the report's path (None if not asked)."""
+    """The maps of a selection (drawn by `engine`; without one, the stale maps are removed) and
+    its report; returns the maps that could not be drawn and the report's path (None if not
+    asked)."""
     from .maps import MapOf, clear_maps, write_maps
 
     failed: dict[str, str] = {}
-    if engine is not None and (maps or report):
+    if engine is not None:
         picked = [MapOf(r["rank"], record_path(r), r) for r in selection["rows"]]
         failed = write_maps(engine, picked, out, settings.max_pixels, settings.batch_size)
     elif (Path(out) / MAPS).is_dir():
@@ -502,14 +511,8 @@ def check_replace(out: Path, table: Table, how: SelectSettings) -> None:
         )
 
 
-def run_selection(
-    table: Table, out: Path, how: SelectSettings, replace_other: bool = True
-) -> dict[str, Any]:
-    """Select from a loaded table and write selection.txt / selection.json into `out`.
-
-    With `replace_other` False, a selection of other settings in `out` is a SelectionExists.
-    """
-    if not replace_other:
-        check_replace(out, table, how)
+def run_selection(table: Table, out: Path, how: SelectSettings) -> dict[str, Any]:
+    """Select from a loaded table and write selection.txt / selection.json into `out` (see
+    `check_replace` to keep another run's selection)."""
     chosen, options = pick(table, how)
     return write_selection(out, table, chosen, how.describe(), chosen.shortfall(how.k, options))

@@ -21,6 +21,7 @@ import base64
 import contextlib
 import json
 import os
+import re
 import sys
 from array import array
 from collections.abc import Iterator, Sequence
@@ -118,6 +119,12 @@ def record_fractions(record: dict[str, Any], class_names: Sequence[str]) -> list
     if isinstance(value, dict):
         return [float(value.get(name) or 0.0) for name in class_names]
     return [float(v) for v in value]
+
+
+def class_column(class_name: str) -> str:
+    """The column (CSV, data frame) or field (Label Studio, FiftyOne) of a class's share:
+    `class_<name>`, non-word characters as `_`."""
+    return "class_" + re.sub(r"\W+", "_", class_name)
 
 
 def replaces(old_ok: bool | None, new_ok: bool, same_source: bool = True) -> bool:
@@ -325,6 +332,7 @@ class Table:
     rows: np.ndarray  # [N] int64 rows of the embeddings file
     errors: dict[str, str] = field(default_factory=dict)  # path -> reason
     fractions: np.ndarray | None = None  # [N, C] float32 predicted class shares (NaN: none)
+    vectors: np.ndarray | None = None  # [N, D] embeddings held in memory instead of the file
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -343,6 +351,8 @@ class Table:
 
     def embeddings(self) -> np.ndarray:
         """[N, D] float32, memory-mapped when the rows are the file's rows in order."""
+        if self.vectors is not None:
+            return self.vectors
         path, d = self.out / EMBEDDINGS, self.embedding_dim
         n_file = path.stat().st_size // (4 * d) if path.exists() else 0
         if int(self.rows.max(initial=-1)) >= n_file:
