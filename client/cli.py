@@ -722,7 +722,7 @@ def report_command(out: Path) -> None:
         raise click.ClickException(f"{out} holds no selection.json: run `deal-client score` first")
     try:
         page = write_report(out, load_table(Path(doc.get("scores") or out)), doc)
-    except StoreError as exc:
+    except (StoreError, ValueError) as exc:
         raise click.ClickException(str(exc)) from None
     except OSError as exc:
         raise click.ClickException(_os_error(exc, out)) from None
@@ -775,13 +775,13 @@ def export_command(
 ) -> None:
     """Hand the selection in OUT to a labelling tool: Label Studio tasks, a CVAT manifest, a
     FiftyOne dataset, or CSV, each with the scores and class shares of every pick."""
-    from .export import ExportError, export_selection
+    from .export import export_selection
     from .store import StoreError
 
     dest = dest or out / "export" / fmt
     try:
         written = export_selection(out, fmt, dest, path_map, predictions)
-    except (ExportError, StoreError) as exc:
+    except (ValueError, StoreError) as exc:  # ExportError, or metadata without the classes
         raise click.ClickException(str(exc)) from None
     except OSError as exc:
         raise click.ClickException(_os_error(exc, dest)) from None

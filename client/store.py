@@ -31,7 +31,7 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
-from dealseg.core.contract import ModelSpec
+from dealseg.core.contract import ContractError, ModelSpec
 from dealseg.core.files import atomic_output, atomic_write
 from dealseg.core.ranking import SCORE_COLUMNS, Pick, Selection, Skip
 
@@ -86,6 +86,14 @@ def read_meta(out: Path) -> dict[str, Any]:
 
 def spec_of(meta: dict[str, Any]) -> ModelSpec:
     return ModelSpec.from_metadata(meta["metadata"])
+
+
+def class_names_of(meta: dict[str, Any]) -> tuple[str, ...]:
+    """The model's class names from an out dir's meta.json; none when its metadata lacks them."""
+    try:
+        return spec_of(meta).class_names
+    except (ContractError, KeyError):
+        return ()
 
 
 # ------------------------------------------------------------------------------------- records
@@ -339,7 +347,7 @@ class Table:
 
     @property
     def class_names(self) -> tuple[str, ...]:
-        return spec_of(self.meta).class_names
+        return class_names_of(self.meta)
 
     @property
     def scores_file(self) -> Path:
@@ -379,7 +387,7 @@ def load_table(scores_path: Path) -> Table:
         raise StoreError(f"no scores file at {scores_path}")
     out = scores_path.parent
     meta = read_meta(out)
-    names = spec_of(meta).class_names
+    names = class_names_of(meta)
     c = len(names)
     slot: dict[str, int] = {}  # path -> index into the arrays below
     paths: list[str] = []
@@ -425,7 +433,7 @@ def load_table(scores_path: Path) -> Table:
         scores={name: np.frombuffer(col, dtype=np.float64)[keep] for name, col in cols.items()},
         rows=np.frombuffer(rows, dtype=np.int64)[keep],
         errors={paths[i]: reasons[i] for i in sorted(reasons) if mine[i]},
-        fractions=np.frombuffer(shares, dtype=np.float32).reshape(-1, c)[keep],
+        fractions=np.frombuffer(shares, dtype=np.float32).reshape(len(paths), c)[keep],
     )
 
 

@@ -138,6 +138,16 @@ def test_the_report_loads_in_chromium_with_every_image_and_the_ranks(
     assert facts["selected"] == "6"
 
 
+def test_the_report_command_rewrites_the_page_of_a_folder(run: Path, tmp_path: Path) -> None:
+    mine = shutil.copytree(run, tmp_path / "run")
+    (mine / "report.html").unlink()
+    r = deal_client("report", mine)
+    assert r.exit_code == 0 and r.stdout.strip() == str(mine / "report.html")
+    assert selected(mine)[0] in (mine / "report.html").read_text()
+    r = deal_client("report", tmp_path)
+    assert r.exit_code == 1 and "holds no selection.json" in r.stderr
+
+
 def test_a_report_of_1000_picks_loads_its_thumbnails_lazily(tmp_path: Path) -> None:
     pool = tmp_path / "pool"
     pool.mkdir()
