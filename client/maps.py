@@ -37,7 +37,7 @@ from .store import MAPS
 _UNSAFE = re.compile(r"[^A-Za-z0-9_-]+")
 _OUR_NAME = re.compile(r"^\d{4,}_[A-Za-z0-9_-]+_[0-9a-f]{10}(\.dif|\.seg)?\.png$")
 _GAP = 4  # pixels of white between the panels
-_SCORE_NAMES = ("ds", "de", "entropy")
+_SCORE_NAMES = ("score", "ds", "de", "entropy")
 
 
 @dataclass(frozen=True)

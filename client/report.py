@@ -69,10 +69,10 @@ def write_report(out: Path, table: Table, selection: dict[str, Any]) -> Path:
     spec = spec_of(table.meta)
     colors = class_colors(spec.palette)
     index = {p: i for i, p in enumerate(table.paths)}
-    cards = [
-        _card(r, _thumbs(out, r, spec.input_size, colors), _top_classes(table, index.get(p)))
-        for r, p in ((r, record_path(r)) for r in selection["rows"])
-    ]
+    cards = []
+    for row in selection["rows"]:
+        thumbs = _thumbs(out, row, spec.input_size, colors)
+        cards.append(_card(row, thumbs, _top_classes(table, index.get(record_path(row)))))
     dups = _duplicates(out, selection, spec.input_size)
     page = _page(table, selection, "\n".join(cards), dups)
     atomic_write(out / REPORT_HTML, page.encode("utf-8"))
@@ -215,12 +215,7 @@ def _summary(table: Table, selection: dict[str, Any]) -> str:
     model = selection.get("model", "")
     card = model_card(model)
     card_link = f" (<a href='{_e(card.as_uri())}'>model card</a>)" if card else " (no model card)"
-    settings = ", ".join(
-        f"{key} {_e(value)}"
-        for key in ("seed", "diverse", "labeled", "balance", "per_group", "group_by")
-        if (value := selection.get(key)) not in (None, {}, "")
-        and not (key == "seed" and selection.get("strategy") != "random")
-    )
+    settings = ", ".join(_settings(selection))
     items = [
         ("model", f"<code>{_e(model)}</code>{card_link}"),
         (
@@ -235,6 +230,19 @@ def _summary(table: Table, selection: dict[str, Any]) -> str:
         items.append(("fewer than k", _e("; ".join(selection["shortfall"]))))
     rows = "".join(f"<tr><th>{k}</th><td>{v}</td></tr>" for k, v in items)
     return f"<table class=summary>{rows}</table>{_errors(table)}"
+
+
+def _settings(selection: dict[str, Any]) -> list[str]:
+    """The selection's options that were set, as `name value` texts."""
+    shown = []
+    for key in ("seed", "diverse", "labeled", "balance", "per_group", "group_by"):
+        value = selection.get(key)
+        if value is None or (key == "seed" and selection.get("strategy") != "random"):
+            continue
+        if key == "balance":
+            value = ", ".join(f"{c} {w:g}" for c, w in value.items()) or "uniform"
+        shown.append(f"{key.replace('_', '-')} {_e(value)}")
+    return shown
 
 
 def _errors(table: Table) -> str:

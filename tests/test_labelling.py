@@ -226,6 +226,14 @@ def test_per_group_quota_and_the_reason_when_fewer_than_k(tmp_path: Path) -> Non
     assert r.exit_code == 2 and "give both" in r.stderr
 
 
+def test_a_labelled_list_that_matches_nothing_is_an_error(tmp_path: Path) -> None:
+    out = planted(tmp_path / "scores")
+    labelled = tmp_path / "labelled.txt"
+    labelled.write_text("/elsewhere/a.png\n/elsewhere/b.png\n")
+    r = deal_client("select", out, "-k", 3, "--labeled", labelled, "-o", tmp_path / "a")
+    assert r.exit_code == 1 and "none of the 2 labelled paths" in r.stderr
+
+
 def test_select_keeps_its_own_folder_and_redraws_maps_and_report(
     run: Path, tiny_onnx: Path, tmp_path: Path
 ) -> None:
