@@ -2,13 +2,16 @@
 
 Modules, each importable without torch (heavy libraries are imported where they are used):
 
-    cli      `deal-client score | select | merge | eval | health`
-    run      the streaming scorer (`Scorer`, `score_paths`), the whole run (`score_pool`) and
-             the selection step (`run_selection`)
+    cli      `deal-client score | select | merge | report | export | eval | health`
+    run      the streaming scorer (`Scorer`, `score_paths`), the whole run (`score_pool`), the
+             scoring and selection steps (`score_into`, `pick`, `run_selection`)
+    api      `dealseg.score` / `dealseg.select` for notebooks and pipelines
+    report   `report.html`: the selection for a person
+    export   the selection for a labelling tool: Label Studio, CVAT, FiftyOne, CSV
     evaluation  `deal-client eval`: strategies judged on labelled frames (`evaluate_pool`)
     engines  `EmbeddedEngine` (ONNX Runtime) and `TritonEngine` (tritonclient gRPC/HTTP)
     store    the out dir: scores.jsonl, embeddings.f32, meta.json, selection.{txt,json}, merge
-    maps     `--maps` PNGs: image | difficulty overlay | segmentation
+    maps     `--maps` PNGs: image | difficulty overlay | segmentation, and their raw layers
 
 Decoding, pool listing, the selection strategies and eval's labels and metrics are
 `dealseg.core`'s (decode, pool, ranking, labels, metrics), shared with training and export.

@@ -57,6 +57,35 @@ def _headers(ctx: click.Context, param: click.Parameter, value: tuple[str, ...])
     return headers
 
 
+def _class_weights(
+    ctx: click.Context, param: click.Parameter, value: tuple[str, ...]
+) -> dict[str, float]:
+    import math
+
+    weights = {}
+    for item in value:
+        name, sep, text = item.rpartition("=")
+        try:
+            weight = float(text)
+        except ValueError:
+            weight = -1.0
+        if not sep or not name or not (math.isfinite(weight) and weight >= 0):
+            raise click.BadParameter(f"{item!r} is not CLASS=WEIGHT with a weight >= 0")
+        weights[name] = weight
+    return weights
+
+
+def _regex(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    import re
+
+    if value is not None:
+        try:
+            re.compile(value)
+        except re.error as exc:
+            raise click.BadParameter(f"{value!r} is not a regular expression: {exc}") from None
+    return value
+
+
 def _stderr(message: str) -> None:
     click.echo(message, err=True)
 
@@ -107,6 +136,37 @@ def selection_options(require_k: bool) -> Callable[[Callable], Callable]:
                     help="Already-labelled images, never selected and the core-set's first "
                     "centres: a text file of paths, a scores.jsonl of a run on them, "
                     "or a .npy of embeddings [L, D].",
+                ),
+                click.option(
+                    "--balance",
+                    is_flag=True,
+                    help="Among the 4k best by the strategy, pick the k whose predicted class "
+                    "mix comes closest to uniform (or to --class-weight).",
+                ),
+                click.option(
+                    "--class-weight",
+                    "class_weights",
+                    multiple=True,
+                    callback=_class_weights,
+                    metavar="CLASS=W",
+                    help="Target weight of a class for --balance (implies it; repeatable; "
+                    "classes not named weigh 1).",
+                ),
+                click.option(
+                    "--per-group",
+                    type=click.IntRange(min=1),
+                    default=None,
+                    metavar="N",
+                    help="At most N picks per group of images (per folder, or per --group-by).",
+                ),
+                click.option(
+                    "--group-by",
+                    callback=_regex,
+                    default=None,
+                    metavar="REGEX",
+                    help="A path's group for --per-group: the first (...) group of this regular "
+                    "expression's match in the path, or the whole match; e.g. '/(cam\\d+)/' "
+                    "[default: the image's folder].",
                 ),
                 click.option(
                     "--seed",
@@ -261,8 +321,18 @@ def _triton(urls: tuple[str, ...], o: dict[str, Any]) -> Any:
 def _select_settings(o: dict[str, Any], strategy: str | None = None, k: int | None = None) -> Any:
     from .run import SelectSettings
 
+    if o["group_by"] is not None and o["per_group"] is None:
+        raise click.UsageError("--group-by names the groups of --per-group N: give both")
+    balance = o["class_weights"] if o["balance"] or o["class_weights"] else None
     return SelectSettings(
-        strategy or o["strategy"], k or o["top_k"], o["seed"], o["diverse"], o["labeled"]
+        strategy or o["strategy"],
+        k or o["top_k"],
+        o["seed"],
+        o["diverse"],
+        o["labeled"],
+        balance,
+        o["per_group"],
+        o["group_by"],
     )
 
 
@@ -279,6 +349,15 @@ def _print_selection(doc: dict[str, Any], as_json: bool) -> None:
         score = "nan" if r["score"] is None else f"{r['score']:.6f}"
         click.echo(f"{r['rank']:>4}  {score:>10}  {_display(record_path(r))}")
     click.echo(f"score: {MEANINGS[doc['strategy']]}; higher = more worth labelling")
+
+
+def _short(doc: dict[str, Any]) -> bool:
+    """Whether fewer than k were selected; if so, say how many and why on stderr."""
+    if doc["selected"] >= doc["k"]:
+        return False
+    why = "; ".join(doc.get("shortfall") or []) or "the pool is smaller"
+    _stderr(f"selected {doc['selected']} of the {doc['k']} asked: {why}")
+    return True
 
 
 def _list_failures(failed: dict[str, str]) -> None:
@@ -319,6 +398,12 @@ def main() -> None:
     "--maps",
     is_flag=True,
     help="Also write image | difficulty | segmentation PNGs of the selection to OUT/maps/.",
+)
+@click.option(
+    "--report",
+    "html",
+    is_flag=True,
+    help="Also write OUT/report.html, the selection for a person to look at (implies --maps).",
 )
 @click.pass_context
 def score(
@@ -408,7 +493,8 @@ def _score(pool: str, urls: tuple[str, ...], model: Path | None, o: dict[str, An
             f"deal-client: {len(paths)} images, model {engine.spec.model_id} via "
             f"{engine.describe()}, out {out}"
         )
-        run = score_pool(paths, engine, out, _score_settings(o), _select_settings(o), o["maps"])
+        how = _select_settings(o)
+        run = score_pool(paths, engine, out, _score_settings(o), how, o["maps"], o["html"])
     except StoreError as exc:
         raise click.ClickException(str(exc)) from None
     except EngineError as exc:
@@ -457,6 +543,9 @@ def _report(run: Any, out: Path, as_json: bool) -> int:
         _stderr(f"no selection: {run.no_selection}")
     else:
         _print_selection(doc, as_json)
+    short = doc is not None and _short(doc)
+    if run.html is not None:
+        _stderr(f"report: {run.html}")
     _stderr(
         f"deal-client: {report.total} images: {report.scored} scored, {report.resumed} already "
         f"done, {len(report.failed)} failed, {report.seconds:.1f} s ({report.rate:.1f} img/s); "
@@ -466,7 +555,7 @@ def _report(run: Any, out: Path, as_json: bool) -> int:
             else "no selection"
         )
     )
-    return EXIT_FAILED_INPUTS if report.failed or doc is None else EXIT_OK
+    return EXIT_FAILED_INPUTS if report.failed or doc is None or short else EXIT_OK
 
 
 # --------------------------------------------------------------------------------- select
@@ -478,21 +567,88 @@ def _report(run: Any, out: Path, as_json: bool) -> int:
     "-o",
     type=click.Path(file_okay=False, path_type=Path),
     default=None,
-    help="Where to write selection.txt/.json [default: the folder of SCORES].",
+    help="Folder of this selection: selection.txt/.json, maps/, report.html [default: the "
+    "folder of SCORES]. One holding a selection of other settings is refused without --force.",
 )
-def select_command(scores: Path, out: Path | None, **o: Any) -> None:
-    """Re-select from SCORES (a scores.jsonl or an out dir) without re-scoring."""
-    from .run import run_selection
-    from .store import StoreError, load_table
+@click.option("--force", is_flag=True, help="Replace a selection of other settings in --out.")
+@click.option(
+    "--maps/--no-maps",
+    default=None,
+    help="Draw the maps of the picks, running the model on them (--model or --url) "
+    "[default: if --out had maps].",
+)
+@click.option(
+    "--report",
+    "html",
+    is_flag=True,
+    help="Write OUT/report.html (implies --maps unless --no-maps) [default: rewritten if "
+    "--out had one].",
+)
+@engine_options
+@click.pass_context
+def select_command(
+    ctx: click.Context,
+    scores: Path,
+    out: Path | None,
+    urls: tuple[str, ...],
+    model: Path | None,
+    **o: Any,
+) -> None:
+    """Re-select from SCORES (a scores.jsonl or an out dir) without re-scoring.
 
+    Exits 3 when fewer than --top-k images could be selected (the reason on stderr).
+    """
+    _one_engine(urls, model)
+    ctx.exit(_interruptible(lambda: _select(scores, out, urls, model, o), "nothing changed"))
+
+
+def _select(
+    scores: Path, out: Path | None, urls: tuple[str, ...], model: Path | None, o: dict[str, Any]
+) -> int:
+    from .report import REPORT_HTML
+    from .run import check_replace, draw, run_selection
+    from .store import MAPS, StoreError, load_table
+
+    how = _select_settings(o)
     try:
         table = load_table(scores)
-        doc = run_selection(table, out or table.out, _select_settings(o))
+        out = out or table.out
+        if not o["force"]:
+            check_replace(out, table, how)
+    except StoreError as exc:
+        raise click.ClickException(str(exc)) from None
+    html = o["html"] or (out / REPORT_HTML).is_file()
+    maps = o["maps"] if o["maps"] is not None else html or (out / MAPS).is_dir()
+    engine = _maps_engine(table, urls, model, o) if maps else None
+    try:
+        doc = run_selection(table, out, how)
+        failed, page = draw(engine, table, out, doc, _score_settings(o), html)
     except (StoreError, ValueError) as exc:
         raise click.ClickException(str(exc)) from None
     except OSError as exc:
-        raise click.ClickException(_os_error(exc, out or scores)) from None
+        raise click.ClickException(_os_error(exc, out)) from None
+    finally:
+        if engine is not None:
+            engine.close()
     _print_selection(doc, o["as_json"])
+    for path, reason in failed.items():
+        _stderr(f"warning: no map for {_display(path)}: {reason}")
+    if page is not None:
+        _stderr(f"report: {page}")
+    return EXIT_FAILED_INPUTS if _short(doc) else EXIT_OK
+
+
+def _maps_engine(table: Any, urls: tuple[str, ...], model: Path | None, o: dict) -> Any:
+    """The engine that draws maps: it must serve the model that scored the table."""
+    engine = _engine(urls, model, o)
+    if engine.spec.model_id != table.meta["model"]:
+        served = engine.spec.model_id
+        engine.close()
+        raise click.UsageError(
+            f"the maps need the model that scored {table.out} ({table.meta['model']}), not "
+            f"{served}: pass its --model or --url, or --no-maps"
+        )
+    return engine
 
 
 # ---------------------------------------------------------------------------------- merge
@@ -531,7 +687,7 @@ def merge(inputs: tuple[Path, ...], out: Path, **o: Any) -> None:
         f"{len(table.errors)} failed; top {doc['selected']} in {out / 'selection.txt'}"
     )
     _list_failures(table.errors)
-    sys.exit(EXIT_FAILED_INPUTS if table.errors else EXIT_OK)
+    sys.exit(EXIT_FAILED_INPUTS if table.errors or _short(doc) else EXIT_OK)
 
 
 def _merged_selection(inputs: tuple[Path, ...], strategy: str | None, k: int | None) -> tuple:
@@ -549,6 +705,91 @@ def _merged_selection(inputs: tuple[Path, ...], strategy: str | None, k: int | N
         raise click.UsageError("give --top-k (and --strategy): the inputs' selections differ")
     ((old_strategy, old_k),) = seen
     return strategy or old_strategy, k or old_k
+
+
+# --------------------------------------------------------------------------------- report
+@main.command("report")
+@click.argument("out", type=click.Path(exists=True, file_okay=False, path_type=Path))
+def report_command(out: Path) -> None:
+    """Write OUT/report.html: the selection in OUT (of `score` or `select --out`) for a person.
+
+    One page, no network: the run's summary, the picks ranked with their maps and scores,
+    score histograms and class balance of the pool and the picks, the near-duplicates that
+    --diverse skipped. The maps come from `--maps` (or `--report`) of score and select.
+    """
+    from .report import write_report
+    from .store import MAPS, StoreError, load_table, read_selection
+
+    doc = read_selection(out)
+    if doc is None:
+        raise click.ClickException(f"{out} holds no selection.json: run `deal-client score` first")
+    try:
+        page = write_report(out, load_table(Path(doc.get("scores") or out)), doc)
+    except (StoreError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from None
+    except OSError as exc:
+        raise click.ClickException(_os_error(exc, out)) from None
+    if doc["rows"] and not (out / MAPS).is_dir():
+        _stderr(f"no maps in {out}: `deal-client select SCORES --out {out} --report` draws them")
+    click.echo(page)
+
+
+# --------------------------------------------------------------------------------- export
+def _path_map(ctx: click.Context, param: click.Parameter, value: tuple[str, ...]) -> Any:
+    from .export import PathMap
+
+    try:
+        return PathMap.parse(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+@main.command("export")
+@click.argument("out", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["labelstudio", "cvat", "fiftyone", "csv"]),
+    required=True,
+    help="The labelling tool's import format.",
+)
+@click.option(
+    "--path-map",
+    multiple=True,
+    callback=_path_map,
+    metavar="LOCAL=REMOTE",
+    help="Where the tool finds the images: paths under LOCAL are rewritten under REMOTE, e.g. "
+    "/data/pool=s3://bucket/pool (repeatable; every selected path must match one).",
+)
+@click.option(
+    "--predictions",
+    is_flag=True,
+    help="Add the predicted segmentation as pre-annotations (labelstudio, fiftyone; needs the "
+    "maps of --maps).",
+)
+@click.option(
+    "--dest",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Folder for the files [default: OUT/export/FORMAT].",
+)
+def export_command(
+    out: Path, fmt: str, path_map: Any, predictions: bool, dest: Path | None
+) -> None:
+    """Hand the selection in OUT to a labelling tool: Label Studio tasks, a CVAT manifest, a
+    FiftyOne dataset, or CSV, each with the scores and class shares of every pick."""
+    from .export import export_selection
+    from .store import StoreError
+
+    dest = dest or out / "export" / fmt
+    try:
+        written = export_selection(out, fmt, dest, path_map, predictions)
+    except (ValueError, StoreError) as exc:  # ExportError, or metadata without the classes
+        raise click.ClickException(str(exc)) from None
+    except OSError as exc:
+        raise click.ClickException(_os_error(exc, dest)) from None
+    for path in written:
+        click.echo(path)
 
 
 # ----------------------------------------------------------------------------------- eval

@@ -11,6 +11,7 @@ an engine failure (after its retries) stops the run with every finished batch on
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import queue
 import sys
@@ -28,10 +29,20 @@ import numpy as np
 from dealseg.core.contract import SCORE_OUTPUTS
 from dealseg.core.decode import DEFAULT_MAX_PIXELS, DecodeError, decode_image
 from dealseg.core.pool import read_pool, take_shard
-from dealseg.core.ranking import Options, Pool, select
+from dealseg.core.ranking import Options, Pool, Selection, choose, groups_of
 
 from .engines import Engine, EngineError
-from .store import ScoreWriter, Table, load_table, record_path, write_selection
+from .store import (
+    MAPS,
+    SELECTION_JSON,
+    ScoreWriter,
+    StoreError,
+    Table,
+    load_table,
+    read_selection,
+    record_path,
+    write_selection,
+)
 
 
 @dataclass(frozen=True)
@@ -284,26 +295,54 @@ def score_paths(
     return Scorer(engine, writer, settings).run(paths)
 
 
+def score_into(
+    paths: Sequence[str], engine: Engine, out: Path, settings: ScoreSettings
+) -> tuple[ScoreReport, Table]:
+    """Score `paths` into the out dir `out` (resuming it); the report and everything scored
+    there as a table. The scoring step of the CLI and the API."""
+    with ScoreWriter(out, engine.spec) as writer:
+        report = score_paths(paths, engine, writer, settings)
+    return report, load_table(out)
+
+
 @dataclass(frozen=True)
 class SelectSettings:
-    """What `run_selection` picks (the CLI's --strategy, --top-k, --seed, ... options)."""
+    """What `pick` selects (the CLI's --strategy, --top-k, --seed, ... options)."""
 
     strategy: str = "de"
     k: int = 100
     seed: int = 0
     diverse: float | None = None
     labeled: Path | None = None
+    balance: dict[str, float] | None = None  # class name -> weight; {}: uniform; None: off
+    per_group: int | None = None  # at most this many picks per group
+    group_by: str | None = None  # regex whose match (first group) names a path's group
+
+    def describe(self) -> dict[str, Any]:
+        """The settings as selection.json records them."""
+        return {
+            "strategy": self.strategy,
+            "k": self.k,
+            "seed": self.seed,
+            "diverse": self.diverse,
+            "labeled": None if self.labeled is None else str(self.labeled),
+            "balance": self.balance,
+            "per_group": self.per_group,
+            "group_by": self.group_by,
+        }
 
 
 @dataclass
 class PoolRun:
     """What `score_pool` did: the scoring report, the selection (None, with the reason in
-    `no_selection`, when nothing could be selected) and the maps that could not be drawn."""
+    `no_selection`, when nothing could be selected), the maps that could not be drawn and the
+    report written (None if not asked)."""
 
     report: ScoreReport
     selection: dict[str, Any] | None
     no_selection: str = ""
     map_failures: dict[str, str] = field(default_factory=dict)
+    html: Path | None = None
 
 
 def score_pool(
@@ -313,27 +352,50 @@ def score_pool(
     settings: ScoreSettings,
     select_settings: SelectSettings,
     maps: bool = False,
+    report: bool = False,
 ) -> PoolRun:
     """Score `paths` into the out dir `out` (resuming it), select from everything scored there,
-    and optionally draw the maps of the selection.
+    and optionally draw the maps of the selection and write the report (which implies maps).
 
     Raises StoreError (out dir unusable), EngineError (after its retries; every finished batch
     is on disk, a re-run resumes) and OSError (the out dir cannot be written).
     """
-    with ScoreWriter(out, engine.spec) as writer:
-        report = score_paths(paths, engine, writer, settings)
-    run = PoolRun(report, None)
+    scored, table = score_into(paths, engine, out, settings)
+    run = PoolRun(scored, None)
     try:
-        run.selection = run_selection(load_table(out), out, select_settings)
+        run.selection = run_selection(table, out, select_settings)
     except ValueError as exc:
         run.no_selection = str(exc)
         return run
-    if maps:
-        from .maps import write_maps
-
-        picked = [(r["rank"], record_path(r)) for r in run.selection["rows"]]
-        run.map_failures = write_maps(engine, picked, out, settings.max_pixels, settings.batch_size)
+    painter = engine if maps or report else None
+    run.map_failures, run.html = draw(painter, table, out, run.selection, settings, report)
     return run
+
+
+def draw(
+    engine: Engine | None,
+    table: Table,
+    out: Path,
+    selection: dict[str, Any],
+    settings: ScoreSettings,
+    report: bool,
+) -> tuple[dict[str, str], Path | None]:
+    """The maps of a selection (drawn by `engine`; without one, the stale maps are removed) and
+    its report; returns the maps that could not be drawn and the report's path (None if not
+    asked)."""
+    from .maps import MapOf, clear_maps, write_maps
+
+    failed: dict[str, str] = {}
+    if engine is not None:
+        picked = [MapOf(r["rank"], record_path(r), r) for r in selection["rows"]]
+        failed = write_maps(engine, picked, out, settings.max_pixels, settings.batch_size)
+    elif (Path(out) / MAPS).is_dir():
+        clear_maps(out)
+    if not report:
+        return failed, None
+    from .report import write_report
+
+    return failed, write_report(out, table, selection)
 
 
 # ----------------------------------------------------------------------------------- selection
@@ -364,6 +426,11 @@ def load_labeled(
     labeled = set(list_paths(str(source)))  # a list file, read exactly as a POOL
     exclude = np.fromiter((p in labeled for p in table.paths), dtype=bool, count=len(table))
     missing = len(labeled) - int(exclude.sum())
+    if labeled and missing == len(labeled):
+        raise ValueError(
+            f"none of the {len(labeled)} labelled paths in {source} is in the scores (paths are "
+            "compared absolute, relative ones to the list's folder)"
+        )
     if missing:
         print(
             f"warning: {missing} labelled paths in {source} are not in the scores, ignored",
@@ -373,14 +440,79 @@ def load_labeled(
     return centres, exclude
 
 
-def run_selection(table: Table, out: Path, how: SelectSettings) -> dict[str, Any]:
-    """Select from a loaded table and write selection.txt / selection.json into `out`."""
-    need_centres = how.strategy.endswith("coreset")  # k-center: embeddings and centres
-    emb = table.embeddings() if need_centres or how.diverse is not None else None
+class SelectionExists(StoreError):
+    """The folder holds the selection of another run, which `--force` would replace."""
+
+
+def pool_of(table: Table, how: SelectSettings) -> Pool:
+    """The table as a ranking pool, with what `how` needs: embeddings (core-set, --diverse,
+    --labeled centres), class fractions (--balance) and groups (--per-group)."""
+    needs_embeddings = how.strategy.endswith("coreset") or how.diverse is not None
+    groups = None
+    if how.per_group is not None:
+        groups, unmatched = groups_of(table.paths, how.group_by)
+        if unmatched:
+            print(
+                f"warning: --group-by {how.group_by!r} matches no part of {unmatched} of "
+                f"{len(table)} paths; each of those is a group of its own",
+                file=sys.stderr,
+            )
+    return Pool(
+        table.paths,
+        table.scores,
+        table.embeddings() if needs_embeddings else None,
+        table.fractions if how.balance is not None else None,
+        groups,
+    )
+
+
+def balance_weights(names: Sequence[str], weights: dict[str, float]) -> np.ndarray:
+    """[C] target weights: 1 for every class, or as `weights` (class name -> weight) says."""
+    unknown = sorted(set(weights) - set(names))
+    if unknown:
+        raise ValueError(f"no class {', '.join(map(repr, unknown))}; classes: {', '.join(names)}")
+    return np.array([float(weights.get(name, 1.0)) for name in names])
+
+
+def pick(table: Table, how: SelectSettings) -> tuple[Selection, Options]:
+    """Select from a loaded table as `how` says: the one selection step of the CLI and the API.
+
+    Raises ValueError for settings the table cannot serve (nothing scored, an unknown class)."""
+    pool = pool_of(table, how)
     centres, exclude = (None, None)
     if how.labeled is not None:
-        centres, exclude = load_labeled(how.labeled, table, emb if need_centres else None)
-    options = Options(seed=how.seed, labeled=centres, diverse=how.diverse, exclude=exclude)
-    picks = select(Pool(table.paths, table.scores, emb), how.strategy, how.k, options)
-    labeled = None if how.labeled is None else str(how.labeled)
-    return write_selection(out, table, picks, how.strategy, how.k, options, labeled)
+        need_centres = how.strategy.endswith("coreset")
+        centres, exclude = load_labeled(
+            how.labeled, table, pool.embeddings if need_centres else None
+        )
+    weights = None if how.balance is None else balance_weights(table.class_names, how.balance)
+    options = Options(
+        seed=how.seed,
+        labeled=centres,
+        diverse=how.diverse,
+        exclude=exclude,
+        per_group=how.per_group,
+        balance=weights,
+    )
+    return choose(pool, how.strategy, how.k, options), options
+
+
+def check_replace(out: Path, table: Table, how: SelectSettings) -> None:
+    """Refuse to replace a selection in `out` made with other settings or of other scores."""
+    old = read_selection(out)
+    if old is None:
+        return
+    mine = {**how.describe(), "scores": str(table.scores_file)}
+    if old.get("settings") != json.loads(json.dumps(mine)):
+        raise SelectionExists(
+            f"{Path(out) / SELECTION_JSON} holds another selection ({old.get('strategy')}, top "
+            f"{old.get('k')}, of {old.get('scores', 'other scores')}); write this one elsewhere "
+            "with --out DIR, or replace it with --force"
+        )
+
+
+def run_selection(table: Table, out: Path, how: SelectSettings) -> dict[str, Any]:
+    """Select from a loaded table and write selection.txt / selection.json into `out` (see
+    `check_replace` to keep another run's selection)."""
+    chosen, options = pick(table, how)
+    return write_selection(out, table, chosen, how.describe(), chosen.shortfall(how.k, options))

@@ -21,6 +21,7 @@ import base64
 import contextlib
 import json
 import os
+import re
 import sys
 from array import array
 from collections.abc import Iterator, Sequence
@@ -30,9 +31,9 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
-from dealseg.core.contract import ModelSpec
+from dealseg.core.contract import ContractError, ModelSpec
 from dealseg.core.files import atomic_output, atomic_write
-from dealseg.core.ranking import SCORE_COLUMNS, Options, Pick
+from dealseg.core.ranking import SCORE_COLUMNS, Pick, Selection, Skip
 
 SCORES = "scores.jsonl"
 EMBEDDINGS = "embeddings.f32"
@@ -87,6 +88,14 @@ def spec_of(meta: dict[str, Any]) -> ModelSpec:
     return ModelSpec.from_metadata(meta["metadata"])
 
 
+def class_names_of(meta: dict[str, Any]) -> tuple[str, ...]:
+    """The model's class names from an out dir's meta.json; none when its metadata lacks them."""
+    try:
+        return spec_of(meta).class_names
+    except (ContractError, KeyError):
+        return ()
+
+
 # ------------------------------------------------------------------------------------- records
 def path_fields(path: str) -> dict[str, str]:
     """{"path": text} for a UTF-8 path; for other bytes, the text with them as \\xNN and
@@ -104,6 +113,26 @@ def record_path(record: dict[str, Any]) -> str:
     """The exact path of a record or selection row as read from a file (see `path_fields`)."""
     raw = record.get("path_b64")
     return os.fsdecode(base64.b64decode(raw)) if raw else record["path"]
+
+
+def record_fractions(record: dict[str, Any], class_names: Sequence[str]) -> list[float] | None:
+    """A record's predicted class shares in `class_names` order (None for an error record).
+
+    The one reader of `class_fraction`: a list in class order, or an object keyed by class name
+    (a class it does not name has share 0).
+    """
+    value = record.get("class_fraction")
+    if value is None:
+        return None
+    if isinstance(value, dict):
+        return [float(value.get(name) or 0.0) for name in class_names]
+    return [float(v) for v in value]
+
+
+def class_column(class_name: str) -> str:
+    """The column (CSV, data frame) or field (Label Studio, FiftyOne) of a class's share:
+    `class_<name>`, non-word characters as `_`."""
+    return "class_" + re.sub(r"\W+", "_", class_name)
 
 
 def replaces(old_ok: bool | None, new_ok: bool, same_source: bool = True) -> bool:
@@ -310,9 +339,19 @@ class Table:
     scores: dict[str, np.ndarray]  # "ds" | "de" | "entropy" -> [N] float64 (NaN if missing)
     rows: np.ndarray  # [N] int64 rows of the embeddings file
     errors: dict[str, str] = field(default_factory=dict)  # path -> reason
+    fractions: np.ndarray | None = None  # [N, C] float32 predicted class shares (NaN: none)
+    vectors: np.ndarray | None = None  # [N, D] embeddings held in memory instead of the file
 
     def __len__(self) -> int:
         return len(self.paths)
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        return class_names_of(self.meta)
+
+    @property
+    def scores_file(self) -> Path:
+        return (self.out / SCORES).absolute()
 
     @property
     def embedding_dim(self) -> int:
@@ -320,6 +359,8 @@ class Table:
 
     def embeddings(self) -> np.ndarray:
         """[N, D] float32, memory-mapped when the rows are the file's rows in order."""
+        if self.vectors is not None:
+            return self.vectors
         path, d = self.out / EMBEDDINGS, self.embedding_dim
         n_file = path.stat().st_size // (4 * d) if path.exists() else 0
         if int(self.rows.max(initial=-1)) >= n_file:
@@ -336,8 +377,8 @@ def load_table(scores_path: Path) -> Table:
     """Read an out dir's scores.jsonl (and meta.json beside it) for selection.
 
     The record that counts for a path is the one `replaces` keeps. Records are streamed into
-    flat arrays (about 100 bytes a path beside the path itself), so a pool of millions fits in
-    memory.
+    flat arrays (about 100 bytes and 4 per class a path, beside the path itself), so a pool of
+    millions fits in memory.
     """
     scores_path = Path(scores_path)
     if scores_path.is_dir():
@@ -346,11 +387,14 @@ def load_table(scores_path: Path) -> Table:
         raise StoreError(f"no scores file at {scores_path}")
     out = scores_path.parent
     meta = read_meta(out)
+    names = class_names_of(meta)
+    c = len(names)
     slot: dict[str, int] = {}  # path -> index into the arrays below
     paths: list[str] = []
     ours = bytearray()  # the counting record is by this model
     cols = {name: array("d") for name in SCORE_COLUMNS}  # read for ok records only
     rows = array("q")
+    shares = array("f")  # [N * C] class fractions
     reasons: dict[int, str] = {}  # the counting record is an error
     for r in iter_records(scores_path):
         is_ok = r["status"] == "ok"
@@ -359,6 +403,7 @@ def load_table(scores_path: Path) -> Table:
             paths.append(r["path"])
             ours.append(0)
             rows.append(-1)
+            shares.extend([np.nan] * c)
             for col in cols.values():
                 col.append(np.nan)
         elif not replaces(i not in reasons, is_ok):
@@ -369,6 +414,9 @@ def load_table(scores_path: Path) -> Table:
             rows[i] = int(r["row"])
             for name, col in cols.items():
                 col[i] = np.nan if r.get(name) is None else float(r[name])
+            fractions = record_fractions(r, names)
+            if fractions is not None and len(fractions) == c:
+                shares[i * c : (i + 1) * c] = array("f", fractions)
         else:
             reasons[i] = str(r.get("error"))
     del slot
@@ -385,10 +433,14 @@ def load_table(scores_path: Path) -> Table:
         scores={name: np.frombuffer(col, dtype=np.float64)[keep] for name, col in cols.items()},
         rows=np.frombuffer(rows, dtype=np.int64)[keep],
         errors={paths[i]: reasons[i] for i in sorted(reasons) if mine[i]},
+        fractions=np.frombuffer(shares, dtype=np.float32).reshape(len(paths), c)[keep],
     )
 
 
 # ----------------------------------------------------------------------------------- selection
+NEAR_DUPLICATES_KEPT = 500  # near-duplicates listed in selection.json (all are counted)
+
+
 def selection_rows(table: Table, picks: Sequence[Pick]) -> list[dict[str, Any]]:
     return [
         {
@@ -402,35 +454,61 @@ def selection_rows(table: Table, picks: Sequence[Pick]) -> list[dict[str, Any]]:
     ]
 
 
+def _near_duplicates(table: Table, skipped: Sequence[Skip]) -> list[dict[str, Any]]:
+    """The images skipped as near-duplicates of a pick, in the order the ranking met them."""
+    rows = []
+    for s in skipped:
+        if s.reason == "duplicate" and s.of is not None and len(rows) < NEAR_DUPLICATES_KEPT:
+            of = path_fields(table.paths[s.of])
+            rows.append(
+                {
+                    **path_fields(table.paths[s.index]),
+                    "of": of["path"],
+                    **({"of_b64": of["path_b64"]} if "path_b64" in of else {}),
+                    "cosine": _finite(s.cosine or 0.0),
+                }
+            )
+    return rows
+
+
 def write_selection(
-    out: Path,
-    table: Table,
-    picks: Sequence[Pick],
-    strategy: str,
-    k: int,
-    options: Options,
-    labeled: str | None = None,
+    out: Path, table: Table, chosen: Selection, settings: dict[str, Any], shortfall: list[str]
 ) -> dict[str, Any]:
-    """Write selection.txt and selection.json atomically into `out`; return the JSON object."""
+    """Write selection.txt and selection.json atomically into `out`; return the JSON object.
+
+    `settings` (strategy, k, seed, diverse, labeled, balance, per-group) are written as they are,
+    and again under "settings" with the scores file, which tells one selection from another.
+    """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    rows = selection_rows(table, picks)
+    rows = selection_rows(table, chosen.picks)
+    skipped = [s.reason for s in chosen.skipped]
     doc = {
-        "strategy": strategy,
-        "k": k,
+        **settings,
         "selected": len(rows),
         "model": table.meta["model"],
-        "seed": options.seed,
-        "diverse": options.diverse,
-        "labeled": labeled,
+        "scores": str(table.scores_file),
         "pool_ok": len(table),
         "pool_failed": len(table.errors),
+        "shortfall": shortfall,
+        "skipped": {reason: skipped.count(reason) for reason in sorted(set(skipped))},
+        "settings": {**settings, "scores": str(table.scores_file)},
+        "near_duplicates": _near_duplicates(table, chosen.skipped),
         "rows": rows,
     }
     atomic_write(out / SELECTION_JSON, json.dumps(doc, indent=1, ensure_ascii=True).encode())
-    picked = b"".join(os.fsencode(table.paths[p.index]) + b"\n" for p in picks)
+    picked = b"".join(os.fsencode(table.paths[p.index]) + b"\n" for p in chosen.picks)
     atomic_write(out / SELECTION_TXT, picked)
     return doc
+
+
+def read_selection(out: Path) -> dict[str, Any] | None:
+    """An out dir's selection.json, or None when it has none (or an unreadable one)."""
+    try:
+        doc = json.loads((Path(out) / SELECTION_JSON).read_text())
+    except (OSError, ValueError):
+        return None
+    return doc if isinstance(doc, dict) else None
 
 
 # --------------------------------------------------------------------------------------- merge

@@ -26,30 +26,31 @@ def _fsync(path: Path) -> None:
 
 
 @contextlib.contextmanager
-def atomic_output(path: str | os.PathLike[str]) -> Iterator[Path]:
+def atomic_output(path: str | os.PathLike[str], durable: bool = True) -> Iterator[Path]:
     """A temporary path beside `path` to write to; renamed over `path` when the block succeeds.
 
-    The temporary file is fsynced before the rename, and removed if anything fails; an
-    OSError while writing names `path`.
+    The temporary file is fsynced before the rename (unless not `durable`: pictures drawn again
+    on demand, where thousands of fsyncs cost more than a power cut), and removed if anything
+    fails; an OSError while writing names `path`.
     """
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
         yield tmp
-        _fsync(tmp)
+        if durable:
+            _fsync(tmp)
         os.replace(tmp, path)
-    except OSError as exc:
-        if exc.filename in (None, str(tmp), tmp):  # name the file the caller writes, not ours
-            raise OSError(exc.errno, exc.strerror, str(path)) from exc
-        raise
-    finally:
+    except BaseException as exc:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
+        if isinstance(exc, OSError) and exc.filename in (None, str(tmp), tmp):
+            raise OSError(exc.errno, exc.strerror, str(path)) from exc  # name the caller's file
+        raise
 
 
-def atomic_write(path: str | os.PathLike[str], data: bytes) -> None:
+def atomic_write(path: str | os.PathLike[str], data: bytes, durable: bool = True) -> None:
     """Write `data` to `path` atomically (see `atomic_output`)."""
-    with atomic_output(path) as tmp:
+    with atomic_output(path, durable) as tmp:
         tmp.write_bytes(data)
 
 

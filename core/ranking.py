@@ -16,14 +16,19 @@ name in `STRATEGIES`; each takes a `Pool` and returns ranked `Pick`s.
                       not near-duplicates of each other (frames of one drive) or of the labelled
 
 `diverse=THRESH` (any strategy) skips an image whose embedding cosine to an already picked image
-is above THRESH.
+is above THRESH. `per_group=N` (any strategy) skips an image whose group (`Pool.groups`, e.g. its
+camera or drive: `groups_of`) already holds N picks. `balance=WEIGHTS` (any strategy) takes the
+CANDIDATE_FACTOR x k best picks of the strategy and keeps the k whose predicted class mix
+(`Pool.class_fraction`) comes closest to the target mix WEIGHTS (uniform: all ones). `choose`
+returns the picks with what the rules skipped; `select` only the picks.
 """
 
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -40,12 +45,16 @@ class Pool:
     """The scored images to select from, aligned by index.
 
     paths: [N] image paths; scores: column name -> [N] float; embeddings: [N, D] (an ndarray or a
-    memmap of the embeddings side file), needed by `coreset` and `diverse`.
+    memmap of the embeddings side file), needed by `coreset` and `diverse`; class_fraction:
+    [N, C] predicted class shares, needed by `balance`; groups: [N] int group ids, needed by
+    `per_group`.
     """
 
     paths: Sequence[str]
     scores: dict[str, np.ndarray]
     embeddings: np.ndarray | None = None
+    class_fraction: np.ndarray | None = None
+    groups: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -67,9 +76,23 @@ class Options:
     labeled: np.ndarray | None = None  # [L, D] embeddings of already-labelled images (coreset)
     diverse: float | None = None  # cosine threshold for near-duplicate suppression
     exclude: np.ndarray | None = None  # [N] bool, True = never pick (e.g. already labelled)
+    per_group: int | None = None  # at most this many picks per group of Pool.groups
+    balance: np.ndarray | None = None  # [C] target class weights of the picks' class mix
 
 
-Strategy = Callable[[Pool, int, Options], list[Pick]]
+@dataclass(frozen=True)
+class Skip:
+    """An image a rule passed over: a near-duplicate (`of` the pick it is close to, at `cosine`)
+    or one of a group that was full."""
+
+    index: int
+    reason: str  # "duplicate" | "group"
+    of: int | None = None
+    cosine: float | None = None
+
+
+Skips = list[Skip]
+Strategy = Callable[..., list[Pick]]  # (pool, k, options, skipped: Skips | None) -> picks
 
 
 # ---------------------------------------------------------------------------------------- ranking
@@ -144,6 +167,43 @@ def _need_embeddings(pool: Pool, why: str) -> np.ndarray:
     return pool.embeddings
 
 
+def _need_groups(pool: Pool) -> np.ndarray:
+    if pool.groups is None or len(pool.groups) != len(pool):
+        raise ValueError("a per-group quota needs every image's group, but the pool has none")
+    return np.asarray(pool.groups)
+
+
+def _need_fractions(pool: Pool, classes: int) -> np.ndarray:
+    """[N, C] class mixes, each row summing to 1 (a missing or empty row counts as no class)."""
+    f = pool.class_fraction
+    if f is None or np.shape(f) != (len(pool), classes):
+        raise ValueError(f"balance needs each image's {classes} class fractions; the pool has none")
+    f = np.nan_to_num(np.asarray(f, dtype=np.float64))
+    total = f.sum(axis=1, keepdims=True)
+    return np.divide(f, total, out=np.zeros_like(f), where=total > 0)
+
+
+def groups_of(paths: Sequence[str], pattern: str | None = None) -> tuple[np.ndarray, int]:
+    """[N] group ids of `paths` and the number of paths that `pattern` does not match.
+
+    A path's group is its folder; with `pattern` (a regular expression searched in the path), the
+    match's first group, or the whole match when the pattern has no group. A path the pattern
+    does not match is a group of its own. Raises re.error for a bad pattern.
+    """
+    regex = None if pattern is None else re.compile(pattern)
+    ids: dict[object, int] = {}
+    out = np.zeros(len(paths), dtype=np.int64)
+    unmatched = 0
+    for n, path in enumerate(paths):
+        key: object = os.path.dirname(path)
+        if regex is not None:
+            m = regex.search(path)
+            unmatched += m is None
+            key = ("alone", n) if m is None else (m.group(1) or "" if regex.groups else m.group(0))
+        out[n] = ids.setdefault(key, len(ids))
+    return out, unmatched
+
+
 def _farthest(paths: Sequence[str], dist: np.ndarray) -> int | None:
     """Index of the largest distance, ties (within TIE_TOLERANCE) by path; NaN counts as -inf;
     None if every distance is -inf."""
@@ -187,41 +247,84 @@ def _column(name: str) -> Callable[[Pool, Options], np.ndarray]:
     return score
 
 
-def _by_score(score_fn: Callable[[Pool, Options], np.ndarray]) -> Strategy:
-    """A strategy that ranks by a per-image score, with optional near-duplicate suppression."""
+class _Admission:
+    """Whether a ranked image may join the picks: not a near-duplicate of a pick (`diverse`) and
+    not of a group that holds `per_group` picks already. An admitted image counts as picked; one
+    turned away is recorded in `skipped`."""
 
-    def strategy(pool: Pool, k: int, opts: Options) -> list[Pick]:
+    def __init__(self, pool: Pool, opts: Options, k: int, skipped: Skips | None) -> None:
+        self.diverse, self.quota = opts.diverse, opts.per_group
+        self.skipped = [] if skipped is None else skipped
+        self.emb = None if self.diverse is None else _need_embeddings(pool, "--diverse")
+        self.groups = None if self.quota is None else _need_groups(pool)
+        width = 0 if self.emb is None else self.emb.shape[1]
+        self.picked = np.zeros((max(k, 0), width))  # [k, D] unit rows of the picks so far
+        self.picked_at: list[int] = []  # their pool indices
+        self.counts: dict[int, int] = {}  # group -> picks
+
+    def admit(self, i: int) -> bool:
+        group = None if self.groups is None else int(self.groups[i])
+        if group is not None and self.counts.get(group, 0) >= (self.quota or 0):
+            self.skipped.append(Skip(i, "group"))
+            return False
+        if self.emb is not None:
+            e = _unit(self.emb[i])
+            n = len(self.picked_at)
+            if n:
+                cosine = self.picked[:n] @ e
+                j = int(np.argmax(cosine))
+                if float(cosine[j]) > (self.diverse or 0.0):
+                    self.skipped.append(Skip(i, "duplicate", self.picked_at[j], float(cosine[j])))
+                    return False
+            self.picked[n] = e
+        self.picked_at.append(i)
+        if group is not None:
+            self.counts[group] = self.counts.get(group, 0) + 1
+        return True
+
+
+def _walk(
+    pool: Pool, scores: np.ndarray, k: int, opts: Options, skipped: Skips | None
+) -> list[int]:
+    """The first k indices of the ranking by `scores` that `_Admission` lets through."""
+    admission = _Admission(pool, opts, k, skipped)
+    picked: list[int] = []
+    for i in _ranked_blocks(pool.paths, scores, 4 * k):
+        if len(picked) >= k:
+            break
+        if admission.admit(i):
+            picked.append(i)
+    return picked
+
+
+def _by_score(score_fn: Callable[[Pool, Options], np.ndarray]) -> Strategy:
+    """A strategy that ranks by a per-image score, with optional near-duplicate suppression and
+    per-group quotas."""
+
+    def strategy(pool: Pool, k: int, opts: Options, skipped: Skips | None = None) -> list[Pick]:
         scores = score_fn(pool, opts)
-        if opts.diverse is None:
+        if opts.diverse is None and opts.per_group is None:
             return [Pick(int(i), float(scores[i])) for i in top_k(pool.paths, scores, k)]
-        emb = _need_embeddings(pool, "--diverse")
-        picks: list[Pick] = []
-        picked = np.zeros((0, emb.shape[1]))  # [P, D] unit rows
-        for i in _ranked_blocks(pool.paths, scores, 4 * k):
-            if len(picks) >= k:
-                break
-            e = _unit(emb[i])
-            if len(picked) and float((picked @ e).max()) > opts.diverse:
-                continue  # near-duplicate of an image already picked
-            picks.append(Pick(i, float(scores[i])))
-            picked = np.vstack([picked, e[None]])
-        return picks
+        return [Pick(i, float(scores[i])) for i in _walk(pool, scores, k, opts, skipped)]
 
     return strategy
 
 
-def coreset(pool: Pool, k: int, opts: Options) -> list[Pick]:
+def coreset(pool: Pool, k: int, opts: Options, skipped: Skips | None = None) -> list[Pick]:
     """Greedy k-center: repeatedly pick the image farthest (1 - cosine) from every centre.
 
     Centres start as `opts.labeled`; without them the first pick is the image farthest from the
     pool's mean direction (its score is that distance). A pick's score is its distance to the
     nearest centre when picked. With `diverse`, stops once every remaining image has cosine above
-    the threshold to some centre.
+    the threshold to some centre; with `per_group`, a group's images drop out once it holds that
+    many picks. (`skipped` is not written: the greedy passes over no image one by one.)
     """
     emb = _need_embeddings(pool, "coreset")
     n, d = emb.shape
     labeled = np.zeros((0, d)) if opts.labeled is None else opts.labeled
     dist = 1.0 - _max_cosine(emb, labeled)  # [N]; +inf without centres
+    groups = None if opts.per_group is None else _need_groups(pool)
+    counts: dict[int, int] = {}  # group -> picks
     picks: list[Pick] = []
 
     def take(i: int, score: float) -> None:
@@ -229,6 +332,11 @@ def coreset(pool: Pool, k: int, opts: Options) -> list[Pick]:
         picks.append(Pick(i, score))
         dist = np.minimum(dist, 1.0 - _max_cosine(emb, emb[i][None]))
         dist[i] = -np.inf
+        if groups is not None:
+            group = int(groups[i])
+            counts[group] = counts.get(group, 0) + 1
+            if counts[group] >= (opts.per_group or 0):
+                dist[groups == group] = -np.inf
 
     if len(labeled) == 0 and k > 0:
         mean = np.zeros(d, dtype=np.float64)
@@ -252,12 +360,20 @@ def _score_then_coreset(score_fn: Callable[[Pool, Options], np.ndarray]) -> Stra
 
     The k-center starts from the labelled images, or without them from the highest-scoring
     candidate (picked first). A pick's score is the base score; picks come in k-center order.
+    With `per_group`, the candidates are the best by the score with at most that many per group
+    (so any k of them keep the quota).
     """
 
-    def strategy(pool: Pool, k: int, opts: Options) -> list[Pick]:
+    def strategy(pool: Pool, k: int, opts: Options, skipped: Skips | None = None) -> list[Pick]:
         scores = score_fn(pool, opts)
         emb = _need_embeddings(pool, "a score-then-core-set strategy")
-        candidates = top_k(pool.paths, scores, CANDIDATE_FACTOR * k)
+        if opts.per_group is None:
+            candidates = top_k(pool.paths, scores, CANDIDATE_FACTOR * k)
+        else:
+            quota_only = replace(opts, diverse=None)
+            walked = _walk(pool, scores, CANDIDATE_FACTOR * k, quota_only, skipped)
+            candidates = np.array(walked, dtype=np.int64)
+            opts = replace(opts, per_group=None)
         if len(candidates) == 0:
             return []
         if opts.labeled is None or len(opts.labeled) == 0:  # the hardest candidate comes first
@@ -314,30 +430,113 @@ class _Take(Sequence[str]):
 def _without(pool: Pool, exclude: np.ndarray) -> tuple[Pool, np.ndarray]:
     """The pool minus excluded images, and the original index of each remaining one."""
     keep = np.flatnonzero(~np.asarray(exclude, dtype=bool))
+
+    def rows(a: np.ndarray | None) -> np.ndarray | None:
+        return None if a is None else np.asarray(a)[keep]
+
     sub = Pool(
         paths=_Take(pool.paths, keep),
         scores={name: np.asarray(col)[keep] for name, col in pool.scores.items()},
-        embeddings=None if pool.embeddings is None else np.asarray(pool.embeddings)[keep],
+        embeddings=rows(pool.embeddings),
+        class_fraction=rows(pool.class_fraction),
+        groups=rows(pool.groups),
     )
     return sub, keep
 
 
-def select(pool: Pool, strategy: str, k: int, options: Options | None = None) -> list[Pick]:
-    """Rank `pool` by `strategy` and return the top k picks, best first.
+def _balanced(mix: np.ndarray, picks: list[Pick], k: int, weights: np.ndarray) -> list[Pick]:
+    """k of `picks` (ranked) taken one at a time: each the one that brings the picks' mean class
+    mix closest (L2) to the target `weights / sum(weights)`; ties within TIE_TOLERANCE go to the
+    better ranked. `mix` is the pool's [N, C] class mixes."""
+    f = mix[[p.index for p in picks]]  # [M, C]
+    target = np.asarray(weights, dtype=np.float64) / float(np.sum(weights))
+    mass, left, chosen = np.zeros(len(target)), np.ones(len(picks), dtype=bool), []
+    for step in range(1, min(k, len(picks)) + 1):
+        # |(mass + f) / step - target|^2 * step^2: the mix after taking f, against the target
+        cost = np.where(left, ((f - (step * target - mass)) ** 2).sum(axis=1), np.inf)
+        best = int(np.flatnonzero(cost <= cost.min() + TIE_TOLERANCE)[0])
+        chosen.append(picks[best])
+        mass, left[best] = mass + f[best], False
+    return chosen
 
-    k larger than the pool returns every (non-excluded) image; an empty pool is a ValueError.
-    """
-    fn = STRATEGIES[strategy]
+
+@dataclass
+class Selection:
+    """What `choose` picked, best first; what the rules skipped on the way; the images it could
+    pick from (the pool less the excluded)."""
+
+    picks: list[Pick]
+    skipped: Skips = field(default_factory=list)
+    pool_size: int = 0
+    available: int = 0
+
+    def shortfall(self, k: int, opts: Options) -> list[str]:
+        """Why fewer than k images were picked (empty when k were)."""
+        if len(self.picks) >= k:
+            return []
+        why = []
+        if self.available < k:
+            excluded = self.pool_size - self.available
+            why.append(
+                f"{self.available} images to pick from"
+                + (f" ({excluded} of {self.pool_size} excluded)" if excluded else "")
+            )
+        duplicates = sum(s.reason == "duplicate" for s in self.skipped)
+        full = sum(s.reason == "group" for s in self.skipped)
+        if duplicates:
+            why.append(f"{duplicates} near-duplicates skipped (cosine above {opts.diverse})")
+        if full:
+            why.append(f"{full} images of full groups skipped (at most {opts.per_group} a group)")
+        rules = [f"cosine above {opts.diverse} to a pick"] if opts.diverse is not None else []
+        rules += [f"a group holding {opts.per_group} picks"] if opts.per_group is not None else []
+        if not why and rules:  # k-center rules images out without passing over them
+            why.append("every other image has " + " or ".join(rules))
+        return why
+
+
+def _check(pool: Pool, k: int, opts: Options) -> None:
     if len(pool) == 0:
         raise ValueError("the pool is empty: no image was scored successfully, nothing to select")
     if k < 0:
         raise ValueError(f"k must be >= 0, got {k}")
-    opts = options or Options()
     if opts.diverse is not None and not -1.0 <= opts.diverse <= 1.0:
         raise ValueError(f"--diverse is a cosine threshold in [-1, 1], got {opts.diverse}")
+    if opts.per_group is not None and opts.per_group < 1:
+        raise ValueError(f"a per-group quota is at least 1, got {opts.per_group}")
+    if opts.balance is not None:
+        w = np.asarray(opts.balance, dtype=np.float64)
+        if w.ndim != 1 or not np.all(np.isfinite(w)) or np.any(w < 0) or w.sum() <= 0:
+            raise ValueError("balance weights are finite, >= 0 and not all 0")
+        _need_fractions(pool, len(w))
+
+
+def choose(pool: Pool, strategy: str, k: int, options: Options | None = None) -> Selection:
+    """Rank `pool` by `strategy` and pick the top k, best first, with what the rules skipped.
+
+    k larger than the pool returns every (non-excluded) image; an empty pool is a ValueError.
+    """
+    fn = STRATEGIES[strategy]
+    opts = options or Options()
+    _check(pool, k, opts)
+    want = k if opts.balance is None else CANDIDATE_FACTOR * k
+    skipped: Skips = []
     if opts.exclude is None or not np.any(opts.exclude):
-        return fn(pool, k, opts)
-    sub, keep = _without(pool, opts.exclude)
-    if len(sub) == 0:
-        return []
-    return [Pick(int(keep[p.index]), p.score) for p in fn(sub, k, opts)]
+        picks, available = fn(pool, want, opts, skipped), len(pool)
+    else:
+        sub, keep = _without(pool, opts.exclude)
+        found = fn(sub, want, opts, skipped) if len(sub) else []
+        picks = [Pick(int(keep[p.index]), p.score) for p in found]
+        skipped = [
+            Skip(int(keep[s.index]), s.reason, None if s.of is None else int(keep[s.of]), s.cosine)
+            for s in skipped
+        ]
+        available = len(sub)
+    if opts.balance is not None:
+        mix = _need_fractions(pool, len(opts.balance))
+        picks = _balanced(mix, picks, k, opts.balance)
+    return Selection(picks, skipped, len(pool), available)
+
+
+def select(pool: Pool, strategy: str, k: int, options: Options | None = None) -> list[Pick]:
+    """Rank `pool` by `strategy` and return the top k picks, best first (`choose`'s picks)."""
+    return choose(pool, strategy, k, options).picks

@@ -191,7 +191,7 @@ def test_the_loop_and_the_client_pick_the_same_frames_from_the_same_scores(
     writer.close()
     np.save(tmp_path / "labeled.npy", infer(ctx, labeled, embedding_batch))
     for name in ("ds", "de", "entropy", "coreset", "ds+coreset", "entropy+coreset"):
-        args = ["select", str(out), "-k", "6", "--strategy", name, "--json"]
+        args = ["select", str(out), "-k", "6", "--strategy", name, "--json", "--force"]
         if name.endswith("coreset"):
             args += ["--labeled", str(tmp_path / "labeled.npy")]
         result = CliRunner().invoke(client_main, args, catch_exceptions=False)

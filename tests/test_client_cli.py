@@ -157,10 +157,20 @@ def test_select_reproduces_score_and_runs_every_strategy(reference: Path, tmp_pa
     for strategy in STRATEGY_NAMES:
         for extra in ([], ["--diverse", "0.99"]):
             r = deal_client(
-                "select", reference, "-s", strategy, "-k", 7, "--out", tmp_path, "--json", *extra
+                "select",
+                reference,
+                "-s",
+                strategy,
+                "-k",
+                7,
+                "-o",
+                tmp_path,
+                "--json",
+                "--force",
+                *extra,
             )
             doc = json.loads(r.stdout)
-            assert r.exit_code == 0 and doc["strategy"] == strategy
+            assert r.exit_code == (0 if doc["selected"] == 7 else 3) and doc["strategy"] == strategy
             assert 1 <= doc["selected"] <= 7
             assert len({row["path"] for row in doc["rows"]}) == doc["selected"]
 
@@ -182,6 +192,7 @@ def test_labeled_images_are_not_selected_again(reference: Path, tmp_path: Path) 
             "--out",
             tmp_path,
             "--json",
+            "--force",
         )
         got = [row["path"] for row in json.loads(r.stdout)["rows"]]
         assert not set(got) & set(first[:2]) and len(got) == K
@@ -199,6 +210,7 @@ def test_labeled_images_are_not_selected_again(reference: Path, tmp_path: Path) 
         "--out",
         tmp_path,
         "--json",
+        "--force",
     )
     assert r.exit_code == 0 and json.loads(r.stdout)["selected"] == 2
     r = deal_client(
@@ -211,8 +223,10 @@ def test_labeled_images_are_not_selected_again(reference: Path, tmp_path: Path) 
         "--out",
         tmp_path,
         "--json",
-    )  # every image already labelled
-    assert r.exit_code == 0 and json.loads(r.stdout)["selected"] == 0
+        "--force",
+    )  # every image already labelled: fewer than k, said why, exit 3
+    assert r.exit_code == 3 and json.loads(r.stdout)["selected"] == 0
+    assert "selected 0 of the 2 asked: 0 images to pick from (29 of 29 excluded)" in r.stderr
 
 
 # -------------------------------------------------------------------------------- resume
@@ -395,12 +409,16 @@ def test_maps_are_written_for_the_selection(tiny_onnx: Path, tmp_path: Path) -> 
     out = tmp_path / "out"
     r = deal_client("score", pool, "-k", 2, "--model", tiny_onnx, "--out", out, "--maps")
     assert r.exit_code == 0, r.stderr
-    maps = sorted((out / "maps").iterdir())
+    maps = sorted(p for p in (out / "maps").iterdir() if p.name.count(".") == 1)
     assert len(maps) == 2 and maps[0].name.startswith("0001_frame_")
-    h, w = spec_of_out(out).input_size
+    spec = spec_of_out(out)
+    h, w = spec.input_size
     for m in maps:
-        with Image.open(m) as im:
-            assert im.size == (3 * w + 8, h) and im.mode == "RGB"
+        with Image.open(m) as im:  # caption above, colour bar and legend below the panels
+            assert im.size[0] == 3 * w + 8 and im.size[1] > h and im.mode == "RGB"
+        for layer, size in ((".dif", spec.difficulty_size), (".seg", spec.segmentation_size)):
+            with Image.open(m.with_name(m.stem + layer + ".png")) as im:
+                assert im.mode == "L" and im.size == size[::-1]
 
 
 # ---------------------------------------------------------------------- errors and usage
@@ -502,7 +520,8 @@ def test_names_with_control_characters_never_split_a_listing(
     again = deal_client(
         "select", out, "-k", 20, "--labeled", out / "selection.txt", "--out", tmp_path / "again"
     )
-    assert again.exit_code == 0, again.stderr
+    assert again.exit_code == 3, again.stderr  # fewer than k: said why
+    assert "selected 4 of the 20 asked: 4 images to pick from (4 of 8 excluded)" in again.stderr
     second = (tmp_path / "again" / "selection.txt").read_bytes().splitlines()
     assert len(second) == 8 - 4 and not set(second) & set(listed)
 

@@ -107,7 +107,7 @@ def test_triton_gives_the_embedded_selection(
         assert r["entropy"] == pytest.approx(theirs[path]["entropy"], abs=TOL_ENTROPY)
     a, b = embeddings_by_path(out), embeddings_by_path(embedded)
     assert min(float(a[p] @ b[p]) for p in a) >= MIN_EMBEDDING_COSINE
-    assert len(list((out / "maps").glob("*.png"))) == K
+    assert len(list((out / "maps").glob("*_??????????.png"))) == K  # the panels (and raw layers)
 
 
 def test_health_reports_ready_and_the_model(server, embedded: Path) -> None:

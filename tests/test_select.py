@@ -14,6 +14,8 @@ from dealseg.core.ranking import (
     STRATEGIES,
     Options,
     Pool,
+    choose,
+    groups_of,
     path_hash,
     select,
     top_k,
@@ -343,3 +345,112 @@ def test_k_center_picks_distinct_and_never_farther_later(
     assert len(set(picks.tolist())) == len(picks)
     if len(centres):  # greedy k-center: each pick is no farther than the one before
         assert np.all(np.diff(dist) <= 1e-9)
+
+
+# ---------------------------------------------- balance, per-group quotas, what was skipped
+def with_extras(pool: Pool, fractions: np.ndarray | None = None, groups=None) -> Pool:
+    return Pool(pool.paths, pool.scores, pool.embeddings, fractions, groups)
+
+
+def test_balance_takes_the_candidates_that_even_out_the_class_mix() -> None:
+    # a, b, c: all class 0, the best by ds; d, e: class 1, lower; f: class 0, lowest
+    fractions = np.array([[1, 0], [1, 0], [1, 0], [0, 1], [0, 1], [1, 0]], np.float64)
+    pool = with_extras(pool_of("abcdef", [0.9, 0.8, 0.7, 0.6, 0.5, 0.4]), fractions)
+    assert [p for p, _ in picked(pool, "ds", 2)] == ["a", "b"]
+    even = picked(pool, "ds", 2, balance=np.ones(2))
+    assert even == [("a", 0.9), ("d", 0.6)]  # one of each class; ties go to the better ranked
+    assert [p for p, _ in picked(pool, "ds", 4, balance=np.ones(2))] == ["a", "d", "b", "e"]
+    skewed = picked(pool, "ds", 4, balance=np.array([3.0, 1.0]))  # target 3:1
+    assert [p for p, _ in skewed] == ["a", "b", "d", "c"]
+    # the candidates are the 4k best: with k = 2 all six are, and a mixed image comes first
+    mixed = with_extras(pool, np.vstack([fractions[:5], [[0.5, 0.5]]]))
+    assert picked(mixed, "ds", 2, balance=np.ones(2)) == [("f", 0.4), ("a", 0.9)]
+    assert picked(mixed, "ds", 1, balance=np.ones(2)) == [("a", 0.9)]  # f is no candidate
+
+
+def test_balance_needs_class_fractions_and_valid_weights() -> None:
+    pool = with_extras(pool_of("ab", [1.0, 0.5]), np.eye(2))
+    with pytest.raises(ValueError, match="class fractions"):
+        select(pool_of("ab", [1.0, 0.5]), "ds", 1, Options(balance=np.ones(2)))
+    with pytest.raises(ValueError, match="not all 0"):
+        select(pool, "ds", 1, Options(balance=np.zeros(2)))
+    with pytest.raises(ValueError, match="class fractions"):
+        select(pool, "ds", 1, Options(balance=np.ones(3)))  # 3 weights, 2 classes
+
+
+def test_per_group_caps_the_picks_of_every_strategy() -> None:
+    rng = np.random.default_rng(1)
+    paths = [f"cam{i % 3}/f{i:02d}" for i in range(12)]
+    groups = np.arange(12) % 3
+    pool = with_extras(pool_of(paths, rng.random(12), rng.normal(size=(12, 4))), groups=groups)
+    for strategy in STRATEGIES:
+        picks = select(pool, strategy, 5, Options(per_group=1))
+        assert sorted(groups[p.index] for p in picks) == [0, 1, 2], strategy
+        two = select(pool, strategy, 5, Options(per_group=2))
+        assert len(two) == 5 and np.bincount(groups[[p.index for p in two]]).max() == 2
+
+
+def test_choose_records_what_it_skipped_and_says_why_fewer_than_k() -> None:
+    emb = np.array([[1, 0], [0.99, 0.141], [0, 1]], dtype=np.float32)  # b ~ a (cosine 0.99)
+    pool = with_extras(pool_of(["a", "b", "c"], [0.9, 0.8, 0.7], emb), groups=np.array([0, 0, 1]))
+    opts = Options(diverse=0.95)
+    chosen = choose(pool, "ds", 3, opts)
+    assert [p.index for p in chosen.picks] == [0, 2]
+    (skip,) = chosen.skipped
+    assert (skip.index, skip.reason, skip.of) == (1, "duplicate", 0)
+    assert skip.cosine == pytest.approx(0.99, abs=1e-3)
+    assert chosen.shortfall(3, opts) == ["1 near-duplicates skipped (cosine above 0.95)"]
+    quota = Options(per_group=1, exclude=np.array([False, False, True]))
+    chosen = choose(pool, "ds", 3, quota)
+    assert [p.index for p in chosen.picks] == [0] and chosen.skipped[0].reason == "group"
+    assert chosen.shortfall(3, quota) == [
+        "2 images to pick from (1 of 3 excluded)",
+        "1 images of full groups skipped (at most 1 a group)",
+    ]
+    k_center = Options(diverse=0.95)
+    assert choose(pool, "coreset", 3, k_center).shortfall(3, k_center) == [
+        "every other image has cosine above 0.95 to a pick"
+    ]
+    assert choose(pool, "ds", 2).shortfall(2, Options()) == []
+
+
+def test_groups_of_folders_regex_groups_and_unmatched_paths() -> None:
+    paths = ["/d/cam1/a.png", "/d/cam1/b.png", "/d/cam2/a.png", "/other/x.png"]
+    ids, unmatched = groups_of(paths)
+    assert ids.tolist() == [0, 0, 1, 2] and unmatched == 0
+    ids, unmatched = groups_of(paths, r"/(cam\d)/")
+    assert ids.tolist() == [0, 0, 1, 2] and unmatched == 1
+    ids, unmatched = groups_of(paths, r"\.png$")  # no group: the whole match, one group
+    assert ids.tolist() == [0, 0, 0, 0] and unmatched == 0
+
+
+@st.composite
+def labelled_pools(draw):
+    pool = draw(pools())
+    n = len(pool)
+    rng = np.random.default_rng(draw(st.integers(0, 2**16)))
+    fractions = rng.dirichlet(np.ones(3), size=n)
+    fractions[draw(st.integers(0, n - 1))] = fractions[0]  # an exact duplicate mix
+    groups = np.array(draw(st.lists(st.integers(0, 3), min_size=n, max_size=n)))
+    return with_extras(pool, fractions, groups)
+
+
+def permuted_all(pool: Pool, order: np.ndarray) -> Pool:
+    return with_extras(permuted(pool, order), pool.class_fraction[order], pool.groups[order])
+
+
+@settings(max_examples=40, deadline=None)
+@given(labelled_pools(), st.integers(1, 12), st.sampled_from(sorted(STRATEGIES)), st.randoms())
+def test_balance_and_quotas_do_not_depend_on_pool_order(pool, k, strategy, rnd) -> None:
+    order = np.arange(len(pool))
+    rnd.shuffle(order)
+    for extra in (
+        {"per_group": 1},
+        {"balance": np.ones(3)},
+        {"balance": np.ones(3), "per_group": 2},
+    ):
+        a = picked(pool, strategy, k, **extra)
+        assert a == picked(permuted_all(pool, order), strategy, k, **extra), extra
+        groups = [pool.groups[pool.paths.index(p)] for p, _ in a]
+        if "per_group" in extra:
+            assert max(np.bincount(groups)) <= extra["per_group"]

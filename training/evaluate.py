@@ -10,6 +10,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from dealseg.core.colors import DIFFICULTY_LABEL, DIFFICULTY_LUT, difficulty_rgb
 from dealseg.core.metrics import auroc as auroc  # re-exported: its home moved to core
 from dealseg.core.metrics import confusion_matrix, iou_per_class, spearman
 
@@ -95,29 +96,49 @@ def evaluate_model(
             }
         )
         if figure is not None and shown:
-            save_figure(figure, shown, getattr(dataset, "palette", None))
+            names = getattr(dataset, "class_names", None)
+            save_figure(figure, shown, getattr(dataset, "palette", None), names)
     return result
 
 
 def save_figure(
-    path: Path, rows: list[tuple[np.ndarray, ...]], palette: Sequence[Sequence[int]] | None
+    path: Path,
+    rows: list[tuple[np.ndarray, ...]],
+    palette: Sequence[Sequence[int]] | None,
+    class_names: Sequence[str] | None = None,
 ) -> None:
-    """Image, ground truth, prediction, difficulty map: one row per image (the paper's figure)."""
+    """Image, ground truth, prediction, difficulty map: one row per image (the paper's figure),
+    with the difficulty colour bar and the class legend (core.colors' colours, as deal-client's
+    maps and report)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import ListedColormap
+    from matplotlib.patches import Patch
 
     pal = palette or [[0, 0, 0]]
-    fig, axes = plt.subplots(len(rows), 4, figsize=(12, 2.4 * len(rows)), squeeze=False)
+    fig, axes = plt.subplots(
+        len(rows), 4, figsize=(12, 2.4 * len(rows) + 0.8), squeeze=False, layout="constrained"
+    )
     for r, (img, lab, pred, dif) in enumerate(rows):
-        panels = [np.clip(img, 0, 1), decode_label(lab, pal), decode_label(pred, pal), dif]
-        for a, (ax, panel) in enumerate(zip(axes[r], panels, strict=True)):
-            ax.imshow(panel, cmap="jet" if a == 3 else None, vmin=0, vmax=1)
+        panels = [np.clip(img, 0, 1), decode_label(lab, pal), decode_label(pred, pal)]
+        for a, (ax, panel) in enumerate(zip(axes[r], [*panels, difficulty_rgb(dif)], strict=True)):
+            ax.imshow(panel)
             ax.set_axis_off()
             if r == 0:
                 ax.set_title(["image", "ground truth", "prediction", "difficulty"][a])
-    fig.tight_layout()
+    heat = ScalarMappable(cmap=ListedColormap(DIFFICULTY_LUT / 255.0))
+    fig.colorbar(heat, ax=axes[:, 3].tolist(), label=DIFFICULTY_LABEL, fraction=0.05)
+    if class_names:
+        patches = [
+            Patch(color=np.asarray(c) / 255.0, label=n)
+            for n, c in zip(class_names, pal, strict=False)
+        ]
+        fig.legend(
+            handles=patches, loc="outside lower center", ncol=min(len(patches), 6), fontsize=8
+        )
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)
     plt.close(fig)

@@ -1,0 +1,200 @@
+"""The Python API for notebooks and pipelines: `dealseg.score` and `dealseg.select`.
+
+    import dealseg
+
+    table = dealseg.score("pool/")                      # the shipped model, in-process
+    picks = dealseg.select(table, "de", k=10, diverse=0.95)
+
+A table is a pandas DataFrame when pandas is installed, else a list of records (dicts): one row
+per image with `path`, `error` (None when scored), `ds`, `de`, `entropy`, a `class_<name>`
+share per class and `embedding`; its `attrs["dealseg"]` holds the model id and the class names.
+The engine and the out dir are opened and closed inside each call. The CLI's `score` and
+`select` run the same steps (`run.score_into`, `run.pick`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from dealseg.core.ranking import SCORE_COLUMNS
+
+from .engines import EmbeddedEngine, Engine, TritonEngine
+from .run import ScoreSettings, SelectSettings, list_paths, pick, score_into
+from .store import Table, class_column, record_path, selection_rows
+
+ATTRS = "dealseg"
+QUIET = ScoreSettings(progress=False)  # the API's default: no progress bar
+
+
+class Records(list):
+    """A list of records (dicts) with `attrs`, as a DataFrame has: the table without pandas."""
+
+    def __init__(self, rows: Iterable[dict[str, Any]] = (), attrs: dict | None = None) -> None:
+        super().__init__(rows)
+        self.attrs: dict[str, Any] = dict(attrs or {})
+
+
+@contextlib.contextmanager
+def open_engine(
+    model: str | os.PathLike | None = None, url: str | Sequence[str] | None = None, **triton: Any
+) -> Iterator[Engine]:
+    """The in-process engine of `model` (default: the shipped model), or Triton at `url` (one
+    or several; `triton`: TritonEngine's options such as protocol="http"); closed on exit."""
+    if model is not None and url is not None:
+        raise ValueError("give a model or a url, not both")
+    urls = [url] if isinstance(url, str) else url
+    engine: Engine = TritonEngine(urls, **triton) if urls else EmbeddedEngine(model)
+    try:
+        yield engine
+    finally:
+        engine.close()
+
+
+@contextlib.contextmanager
+def _out_dir(out: str | os.PathLike | None) -> Iterator[Path]:
+    if out is not None:
+        yield Path(out)
+        return
+    with tempfile.TemporaryDirectory(prefix="dealseg-") as tmp:
+        yield Path(tmp)
+
+
+def score(
+    pool: str | os.PathLike | Iterable[str],
+    model: str | os.PathLike | None = None,
+    url: str | Sequence[str] | None = None,
+    *,
+    out: str | os.PathLike | None = None,
+    settings: ScoreSettings = QUIET,
+    **triton: Any,
+) -> Any:
+    """Score every image of `pool` (a folder, a list file, or paths) with `model` (default: the
+    shipped one) or the Triton server(s) at `url`; the table of every image.
+
+    `out` keeps the scores (an out dir of `deal-client score`, resumed when it exists); without
+    it they live in a temporary folder for the call.
+    """
+    source = os.fspath(pool) if isinstance(pool, (str, os.PathLike)) else None
+    paths = (
+        list_paths(source)
+        if source is not None
+        else list(dict.fromkeys(map(os.path.abspath, pool)))
+    )
+    with open_engine(model, url, **triton) as engine, _out_dir(out) as folder:
+        _, table = score_into(paths, engine, folder, settings)
+        return _as_table(_records(table), _attrs(table))
+
+
+def select(
+    table: Any,
+    strategy: str = "de",
+    k: int = 100,
+    *,
+    seed: int = 0,
+    diverse: float | None = None,
+    labeled: str | os.PathLike | None = None,
+    balance: bool | Mapping[str, float] = False,
+    per_group: int | None = None,
+    group_by: str | None = None,
+) -> Any:
+    """The k images of a `score` table most worth labelling by `strategy`, best first: a table
+    of rank, path, score (the strategy's) and every image score.
+
+    Options as `deal-client select`'s: `balance` True (uniform) or class name -> weight;
+    `labeled` a file of paths (never picked; the core-set's first centres).
+    """
+    weights = None if balance is False else ({} if balance is True else dict(balance))
+    how = SelectSettings(
+        strategy,
+        k,
+        seed,
+        diverse,
+        None if labeled is None else Path(labeled),
+        weights,
+        per_group,
+        group_by,
+    )
+    scored = _from_table(table)
+    chosen, _ = pick(scored, how)
+    rows = [
+        {k: v for k, v in r.items() if k != "row"} for r in selection_rows(scored, chosen.picks)
+    ]
+    return _as_table([{**r, "path": record_path(r)} for r in rows], dict(_meta(table)))
+
+
+# ---------------------------------------------------------------------------------- tables
+def _attrs(table: Table) -> dict[str, Any]:
+    return {
+        ATTRS: {
+            "model": table.meta["model"],
+            "class_names": list(table.class_names),
+            "meta": table.meta,
+        }
+    }
+
+
+def _records(table: Table) -> list[dict[str, Any]]:
+    emb = np.asarray(table.embeddings()) if len(table) else np.zeros((0, table.embedding_dim))
+    columns = [class_column(name) for name in table.class_names]
+    ok = [
+        {
+            "path": path,
+            "error": None,
+            **{name: float(table.scores[name][i]) for name in SCORE_COLUMNS},
+            **dict(zip(columns, np.nan_to_num(table.fractions[i]).tolist(), strict=True)),
+            "embedding": emb[i].copy(),
+        }
+        for i, path in enumerate(table.paths)
+    ]
+    failed = [
+        {"path": path, "error": reason, **dict.fromkeys(SCORE_COLUMNS, np.nan)}
+        for path, reason in table.errors.items()
+    ]
+    return ok + failed
+
+
+def _as_table(rows: list[dict[str, Any]], attrs: dict[str, Any]) -> Any:
+    try:
+        import pandas as pd
+    except ImportError:
+        return Records(rows, attrs)
+    frame = pd.DataFrame(rows)
+    frame.attrs.update(attrs)
+    return frame
+
+
+def _meta(table: Any) -> dict[str, Any]:
+    attrs = getattr(table, "attrs", {})
+    if ATTRS not in attrs:
+        raise ValueError("not a table of dealseg.score: its attrs['dealseg'] is missing")
+    return {ATTRS: attrs[ATTRS]}
+
+
+def _rows(table: Any) -> list[dict[str, Any]]:
+    return table.to_dict("records") if hasattr(table, "to_dict") else list(table)
+
+
+def _from_table(table: Any) -> Table:
+    """A `score` table (its scored rows) as a store.Table held in memory."""
+    info = _meta(table)[ATTRS]
+    rows = [r for r in _rows(table) if r.get("error") is None]
+    columns = [class_column(name) for name in info["class_names"]]
+    dim = int(info["meta"]["embedding_dim"])
+    return Table(
+        out=Path("."),
+        meta=info["meta"],
+        paths=[r["path"] for r in rows],
+        scores={n: np.array([r[n] for r in rows], dtype=np.float64) for n in SCORE_COLUMNS},
+        rows=np.arange(len(rows)),
+        fractions=np.array([[r.get(c, 0.0) for c in columns] for r in rows], np.float32).reshape(
+            -1, len(columns)
+        ),
+        vectors=np.array([r["embedding"] for r in rows], np.float32).reshape(-1, dim),
+    )
