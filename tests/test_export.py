@@ -92,7 +92,10 @@ def test_the_uncertainty_head_exports_with_parity(tmp_path: Path) -> None:
     from dealseg.export.onnx_export import export_onnx
 
     ckpt = make_tiny_checkpoint(
-        tmp_path / "u.pt", difficulty_inputs="Q+U+UA+LP+DEC", difficulty_hidden=8
+        tmp_path / "u.pt",
+        difficulty_inputs="Q+U+UA+LP+DEC",
+        difficulty_hidden=8,
+        difficulty_context=3,
     )
     out = tmp_path / "u.onnx"
     export_onnx(ckpt, out, max_batch=4)

@@ -71,7 +71,10 @@ def test_refit_of_an_mlp_read_out_on_more_inputs(
     from conftest import make_tiny_checkpoint
 
     path = make_tiny_checkpoint(
-        tmp_path / "u.pt", difficulty_inputs="Q+U+UA+DEC", difficulty_hidden=8
+        tmp_path / "u.pt",
+        difficulty_inputs="Q+U+UA+DEC",
+        difficulty_hidden=8,
+        difficulty_context=3,
     )
     model = load_checkpoint(path).build_model()
     logits, decoded = torch.randn(2, 11, 16, 20), torch.randn(2, 16, 16, 20)

@@ -55,11 +55,16 @@ class Checkpoint:
         model.load_state_dict(self.state_dict, strict=True)
         return model
 
-    def build_model_with_head(self, inputs: str, hidden: int) -> DEALNet:
+    def build_model_with_head(self, inputs: str, hidden: int, context: int = 0) -> DEALNet:
         """This checkpoint's segmenter and γ under another difficulty-head read-out (`inputs`
-        parts, `hidden` units), freshly initialised: the model a refit then fits."""
+        parts, `hidden` units, `context`), freshly initialised: the model a refit then fits."""
         trained = self.build_model().state_dict()
-        cfg = replace(self.model_config, difficulty_inputs=inputs, difficulty_hidden=hidden)
+        cfg = replace(
+            self.model_config,
+            difficulty_inputs=inputs,
+            difficulty_hidden=hidden,
+            difficulty_context=context,
+        )
         model = DEALNet(cfg, pretrained=False)
         new_head = ("difficulty_head.classifier.", "difficulty_head.input_")
         model.load_state_dict(

@@ -307,6 +307,13 @@ def evaluate(checkpoint: Path, data: Path, split: str, out: Path | None, threads
     help="Units of the new head's MLP read-out (0: a 1x1 conv).",
 )
 @click.option(
+    "--context",
+    type=click.IntRange(min=0),
+    default=None,
+    show_default="the checkpoint's",
+    help="Size of the new MLP read-out's middle conv (3: each cell sees its 3x3 neighbours).",
+)
+@click.option(
     "--l2",
     type=click.FloatRange(min=0),
     default=None,
@@ -322,6 +329,7 @@ def refit(
     loss: str | None,
     inputs: str | None,
     hidden: int | None,
+    context: int | None,
     l2: float | None,
     threads: int,
 ) -> None:
@@ -334,12 +342,13 @@ def refit(
     if threads:
         torch.set_num_threads(threads)
     ckpt, model, dataset = _checkpoint_and_split(checkpoint, data, split)
-    if inputs is not None or hidden is not None:
+    if (inputs, hidden, context) != (None, None, None):
         cfg = ckpt.model_config
         inputs = cfg.difficulty_inputs if inputs is None else inputs
         hidden = cfg.difficulty_hidden if hidden is None else hidden
+        context = cfg.difficulty_context if context is None else context
         try:
-            model = ckpt.build_model_with_head(inputs, hidden)
+            model = ckpt.build_model_with_head(inputs, hidden, context)
         except KeyError as exc:
             raise click.BadParameter(str(exc), param_hint="--inputs") from None
     loss = loss or ckpt.train_config.get("refit_loss", "wbce")

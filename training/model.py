@@ -79,6 +79,7 @@ class ModelConfig:
     # (log-probabilities), "DEC" (the decoder's features); see model.HEAD_PARTS.
     difficulty_inputs: str = "Q"
     difficulty_hidden: int = 0  # 0: the 1x1 conv read-out; > 0: a 1x1 MLP with this many units
+    difficulty_context: int = 0  # > 1: the MLP's middle layer is a context x context conv
     input_size: tuple[int, int] = (360, 480)  # (H, W) the model is exported at
     # Input normalisation on 0..1 RGB: EfficientNet-Lite's own (127/255, 128/255); ImageNet
     # statistics (0.485, 0.456, 0.406) / (0.229, 0.224, 0.225) for torchvision-style backbones.
@@ -244,11 +245,16 @@ def head_parts(inputs: str) -> list[str]:
     return parts
 
 
-def read_out(channels: int, hidden: int) -> nn.Module:
-    """The head's per-pixel read-out: a 1x1 conv, or a 1x1 MLP with `hidden` units."""
+def read_out(channels: int, hidden: int, context: int = 0) -> nn.Module:
+    """The head's read-out: a 1x1 conv, or an MLP of 1x1 convs with `hidden` units, with a
+    `context` x `context` conv between them when `context` > 1 (each pixel sees its
+    neighbours on the grid)."""
     if hidden == 0:
         return nn.Conv2d(channels, 1, 1)
-    return nn.Sequential(nn.Conv2d(channels, hidden, 1), nn.ReLU(), nn.Conv2d(hidden, 1, 1))
+    layers: list[nn.Module] = [nn.Conv2d(channels, hidden, 1), nn.ReLU()]
+    if context > 1:
+        layers += [nn.Conv2d(hidden, hidden, context, padding=context // 2), nn.ReLU()]
+    return nn.Sequential(*layers, nn.Conv2d(hidden, 1, 1))
 
 
 class DifficultyHead(nn.Module):
@@ -269,6 +275,7 @@ class DifficultyHead(nn.Module):
         inputs: str = "Q",
         hidden: int = 0,
         decoder_channels: int = 0,
+        context: int = 0,
     ):
         super().__init__()
         PAM_IMPLS[pam_impl]  # noqa: B018 - an unknown name fails here, listing the valid ones
@@ -281,7 +288,7 @@ class DifficultyHead(nn.Module):
         if self.parts != ["Q"]:
             self.register_buffer("input_mean", torch.zeros(1, channels, 1, 1))
             self.register_buffer("input_std", torch.ones(1, channels, 1, 1))
-        self.classifier = read_out(channels, hidden)
+        self.classifier = read_out(channels, hidden, context)
 
     def attend(self, p: torch.Tensor) -> torch.Tensor:
         return PAM_IMPLS[self.pam_impl](p, self.pam_block)
@@ -357,6 +364,7 @@ class DEALNet(nn.Module):
             cfg.difficulty_inputs,
             cfg.difficulty_hidden,
             self.decoder.out_channels,
+            cfg.difficulty_context,
         )
 
     def forward(self, x: torch.Tensor) -> DEALOutput:

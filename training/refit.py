@@ -116,8 +116,8 @@ def refit_difficulty_head(
     map keeps its level; `bce`: plain, so the map is the probability of an error and its mean
     the expected error rate). A 1x1 conv read-out is fit by L-BFGS on sampled pixels; an MLP
     read-out by AdamW on the grid's cells against each cell's error share, `l2` its weight decay.
-    Heads with more inputs than Q first standardise them on this data. The old read-out is kept
-    when the fit lowers the AUROC on the sampled pixels.
+    Heads with more inputs than Q first standardise them on this data. The old head is kept
+    when the fit lowers the map's AUROC on the sampled pixels.
     """
     reduce = DIFFICULTY_LOSSES[loss]
     head = model.difficulty_head
@@ -129,15 +129,17 @@ def refit_difficulty_head(
             f"{'every' if wrong.all() else 'no'} sampled pixel wrong"
         )
     read_out = head.classifier
-    before = _auroc(read_out, x, wrong)
+    linear = isinstance(read_out, torch.nn.Conv2d)
+    before = _auroc(read_out, x, wrong) if linear else map_auroc(model, dataset, max_pixels, seed)
     if hasattr(head, "input_mean"):
         _standardise(model, dataset)
         x, wrong = head_inputs(model, dataset, max_pixels, seed)  # the same pixels, standardised
-    if isinstance(read_out, torch.nn.Conv2d):
+    if linear:
         _fit_pixels(read_out, x, wrong, reduce, l2)
+        after = _auroc(read_out, x, wrong)
     else:
         _fit_cells(read_out, *grid_inputs(model, dataset), loss=loss, weight_decay=l2, seed=seed)
-    after = _auroc(read_out, x, wrong)
+        after = map_auroc(model, dataset, max_pixels, seed)
     kept_old = not (np.isfinite(after) and after >= before)
     if kept_old:
         head.load_state_dict(old)
@@ -160,6 +162,26 @@ def _standardise(model: DEALNet, dataset: Dataset) -> None:
     grid = grid_inputs(model, dataset)[0].transpose(0, 1).flatten(1)  # [D, N·h·w]
     head.input_mean.copy_(grid.mean(1).view_as(head.input_mean))
     head.input_std.copy_(grid.std(1).clamp_min(1e-6).view_as(head.input_std))
+
+
+@torch.no_grad()
+def map_auroc(
+    model: DEALNet, dataset: Dataset, max_pixels: int = MAX_PIXELS, seed: int = 0
+) -> float:
+    """AUROC of the model's difficulty map (the read-out on the grid, upsampled) for the error
+    mask, on the pixels `head_inputs` samples with the same seed."""
+    quota = max(1, math.ceil(max_pixels / max(len(dataset), 1)))
+    rng = np.random.default_rng(seed)
+    scores, wrongs = [], []
+    for grid, labels, wrong in _batches(model, dataset):
+        logits = model.difficulty_head.classifier(grid)
+        up = F.interpolate(logits, size=labels.shape[-2:], mode="bilinear", align_corners=False)
+        for i in range(len(labels)):
+            valid = np.flatnonzero((labels[i] != IGNORE_INDEX).reshape(-1).numpy())
+            take = torch.from_numpy(rng.choice(valid, min(quota, len(valid)), replace=False))
+            scores.append(up[i, 0].reshape(-1)[take])
+            wrongs.append(wrong[i].reshape(-1)[take])
+    return auroc(torch.cat(scores).numpy(), torch.cat(wrongs).numpy())
 
 
 @torch.no_grad()
