@@ -44,7 +44,7 @@ data_option = click.option(
     "--data",
     type=click.Path(exists=True, file_okay=False, path_type=Path),
     required=True,
-    help="Dataset root (CamVid layout or Cityscapes).",
+    help="Dataset root: CamVid layout, Cityscapes, or images/ + masks/ with a classes.json.",
 )
 config_option = click.option(
     "--config",
@@ -209,10 +209,10 @@ def _checkpoint_and_split(
     ckpt = load_checkpoint(checkpoint)  # a CheckpointError becomes the group's one-line error
     model = ckpt.build_model()
     dataset = SegmentationDataset(data, split, size=ckpt.model_config.input_size)
-    if dataset.num_classes != ckpt.model_config.num_classes:
+    if tuple(dataset.class_names) != tuple(ckpt.class_names):
         raise click.ClickException(
-            f"{data} has {dataset.num_classes} classes, "
-            f"the checkpoint {ckpt.model_config.num_classes}"
+            f"{data} has the classes {list(dataset.class_names)} ({dataset.classes.source}), "
+            f"the checkpoint {list(ckpt.class_names)}"
         )
     return ckpt, model, dataset
 
@@ -228,7 +228,7 @@ def _checkpoint_and_split(
     "--data",
     type=click.Path(exists=True, file_okay=False, path_type=Path),
     required=True,
-    help="Dataset root.",
+    help="Dataset root (any layout `fit` reads).",
 )
 @click.option("--split", default="test", show_default=True, help="Split to evaluate.")
 @click.option(
