@@ -56,12 +56,13 @@ def head_inputs(
     was_training = model.training
     model.eval()
     cfg = model.cfg
+    device = next(model.parameters()).device
     quota = max(1, math.ceil(max_pixels / max(len(dataset), 1)))
     rng = np.random.default_rng(seed)
     xs, ys = [], []
     for images, labels in DataLoader(dataset, batch_size=4):
-        out = model(normalise(images, cfg.mean, cfg.std))
-        pred = out.full_logits().argmax(1)
+        out = model(normalise(images.to(device), cfg.mean, cfg.std))
+        pred = out.full_logits().argmax(1).cpu()
         q = F.interpolate(
             model.difficulty_head.features(out.logits),
             size=out.input_size,
@@ -71,7 +72,7 @@ def head_inputs(
         for i in range(len(labels)):
             valid = np.flatnonzero((labels[i] != IGNORE_INDEX).reshape(-1).numpy())
             take = torch.from_numpy(rng.choice(valid, min(quota, len(valid)), replace=False))
-            xs.append(q[i].reshape(q.shape[1], -1)[:, take].T.double())
+            xs.append(q[i].reshape(q.shape[1], -1)[:, take].T.double().cpu())
             ys.append((pred[i] != labels[i]).reshape(-1)[take])
     if was_training:
         model.train()
@@ -96,15 +97,15 @@ def refit_difficulty_head(
     old weights are kept when the fit lowers the AUROC on the sampled pixels.
     """
     reduce = DIFFICULTY_LOSSES[loss]
-    x, wrong = head_inputs(model, dataset, max_pixels, seed)
+    x, wrong = head_inputs(model, dataset, max_pixels, seed)  # on the CPU, as the fit below
     if wrong.all() or not wrong.any():
         raise ValueError(
             "the refit needs both right and wrong pixels; the model gets "
             f"{'every' if wrong.all() else 'no'} sampled pixel wrong"
         )
     head = model.difficulty_head.classifier
-    dtype = next(head.parameters()).dtype
-    head.double()
+    dtype, device = next(head.parameters()).dtype, next(head.parameters()).device
+    head.to("cpu", torch.float64)
     pixels = x[:, :, None, None]  # [P, D, 1, 1]: the read-out is per pixel
     target = wrong.double()
     old = {k: v.clone() for k, v in head.state_dict().items()}
@@ -130,7 +131,7 @@ def refit_difficulty_head(
     kept_old = not (np.isfinite(after) and after >= before)
     if kept_old:
         head.load_state_dict(old)
-    head.to(dtype)
+    head.to(device, dtype)
     return RefitResult(
         pixels=len(labels),
         error_rate=float(labels.mean()),
