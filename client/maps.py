@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from dealseg.core.contract import MAP_OUTPUTS
-from dealseg.core.decode import DecodeError, decode_image
+from dealseg.core.decode import DecodeError, Frame, decode_frame
 from dealseg.core.files import atomic_write
 
 from .engines import Engine
@@ -82,8 +82,10 @@ def write_maps(
     out: Path,
     max_pixels: int,
     batch_size: int = 8,
+    resize: str = "stretch",
 ) -> dict[str, str]:
-    """Write the maps of (rank, path) pairs under out/maps/; return path -> error for failures."""
+    """Write the maps of (rank, path) pairs under out/maps/, each image framed as `resize`
+    says (as it was scored); return path -> error for failures."""
     from PIL import Image
 
     folder = Path(out) / MAPS
@@ -95,19 +97,25 @@ def write_maps(
     colors = class_colors(spec.palette)
     failed: dict[str, str] = {}
     for start in range(0, len(selected), batch_size):
-        batch, images = [], []
+        batch, frames = [], []
         for rank, path in selected[start : start + batch_size]:
             try:
-                images.append(decode_image(path, spec.input_size, max_pixels))
+                frames.append(decode_frame(path, spec.input_size, max_pixels, resize))
                 batch.append((rank, path))
             except DecodeError as exc:  # the file changed since it was scored
                 failed[path] = exc.reason
         if not batch:
             continue
-        maps = engine.infer(np.stack(images), MAP_OUTPUTS)
+        maps = _maps(engine, frames)
         for i, (rank, path) in enumerate(batch):
-            panel = render(images[i], maps["difficulty"][i], maps["segmentation"][i], colors)
+            image = frames[i].image
+            panel = render(image, maps["difficulty"][i], maps["segmentation"][i], colors)
             buf = io.BytesIO()
             Image.fromarray(panel).save(buf, format="PNG")
             atomic_write(folder / map_name(rank, path), buf.getvalue())
     return failed
+
+
+def _maps(engine: Engine, frames: Sequence[Frame]) -> dict[str, np.ndarray]:
+    images = np.stack([f.image for f in frames])  # [B, H, W, 3]
+    return engine.infer(images, MAP_OUTPUTS, np.array([f.box for f in frames], dtype=np.int32))

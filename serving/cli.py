@@ -14,7 +14,6 @@ from pathlib import Path
 
 import click
 
-from dealseg.core.contract import MODEL_NAME
 from dealseg.serving.server import (
     Cleanup,
     ServerError,
@@ -41,8 +40,7 @@ def checkout_repository() -> Path | None:
 def docker_command(repo: Path, image: str = DEFAULT_DOCKER_IMAGE) -> str:
     """`docker run` line serving `repo` with the NGC Triton container on a GPU host."""
     serve = "tritonserver --model-repository=/models"
-    config = repo / MODEL_NAME / "config.pbtxt"
-    if config.is_file() and 'backend: "python"' in config.read_text():
+    if any('backend: "python"' in c.read_text() for c in repo.glob("*/config.pbtxt")):
         # The Python-backend model needs ONNX Runtime inside the container.
         serve = f"bash -c 'pip install -q onnxruntime-gpu && {serve}'"
     return (
@@ -115,7 +113,7 @@ def main() -> None:
     default=checkout_repository,
     envvar="DEAL_MODEL_REPOSITORY",
     show_default="model_repository/ of the source checkout",
-    help="Triton model repository holding the model 'deal' (see `deal-export repository`).",
+    help="Triton model repository: its models and their versions (`deal-export repository`).",
 )
 @click.option(
     "--host",

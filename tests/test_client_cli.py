@@ -15,7 +15,7 @@ import pytest
 from click.testing import CliRunner, Result
 from PIL import Image
 
-from dealseg.client.cli import DEFAULT_MAX_PIXELS, STRATEGY_NAMES, main
+from dealseg.client.cli import DEFAULT_MAX_PIXELS, RESIZE_MODES, STRATEGY_NAMES, main
 from dealseg.client.maps import map_name
 from dealseg.core.contract import TOL_DS, ModelSpec
 
@@ -108,8 +108,8 @@ def test_score_writes_one_record_per_image_and_a_selection(pool: Path, reference
     spec = spec_of_out(reference)
     for r in recs:
         assert r["status"] == "ok" and r["error"] is None and r["model"] == spec.model_id
-        assert len(r["class_fraction"]) == spec.num_classes
-        assert abs(sum(r["class_fraction"]) - 1) < 1e-3
+        assert list(r["class_fraction"]) == list(spec.class_names)  # keyed by class name
+        assert abs(sum(r["class_fraction"].values()) - 1) < 1e-3
     rows = sorted(r["row"] for r in recs)
     assert rows == list(range(n))
     emb = embeddings(reference)
@@ -559,7 +559,8 @@ def test_client_imports_without_torch_or_heavy_modules_for_help() -> None:
 
 def test_cli_constants_match_the_library() -> None:
     from dealseg.core.decode import DEFAULT_MAX_PIXELS as decode_max
+    from dealseg.core.decode import RESIZE_MODES as decode_modes
     from dealseg.core.ranking import STRATEGIES
 
     assert sorted(STRATEGY_NAMES) == sorted(STRATEGIES)
-    assert decode_max == DEFAULT_MAX_PIXELS
+    assert decode_max == DEFAULT_MAX_PIXELS and decode_modes == RESIZE_MODES
