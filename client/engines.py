@@ -106,9 +106,17 @@ class Engine(Protocol):
 
 
 def default_model_path() -> Path:
-    """The shipped model: `model_repository/deal/1/model.onnx` of the dealseg checkout."""
-    checkout = Path(__file__).resolve().parents[1]
-    return checkout / "model_repository" / MODEL_NAME / "1" / "model.onnx"
+    """The shipped model, `deal/1/model.onnx` of `dealseg.shipped_repository()`: installed with
+    the package, or in the source checkout."""
+    from dealseg import shipped_repository
+
+    repo = shipped_repository()
+    if repo is None:
+        raise EngineError(
+            "no shipped model in this dealseg installation (dealseg/model_repository/ or a "
+            "checkout's model_repository/); pass --model PATH"
+        )
+    return repo / MODEL_NAME / "1" / "model.onnx"
 
 
 def _check_batch(images: np.ndarray, spec: ModelSpec) -> None:

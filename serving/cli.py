@@ -14,6 +14,7 @@ from pathlib import Path
 
 import click
 
+from dealseg import shipped_repository
 from dealseg.serving.server import (
     Cleanup,
     ServerError,
@@ -28,13 +29,6 @@ from dealseg.serving.server import (
 
 # NGC release carrying the same Triton (2.51) as the bundled server.
 DEFAULT_DOCKER_IMAGE = "nvcr.io/nvidia/tritonserver:24.10-py3"
-
-
-def checkout_repository() -> Path | None:
-    """The committed `model_repository/` when running from a source checkout, else None."""
-    root = Path(__file__).resolve().parents[1]
-    repo = root / "model_repository"
-    return repo if (root / "pyproject.toml").is_file() and repo.is_dir() else None
 
 
 def docker_command(repo: Path, image: str = DEFAULT_DOCKER_IMAGE) -> str:
@@ -110,9 +104,9 @@ def main() -> None:
 @click.option(
     "--model-repository",
     type=click.Path(file_okay=False, path_type=Path),
-    default=checkout_repository,
+    default=shipped_repository,
     envvar="DEAL_MODEL_REPOSITORY",
-    show_default="model_repository/ of the source checkout",
+    show_default="the one shipped with dealseg (the model deal, version 1)",
     help="Triton model repository: its models and their versions (`deal-export repository`).",
 )
 @click.option(
@@ -197,7 +191,7 @@ def start(
     """Start tritonserver on a model repository; foreground until Ctrl-C unless --background."""
     if model_repository is None:
         raise click.BadParameter(
-            "required outside a source checkout; pass the repository written by "
+            "this dealseg installation ships no repository; pass the one written by "
             "`deal-export repository`",
             param_hint="--model-repository",
         )
