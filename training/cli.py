@@ -196,7 +196,7 @@ def synth(
     "--preset",
     default="cpu",
     show_default=True,
-    help="paper | paper-cityscapes | cpu | streets-cpu.",
+    help="paper | paper-cityscapes | paper-288x512 | paper-720x1280 (16:9) | cpu | streets-cpu.",
 )
 @config_option
 @click.option(
