@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -317,6 +318,25 @@ def test_an_out_dir_of_another_model_is_refused(
     result = deal_client("score", pool, "-k", K, "--model", tiny_onnx, "--out", out)
     assert result.exit_code == 1
     assert "holds scores of model deal:0:other" in result.stderr
+
+
+def test_an_out_dir_of_format_1_is_read_but_not_resumed(
+    reference: Path, pool: Path, tiny_onnx: Path, tmp_path: Path
+) -> None:
+    """Out dirs written before class_fraction was keyed by name: select reads them, score does
+    not append name-keyed records to them."""
+    old = Path(shutil.copytree(reference, tmp_path / "old"))
+    meta = json.loads((old / "meta.json").read_text())
+    (old / "meta.json").write_text(json.dumps({**meta, "format": 1}))
+    lines = [json.loads(line) for line in (old / "scores.jsonl").read_text().splitlines()]
+    for r in lines:
+        r["class_fraction"] = list(r["class_fraction"].values())
+    (old / "scores.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+    selected = deal_client("select", old, "-k", K, "--out", tmp_path / "sel")
+    assert selected.exit_code == 0, selected.stderr
+    assert_same_selection(selection(tmp_path / "sel"), selection(reference))
+    result = deal_client("score", pool, "-k", K, "--model", tiny_onnx, "--out", old)
+    assert result.exit_code == 1 and "written by an older deal-client (format 1" in result.stderr
 
 
 def test_one_writer_per_out_dir(reference: Path, pool: Path, tiny_onnx: Path) -> None:
