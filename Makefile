@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.dealseg-installed
 DEMO := demo
 
-.PHONY: install test demo lint bench clean
+.PHONY: install test demo lint bench clean install-check
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -38,6 +38,18 @@ BENCH := engine pipeline wire pam selection quantize
 BENCH_FLAGS ?=
 bench: $(STAMP)
 	set -e; for b in $(BENCH); do $(PY) bench/$$b.py $(BENCH_FLAGS); done
+
+# `pip install .` (not editable, with its dependencies) into a fresh venv outside the checkout,
+# then `deal-client score` on a folder with the shipped model: what `pip install dealseg` gives.
+CHECK := /tmp/dealseg-install-check
+install-check:
+	rm -rf $(CHECK) && python3 -m venv $(CHECK)/venv
+	$(CHECK)/venv/bin/pip install -q .
+	rm -rf build
+	mkdir $(CHECK)/pool && cd / && $(CHECK)/venv/bin/python -c "import numpy as np, PIL.Image as I; \
+	  [I.fromarray(np.full((90, 160, 3), 40 * i, np.uint8)).save(f'$(CHECK)/pool/{i}.png') \
+	   for i in range(3)]"
+	cd / && $(CHECK)/venv/bin/deal-client score $(CHECK)/pool -k 2 --out $(CHECK)/out --no-progress
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -132,6 +132,14 @@ def median(values: Sequence[float]) -> float:
     return ordered[mid] if len(ordered) % 2 else 0.5 * (ordered[mid - 1] + ordered[mid])
 
 
+def feeds(session: Any, images: Any) -> dict[str, Any]:
+    """The input tensors of `images` for a DEAL model session (with whole-frame valid boxes for
+    a contract 2 model); build them outside timed code."""
+    from dealseg.core.contract import model_inputs, session_spec
+
+    return model_inputs(session_spec(session), images)
+
+
 def ort_session(
     path: Path | str, threads: int = 2, spin: bool = False, profile_prefix: Path | None = None
 ) -> Any:

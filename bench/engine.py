@@ -33,6 +33,7 @@ from common import (
     ROOT,
     SHIPPED_MODEL,
     alternate,
+    feeds,
     markdown_table,
     median,
     ort_session,
@@ -168,8 +169,9 @@ def profile_kinds(model: Path, images: np.ndarray, runs: int) -> dict[str, list[
     session = ort_session(
         model, THREADS, spin=True, profile_prefix=CACHE / "engine" / "ort_profile"
     )
+    feed = feeds(session, images)
     for _ in range(runs + 1):
-        session.run(None, {"image": images})
+        session.run(None, feed)
     events = profile_events(session)
     run_starts = sorted(e["ts"] for e in events if e.get("name") == "model_run")
     kinds: dict[str, list[float]] = {}
@@ -269,14 +271,14 @@ def time_engines(session: object, graph: object, size: tuple[int, int], quick: b
     rows, ort_rate = [], {}
     for batch, reps in ((1, 3 if quick else 30), (8, 2 if quick else 8)):
         images = rng.integers(0, 256, (batch, *size, 3), dtype=np.uint8)
-        tensor = torch.from_numpy(images)
+        tensor, feed = torch.from_numpy(images), feeds(session, images)
 
         def eager(t: torch.Tensor = tensor) -> None:
             with torch.inference_mode():
                 graph(t)  # type: ignore[operator]
 
-        def onnxruntime(x: np.ndarray = images) -> None:
-            session.run(None, {"image": x})  # type: ignore[attr-defined]
+        def onnxruntime(fed: dict = feed) -> None:
+            session.run(None, fed)  # type: ignore[attr-defined]
 
         times = alternate({"eager": eager, "ort": onnxruntime}, reps)
         eager_s, ort_s = median(times["eager"]), median(times["ort"])
@@ -320,9 +322,10 @@ def main() -> None:
     best_dw = ConvRun(best_dw_shape)  # a fresh profile for the alternated timing
     conv_runs = {"dense": ConvRun(dense_shape), "big_dw": ConvRun(big_dw_shape), "dw": best_dw}
     batch8 = np.random.default_rng(3).integers(0, 256, (8, *size, 3), dtype=np.uint8)
+    feed8 = feeds(session, batch8)
     times = alternate(
         {
-            "model": lambda: session.run(None, {"image": batch8}),  # type: ignore
+            "model": lambda: session.run(None, feed8),  # type: ignore
             **{k: r.run for k, r in conv_runs.items()},
         },
         reps,

@@ -24,6 +24,7 @@ from common import (
     SHIPPED_MODEL,
     alternate,
     cpu_features,
+    feeds,
     markdown_table,
     median,
     ort_session,
@@ -54,7 +55,7 @@ def render_pool(folder: Path, seed: int, count: int, size: tuple[int, int]) -> P
 def scores(session: object, images: np.ndarray) -> dict[str, np.ndarray]:
     """DS and DE of every image, batches of 8."""
     runs = [
-        session.run(["ds", "de"], {"image": images[s : s + 8]})  # type: ignore[attr-defined]
+        session.run(["ds", "de"], feeds(session, images[s : s + 8]))  # type: ignore[attr-defined]
         for s in range(0, len(images), 8)
     ]
     return {"ds": np.concatenate([r[0] for r in runs]), "de": np.concatenate([r[1] for r in runs])}
@@ -128,10 +129,11 @@ def main() -> None:
     rng = np.random.default_rng(0)
     for batch, reps in ((1, 4 if args.quick else 30), (8, 2 if args.quick else 10)):
         x = rng.integers(0, 256, (batch, *size, 3), dtype=np.uint8)
+        fed = feeds(fp32, x)
         times = alternate(
             {
-                "fp32": lambda x=x: fp32.run(None, {"image": x}),
-                "int8": lambda x=x: int8.run(None, {"image": x}),
+                "fp32": lambda fed=fed: fp32.run(None, fed),
+                "int8": lambda fed=fed: int8.run(None, fed),
             },
             reps,
         )

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import http.client
+from typing import Any
 
 import numpy as np
 from common import SHIPPED_MODEL, markdown_table, python_cpu_server, write_result
@@ -46,14 +47,27 @@ def street_images(n: int, size: tuple[int, int]) -> np.ndarray:
     return np.stack([render_scene(np.random.default_rng([21, i]), size)[0] for i in range(n)])
 
 
-def http_body_bytes(url: str, images: np.ndarray, outputs: tuple[str, ...]) -> tuple[int, dict]:
+def request_inputs(module: Any, spec: Any, images: np.ndarray) -> list[Any]:
+    """The InferInputs of `images` (and their valid boxes for a contract 2 model)."""
+    from dealseg.core.contract import SPECS, model_inputs
+
+    inputs = []
+    for name, array in model_inputs(spec, images).items():
+        tensor = module.InferInput(name, list(array.shape), SPECS[name].wire_dtype)
+        tensor.set_data_from_numpy(array)
+        inputs.append(tensor)
+    return inputs
+
+
+def http_body_bytes(
+    url: str, spec: Any, images: np.ndarray, outputs: tuple[str, ...]
+) -> tuple[int, dict]:
     """(response body bytes, outputs) of one HTTP/REST inference with binary outputs."""
     import tritonclient.http as th
 
-    inp = th.InferInput("image", list(images.shape), "UINT8")
-    inp.set_data_from_numpy(images, binary_data=True)
+    inputs = request_inputs(th, spec, images)
     req = [th.InferRequestedOutput(n, binary_data=True) for n in outputs]
-    body, json_size = th.InferenceServerClient.generate_request_body([inp], outputs=req)
+    body, json_size = th.InferenceServerClient.generate_request_body(inputs, outputs=req)
     host, port = url.split(":")
     conn = http.client.HTTPConnection(host, int(port), timeout=60)
     headers = {"Content-Type": "application/octet-stream"}
@@ -72,14 +86,13 @@ def http_body_bytes(url: str, images: np.ndarray, outputs: tuple[str, ...]) -> t
     return len(data), {n: result.as_numpy(n) for n in outputs}
 
 
-def grpc_message_bytes(url: str, images: np.ndarray, outputs: tuple[str, ...]) -> int:
+def grpc_message_bytes(url: str, spec: Any, images: np.ndarray, outputs: tuple[str, ...]) -> int:
     """Serialized size of the gRPC ModelInferResponse of one inference."""
     import tritonclient.grpc as tg
 
     client = tg.InferenceServerClient(url)
-    inp = tg.InferInput("image", list(images.shape), "UINT8")
-    inp.set_data_from_numpy(images)
-    result = client.infer("deal", [inp], outputs=[tg.InferRequestedOutput(n) for n in outputs])
+    inputs = request_inputs(tg, spec, images)
+    result = client.infer("deal", inputs, outputs=[tg.InferRequestedOutput(n) for n in outputs])
     size = result.get_response().ByteSize()
     client.close()
     return size
@@ -96,8 +109,8 @@ def main() -> None:
     rows, payloads = [], []
     with python_cpu_server("wire") as server:
         for label, outputs in OUTPUT_SETS.items():
-            body, arrays = http_body_bytes(server.url_http, images, outputs)
-            message = grpc_message_bytes(server.url_grpc, images, outputs)
+            body, arrays = http_body_bytes(server.url_http, spec, images, outputs)
+            message = grpc_message_bytes(server.url_grpc, spec, images, outputs)
             payload = sum(a.nbytes for a in arrays.values())
             payloads.append(payload / BATCH)
             rows.append(

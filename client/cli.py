@@ -34,6 +34,7 @@ STRATEGY_NAMES = (  # == core.ranking.STRATEGIES (tested)
     "entropy+coreset",
 )
 DEFAULT_MAX_PIXELS = 89_478_485  # == decode.DEFAULT_MAX_PIXELS (tested), Pillow's own limit
+RESIZE_MODES = ("stretch", "letterbox", "crop")  # == decode.RESIZE_MODES (tested)
 
 
 def _shard(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[int, int]:
@@ -193,6 +194,23 @@ def triton_options(f: Callable) -> Callable:
     for option in reversed(
         [
             click.option(
+                "--model-name",
+                default=None,
+                envvar="DEAL_MODEL_NAME",
+                show_envvar=True,
+                show_default="deal",
+                help="The model on the Triton server (`deal-export onnx --name`).",
+            ),
+            click.option(
+                "--model-version",
+                type=click.IntRange(min=1),
+                default=None,
+                envvar="DEAL_MODEL_VERSION",
+                show_envvar=True,
+                show_default="the highest version the server has loaded",
+                help="The model version on the Triton server; every request asks for it.",
+            ),
+            click.option(
                 "--protocol",
                 type=click.Choice(["grpc", "http"]),
                 default="grpc",
@@ -302,12 +320,16 @@ def engine_options(f: Callable) -> Callable:
 
 def _triton(urls: tuple[str, ...], o: dict[str, Any]) -> Any:
     """The Triton engine for --url; a --url that names no usable endpoint is a usage error."""
+    from dealseg.core.contract import MODEL_NAME
+
     from .engines import EndpointError, TritonEngine
 
     try:
         return TritonEngine(
             urls,
             o["protocol"],
+            model_name=o["model_name"] or MODEL_NAME,
+            model_version=None if o["model_version"] is None else str(o["model_version"]),
             ssl=o["ssl"],
             root_certs=o["root_certs"],
             headers=o["headers"],
@@ -405,6 +427,16 @@ def main() -> None:
     is_flag=True,
     help="Also write OUT/report.html, the selection for a person to look at (implies --maps).",
 )
+@click.option(
+    "--resize",
+    type=click.Choice(RESIZE_MODES),
+    default="stretch",
+    show_default=True,
+    envvar="DEAL_RESIZE",
+    show_envvar=True,
+    help="How a picture becomes the model's frame: stretch to it, letterbox (fit, pad; the "
+    "padding is in no score) or crop (fill, cut the middle out).",
+)
 @click.pass_context
 def score(
     ctx: click.Context, pool: str, urls: tuple[str, ...], model: Path | None, **o: Any
@@ -415,14 +447,19 @@ def score(
     Outputs in --out: scores.jsonl (one record per input), embeddings.f32, selection.txt and
     selection.json. Without --url the model runs in-process with ONNX Runtime.
     """
-    _one_engine(urls, model)
+    _one_engine(urls, model, o)
     after = f"results so far are in {o['out']}; run again to resume"
     ctx.exit(_interruptible(lambda: _score(pool, urls, model, o), after))
 
 
-def _one_engine(urls: tuple[str, ...], model: Path | None) -> None:
+def _one_engine(urls: tuple[str, ...], model: Path | None, o: dict[str, Any]) -> None:
     if model is not None and urls:
         raise click.UsageError("--model and --url exclude each other: use one engine")
+    if not urls and (o["model_name"] or o["model_version"]):
+        raise click.UsageError(
+            "--model-name and --model-version pick a model on the Triton server at --url; "
+            "in-process, give the model file with --model"
+        )
 
 
 def _interruptible(run: Callable[[], int], after: str) -> int:
@@ -476,7 +513,12 @@ def _score_settings(o: dict[str, Any]) -> Any:
     from .run import ScoreSettings
 
     return ScoreSettings(
-        o["batch_size"], o["concurrency"], o["workers"], o["max_pixels"], o["progress"]
+        o["batch_size"],
+        o["concurrency"],
+        o["workers"],
+        o["max_pixels"],
+        o["progress"],
+        o.get("resize", "stretch"),
     )
 
 
@@ -488,6 +530,14 @@ def _score(pool: str, urls: tuple[str, ...], model: Path | None, o: dict[str, An
     out: Path = o["out"]
     paths = _pool_paths(pool, o["shard"])
     engine = _engine(urls, model, o)
+    if o["resize"] == "letterbox" and not engine.spec.takes_valid_box:
+        engine.close()
+        raise click.BadParameter(
+            f"model {engine.spec.model_id} uses contract {engine.spec.contract_version}: it "
+            "cannot leave letterbox padding out of its scores; re-export it with `deal-export "
+            "onnx`, or use --resize stretch or crop",
+            param_hint="--resize",
+        )
     try:
         _stderr(
             f"deal-client: {len(paths)} images, model {engine.spec.model_id} via "
@@ -841,7 +891,7 @@ def eval_command(
     Prints a table (strategies by Spearman with the error rate; the best per column marked);
     writes eval.json (metrics, per-image rows, errors) and risk_coverage.png into --out.
     """
-    _one_engine(urls, model)
+    _one_engine(urls, model, o)
     ctx.exit(_interruptible(lambda: _eval(pool, labels, urls, model, o), "nothing written"))
 
 
@@ -922,6 +972,8 @@ def health(urls: tuple[str, ...], **o: Any) -> None:
                 "urls": list(urls),
                 "protocol": o["protocol"],
                 "model": spec.model_id,
+                "model_name": spec.model_name,
+                "model_version": spec.model_version,
                 "input_size": list(spec.input_size),
                 "classes": list(spec.class_names),
             }

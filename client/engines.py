@@ -3,7 +3,10 @@
 An engine has a `spec` (the model's `ModelSpec`, read from the model itself and checked against
 the contract before anything is streamed) and one method:
 
-    infer(images [B, H, W, 3] uint8, outputs) -> {name: array with batch axis first}
+    infer(images [B, H, W, 3] uint8, outputs, boxes [B, 4] int32 | None)
+        -> {name: array with batch axis first}
+
+`boxes` are the valid boxes of letterboxed frames (None: every frame is all picture).
 
 `infer` may be called from several threads at once. Transport failures that outlast the retries
 raise `EngineError`; the scorer treats that as fatal (exit 1) with every finished result on disk.
@@ -24,14 +27,14 @@ from typing import Any, Protocol, TypeVar
 import numpy as np
 
 from dealseg.core.contract import (
-    INPUT,
-    INPUT_NAME,
     MODEL_NAME,
     SPECS,
     ContractError,
     ModelSpec,
     check_io,
+    model_inputs,
     session_spec,
+    version_metadata,
 )
 
 T = TypeVar("T")
@@ -95,15 +98,25 @@ class Engine(Protocol):
     spec: ModelSpec
     max_batch_size: int | None  # images per infer call at most; None: any number
 
-    def infer(self, images: np.ndarray, outputs: Sequence[str]) -> dict[str, np.ndarray]: ...
+    def infer(
+        self, images: np.ndarray, outputs: Sequence[str], boxes: np.ndarray | None = None
+    ) -> dict[str, np.ndarray]: ...
 
     def close(self) -> None: ...
 
 
 def default_model_path() -> Path:
-    """The shipped model: `model_repository/deal/1/model.onnx` of the dealseg checkout."""
-    checkout = Path(__file__).resolve().parents[1]
-    return checkout / "model_repository" / MODEL_NAME / "1" / "model.onnx"
+    """The shipped model, `deal/1/model.onnx` of `dealseg.shipped_repository()`: installed with
+    the package, or in the source checkout."""
+    from dealseg import shipped_repository
+
+    repo = shipped_repository()
+    if repo is None:
+        raise EngineError(
+            "no shipped model in this dealseg installation (dealseg/model_repository/ or a "
+            "checkout's model_repository/); pass --model PATH"
+        )
+    return repo / MODEL_NAME / "1" / "model.onnx"
 
 
 def _check_batch(images: np.ndarray, spec: ModelSpec) -> None:
@@ -150,10 +163,13 @@ class EmbeddedEngine:
         except ContractError as exc:
             raise EngineError(f"{path}: {exc}") from exc
 
-    def infer(self, images: np.ndarray, outputs: Sequence[str]) -> dict[str, np.ndarray]:
+    def infer(
+        self, images: np.ndarray, outputs: Sequence[str], boxes: np.ndarray | None = None
+    ) -> dict[str, np.ndarray]:
         _check_batch(images, self.spec)
+        feeds = model_inputs(self.spec, images, boxes)
         with self._one_run:
-            values = self.session.run(list(outputs), {INPUT_NAME: images})
+            values = self.session.run(list(outputs), feeds)
         return dict(zip(outputs, values, strict=True))
 
     def close(self) -> None:
@@ -224,12 +240,14 @@ def _short(exc: BaseException) -> str:
 
 
 class TritonEngine:
-    """The `deal` model served by one or more Triton servers (gRPC or HTTP).
+    """A DEAL model served by one or more Triton servers (gRPC or HTTP).
 
-    Requests go round-robin over `urls`; a failed request is retried on the next URL with
-    exponential backoff. Each thread gets its own client per URL (the HTTP client is not
-    thread-safe). The model's spec comes from the served config's parameters and its served
-    inputs/outputs are checked against the contract.
+    The model is `model_name` (default `deal`) at `model_version`, or at the highest version
+    the servers have ready; every request names that version, and every response is checked to
+    come from it. Requests go round-robin over `urls`; a failed request is retried on the next
+    URL with exponential backoff. Each thread gets its own client per URL (the HTTP client is
+    not thread-safe). The model's spec comes from the served config's parameters of that
+    version and its served inputs/outputs are checked against the contract.
     """
 
     def __init__(
@@ -237,6 +255,8 @@ class TritonEngine:
         urls: Sequence[str],
         protocol: str = "grpc",
         *,
+        model_name: str = MODEL_NAME,
+        model_version: str | None = None,
         ssl: bool = False,
         root_certs: str | None = None,
         headers: Mapping[str, str] | None = None,
@@ -252,6 +272,7 @@ class TritonEngine:
         self.urls = [e.address for e in endpoints]
         self.tls = {e.address: e.tls or ssl or bool(root_certs) for e in endpoints}
         self.protocol, self.root_certs = protocol, root_certs
+        self.model_name, self.model_version = model_name, model_version or ""
         self.headers = dict(headers or {})
         self.timeout, self.retries, self.backoff = timeout, retries, backoff
         self._local = threading.local()
@@ -326,58 +347,85 @@ class TritonEngine:
         if len(ids) > 1:
             raise EngineError(f"the servers serve different models: {', '.join(ids)}")
         self.max_batch_size = min(limit for _, limit in served)
+        self.model_version = served[0][0].model_version  # every request asks for it
         return served[0][0]
 
     def _spec_of(self, url: str) -> tuple[ModelSpec, int]:
         """The served model's spec and its max_batch_size, checked against the contract."""
         kw = {"headers": self.headers, **self._timeout_kw()}
+        where = f"Triton at {url} ({self.protocol})"
 
-        def ready(client: Any) -> bool:
+        def server_ready(client: Any) -> None:
             if not client.is_server_ready(**kw):
                 raise ConnectionError("server is not ready")
-            return client.is_model_ready(MODEL_NAME, **kw)
 
-        where = f"Triton at {url} ({self.protocol})"
+        self._call(f"{where}: readiness check", server_ready, url)
+        version = self.model_version or self._latest_version(url, where, kw)
+        name = self.model_name
+
+        def ready(client: Any) -> bool:
+            return client.is_model_ready(name, version, **kw)
+
         if not self._call(f"{where}: readiness check", ready, url):
-            raise EngineError(f"{where}: model '{MODEL_NAME}' is not loaded or not ready")
-        config = self._call(f"{where}: model config", lambda c: self._config(c, kw), url)
-        meta = self._call(f"{where}: model metadata", lambda c: self._metadata(c, kw), url)
+            raise EngineError(f"{where}: model '{name}' version {version} is not loaded or ready")
+        config = self._call(f"{where}: model config", lambda c: self._config(c, version, kw), url)
+        meta = self._call(f"{where}: model metadata", lambda c: self._metadata(c, version, kw), url)
+        params = {k: v.get("string_value", "") for k, v in config.get("parameters", {}).items()}
         try:
-            spec = ModelSpec.from_metadata(
-                {k: v.get("string_value", "") for k, v in config.get("parameters", {}).items()}
-            )
+            spec = ModelSpec.from_metadata(version_metadata(params, version))
             check_io(spec, *_served_io(meta, spec))
         except ContractError as exc:
-            raise EngineError(f"{where}: served model '{MODEL_NAME}': {exc}") from exc
+            raise EngineError(f"{where}: model '{name}' version {version}: {exc}") from exc
+        if (spec.model_name, spec.model_version) != (name, version):
+            raise EngineError(
+                f"{where}: model '{name}' version {version} carries the metadata of "
+                f"{spec.model_id}; write its repository with `deal-export repository`"
+            )
         return spec, int(config.get("max_batch_size", 0))
 
-    def _config(self, client: Any, kw: dict[str, Any]) -> dict[str, Any]:
-        if self.protocol == "grpc":
-            return client.get_model_config(MODEL_NAME, as_json=True, **kw)["config"]
-        return client.get_model_config(MODEL_NAME, headers=self.headers)
+    def _latest_version(self, url: str, where: str, kw: dict[str, Any]) -> str:
+        """The highest version of the model that the server has loaded."""
+        meta = self._call(f"{where}: model metadata", lambda c: self._metadata(c, "", kw), url)
+        versions = [v for v in meta.get("versions", []) if str(v).isdigit()]
+        if not versions:
+            raise EngineError(f"{where}: model '{self.model_name}' has no version loaded")
+        return str(max(int(v) for v in versions))
 
-    def _metadata(self, client: Any, kw: dict[str, Any]) -> dict[str, Any]:
+    def _config(self, client: Any, version: str, kw: dict[str, Any]) -> dict[str, Any]:
         if self.protocol == "grpc":
-            return client.get_model_metadata(MODEL_NAME, as_json=True, **kw)
-        return client.get_model_metadata(MODEL_NAME, headers=self.headers)
+            return client.get_model_config(self.model_name, version, as_json=True, **kw)["config"]
+        return client.get_model_config(self.model_name, version, headers=self.headers)
+
+    def _metadata(self, client: Any, version: str, kw: dict[str, Any]) -> dict[str, Any]:
+        if self.protocol == "grpc":
+            return client.get_model_metadata(self.model_name, version, as_json=True, **kw)
+        return client.get_model_metadata(self.model_name, version, headers=self.headers)
 
     # -- inference --------------------------------------------------------------------------
-    def infer(self, images: np.ndarray, outputs: Sequence[str]) -> dict[str, np.ndarray]:
+    def infer(
+        self, images: np.ndarray, outputs: Sequence[str], boxes: np.ndarray | None = None
+    ) -> dict[str, np.ndarray]:
         _check_batch(images, self.spec)
         module = self._module()
-        inp = module.InferInput(INPUT_NAME, list(images.shape), INPUT.wire_dtype)
-        inp.set_data_from_numpy(images)
+        inputs = []
+        for name, array in model_inputs(self.spec, images, boxes).items():
+            tensor = module.InferInput(name, list(array.shape), SPECS[name].wire_dtype)
+            tensor.set_data_from_numpy(array)
+            inputs.append(tensor)
         if self.protocol == "grpc":
             requested = [module.InferRequestedOutput(n) for n in outputs]
         else:
             requested = [module.InferRequestedOutput(n, binary_data=True) for n in outputs]
         kw: dict[str, Any] = {"headers": self.headers, **self._timeout_kw()}
+        name, version = self.model_name, self.model_version
 
-        def run(client: Any) -> dict[str, np.ndarray]:
-            result = client.infer(MODEL_NAME, [inp], outputs=requested, **kw)
-            return {n: result.as_numpy(n) for n in outputs}
+        def run(client: Any) -> tuple[str, dict[str, np.ndarray]]:
+            result = client.infer(name, inputs, model_version=version, outputs=requested, **kw)
+            return _answered_version(result), {n: result.as_numpy(n) for n in outputs}
 
-        got = self._call(f"inference on {len(images)} images", run)
+        answered, got = self._call(f"inference on {len(images)} images", run)
+        if answered != version:
+            raise EngineError(f"asked {name} version {version}, version {answered} answered")
         b = len(images)
         return {n: np.asarray(got[n]).reshape(b, *self.spec.shape(n)) for n in outputs}
 
@@ -389,7 +437,18 @@ class TritonEngine:
                 client.close()
 
     def describe(self) -> str:
-        return f"Triton {self.protocol} at {', '.join(self.urls)}"
+        return (
+            f"Triton {self.protocol} at {', '.join(self.urls)}, model {self.model_name} "
+            f"version {self.model_version}"
+        )
+
+
+def _answered_version(result: Any) -> str:
+    """The model version that produced a tritonclient InferResult (gRPC or HTTP)."""
+    response = result.get_response()
+    if isinstance(response, dict):  # HTTP: the JSON header of the response
+        return str(response.get("model_version", ""))
+    return str(response.model_version)
 
 
 def _served_io(

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from dealseg.core.contract import IMAGE_SCORES, ModelSpec
-from dealseg.core.decode import decode_image_sized
+from dealseg.core.decode import Frame, decode_frame
 from dealseg.core.files import atomic_write
 from dealseg.core.labels import LabelError, LabelIndex, Mask, ignored_values, read_mask
 from dealseg.core.metrics import (
@@ -109,12 +109,12 @@ class Evaluator:
     def done(self) -> set[str]:
         return set()  # nothing is resumed
 
-    def load(self, path: str) -> np.ndarray:
-        """The model input of `path`; its checked mask is kept for `append_batch`."""
-        image, shown = decode_image_sized(path, self.spec.input_size, self.max_pixels)
-        mask = read_mask(self.masks[path], shown, self.spec.num_classes, self.ignore)
+    def load(self, path: str) -> Frame:
+        """The model input of `path` (stretched); its checked mask is kept for `append_batch`."""
+        frame = decode_frame(path, self.spec.input_size, self.max_pixels)
+        mask = read_mask(self.masks[path], frame.shown, self.spec.num_classes, self.ignore)
         self._checked[path] = mask
-        return image
+        return frame
 
     def append_batch(self, paths: Sequence[str], out: dict[str, np.ndarray]) -> None:
         for i, path in enumerate(paths):

@@ -28,7 +28,7 @@ import numpy as np
 
 from dealseg.core.colors import DIFFICULTY_LABEL, class_colors, colour_bar, difficulty_rgb
 from dealseg.core.contract import MAP_OUTPUTS, ModelSpec
-from dealseg.core.decode import DecodeError, decode_image
+from dealseg.core.decode import DecodeError, Frame, decode_frame
 from dealseg.core.files import atomic_write
 
 from .engines import Engine
@@ -193,28 +193,33 @@ def write_maps(
     out: Path,
     max_pixels: int,
     batch_size: int = 8,
+    resize: str = "stretch",
 ) -> dict[str, str]:
-    """Write the maps of the selected images under out/maps/; return path -> error for those
-    that could not be drawn."""
+    """Write the maps of the selected images under out/maps/, each framed as `resize` says (as
+    it was scored); return path -> error for those that could not be drawn."""
     folder = clear_maps(out)
     spec = engine.spec
     failed: dict[str, str] = {}
     for start in range(0, len(selected), batch_size):
-        batch, images = [], []
+        batch, frames = [], []
         for item in selected[start : start + batch_size]:
             try:
-                images.append(decode_image(item.path, spec.input_size, max_pixels))
+                frames.append(decode_frame(item.path, spec.input_size, max_pixels, resize))
                 batch.append(item)
             except DecodeError as exc:  # the file changed since it was scored
                 failed[item.path] = exc.reason
         if not batch:
             continue
-        maps = engine.infer(np.stack(images), MAP_OUTPUTS)
+        maps = _maps(engine, frames)
         for i, item in enumerate(batch):
-            _write_one(
-                folder, spec, item, images[i], maps["difficulty"][i], maps["segmentation"][i]
-            )
+            image = frames[i].image
+            _write_one(folder, spec, item, image, maps["difficulty"][i], maps["segmentation"][i])
     return failed
+
+
+def _maps(engine: Engine, frames: Sequence[Frame]) -> dict[str, np.ndarray]:
+    images = np.stack([f.image for f in frames])  # [B, H, W, 3]
+    return engine.infer(images, MAP_OUTPUTS, np.array([f.box for f in frames], dtype=np.int32))
 
 
 def _write_one(

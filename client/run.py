@@ -27,7 +27,14 @@ from typing import Any, Protocol
 import numpy as np
 
 from dealseg.core.contract import SCORE_OUTPUTS
-from dealseg.core.decode import DEFAULT_MAX_PIXELS, DecodeError, decode_image
+from dealseg.core.decode import (
+    ASPECT_TOLERANCE,
+    DEFAULT_MAX_PIXELS,
+    DecodeError,
+    Frame,
+    aspect_mismatch,
+    decode_frame,
+)
 from dealseg.core.pool import read_pool, take_shard
 from dealseg.core.ranking import Options, Pool, Selection, choose, groups_of
 
@@ -54,6 +61,7 @@ class ScoreSettings:
     workers: int = 4  # decode threads
     max_pixels: int = DEFAULT_MAX_PIXELS  # decompression-bomb guard, width x height
     progress: bool = True  # tqdm bar on stderr
+    resize: str = "stretch"  # how a picture becomes the model's frame: stretch|letterbox|crop
 
 
 @dataclass
@@ -77,7 +85,7 @@ def list_paths(source: str, shard: tuple[int, int] = (0, 1)) -> list[str]:
     return take_shard(paths, *shard)
 
 
-Load = Callable[[str], np.ndarray]  # path -> uint8 [H, W, 3] model input, or DecodeError
+Load = Callable[[str], Frame]  # path -> the model input, or DecodeError
 
 
 class Sink(Protocol):
@@ -91,7 +99,7 @@ class Sink(Protocol):
     def append_error(self, path: str, reason: str) -> None: ...
 
 
-def _decode(load: Load, path: str) -> np.ndarray | DecodeError:
+def _decode(load: Load, path: str) -> Frame | DecodeError:
     try:
         return load(path)
     except DecodeError as exc:
@@ -101,10 +109,12 @@ def _decode(load: Load, path: str) -> np.ndarray | DecodeError:
 
 
 def _infer(
-    engine: Engine, paths: list[str], images: np.ndarray, outputs: Sequence[str]
+    engine: Engine, paths: list[str], frames: Sequence[Frame], outputs: Sequence[str]
 ) -> tuple[list[str], dict]:
+    images = np.stack([f.image for f in frames])  # [B, H, W, 3]
+    boxes = np.array([f.box for f in frames], dtype=np.int32)  # [B, 4]
     try:
-        out = engine.infer(images, outputs)
+        out = engine.infer(images, outputs, boxes)
     except EngineError:
         raise
     except Exception as exc:
@@ -175,9 +185,11 @@ class Scorer:
     """One streaming pass: decode threads feed batches to the engine; results go to the sink.
 
     The main thread owns every file write; `pending` holds decode futures in pool order (a
-    window of them, never the whole pool), `batch` the decoded images of the next request and
+    window of them, never the whole pool), `batch` the decoded frames of the next request and
     `in_flight` the requests the engine is running. The engine is asked for `outputs`; `load`
-    (on the decode threads) turns a path into the model's input, by default `decode_image`.
+    (on the decode threads) turns a path into the model's input, by default `decode_frame` with
+    the settings' `resize`. The first picture whose aspect ratio is off the model's by more
+    than ASPECT_TOLERANCE gets a warning on stderr, once.
     """
 
     def __init__(
@@ -194,10 +206,11 @@ class Scorer:
         self.window = settings.batch_size * (settings.concurrency + 1) + 2 * settings.workers
         self.pending: deque[tuple[str, Future]] = deque()
         self.in_flight: set[Future] = set()
-        self.batch: list[tuple[str, np.ndarray]] = []
+        self.batch: list[tuple[str, Frame]] = []
+        self.warned_aspect = False
 
-    def _decode_image(self, path: str) -> np.ndarray:
-        return decode_image(path, self.size, self.settings.max_pixels)
+    def _decode_image(self, path: str) -> Frame:
+        return decode_frame(path, self.size, self.settings.max_pixels, self.settings.resize)
 
     def run(self, paths: Sequence[str]) -> ScoreReport:
         """Score every path not yet done by the sink (scored OK in the writer's out dir)."""
@@ -255,7 +268,7 @@ class Scorer:
             job = self.decoding.submit(_decode, self.load, path)
             self.pending.append((path, job))
 
-    def _take(self, path: str, result: np.ndarray | DecodeError) -> None:
+    def _take(self, path: str, result: Frame | DecodeError) -> None:
         """A decoded image joins the batch; a failed decode is written as its error record."""
         if isinstance(result, DecodeError):
             self.sink.append_error(path, result.reason)
@@ -263,6 +276,10 @@ class Scorer:
             self.bar.update(1)
             self.bar.set_postfix_str(f"errors={len(self.report.failed)}", refresh=False)
             return
+        if not self.warned_aspect and aspect_mismatch(result.shown, self.size) > ASPECT_TOLERANCE:
+            self.warned_aspect = True
+            warning = aspect_warning(path, result.shown, self.size, self.settings.resize)
+            self.bar.write(warning, file=sys.stderr)
         self.batch.append((path, result))
         if len(self.batch) == self.settings.batch_size:
             self._submit()
@@ -281,11 +298,27 @@ class Scorer:
     def _submit(self) -> None:
         while len(self.in_flight) >= self.settings.concurrency:
             self._collect(block=True)
-        images = np.stack([img for _, img in self.batch])  # [B, H, W, 3]
+        frames = [frame for _, frame in self.batch]
         paths = [p for p, _ in self.batch]
-        job = self.inferring.submit(_infer, self.engine, paths, images, self.outputs)
+        job = self.inferring.submit(_infer, self.engine, paths, frames, self.outputs)
         self.in_flight.add(job)
         self.batch = []
+
+
+_RESIZE_EFFECT = {
+    "stretch": "stretches it out of shape (--resize letterbox keeps it, its padding in no score)",
+    "letterbox": "pads it: the padding is left out of every score, but costs pixels",
+    "crop": "cuts its edges off",
+}
+
+
+def aspect_warning(path: str, shown: tuple[int, int], size: tuple[int, int], resize: str) -> str:
+    """The once-per-run warning about a picture shaped unlike the model's frame."""
+    return (
+        f"warning: {path} is {shown[1]}x{shown[0]} (W x H, aspect {shown[1] / shown[0]:.2f}), the "
+        f"model takes {size[1]}x{size[0]} ({size[1] / size[0]:.2f}): --resize {resize} "
+        f"{_RESIZE_EFFECT[resize]} (warned once)"
+    )
 
 
 def score_paths(
@@ -388,7 +421,9 @@ def draw(
     failed: dict[str, str] = {}
     if engine is not None:
         picked = [MapOf(r["rank"], record_path(r), r) for r in selection["rows"]]
-        failed = write_maps(engine, picked, out, settings.max_pixels, settings.batch_size)
+        failed = write_maps(
+            engine, picked, out, settings.max_pixels, settings.batch_size, settings.resize
+        )
     elif (Path(out) / MAPS).is_dir():
         clear_maps(out)
     if not report:

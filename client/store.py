@@ -8,7 +8,9 @@
     maps/             optional PNGs of the selected images
 
 A record: {"path", "status": "ok"|"error", "error", "ds", "de", "entropy", "class_fraction",
-"row", "model"}. Paths are absolute. Every file is valid UTF-8 JSON: a path whose bytes are not
+"row", "model"}; "class_fraction" maps each class name to its share of the picture (format 2;
+format 1 out dirs, a bare list in the model's class order, are read by select and merge but not
+written to). Paths are absolute. Every file is valid UTF-8 JSON: a path whose bytes are not
 UTF-8 is written as text with those bytes shown as `\\xNN`, plus "path_b64", the exact bytes in
 base64, which readers use instead (`record_path`). Which record counts for a path is one rule,
 `replaces`. After a crash, a partial last line and embedding rows no record points to are cut
@@ -42,7 +44,8 @@ SELECTION_TXT = "selection.txt"
 SELECTION_JSON = "selection.json"
 MAPS = "maps"
 LOCK = ".lock"
-FORMAT = 1
+FORMAT = 2
+READABLE_FORMATS = (1, 2)  # 1: class_fraction as a list
 
 
 class StoreError(RuntimeError):
@@ -79,8 +82,11 @@ def read_meta(out: Path) -> dict[str, Any]:
         raise StoreError(f"{out} has no {META}: not a `deal-client score` out dir") from None
     except (OSError, ValueError) as exc:
         raise StoreError(f"{out / META}: unreadable ({exc})") from None
-    if meta.get("format") != FORMAT:
-        raise StoreError(f"{out / META}: format {meta.get('format')}, this client reads {FORMAT}")
+    if meta.get("format") not in READABLE_FORMATS:
+        raise StoreError(
+            f"{out / META}: format {meta.get('format')}, this client reads "
+            f"{' and '.join(map(str, READABLE_FORMATS))}"
+        )
     return meta
 
 
@@ -147,8 +153,12 @@ def replaces(old_ok: bool | None, new_ok: bool, same_source: bool = True) -> boo
     return same_source and (new_ok or not old_ok)
 
 
-def record_ok(path: str, out: dict[str, np.ndarray], i: int, row: int, model: str) -> dict:
-    """The record of image i of a batch whose outputs are `out`."""
+def record_ok(
+    path: str, out: dict[str, np.ndarray], i: int, row: int, model: str, classes: Sequence[str]
+) -> dict:
+    """The record of image i of a batch whose outputs are `out`; `classes` names the model's
+    classes, the keys of "class_fraction"."""
+    fractions = out["class_fraction"][i]
     return {
         "path": path,
         "status": "ok",
@@ -156,7 +166,7 @@ def record_ok(path: str, out: dict[str, np.ndarray], i: int, row: int, model: st
         "ds": _finite(out["ds"][i]),
         "de": _finite(out["de"][i]),
         "entropy": _finite(out["entropy"][i]),
-        "class_fraction": [round(float(v), 6) for v in out["class_fraction"][i]],
+        "class_fraction": {c: round(float(v), 6) for c, v in zip(classes, fractions, strict=True)},
         "row": row,
         "model": model,
     }
@@ -242,7 +252,14 @@ class ScoreWriter:
     def _open(self) -> None:
         scores, embeddings = self.out / SCORES, self.out / EMBEDDINGS
         if (self.out / META).exists():
-            old = read_meta(self.out)["model"]
+            meta = read_meta(self.out)
+            if meta["format"] != FORMAT:
+                raise StoreError(
+                    f"{self.out} was written by an older deal-client (format {meta['format']}: "
+                    "class_fraction as a list); use another --out (`deal-client select` and "
+                    "`merge` still read it)"
+                )
+            old = meta["model"]
             if old != self.model:
                 raise StoreError(
                     f"{self.out} holds scores of model {old}, but this run uses {self.model}; "
@@ -294,8 +311,9 @@ class ScoreWriter:
         emb = np.ascontiguousarray(out["embedding"], dtype="<f4")  # [B, D]
         self._embeddings.write(emb.tobytes())
         self._embeddings.flush()
+        names, first = self.spec.class_names, self.next_row
         lines = [
-            _dumps(record_ok(p, out, i, self.next_row + i, self.model)) for i, p in enumerate(paths)
+            _dumps(record_ok(p, out, i, first + i, self.model, names)) for i, p in enumerate(paths)
         ]
         self.next_row += len(paths)
         self._scores.write(b"".join(lines))
@@ -550,6 +568,9 @@ def merge_outputs(inputs: Sequence[Path], out: Path) -> None:
     models = sorted({m["model"] for m in metas})
     if len(models) > 1:
         raise StoreError(f"cannot merge scores of different models: {', '.join(models)}")
+    formats = sorted({m["format"] for m in metas})
+    if len(formats) > 1:
+        raise StoreError(f"cannot merge out dirs of formats {formats}: re-score the older ones")
     winners, _ = _winners([i / SCORES for i in inputs])
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

@@ -2,19 +2,30 @@
 
 Export writes it, the Triton config generator and the client read it. Torch-free by design.
 Shapes are batch-first; symbolic dimensions are named strings resolved from a `ModelSpec`.
+
+Contract 2 added the `valid_box` input (the picture's box in the frame: letterbox padding is in
+no score) and the `model_name` metadata key. Contract 1 models (no `valid_box`, named `deal`)
+are still read: they score stretched and cropped frames; letterboxing needs a re-export.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-MODEL_NAME = "deal"
-CONTRACT_VERSION = "1"
+if TYPE_CHECKING:
+    import numpy as np
+
+MODEL_NAME = "deal"  # the default model name (the only one of contract 1)
+CONTRACT_VERSION = "2"
+LEGACY_CONTRACT = "1"  # read, never written
+MODEL_NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")  # a Triton model folder
 
 INPUT_NAME = "image"
+VALID_BOX_NAME = "valid_box"
 
 
 @dataclass(frozen=True)
@@ -22,21 +33,29 @@ class TensorSpec:
     """One named tensor: numpy dtype name and symbolic shape without the batch axis."""
 
     name: str
-    dtype: str  # numpy dtype name: "uint8" | "float32"
+    dtype: str  # numpy dtype name: "uint8" | "int32" | "float32"
     dims: tuple[str, ...]  # symbolic, resolved by ModelSpec.resolve
     doc: str
 
     @property
     def triton_dtype(self) -> str:
-        return {"uint8": "TYPE_UINT8", "float32": "TYPE_FP32"}[self.dtype]
+        return {"uint8": "TYPE_UINT8", "int32": "TYPE_INT32", "float32": "TYPE_FP32"}[self.dtype]
 
     @property
     def wire_dtype(self) -> str:
         """Datatype string of the KServe v2 protocol (tritonclient)."""
-        return {"uint8": "UINT8", "float32": "FP32"}[self.dtype]
+        return {"uint8": "UINT8", "int32": "INT32", "float32": "FP32"}[self.dtype]
 
 
-INPUT = TensorSpec(INPUT_NAME, "uint8", ("H", "W", "3"), "RGB image resized to the model's H x W")
+INPUT = TensorSpec(INPUT_NAME, "uint8", ("H", "W", "3"), "RGB frame at the model's H x W")
+VALID_BOX = TensorSpec(
+    VALID_BOX_NAME,
+    "int32",
+    ("4",),
+    "top, left, bottom, right (exclusive) of the picture in the frame; the pixels outside are "
+    "padding: blanked before the network and left out of every score",
+)
+INPUTS: tuple[TensorSpec, ...] = (INPUT, VALID_BOX)
 
 OUTPUTS: tuple[TensorSpec, ...] = (
     TensorSpec("ds", "float32", (), "mean of the difficulty map"),
@@ -52,12 +71,13 @@ OUTPUT_NAMES: tuple[str, ...] = tuple(t.name for t in OUTPUTS)
 IMAGE_SCORES: tuple[str, ...] = ("ds", "de", "entropy")
 SCORE_OUTPUTS: tuple[str, ...] = (*IMAGE_SCORES, "class_fraction", "embedding")
 MAP_OUTPUTS: tuple[str, ...] = ("difficulty", "segmentation")
-SPECS: dict[str, TensorSpec] = {t.name: t for t in (INPUT, *OUTPUTS)}
+SPECS: dict[str, TensorSpec] = {t.name: t for t in (*INPUTS, *OUTPUTS)}
 
 # Metadata keys carried by the ONNX model (metadata_props) and the Triton config (parameters).
 META_PREFIX = "dealseg."
 META_KEYS: tuple[str, ...] = (
     "contract_version",
+    "model_name",  # the Triton model name; absent in contract 1 (always `deal`)
     "class_names",  # JSON list of str
     "palette",  # JSON list of [r, g, b]
     "input_size",  # "HxW"
@@ -105,6 +125,8 @@ class ModelSpec:
     std: tuple[float, float, float]
     model_version: str
     checkpoint_sha256: str
+    model_name: str = MODEL_NAME
+    contract_version: str = CONTRACT_VERSION
 
     @property
     def num_classes(self) -> int:
@@ -113,13 +135,23 @@ class ModelSpec:
     @property
     def model_id(self) -> str:
         """Identity of the model weights: used to decide whether stored scores can be reused."""
-        return f"{MODEL_NAME}:{self.model_version}:{self.checkpoint_sha256[:16]}"
+        return f"{self.model_name}:{self.model_version}:{self.checkpoint_sha256[:16]}"
+
+    @property
+    def inputs(self) -> tuple[TensorSpec, ...]:
+        """The model's inputs: contract 1 models take the image alone."""
+        return (INPUT,) if self.contract_version == LEGACY_CONTRACT else INPUTS
+
+    @property
+    def takes_valid_box(self) -> bool:
+        return VALID_BOX in self.inputs
 
     def dims(self) -> dict[str, int]:
         return {
             "H": self.input_size[0],
             "W": self.input_size[1],
             "3": 3,
+            "4": 4,
             "C": self.num_classes,
             "D": self.embedding_dim,
             "h": self.difficulty_size[0],
@@ -136,7 +168,8 @@ class ModelSpec:
     def to_metadata(self) -> dict[str, str]:
         """String metadata, keys prefixed with `dealseg.`, as stored in ONNX and Triton configs."""
         values = {
-            "contract_version": CONTRACT_VERSION,
+            "contract_version": self.contract_version,
+            "model_name": self.model_name,
             "class_names": json.dumps(list(self.class_names)),
             "palette": json.dumps([list(c) for c in self.palette]),
             "input_size": "{}x{}".format(*self.input_size),
@@ -154,6 +187,14 @@ class ModelSpec:
     @classmethod
     def from_metadata(cls, meta: Mapping[str, str]) -> ModelSpec:
         """Parse metadata written by `to_metadata`; raise ContractError naming what is wrong."""
+        version = meta.get(META_PREFIX + "contract_version")
+        if version not in (CONTRACT_VERSION, LEGACY_CONTRACT, None):
+            raise ContractError(
+                f"model uses contract version {version}, this dealseg speaks {CONTRACT_VERSION} "
+                f"(and reads {LEGACY_CONTRACT}); re-export the model or upgrade dealseg"
+            )
+        if version == LEGACY_CONTRACT:
+            meta = {META_PREFIX + "model_name": MODEL_NAME, **meta}
         missing = [k for k in META_KEYS if META_PREFIX + k not in meta]
         if missing:
             raise ContractError(
@@ -161,12 +202,10 @@ class ModelSpec:
                 + ", ".join(META_PREFIX + k for k in missing)
                 + "; was it exported by `deal-export onnx`?"
             )
-        m = {k: meta[META_PREFIX + k] for k in META_KEYS}
-        if m["contract_version"] != CONTRACT_VERSION:
-            raise ContractError(
-                f"model uses contract version {m['contract_version']}, this dealseg speaks "
-                f"{CONTRACT_VERSION}; re-export the model or upgrade dealseg"
-            )
+        return cls._parse({k: meta[META_PREFIX + k] for k in META_KEYS})
+
+    @classmethod
+    def _parse(cls, m: dict[str, str]) -> ModelSpec:
         try:
             class_names = tuple(str(c) for c in json.loads(m["class_names"]))
             palette = tuple(tuple(int(v) for v in c) for c in json.loads(m["palette"]))
@@ -189,10 +228,59 @@ class ModelSpec:
             std=std,  # type: ignore[arg-type]
             model_version=m["model_version"],
             checkpoint_sha256=m["checkpoint_sha256"],
+            model_name=m["model_name"],
+            contract_version=m["contract_version"],
         )
 
 
-_ORT_DTYPES = {"tensor(uint8)": "uint8", "tensor(float)": "float32"}
+def full_boxes(count: int, size: tuple[int, int]) -> np.ndarray:
+    """int32 [count, 4]: the whole H x W frame is picture (a stretched or cropped frame)."""
+    import numpy as np  # lazy: `--help` of every command imports this module
+
+    return np.tile(np.array([0, 0, size[0], size[1]], dtype=np.int32), (count, 1))
+
+
+def model_inputs(
+    spec: ModelSpec, images: np.ndarray, boxes: np.ndarray | None = None
+) -> dict[str, np.ndarray]:
+    """The input tensors of one inference: the images [B, H, W, 3] and, for a contract 2 model,
+    their valid boxes [B, 4] (the whole frame when `boxes` is None). Padded frames for a
+    contract 1 model are a ContractError: it would score the padding."""
+    import numpy as np
+
+    if not spec.takes_valid_box:
+        if boxes is not None and not np.array_equal(boxes, full_boxes(len(boxes), spec.input_size)):
+            raise ContractError(
+                f"model {spec.model_id} uses contract {spec.contract_version}: it has no "
+                f"{VALID_BOX_NAME} input and would score the padding of letterboxed frames; "
+                "re-export it with `deal-export onnx`, or use --resize stretch or crop"
+            )
+        return {INPUT_NAME: images}
+    if boxes is None:
+        boxes = full_boxes(len(images), spec.input_size)
+    return {INPUT_NAME: images, VALID_BOX_NAME: np.ascontiguousarray(boxes, dtype=np.int32)}
+
+
+# A Triton model's versions share one config.pbtxt: its parameters hold each version's
+# metadata under `dealseg.v<N>.<key>` (a config written before versions had `dealseg.<key>`).
+def version_parameters(spec: ModelSpec, version: str) -> dict[str, str]:
+    """`spec`'s metadata as Triton config parameters of model version `version`."""
+    prefix = f"{META_PREFIX}v{version}."
+    return {prefix + k[len(META_PREFIX) :]: v for k, v in spec.to_metadata().items()}
+
+
+def version_metadata(parameters: Mapping[str, str], version: str) -> dict[str, str]:
+    """The `dealseg.*` metadata of model version `version` from a Triton config's parameters;
+    empty when the config has none for it."""
+    if not any(re.match(rf"{re.escape(META_PREFIX)}v\d+\.", k) for k in parameters):
+        return {k: v for k, v in parameters.items() if k.startswith(META_PREFIX)}
+    prefix = f"{META_PREFIX}v{version}."
+    return {
+        META_PREFIX + k[len(prefix) :]: v for k, v in parameters.items() if k.startswith(prefix)
+    }
+
+
+_ORT_DTYPES = {"tensor(uint8)": "uint8", "tensor(int32)": "int32", "tensor(float)": "float32"}
 
 
 def session_spec(session: Any) -> ModelSpec:
@@ -220,7 +308,7 @@ def check_io(
     symbolic or unknown batch is any non-int). Raises ContractError listing every difference.
     """
     problems: list[str] = []
-    for expected, actual in (((INPUT,), inputs), (OUTPUTS, outputs)):
+    for expected, actual in ((spec.inputs, inputs), (OUTPUTS, outputs)):
         names = {t.name for t in expected}
         extra = sorted(set(actual) - names)
         if extra:

@@ -1,7 +1,11 @@
 """Decode one image file into the model's input: uint8 RGB [H, W, 3] at the model's input size.
 
-Every way a file can fail becomes a `DecodeError` whose `reason` says what is wrong with that
-file; the caller writes it as one error record and goes on. Pillow is imported lazily.
+How the picture becomes the model's H x W frame is `--resize`: `stretch` (resized to H x W, its
+shape lost), `letterbox` (scaled to fit, centred on black bands; the frame's `box` says where
+the picture is, and the graph leaves the bands out of every score) or `crop` (scaled to fill,
+the middle cut out). Every way a file can fail becomes a `DecodeError` whose `reason` says what
+is wrong with that file; the caller writes it as one error record and goes on. Pillow is
+imported lazily.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ import functools
 import os
 import stat
 import warnings
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, BinaryIO
 
 import numpy as np
@@ -19,6 +24,8 @@ if TYPE_CHECKING:
     from PIL import Image
 
 DEFAULT_MAX_PIXELS = 89_478_485  # Pillow's own decompression-bomb threshold
+RESIZE_MODES = ("stretch", "letterbox", "crop")
+ASPECT_TOLERANCE = 0.10  # a picture whose aspect ratio is off the model's by more: a warning
 _EXIF_ORIENTATION = 0x0112
 _ROTATED_90 = (5, 6, 7, 8)  # EXIF orientations that swap width and height
 
@@ -108,6 +115,68 @@ def _draft(im: Image.Image, size: tuple[int, int]) -> None:
     im.draft(None, (target_w, target_h))
 
 
+@dataclass(frozen=True)
+class Placement:
+    """Where a picture goes in the model's frame: resized to `scaled` (H, W), its top-left
+    corner at `offset` (negative when cropped)."""
+
+    scaled: tuple[int, int]
+    offset: tuple[int, int]
+
+    def box(self, size: tuple[int, int]) -> tuple[int, int, int, int]:
+        """(top, left, bottom, right) of the picture in a frame of `size`, exclusive."""
+        (top, left), (h, w) = self.offset, self.scaled
+        return max(top, 0), max(left, 0), min(top + h, size[0]), min(left + w, size[1])
+
+
+def place(shown: tuple[int, int], size: tuple[int, int], resize: str) -> Placement:
+    """How `--resize` puts a picture of (h, w) pixels into the model's (H, W) frame."""
+    (h, w), (frame_h, frame_w) = shown, size
+    if resize == "stretch":
+        return Placement(size, (0, 0))
+    if resize not in RESIZE_MODES:
+        raise ValueError(f"unknown resize {resize!r}; choose one of {', '.join(RESIZE_MODES)}")
+    fit = min if resize == "letterbox" else max
+    scale = fit(frame_h / h, frame_w / w)
+    scaled = (max(1, round(h * scale)), max(1, round(w * scale)))
+    if resize == "letterbox":
+        scaled = (min(scaled[0], frame_h), min(scaled[1], frame_w))
+    else:
+        scaled = (max(scaled[0], frame_h), max(scaled[1], frame_w))
+    return Placement(scaled, ((frame_h - scaled[0]) // 2, (frame_w - scaled[1]) // 2))
+
+
+def aspect_mismatch(shown: tuple[int, int], size: tuple[int, int]) -> float:
+    """How far a picture's aspect ratio (W / H) is off the frame's, relative: 0.0 the same."""
+    return abs((shown[1] / shown[0]) / (size[1] / size[0]) - 1.0)
+
+
+@dataclass(frozen=True)
+class Frame:
+    """A decoded picture as the model's input."""
+
+    image: np.ndarray  # uint8 [H, W, 3]
+    box: tuple[int, int, int, int]  # the picture in it: top, left, bottom, right (exclusive)
+    shown: tuple[int, int]  # (H, W) of the picture in the file, after EXIF orientation
+
+
+def _framed(im: Image.Image, size: tuple[int, int], where: Placement) -> np.ndarray:
+    """The RGB picture resized and placed in a black H x W frame."""
+    Image = _pillow()
+    (h, w), (top, left) = where.scaled, where.offset
+    if im.size != (w, h):
+        im = im.resize((w, h), Image.Resampling.BILINEAR)
+    picture = np.asarray(im, dtype=np.uint8)
+    if (h, w) == size:
+        return picture
+    frame = np.zeros((*size, 3), dtype=np.uint8)
+    box = where.box(size)
+    frame[box[0] : box[2], box[1] : box[3]] = picture[
+        box[0] - top : box[2] - top, box[1] - left : box[3] - left
+    ]
+    return frame
+
+
 def to_rgb(im: Image.Image) -> Image.Image:
     """Any Pillow mode -> 8-bit RGB. 16-bit and float images are scaled, not clipped."""
     Image = _pillow()
@@ -140,21 +209,21 @@ def _shown_size(im: Image.Image) -> tuple[int, int]:
 def decode_image(
     path: str, size: tuple[int, int], max_pixels: int = DEFAULT_MAX_PIXELS
 ) -> np.ndarray:
-    """Decode `path` to uint8 RGB [H, W, 3] with (H, W) = `size`; raise DecodeError on failure.
+    """Decode `path` to uint8 RGB [H, W, 3] with (H, W) = `size`, stretched; raise DecodeError
+    on failure. See `decode_frame`."""
+    return decode_frame(path, size, max_pixels).image
+
+
+def decode_frame(
+    path: str, size: tuple[int, int], max_pixels: int = DEFAULT_MAX_PIXELS, resize: str = "stretch"
+) -> Frame:
+    """Decode `path` into the model's H x W frame as `resize` says; raise DecodeError on failure.
 
     JPEG files are decoded in draft mode near the target size, EXIF orientation is applied, any
-    mode is converted to RGB, then the image is resized (bilinear) to exactly H x W.
+    mode is converted to RGB, then the picture is resized (bilinear) and placed in the frame.
     """
-    return decode_image_sized(path, size, max_pixels)[0]
-
-
-def decode_image_sized(
-    path: str, size: tuple[int, int], max_pixels: int = DEFAULT_MAX_PIXELS
-) -> tuple[np.ndarray, tuple[int, int]]:
-    """`decode_image`, and the (H, W) of the picture in the file (after EXIF orientation)."""
     from PIL import ImageOps
 
-    Image = _pillow()
     _check_file(path)
     try:
         f = open(path, "rb")  # noqa: SIM115 - closed below, after Pillow is done with it
@@ -166,12 +235,11 @@ def decode_image_sized(
         try:
             im = _open(f, max_pixels)
             shown = _shown_size(im)
-            _draft(im, size)
+            where = place(shown, size, resize)
+            _draft(im, where.scaled)
             im.load()
-            im = to_rgb(ImageOps.exif_transpose(im))
-            if im.size != (size[1], size[0]):
-                im = im.resize((size[1], size[0]), Image.Resampling.BILINEAR)
-            return np.asarray(im, dtype=np.uint8), shown
+            image = _framed(to_rgb(ImageOps.exif_transpose(im)), size, where)
+            return Frame(image, where.box(size), shown)
         except DecodeError:
             raise
         except OSError as exc:

@@ -56,11 +56,19 @@ def main() -> None:
     help="DE histogram bins (the paper: 8 CamVid, 10 Cityscapes).",
 )
 @click.option(
+    "--name",
+    "model_name",
+    default="deal",
+    show_default=True,
+    help="Model name written into the metadata: the model's folder in a Triton repository.",
+)
+@click.option(
     "--version",
     "model_version",
-    default="1",
+    type=click.IntRange(min=1),
+    default=1,
     show_default=True,
-    help="Model version written into the metadata.",
+    help="Model version written into the metadata: its version folder in the repository.",
 )
 @click.option(
     "--compare/--no-compare",
@@ -68,24 +76,37 @@ def main() -> None:
     show_default=True,
     help="Compare ONNX Runtime with PyTorch on random images and real photos.",
 )
+@click.option(
+    "--device",
+    default="auto",
+    show_default=True,
+    envvar="DEAL_DEVICE",
+    show_envvar=True,
+    help="Where the PyTorch side of the comparison runs: auto, cpu, cuda or cuda:N.",
+)
 def onnx(
     checkpoint: Path,
     out: Path,
     input_size: str | None,
     max_batch: int,
     bins: int,
-    model_version: str,
+    model_name: str,
+    model_version: int,
     compare: bool,
+    device: str,
 ) -> None:
     """Export a checkpoint to ONNX, run onnx.checker, then compare ORT against PyTorch."""
     from dealseg.training.checkpoint import CheckpointError
+    from dealseg.training.device import DeviceError, resolve_device
 
     from .onnx_export import export_graph, prepare_graph
 
     logging.getLogger("torch.onnx").setLevel(logging.ERROR)
     try:
-        graph, spec = prepare_graph(checkpoint, parse_size(input_size), bins, model_version)
-    except CheckpointError as exc:
+        where = resolve_device(device)
+        size, version = parse_size(input_size), str(model_version)
+        graph, spec = prepare_graph(checkpoint, size, bins, version, model_name)
+    except (CheckpointError, DeviceError, ValueError) as exc:
         raise click.ClickException(str(exc)) from None
     export_graph(graph, spec, out, max_batch)
     click.echo(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB), model id {spec.model_id}")
@@ -95,7 +116,7 @@ def onnx(
     from .compare import random_images, real_photos
 
     images = {**random_images(4, spec.input_size), **real_photos()}
-    report = run_compare(graph, out, images)
+    report = run_compare(graph, out, images, device=where)
     click.echo(report.table())
     if report.failures:
         raise click.ClickException(
@@ -171,7 +192,30 @@ def tensorrt(
     "--repo",
     type=click.Path(file_okay=False, path_type=Path),
     required=True,
-    help="Triton model repository folder to write (model `deal`).",
+    help="Triton model repository to write the model into, as NAME/VERSION/ beside the "
+    "versions already there.",
+)
+@click.option(
+    "--name",
+    "model_name",
+    default=None,
+    show_default="the model's own (`deal-export onnx --name`)",
+    help="Serve the model under this name (its metadata is stamped to match).",
+)
+@click.option(
+    "--version",
+    "model_version",
+    type=click.IntRange(min=1),
+    default=None,
+    show_default="the model's own (`deal-export onnx --version`)",
+    help="Serve it as this version (its metadata is stamped to match).",
+)
+@click.option("--force", is_flag=True, help="Replace the version if the repository has it.")
+@click.option(
+    "--version-policy",
+    default="all",
+    show_default=True,
+    help="Which versions Triton serves: all, latest:N or specific:N[,M...].",
 )
 @click.option(
     "--target",
@@ -223,6 +267,10 @@ def tensorrt(
 def repository(
     model_path: Path,
     repo: Path,
+    model_name: str | None,
+    model_version: int | None,
+    force: bool,
+    version_policy: str,
     target: str,
     plan: Path | None,
     max_batch_size: int,
@@ -232,30 +280,42 @@ def repository(
     threads: int,
     trt_accelerator: bool,
 ) -> None:
-    """Write a Triton model repository (config.pbtxt + version folder) for a target."""
+    """Write the model into a Triton model repository (config.pbtxt + version folder)."""
     from dealseg.core.contract import ContractError
-    from dealseg.serving.repository import write_repository
+    from dealseg.serving.repository import read_onnx_spec, versions_of, write_repository
+
+    from .onnx_export import check_name
+    from .onnxfile import stamped
 
     try:
         sizes = tuple(int(s) for s in preferred_batch_sizes.split(",") if s.strip())
     except ValueError:
         raise click.BadParameter(f"{preferred_batch_sizes!r}: expected e.g. 4,8,16") from None
     try:
-        model_dir = write_repository(
-            model_path,
-            repo,
-            target,
-            max_batch_size=max_batch_size,
-            preferred_batch_sizes=sizes,
-            max_queue_delay_us=max_queue_delay_us,
-            instances=instances,
-            intra_op_threads=threads,
-            trt_accelerator=trt_accelerator,
-            plan=plan,
-        )
-    except (ContractError, ValueError, FileNotFoundError) as exc:
+        name = model_name and check_name(model_name)
+        with stamped(model_path, read_onnx_spec(model_path), name, model_version) as served:
+            spec = read_onnx_spec(served)
+            model_dir = write_repository(
+                served,
+                repo,
+                target,
+                plan=plan,
+                force=force,
+                max_batch_size=max_batch_size,
+                preferred_batch_sizes=sizes,
+                max_queue_delay_us=max_queue_delay_us,
+                instances=instances,
+                intra_op_threads=threads,
+                trt_accelerator=trt_accelerator,
+                version_policy=version_policy,
+            )
+    except (ContractError, ValueError, OSError) as exc:
         raise click.ClickException(str(exc)) from None
-    click.echo(f"wrote {model_dir / 'config.pbtxt'} ({target})")
+    versions = ", ".join(versions_of(model_dir))
+    click.echo(
+        f"wrote {model_dir / spec.model_version} and {model_dir / 'config.pbtxt'} ({target}): "
+        f"model {spec.model_id}; versions {versions}, policy {version_policy}"
+    )
 
 
 @main.command()

@@ -1,6 +1,8 @@
 """Export parity: ONNX Runtime against PyTorch eager on random images and real photos.
 
 DS, entropy and class fractions must agree within the contract's tolerances, embeddings in cosine.
+Every other image is compared as a letterboxed frame (bands above and below outside its valid
+box), so the padding path of the graph is checked too. The eager model runs on `device`.
 DE is a histogram, so a pixel that crosses a bin edge changes it: a DE difference is accepted only
 where the eager map really has a pixel within `EDGE_EPS` of an edge, and such images are counted
 and reported. DE is also checked against a numpy `np.histogram` reference on the eager map.
@@ -127,8 +129,20 @@ class ParityReport:
         return "\n".join(rows)
 
 
+def parity_boxes(count: int, size: tuple[int, int]) -> np.ndarray:
+    """[count, 4] valid boxes: the whole frame, and every other one letterboxed (the middle
+    three quarters of the rows)."""
+    boxes = contract.full_boxes(count, size)
+    boxes[1::2, 0], boxes[1::2, 2] = size[0] // 8, size[0] - size[0] // 8
+    return boxes
+
+
 def compare(
-    graph: DEALGraph, onnx_path: Path, images: dict[str, np.ndarray], batch: int = 4
+    graph: DEALGraph,
+    onnx_path: Path,
+    images: dict[str, np.ndarray],
+    batch: int = 4,
+    device: str | torch.device = "cpu",
 ) -> ParityReport:
     """Run both engines on `images` (any size; resized to the graph's input) and compare."""
     import onnxruntime as ort
@@ -142,14 +156,17 @@ def compare(
     )
     seg_diff = seg_total = 0
     items = list(images.items())
+    graph = graph.to(device)
     for start in range(0, len(items), batch):
         chunk = items[start : start + batch]
         x = np.stack([resize(img, spec.input_size) for _, img in chunk])
-        got = dict(zip(names, session.run(names, {contract.INPUT_NAME: x}), strict=True))
+        boxes = parity_boxes(len(x), spec.input_size)
+        feeds = contract.model_inputs(spec, x, boxes)
+        got = dict(zip(names, session.run(names, feeds), strict=True))
         with torch.no_grad():
-            out = graph.model(graph.normalise(torch.from_numpy(x)))
-            ref = dict(zip(contract.OUTPUT_NAMES, graph.outputs(out), strict=True))
-            eager_maps = out.difficulty().numpy()  # full-size maps, for the DE checks
+            out, outputs = graph.run(*(torch.from_numpy(v).to(device) for v in feeds.values()))
+            ref = {k: v.cpu() for k, v in zip(contract.OUTPUT_NAMES, outputs, strict=True)}
+            eager_maps = out.difficulty().cpu().numpy()  # full-size maps, for the DE checks
         for name in ("ds", "entropy", "class_fraction"):
             diff = float(np.abs(got[name] - ref[name].numpy()).max())
             report.max_abs[name] = max(report.max_abs[name], diff)
@@ -160,9 +177,9 @@ def compare(
         seg_diff += int((got["segmentation"] != ref["segmentation"].numpy()).sum())
         seg_total += got["segmentation"].size
         for i, (label, _) in enumerate(chunk):
-            _check_de(
-                report, label, float(got["de"][i]), float(ref["de"][i]), eager_maps[i], spec.bins
-            )
+            top, left, bottom, right = boxes[i]
+            picture = eager_maps[i][top:bottom, left:right]  # the pixels DE counts
+            _check_de(report, label, float(got["de"][i]), float(ref["de"][i]), picture, spec.bins)
         report.images += len(chunk)
     report.segmentation_mismatch_fraction = seg_diff / max(seg_total, 1)
     _check_tolerances(report)

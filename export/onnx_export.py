@@ -20,10 +20,10 @@ OPSET = 18
 
 @torch.no_grad()
 def model_spec(
-    ckpt: Checkpoint, graph: DEALGraph, bins: int, sha256: str, version: str
+    ckpt: Checkpoint, graph: DEALGraph, bins: int, sha256: str, version: str, name: str
 ) -> contract.ModelSpec:
-    """The contract metadata of `graph` (built from `ckpt`) at its configured input size; the
-    map and embedding shapes are read off one forward pass of the graph."""
+    """The contract metadata of `graph` (built from `ckpt`) at its configured input size, named
+    `name` version `version`; the map and embedding shapes are read off one forward pass."""
     cfg = ckpt.model_config
     h, w = cfg.input_size
     outputs = graph(torch.zeros(1, h, w, 3, dtype=torch.uint8))
@@ -40,6 +40,7 @@ def model_spec(
         std=tuple(cfg.std),  # type: ignore[arg-type]
         model_version=version,
         checkpoint_sha256=sha256,
+        model_name=name,
     )
 
 
@@ -50,13 +51,28 @@ def with_input_size(ckpt: Checkpoint, input_size: tuple[int, int] | None) -> Che
     return replace(ckpt, model_config=cfg)
 
 
+def check_name(name: str) -> str:
+    """A model name Triton can serve from a folder of that name; ValueError otherwise."""
+    if not contract.MODEL_NAME_PATTERN.fullmatch(name):
+        raise ValueError(
+            f"model name {name!r}: use 1-64 letters, digits, '_', '-' or '.', starting with a "
+            "letter or digit (it names the model's folder in the Triton repository)"
+        )
+    return name
+
+
 def prepare_graph(
-    checkpoint: Path, input_size: tuple[int, int] | None, bins: int, version: str
+    checkpoint: Path,
+    input_size: tuple[int, int] | None,
+    bins: int,
+    version: str,
+    name: str = contract.MODEL_NAME,
 ) -> tuple[DEALGraph, contract.ModelSpec]:
     """The graph to export from `checkpoint` and the contract metadata it will carry."""
     ckpt = with_input_size(load_checkpoint(checkpoint), input_size)
     graph = DEALGraph(ckpt.build_model(), bins).eval()
-    return graph, model_spec(ckpt, graph, bins, file_sha256(checkpoint), version)
+    sha = file_sha256(checkpoint)
+    return graph, model_spec(ckpt, graph, bins, sha, version, check_name(name))
 
 
 def export_onnx(
@@ -66,9 +82,10 @@ def export_onnx(
     max_batch: int = 16,
     bins: int = 8,
     version: str = "1",
+    name: str = contract.MODEL_NAME,
 ) -> contract.ModelSpec:
     """Export `checkpoint` to `out` with contract names, a dynamic batch axis and metadata."""
-    graph, spec = prepare_graph(checkpoint, input_size, bins, version)
+    graph, spec = prepare_graph(checkpoint, input_size, bins, version, name)
     export_graph(graph, spec, out, max_batch)
     return spec
 
@@ -78,7 +95,8 @@ def export_graph(graph: DEALGraph, spec: contract.ModelSpec, out: Path, max_batc
     import onnx
 
     h, w = spec.input_size
-    example = torch.zeros(2, h, w, 3, dtype=torch.uint8)
+    image = torch.zeros(2, h, w, 3, dtype=torch.uint8)
+    box = torch.tensor([[0, 0, h, w]] * 2, dtype=torch.int32)
     batch = torch.export.Dim("batch", min=1, max=max_batch)
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
@@ -86,11 +104,11 @@ def export_graph(graph: DEALGraph, spec: contract.ModelSpec, out: Path, max_batc
         raw = Path(tmp) / "model.onnx"
         torch.onnx.export(
             graph,
-            (example,),
+            (image, box),
             str(raw),
-            input_names=[contract.INPUT_NAME],
+            input_names=[t.name for t in contract.INPUTS],
             output_names=list(contract.OUTPUT_NAMES),
-            dynamic_shapes={"image": {0: batch}},
+            dynamic_shapes={"image": {0: batch}, "valid_box": {0: batch}},
             opset_version=OPSET,
             dynamo=True,
             external_data=False,

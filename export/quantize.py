@@ -36,7 +36,7 @@ from typing import Any
 
 import numpy as np
 
-from dealseg.core.contract import INPUT_NAME, ContractError, ModelSpec
+from dealseg.core.contract import ContractError, ModelSpec, model_inputs
 
 from .onnxfile import save_model
 
@@ -88,15 +88,16 @@ def calibration_images(pool: str | os.PathLike, size: tuple[int, int], count: in
 
 
 class ImageReader:
-    """ONNX Runtime's CalibrationDataReader protocol over uint8 images, one [1, H, W, 3] a time."""
+    """ONNX Runtime's CalibrationDataReader protocol over uint8 images, one [1, H, W, 3] a time
+    (with its valid box, the whole frame, for a contract 2 model)."""
 
-    def __init__(self, images: np.ndarray) -> None:
-        self._images = images
+    def __init__(self, images: np.ndarray, spec: ModelSpec) -> None:
+        self._images, self._spec = images, spec
         self._iter: Iterator[np.ndarray] = iter(images)
 
     def get_next(self) -> dict[str, np.ndarray] | None:
         image = next(self._iter, None)
-        return None if image is None else {INPUT_NAME: image[None]}
+        return None if image is None else model_inputs(self._spec, image[None])
 
     def rewind(self) -> None:
         self._iter = iter(self._images)
@@ -160,7 +161,7 @@ def quantize_model(
             quantize_static(
                 str(model_path),
                 raw,
-                ImageReader(images),  # type: ignore[arg-type]
+                ImageReader(images, spec),  # type: ignore[arg-type]
                 quant_format=QuantFormat.QDQ,
                 op_types_to_quantize=list(QUANTIZED_OPS),
                 nodes_to_exclude=keep,

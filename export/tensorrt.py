@@ -71,17 +71,12 @@ def build_engine(
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_gib * (1 << 30)))
     if fp16:
         config.set_flag(trt.BuilderFlag.FP16)
-    image = network.get_input(0)
-    if image.name != contract.INPUT_NAME:
-        raise RuntimeError(f"{onnx_path}: first input is {image.name!r}, not the contract's image")
-    rest = tuple(image.shape)[1:]
     opt = builder.create_optimization_profile()
-    opt.set_shape(
-        image.name,
-        (profile.min_batch, *rest),
-        (profile.opt_batch, *rest),
-        (profile.max_batch, *rest),
-    )
+    for i in range(network.num_inputs):  # image [B, H, W, 3], valid_box [B, 4]: one batch axis
+        tensor = network.get_input(i)
+        rest = tuple(tensor.shape)[1:]
+        batches = (profile.min_batch, profile.opt_batch, profile.max_batch)
+        opt.set_shape(tensor.name, *((b, *rest) for b in batches))
     config.add_optimization_profile(opt)
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
@@ -91,8 +86,9 @@ def build_engine(
     return plan_path
 
 
-def run_engine(plan_path: Path, images: np.ndarray) -> dict[str, np.ndarray]:
-    """Run a plan on uint8 images [B, H, W, 3] with CUDA buffers from torch; all outputs back."""
+def run_engine(plan_path: Path, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Run a plan on its inputs (`contract.model_inputs`) with CUDA buffers from torch; all
+    outputs back."""
     import torch
 
     if not torch.cuda.is_available():
@@ -101,8 +97,10 @@ def run_engine(plan_path: Path, images: np.ndarray) -> dict[str, np.ndarray]:
     runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
     engine = runtime.deserialize_cuda_engine(plan_path.read_bytes())
     context = engine.create_execution_context()
-    context.set_input_shape(contract.INPUT_NAME, images.shape)
-    buffers = {contract.INPUT_NAME: torch.from_numpy(images).cuda()}
+    buffers = {}
+    for name, array in feeds.items():
+        context.set_input_shape(name, array.shape)
+        buffers[name] = torch.from_numpy(array).cuda()
     for name in contract.OUTPUT_NAMES:
         shape = tuple(context.get_tensor_shape(name))
         dtype = torch.uint8 if contract.SPECS[name].dtype == "uint8" else torch.float32
@@ -121,14 +119,10 @@ def parity_vs_onnxruntime(plan_path: Path, onnx_path: Path, images: np.ndarray) 
     import onnxruntime as ort
 
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-    ref = dict(
-        zip(
-            contract.OUTPUT_NAMES,
-            session.run(list(contract.OUTPUT_NAMES), {contract.INPUT_NAME: images}),
-            strict=True,
-        )
-    )
-    got = run_engine(plan_path, images)
+    feeds = contract.model_inputs(contract.session_spec(session), images)
+    names = list(contract.OUTPUT_NAMES)
+    ref = dict(zip(names, session.run(names, feeds), strict=True))
+    got = run_engine(plan_path, feeds)
     result = {
         name: float(np.abs(got[name].astype(np.float64) - ref[name]).max())
         for name in ("ds", "de", "entropy", "class_fraction")

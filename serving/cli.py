@@ -14,7 +14,7 @@ from pathlib import Path
 
 import click
 
-from dealseg.core.contract import MODEL_NAME
+from dealseg import shipped_repository
 from dealseg.serving.server import (
     Cleanup,
     ServerError,
@@ -31,18 +31,10 @@ from dealseg.serving.server import (
 DEFAULT_DOCKER_IMAGE = "nvcr.io/nvidia/tritonserver:24.10-py3"
 
 
-def checkout_repository() -> Path | None:
-    """The committed `model_repository/` when running from a source checkout, else None."""
-    root = Path(__file__).resolve().parents[1]
-    repo = root / "model_repository"
-    return repo if (root / "pyproject.toml").is_file() and repo.is_dir() else None
-
-
 def docker_command(repo: Path, image: str = DEFAULT_DOCKER_IMAGE) -> str:
     """`docker run` line serving `repo` with the NGC Triton container on a GPU host."""
     serve = "tritonserver --model-repository=/models"
-    config = repo / MODEL_NAME / "config.pbtxt"
-    if config.is_file() and 'backend: "python"' in config.read_text():
+    if any('backend: "python"' in c.read_text() for c in repo.glob("*/config.pbtxt")):
         # The Python-backend model needs ONNX Runtime inside the container.
         serve = f"bash -c 'pip install -q onnxruntime-gpu && {serve}'"
     return (
@@ -112,10 +104,10 @@ def main() -> None:
 @click.option(
     "--model-repository",
     type=click.Path(file_okay=False, path_type=Path),
-    default=checkout_repository,
+    default=shipped_repository,
     envvar="DEAL_MODEL_REPOSITORY",
-    show_default="model_repository/ of the source checkout",
-    help="Triton model repository holding the model 'deal' (see `deal-export repository`).",
+    show_default="the one shipped with dealseg (the model deal, version 1)",
+    help="Triton model repository: its models and their versions (`deal-export repository`).",
 )
 @click.option(
     "--host",
@@ -199,7 +191,7 @@ def start(
     """Start tritonserver on a model repository; foreground until Ctrl-C unless --background."""
     if model_repository is None:
         raise click.BadParameter(
-            "required outside a source checkout; pass the repository written by "
+            "this dealseg installation ships no repository; pass the one written by "
             "`deal-export repository`",
             param_hint="--model-repository",
         )

@@ -1,4 +1,10 @@
-"""Triton model repository for the exported DEAL graph: `<repo>/deal/config.pbtxt` and `1/`.
+"""Triton model repository for the exported DEAL graph: `<repo>/<name>/config.pbtxt`, `<N>/`.
+
+A model's name and version are those in its ONNX metadata (`deal-export onnx --name --version`),
+so the embedded engine and Triton report one model id. A new version is written beside the
+versions already there, which share its config.pbtxt: their tensors must be the same, their
+contract metadata is kept per version (`dealseg.v<N>.*` parameters), and `version_policy` says
+which versions Triton serves. An existing version is replaced only when asked (`force`).
 
 Three targets share one config skeleton (batching, instances, contract tensors, contract metadata):
 
@@ -16,7 +22,7 @@ text is always valid Triton syntax.
 from __future__ import annotations
 
 import shutil
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,18 +30,19 @@ from google.protobuf import json_format, text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
 from dealseg.core.contract import (
-    INPUT,
-    MODEL_NAME,
     OUTPUTS,
     SCORE_OUTPUTS,
     ContractError,
     ModelSpec,
     session_spec,
+    version_metadata,
+    version_parameters,
 )
+from dealseg.core.files import atomic_write
 
 TARGETS: tuple[str, ...] = ("python-cpu", "onnxruntime", "tensorrt")
 BACKEND_MODEL_PY = Path(__file__).parent / "backend" / "model.py"
-VERSION = "1"
+DEFAULT_VERSION_POLICY = "all"
 
 # Config parameters read by backend/model.py (the names the onnxruntime backend uses, too).
 PARAM_INTRA_OP = "intra_op_thread_count"
@@ -75,8 +82,10 @@ def build_config(
     inter_op_threads: int = 0,
     trt_accelerator: bool = False,
     trt_precision: str = "FP16",
+    version_policy: str = DEFAULT_VERSION_POLICY,
 ) -> mc.ModelConfig:
-    """The Triton `ModelConfig` of the `deal` model for `target` (see module doc)."""
+    """The Triton `ModelConfig` of the model `spec` describes, for `target` (see module doc);
+    its parameters hold `spec`'s metadata as its version's."""
     if target not in TARGETS:
         raise ValueError(f"unknown target {target!r}; choose one of {', '.join(TARGETS)}")
     if max_batch_size < 1:
@@ -90,7 +99,8 @@ def build_config(
     if kind not in _KINDS:
         raise ValueError(f"unknown instance kind {kind!r}; choose one of {', '.join(_KINDS)}")
 
-    config = mc.ModelConfig(name=MODEL_NAME, max_batch_size=max_batch_size)
+    config = mc.ModelConfig(name=spec.model_name, max_batch_size=max_batch_size)
+    config.version_policy.CopyFrom(parse_version_policy(version_policy))
     if target == "python-cpu":
         config.backend = "python"
     elif target == "onnxruntime":
@@ -98,8 +108,10 @@ def build_config(
     else:
         config.platform = "tensorrt_plan"
 
-    image_dims = spec.shape(INPUT.name)  # [H, W, 3]
-    config.input.add(name=INPUT.name, data_type=_data_type(INPUT.dtype), dims=image_dims)
+    for tensor in spec.inputs:  # image [H, W, 3], valid_box [4]
+        config.input.add(
+            name=tensor.name, data_type=_data_type(tensor.dtype), dims=spec.shape(tensor.name)
+        )
     for tensor in OUTPUTS:
         output = config.output.add(name=tensor.name, data_type=_data_type(tensor.dtype))
         dims = spec.shape(tensor.name)
@@ -120,7 +132,7 @@ def build_config(
         accelerator.parameters["precision_mode"] = trt_precision
         accelerator.parameters["max_workspace_size_bytes"] = str(1 << 30)
 
-    parameters = dict(spec.to_metadata())
+    parameters = version_parameters(spec, served_version(spec))
     if target in ("python-cpu", "onnxruntime"):
         parameters[PARAM_INTRA_OP] = str(intra_op_threads)
         parameters[PARAM_INTER_OP] = str(inter_op_threads)
@@ -131,61 +143,154 @@ def build_config(
     return config
 
 
+def parse_version_policy(text: str) -> mc.ModelVersionPolicy:
+    """`all`, `latest:N` (the N highest versions) or `specific:1,3` as Triton's policy."""
+    kind, _, arg = text.strip().partition(":")
+    policy = mc.ModelVersionPolicy()
+    try:
+        if kind == "all" and not arg:
+            policy.all.SetInParent()
+        elif kind == "latest" and int(arg) >= 1:
+            policy.latest.num_versions = int(arg)
+        elif kind == "specific" and all(int(v) >= 1 for v in arg.split(",")):
+            policy.specific.versions.extend(int(v) for v in arg.split(","))
+        else:
+            raise ValueError(text)
+    except ValueError:
+        raise ValueError(
+            f"version policy {text!r}: use all, latest:N or specific:N[,M...]"
+        ) from None
+    return policy
+
+
+def served_version(spec: ModelSpec) -> str:
+    """The Triton version folder of a model: its metadata's version, a positive integer."""
+    if not spec.model_version.isdigit() or int(spec.model_version) < 1:
+        raise ValueError(
+            f"model version {spec.model_version!r} is not a Triton version (1, 2, ...); export "
+            "the model with `deal-export onnx --version N`"
+        )
+    return str(int(spec.model_version))
+
+
 def write_repository(
     model_path: Path,
     repo: Path,
     target: str = "python-cpu",
     *,
     plan: Path | None = None,
+    force: bool = False,
     **options: Any,
 ) -> Path:
-    """Write the Triton model `deal` for `target` into `repo`; return `repo/deal`.
+    """Write the model of `model_path` as `repo/<name>/<version>/` for `target`, beside the
+    versions already there; return `repo/<name>`.
 
     model_path: the exported ONNX file (`deal-export onnx`); its metadata is checked against the
-        contract and copied into the config's `parameters`.
-    repo: the model repository root (created if needed); other models in it are left alone.
+        contract, names the model and its version, and goes into the config's `parameters`.
+    repo: the model repository root (created if needed); other models and versions in it are
+        left alone, and their config.pbtxt keeps their metadata.
     target: `python-cpu`, `onnxruntime` or `tensorrt` (see the module doc).
+    force: replace the version's folder if it exists (else a FileExistsError).
     options: `build_config`'s keywords: max_batch_size, preferred_batch_sizes and
         max_queue_delay_us (the dynamic batcher); instances, instance_kind (the instance group);
-        intra_op_threads, inter_op_threads (ONNX Runtime); trt_accelerator, trt_precision.
-    plan: tensorrt target only, a serialized engine copied to `1/model.plan`. Without it the ONNX
-        file is copied to `1/model.onnx` and the plan must be built there on the GPU host
-        (`trtexec_command`).
+        intra_op_threads, inter_op_threads (ONNX Runtime); trt_accelerator, trt_precision;
+        version_policy.
+    plan: tensorrt target only, a serialized engine copied to `<version>/model.plan`. Without it
+        the ONNX file is copied to `<version>/model.onnx` and the plan must be built there on
+        the GPU host (`trtexec_command`).
     """
     model_path, repo = Path(model_path), Path(repo)
     if plan is not None and target != "tensorrt":
         raise ValueError("plan applies to the tensorrt target only")
     spec = read_onnx_spec(model_path)
+    version = served_version(spec)
     config = build_config(spec, target, **options)
-    model_dir = repo / MODEL_NAME
-    version_dir = model_dir / VERSION
-    version_dir.mkdir(parents=True, exist_ok=True)
-    for stale in ("model.py", "model.plan"):  # artefacts of another target
-        (version_dir / stale).unlink(missing_ok=True)
-    _copy(model_path, version_dir / "model.onnx")
+    model_dir = repo / spec.model_name
+    version_dir = model_dir / version
+    if version_dir.exists() and not force:
+        raise FileExistsError(
+            f"{version_dir} exists ({spec.model_name} version {version}); export the model "
+            "with another --version, or pass --force to replace it"
+        )
+    _add_other_versions(config, model_dir, version)
+    staging = model_dir / f".staging-{version}"  # not a number: Triton never loads it
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    shutil.copyfile(model_path, staging / "model.onnx")
     if target == "python-cpu":
-        _copy(BACKEND_MODEL_PY, version_dir / "model.py")
+        shutil.copyfile(BACKEND_MODEL_PY, staging / "model.py")
     if plan is not None:
-        _copy(Path(plan), version_dir / "model.plan")
+        shutil.copyfile(plan, staging / "model.plan")
+    _replace_dir(staging, version_dir)
     header = (
-        f"# Triton config of the DEAL model, target {target}, written by dealseg's\n"
-        "# write_repository (`deal-export repository`). Tensors follow dealseg.core.contract;\n"
-        "# the dealseg.* parameters are the exported model's contract metadata.\n"
+        f"# Triton config of the DEAL model {spec.model_name}, target {target}, written by\n"
+        "# dealseg's write_repository (`deal-export repository`). Tensors follow\n"
+        "# dealseg.core.contract; the dealseg.v<N>.* parameters are version N's metadata.\n"
     )
-    (model_dir / "config.pbtxt").write_text(header + config_text(config))
+    atomic_write(model_dir / "config.pbtxt", (header + config_text(config)).encode())
     return model_dir
 
 
+def versions_of(model_dir: Path) -> list[str]:
+    """The version folders of a model, in number order."""
+    found = [p.name for p in Path(model_dir).iterdir() if p.is_dir() and p.name.isdigit()]
+    return sorted(found, key=int)
+
+
+def _add_other_versions(config: mc.ModelConfig, model_dir: Path, version: str) -> None:
+    """Keep the metadata of the versions beside `version` in `config`; refuse when they take
+    other tensors or another backend than `config` (they would share it)."""
+    if not (model_dir / "config.pbtxt").is_file():
+        return
+    old = parse_config(model_dir / "config.pbtxt")
+    new = json_format.MessageToDict(config, preserving_proto_field_name=True)
+    changed = [k for k in ("backend", "platform", "input", "output") if old.get(k) != new.get(k)]
+    others = [v for v in versions_of(model_dir) if v != version]
+    if changed and others:
+        raise ValueError(
+            f"{model_dir} holds versions {', '.join(others)} with another {', '.join(changed)} "
+            f"than version {version} (a model's versions share config.pbtxt: the same input "
+            "size, classes and target); export it under another --name"
+        )
+    params = config_metadata(old)
+    for other in others:
+        meta = version_metadata(params, other) or _onnx_metadata(model_dir / other)
+        for key, value in version_parameters(ModelSpec.from_metadata(meta), other).items():
+            config.parameters[key].string_value = value
+
+
+def _onnx_metadata(version_dir: Path) -> Mapping[str, str]:
+    """The contract metadata of a version folder's model.onnx (a config without it)."""
+    if not (version_dir / "model.onnx").is_file():
+        raise ContractError(f"{version_dir}: no model.onnx and no metadata in config.pbtxt")
+    return read_onnx_spec(version_dir / "model.onnx").to_metadata()
+
+
+def _replace_dir(staging: Path, target: Path) -> None:
+    """Move the staged folder into place; the old one (if any) is removed after the swap."""
+    old = target.with_name(f".replaced-{target.name}")
+    shutil.rmtree(old, ignore_errors=True)
+    if target.exists():
+        target.rename(old)
+    staging.rename(target)
+    shutil.rmtree(old, ignore_errors=True)
+
+
 def trtexec_command(spec: ModelSpec, model_dir: Path, max_batch_size: int = 16) -> str:
-    """The `trtexec` command that builds `1/model.plan` from `1/model.onnx` on a GPU host."""
-    h, w = spec.input_size
+    """The `trtexec` command that builds `<version>/model.plan` from `<version>/model.onnx` on a
+    GPU host."""
     opt = max(1, max_batch_size // 2)
-    version_dir = Path(model_dir) / VERSION
-    shape = f"{INPUT.name}:{{}}x{h}x{w}x3"
+    version_dir = Path(model_dir) / served_version(spec)
+
+    def shapes(batch: int) -> str:
+        return ",".join(
+            f"{t.name}:{'x'.join(map(str, (batch, *spec.shape(t.name))))}" for t in spec.inputs
+        )
+
     return (
         f"trtexec --onnx={version_dir / 'model.onnx'} --saveEngine={version_dir / 'model.plan'}"
-        f" --minShapes={shape.format(1)} --optShapes={shape.format(opt)}"
-        f" --maxShapes={shape.format(max_batch_size)} --fp16"
+        f" --minShapes={shapes(1)} --optShapes={shapes(opt)}"
+        f" --maxShapes={shapes(max_batch_size)} --fp16"
     )
 
 
@@ -212,8 +317,8 @@ def config_metadata(config: dict[str, Any]) -> dict[str, str]:
     return {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
 
 
-_CONFIG_DTYPES = {"TYPE_UINT8": "uint8", "TYPE_FP32": "float32"}
-_ORT_DTYPES = {"tensor(uint8)": "uint8", "tensor(float)": "float32"}
+_CONFIG_DTYPES = {"TYPE_UINT8": "uint8", "TYPE_INT32": "int32", "TYPE_FP32": "float32"}
+_ORT_DTYPES = {"tensor(uint8)": "uint8", "tensor(int32)": "int32", "tensor(float)": "float32"}
 
 
 def model_file_problems(model_dir: Path) -> list[str]:
@@ -266,10 +371,4 @@ def _tensor_problems(onnx_file: Path, name: str, declared: tuple, actual: tuple 
 
 
 def _data_type(dtype: str) -> int:
-    return {"uint8": mc.TYPE_UINT8, "float32": mc.TYPE_FP32}[dtype]
-
-
-def _copy(src: Path, dst: Path) -> None:
-    if dst.exists() and dst.resolve() == src.resolve():
-        return  # rewriting the config of a repository in place
-    shutil.copyfile(src, dst)
+    return {"uint8": mc.TYPE_UINT8, "int32": mc.TYPE_INT32, "float32": mc.TYPE_FP32}[dtype]

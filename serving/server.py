@@ -33,7 +33,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dealseg.core.contract import MODEL_NAME
 from dealseg.core.files import atomic_write_json
 
 SHM_DIR = Path("/dev/shm")
@@ -288,28 +287,27 @@ class TritonServer:
         raise AssertionError("unreachable")
 
     def _check_repository(self) -> None:
-        """The repository holds the model, and its model files take what its config declares
-        (else Triton would start "ready" and fail every request)."""
+        """The repository holds models, and the model files of each take what its config
+        declares (else Triton would start "ready" and fail every request)."""
         from .repository import model_file_problems
 
-        model_dir = self.model_repository / MODEL_NAME
-        if not (model_dir / "config.pbtxt").is_file():
-            found = sorted(p.parent.name for p in self.model_repository.glob("*/config.pbtxt"))
+        model_dirs = sorted(p.parent for p in self.model_repository.glob("*/config.pbtxt"))
+        if not model_dirs:
             raise ServerError(
-                f"{self.model_repository} has no model '{MODEL_NAME}' (no "
-                f"{MODEL_NAME}/config.pbtxt; models there: {', '.join(found) or 'none'}); write "
-                f"it with `deal-export repository --repo {self.model_repository}`"
+                f"{self.model_repository} holds no model (no <name>/config.pbtxt); write one "
+                f"with `deal-export repository --repo {self.model_repository}`"
             )
-        try:
-            problems = model_file_problems(model_dir)
-        except ValueError as exc:  # an unparsable config.pbtxt
-            raise ServerError(str(exc)) from None
-        if problems:
-            raise ServerError(
-                f"the model files of {model_dir} do not match its config.pbtxt: "
-                + "; ".join(problems)
-                + "; write both with `deal-export repository`"
-            )
+        for model_dir in model_dirs:
+            try:
+                problems = model_file_problems(model_dir)
+            except ValueError as exc:  # an unparsable config.pbtxt
+                raise ServerError(str(exc)) from None
+            if problems:
+                raise ServerError(
+                    f"the model files of {model_dir} do not match its config.pbtxt: "
+                    + "; ".join(problems)
+                    + "; write both with `deal-export repository`"
+                )
 
     def _pick_ports(self) -> tuple[int, int, int]:
         """The given ports (checked free) with zeros replaced by free ports."""
@@ -465,17 +463,19 @@ def server_status(state: ServerState) -> dict[str, Any]:
     """Whether the recorded server lives and is ready, each model's state, and its addresses."""
     alive = server_alive(state)
     ready = alive and _is_ready(state)
-    models: dict[str, str] = {}
+    models: dict[str, str] = {}  # "name/version" -> state
     if alive:
         code, index = _http(state, "POST", "/v2/repository/index", 2.0)
         if code == 200 and isinstance(index, list):
-            models = {m["name"]: m.get("state", "UNKNOWN") for m in index}
+            models = {
+                f"{m['name']}/{m.get('version', '')}": m.get("state", "UNKNOWN") for m in index
+            }
     return {
         "pid": state.pid,
         "alive": alive,
         "ready": ready,
         "models": models,
-        "model_ready": models.get(MODEL_NAME) == "READY",
+        "model_ready": "READY" in models.values(),  # a model version is served
         "http": state.url_http,
         "grpc": state.url_grpc,
         "metrics": state.url_metrics,

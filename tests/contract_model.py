@@ -8,7 +8,8 @@
     embedding         the mean colour + 1, L2-normalised
 
 so that on images with uniform bands of colour the error rates, rankings and metrics of
-`deal-client eval` are exact. Built with `onnx.helper`; its metadata is `ModelSpec.to_metadata()`.
+`deal-client eval` are exact. Its `valid_box` input is taken and ignored (no letterboxing
+here). Built with `onnx.helper`; its metadata is `ModelSpec.to_metadata()`.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dealseg.core.contract import INPUT_NAME, ModelSpec
+from dealseg.core.contract import INPUT_NAME, VALID_BOX_NAME, ModelSpec
 from dealseg.training.camvid import CAMVID_CLASSES
 
 CLASSES = tuple(CAMVID_CLASSES)  # value 11 in a mask is void
@@ -38,7 +39,7 @@ def contract_spec(size: tuple[int, int] = SIZE) -> ModelSpec:
         bins=10,
         mean=(0.0, 0.0, 0.0),
         std=(1.0, 1.0, 1.0),
-        model_version="contract-test",
+        model_version="7",  # a Triton version folder
         checkpoint_sha256="c0" * 32,
     )
 
@@ -119,7 +120,8 @@ def write_contract_model(path: Path, size: tuple[int, int] = SIZE) -> Path:
         helper.make_tensor_value_info("segmentation", TensorProto.UINT8, ["B", *grid]),
     ]
     image = helper.make_tensor_value_info(INPUT_NAME, TensorProto.UINT8, ["B", *size, 3])
-    graph = helper.make_graph(_nodes(size), "contract_model", [image], outputs)
+    box = helper.make_tensor_value_info(VALID_BOX_NAME, TensorProto.INT32, ["B", 4])  # unused
+    graph = helper.make_graph(_nodes(size), "contract_model", [image, box], outputs)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
     model.ir_version = 8
     helper.set_model_props(model, spec.to_metadata())

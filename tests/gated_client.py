@@ -15,27 +15,26 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-
 import dealseg.client.run as run
 from dealseg.client.cli import main
+from dealseg.core.decode import Frame
 
 
 def gated(gate: str, release: Path):  # -> the decode function with the gate
-    decode = run.decode_image
+    decode = run.decode_frame
 
-    def decode_image(path: str, size: tuple[int, int], max_pixels: int) -> np.ndarray:
+    def decode_frame(path: str, size: tuple[int, int], max_pixels: int, resize: str) -> Frame:
         if os.path.basename(path) == gate:
             while not release.exists():
                 time.sleep(0.01)  # waiting for a condition, not for time to pass
-        return decode(path, size, max_pixels)
+        return decode(path, size, max_pixels, resize)
 
-    return decode_image
+    return decode_frame
 
 
 if __name__ == "__main__":
     # Ctrl-C raises KeyboardInterrupt even when the test runner was started with SIGINT ignored
     # (as background jobs of a shell are), which this process would otherwise inherit.
     signal.signal(signal.SIGINT, signal.default_int_handler)
-    run.decode_image = gated(sys.argv[1], Path(sys.argv[2]))
+    run.decode_frame = gated(sys.argv[1], Path(sys.argv[2]))
     main(sys.argv[3:])

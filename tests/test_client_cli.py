@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -15,7 +16,7 @@ import pytest
 from click.testing import CliRunner, Result
 from PIL import Image
 
-from dealseg.client.cli import DEFAULT_MAX_PIXELS, STRATEGY_NAMES, main
+from dealseg.client.cli import DEFAULT_MAX_PIXELS, RESIZE_MODES, STRATEGY_NAMES, main
 from dealseg.client.maps import map_name
 from dealseg.core.contract import TOL_DS, ModelSpec
 
@@ -108,8 +109,8 @@ def test_score_writes_one_record_per_image_and_a_selection(pool: Path, reference
     spec = spec_of_out(reference)
     for r in recs:
         assert r["status"] == "ok" and r["error"] is None and r["model"] == spec.model_id
-        assert len(r["class_fraction"]) == spec.num_classes
-        assert abs(sum(r["class_fraction"]) - 1) < 1e-3
+        assert list(r["class_fraction"]) == list(spec.class_names)  # keyed by class name
+        assert abs(sum(r["class_fraction"].values()) - 1) < 1e-3
     rows = sorted(r["row"] for r in recs)
     assert rows == list(range(n))
     emb = embeddings(reference)
@@ -332,6 +333,25 @@ def test_an_out_dir_of_another_model_is_refused(
     result = deal_client("score", pool, "-k", K, "--model", tiny_onnx, "--out", out)
     assert result.exit_code == 1
     assert "holds scores of model deal:0:other" in result.stderr
+
+
+def test_an_out_dir_of_format_1_is_read_but_not_resumed(
+    reference: Path, pool: Path, tiny_onnx: Path, tmp_path: Path
+) -> None:
+    """Out dirs written before class_fraction was keyed by name: select reads them, score does
+    not append name-keyed records to them."""
+    old = Path(shutil.copytree(reference, tmp_path / "old"))
+    meta = json.loads((old / "meta.json").read_text())
+    (old / "meta.json").write_text(json.dumps({**meta, "format": 1}))
+    lines = [json.loads(line) for line in (old / "scores.jsonl").read_text().splitlines()]
+    for r in lines:
+        r["class_fraction"] = list(r["class_fraction"].values())
+    (old / "scores.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+    selected = deal_client("select", old, "-k", K, "--out", tmp_path / "sel")
+    assert selected.exit_code == 0, selected.stderr
+    assert_same_selection(selection(tmp_path / "sel"), selection(reference))
+    result = deal_client("score", pool, "-k", K, "--model", tiny_onnx, "--out", old)
+    assert result.exit_code == 1 and "written by an older deal-client (format 1" in result.stderr
 
 
 def test_one_writer_per_out_dir(reference: Path, pool: Path, tiny_onnx: Path) -> None:
@@ -579,7 +599,8 @@ def test_client_imports_without_torch_or_heavy_modules_for_help() -> None:
 
 def test_cli_constants_match_the_library() -> None:
     from dealseg.core.decode import DEFAULT_MAX_PIXELS as decode_max
+    from dealseg.core.decode import RESIZE_MODES as decode_modes
     from dealseg.core.ranking import MEANINGS, STRATEGIES
 
     assert sorted(STRATEGY_NAMES) == sorted(STRATEGIES) == sorted(MEANINGS)
-    assert decode_max == DEFAULT_MAX_PIXELS
+    assert decode_max == DEFAULT_MAX_PIXELS and decode_modes == RESIZE_MODES

@@ -84,7 +84,10 @@ def test_triton_metadata_reads_b1_scalars_as_b(tiny_onnx: Path) -> None:
     spec = EmbeddedEngine(tiny_onnx).spec
     h, w = spec.input_size
     meta = {
-        "inputs": [{"name": "image", "datatype": "UINT8", "shape": ["-1", str(h), str(w), "3"]}],
+        "inputs": [
+            {"name": "image", "datatype": "UINT8", "shape": ["-1", str(h), str(w), "3"]},
+            {"name": "valid_box", "datatype": "INT32", "shape": ["-1", "4"]},
+        ],
         "outputs": [
             {"name": n, "datatype": "FP32", "shape": [-1, 1]} for n in ("ds", "de", "entropy")
         ]

@@ -232,7 +232,7 @@ def test_eval_gives_the_hand_computed_metrics(embedded, evalset) -> None:
     assert_expected(metrics(out), paths)
     doc = summary(out)
     assert doc["counts"] == {"images": N, "evaluated": N, "failed": 0}
-    assert doc["ignored_values"] == [11, 255] and doc["model"].startswith("deal:contract-test:")
+    assert doc["ignored_values"] == [11, 255] and doc["model"].startswith("deal:7:")
     spearmans = [s["spearman_error"] for s in doc["strategies"]]
     assert spearmans == sorted(spearmans, reverse=True)
     names = [s["strategy"] for s in doc["strategies"]]

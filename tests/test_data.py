@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -15,6 +16,7 @@ from PIL import Image
 
 from dealseg.training.data import (
     CAMVID_CLASSES,
+    CAMVID_TABLE,
     CITYSCAPES_CLASSES,
     CITYSCAPES_ID_TO_TRAINID,
     CITYSCAPES_PALETTE,
@@ -25,6 +27,7 @@ from dealseg.training.data import (
     detect_layout,
     list_camvid,
     list_cityscapes,
+    list_plain,
     validate,
 )
 from dealseg.training.synth import write_streets
@@ -77,7 +80,7 @@ def test_camvid_loader_reads_synth_output(streets):
     assert len(samples) == 7
     assert all(s.image.name == s.label.name for s in samples)
     assert all(s.label.parent.name == "trainannot" for s in samples)
-    validate(samples, len(CAMVID_CLASSES))
+    validate(samples, CAMVID_TABLE)
     ds = SegmentationDataset(streets, "train")
     assert (ds.layout, ds.num_classes, ds.class_names) == ("camvid", 11, CAMVID_CLASSES)
     image, label = ds[0]
@@ -159,6 +162,124 @@ def test_detect_layout_names_the_path_when_neither(tmp_path):
     assert str(tmp_path) in str(err.value)
 
 
+# ---------------------------------------------------------------- plain layout, class files
+
+ROADS = {
+    "classes": [
+        {"name": "road", "value": 10, "color": [128, 64, 128]},
+        {"name": "lane", "value": 20},
+        {"name": "car", "value": 30, "color": [0, 0, 142]},
+        {"name": "person", "value": 40},
+    ],
+    "ignore": [0, 255],
+}
+
+
+def _plain_tree(root: Path, n: int = 6, splits: dict[str, list[int]] | None = None) -> Path:
+    """images/f<i>.jpg + masks/f<i>.png holding the four ROADS values and ignored 0."""
+    for i in range(n):
+        _save(root / "images" / f"f{i}.jpg", _rgb(8, 10, i))
+        mask = np.array([0, 10, 20, 30, 40], np.uint8)[(np.arange(80) + i) % 5].reshape(8, 10)
+        _save(root / "masks" / f"f{i}.png", mask)
+    (root / "classes.json").write_text(json.dumps(ROADS))
+    for split, ids in (splits or {}).items():
+        (root / f"{split}.txt").write_text("".join(f"f{i}\n" for i in ids))
+    return root
+
+
+def test_plain_layout_reads_its_class_file(tmp_path):
+    root = _plain_tree(tmp_path, splits={"train": [0, 2, 3], "val": [1], "test": [4, 5]})
+    assert detect_layout(root) == "plain"
+    ds = SegmentationDataset(root, "train")
+    assert ds.class_names == ("road", "lane", "car", "person") and ds.num_classes == 4
+    assert ds.palette[0] == (128, 64, 128) and ds.palette[2] == (0, 0, 142)
+    assert [s.image.name for s in ds.samples] == ["f0.jpg", "f2.jpg", "f3.jpg"]
+    raw = np.asarray(Image.open(ds.samples[0].label)).astype(np.int64)
+    _, label = ds[0]
+    lut = {0: IGNORE_INDEX, 10: 0, 20: 1, 30: 2, 40: 3}
+    np.testing.assert_array_equal(label.numpy(), np.vectorize(lut.get)(raw))
+    ds.validate()
+
+
+def test_a_yaml_class_file_reads_as_the_json_one(tmp_path):
+    yaml = pytest.importorskip("yaml")
+    root = _plain_tree(tmp_path / "json", splits={"train": [0, 1]})
+    copy = Path(shutil.copytree(root, tmp_path / "yaml"))
+    (copy / "classes.json").unlink()
+    (copy / "classes.yaml").write_text(yaml.safe_dump(ROADS))
+    a, b = SegmentationDataset(root, "train"), SegmentationDataset(copy, "train")
+    assert (a.class_names, a.palette) == (b.class_names, b.palette)
+    assert torch.equal(a[1][1], b[1][1])
+
+
+def test_without_split_files_a_hash_of_the_stem_splits_the_images(tmp_path):
+    root = _plain_tree(tmp_path, n=40)
+    splits = {s: [x.image.stem for x in list_plain(root, s)] for s in ("train", "val", "test")}
+    stems = [stem for names in splits.values() for stem in names]
+    assert sorted(stems) == sorted(f"f{i}" for i in range(40))  # each image in one split
+    assert len(splits["train"]) > len(splits["val"]) > 0 and len(splits["test"]) > 0
+    assert splits == {s: [x.image.stem for x in list_plain(root, s)] for s in splits}
+
+
+def test_a_class_file_holds_2_to_255_classes(tmp_path):
+    from dealseg.training.classes import read_class_file
+
+    for count, ok in ((1, False), (2, True), (255, True)):
+        doc = {"classes": [f"c{i}" for i in range(count)], "ignore": []}
+        (tmp_path / "classes.json").write_text(json.dumps(doc))
+        if ok:
+            assert read_class_file(tmp_path / "classes.json").num_classes == count
+            continue
+        with pytest.raises(DataError, match="1 classes; dealseg trains 2 to 255"):
+            read_class_file(tmp_path / "classes.json")
+
+
+@pytest.mark.parametrize(
+    ("doc", "words"),
+    [
+        ({"classes": ["a", "a"]}, "class names must be unique; repeated: ['a']"),
+        ({"classes": ["a", {"name": "b", "value": 255}]}, "values [255] are both a class value"),
+        ({"classes": ["a", {"name": "b", "color": [1, 2]}]}, "class 'b' color must be [r, g, b]"),
+        ({"classes": ["a", {"name": "b", "value": 300}]}, "value must be an integer in 0..255"),
+        ({"names": ["a", "b"]}, "expected an object with a 'classes' list"),
+    ],
+)
+def test_a_bad_class_file_is_one_error_naming_it(tmp_path, doc, words):
+    root = _plain_tree(tmp_path, splits={"train": [0]})
+    (root / "classes.json").write_text(json.dumps(doc))
+    with pytest.raises(DataError) as err:
+        SegmentationDataset(root, "train")
+    assert str(root / "classes.json") in str(err.value) and words in str(err.value)
+
+
+def test_plain_layout_needs_a_class_file(tmp_path):
+    root = _plain_tree(tmp_path, splits={"train": [0]})
+    (root / "classes.json").unlink()
+    with pytest.raises(DataError, match="has no class file: the plain layout needs one"):
+        SegmentationDataset(root, "train")
+
+
+def test_plain_layout_bad_data_names_the_file(tmp_path):
+    root = _plain_tree(tmp_path, splits={"train": [0, 1, 2], "val": [], "test": [3]})
+    _save(root / "masks" / "f1.png", np.full((8, 10), 7, np.uint8))  # 7: no class
+    _save(root / "masks" / "f2.png", np.zeros((4, 10), np.uint8))  # another size
+    with pytest.raises(DataError) as err:
+        SegmentationDataset(root, "train").validate()
+    text = str(err.value)
+    assert "2 bad sample" in text and str(root / "masks" / "f1.png") in text
+    assert "values [7] that are not classes (expected class values 10, 20, 30, 40" in text
+    assert str(root / "masks" / "f2.png") in text and "size mismatch" in text
+    with pytest.raises(DataError, match="split 'val' is empty"):
+        list_plain(root, "val")
+    (root / "masks" / "f3.png").unlink()
+    with pytest.raises(DataError, match="image without mask") as err:
+        list_plain(root, "test")
+    assert str(root / "images" / "f3.jpg") in str(err.value)
+    (root / "test.txt").write_text("f0\nnope\n")
+    with pytest.raises(DataError, match=r"test.txt:2: no image with stem 'nope'"):
+        list_plain(root, "test")
+
+
 # ---------------------------------------------------------------- bad data
 
 
@@ -224,7 +345,7 @@ def test_validate_reports_every_bad_file(tmp_path):
     first = _size_mismatch(root)
     second = _save(root / "trainannot/im2.png", np.full((8, 10), 99, np.uint8))
     with pytest.raises(DataError, match="2 bad sample") as err:
-        validate(list_camvid(root, "train"), 11)
+        validate(list_camvid(root, "train"), CAMVID_TABLE)
     assert str(first) in str(err.value) and str(second) in str(err.value)
 
 

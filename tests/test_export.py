@@ -32,7 +32,7 @@ def check_against_contract(path: Path) -> contract.ModelSpec:
         out = dict(
             zip(
                 contract.OUTPUT_NAMES,
-                session.run(list(contract.OUTPUT_NAMES), {contract.INPUT_NAME: x}),
+                session.run(list(contract.OUTPUT_NAMES), contract.model_inputs(spec, x)),
                 strict=True,
             )
         )

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from dealseg.training.losses import deal_loss, difficulty_loss, error_mask
 from dealseg.training.scores import (
+    box_weights,
     class_fraction,
     difficulty_entropy,
     difficulty_histogram,
@@ -102,3 +103,40 @@ def test_class_fraction_and_embedding() -> None:
     assert frac.tolist() == [[0.25, 0.25, 0.5]]
     emb = pooled_embedding(torch.randn(3, 8, 4, 5))
     assert torch.allclose(emb.norm(dim=1), torch.ones(3), atol=1e-6)
+
+
+def test_box_weights_are_each_cells_share_of_picture() -> None:
+    box = torch.tensor([[2, 0, 10, 7]])  # rows 2..9, columns 0..6 of a 12 x 8 frame
+    cells = box_weights(box, (12, 8), (3, 2))  # 4 x 4 pixel cells
+    expected = torch.tensor([0.5, 1.0, 0.5])[:, None] * torch.tensor([1.0, 0.75])[None, :]
+    torch.testing.assert_close(cells[0], expected)
+    pixels = box_weights(box, (12, 8), (12, 8))
+    assert set(pixels.unique().tolist()) == {0.0, 1.0} and pixels.sum() == 8 * 7
+    assert pixels[0, 2:10, :7].all() and not pixels[0, :2].any()
+    ragged = box_weights(torch.tensor([[0, 0, 10, 7]]), (10, 7), (3, 2))  # last cells clipped
+    assert torch.equal(ragged, torch.ones(1, 3, 2))
+
+
+def test_scores_weighted_by_a_whole_frame_equal_the_plain_scores() -> None:
+    g = torch.Generator().manual_seed(0)
+    difficulty = torch.rand(2, 12, 16, generator=g)
+    logits = torch.randn(2, 5, 6, 8, generator=g)
+    features = torch.randn(2, 7, 6, 8, generator=g)
+    pixels, cells = torch.ones(2, 12, 16), torch.ones(2, 6, 8)
+    pairs = [
+        (difficulty_score(difficulty, pixels), difficulty_score(difficulty)),
+        (difficulty_entropy(difficulty, 8, pixels), difficulty_entropy(difficulty, 8)),
+        (softmax_entropy(logits, cells), softmax_entropy(logits)),
+        (class_fraction(logits, cells), class_fraction(logits)),
+        (pooled_embedding(features, cells), pooled_embedding(features)),
+    ]
+    for weighted, plain in pairs:
+        torch.testing.assert_close(weighted, plain)
+    inside = torch.zeros(2, 12, 16)
+    inside[:, 3:9] = 1.0  # DE and DS over the picture's rows only
+    torch.testing.assert_close(
+        difficulty_entropy(difficulty, 8, inside), difficulty_entropy(difficulty[:, 3:9], 8)
+    )
+    torch.testing.assert_close(
+        difficulty_score(difficulty, inside), difficulty_score(difficulty[:, 3:9])
+    )

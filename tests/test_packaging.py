@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
+import sysconfig
 from pathlib import Path
 
+import numpy as np
 import pytest
+from PIL import Image
 
 SCRIPTS = ("deal-client", "deal-train", "deal-export", "deal-serve")
 
@@ -67,3 +71,48 @@ def test_console_scripts_answer_help(script: str) -> None:
     assert exe.exists(), f"{script} is not installed"
     out = subprocess.run([exe, "--help"], capture_output=True, text=True, check=True)
     assert "Usage:" in out.stdout
+
+
+def _copy_source(root: Path, dest: Path) -> Path:
+    """The checkout's tracked kind of files (no venv, caches, builds or data), to build from."""
+    skip = shutil.ignore_patterns(
+        ".git", ".venv", "build", "*.egg-info", "__pycache__", ".*_cache", ".hypothesis", "data"
+    )
+    return Path(shutil.copytree(root, dest, ignore=skip))
+
+
+def test_an_installed_wheel_scores_a_folder_with_the_shipped_model(tmp_path: Path) -> None:
+    """The wheel installed (not editable) into a fresh venv: `deal-client score` works with no
+    checkout, its default model inside the package. The venv borrows this one's third-party
+    packages through a .pth line (no package index needed); dealseg comes from the wheel only.
+    `make install-check` does the same with `pip install .` and its dependencies."""
+    source = _copy_source(Path(__file__).resolve().parents[1], tmp_path / "src")
+    wheels = tmp_path / "wheels"
+    pip = [sys.executable, "-m", "pip", "-q", "--disable-pip-version-check"]
+    build = [*pip, "wheel", "--no-deps", "--no-build-isolation", "-w", str(wheels), str(source)]
+    subprocess.run(build, check=True, capture_output=True)
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, capture_output=True)
+    python = venv / "bin" / "python"
+    purelib = subprocess.run(
+        [python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    (Path(purelib) / "borrowed.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    (wheel,) = wheels.glob("dealseg-*.whl")
+    install = [python, "-m", "pip", "-q", "install", "--no-deps", "--no-index", str(wheel)]
+    subprocess.run(install, check=True, capture_output=True)
+
+    pool = tmp_path / "pool"
+    pool.mkdir()
+    for i in range(3):
+        image = np.random.default_rng(i).integers(0, 256, (90, 120, 3), dtype=np.uint8)
+        Image.fromarray(image).save(pool / f"frame{i}.png")
+    score = [venv / "bin" / "deal-client", "score", pool, "-k", "2", "--out", tmp_path / "out"]
+    done = subprocess.run(score + ["--no-progress"], capture_output=True, text=True, cwd="/")
+    assert done.returncode == 0, done.stderr
+    shipped = Path(purelib) / "dealseg" / "model_repository" / "deal" / "1" / "model.onnx"
+    assert f"on {shipped}, out" in done.stderr
+    assert len((tmp_path / "out" / "selection.txt").read_text().splitlines()) == 2

@@ -28,7 +28,16 @@ import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
 from dealseg.core import contract
-from dealseg.core.contract import MODEL_NAME, OUTPUT_NAMES, SPECS, ModelSpec, check_io
+from dealseg.core.contract import (
+    MODEL_NAME,
+    OUTPUT_NAMES,
+    SPECS,
+    ModelSpec,
+    check_io,
+    full_boxes,
+    version_metadata,
+    version_parameters,
+)
 from dealseg.serving.repository import (
     BACKEND_MODEL_PY,
     TARGETS,
@@ -73,12 +82,12 @@ def images(spec: ModelSpec) -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def reference(tiny_onnx: Path):
+def reference(tiny_onnx: Path, spec: ModelSpec):
     """The same model run in-process by ONNX Runtime: images -> {output name: array}."""
     session = ort.InferenceSession(str(tiny_onnx), providers=["CPUExecutionProvider"])
 
     def run(batch: np.ndarray) -> dict[str, np.ndarray]:
-        arrays = session.run(list(OUTPUT_NAMES), {contract.INPUT_NAME: batch})
+        arrays = session.run(list(OUTPUT_NAMES), contract.model_inputs(spec, batch))
         return dict(zip(OUTPUT_NAMES, arrays, strict=True))
 
     return run
@@ -105,13 +114,20 @@ def infer(
     image = module.InferInput(contract.INPUT_NAME, list(batch.shape), "UINT8")
     image.set_data_from_numpy(batch)
     requested = [module.InferRequestedOutput(name) for name in outputs]
-    result = client.infer(MODEL_NAME, [image], outputs=requested)
+    result = client.infer(MODEL_NAME, [image, whole_frames(module, batch)], outputs=requested)
     return {name: result.as_numpy(name) for name in outputs}
+
+
+def whole_frames(module: Any, batch: np.ndarray) -> Any:
+    """The valid_box input of `batch`: every frame is all picture."""
+    boxes = module.InferInput(contract.VALID_BOX_NAME, [len(batch), 4], "INT32")
+    boxes.set_data_from_numpy(full_boxes(len(batch), batch.shape[1:3]))
+    return boxes
 
 
 def served_io(metadata: dict[str, Any]) -> tuple[dict, dict]:
     """Triton model metadata in `check_io` form; Triton serves the contract's [B] as [B, 1]."""
-    wire = {"UINT8": "uint8", "FP32": "float32"}
+    wire = {"UINT8": "uint8", "INT32": "int32", "FP32": "float32"}
 
     def convert(tensors: list[dict[str, Any]]) -> dict[str, tuple[str, tuple[int, ...]]]:
         io = {}
@@ -179,8 +195,9 @@ def test_written_config_matches_the_contract(
     (group,) = config["instance_group"]
     assert group["count"] == 2
     assert group["kind"] == ("KIND_CPU" if target == "python-cpu" else "KIND_GPU")
-    assert ModelSpec.from_metadata(config_metadata(config)) == spec
-    assert config_metadata(config) | spec.to_metadata() == config_metadata(config)
+    assert ModelSpec.from_metadata(version_metadata(config_metadata(config), "1")) == spec
+    assert config_metadata(config) | version_parameters(spec, "1") == config_metadata(config)
+    assert "all" in config["version_policy"]
 
     declared = {t["name"]: t for t in config["input"] + config["output"]}
     assert sorted(declared) == sorted(SPECS)
@@ -226,7 +243,7 @@ def test_server_ready_and_served_model_equals_the_contract(
         client.close()
 
     check_io(spec, *served_io(metadata))  # raises ContractError listing any difference
-    assert ModelSpec.from_metadata(config_metadata(config)) == spec
+    assert ModelSpec.from_metadata(version_metadata(config_metadata(config), "1")) == spec
     assert config["max_batch_size"] == BATCHING["max_batch_size"]
     assert config["dynamic_batching"]["preferred_batch_size"] == [4, 8, 16]
 
@@ -326,10 +343,11 @@ def test_malformed_requests_get_errors_and_the_server_keeps_serving(
     wrong_shape.set_data_from_numpy(images[:1, : h // 2])
     client = make_client(server, protocol)
     try:
+        box = whole_frames(module, images[:1])
         for inputs, message in [
-            ([wrong_dtype], "data-type is 'FP32'"),
-            ([wrong_shape], "unexpected shape"),
-            ([], "missing required input(s) ['image']"),
+            ([wrong_dtype, box], "data-type is 'FP32'"),
+            ([wrong_shape, box], "unexpected shape"),
+            ([], "missing required input(s) ['image'"),
         ]:
             with pytest.raises(InferenceServerException, match=re.escape(message)):
                 client.infer(MODEL_NAME, inputs)
@@ -630,7 +648,7 @@ def test_committed_repository_matches_its_model_and_the_backend() -> None:
     config = parse_config(COMMITTED / "config.pbtxt")
     spec = read_onnx_spec(COMMITTED / "1" / "model.onnx")
     assert config["backend"] == "python"
-    assert ModelSpec.from_metadata(config_metadata(config)) == spec
+    assert ModelSpec.from_metadata(version_metadata(config_metadata(config), "1")) == spec
     for tensor in config["input"] + config["output"]:
         assert tuple(int(d) for d in tensor["dims"]) == (spec.shape(tensor["name"]) or (1,))
     assert (COMMITTED / "1" / "model.py").read_text() == BACKEND_MODEL_PY.read_text()

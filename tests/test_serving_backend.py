@@ -17,7 +17,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from dealseg.core.contract import MAP_OUTPUTS, OUTPUT_NAMES, SCORE_OUTPUTS
+from dealseg.core.contract import MAP_OUTPUTS, OUTPUT_NAMES, SCORE_OUTPUTS, model_inputs
 from dealseg.serving.repository import (
     BACKEND_MODEL_PY,
     parse_config,
@@ -113,13 +113,12 @@ def model(tiny_onnx: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
 
 
 @pytest.fixture(scope="module")
-def reference(tiny_onnx: Path):
+def reference(tiny_onnx: Path, spec):
     session = ort.InferenceSession(str(tiny_onnx), providers=["CPUExecutionProvider"])
 
     def run(images: np.ndarray) -> dict[str, np.ndarray]:
-        return dict(
-            zip(OUTPUT_NAMES, session.run(list(OUTPUT_NAMES), {"image": images}), strict=True)
-        )
+        arrays = session.run(list(OUTPUT_NAMES), model_inputs(spec, images))
+        return dict(zip(OUTPUT_NAMES, arrays, strict=True))
 
     return run
 
@@ -127,6 +126,11 @@ def reference(tiny_onnx: Path):
 def images_for(spec, n: int, seed: int = 0) -> np.ndarray:
     h, w = spec.input_size
     return np.random.default_rng(seed).integers(0, 256, (n, h, w, 3), dtype=np.uint8)
+
+
+def inputs(spec, images: np.ndarray) -> dict[str, np.ndarray]:
+    """A request's inputs: the images and their valid boxes (the whole frame)."""
+    return model_inputs(spec, images)
 
 
 # -- tests -------------------------------------------------------------------------------------
@@ -144,9 +148,9 @@ def test_backend_imports_only_numpy_onnxruntime_json_and_pb_utils() -> None:
 def test_requests_run_as_one_batch_and_split_back_in_order(model, spec, reference) -> None:
     images = images_for(spec, 6)
     requests = [
-        Request({"image": images[:1]}, ("ds",)),
-        Request({"image": images[1:3]}, ("class_fraction", "difficulty")),
-        Request({"image": images[3:6]}, tuple(OUTPUT_NAMES)),
+        Request(inputs(spec, images[:1]), ("ds",)),
+        Request(inputs(spec, images[1:3]), ("class_fraction", "difficulty")),
+        Request(inputs(spec, images[3:6]), tuple(OUTPUT_NAMES)),
     ]
     responses = model.execute(requests)
 
@@ -162,7 +166,7 @@ def test_requests_run_as_one_batch_and_split_back_in_order(model, spec, referenc
 
 
 def test_request_without_requested_outputs_gets_the_score_outputs(model, spec) -> None:
-    (response,) = model.execute([Request({"image": images_for(spec, 2)})])
+    (response,) = model.execute([Request(inputs(spec, images_for(spec, 2)))])
     assert response.error is None
     assert sorted(response.tensors) == sorted(SCORE_OUTPUTS)
     assert not set(MAP_OUTPUTS) & set(response.tensors)
@@ -176,17 +180,22 @@ def test_request_without_requested_outputs_gets_the_score_outputs(model, spec) -
         (lambda im: {"image": im[:, :, :, :2]}, "must have shape"),
         (lambda im: {"image": im[0]}, "must have shape"),
         (lambda im: {"image": im[:, 1:]}, "must have shape"),
+        (lambda im: {"image": im, "valid_box": np.zeros((1, 4), np.float32)}, "must be INT32"),
+        (lambda im: {"image": np.concatenate([im, im])}, "inputs of different batch sizes"),
     ],
-    ids=["missing", "dtype", "channels", "no-batch", "size"],
+    ids=["missing", "dtype", "channels", "no-batch", "size", "box-dtype", "batches"],
 )
 def test_malformed_request_gets_an_error_and_the_others_still_run(
     model, spec, reference, make_input, message
 ) -> None:
     images = images_for(spec, 3, seed=1)
     requests = [
-        Request({"image": images[:1]}, ("ds",)),
-        Request(make_input(images[1:2]), ("ds",)),
-        Request({"image": images[2:]}, ("ds",)),
+        Request(inputs(spec, images[:1]), ("ds",)),
+        Request(
+            {"valid_box": inputs(spec, images[1:2])["valid_box"], **make_input(images[1:2])},
+            ("ds",),
+        ),
+        Request(inputs(spec, images[2:]), ("ds",)),
     ]
     first, bad, last = model.execute(requests)
 
@@ -199,7 +208,7 @@ def test_malformed_request_gets_an_error_and_the_others_still_run(
 
 
 def test_unknown_output_is_an_error(model, spec) -> None:
-    (response,) = model.execute([Request({"image": images_for(spec, 1)}, ("logits",))])
+    (response,) = model.execute([Request(inputs(spec, images_for(spec, 1)), ("logits",))])
     assert "unknown outputs ['logits']" in response.error.message()
 
 
@@ -210,7 +219,7 @@ def test_onnxruntime_failure_fails_each_request_of_the_run(model, spec) -> None:
 
     model.session = Broken()
     responses = model.execute(
-        [Request({"image": images_for(spec, 1)}, ("ds",)), Request({}, ("ds",))]
+        [Request(inputs(spec, images_for(spec, 1)), ("ds",)), Request({}, ("ds",))]
     )
     assert "onnxruntime failed on 1 images: boom" in responses[0].error.message()
     assert "missing input" in responses[1].error.message()

@@ -15,6 +15,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from dealseg.training import synth
+from dealseg.training.classes import read_class_file
 from dealseg.training.cli import main
 from dealseg.training.data import CAMVID_CLASSES, CAMVID_PALETTE
 from dealseg.training.synth import CONDITIONS, Shot, plan_streets, render_scene, write_streets
@@ -69,9 +70,9 @@ def test_layout_split_files_and_classes(streets):
             rgb, lab = Image.open(root / image), Image.open(root / label)
             assert (rgb.mode, rgb.size) == ("RGB", (SMALL[1], SMALL[0]))
             assert (lab.mode, lab.size) == ("L", rgb.size)
-    classes = json.loads((root / "classes.json").read_text())
-    assert classes["classes"] == list(CAMVID_CLASSES)
-    assert [tuple(c) for c in classes["palette"]] == list(CAMVID_PALETTE)
+    classes = read_class_file(root / "classes.json")  # the class file the loaders read
+    assert classes.names == CAMVID_CLASSES and classes.palette == CAMVID_PALETTE
+    assert classes.values == tuple(range(11)) and classes.ignore == (11, 255)
     assert sum(summary["class_share"].values()) + summary["void_share"] == pytest.approx(1.0)
 
 

@@ -114,10 +114,12 @@ def infer(ctx: Context, indices: Sequence[int], fn: BatchFn) -> np.ndarray:
     dataset = SegmentationDataset(ctx.data, ctx.split, size=cfg.input_size, indices=indices)
     was_training = model.training
     model.eval()
+    device = next(model.parameters()).device
     outs = []
     try:
         for images, _ in DataLoader(dataset, batch_size=ctx.batch_size):
-            outs.append(fn(model, normalise(images, cfg.mean, cfg.std), ctx).float())
+            x = normalise(images.to(device), cfg.mean, cfg.std)
+            outs.append(fn(model, x, ctx).float().cpu())
     finally:
         model.train(was_training)
     return torch.cat(outs).numpy().astype(np.float64) if outs else np.zeros(0)

@@ -30,6 +30,7 @@ import numpy as np
 from dealseg.core.files import atomic_write_json
 
 from .config import Preset, TrainConfig, with_classes
+from .device import CPU, Runtime
 from .model import ModelConfig
 
 STATE_FILE = "state.json"
@@ -118,6 +119,7 @@ def train_and_test(
     labeled: Sequence[int] | None,
     test_split: str = "test",
     quiet: bool = True,
+    runtime: Runtime = CPU,
 ) -> dict[str, Any]:
     """Fit on `labeled` (None = the whole train split), test mIoU of the best-val checkpoint.
 
@@ -143,10 +145,10 @@ def train_and_test(
         if _with_new_defaults(saved.get("key", {})) == key:
             return saved["result"]
     t0 = time.time()
-    fitted = fit(data, run_dir, preset, labeled=labeled, quiet=quiet)
+    fitted = fit(data, run_dir, preset, labeled=labeled, quiet=quiet, runtime=runtime)
     t1 = time.time()
     best = load_checkpoint(fitted.best_path)
-    model = best.build_model()
+    model = best.build_model().to(runtime.device)
     test_set = SegmentationDataset(data, test_split, size=model.cfg.input_size)
     metrics = evaluate_model(model, test_set, model.cfg)
     result = {
@@ -177,9 +179,17 @@ class StrategyRun:
     """
 
     def __init__(
-        self, data: Path, out: Path, name: str, seed: int, protocol: Protocol, plan: dict
+        self,
+        data: Path,
+        out: Path,
+        name: str,
+        seed: int,
+        protocol: Protocol,
+        plan: dict,
+        runtime: Runtime = CPU,
     ) -> None:
         self.data, self.out, self.name, self.seed = data, out, name, seed
+        self.runtime = runtime  # where it trains and scores; not a setting a resume must match
         self.protocol, self.sizes, self.pool_size = protocol, plan["sizes"], plan["pool_size"]
         self.dir = out / name / f"seed{seed}"
         self.settings = _plain({**asdict(protocol), **plan, "strategy": name, "seed": seed})
@@ -235,7 +245,7 @@ class StrategyRun:
             )
             t0 = time.time()
             result = train_and_test(
-                self.data, run_dir, preset, labeled, self.protocol.test_split, quiet=True
+                self.data, run_dir, preset, labeled, self.protocol.test_split, True, self.runtime
             )
             record = {
                 "stage": stage,
@@ -264,7 +274,8 @@ class StrategyRun:
         t0 = time.time()
         model = None
         if STRATEGIES[self.name].needs_model:
-            model = load_checkpoint(self.out / record["run_dir"] / "best.pt").build_model()
+            best = load_checkpoint(self.out / record["run_dir"] / "best.pt")
+            model = best.build_model().to(self.runtime.device)
         ctx = Context(
             data=self.data,
             model=model,
@@ -309,6 +320,7 @@ def run_al(
     protocol: Protocol = Protocol(),
     full: bool = False,
     quiet: bool = False,
+    runtime: Runtime = CPU,
 ) -> dict[str, Any]:
     """`protocol` for every strategy and seed; writes results.json/.md/.png in `out`.
 
@@ -336,7 +348,7 @@ def run_al(
     if full:
         seeded = seeded_preset(preset, seeds[0])
         full_dir = out / "full" / f"seed{seeds[0]}"
-        r = train_and_test(data, full_dir, seeded, None, protocol.test_split)
+        r = train_and_test(data, full_dir, seeded, None, protocol.test_split, runtime=runtime)
         _say(
             f"al full data seed {seeds[0]}: {pool_size} images, val {r['val_miou'] * 100:.1f} "
             f"test {r['test_miou'] * 100:.1f} mIoU, fit {r['fit_seconds']:.0f}s",
@@ -346,7 +358,8 @@ def run_al(
         seeded = seeded_preset(preset, seed)
         configs = {"model": seeded.model.to_dict(), "train": seeded.train.to_dict()}
         runs = [
-            StrategyRun(data, out, name, seed, protocol, {**plan, **configs}) for name in strategies
+            StrategyRun(data, out, name, seed, protocol, {**plan, **configs}, runtime)
+            for name in strategies
         ]
         for stage in range(len(plan["sizes"])):
             for run in runs:

@@ -13,6 +13,7 @@ if TYPE_CHECKING:
     from .checkpoint import Checkpoint
     from .config import Preset
     from .data import SegmentationDataset
+    from .device import Runtime
     from .model import DEALNet
 
 
@@ -44,8 +45,43 @@ data_option = click.option(
     "--data",
     type=click.Path(exists=True, file_okay=False, path_type=Path),
     required=True,
-    help="Dataset root (CamVid layout or Cityscapes).",
+    help="Dataset root: CamVid layout, Cityscapes, or images/ + masks/ with a classes.json.",
 )
+device_option = click.option(
+    "--device",
+    default="auto",
+    show_default=True,
+    envvar="DEAL_DEVICE",
+    show_envvar=True,
+    help="Where to compute: auto (CUDA when present, else the CPU), cpu, cuda or cuda:N.",
+)
+
+
+def runtime_options(f: Any) -> Any:
+    """--device, and for training --amp and --workers: how a run uses its device."""
+    f = click.option(
+        "--workers",
+        type=click.IntRange(min=0),
+        default=None,
+        show_default="0 on the CPU, up to 8 on CUDA",
+        help="DataLoader worker processes.",
+    )(f)
+    f = click.option(
+        "--amp/--no-amp",
+        default=True,
+        show_default=True,
+        help="Mixed precision on CUDA (bf16 where supported, else fp16 with a grad scaler).",
+    )(f)
+    return device_option(f)
+
+
+def make_runtime(device: str, amp: bool = True, workers: int | None = None) -> Runtime:
+    """The Runtime of the command's --device/--amp/--workers (a DeviceError is one line)."""
+    from .device import Runtime
+
+    return Runtime.for_device(device, amp, workers)
+
+
 config_option = click.option(
     "--config",
     "config_file",
@@ -76,10 +112,11 @@ class _Group(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
         from .checkpoint import CheckpointError
         from .data import DataError
+        from .device import DeviceError
 
         try:
             return super().invoke(ctx)
-        except (DataError, CheckpointError) as exc:
+        except (DataError, CheckpointError, DeviceError) as exc:
             raise click.ClickException(str(exc)) from None
 
 
@@ -159,7 +196,7 @@ def synth(
     "--preset",
     default="cpu",
     show_default=True,
-    help="paper | paper-cityscapes | cpu | streets-cpu.",
+    help="paper | paper-cityscapes | paper-288x512 | paper-720x1280 (16:9) | cpu | streets-cpu.",
 )
 @config_option
 @click.option(
@@ -169,6 +206,7 @@ def synth(
     show_default=True,
     help="Train on a seeded random fraction of the train split.",
 )
+@runtime_options
 @click.argument("overrides", nargs=-1)
 def fit(
     data: Path,
@@ -176,18 +214,22 @@ def fit(
     preset: str,
     config_file: Path | None,
     fraction: float,
+    device: str,
+    amp: bool,
+    workers: int | None,
     overrides: tuple[str, ...],
 ) -> None:
     """Train DEALNet. OVERRIDES are key=value settings, e.g. epochs=5 decoder_width=64."""
     from .train import fit as run_fit
 
+    runtime = make_runtime(device, amp, workers)
     config, pool_size = checked_config(data, preset, config_file, overrides)
     labeled = None
     if fraction < 1.0:
         from .al import initial_labeled
 
         labeled = initial_labeled(pool_size, fraction, config.train.seed)
-    result = run_fit(data, out, config, labeled=labeled)
+    result = run_fit(data, out, config, labeled=labeled, runtime=runtime)
     summary = {
         "best": str(result.best_path),
         "val_miou": result.best_miou,
@@ -200,19 +242,21 @@ def fit(
 
 
 def _checkpoint_and_split(
-    checkpoint: Path, data: Path, split: str
+    checkpoint: Path, data: Path, split: str, device: str
 ) -> tuple[Checkpoint, DEALNet, SegmentationDataset]:
-    """(Checkpoint, its model, the split at the model's input size); mismatches are errors."""
+    """(Checkpoint, its model on --device, the split at the model's input size); mismatches
+    are errors."""
     from .checkpoint import load_checkpoint
     from .data import SegmentationDataset
 
+    runtime = make_runtime(device)
     ckpt = load_checkpoint(checkpoint)  # a CheckpointError becomes the group's one-line error
-    model = ckpt.build_model()
+    model = ckpt.build_model().to(runtime.device)
     dataset = SegmentationDataset(data, split, size=ckpt.model_config.input_size)
-    if dataset.num_classes != ckpt.model_config.num_classes:
+    if tuple(dataset.class_names) != tuple(ckpt.class_names):
         raise click.ClickException(
-            f"{data} has {dataset.num_classes} classes, "
-            f"the checkpoint {ckpt.model_config.num_classes}"
+            f"{data} has the classes {list(dataset.class_names)} ({dataset.classes.source}), "
+            f"the checkpoint {list(ckpt.class_names)}"
         )
     return ckpt, model, dataset
 
@@ -228,7 +272,7 @@ def _checkpoint_and_split(
     "--data",
     type=click.Path(exists=True, file_okay=False, path_type=Path),
     required=True,
-    help="Dataset root.",
+    help="Dataset root (any layout `fit` reads).",
 )
 @click.option("--split", default="test", show_default=True, help="Split to evaluate.")
 @click.option(
@@ -238,7 +282,10 @@ def _checkpoint_and_split(
     help="Write metrics.json, metrics.md and figure.png here.",
 )
 @click.option("--threads", type=int, default=0, show_default=True, help="Torch threads (0=all).")
-def evaluate(checkpoint: Path, data: Path, split: str, out: Path | None, threads: int) -> None:
+@device_option
+def evaluate(
+    checkpoint: Path, data: Path, split: str, out: Path | None, threads: int, device: str
+) -> None:
     """mIoU, per-class IoU and difficulty-map quality on a split."""
     import torch
 
@@ -246,7 +293,7 @@ def evaluate(checkpoint: Path, data: Path, split: str, out: Path | None, threads
 
     if threads:
         torch.set_num_threads(threads)
-    ckpt, model, dataset = _checkpoint_and_split(checkpoint, data, split)
+    ckpt, model, dataset = _checkpoint_and_split(checkpoint, data, split, device)
     figure = out / "figure.png" if out else None
     result = evaluate_model(model, dataset, ckpt.model_config, figure=figure)
     result.update({"checkpoint": str(checkpoint), "split": split, "class_names": ckpt.class_names})
@@ -321,6 +368,7 @@ def evaluate(checkpoint: Path, data: Path, split: str, out: Path | None, threads
     help="Penalty on the read-out's weights (weight decay of an MLP read-out).",
 )
 @click.option("--threads", type=int, default=0, show_default=True, help="Torch threads (0=all).")
+@device_option
 def refit(
     checkpoint: Path,
     data: Path,
@@ -332,6 +380,7 @@ def refit(
     context: int | None,
     l2: float | None,
     threads: int,
+    device: str,
 ) -> None:
     """Refit the difficulty head's read-out on a held-out split (everything else frozen), or
     fit a new head (--inputs, --hidden) onto the checkpoint's segmenter."""
@@ -341,14 +390,15 @@ def refit(
 
     if threads:
         torch.set_num_threads(threads)
-    ckpt, model, dataset = _checkpoint_and_split(checkpoint, data, split)
+    ckpt, model, dataset = _checkpoint_and_split(checkpoint, data, split, device)
     if (inputs, hidden, context) != (None, None, None):
         cfg = ckpt.model_config
         inputs = cfg.difficulty_inputs if inputs is None else inputs
         hidden = cfg.difficulty_hidden if hidden is None else hidden
         context = cfg.difficulty_context if context is None else context
         try:
-            model = ckpt.build_model_with_head(inputs, hidden, context)
+            head_model = ckpt.build_model_with_head(inputs, hidden, context)
+            model = head_model.to(next(model.parameters()).device)
         except KeyError as exc:
             raise click.BadParameter(str(exc), param_hint="--inputs") from None
     loss = loss or ckpt.train_config.get("refit_loss", "wbce")
@@ -443,6 +493,7 @@ def _csv(kind: type) -> Any:
     show_default=True,
     help="Also train on the whole train split (first seed) for the % of full line.",
 )
+@runtime_options
 @click.argument("overrides", nargs=-1)
 def al(
     data: Path,
@@ -457,6 +508,9 @@ def al(
     subset: float | None,
     bins: int,
     full: bool,
+    device: str,
+    amp: bool,
+    workers: int | None,
     overrides: tuple[str, ...],
 ) -> None:
     """Run the paper's active-learning protocol and report mIoU vs % labelled.
@@ -473,12 +527,13 @@ def al(
             f"unknown {unknown}; choose from {', '.join(sorted(STRATEGIES))}",
             param_hint="--strategies",
         )
+    runtime = make_runtime(device, amp, workers)
     config, _ = checked_config(data, preset, config_file, overrides)
     try:
         protocol = Protocol(
             init=init, step=step, max_fraction=max_fraction, subset=subset, bins=bins
         )
-        results = run_al(data, out, config, strategies, seeds, protocol, full=full)
+        results = run_al(data, out, config, strategies, seeds, protocol, full=full, runtime=runtime)
     except ValueError as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(format_table(results))

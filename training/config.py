@@ -65,6 +65,17 @@ PRESETS: Registry[Preset] = Registry(
             ModelConfig(num_classes=19, attention_size=(86, 86), input_size=(688, 688)),
             TrainConfig(batch_size=8, crop=(688, 688)),
         ),
+        # 16:9 fleet frames on GPU hosts (`--device cuda`): the paper's model and schedule at
+        # 288x512 and 720x1280 (both divisible by the output stride 16), the attention grid at
+        # about 1/6 and 1/8 of the input. Not yet run on a GPU by this project.
+        "paper-288x512": Preset(
+            ModelConfig(input_size=(288, 512), attention_size=(48, 86)),
+            TrainConfig(batch_size=8, crop=(288, 512)),
+        ),
+        "paper-720x1280": Preset(
+            ModelConfig(input_size=(720, 1280), attention_size=(90, 160)),
+            TrainConfig(batch_size=4, crop=(720, 720)),
+        ),
         # The shipped street-set model on a 2-core CPU: separable 96-wide decoder, attention grid
         # at the paper's 1/6 of the input, a difficulty head that reads the attended
         # probabilities, each pixel's uncertainty and log-probabilities and the decoder's

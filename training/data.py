@@ -1,8 +1,18 @@
-"""Dataset loaders: CamVid (SegNet layout) and Cityscapes (gtFine labelIds).
+"""Dataset loaders: CamVid (SegNet layout), Cityscapes (gtFine labelIds) and the plain layout.
 
-Both layouts are read from a user path, never downloaded. Every sample is a pair of files
-(`Sample`); labels are mapped to train ids on load (CamVid void 11 -> 255, Cityscapes official
-id -> trainId) and anything else fails fast with a `DataError` that names the file.
+Every layout is read from a user path, never downloaded. Every sample is a pair of files
+(`Sample`). The dataset's classes (`ClassTable`) come from its class file (training/classes.py),
+else from the layout's built-in table (CamVid, Cityscapes; the plain layout needs a class file).
+Mask values are mapped to train ids on load (CamVid void 11 -> 255, Cityscapes official id ->
+trainId, a class file's values -> their classes' positions) and anything else fails fast with a
+`DataError` that names the file.
+
+The plain layout is what CVAT and Label Studio mask exports reduce to:
+
+    root/images/<stem>.jpg|png|...   root/masks/<stem>.png (class values, mode L or P)
+    root/classes.json                root/train.txt, val.txt, test.txt (optional: one stem a line)
+
+Without split files each image goes to train, val or test by a hash of its stem (80/10/10).
 
 Images come out as float tensors [3, H, W] in 0..1 (not normalised) and labels as long tensors
 [H, W] with `IGNORE_INDEX` (255) for pixels the loss must skip.
@@ -10,7 +20,8 @@ Images come out as float tensors [3, H, W] in 0..1 (not normalised) and labels a
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import hashlib
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,8 +31,14 @@ import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 
 from .camvid import CAMVID_CLASSES, CAMVID_PALETTE, CAMVID_VOID
-
-IGNORE_INDEX = 255
+from .classes import (
+    IGNORE_INDEX,
+    INVALID,
+    ClassTable,
+    DataError,
+    find_class_file,
+    read_class_file,
+)
 
 # Cityscapes' 19 evaluation classes, in trainId order.
 CITYSCAPES_CLASSES: tuple[str, ...] = (
@@ -108,11 +125,6 @@ CITYSCAPES_ID_TO_TRAINID: dict[int, int] = {
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 CITYSCAPES_IMAGE_SUFFIX = "_leftImg8bit.png"
 CITYSCAPES_LABEL_SUFFIX = "_gtFine_labelIds.png"
-_INVALID = -1  # marks label values that are not classes in a lookup table
-
-
-class DataError(ValueError):
-    """A dataset file is missing, unreadable or inconsistent; the message names it."""
 
 
 @dataclass(frozen=True)
@@ -123,52 +135,60 @@ class Sample:
     label: Path
 
 
-def _camvid_lut() -> np.ndarray:
-    lut = np.full(256, _INVALID, dtype=np.int16)
-    lut[: len(CAMVID_CLASSES)] = np.arange(len(CAMVID_CLASSES))
-    lut[CAMVID_VOID] = IGNORE_INDEX
-    lut[IGNORE_INDEX] = IGNORE_INDEX
-    return lut
-
-
-def _cityscapes_lut() -> np.ndarray:
-    lut = np.full(256, _INVALID, dtype=np.int16)
-    for label_id, train_id in CITYSCAPES_ID_TO_TRAINID.items():
-        lut[label_id % 256] = train_id
-    return lut
-
-
-CAMVID_LUT = _camvid_lut()  # label value -> train id, _INVALID for values that are not classes
-CITYSCAPES_LUT = _cityscapes_lut()
-
-LAYOUTS = {
-    "camvid": (CAMVID_CLASSES, CAMVID_PALETTE),
-    "cityscapes": (CITYSCAPES_CLASSES, CITYSCAPES_PALETTE),
-}
-
-
-def label_lut(label_path: Path) -> np.ndarray:
-    """Lookup table label value -> train id for a label file (Cityscapes if `*_labelIds.png`)."""
-    return CITYSCAPES_LUT if label_path.name.endswith("_labelIds.png") else CAMVID_LUT
+CAMVID_TABLE = ClassTable(
+    names=CAMVID_CLASSES,
+    palette=CAMVID_PALETTE,
+    values=tuple(range(len(CAMVID_CLASSES))),
+    ignore=(CAMVID_VOID, IGNORE_INDEX),
+    source="CamVid's built-in table",
+)
+CITYSCAPES_TABLE = ClassTable(
+    names=CITYSCAPES_CLASSES,
+    palette=CITYSCAPES_PALETTE,
+    values=tuple(
+        next(i for i, t in CITYSCAPES_ID_TO_TRAINID.items() if t == train_id)
+        for train_id in range(len(CITYSCAPES_CLASSES))
+    ),
+    ignore=tuple(sorted(i % 256 for i, t in CITYSCAPES_ID_TO_TRAINID.items() if t == 255)),
+    source="Cityscapes' built-in table",
+)
 
 
 # ---------------------------------------------------------------- listing
 
 
 def detect_layout(root: Path) -> str:
-    """Return "camvid" or "cityscapes" for a dataset root, or raise `DataError`."""
+    """Return "camvid", "cityscapes" or "plain" for a dataset root, or raise `DataError`."""
     root = Path(root)
     if not root.is_dir():
         raise DataError(f"dataset root {root} does not exist or is not a directory")
     if (root / "leftImg8bit").is_dir() and (root / "gtFine").is_dir():
         return "cityscapes"
+    if (root / "images").is_dir() and (root / "masks").is_dir():
+        return "plain"
     if any((root / f"{split}annot").is_dir() for split in ("train", "val", "test")):
         return "camvid"
     raise DataError(
         f"cannot tell the dataset layout of {root}: expected CamVid in SegNet layout "
-        "(train/ trainannot/ val/ valannot/ test/ testannot/) or Cityscapes (leftImg8bit/ and "
-        "gtFine/); point the path at the folder that holds them"
+        "(train/ trainannot/ val/ valannot/ test/ testannot/), Cityscapes (leftImg8bit/ and "
+        "gtFine/) or the plain layout (images/ and masks/ with a classes.json); point the path "
+        "at the folder that holds them"
     )
+
+
+def dataset_classes(root: Path, layout: str) -> ClassTable:
+    """The classes of a dataset: its class file, else the layout's built-in table."""
+    path = find_class_file(root)
+    if path is not None:
+        return read_class_file(path)
+    table = BUILT_IN_CLASSES.get(layout)
+    if table is None:
+        raise DataError(
+            f"{root} has no class file: the {layout} layout needs one, e.g. {root}/classes.json "
+            '= {"classes": [{"name": "road", "value": 1}, {"name": "car", "value": 2}], '
+            '"ignore": [0, 255]} (see training/classes.py)'
+        )
+    return table
 
 
 def _resolve_listed(root: Path, token: str) -> Path:
@@ -255,7 +275,84 @@ def list_cityscapes(root: Path, split: str) -> list[Sample]:
     return samples
 
 
-LISTERS = {"camvid": list_camvid, "cityscapes": list_cityscapes}
+def _plain_images(root: Path) -> dict[str, Path]:
+    """stem -> image file of root/images/; two images with one stem are an error."""
+    images: dict[str, Path] = {}
+    for image in sorted((root / "images").iterdir()):
+        if image.suffix.lower() not in IMAGE_SUFFIXES or not image.is_file():
+            continue
+        if image.stem in images:
+            raise DataError(
+                f"two images share the stem {image.stem!r}: {images[image.stem]} and {image}; "
+                "masks are matched by stem, rename or remove one"
+            )
+        images[image.stem] = image
+    return images
+
+
+def _hashed_split(stem: str) -> str:
+    """train, val or test for an image of a plain dataset without split files (80/10/10)."""
+    tenth = int(hashlib.sha256(stem.encode()).hexdigest(), 16) % 10
+    return {0: "test", 1: "val"}.get(tenth, "train")
+
+
+def _listed_stems(list_file: Path, images: dict[str, Path]) -> list[str]:
+    """The stems a plain split file names (one stem or image file name a line), checked."""
+    stems = []
+    for line_no, line in enumerate(list_file.read_text().splitlines(), start=1):
+        name = line.strip()
+        if not name:
+            continue
+        stem = Path(name).stem if Path(name).suffix.lower() in IMAGE_SUFFIXES else name
+        if stem not in images:
+            raise DataError(
+                f"{list_file}:{line_no}: no image with stem {stem!r} in {list_file.parent}/images"
+            )
+        stems.append(stem)
+    return stems
+
+
+def _split_stems(root: Path, split: str, images: dict[str, Path]) -> tuple[list[str], Path]:
+    """(stems of the split, where they come from): its split file, or the stems' hash."""
+    list_file = root / f"{split}.txt"
+    if list_file.is_file():
+        return _listed_stems(list_file, images), list_file
+    if any((root / f"{name}.txt").is_file() for name in ("train", "val", "test")):
+        raise DataError(f"split {split!r} not found: {root} has split files but no {split}.txt")
+    return [s for s in images if _hashed_split(s) == split], root / "images"
+
+
+def list_plain(root: Path, split: str) -> list[Sample]:
+    """List the plain layout's samples of a split: images/<stem>.* with masks/<stem>.png."""
+    root = Path(root)
+    images = _plain_images(root)
+    stems, where = _split_stems(root, split, images)
+    samples = []
+    for stem in stems:
+        mask = root / "masks" / f"{stem}.png"
+        if not mask.is_file():
+            raise DataError(
+                f"image without mask: {images[stem]} (expected {mask}); add the mask or remove "
+                "the image"
+            )
+        samples.append(Sample(images[stem], mask))
+    if not samples:
+        raise DataError(
+            f"split {split!r} is empty: no images in {where}"
+            + ("" if where.suffix == ".txt" else f" hash to it; list them in {root}/{split}.txt")
+        )
+    return samples
+
+
+LISTERS: dict[str, Callable[[Path, str], list[Sample]]] = {
+    "camvid": list_camvid,
+    "cityscapes": list_cityscapes,
+    "plain": list_plain,
+}
+BUILT_IN_CLASSES: dict[str, ClassTable] = {
+    "camvid": CAMVID_TABLE,
+    "cityscapes": CITYSCAPES_TABLE,
+}
 
 
 # ---------------------------------------------------------------- reading and checking
@@ -270,27 +367,27 @@ def read_image(path: Path) -> Image.Image:
         raise DataError(f"unreadable image {path}: {err}; re-export or remove it") from err
 
 
-def read_label(path: Path, num_classes: int) -> np.ndarray:
-    """Read a label file and map it to train ids [H, W] uint8 (255 = ignore), checking values."""
+def read_label(path: Path, classes: ClassTable) -> np.ndarray:
+    """Read a mask file and map it to train ids [H, W] uint8 (255 = ignore), checking values."""
     try:
         with Image.open(path) as im:
             if im.mode not in ("L", "P", "I", "I;16"):
                 raise DataError(
                     f"label {path} has mode {im.mode}; labels must be single-channel class "
-                    "indices (convert colour-coded annotations to index images first)"
+                    "values (convert colour-coded annotations to value images first)"
                 )
             raw = np.asarray(im)
     except (OSError, UnidentifiedImageError) as err:
         raise DataError(f"unreadable label {path}: {err}; re-export or remove it") from err
     if raw.min() < 0 or raw.max() > 255:
         raise DataError(f"label {path} has values outside 0..255 ({raw.min()}..{raw.max()})")
-    mapped = label_lut(path)[raw.astype(np.uint8)]
-    bad = (mapped == _INVALID) | ((mapped >= num_classes) & (mapped != IGNORE_INDEX))
+    mapped = classes.lut()[raw.astype(np.uint8)]
+    bad = mapped == INVALID
     if bad.any():
         values = sorted(set(np.unique(raw[bad]).tolist()))[:10]
         raise DataError(
-            f"label {path} has values {values} that are not classes (expected train ids "
-            f"0..{num_classes - 1} or {IGNORE_INDEX} after mapping); fix the annotation"
+            f"label {path} has values {values} that are not classes (expected "
+            f"{classes.describe_values()}); fix the mask or the class file"
         )
     return mapped.astype(np.uint8)
 
@@ -303,12 +400,12 @@ def _check_sizes(sample: Sample, image_size: tuple[int, int], label_size: tuple[
         )
 
 
-def load_sample(sample: Sample, num_classes: int) -> tuple[Image.Image, np.ndarray]:
+def load_sample(sample: Sample, classes: ClassTable) -> tuple[Image.Image, np.ndarray]:
     """Read and check one sample: RGB image and train-id label [H, W] uint8."""
     if not sample.label.is_file():
         raise DataError(f"image without label: {sample.image} (expected {sample.label})")
     image = read_image(sample.image)
-    label = read_label(sample.label, num_classes)
+    label = read_label(sample.label, classes)
     _check_sizes(sample, image.size, (label.shape[1], label.shape[0]))
     return image, label
 
@@ -323,7 +420,7 @@ def _check_image_file(path: Path) -> tuple[int, int]:
         raise DataError(f"unreadable image {path}: {err}; re-export or remove it") from err
 
 
-def validate(samples: Sequence[Sample], num_classes: int, max_errors: int = 20) -> None:
+def validate(samples: Sequence[Sample], classes: ClassTable, max_errors: int = 20) -> None:
     """Check every sample up front (files exist and read, sizes match, label values are classes).
 
     Raises one `DataError` listing every bad file (up to `max_errors`).
@@ -336,7 +433,7 @@ def validate(samples: Sequence[Sample], num_classes: int, max_errors: int = 20) 
             if not sample.label.is_file():
                 raise DataError(f"image without label: {sample.image} (expected {sample.label})")
             image_size = _check_image_file(sample.image)
-            label = read_label(sample.label, num_classes)
+            label = read_label(sample.label, classes)
             _check_sizes(sample, image_size, (label.shape[1], label.shape[0]))
         except DataError as err:
             errors.append(str(err))
@@ -419,10 +516,12 @@ def _to_tensors(image: Image.Image, label: np.ndarray) -> tuple[torch.Tensor, to
 
 
 class SegmentationDataset(torch.utils.data.Dataset):
-    """CamVid or Cityscapes split as (image [3, H, W] float 0..1, label [H, W] long, 255 = ignore).
+    """A split of a dataset as (image [3, H, W] float 0..1, label [H, W] long, 255 = ignore).
 
-    `size` (H, W) resizes before augmentation (image bilinear, label nearest); `indices`
-    restricts the dataset to a subset of the sorted split (active learning's labelled set).
+    `layout` is "auto" (detected), "camvid", "cityscapes" or "plain"; the classes are the
+    dataset's (`dataset_classes`). `size` (H, W) resizes before augmentation (image bilinear,
+    label nearest); `indices` restricts the dataset to a subset of the sorted split (active
+    learning's labelled set).
     """
 
     def __init__(
@@ -437,10 +536,11 @@ class SegmentationDataset(torch.utils.data.Dataset):
         self.root = Path(root)
         self.split = split
         self.layout = detect_layout(self.root) if layout == "auto" else layout
-        if self.layout not in LAYOUTS:
-            raise KeyError(f"unknown layout {layout!r}; valid: 'auto', {', '.join(LAYOUTS)}")
-        self.class_names, self.palette = LAYOUTS[self.layout]
-        self.num_classes = len(self.class_names)
+        if self.layout not in LISTERS:
+            raise KeyError(f"unknown layout {layout!r}; valid: 'auto', {', '.join(LISTERS)}")
+        self.classes = dataset_classes(self.root, self.layout)
+        self.class_names, self.palette = self.classes.names, self.classes.palette
+        self.num_classes = self.classes.num_classes
         self.size = size
         self.augment = augment
         all_samples = LISTERS[self.layout](self.root, split)
@@ -452,10 +552,10 @@ class SegmentationDataset(torch.utils.data.Dataset):
 
     def validate(self) -> None:
         """Check every sample of this dataset up front; see `validate`."""
-        validate(self.samples, self.num_classes)
+        validate(self.samples, self.classes)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        image, label = load_sample(self.samples[i], self.num_classes)
+        image, label = load_sample(self.samples[i], self.classes)
         if self.size is not None and tuple(self.size) != (label.shape[0], label.shape[1]):
             h, w = self.size
             image = image.resize((w, h), Image.BILINEAR)
@@ -481,13 +581,16 @@ __all__ = [
     "CITYSCAPES_ID_TO_TRAINID",
     "IGNORE_INDEX",
     "Augment",
+    "ClassTable",
     "DataError",
     "Sample",
     "SegmentationDataset",
+    "dataset_classes",
     "decode_label",
     "detect_layout",
     "list_camvid",
     "list_cityscapes",
+    "list_plain",
     "load_sample",
     "validate",
 ]

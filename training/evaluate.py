@@ -41,9 +41,12 @@ def evaluate_model(
     figure: Path | None = None,
     figure_count: int = 4,
 ) -> dict[str, Any]:
-    """Segmentation metrics, and with `difficulty` the quality of the difficulty map."""
+    """Segmentation metrics, and with `difficulty` the quality of the difficulty map.
+
+    Runs on the model's device; the metrics are counted on the CPU."""
     was_training = model.training
     model.eval()
+    device = next(model.parameters()).device
     c = cfg.num_classes
     conf = np.zeros((c, c), dtype=np.int64)
     pos_hist = np.zeros(AUROC_BINS, dtype=np.int64)
@@ -53,10 +56,10 @@ def evaluate_model(
     image_miou: list[float] = []
     shown: list[tuple[np.ndarray, ...]] = []
     for images, labels in DataLoader(dataset, batch_size=batch_size):
-        out = model(normalise(images, cfg.mean, cfg.std))
-        pred = out.full_logits().argmax(1).numpy()
+        out = model(normalise(images.to(device), cfg.mean, cfg.std))
+        pred = out.full_logits().argmax(1).cpu().numpy()
         lab = labels.numpy()
-        dif = out.difficulty() if difficulty else None
+        dif = out.difficulty().cpu() if difficulty else None
         for i in range(len(pred)):
             img_conf = confusion_matrix(pred[i], lab[i], c)
             conf += img_conf

@@ -96,8 +96,8 @@ class ModelConfig:
 
 def normalise(images: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
     """[B, 3, H, W] in 0..1 -> normalised input (the exported graph does the same from uint8)."""
-    m = torch.tensor(mean, dtype=images.dtype).view(1, 3, 1, 1)
-    s = torch.tensor(std, dtype=images.dtype).view(1, 3, 1, 1)
+    m = torch.tensor(mean, dtype=images.dtype, device=images.device).view(1, 3, 1, 1)
+    s = torch.tensor(std, dtype=images.dtype, device=images.device).view(1, 3, 1, 1)
     return (images - m) / s
 
 

@@ -88,16 +88,19 @@ def grid_inputs(model: DEALNet, dataset: Dataset) -> tuple[torch.Tensor, ...]:
 
 
 def _batches(model: DEALNet, dataset: Dataset) -> Iterator[tuple[torch.Tensor, ...]]:
-    """Per batch of the eval-mode model: (head features on the grid [B, D, h, w], labels
-    [B, H, W], wrong [B, H, W] bool with ignored pixels right)."""
+    """Per batch of the eval-mode model (on its device): (head features on the grid
+    [B, D, h, w], labels [B, H, W], wrong [B, H, W] bool with ignored pixels right), on the
+    CPU, where the read-out is fit."""
     was_training = model.training
     model.eval()
     cfg = model.cfg
+    device = next(model.encoder.parameters()).device  # the read-out may be on the CPU, fitting
     try:
         for images, labels in DataLoader(dataset, batch_size=4):
-            out = model(normalise(images, cfg.mean, cfg.std))
-            wrong = (out.full_logits().argmax(1) != labels) & (labels != IGNORE_INDEX)
-            yield model.difficulty_head.features(out.logits, out.decoded), labels, wrong
+            out = model(normalise(images.to(device), cfg.mean, cfg.std))
+            pred = out.full_logits().argmax(1).cpu()
+            wrong = (pred != labels) & (labels != IGNORE_INDEX)
+            yield model.difficulty_head.features(out.logits, out.decoded).cpu(), labels, wrong
     finally:
         model.train(was_training)
 
@@ -129,6 +132,8 @@ def refit_difficulty_head(
             f"{'every' if wrong.all() else 'no'} sampled pixel wrong"
         )
     read_out = head.classifier
+    device = next(read_out.parameters()).device
+    read_out.cpu()  # fit on the CPU, beside the sampled features
     linear = isinstance(read_out, torch.nn.Conv2d)
     before = _auroc(read_out, x, wrong) if linear else map_auroc(model, dataset, max_pixels, seed)
     if hasattr(head, "input_mean"):
@@ -143,6 +148,7 @@ def refit_difficulty_head(
     kept_old = not (np.isfinite(after) and after >= before)
     if kept_old:
         head.load_state_dict(old)
+    read_out.to(device)
     labels = wrong.numpy()
     return RefitResult(
         pixels=len(labels),

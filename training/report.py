@@ -99,7 +99,7 @@ def pick_stats(data: Path, split: str, runs: list[dict[str, Any]]) -> dict[str, 
     dataset = SegmentationDataset(data, split)
     counts = np.zeros((len(dataset), dataset.num_classes), dtype=np.int64)  # [N, C] pixels
     for i, sample in enumerate(dataset.samples):
-        label = load_sample(sample, dataset.num_classes)[1]
+        label = load_sample(sample, dataset.classes)[1]
         counts[i] = np.bincount(label[label < dataset.num_classes], minlength=dataset.num_classes)
     pool_share = counts.sum(0) / max(counts.sum(), 1)
     rare_classes = np.flatnonzero(pool_share < RARE_CLASS_SHARE)

@@ -1,6 +1,8 @@
 """Image-level acquisition scores: the one definition, used by the research loop and the ONNX graph.
 
-All functions are export-friendly (no histc, no one_hot, no data-dependent shapes).
+All functions are export-friendly (no histc, no one_hot, no data-dependent shapes). Each takes
+optional pixel weights: the share of each pixel (or grid cell) that is picture, not letterbox
+padding (`box_weights`); without them every pixel counts, as in the research loop.
 """
 
 from __future__ import annotations
@@ -9,45 +11,91 @@ import torch
 import torch.nn.functional as F
 
 
-def difficulty_score(difficulty: torch.Tensor) -> torch.Tensor:
-    """DS: mean of the difficulty map. [B, H, W] -> [B]."""
-    return difficulty.flatten(1).mean(dim=1)
+def _axis_share(lo: torch.Tensor, hi: torch.Tensor, length: int, cells: int) -> torch.Tensor:
+    """[B] box edges on one axis -> [B, cells]: the share of each cell inside [lo, hi)."""
+    step = -(-length // cells)  # cells are ceil(length / cells) long, the last one clipped
+    start = torch.arange(cells, dtype=torch.float32, device=lo.device) * step
+    end = torch.clamp(start + step, max=float(length))
+    inside = torch.minimum(end, hi[:, None]) - torch.maximum(start, lo[:, None])
+    return torch.clamp(inside, min=0) / torch.clamp(end - start, min=1)
 
 
-def difficulty_histogram(difficulty: torch.Tensor, bins: int) -> torch.Tensor:
+def box_weights(box: torch.Tensor, size: tuple[int, int], grid: tuple[int, int]) -> torch.Tensor:
+    """The share of each cell of a `grid` over an H x W frame inside the box: [B, 4] (top,
+    left, bottom, right; exclusive) -> [B, gh, gw]. 1 inside, 0 outside, fractions on the edges;
+    at `grid` = `size` the pixel mask."""
+    box = box.to(torch.float32)
+    rows = _axis_share(box[:, 0], box[:, 2], size[0], grid[0])  # [B, gh]
+    cols = _axis_share(box[:, 1], box[:, 3], size[1], grid[1])  # [B, gw]
+    return rows[:, :, None] * cols[:, None, :]
+
+
+def _weighted_mean(values: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """[B, h, w] values and weights -> [B] weighted means."""
+    w = weights.flatten(1)
+    return (values.flatten(1) * w).sum(dim=1) / w.sum(dim=1)
+
+
+def difficulty_score(difficulty: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
+    """DS: mean of the difficulty map. [B, H, W] (weights [B, H, W]) -> [B]."""
+    if weights is None:
+        return difficulty.flatten(1).mean(dim=1)
+    return _weighted_mean(difficulty, weights)
+
+
+def difficulty_histogram(
+    difficulty: torch.Tensor, bins: int, weights: torch.Tensor | None = None
+) -> torch.Tensor:
     """Per-image histogram with `bins` bins over the image's own [min, max]: [B, H, W] -> [B, bins].
 
-    A constant map puts every pixel in bin 0. The maximum falls in the last bin.
+    A constant map puts every pixel in bin 0. The maximum falls in the last bin. With `weights`
+    only pixels of weight > 0 count, for the range too.
     """
     d = difficulty.flatten(1)  # [B, N]
-    lo = d.min(dim=1, keepdim=True).values
-    span = d.max(dim=1, keepdim=True).values - lo
+    keep = torch.ones_like(d) if weights is None else (weights.flatten(1) > 0).to(d.dtype)
+    inf = torch.full_like(d, float("inf"))
+    lo = torch.where(keep > 0, d, inf).min(dim=1, keepdim=True).values
+    span = torch.where(keep > 0, d, -inf).max(dim=1, keepdim=True).values - lo
     scaled = (d - lo) / torch.where(span > 0, span, torch.ones_like(span))
     index = torch.clamp(torch.floor(scaled * bins), 0, bins - 1)  # [B, N]
     edges = torch.arange(bins, dtype=d.dtype, device=d.device).view(1, bins, 1)
-    return (index.unsqueeze(1) == edges).to(d.dtype).sum(dim=2)  # [B, bins]
+    return ((index.unsqueeze(1) == edges).to(d.dtype) * keep.unsqueeze(1)).sum(dim=2)  # [B, bins]
 
 
-def difficulty_entropy(difficulty: torch.Tensor, bins: int) -> torch.Tensor:
+def difficulty_entropy(
+    difficulty: torch.Tensor, bins: int, weights: torch.Tensor | None = None
+) -> torch.Tensor:
     """DE: ln-entropy of the difficulty histogram. [B, H, W] -> [B]; 0 for a constant map."""
-    counts = difficulty_histogram(difficulty, bins)
+    counts = difficulty_histogram(difficulty, bins, weights)
     p = counts / counts.sum(dim=1, keepdim=True)
     return -(p * torch.log(torch.where(p > 0, p, torch.ones_like(p)))).sum(dim=1)
 
 
-def softmax_entropy(logits: torch.Tensor) -> torch.Tensor:
-    """Mean per-pixel entropy (ln) of the class softmax. [B, C, h, w] -> [B]."""
+def softmax_entropy(logits: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean per-pixel entropy (ln) of the class softmax. [B, C, h, w] (weights [B, h, w]) -> [B]."""
     log_p = F.log_softmax(logits, dim=1)
-    return -(log_p.exp() * log_p).sum(dim=1).flatten(1).mean(dim=1)
+    per_pixel = -(log_p.exp() * log_p).sum(dim=1)  # [B, h, w]
+    if weights is None:
+        return per_pixel.flatten(1).mean(dim=1)
+    return _weighted_mean(per_pixel, weights)
 
 
-def class_fraction(logits: torch.Tensor) -> torch.Tensor:
-    """Share of pixels predicted as each class. [B, C, h, w] -> [B, C]."""
+def class_fraction(logits: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
+    """Share of pixels predicted as each class. [B, C, h, w] (weights [B, h, w]) -> [B, C]."""
     pred = logits.argmax(dim=1, keepdim=True)  # [B, 1, h, w]
     classes = torch.arange(logits.shape[1], device=logits.device).view(1, -1, 1, 1)
-    return (pred == classes).to(logits.dtype).flatten(2).mean(dim=2)
+    hits = (pred == classes).to(logits.dtype)  # [B, C, h, w]
+    if weights is None:
+        return hits.flatten(2).mean(dim=2)
+    w = weights.unsqueeze(1)  # [B, 1, h, w]
+    return (hits * w).flatten(2).sum(dim=2) / w.flatten(2).sum(dim=2)
 
 
-def pooled_embedding(features: torch.Tensor) -> torch.Tensor:
+def pooled_embedding(features: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
     """L2-normalised global-average-pooled decoder features. [B, D, h, w] -> [B, D]."""
-    return F.normalize(features.mean(dim=(2, 3)), dim=1, eps=1e-12)
+    if weights is None:
+        pooled = features.mean(dim=(2, 3))
+    else:
+        w = weights.unsqueeze(1)  # [B, 1, h, w]
+        pooled = (features * w).sum(dim=(2, 3)) / w.sum(dim=(2, 3))
+    return F.normalize(pooled, dim=1, eps=1e-12)

@@ -36,6 +36,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
 from .camvid import CAMVID_CLASSES, CAMVID_PALETTE, CAMVID_VOID
+from .classes import IGNORE_INDEX, ClassTable
 from .tags import FrameTag, write_tags
 
 SKY, BUILDING, POLE, ROAD, PAVEMENT, TREE, SIGN, FENCE, CAR, PEDESTRIAN, BICYCLIST = range(11)
@@ -1349,12 +1350,9 @@ def write_streets(
         lines = [f"{t.image} {name}annot/{t.stem}.png\n" for t in tags if t.split == name]
         (out_dir / f"{name}.txt").write_text("".join(lines))
     write_tags(out_dir, tags)
-    classes = {
-        "classes": list(CAMVID_CLASSES),
-        "palette": [list(c) for c in CAMVID_PALETTE],
-        "void": VOID,
-    }
-    (out_dir / "classes.json").write_text(json.dumps(classes, indent=2) + "\n")
+    values = tuple(range(len(CAMVID_CLASSES)))
+    classes = ClassTable(CAMVID_CLASSES, CAMVID_PALETTE, values, (VOID, IGNORE_INDEX))
+    (out_dir / "classes.json").write_text(json.dumps(classes.to_dict(), indent=2) + "\n")
     summary = _summary(np.stack(hists), tags, size, seed, condition_rates(rare_scale))
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary

@@ -6,7 +6,7 @@ import json
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -17,9 +17,10 @@ from tqdm import tqdm
 from .checkpoint import load_checkpoint, read_raw, save_checkpoint
 from .config import Preset, TrainConfig, with_classes
 from .data import Augment, SegmentationDataset
+from .device import CPU, Runtime
 from .evaluate import evaluate_model
 from .losses import deal_loss
-from .model import HEAD_LR_SCALE, DEALNet, normalise
+from .model import HEAD_LR_SCALE, DEALNet, DEALOutput, normalise
 from .refit import refit_checkpoint
 
 
@@ -42,37 +43,10 @@ def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
         group["lr"] = lr * scale
 
 
-def train_one_epoch(
-    model: DEALNet,
-    loader: DataLoader,
-    optimizer: torch.optim.Optimizer,
-    preset: Preset,
-    first_iter: int,
-    max_iter: int,
-    progress: tqdm,
-) -> dict[str, float]:
-    train_cfg = preset.train
-    model.train()
-    totals: dict[str, float] = {}
-    for i, (images, labels) in enumerate(loader):
-        set_lr(optimizer, poly_lr(train_cfg.lr, first_iter + i, max_iter, train_cfg.poly_power))
-        out = model(normalise(images, preset.model.mean, preset.model.std))
-        loss, parts = deal_loss(
-            out.full_logits(),
-            out.difficulty(),
-            labels,
-            train_cfg.difficulty_loss,
-            train_cfg.difficulty_weight,
-        )
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        for k, v in parts.items():
-            totals[k] = totals.get(k, 0.0) + v
-        progress.update(1)
-        progress.set_postfix(loss=f"{parts['loss']:.3f}", dif=f"{parts['dif']:.3f}")
-    n = max(len(loader), 1)
-    return {k: v / n for k, v in totals.items()}
+def as_float(out: DEALOutput) -> DEALOutput:
+    """The outputs of an autocast forward pass in float32, for the losses (a float32 pass is
+    returned as it is). Upsampling and BCE run in float32: BCE is not autocast-safe."""
+    return replace(out, logits=out.logits.float(), difficulty_logits=out.difficulty_logits.float())
 
 
 class Trainer:
@@ -84,7 +58,13 @@ class Trainer:
     """
 
     def __init__(
-        self, data: Path, out: Path, preset: Preset, labeled: Sequence[int] | None, quiet: bool
+        self,
+        data: Path,
+        out: Path,
+        preset: Preset,
+        labeled: Sequence[int] | None,
+        quiet: bool,
+        runtime: Runtime = CPU,
     ) -> None:
         train_cfg = preset.train
         if train_cfg.threads:
@@ -99,13 +79,13 @@ class Trainer:
         )
         self.val_set = SegmentationDataset(data, train_cfg.val_split, size=size)
         self.preset = preset = with_classes(preset, self.train_set.num_classes)
-        self.train_cfg, self.out, self.quiet = train_cfg, out, quiet
+        self.train_cfg, self.out, self.quiet, self.runtime = train_cfg, out, quiet, runtime
         if len(self.train_set) < train_cfg.batch_size:
             raise ValueError(
                 f"{len(self.train_set)} training images is fewer than one batch of "
                 f"{train_cfg.batch_size}; lower batch_size"
             )
-        self.model = DEALNet(preset.model, pretrained=train_cfg.pretrained)
+        self.model = DEALNet(preset.model, pretrained=train_cfg.pretrained).to(runtime.device)
         self.optimizer = torch.optim.SGD(
             self.model.param_groups(train_cfg.lr),
             lr=train_cfg.lr,
@@ -113,6 +93,7 @@ class Trainer:
             nesterov=True,
             weight_decay=train_cfg.weight_decay,
         )
+        self.scaler = runtime.grad_scaler()
         self.run_state = {
             "model": preset.model.to_dict(),
             "train": train_cfg.to_dict(),
@@ -138,7 +119,8 @@ class Trainer:
             print(f"resuming {self.out} at epoch {self.start_epoch}", file=sys.stderr)
 
     def train_epoch(self, epoch: int, progress: tqdm) -> dict[str, float]:
-        """One pass over the training set; its shuffling and augmentation are seeded by epoch."""
+        """One pass over the training set; its shuffling and augmentation are seeded by epoch.
+        Returns the mean loss parts and the throughput in images per second."""
         train_cfg = self.train_cfg
         torch.manual_seed(
             train_cfg.seed * 1000003 + epoch
@@ -150,11 +132,47 @@ class Trainer:
             shuffle=True,
             drop_last=True,
             generator=shuffle,
+            **self.runtime.loader_options(),
         )
+        self.model.train()
         first = epoch * self.iters_per_epoch
-        return train_one_epoch(
-            self.model, loader, self.optimizer, self.preset, first, self.max_iter, progress
+        totals: dict[str, float] = {}
+        start = time.perf_counter()
+        for i, (images, labels) in enumerate(loader):
+            set_lr(
+                self.optimizer,
+                poly_lr(train_cfg.lr, first + i, self.max_iter, train_cfg.poly_power),
+            )
+            parts = self.step(images, labels)
+            for k, v in parts.items():
+                totals[k] = totals.get(k, 0.0) + v
+            progress.update(1)
+            progress.set_postfix(loss=f"{parts['loss']:.3f}", dif=f"{parts['dif']:.3f}")
+        seconds = time.perf_counter() - start
+        n = max(len(loader), 1)
+        images_seen = len(loader) * train_cfg.batch_size
+        return {**{k: v / n for k, v in totals.items()}, "img_per_s": images_seen / seconds}
+
+    def step(self, images: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
+        """One optimiser step on a batch (images [B, 3, H, W] 0..1, labels [B, H, W])."""
+        device, model_cfg, train_cfg = self.runtime.device, self.preset.model, self.train_cfg
+        images = images.to(device, non_blocking=True)
+        labels = labels.to(device, non_blocking=True)
+        with self.runtime.autocast():
+            out = self.model(normalise(images, model_cfg.mean, model_cfg.std))
+        out = as_float(out)
+        loss, parts = deal_loss(
+            out.full_logits(),
+            out.difficulty(),
+            labels,
+            train_cfg.difficulty_loss,
+            train_cfg.difficulty_weight,
         )
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        return parts
 
     def validate_and_save(self, epoch: int, stats: dict[str, float], progress: tqdm) -> None:
         """Validate when due (keeping best.pt), record the epoch, write last.pt."""
@@ -179,7 +197,8 @@ class Trainer:
             if not self.quiet:
                 progress.write(
                     f"epoch {epoch + 1}: loss {stats['loss']:.3f} "
-                    f"val mIoU {metrics['miou'] * 100:.1f} (best {self.best * 100:.1f})",
+                    f"val mIoU {metrics['miou'] * 100:.1f} (best {self.best * 100:.1f}), "
+                    f"{stats['img_per_s']:.1f} img/s",
                     file=sys.stderr,
                 )
         self.history.append(record)
@@ -196,6 +215,8 @@ class Trainer:
     def run(self) -> FitResult:
         self.out.mkdir(parents=True, exist_ok=True)
         self.resume()
+        if not self.quiet:
+            print(f"fit {self.out} on {self.runtime.describe()}", file=sys.stderr)
         (self.out / "config.json").write_text(json.dumps(self.run_state, indent=2))
         t0 = time.time()
         progress = tqdm(
@@ -213,7 +234,9 @@ class Trainer:
         (self.out / "history.json").write_text(json.dumps(self.history, indent=2))
         refit = None
         if self.train_cfg.refit_difficulty:
-            refit = refit_best(self.best_path, self.val_set, self.train_cfg, self.quiet)
+            refit = refit_best(
+                self.best_path, self.val_set, self.train_cfg, self.quiet, self.runtime.device
+            )
         epochs_run = self.train_cfg.epochs - self.start_epoch
         return FitResult(
             self.best_path, self.best, epochs_run, time.time() - t0, self.history, refit
@@ -226,17 +249,23 @@ def fit(
     preset: Preset,
     labeled: Sequence[int] | None = None,
     quiet: bool = False,
+    runtime: Runtime = CPU,
 ) -> FitResult:
-    """Train on `data` (CamVid layout or Cityscapes), keep the best-val checkpoint in `out`.
+    """Train on `data` (any layout of `data.py`), keep the best-val checkpoint in `out`.
 
     `labeled` restricts training to those indices of the train split (active learning). If
-    `out/last.pt` exists from an interrupted run with the same configuration, training resumes.
+    `out/last.pt` exists from an interrupted run with the same configuration, training resumes,
+    on any device. `runtime` says where and in what precision the run computes.
     """
-    return Trainer(data, out, preset, labeled, quiet).run()
+    return Trainer(data, out, preset, labeled, quiet, runtime).run()
 
 
 def refit_best(
-    best_path: Path, val_set: SegmentationDataset, train_cfg: TrainConfig, quiet: bool = False
+    best_path: Path,
+    val_set: SegmentationDataset,
+    train_cfg: TrainConfig,
+    quiet: bool = False,
+    device: torch.device = CPU.device,
 ) -> dict[str, Any]:
     """Refit the kept checkpoint's difficulty head on `val_set` once (a resumed run keeps it)."""
     ckpt = load_checkpoint(best_path)
@@ -244,7 +273,7 @@ def refit_best(
     if done is None:
         done = refit_checkpoint(
             ckpt,
-            ckpt.build_model(),
+            ckpt.build_model().to(device),
             val_set,
             train_cfg.refit_loss,
             best_path,
