@@ -648,7 +648,7 @@ def select_command(
 
     Exits 3 when fewer than --top-k images could be selected (the reason on stderr).
     """
-    _one_engine(urls, model)
+    _one_engine(urls, model, o)
     ctx.exit(_interruptible(lambda: _select(scores, out, urls, model, o), "nothing changed"))
 
 

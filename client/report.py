@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from dealseg.core.colors import DIFFICULTY_LABEL, class_colors, css_gradient
-from dealseg.core.decode import DecodeError, decode_image_sized
+from dealseg.core.decode import DecodeError, decode_frame
 from dealseg.core.files import atomic_write
 from dealseg.core.ranking import SCORE_COLUMNS
 
@@ -112,9 +112,9 @@ def _thumbnail(path: str, input_size: tuple[int, int]) -> np.ndarray:
     cannot be read."""
     from PIL import Image
 
-    image, shown = decode_image_sized(path, input_size)
-    h, w = _thumb_size(shown)
-    return np.asarray(Image.fromarray(image).resize((w, h), Image.Resampling.BILINEAR))
+    frame = decode_frame(path, input_size)  # stretched to the model's frame, as the maps
+    h, w = _thumb_size(frame.shown)
+    return np.asarray(Image.fromarray(frame.image).resize((w, h), Image.Resampling.BILINEAR))
 
 
 def _thumbs(out: Path, row: dict[str, Any], input_size: tuple[int, int], colors: Any) -> Thumbs:

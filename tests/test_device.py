@@ -35,6 +35,9 @@ TINY = {
     "val_every": 2,
     "threads": 1,
     "refit_difficulty": False,
+    "difficulty_inputs": "Q+U",  # the cpu preset's head at that commit, pinned here
+    "difficulty_hidden": 16,
+    "difficulty_context": 0,
 }
 # The per-epoch mean losses of this seeded run, recorded with the code before `--device` existed
 # (commit 794d84e, torch 2.13 CPU): `--device auto` on a machine without CUDA must repeat them.

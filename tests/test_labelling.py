@@ -424,7 +424,7 @@ def test_csv_has_a_named_column_per_class_and_every_path_mapped(run: Path, tmp_p
         record = scores[r["local_path"]]
         assert float(r["ds"]) == pytest.approx(record["ds"])
         shares = [float(r[class_key(n)]) for n in names]
-        assert shares == pytest.approx(record["class_fraction"], abs=1e-6)
+        assert shares == pytest.approx([record["class_fraction"][n] for n in names], abs=1e-6)
 
 
 def test_export_errors_are_one_line(run: Path, tmp_path: Path) -> None:

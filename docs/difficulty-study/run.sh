@@ -1,0 +1,66 @@
+#!/usr/bin/env bash
+# The difficulty-score study: which difficulty head makes the served DS rank held-out frames by
+# how wrong the model is. Every variant is one exported graph, judged by the same command,
+# `deal-client eval`, on the same 400 fresh frames (generator seed 202, never used for tuning;
+# the variants were chosen on other frames). Resumable: a step whose output exists is skipped.
+#
+#   docs/difficulty-study/run.sh [WORK]       (WORK: where data and models go; default runs/study)
+#
+# Needs the shipped recipe's checkpoint (deal-train fit --preset cpu) and writes the table to
+# docs/difficulty-study/variants.md.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+BIN=.venv/bin
+WORK=${1:-runs/study}
+DATA=$WORK/streets            # the training set: seed 0, 1000 scenes, 180x240
+HOLDOUT=$WORK/holdout         # the judged frames: seed 202, 400 scenes
+SHIP=${SHIP:-runs/ship/best.pt}
+PAPER=$WORK/paper             # the paper's recipe: the same training, the paper's head
+mkdir -p "$WORK/models" "$WORK/eval"
+
+[ -d "$DATA" ] || $BIN/deal-train synth --out "$DATA" --n 1000 --size 180x240 --seed 0 >/dev/null
+[ -d "$HOLDOUT" ] || $BIN/deal-train synth --out "$HOLDOUT" --n 400 --size 180x240 --seed 202 >/dev/null
+ls "$HOLDOUT"/{train,val,test}/*.png > "$WORK/holdout.txt"
+
+# The paper's head trained jointly, as published (refit: none).
+[ -f "$PAPER/best.pt" ] || $BIN/deal-train fit --data "$DATA" --out "$PAPER" --preset cpu \
+  difficulty_inputs=Q difficulty_hidden=0 difficulty_context=0 refit_difficulty=false threads=2
+
+# name | checkpoint | refit options (empty: as trained)
+VARIANTS="
+V0-paper-joint|$PAPER/best.pt|
+V1-paper-refit-wbce|$PAPER/best.pt|--loss wbce
+V2-paper-refit-bce|$PAPER/best.pt|--loss bce
+V2s-Q-bce|$SHIP|--inputs Q --hidden 0 --context 0 --loss bce --l2 0
+V3-QUUA-linear|$SHIP|--inputs Q+U+UA --hidden 0 --context 0 --loss bce --l2 1e-4
+V4-QUUA-mlp32|$SHIP|--inputs Q+U+UA --hidden 32 --context 0 --loss bce --l2 1e-2
+V4c-QUUALP-mlp16-ctx3|$SHIP|--inputs Q+U+UA+LP --hidden 16 --context 3 --loss bce --l2 1e-2
+V5-QUUADEC-linear|$SHIP|--inputs Q+U+UA+DEC --hidden 0 --context 0 --loss bce --l2 1e-4
+V5-QUUADEC-mlp32|$SHIP|--inputs Q+U+UA+DEC --hidden 32 --context 0 --loss bce --l2 1e-2
+V5c-shipped|$SHIP|
+"
+while IFS='|' read -r name ckpt options; do
+  [ -n "$name" ] || continue
+  model=$WORK/models/$name
+  if [ ! -f "$model.pt" ]; then
+    if [ -n "$options" ]; then
+      # shellcheck disable=SC2086
+      $BIN/deal-train refit --checkpoint "$ckpt" --data "$DATA" --out "$model.pt" $options >/dev/null
+    else
+      cp "$ckpt" "$model.pt"
+    fi
+  fi
+  [ -f "$model.onnx" ] || $BIN/deal-export onnx --checkpoint "$model.pt" --out "$model.onnx" >/dev/null
+  [ -f "$WORK/eval/$name/eval.json" ] || $BIN/deal-client eval "$WORK/holdout.txt" \
+    --labels "$HOLDOUT" --model "$model.onnx" --out "$WORK/eval/$name" --no-progress >/dev/null
+  # the map's pixel AUROC for the error mask, on the holdout's 280 train-split frames
+  [ -f "$WORK/eval/$name/metrics.json" ] || $BIN/deal-train eval --checkpoint "$model.pt" \
+    --data "$HOLDOUT" --split train --out "$WORK/eval/$name" >/dev/null 2>&1
+done <<< "$VARIANTS"
+# The model shipped before this study (paper head refit with wbce, trained on the street set
+# before drives and rare conditions), on the same frames.
+[ -f "$WORK/eval/before/eval.json" ] || $BIN/deal-client eval "$WORK/holdout.txt" \
+  --labels "$HOLDOUT" --model "${BEFORE:-model_repository/deal/1/model.onnx}" \
+  --out "$WORK/eval/before" --no-progress >/dev/null || true
+$BIN/python docs/difficulty-study/table.py "$WORK/eval" > docs/difficulty-study/variants.md
+cat docs/difficulty-study/variants.md

@@ -1,0 +1,59 @@
+"""The difficulty-score study's table from the `deal-client eval` outputs under one folder.
+
+    python docs/difficulty-study/table.py runs/study/eval > docs/difficulty-study/variants.md
+
+One row per variant (its `ds`), then the baselines the shipped graph also serves (`entropy`,
+`de`), random and the oracle; the pixel AUROC of each variant's map on the same frames comes from
+`deal-train eval` (metrics.json beside eval.json) when it was run.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+COLUMNS = (
+    ("spearman_error", "Spearman(err)"),
+    ("spearman_miou", "Spearman(1-mIoU)"),
+    ("auroc_worst10", "AUROC worst 10%"),
+    ("auroc_worst25", "AUROC worst 25%"),
+    ("aurc", "AURC"),
+    ("augrc", "AUGRC"),
+    ("capture_worst10", "worst-10% caught"),
+    ("capture_worst25", "worst-25% caught"),
+)
+
+
+def row(name: str, metrics: dict, pixel_auroc: float | None) -> str:
+    cells = [f"{metrics[key]:.3f}" for key, _ in COLUMNS]
+    pixel = "-" if pixel_auroc is None else f"{pixel_auroc:.3f}"
+    return f"| {name} | " + " | ".join(cells) + f" | {pixel} |"
+
+
+def main(folder: Path) -> None:
+    runs = sorted(p.parent for p in folder.glob("*/eval.json"))
+    header = "| variant (score) | " + " | ".join(t for _, t in COLUMNS) + " | pixel AUROC |"
+    print(header)
+    print("|---|" + "---:|" * (len(COLUMNS) + 1))
+    baselines = {}
+    for run in runs:
+        summary = json.loads((run / "eval.json").read_text())["summary"]
+        by_name = {s["strategy"]: s for s in summary["strategies"]}
+        metrics_file = run / "metrics.json"
+        pixel = (
+            json.loads(metrics_file.read_text())["difficulty_auroc"]
+            if metrics_file.is_file()
+            else None
+        )
+        print(row(f"{run.name} (ds)", by_name["ds"], pixel))
+        if run.name.startswith("V5c"):
+            baselines = by_name
+    for name in ("entropy", "de", "random", "oracle"):
+        if name in baselines:
+            label = f"{name} ({'V5c-shipped graph' if name in ('entropy', 'de') else 'reference'})"
+            print(row(label, baselines[name], None))
+
+
+if __name__ == "__main__":
+    main(Path(sys.argv[1]))
