@@ -20,27 +20,28 @@ mkdir -p "$WORK/models" "$WORK/eval"
 
 [ -d "$DATA" ] || $BIN/deal-train synth --out "$DATA" --n 1000 --size 180x240 --seed 0 >/dev/null
 [ -d "$HOLDOUT" ] || $BIN/deal-train synth --out "$HOLDOUT" --n 400 --size 180x240 --seed 202 >/dev/null
-ls "$HOLDOUT"/{train,val,test}/*.png > "$WORK/holdout.txt"
+ls "$PWD/$HOLDOUT"/{train,val,test}/*.png > "$WORK/holdout.txt"  # absolute: a list is read relative to its folder
 
-# The paper's head trained jointly, as published (refit: none).
-[ -f "$PAPER/best.pt" ] || $BIN/deal-train fit --data "$DATA" --out "$PAPER" --preset cpu \
-  difficulty_inputs=Q difficulty_hidden=0 difficulty_context=0 refit_difficulty=false threads=2
-
-# name | checkpoint | refit options (empty: as trained)
+# name | checkpoint | refit options (empty: as trained). The paper's recipe (its head trained
+# jointly, as published; no refit) is trained before its first variant.
 VARIANTS="
-V0-paper-joint|$PAPER/best.pt|
-V1-paper-refit-wbce|$PAPER/best.pt|--loss wbce
-V2-paper-refit-bce|$PAPER/best.pt|--loss bce
+V5c-shipped|$SHIP|
 V2s-Q-bce|$SHIP|--inputs Q --hidden 0 --context 0 --loss bce --l2 0
 V3-QUUA-linear|$SHIP|--inputs Q+U+UA --hidden 0 --context 0 --loss bce --l2 1e-4
 V4-QUUA-mlp32|$SHIP|--inputs Q+U+UA --hidden 32 --context 0 --loss bce --l2 1e-2
 V4c-QUUALP-mlp16-ctx3|$SHIP|--inputs Q+U+UA+LP --hidden 16 --context 3 --loss bce --l2 1e-2
 V5-QUUADEC-linear|$SHIP|--inputs Q+U+UA+DEC --hidden 0 --context 0 --loss bce --l2 1e-4
 V5-QUUADEC-mlp32|$SHIP|--inputs Q+U+UA+DEC --hidden 32 --context 0 --loss bce --l2 1e-2
-V5c-shipped|$SHIP|
+V0-paper-joint|$PAPER/best.pt|
+V1-paper-refit-wbce|$PAPER/best.pt|--loss wbce
+V2-paper-refit-bce|$PAPER/best.pt|--loss bce
 "
 while IFS='|' read -r name ckpt options; do
   [ -n "$name" ] || continue
+  if [ "$ckpt" = "$PAPER/best.pt" ] && [ ! -f "$ckpt" ]; then
+    $BIN/deal-train fit --data "$DATA" --out "$PAPER" --preset cpu difficulty_inputs=Q \
+      difficulty_hidden=0 difficulty_context=0 refit_difficulty=false threads=2 >/dev/null 2>&1
+  fi
   model=$WORK/models/$name
   if [ ! -f "$model.pt" ]; then
     if [ -n "$options" ]; then
