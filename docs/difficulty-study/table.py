@@ -1,6 +1,7 @@
-"""The difficulty-score study's table from the `deal-client eval` outputs under one folder.
+"""The difficulty-score study's tables from the `deal-client eval` outputs, one per folder.
 
-    python docs/difficulty-study/table.py runs/study/eval > docs/difficulty-study/variants.md
+    python docs/difficulty-study/table.py runs/study/eval-tune runs/study/eval \
+        > docs/difficulty-study/variants.md
 
 One row per variant (its `ds`), then the baselines the shipped graph also serves (`entropy`,
 `de`), random and the oracle; the pixel AUROC of each variant's map on the same frames comes from
@@ -31,8 +32,10 @@ def row(name: str, metrics: dict, pixel_auroc: float | None) -> str:
     return f"| {name} | " + " | ".join(cells) + f" | {pixel} |"
 
 
-def main(folder: Path) -> None:
+def table(folder: Path) -> None:
     runs = sorted(p.parent for p in folder.glob("*/eval.json"))
+    frames = json.loads((runs[0] / "eval.json").read_text())["summary"]["counts"]["evaluated"]
+    print(f"### {folder.name}: {frames} frames\n")
     header = "| variant (score) | " + " | ".join(t for _, t in COLUMNS) + " | pixel AUROC |"
     print(header)
     print("|---|" + "---:|" * (len(COLUMNS) + 1))
@@ -53,7 +56,9 @@ def main(folder: Path) -> None:
         if name in baselines:
             label = f"{name} ({'V5c-shipped graph' if name in ('entropy', 'de') else 'reference'})"
             print(row(label, baselines[name], None))
+    print()
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]))
+    for argument in sys.argv[1:]:
+        table(Path(argument))
