@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from dealseg.core.ranking import SCORE_COLUMNS
+from dealseg.core.ranking import DEFAULT_STRATEGY, SCORE_COLUMNS
 
 from .engines import EmbeddedEngine, Engine, TritonEngine
 from .run import ScoreSettings, SelectSettings, list_paths, pick, score_into
@@ -94,7 +94,7 @@ def score(
 
 def select(
     table: Any,
-    strategy: str = "de",
+    strategy: str = DEFAULT_STRATEGY,
     k: int = 100,
     *,
     seed: int = 0,

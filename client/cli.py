@@ -33,6 +33,7 @@ STRATEGY_NAMES = (  # == core.ranking.STRATEGIES (tested)
     "de+coreset",
     "entropy+coreset",
 )
+DEFAULT_STRATEGY = "de"  # == core.ranking.DEFAULT_STRATEGY (tested)
 DEFAULT_MAX_PIXELS = 89_478_485  # == decode.DEFAULT_MAX_PIXELS (tested), Pillow's own limit
 RESIZE_MODES = ("stretch", "letterbox", "crop")  # == decode.RESIZE_MODES (tested)
 
@@ -118,7 +119,7 @@ def selection_options(require_k: bool) -> Callable[[Callable], Callable]:
                     "--strategy",
                     "-s",
                     type=click.Choice(STRATEGY_NAMES),
-                    default=None if not require_k else "de",
+                    default=None if not require_k else DEFAULT_STRATEGY,
                     show_default=True,
                     help="Ranking: the paper's difficulty score (ds) or difficulty entropy "
                     "(de), softmax entropy, seeded random, or k-center core-set.",

@@ -36,7 +36,7 @@ from dealseg.core.decode import (
     decode_frame,
 )
 from dealseg.core.pool import read_pool, take_shard
-from dealseg.core.ranking import Options, Pool, Selection, choose, groups_of
+from dealseg.core.ranking import DEFAULT_STRATEGY, Options, Pool, Selection, choose, groups_of
 
 from .engines import Engine, EngineError
 from .store import (
@@ -342,7 +342,7 @@ def score_into(
 class SelectSettings:
     """What `pick` selects (the CLI's --strategy, --top-k, --seed, ... options)."""
 
-    strategy: str = "de"
+    strategy: str = DEFAULT_STRATEGY
     k: int = 100
     seed: int = 0
     diverse: float | None = None

@@ -16,7 +16,13 @@ import pytest
 from click.testing import CliRunner, Result
 from PIL import Image
 
-from dealseg.client.cli import DEFAULT_MAX_PIXELS, RESIZE_MODES, STRATEGY_NAMES, main
+from dealseg.client.cli import (
+    DEFAULT_MAX_PIXELS,
+    DEFAULT_STRATEGY,
+    RESIZE_MODES,
+    STRATEGY_NAMES,
+    main,
+)
 from dealseg.client.maps import map_name
 from dealseg.core.contract import TOL_DS, ModelSpec
 
@@ -600,7 +606,9 @@ def test_client_imports_without_torch_or_heavy_modules_for_help() -> None:
 def test_cli_constants_match_the_library() -> None:
     from dealseg.core.decode import DEFAULT_MAX_PIXELS as decode_max
     from dealseg.core.decode import RESIZE_MODES as decode_modes
+    from dealseg.core.ranking import DEFAULT_STRATEGY as ranking_default
     from dealseg.core.ranking import MEANINGS, STRATEGIES
 
     assert sorted(STRATEGY_NAMES) == sorted(STRATEGIES) == sorted(MEANINGS)
+    assert ranking_default == DEFAULT_STRATEGY
     assert decode_max == DEFAULT_MAX_PIXELS and decode_modes == RESIZE_MODES
