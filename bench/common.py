@@ -278,15 +278,15 @@ def shipped_eager(path: Path = SHIPPED_MODEL, size: tuple[int, int] | None = Non
             module.weight.copy_(torch.from_numpy(weights[f"{name}.weight"].copy()))
             folded = weights.get(f"{name}.weight_bias")
             if folded is None:  # a conv with its own bias (the heads)
-                module.bias.copy_(torch.from_numpy(weights[f"{name}.bias"]))
+                module.bias.copy_(torch.from_numpy(weights[f"{name}.bias"].copy()))
                 continue
             assert isinstance(nxt, nn.BatchNorm2d), f"{name}: no batch norm after a folded conv"
             nxt.weight.fill_(1.0)
-            nxt.bias.copy_(torch.from_numpy(folded))
+            nxt.bias.copy_(torch.from_numpy(folded.copy()))
             nxt.running_mean.zero_()
             nxt.running_var.fill_(1.0 - nxt.eps)
         net.difficulty_head.gamma.copy_(
-            torch.from_numpy(weights["model.difficulty_head.gamma"]).reshape(1)
+            torch.from_numpy(weights["model.difficulty_head.gamma"].copy()).reshape(1)
         )
     return net
 

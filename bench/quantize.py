@@ -221,7 +221,8 @@ def main() -> None:
         "(hence 7-bit weights for the GEMM convolutions there) and peak at about 2x FP32 FMAs",
         "w8: every weight 8-bit; w7: the GEMM convolutions' weights 7-bit (`reduce_range`), "
         "depthwise 8-bit; the recipe's choice (`--weight-bits auto`) is w8 with VNNI, w7 without",
-        f"profile (of the recipe's choice): ORT's profiler, {runs} runs of batch 8 after a warm-up, thread spinning on; "
+        f"profile (of the recipe's choice): ORT's profiler, {runs} runs of batch 8 after a "
+        "warm-up, thread spinning on; "
         "kernel ms per image by op type (share of all kernel time); INT8 kernels are "
         "QLinearConv (convs with their ReLU), QLinearConcat/QLinearAdd, and the Quantize/"
         "DequantizeLinear at the FP32 borders",
