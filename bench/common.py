@@ -293,16 +293,53 @@ def shipped_eager(path: Path = SHIPPED_MODEL, size: tuple[int, int] | None = Non
 
 def profile_ops(model: Path | str, images: Any, runs: int, threads: int = 2) -> dict[str, float]:
     """ORT's own profiler over `runs` runs of `images` after a warm-up: kernel op type (Conv,
-    QLinearConv, Softmax, ...) -> seconds per image."""
+    QLinearConv, Softmax, ...) -> seconds per image. Convolutions are split by kind:
+    "Conv (depthwise)", "QLinearConv (1x1)", "Conv (kxk)", from their weight's shape."""
     session = ort_session(model, threads, spin=True, profile_prefix=CACHE / "profile" / "ops")
     feed = feeds(session, images)
     for _ in range(runs + 1):
         session.run(None, feed)
     events = profile_events(session)
     first = sorted(e["ts"] for e in events if e.get("name") == "model_run")[1]
+    weights = conv_weights(model)
     ops: dict[str, float] = {}
     for e in events:
         if e.get("cat") == "Node" and e["name"].endswith("_kernel_time") and e["ts"] >= first:
-            op = e["args"]["op_name"]
+            op = _conv_kind(e["args"], e["name"], weights)
             ops[op] = ops.get(op, 0.0) + e["dur"] * 1e-6 / (runs * len(images))
     return ops
+
+
+def conv_weights(model: Path | str) -> dict[str, list[int]]:
+    """Conv node name -> its weight's dims [Cout, Cin/groups, kh, kw], through a
+    DequantizeLinear in a QDQ model."""
+    import onnx
+
+    graph = onnx.load(str(model)).graph
+    dims = {i.name: list(i.dims) for i in graph.initializer}
+    dims.update(
+        {
+            n.output[0]: dims.get(n.input[0], [])
+            for n in graph.node
+            if n.op_type == "DequantizeLinear"
+        }
+    )
+    return {n.name: dims.get(n.input[1], []) for n in graph.node if n.op_type == "Conv"}
+
+
+def _conv_kind(args: dict[str, Any], event: str, weights: dict[str, list[int]]) -> str:
+    """A profiled kernel's op type, with the kind of convolution for Conv-like kernels: the
+    weight's shape from the kernel's inputs (FP32) or from the graph's node of that name (a
+    QLinearConv's weights are prepacked; its kernel is named `<Conv node>_token_<n>`)."""
+    op = args["op_name"]
+    if "Conv" not in op:
+        return op
+    shapes = [next(iter(t.values())) for t in args.get("input_type_shape", [])]
+    weight = next((s for s in shapes[1:] if len(s) == 4), None)  # [Cout, Cin/groups, kh, kw]
+    if weight is None:
+        weight = weights.get(re.sub(r"(_token_\d+)?_kernel_time$", "", event))
+    if not weight or len(weight) != 4:
+        return op
+    if weight[1] == 1 and weight[0] > 1:
+        return f"{op} (depthwise)"
+    return f"{op} ({'1x1' if weight[2] * weight[3] == 1 else 'kxk'})"

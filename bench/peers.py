@@ -381,7 +381,8 @@ def main() -> None:
     from dealseg.serving.repository import read_onnx_spec
 
     spec = read_onnx_spec(SHIPPED_MODEL)
-    images = held_out(frames, spec.input_size)
+    requested = frames
+    images = held_out(requested, spec.input_size)
     frames = len(images) - len(images) % BATCH  # whole batches
     images = images[:frames]
 
@@ -467,7 +468,8 @@ def main() -> None:
         "logits move >= 1000x our bytes": moved >= 1000,
     }
     notes = [
-        f"{frames} held-out street scenes (`deal-train synth --n {frames} --seed {SEED}`, "
+        f"{frames} held-out street scenes (whole batches of `deal-train synth --n {requested} "
+        f"--seed {SEED}`, "
         f"{spec.input_size[0]}x{spec.input_size[1]}), batches of {BATCH}, {THREADS} threads "
         "each (torch and ORT; Triton's server 2 ORT threads), variants alternated batch by batch "
         "in rotating order after one warm-up batch each; images/s = frames / summed seconds",
