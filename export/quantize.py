@@ -104,18 +104,27 @@ def scalar_constants(model: Any) -> list[str]:
     """Make every [1, C, 1, 1] initializer that a Sub, Div, Mul or Add reads, with all C values
     equal and no other reader, a scalar (in place); the names changed.
 
-    The node's other operand is the 4-D activation, so the result's shape and values are the
-    same; only the broadcast pattern, and so the kernel ONNX Runtime takes, changes.
+    Only where the node's other operand is known to be 4-D (ONNX shape inference), so the
+    result's shape and values are the same; only the broadcast pattern, and so the kernel ONNX
+    Runtime takes, changes.
     """
-    from onnx import numpy_helper
+    from onnx import numpy_helper, shape_inference
 
+    inferred = shape_inference.infer_shapes(model).graph
+    ranks = {
+        v.name: len(v.type.tensor_type.shape.dim)
+        for v in [*inferred.value_info, *inferred.input]
+        if v.type.tensor_type.HasField("shape")
+    }
     readers: dict[str, int] = {}
     for node in model.graph.node:
         for name in node.input:
             readers[name] = readers.get(name, 0) + 1
     elementwise = {"Sub", "Div", "Mul", "Add"}
     candidates = {
-        n.input[1] for n in model.graph.node if n.op_type in elementwise and len(n.input) == 2
+        n.input[1]
+        for n in model.graph.node
+        if n.op_type in elementwise and len(n.input) == 2 and ranks.get(n.input[0]) == 4
     }
     changed = []
     for init in model.graph.initializer:
