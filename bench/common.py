@@ -225,3 +225,121 @@ def python_cpu_server(name: str) -> Any:
     shutil.rmtree(repo, ignore_errors=True)
     write_repository(SHIPPED_MODEL, repo, "python-cpu", intra_op_threads=2)
     return TritonServer(repo, host="127.0.0.1")
+
+
+# ------------------------------------------------------------------------------ eager model
+def shipped_eager(path: Path = SHIPPED_MODEL, size: tuple[int, int] | None = None) -> Any:
+    """The model of an exported graph back in PyTorch: a DEALNet (eval mode) with its weights.
+
+    The architecture comes from the graph's metadata (the shipped one: separable decoder as
+    wide as the embedding less the 48-ch skip, PAM on the difficulty grid); the weights from its
+    initializers, which the exporter names after the PyTorch parameters. Batch norm is folded
+    into the convolutions there (`<conv>.weight`, `<conv>.weight_bias`), so each batch norm
+    becomes the identity plus that bias (scale 1: running variance 1 - eps), which keeps the
+    module structure, and so the eager cost, of the trained model. `size` overrides the input
+    size (any multiple of the output stride). Callers check parity against the graph.
+    """
+    import onnx
+    import torch
+    from onnx import numpy_helper
+    from torch import nn
+
+    from dealseg.core.contract import ModelSpec
+    from dealseg.training.model import DEALNet, ModelConfig
+
+    model = onnx.load(str(path))
+    spec = ModelSpec.from_metadata({p.key: p.value for p in model.metadata_props})
+    weights = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    cfg = ModelConfig(
+        num_classes=spec.num_classes,
+        decoder_width=spec.embedding_dim - ModelConfig.low_level_channels,
+        separable=True,
+        attention_size=spec.difficulty_size,
+        input_size=tuple(size or spec.input_size),  # type: ignore[arg-type]
+        mean=spec.mean,
+        std=spec.std,
+    )
+    net = DEALNet(cfg, pretrained=False).eval()
+    order: list[tuple[str, nn.Module]] = []  # convs and batch norms in the order they run
+    names = {m: f"model.{n}" for n, m in net.named_modules()}
+    hooks = [
+        m.register_forward_hook(lambda mod, i, o: order.append((names[mod], mod)))
+        for m in net.modules()
+        if isinstance(m, (nn.Conv2d, nn.BatchNorm2d))
+    ]
+    with torch.inference_mode():
+        net(torch.zeros(1, 3, *cfg.input_size))
+    for h in hooks:
+        h.remove()
+    with torch.no_grad():
+        for (name, module), (_, nxt) in zip(order, order[1:] + [("", None)], strict=True):
+            if not isinstance(module, nn.Conv2d):
+                continue
+            module.weight.copy_(torch.from_numpy(weights[f"{name}.weight"].copy()))
+            folded = weights.get(f"{name}.weight_bias")
+            if folded is None:  # a conv with its own bias (the heads)
+                module.bias.copy_(torch.from_numpy(weights[f"{name}.bias"].copy()))
+                continue
+            assert isinstance(nxt, nn.BatchNorm2d), f"{name}: no batch norm after a folded conv"
+            nxt.weight.fill_(1.0)
+            nxt.bias.copy_(torch.from_numpy(folded.copy()))
+            nxt.running_mean.zero_()
+            nxt.running_var.fill_(1.0 - nxt.eps)
+        net.difficulty_head.gamma.copy_(
+            torch.from_numpy(weights["model.difficulty_head.gamma"].copy()).reshape(1)
+        )
+    return net
+
+
+def profile_ops(model: Path | str, images: Any, runs: int, threads: int = 2) -> dict[str, float]:
+    """ORT's own profiler over `runs` runs of `images` after a warm-up: kernel op type (Conv,
+    QLinearConv, Softmax, ...) -> seconds per image. Convolutions are split by kind:
+    "Conv (depthwise)", "QLinearConv (1x1)", "Conv (kxk)", from their weight's shape."""
+    session = ort_session(model, threads, spin=True, profile_prefix=CACHE / "profile" / "ops")
+    feed = feeds(session, images)
+    for _ in range(runs + 1):
+        session.run(None, feed)
+    events = profile_events(session)
+    first = sorted(e["ts"] for e in events if e.get("name") == "model_run")[1]
+    weights = conv_weights(model)
+    ops: dict[str, float] = {}
+    for e in events:
+        if e.get("cat") == "Node" and e["name"].endswith("_kernel_time") and e["ts"] >= first:
+            op = _conv_kind(e["args"], e["name"], weights)
+            ops[op] = ops.get(op, 0.0) + e["dur"] * 1e-6 / (runs * len(images))
+    return ops
+
+
+def conv_weights(model: Path | str) -> dict[str, list[int]]:
+    """Conv node name -> its weight's dims [Cout, Cin/groups, kh, kw], through a
+    DequantizeLinear in a QDQ model."""
+    import onnx
+
+    graph = onnx.load(str(model)).graph
+    dims = {i.name: list(i.dims) for i in graph.initializer}
+    dims.update(
+        {
+            n.output[0]: dims.get(n.input[0], [])
+            for n in graph.node
+            if n.op_type == "DequantizeLinear"
+        }
+    )
+    return {n.name: dims.get(n.input[1], []) for n in graph.node if n.op_type == "Conv"}
+
+
+def _conv_kind(args: dict[str, Any], event: str, weights: dict[str, list[int]]) -> str:
+    """A profiled kernel's op type, with the kind of convolution for Conv-like kernels: the
+    weight's shape from the kernel's inputs (FP32) or from the graph's node of that name (a
+    QLinearConv's weights are prepacked; its kernel is named `<Conv node>_token_<n>`)."""
+    op = args["op_name"]
+    if "Conv" not in op:
+        return op
+    shapes = [next(iter(t.values())) for t in args.get("input_type_shape", [])]
+    weight = next((s for s in shapes[1:] if len(s) == 4), None)  # [Cout, Cin/groups, kh, kw]
+    if weight is None:
+        weight = weights.get(re.sub(r"(_token_\d+)?_kernel_time$", "", event))
+    if not weight or len(weight) != 4:
+        return op
+    if weight[1] == 1 and weight[0] > 1:
+        return f"{op} (depthwise)"
+    return f"{op} ({'1x1' if weight[2] * weight[3] == 1 else 'kxk'})"

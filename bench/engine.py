@@ -38,6 +38,7 @@ from common import (
     median,
     ort_session,
     profile_events,
+    shipped_eager,
     write_result,
 )
 
@@ -195,14 +196,12 @@ def eager_graph(checkpoint: Path, spec: Any) -> tuple[object, str]:
     """(the model in the exported wrapper, where its weights come from).
 
     The checkpoint's model when it is there (it is not committed); otherwise the shipped
-    architecture (read from the model's metadata: separable decoder, 48-ch skip) with random
-    weights, which costs the same time and FLOPs.
+    graph's own weights read back into PyTorch (`common.shipped_eager`).
     """
     import torch
 
     from dealseg.export.graph import DEALGraph
     from dealseg.training.checkpoint import load_checkpoint
-    from dealseg.training.model import DEALNet, ModelConfig
 
     torch.set_num_threads(THREADS)
     if checkpoint.is_file():
@@ -210,16 +209,8 @@ def eager_graph(checkpoint: Path, spec: Any) -> tuple[object, str]:
         where = checkpoint.resolve()
         source = str(where.relative_to(ROOT) if where.is_relative_to(ROOT) else where)
     else:
-        skip = ModelConfig.low_level_channels  # the embedding is decoder width + skip channels
-        cfg = ModelConfig(
-            num_classes=spec.num_classes,
-            decoder_width=spec.embedding_dim - skip,
-            separable=True,
-            attention_size=spec.difficulty_size,
-            input_size=spec.input_size,
-        )
-        model = DEALNet(cfg, pretrained=False)
-        source = f"random weights, shipped architecture ({checkpoint} absent)"
+        model = shipped_eager(SHIPPED_MODEL)
+        source = f"the shipped graph's initializers ({checkpoint} absent)"
     return DEALGraph(model, bins=spec.bins).eval(), source
 
 

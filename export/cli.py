@@ -345,18 +345,28 @@ def repository(
     show_default=True,
     help="Calibration images, spread evenly over the pool.",
 )
-def quantize(model_path: Path, out: Path, calibration: str, count: int) -> None:
+@click.option(
+    "--weight-bits",
+    type=click.Choice(["auto", "7", "8"]),
+    default="auto",
+    show_default=True,
+    help="Bits of the 1x1 and stem convolutions' weights: 8 needs a CPU with VNNI where the "
+    "model runs (without it the INT8 sums saturate), 7 is safe everywhere; auto: 8 if this CPU "
+    "has VNNI, else 7.",
+)
+def quantize(model_path: Path, out: Path, calibration: str, count: int, weight_bits: str) -> None:
     """Static INT8 (QDQ) quantization of the segmenter; heads and scores stay FP32."""
     from .quantize import QuantizeError, quantize_model
 
     try:
-        report = quantize_model(model_path, out, calibration, count)
+        report = quantize_model(model_path, out, calibration, count, weight_bits)
     except QuantizeError as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(
         f"wrote {out} ({report.bytes_out / 1e6:.1f} MB, from {report.bytes_in / 1e6:.1f} MB): "
         f"{report.quantized_convs} convolutions INT8, calibrated on {report.calibration_images} "
-        f"images; {len(report.fp32_nodes)} nodes of the heads and scores kept FP32"
+        f"images, {report.weight_bits}-bit weights; {len(report.fp32_nodes)} nodes of the heads "
+        "and scores kept FP32"
     )
 
 

@@ -14,10 +14,19 @@ attention matmuls, 1x1 classifier) and the score tail (resize, sigmoid, histogra
 argmax, embedding), so DS and DE are computed exactly as before, from slightly different logits.
 
 Number formats: UINT8 activations (asymmetric, min/max calibrated), INT8 weights (symmetric, per
-output channel). Weights of convolutions that ONNX Runtime runs as a GEMM (1x1 and the dense stem)
-use 7 bits (`reduce_range`): on x86 CPUs without VNNI the U8S8 GEMM adds pairs of products in
-16 bits with saturation, which with full-range weights visibly corrupted the difficulty scores;
-depthwise kernels do not saturate and keep 8 bits.
+output channel). Weight range (`weight_bits`): on x86 CPUs without VNNI the U8S8 GEMM adds pairs
+of products in 16 bits with saturation, which with full-range weights visibly corrupted the
+difficulty scores, so there the weights of convolutions that ONNX Runtime runs as a GEMM (1x1 and
+the dense stem) use 7 bits (`reduce_range`); depthwise kernels do not saturate and keep 8 bits.
+With VNNI (AVX512-VNNI, AVX-VNNI) products are summed in 32 bits and every weight keeps 8 bits.
+"auto" (the default) decides from the CPU doing the quantization (`cpu_has_vnni`); a model meant
+for other machines should name the bits of the slowest one (7 when any lacks VNNI).
+
+Before calibration, per-channel constants whose channels are all equal become scalars
+(`scalar_constants`): the shipped input normalisation subtracts and divides by [1, 3, 1, 1]
+constants, and once ONNX Runtime moves the quantized convolutions to NHWC it pushes the input
+transpose past them, where a broadcast over the innermost dimension of 3 takes a slow path
+(12% of the INT8 model's kernel time at 180x240). The FP32 outputs are unchanged.
 
 The calibration images are decoded from the pool exactly as `deal-client` decodes them. The
 `dealseg.*` metadata is copied, so the client, the Triton repository writer and the contract
@@ -44,6 +53,10 @@ SEGMENTER_SCOPES: tuple[str, ...] = ("model.encoder", "model.decoder")
 QUANTIZED_OPS: tuple[str, ...] = ("Conv", "MatMul", "Clip", "Relu", "Add", "Concat", "Resize")
 
 
+WEIGHT_BITS: tuple[str, ...] = ("auto", "7", "8")
+VNNI_FLAGS: tuple[str, ...] = ("avx512_vnni", "avx_vnni", "amx_int8")
+
+
 class QuantizeError(ValueError):
     """The model or the calibration pool cannot be used; the message says what to change."""
 
@@ -57,6 +70,79 @@ class QuantizeReport:
     fp32_nodes: list[str]  # nodes of a quantizable type deliberately left FP32
     bytes_in: int
     bytes_out: int
+    weight_bits: int  # 8, or 7 for the GEMM convolutions' weights
+    scalarised: list[str]  # constants made scalars (`scalar_constants`)
+
+
+def cpu_has_vnni(cpuinfo: str | None = None) -> bool:
+    """Whether this CPU sums INT8 products in 32 bits (x86 VNNI), read from /proc/cpuinfo's
+    flags (or the given text). False where there is no such file (not Linux): then `auto`
+    weights take the 7 bits that are safe everywhere."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            return False
+    flags: set[str] = set()
+    for line in cpuinfo.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == "flags":
+            flags.update(value.split())
+    return any(f in flags for f in VNNI_FLAGS)
+
+
+def resolve_weight_bits(weight_bits: str) -> int:
+    """ "auto" -> 8 with VNNI, else 7; "7"/"8" as given; QuantizeError for anything else."""
+    if weight_bits not in WEIGHT_BITS:
+        raise QuantizeError(f"weight bits {weight_bits!r}: use one of {', '.join(WEIGHT_BITS)}")
+    if weight_bits == "auto":
+        return 8 if cpu_has_vnni() else 7
+    return int(weight_bits)
+
+
+def scalar_constants(model: Any) -> list[str]:
+    """Make every [1, C, 1, 1] initializer that a Sub, Div, Mul or Add reads, with all C values
+    equal and no other reader, a scalar (in place); the names changed.
+
+    Only where the node's other operand is known to be 4-D (ONNX shape inference), so the
+    result's shape and values are the same; only the broadcast pattern, and so the kernel ONNX
+    Runtime takes, changes.
+    """
+    from onnx import numpy_helper, shape_inference
+
+    inferred = shape_inference.infer_shapes(model).graph
+    ranks = {
+        v.name: len(v.type.tensor_type.shape.dim)
+        for v in [*inferred.value_info, *inferred.input]
+        if v.type.tensor_type.HasField("shape")
+    }
+    readers: dict[str, int] = {}
+    for node in model.graph.node:
+        for name in node.input:
+            readers[name] = readers.get(name, 0) + 1
+    elementwise = {"Sub", "Div", "Mul", "Add"}
+    candidates = {
+        n.input[1]
+        for n in model.graph.node
+        if n.op_type in elementwise and len(n.input) == 2 and ranks.get(n.input[0]) == 4
+    }
+    changed = []
+    for init in model.graph.initializer:
+        if init.name not in candidates or readers.get(init.name) != 1:
+            continue
+        dims = list(init.dims)
+        if len(dims) != 4 or dims[0] != 1 or dims[2:] != [1, 1]:
+            continue
+        values = numpy_helper.to_array(init)
+        if not np.all(values == values.flat[0]):
+            continue
+        init.CopyFrom(numpy_helper.from_array(np.asarray(values.flat[0]), init.name))
+        changed.append(init.name)
+    for infos in (model.graph.value_info, model.graph.input):  # their recorded shapes are stale
+        stale = [v for v in infos if v.name in changed]
+        for v in stale:
+            infos.remove(v)
+    return changed
 
 
 def calibration_images(pool: str | os.PathLike, size: tuple[int, int], count: int) -> np.ndarray:
@@ -136,9 +222,14 @@ def gemm_weight_overrides(model: Any) -> dict[str, list[dict[str, Any]]]:
 
 
 def quantize_model(
-    model_path: Path, out: Path, pool: str | os.PathLike, count: int = 64
+    model_path: Path,
+    out: Path,
+    pool: str | os.PathLike,
+    count: int = 64,
+    weight_bits: str = "auto",
 ) -> QuantizeReport:
-    """Write a static INT8 QDQ version of `model_path` to `out`, calibrated on `pool`."""
+    """Write a static INT8 QDQ version of `model_path` to `out`, calibrated on `pool`, with
+    `weight_bits` ("auto", "7", "8"; see the module's notes) for the GEMM convolutions."""
     import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
@@ -151,15 +242,19 @@ def quantize_model(
         spec = ModelSpec.from_metadata({p.key: p.value for p in model.metadata_props})
     except ContractError as exc:
         raise QuantizeError(f"{model_path}: {exc}") from None
+    bits = resolve_weight_bits(weight_bits)
     images = calibration_images(pool, spec.input_size, count)
     keep = fp32_nodes(model)
+    scalarised = scalar_constants(model)
+    overrides = gemm_weight_overrides(model) if bits == 7 else {}
     quiet = logging.getLogger().level
     logging.getLogger().setLevel(logging.ERROR)  # ORT's "consider pre-processing" warnings
     try:
         with tempfile.TemporaryDirectory(prefix="deal-quantize-") as tmp:
-            raw = Path(tmp) / "model-int8.onnx"
+            raw, prepared = Path(tmp) / "model-int8.onnx", Path(tmp) / "model-fp32.onnx"
+            onnx.save(model, str(prepared))
             quantize_static(
-                str(model_path),
+                str(prepared),
                 raw,
                 ImageReader(images, spec),  # type: ignore[arg-type]
                 quant_format=QuantFormat.QDQ,
@@ -173,7 +268,7 @@ def quantize_model(
                 extra_options={
                     "WeightSymmetric": True,
                     "ActivationSymmetric": False,
-                    "TensorQuantOverrides": gemm_weight_overrides(model),
+                    "TensorQuantOverrides": overrides,
                 },
             )
             quantized = onnx.load(str(raw))
@@ -181,7 +276,13 @@ def quantize_model(
         logging.getLogger().setLevel(quiet)
     save_model(quantized, {p.key: p.value for p in model.metadata_props}, out, full_check=False)
     return QuantizeReport(
-        len(images), _int8_convs(quantized), keep, model_path.stat().st_size, out.stat().st_size
+        len(images),
+        _int8_convs(quantized),
+        keep,
+        model_path.stat().st_size,
+        out.stat().st_size,
+        bits,
+        scalarised,
     )
 
 

@@ -89,10 +89,12 @@ def test_cli_quantize(tiny_onnx: Path, calibration_pool: Path, tmp_path: Path) -
         str(calibration_pool),
         "--count",
         "2",
+        "--weight-bits",
+        "7",
     ]
     result = CliRunner().invoke(export_cli, args)
     assert result.exit_code == 0, result.output
-    assert "calibrated on 2 images" in result.output and out.is_file()
+    assert "calibrated on 2 images, 7-bit weights" in result.output and out.is_file()
     empty = tmp_path / "empty"
     empty.mkdir()
     args[6] = str(empty)
@@ -116,3 +118,93 @@ def test_model_without_contract_is_refused(tmp_path: Path, calibration_pool: Pat
     onnx.save(bare, str(path))
     with pytest.raises(QuantizeError, match="metadata lacks"):
         quantize_model(path, tmp_path / "out.onnx", calibration_pool)
+
+
+CPUINFO = """processor\t: 0
+vendor_id\t: {vendor}
+flags\t\t: fpu sse2 avx2 fma {extra}
+"""
+
+
+def test_vnni_is_read_from_the_cpu_flags() -> None:
+    from dealseg.export.quantize import cpu_has_vnni
+
+    assert cpu_has_vnni(CPUINFO.format(vendor="AuthenticAMD", extra="avx512f avx512_vnni"))
+    assert cpu_has_vnni(CPUINFO.format(vendor="GenuineIntel", extra="avx_vnni"))
+    assert not cpu_has_vnni(CPUINFO.format(vendor="AuthenticAMD", extra="avx512f"))
+    assert not cpu_has_vnni("")  # no flags line (another architecture): the safe 7 bits
+
+
+def test_weight_bits_auto_follows_the_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    from dealseg.export import quantize
+
+    assert quantize.resolve_weight_bits("7") == 7 and quantize.resolve_weight_bits("8") == 8
+    monkeypatch.setattr(quantize, "cpu_has_vnni", lambda: True)
+    assert quantize.resolve_weight_bits("auto") == 8
+    monkeypatch.setattr(quantize, "cpu_has_vnni", lambda: False)
+    assert quantize.resolve_weight_bits("auto") == 7
+    with pytest.raises(QuantizeError, match="use one of auto, 7, 8"):
+        quantize.resolve_weight_bits("6")
+
+
+def _gemm_weight_range(model_path: Path) -> int:
+    """The largest |INT8 weight| of the non-depthwise convolutions of a QDQ model."""
+    from onnx import numpy_helper
+
+    graph = onnx.load(str(model_path)).graph
+    weights = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
+    widest = 0
+    for node in graph.node:
+        w = weights.get(node.input[0]) if node.op_type == "DequantizeLinear" else None
+        if w is not None and w.dtype == np.int8 and w.ndim == 4 and w.shape[1] > 1:
+            widest = max(widest, int(np.abs(w.astype(np.int16)).max()))
+    return widest
+
+
+def test_weight_bits_set_the_gemm_weight_range(
+    tiny_onnx: Path, calibration_pool: Path, tmp_path: Path
+) -> None:
+    widths = {}
+    for bits in ("7", "8"):
+        out = tmp_path / f"w{bits}.onnx"
+        report = quantize_model(tiny_onnx, out, calibration_pool, count=2, weight_bits=bits)
+        assert report.weight_bits == int(bits)
+        widths[bits] = _gemm_weight_range(out)
+    assert widths["7"] <= 64 < widths["8"] <= 127  # symmetric: the largest weight maps to 127
+
+
+def test_equal_channel_constants_become_scalars_with_the_same_outputs(
+    tiny_onnx: Path, tmp_path: Path
+) -> None:
+    from onnx import numpy_helper
+
+    from dealseg.export.quantize import scalar_constants
+
+    model = onnx.load(str(tiny_onnx))
+    before = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    changed = scalar_constants(model)
+    assert sorted(changed) == ["mean", "std"]  # the input normalisation: equal per channel
+    after = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    for name in changed:
+        assert after[name].shape == () and np.all(before[name] == after[name])
+    path = tmp_path / "scalar.onnx"
+    onnx.save(model, str(path))
+    images = street_images(3, seed=4)
+    plain, scalar = (
+        EmbeddedEngine(m).infer(images, contract.OUTPUT_NAMES) for m in (tiny_onnx, path)
+    )
+    for name in contract.OUTPUT_NAMES:
+        np.testing.assert_array_equal(plain[name], scalar[name], err_msg=name)
+
+
+def test_unequal_channel_constants_stay(tiny_onnx: Path) -> None:
+    from onnx import numpy_helper
+
+    from dealseg.export.quantize import scalar_constants
+
+    model = onnx.load(str(tiny_onnx))
+    mean = next(i for i in model.graph.initializer if i.name == "mean")
+    mean.CopyFrom(
+        numpy_helper.from_array(np.array([1, 2, 3], np.float32).reshape(1, 3, 1, 1), "mean")
+    )
+    assert scalar_constants(model) == ["std"]
