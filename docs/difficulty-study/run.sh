@@ -43,7 +43,8 @@ V2-paper-refit-bce|$PAPER/best.pt|--loss bce
 "
 while IFS='|' read -r name ckpt options; do
   [ -n "$name" ] || continue
-  if [ "$ckpt" = "$PAPER/best.pt" ] && [ ! -f "$ckpt" ]; then
+  # history.json is written when a fit ends (best.pt already exists mid-run); a rerun resumes
+  if [ "$ckpt" = "$PAPER/best.pt" ] && [ ! -f "$PAPER/history.json" ]; then
     [ "${TRAIN_PAPER:-1}" = 1 ] || continue  # TRAIN_PAPER=0: leave the paper's recipe out
     $BIN/deal-train fit --data "$DATA" --out "$PAPER" --preset cpu difficulty_inputs=Q \
       difficulty_hidden=0 difficulty_context=0 refit_difficulty=false threads=2 >/dev/null 2>&1
