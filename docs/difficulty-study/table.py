@@ -1,11 +1,12 @@
 """The difficulty-score study's tables from the `deal-client eval` outputs, one per folder.
 
-    python docs/difficulty-study/table.py runs/study/eval-tune runs/study/eval \
+    python docs/difficulty-study/table.py SHIPPED runs/study/eval-tune runs/study/eval \
         > docs/difficulty-study/variants.md
 
-One row per variant (its `ds`), then the baselines the shipped graph also serves (`entropy`,
-`de`), random and the oracle; the pixel AUROC of each variant's map on the same frames comes from
-`deal-train eval` (metrics.json beside eval.json) when it was run.
+One row per variant (its `ds`; SHIPPED names the variant the shipped model is), then the other
+scores the shipped graph serves (`entropy`, `de`), random and the oracle. The pixel AUROC of
+each variant's map (the held-out set's 280 train-split frames) comes from `deal-train eval`
+(metrics.json beside eval.json) when it was run.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ def row(name: str, metrics: dict, pixel_auroc: float | None) -> str:
     return f"| {name} | " + " | ".join(cells) + f" | {pixel} |"
 
 
-def table(folder: Path) -> None:
+def table(folder: Path, shipped: str) -> None:
     runs = sorted(p.parent for p in folder.glob("*/eval.json"))
     frames = json.loads((runs[0] / "eval.json").read_text())["summary"]["counts"]["evaluated"]
     print(f"### {folder.name}: {frames} frames\n")
@@ -49,16 +50,17 @@ def table(folder: Path) -> None:
             if metrics_file.is_file()
             else None
         )
-        print(row(f"{run.name} (ds)", by_name["ds"], pixel))
-        if run.name.startswith("V5c"):
+        label = f"{run.name} (ds{', shipped' if run.name == shipped else ''})"
+        print(row(label, by_name["ds"], pixel))
+        if run.name == shipped:
             baselines = by_name
     for name in ("entropy", "de", "random", "oracle"):
         if name in baselines:
-            label = f"{name} ({'V5c-shipped graph' if name in ('entropy', 'de') else 'reference'})"
+            label = f"{name} ({'shipped graph' if name in ('entropy', 'de') else 'reference'})"
             print(row(label, baselines[name], None))
     print()
 
 
 if __name__ == "__main__":
-    for argument in sys.argv[1:]:
-        table(Path(argument))
+    for argument in sys.argv[2:]:
+        table(Path(argument), sys.argv[1])
