@@ -35,6 +35,7 @@ STRATEGY_NAMES = (  # == core.ranking.STRATEGIES (tested)
 )
 DEFAULT_MAX_PIXELS = 89_478_485  # == decode.DEFAULT_MAX_PIXELS (tested), Pillow's own limit
 RESIZE_MODES = ("stretch", "letterbox", "crop")  # == decode.RESIZE_MODES (tested)
+SCORE_FORMATS = ("jsonl", "parquet")
 
 
 def _shard(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[int, int]:
@@ -437,6 +438,18 @@ def main() -> None:
     help="How a picture becomes the model's frame: stretch to it, letterbox (fit, pad; the "
     "padding is in no score) or crop (fill, cut the middle out).",
 )
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(SCORE_FORMATS),
+    default="jsonl",
+    show_default=True,
+    envvar="DEAL_FORMAT",
+    show_envvar=True,
+    help="Scores in OUT: scores.jsonl + embeddings.f32 (a line per image as it is scored), or "
+    "scores.parquet/ (part files of one table: path, status, error, scores, class_<name> "
+    "shares, embedding, model, run) for pandas, DuckDB or Spark.",
+)
 @click.pass_context
 def score(
     ctx: click.Context, pool: str, urls: tuple[str, ...], model: Path | None, **o: Any
@@ -519,6 +532,7 @@ def _score_settings(o: dict[str, Any]) -> Any:
         o["max_pixels"],
         o["progress"],
         o.get("resize", "stretch"),
+        o.get("fmt") or "jsonl",
     )
 
 
@@ -644,7 +658,8 @@ def select_command(
     model: Path | None,
     **o: Any,
 ) -> None:
-    """Re-select from SCORES (a scores.jsonl or an out dir) without re-scoring.
+    """Re-select from SCORES (an out dir, its scores.jsonl or its scores.parquet) without
+    re-scoring.
 
     Exits 3 when fewer than --top-k images could be selected (the reason on stderr).
     """
@@ -713,18 +728,29 @@ def _maps_engine(table: Any, urls: tuple[str, ...], model: Path | None, o: dict)
     required=True,
     help="Folder for the merged scores and selection.",
 )
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(SCORE_FORMATS),
+    default=None,
+    help="Scores in --out [default: the inputs' format when they agree, else jsonl].",
+)
 @selection_options(require_k=False)
-def merge(inputs: tuple[Path, ...], out: Path, **o: Any) -> None:
-    """Combine the out dirs of `score --shard` runs into --out and select from them.
+def merge(inputs: tuple[Path, ...], out: Path, fmt: str | None, **o: Any) -> None:
+    """Combine the out dirs of `score --shard` runs (JSONL or Parquet) into --out and select
+    from them.
 
     --top-k and --strategy default to those of the inputs' selections when they all agree.
     """
     from .run import run_selection
-    from .store import StoreError, load_table, merge_outputs
+    from .store import StoreError, load_table, merge_outputs, scores_format
 
     strategy, k = _merged_selection(inputs, o["strategy"], o["top_k"])
+    if fmt is None:
+        formats = {scores_format(i) for i in inputs}
+        fmt = formats.pop() if len(formats) == 1 else "jsonl"
     try:
-        merge_outputs(inputs, out)
+        merge_outputs(inputs, out, fmt)
         table = load_table(out)
         doc = run_selection(table, out, _select_settings(o, strategy, k))
     except (StoreError, ValueError) as exc:

@@ -62,6 +62,7 @@ class ScoreSettings:
     max_pixels: int = DEFAULT_MAX_PIXELS  # decompression-bomb guard, width x height
     progress: bool = True  # tqdm bar on stderr
     resize: str = "stretch"  # how a picture becomes the model's frame: stretch|letterbox|crop
+    format: str = "jsonl"  # the out dir's scores: jsonl (streamed line by line) | parquet
 
 
 @dataclass
@@ -333,9 +334,20 @@ def score_into(
 ) -> tuple[ScoreReport, Table]:
     """Score `paths` into the out dir `out` (resuming it); the report and everything scored
     there as a table. The scoring step of the CLI and the API."""
-    with ScoreWriter(out, engine.spec) as writer:
-        report = score_paths(paths, engine, writer, settings)
+    with open_writer(out, engine.spec, settings.format) as writer:
+        report = Scorer(engine, writer, settings).run(paths)
     return report, load_table(out)
+
+
+def open_writer(out: Path, spec: Any, fmt: str) -> ScoreWriter | Any:
+    """The sink of a scoring run into the out dir `out`: scores.jsonl or scores.parquet."""
+    if fmt == "parquet":
+        from .columnar import ParquetWriter
+
+        return ParquetWriter(out, spec)
+    if fmt != "jsonl":
+        raise ValueError(f"unknown scores format {fmt!r}; choose jsonl or parquet")
+    return ScoreWriter(out, spec)
 
 
 @dataclass(frozen=True)
@@ -452,7 +464,7 @@ def load_labeled(
         if centres.ndim != 2 or centres.shape[1] != d:
             raise ValueError(f"{source}: expected embeddings [L, {d}], got {list(centres.shape)}")
         return centres.astype(np.float32), exclude
-    if source.is_dir() or source.suffix == ".jsonl":
+    if source.is_dir() or source.suffix in (".jsonl", ".parquet"):
         other = load_table(source)
         if other.meta["model"] != table.meta["model"]:
             raise ValueError(f"{source} was scored by {other.meta['model']}, not this model")
