@@ -51,7 +51,9 @@ _PART = re.compile(r"^(\d{6})-([0-9a-f]+)-")  # <run sequence>-<run id>-...
 def scores_schema(class_names: Sequence[str], embedding_dim: int) -> Any:
     """The one schema of a scores row: path (text; path_b64 holds the exact bytes of a path that
     is not UTF-8), status ok|error, error, the image scores, a `class_<name>` share per class,
-    the embedding as a fixed-size list, the model id and the run id."""
+    the embedding as a fixed-size list, the model id and the run id. An error row's scores and
+    shares are null and its embedding is D NaNs: pyarrow before 20 writes no null fixed-size
+    list to Parquet."""
     import pyarrow as pa
 
     return pa.schema(
@@ -87,7 +89,7 @@ def rows_table(
 
     n, d = len(records), embedding_dim
     ok = np.array([r["status"] == "ok" for r in records], dtype=bool)
-    vectors = np.zeros((n, d), np.float32)
+    vectors = np.full((n, d), np.nan, np.float32)  # error rows: NaN (see scores_schema)
     if ok.any():
         vectors[ok] = np.asarray(embeddings, dtype=np.float32).reshape(-1, d)
     fields = [path_fields(r["path"]) for r in records]
@@ -102,9 +104,7 @@ def rows_table(
             class_column(c): [s.get(c) if o else None for s, o in zip(shares, ok, strict=True)]
             for c in class_names
         },
-        "embedding": pa.FixedSizeListArray.from_arrays(
-            pa.array(vectors.ravel(), pa.float32()), d, mask=pa.array(~ok)
-        ),
+        "embedding": pa.FixedSizeListArray.from_arrays(pa.array(vectors.ravel()), d),
         "model": [r["model"] for r in records],
         "run": [run] * n,
     }
