@@ -319,24 +319,34 @@ def engine_options(f: Callable) -> Callable:
     return f
 
 
-def _triton(urls: tuple[str, ...], o: dict[str, Any]) -> Any:
-    """The Triton engine for --url; a --url that names no usable endpoint is a usage error."""
+def _triton_factory(urls: tuple[str, ...], o: dict[str, Any]) -> Callable[[], Any]:
+    """A picklable maker of the Triton engine of --url (the Ray path builds one per actor)."""
+    import functools
+
     from dealseg.core.contract import MODEL_NAME
 
-    from .engines import EndpointError, TritonEngine
+    from .engines import TritonEngine
+
+    return functools.partial(
+        TritonEngine,
+        urls,
+        o["protocol"],
+        model_name=o["model_name"] or MODEL_NAME,
+        model_version=None if o["model_version"] is None else str(o["model_version"]),
+        ssl=o["ssl"],
+        root_certs=o["root_certs"],
+        headers=o["headers"],
+        timeout=o["timeout"],
+        retries=o["retries"],
+    )
+
+
+def _triton(urls: tuple[str, ...], o: dict[str, Any]) -> Any:
+    """The Triton engine for --url; a --url that names no usable endpoint is a usage error."""
+    from .engines import EndpointError
 
     try:
-        return TritonEngine(
-            urls,
-            o["protocol"],
-            model_name=o["model_name"] or MODEL_NAME,
-            model_version=None if o["model_version"] is None else str(o["model_version"]),
-            ssl=o["ssl"],
-            root_certs=o["root_certs"],
-            headers=o["headers"],
-            timeout=o["timeout"],
-            retries=o["retries"],
-        )
+        return _triton_factory(urls, o)()
     except EndpointError as exc:
         raise click.BadParameter(str(exc), param_hint="--url") from None
 
@@ -394,6 +404,51 @@ def main() -> None:
     """Score an image pool with the DEAL model and pick the images most worth labelling."""
 
 
+def ray_options(f: Callable) -> Callable:
+    """The Ray path (--ray) and its actor pool; defaults fit one machine."""
+    for option in reversed(
+        [
+            click.option(
+                "--ray",
+                "ray_address",
+                is_flag=False,
+                flag_value="local",
+                default=None,
+                envvar="DEAL_RAY",
+                show_envvar=True,
+                metavar="[ADDRESS]",
+                help="Score on a Ray cluster with Ray Data (needs dealseg[ray]; writes "
+                "Parquet): alone (after POOL) a local cluster on this machine; 'auto' the "
+                "cluster this machine belongs to; 'ray://HOST:10001' a remote head.",
+            ),
+            click.option(
+                "--actors",
+                type=click.IntRange(1, 4096),
+                default=1,
+                show_default=True,
+                help="--ray: scoring actors, each holding its engine (an ONNX Runtime session "
+                "or a Triton client).",
+            ),
+            click.option(
+                "--cpus-per-actor",
+                type=click.FloatRange(min=0.0),
+                default=1.0,
+                show_default=True,
+                help="--ray: CPUs reserved per scoring actor (its ONNX Runtime threads).",
+            ),
+            click.option(
+                "--gpus-per-actor",
+                type=click.FloatRange(min=0.0),
+                default=0.0,
+                show_default=True,
+                help="--ray: GPUs reserved per scoring actor (fractions share a GPU).",
+            ),
+        ]
+    ):
+        f = option(f)
+    return f
+
+
 # ---------------------------------------------------------------------------------- score
 @main.command()
 @click.argument("pool")
@@ -442,14 +497,15 @@ def main() -> None:
     "--format",
     "fmt",
     type=click.Choice(SCORE_FORMATS),
-    default="jsonl",
-    show_default=True,
+    default=None,
     envvar="DEAL_FORMAT",
     show_envvar=True,
     help="Scores in OUT: scores.jsonl + embeddings.f32 (a line per image as it is scored), or "
     "scores.parquet/ (part files of one table: path, status, error, scores, class_<name> "
-    "shares, embedding, model, run) for pandas, DuckDB or Spark.",
+    "shares, embedding, model, run) for pandas, DuckDB or Spark [default: jsonl; parquet "
+    "with --ray].",
 )
+@ray_options
 @click.pass_context
 def score(
     ctx: click.Context, pool: str, urls: tuple[str, ...], model: Path | None, **o: Any
@@ -461,6 +517,10 @@ def score(
     selection.json. Without --url the model runs in-process with ONNX Runtime.
     """
     _one_engine(urls, model, o)
+    if o["ray_address"] is not None:
+        if o["fmt"] == "jsonl":
+            raise click.UsageError("--ray writes Parquet: drop --format jsonl")
+        o["fmt"] = "parquet"
     after = f"results so far are in {o['out']}; run again to resume"
     ctx.exit(_interruptible(lambda: _score(pool, urls, model, o), after))
 
@@ -538,6 +598,7 @@ def _score_settings(o: dict[str, Any]) -> Any:
 
 def _score(pool: str, urls: tuple[str, ...], model: Path | None, o: dict[str, Any]) -> int:
     from .engines import EngineError
+    from .fleet import RayUnavailable
     from .run import score_pool
     from .store import StoreError
 
@@ -552,14 +613,17 @@ def _score(pool: str, urls: tuple[str, ...], model: Path | None, o: dict[str, An
             "onnx`, or use --resize stretch or crop",
             param_hint="--resize",
         )
+    scoring = _ray_scoring(urls, engine, o)
     try:
+        where = "" if scoring is None else f" on Ray ({o['ray_address']}, {o['actors']} actors)"
         _stderr(
             f"deal-client: {len(paths)} images, model {engine.spec.model_id} via "
-            f"{engine.describe()}, out {out}"
+            f"{engine.describe()}{where}, out {out}"
         )
         how = _select_settings(o)
-        run = score_pool(paths, engine, out, _score_settings(o), how, o["maps"], o["html"])
-    except StoreError as exc:
+        settings = _score_settings(o)
+        run = score_pool(paths, engine, out, settings, how, o["maps"], o["html"], scoring)
+    except (StoreError, RayUnavailable) as exc:
         raise click.ClickException(str(exc)) from None
     except EngineError as exc:
         raise click.ClickException(f"{exc}\n{_resume_hint(out)}") from None
@@ -568,6 +632,28 @@ def _score(pool: str, urls: tuple[str, ...], model: Path | None, o: dict[str, An
     finally:
         engine.close()
     return _report(run, out, o["as_json"])
+
+
+def _ray_scoring(urls: tuple[str, ...], engine: Any, o: dict[str, Any]) -> Any:
+    """`score_pool`'s scorer for --ray (None without it): each actor builds the engine of
+    --url, or opens --model in ONNX Runtime with --cpus-per-actor threads."""
+    if o["ray_address"] is None:
+        return None
+    import functools
+
+    from .engines import EmbeddedEngine
+    from .fleet import RayScoring, RaySettings
+
+    threads = max(1, int(o["cpus_per_actor"]))
+    make = (
+        _triton_factory(urls, o)
+        if urls
+        else functools.partial(EmbeddedEngine, str(engine.path), threads)
+    )
+    address = None if o["ray_address"] == "local" else o["ray_address"]
+    return RayScoring(
+        make, RaySettings(address, o["actors"], o["cpus_per_actor"], o["gpus_per_actor"])
+    )
 
 
 def _pool_paths(pool: str, shard: tuple[int, int]) -> list[str]:

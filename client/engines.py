@@ -132,7 +132,11 @@ def _check_batch(images: np.ndarray, spec: ModelSpec) -> None:
 class EmbeddedEngine:
     """The exported ONNX graph run in this process by ONNX Runtime."""
 
-    def __init__(self, model_path: str | os.PathLike | None = None) -> None:
+    def __init__(
+        self, model_path: str | os.PathLike | None = None, threads: int | None = None
+    ) -> None:
+        """`threads`: ONNX Runtime's intra-op threads (default: one per core); a process
+        that shares the machine with others (a Ray actor) sets its share."""
         import onnxruntime as ort
 
         path = Path(model_path) if model_path is not None else default_model_path()
@@ -145,6 +149,8 @@ class EmbeddedEngine:
             raise EngineError(f"no ONNX model at {path}; {hint}")
         options = ort.SessionOptions()
         options.log_severity_level = 3  # errors only; ORT's warnings are not the user's business
+        if threads is not None:
+            options.intra_op_num_threads = threads
         providers = [p for p in _ORT_PROVIDERS if p in ort.get_available_providers()]
         try:
             self.session = ort.InferenceSession(str(path), options, providers=providers)

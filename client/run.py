@@ -100,7 +100,14 @@ class Sink(Protocol):
     def append_error(self, path: str, reason: str) -> None: ...
 
 
-def _decode(load: Load, path: str) -> Frame | DecodeError:
+def load_frame(path: str, size: tuple[int, int], settings: ScoreSettings) -> Frame:
+    """A pool path as the model's frame, as `settings` say (--resize, --max-pixels): the one
+    decode step of the streaming scorer and the Ray path's decode tasks."""
+    return decode_frame(path, size, settings.max_pixels, settings.resize)
+
+
+def decode_or_error(load: Load, path: str) -> Frame | DecodeError:
+    """`load(path)`, or the DecodeError that becomes the path's error record."""
     try:
         return load(path)
     except DecodeError as exc:
@@ -211,7 +218,7 @@ class Scorer:
         self.warned_aspect = False
 
     def _decode_image(self, path: str) -> Frame:
-        return decode_frame(path, self.size, self.settings.max_pixels, self.settings.resize)
+        return load_frame(path, self.size, self.settings)
 
     def run(self, paths: Sequence[str]) -> ScoreReport:
         """Score every path not yet done by the sink (scored OK in the writer's out dir)."""
@@ -266,7 +273,7 @@ class Scorer:
             path = next(self.upcoming, None)
             if path is None:
                 return
-            job = self.decoding.submit(_decode, self.load, path)
+            job = self.decoding.submit(decode_or_error, self.load, path)
             self.pending.append((path, job))
 
     def _take(self, path: str, result: Frame | DecodeError) -> None:
@@ -350,6 +357,9 @@ def open_writer(out: Path, spec: Any, fmt: str) -> ScoreWriter | Any:
     return ScoreWriter(out, spec)
 
 
+ScoreInto = Callable[[Sequence[str], Engine, Path, ScoreSettings], tuple[ScoreReport, Table]]
+
+
 @dataclass(frozen=True)
 class SelectSettings:
     """What `pick` selects (the CLI's --strategy, --top-k, --seed, ... options)."""
@@ -398,14 +408,16 @@ def score_pool(
     select_settings: SelectSettings,
     maps: bool = False,
     report: bool = False,
+    score_with: ScoreInto | None = None,
 ) -> PoolRun:
     """Score `paths` into the out dir `out` (resuming it), select from everything scored there,
     and optionally draw the maps of the selection and write the report (which implies maps).
+    `score_with` scores (default `score_into`, this process; `fleet.RayScoring`: a Ray cluster).
 
     Raises StoreError (out dir unusable), EngineError (after its retries; every finished batch
     is on disk, a re-run resumes) and OSError (the out dir cannot be written).
     """
-    scored, table = score_into(paths, engine, out, settings)
+    scored, table = (score_with or score_into)(paths, engine, out, settings)
     run = PoolRun(scored, None)
     try:
         run.selection = run_selection(table, out, select_settings)

@@ -1,0 +1,104 @@
+"""The Ray path (`deal-client score --ray`) on a real local Ray cluster: the same selection as the
+single-process client and shards+merge, error rows for bad files, resume, a killed actor.
+
+One cluster for the module (`ray.init(num_cpus=2)`; starting one costs seconds). Every run here
+uses --batch-size 1: an image's scores are then the same bits whatever else a batch holds, and
+the paths compare byte for byte (batches of several images may move the last bit of a score).
+"""
+
+from __future__ import annotations
+
+import functools
+from collections import Counter
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+from fleet_hooks import KillOnce
+from test_client_cli import K, add_photos, deal_client, write_pool
+from test_parquet import add_bad_files, selections
+
+from dealseg.client.columnar import SCORES_PARQUET, part_files
+from dealseg.client.engines import EmbeddedEngine
+from dealseg.client.fleet import RaySettings, score_on_ray
+from dealseg.client.run import ScoreSettings, list_paths
+
+ray = pytest.importorskip("ray")
+TESTS = Path(__file__).parent
+
+
+@pytest.fixture(scope="module")
+def cluster() -> object:
+    ray.init(
+        num_cpus=2,
+        include_dashboard=False,
+        logging_level="ERROR",
+        log_to_driver=False,
+        runtime_env={"env_vars": {"PYTHONPATH": str(TESTS)}},  # fleet_hooks on the workers
+    )
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def pool(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = write_pool(tmp_path_factory.mktemp("pool"), 14)
+    add_photos(folder)
+    add_bad_files(folder)
+    return folder
+
+
+def score(pool: Path, model: Path, out: Path, *args: object) -> str:
+    r = deal_client(
+        "score", pool, "-k", K, "--model", model, "-o", out, "--batch-size", 1, "--no-progress",
+        *args,
+    )  # fmt: skip
+    assert r.exit_code == 3, r.stderr  # the bad files
+    return r.stderr
+
+
+def test_ray_single_process_and_shards_select_the_same(
+    cluster: object, pool: Path, tiny_onnx: Path, tmp_path: Path
+) -> None:
+    on_ray = tmp_path / "ray"
+    said = score(pool, tiny_onnx, on_ray, "--ray")
+    assert "on Ray (local, 1 actors)" in said and said.count("failed: ") == 2
+    single = tmp_path / "single"
+    score(pool, tiny_onnx, single)
+    shards = [tmp_path / f"shard{i}" for i in range(2)]
+    for i, out in enumerate(shards):
+        r = deal_client(
+            "score", pool, "-k", K, "--model", tiny_onnx, "-o", out, "--batch-size", 1,
+            "--shard", f"{i}/2", "--no-progress",
+        )  # fmt: skip
+        assert r.exit_code in (0, 3), r.stderr
+    merged = tmp_path / "merged"
+    assert deal_client("merge", *shards, "-o", merged, "-k", K).exit_code == 3
+    want = selections(single, tmp_path / "s")
+    assert selections(on_ray, tmp_path / "r") == want
+    assert selections(merged, tmp_path / "m") == want
+    assert (on_ray / "selection.txt").read_bytes() == (single / "selection.txt").read_bytes()
+    again = score(pool, tiny_onnx, on_ray, "--ray")  # resumed: only the bad files are left
+    assert "0 scored" in again and len(part_files(on_ray / SCORES_PARQUET)) == 2
+
+
+def test_a_killed_actor_costs_no_image_and_scores_none_twice(
+    cluster: object, pool: Path, tiny_onnx: Path, tmp_path: Path
+) -> None:
+    marker = tmp_path / "killed"
+    paths = list_paths(str(pool))
+    engine = EmbeddedEngine(tiny_onnx)
+    report = score_on_ray(
+        paths,
+        engine.spec,
+        functools.partial(EmbeddedEngine, str(tiny_onnx), 1),
+        tmp_path / "out",
+        ScoreSettings(batch_size=2, progress=False, format="parquet"),
+        RaySettings(actors=2, cpus_per_actor=0.5, decode_cpus=0.25),
+        hook=KillOnce(marker, after=2),
+    )
+    assert marker.exists()  # an actor died holding its second batch
+    rows = pq.read_table(tmp_path / "out" / SCORES_PARQUET).to_pylist()
+    assert Counter(r["path"] for r in rows) == Counter(paths)  # every image once
+    assert sum(r["status"] == "ok" for r in rows) == len(paths) - 2 == report.scored
+    assert len(report.failed) == 2 and report.total == len(paths)
