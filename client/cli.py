@@ -659,12 +659,15 @@ def _ray_scoring(urls: tuple[str, ...], engine: Any, o: dict[str, Any]) -> Any:
 def _pool_paths(pool: str, shard: tuple[int, int]) -> list[str]:
     from dealseg.core.pool import IMAGE_EXTENSIONS, PoolError
 
+    from .remote import AccessDenied
     from .run import list_paths
 
     try:
         paths = list_paths(pool, shard)
     except PoolError as exc:
         raise click.BadParameter(str(exc), param_hint="POOL") from None
+    except AccessDenied as exc:
+        raise click.ClickException(str(exc)) from None
     if not paths:
         raise click.ClickException(
             f"POOL {pool} holds no images ({' '.join(sorted(IMAGE_EXTENSIONS))})"

@@ -35,7 +35,7 @@ from dealseg.core.decode import (
     aspect_mismatch,
     decode_frame,
 )
-from dealseg.core.pool import read_pool, take_shard
+from dealseg.core.pool import is_uri, read_pool, take_shard
 from dealseg.core.ranking import Options, Pool, Selection, choose, groups_of
 
 from .engines import Engine, EngineError
@@ -81,8 +81,20 @@ class ScoreReport:
 
 
 def list_paths(source: str, shard: tuple[int, int] = (0, 1)) -> list[str]:
-    """POOL -> absolute image paths (resume and merge must not depend on the cwd), sharded."""
-    paths = list(dict.fromkeys(os.path.abspath(p) for p in read_pool(source)))
+    """POOL -> absolute image paths (resume and merge must not depend on the cwd) and URIs as
+    they are, sharded. A pool in object storage is listed by `remote.list_uri`, and the store
+    must accept our credentials for its first object (`remote.AccessDenied` otherwise)."""
+    if is_uri(source):
+        from .remote import list_uri
+
+        listed = list_uri(source)
+    else:
+        listed = read_pool(source)
+    paths = list(dict.fromkeys(p if is_uri(p) else os.path.abspath(p) for p in listed))
+    if any(is_uri(p) for p in paths):
+        from .remote import check_access
+
+        check_access(paths)
     return take_shard(paths, *shard)
 
 
@@ -102,7 +114,12 @@ class Sink(Protocol):
 
 def load_frame(path: str, size: tuple[int, int], settings: ScoreSettings) -> Frame:
     """A pool path as the model's frame, as `settings` say (--resize, --max-pixels): the one
-    decode step of the streaming scorer and the Ray path's decode tasks."""
+    decode step of the streaming scorer and the Ray path's decode tasks. URIs are read from
+    object storage (`remote.decode_uri`)."""
+    if is_uri(path):
+        from .remote import decode_uri
+
+        return decode_uri(path, size, settings.max_pixels, settings.resize)
     return decode_frame(path, size, settings.max_pixels, settings.resize)
 
 

@@ -14,9 +14,11 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+from conftest import S3Server
 from fleet_hooks import KillOnce
 from test_client_cli import K, add_photos, deal_client, write_pool
 from test_parquet import add_bad_files, selections
+from test_remote import BUCKET, upload
 
 from dealseg.client.columnar import SCORES_PARQUET, part_files
 from dealseg.client.engines import EmbeddedEngine
@@ -28,13 +30,14 @@ TESTS = Path(__file__).parent
 
 
 @pytest.fixture(scope="module")
-def cluster() -> object:
+def cluster(s3_server: S3Server) -> object:
+    env = {"PYTHONPATH": str(TESTS), **s3_server.env()}  # fleet_hooks, the S3 server's keys
     ray.init(
         num_cpus=2,
         include_dashboard=False,
         logging_level="ERROR",
         log_to_driver=False,
-        runtime_env={"env_vars": {"PYTHONPATH": str(TESTS)}},  # fleet_hooks on the workers
+        runtime_env={"env_vars": env},
     )
     yield ray
     ray.shutdown()
@@ -50,7 +53,7 @@ def pool(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def score(pool: Path, model: Path, out: Path, *args: object) -> str:
     r = deal_client(
-        "score", pool, "-k", K, "--model", model, "-o", out, "--batch-size", 1, "--no-progress",
+        "score", pool, "-k", 3, "--model", model, "-o", out, "--batch-size", 1, "--no-progress",
         *args,
     )  # fmt: skip
     assert r.exit_code == 3, r.stderr  # the bad files
@@ -102,3 +105,25 @@ def test_a_killed_actor_costs_no_image_and_scores_none_twice(
     assert Counter(r["path"] for r in rows) == Counter(paths)  # every image once
     assert sum(r["status"] == "ok" for r in rows) == len(paths) - 2 == report.scored
     assert len(report.failed) == 2 and report.total == len(paths)
+
+
+def test_an_s3_pool_scores_on_ray_as_in_one_process(
+    cluster: object,
+    s3_server: S3Server,
+    pool: Path,
+    tiny_onnx: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for name, value in s3_server.env().items():
+        monkeypatch.setenv(name, value)
+    uris = upload(s3_server, pool / "cam0", "ray")
+    listing = tmp_path / "pool.txt"
+    listing.write_text("\n".join([*uris, f"s3://{BUCKET}/ray/missing.png"]) + "\n")
+    on_ray, single = tmp_path / "ray", tmp_path / "single"
+    score(listing, tiny_onnx, on_ray, "--ray")
+    score(listing, tiny_onnx, single, "--format", "parquet")
+    rows = pq.read_table(on_ray / SCORES_PARQUET).to_pylist()
+    assert sorted(r["path"] for r in rows) == sorted([*uris, f"s3://{BUCKET}/ray/missing.png"])
+    assert [r["error"][:14] for r in rows if r["status"] == "error"] == ["file not found"]
+    assert (on_ray / "selection.txt").read_bytes() == (single / "selection.txt").read_bytes()
