@@ -196,8 +196,9 @@ def score_on_ray(
         folder = out / SCORES_PARQUET
         run = new_run_id()
         prefix = part_prefix(next_sequence(folder), run)
-        start = time.perf_counter()
         with connected(ray_settings.address, settings.progress) as ray:
+            _check_resources(ray, ray_settings)
+            start = time.perf_counter()  # as the single-process rate: scoring, not start-up
             dataset = _pipeline(ray, todo, spec, make_engine, settings, ray_settings, run, hook)
             try:
                 dataset.write_parquet(
@@ -210,6 +211,25 @@ def score_on_ray(
         report.seconds = time.perf_counter() - start
     _count(report, folder, run, set(todo))
     return report
+
+
+def _check_resources(ray: Any, how: RaySettings) -> None:
+    """Refuse settings whose actors would leave no CPU to a decode task: the run would wait
+    for ever."""
+    cpus = float(ray.cluster_resources().get("CPU", 0.0))
+    need = how.actors * how.cpus_per_actor + how.decode_cpus
+    if need > cpus:
+        raise RayUnavailable(
+            f"{how.actors} actors x {how.cpus_per_actor:g} CPUs + {how.decode_cpus:g} for "
+            f"decoding need {need:g} CPUs, the cluster has {cpus:g}: lower --actors or "
+            "--cpus-per-actor"
+        )
+    gpus = float(ray.cluster_resources().get("GPU", 0.0))
+    if how.actors * how.gpus_per_actor > gpus:
+        raise RayUnavailable(
+            f"{how.actors} actors x {how.gpus_per_actor:g} GPUs need more than the cluster's "
+            f"{gpus:g} GPUs: lower --actors or --gpus-per-actor"
+        )
 
 
 def _pipeline(

@@ -127,3 +127,13 @@ def test_an_s3_pool_scores_on_ray_as_in_one_process(
     assert sorted(r["path"] for r in rows) == sorted([*uris, f"s3://{BUCKET}/ray/missing.png"])
     assert [r["error"][:14] for r in rows if r["status"] == "error"] == ["file not found"]
     assert (on_ray / "selection.txt").read_bytes() == (single / "selection.txt").read_bytes()
+
+
+def test_actors_that_leave_no_cpu_to_decoding_are_refused(
+    cluster: object, pool: Path, tiny_onnx: Path, tmp_path: Path
+) -> None:
+    r = deal_client(
+        "score", pool, "-k", K, "--model", tiny_onnx, "-o", tmp_path, "--ray", "--actors", 2
+    )
+    assert r.exit_code == 1 and "need 2.5 CPUs, the cluster has 2" in r.stderr
+    assert "Traceback" not in r.stderr
