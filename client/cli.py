@@ -434,7 +434,8 @@ def ray_options(f: Callable) -> Callable:
                 type=click.FloatRange(min=0.0),
                 default=1.0,
                 show_default=True,
-                help="--ray: CPUs reserved per scoring actor (its ONNX Runtime threads).",
+                help="--ray: CPUs reserved per scoring actor (rounded up: its ONNX Runtime "
+                "threads).",
             ),
             click.option(
                 "--gpus-per-actor",
@@ -640,11 +641,12 @@ def _ray_scoring(urls: tuple[str, ...], engine: Any, o: dict[str, Any]) -> Any:
     if o["ray_address"] is None:
         return None
     import functools
+    import math
 
     from .engines import EmbeddedEngine
     from .fleet import RayScoring, RaySettings
 
-    threads = max(1, int(o["cpus_per_actor"]))
+    threads = max(1, math.ceil(o["cpus_per_actor"]))
     make = (
         _triton_factory(urls, o)
         if urls

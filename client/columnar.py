@@ -186,6 +186,13 @@ def counting(table: Any) -> np.ndarray:
     return np.sort(best % n)
 
 
+def _equals(table: Any, column: str, value: str) -> np.ndarray:
+    """[N] bool: which rows of `table` hold `value` in `column`."""
+    import pyarrow.compute as pc
+
+    return pc.equal(table.column(column), value).to_numpy(zero_copy_only=False).astype(bool)
+
+
 def _paths(table: Any) -> list[str]:
     texts = table.column("path").to_pylist()
     raw = table.column("path_b64").to_pylist()
@@ -221,13 +228,14 @@ def load_parquet_table(source: Path) -> Table:
         table = scores_schema(names, int(meta["embedding_dim"])).empty_table().select(columns)
     keep = counting(table)
     table = table.take(keep)
-    mine = np.asarray(table.column("model").to_pylist(), dtype=object) == meta["model"]
-    ok = np.asarray(table.column("status").to_pylist(), dtype=object) == "ok"
+    mine = _equals(table, "model", meta["model"])
+    ok = _equals(table, "status", "ok")
     paths = _paths(table)
     for i in np.flatnonzero(~mine):
         print(f"warning: {paths[i]}: scored by another model, ignored", file=sys.stderr)
     good = np.flatnonzero(mine & ok)
-    errors = table.column("error").to_pylist()
+    failed = np.flatnonzero(mine & ~ok)
+    reasons = table.column("error").take(failed).to_pylist()
     scored = table.take(good)
     fractions = (
         np.stack(
@@ -254,7 +262,7 @@ def load_parquet_table(source: Path) -> Table:
             for name in SCORE_COLUMNS
         },
         rows=np.arange(len(good), dtype=np.int64),
-        errors={paths[i]: str(errors[i]) for i in np.flatnonzero(mine & ~ok)},
+        errors={paths[i]: str(why) for i, why in zip(failed, reasons, strict=True)},
         fractions=fractions,
         source=folder.absolute(),
         load_vectors=embeddings,
@@ -385,8 +393,7 @@ def done_paths(folder: Path, model: str) -> set[str]:
     if table is None:
         return set()
     table = table.take(counting(table))
-    ok = np.asarray(table.column("status").to_pylist(), dtype=object) == "ok"
-    ours = np.asarray(table.column("model").to_pylist(), dtype=object) == model
+    ok, ours = _equals(table, "status", "ok"), _equals(table, "model", model)
     paths = _paths(table)
     return {paths[i] for i in np.flatnonzero(ok & ours)}
 
