@@ -43,6 +43,10 @@ from .store import StoreError, Table, _lock, load_table, record_path
 
 ROWS_PER_FILE = 1024  # rows a Parquet part of the Ray path holds at least (but the last)
 DECODE_BATCH = 16  # images a decode task turns into frames at a time
+# Memory a decode task reserves (a batch of frames and a full-size picture, with room). The
+# actors reserve none: unequal resources keep decoding in tasks of its own, where Ray would
+# otherwise fuse it into the actors.
+DECODE_MEMORY = 256 << 20
 EngineFactory = Callable[[], Engine]  # picklable: builds an actor's engine on its node
 BatchHook = Callable[[int], None]  # called with an actor's batch number before it scores it
 
@@ -60,9 +64,7 @@ class RaySettings:
     actors: int = 1  # scoring actors, each with its own engine
     cpus_per_actor: float = 1.0  # CPUs reserved per actor (ONNX Runtime's threads in-process)
     gpus_per_actor: float = 0.0  # GPUs reserved per actor (ONNX Runtime's CUDA provider)
-    # CPUs reserved per decode task; unlike the actors' share, so that Ray keeps decoding in
-    # tasks of their own (ops with equal resources are fused: decode would run in the actors)
-    decode_cpus: float = 0.5
+    decode_cpus: float = 0.5  # CPUs reserved per decode task
     rows_per_file: int = ROWS_PER_FILE
 
 
@@ -250,6 +252,7 @@ def _pipeline(
         batch_size=DECODE_BATCH,
         batch_format="numpy",
         num_cpus=how.decode_cpus,
+        memory=DECODE_MEMORY,
     )
     return frames.map_batches(
         ScoreActor,

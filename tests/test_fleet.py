@@ -51,10 +51,10 @@ def pool(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return folder
 
 
-def score(pool: Path, model: Path, out: Path, *args: object) -> str:
+def score(pool: Path, model: Path | None, out: Path, *args: object) -> str:
+    engine = ["--model", model] if model is not None else []
     r = deal_client(
-        "score", pool, "-k", 3, "--model", model, "-o", out, "--batch-size", 1, "--no-progress",
-        *args,
+        "score", pool, "-k", 3, *engine, "-o", out, "--batch-size", 1, "--no-progress", *args,
     )  # fmt: skip
     assert r.exit_code == 3, r.stderr  # the bad files
     return r.stderr
@@ -137,3 +137,26 @@ def test_actors_that_leave_no_cpu_to_decoding_are_refused(
     )
     assert r.exit_code == 1 and "need 2.5 CPUs, the cluster has 2" in r.stderr
     assert "Traceback" not in r.stderr
+
+
+@pytest.mark.triton
+def test_actors_with_triton_clients_give_the_single_process_selection(
+    cluster: object, pool: Path, tiny_onnx: Path, tmp_path: Path
+) -> None:
+    from dealseg.serving.repository import write_repository
+    from dealseg.serving.server import TritonServer
+
+    repo = tmp_path / "repo"
+    write_repository(tiny_onnx, repo, target="python-cpu")
+    with TritonServer(repo) as server:
+        url = server.url_grpc
+        on_ray, single = tmp_path / "ray", tmp_path / "single"
+        said = score(pool, None, on_ray, "--url", url, "--url", url, "--ray", "--actors", 2,
+                     "--cpus-per-actor", 0.5)  # fmt: skip
+        assert "via Triton" in said and "2 actors" in said
+        score(pool, None, single, "--url", url, "--format", "parquet")
+    for strategy in ("de", "coreset"):
+        a, b = tmp_path / f"a-{strategy}", tmp_path / f"b-{strategy}"
+        assert deal_client("select", on_ray, "-s", strategy, "-k", K, "-o", a).exit_code == 0
+        assert deal_client("select", single, "-s", strategy, "-k", K, "-o", b).exit_code == 0
+        assert (a / "selection.txt").read_bytes() == (b / "selection.txt").read_bytes()
