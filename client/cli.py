@@ -222,6 +222,12 @@ def triton_options(f: Callable) -> Callable:
             ),
             click.option("--ssl", is_flag=True, help="Use TLS to talk to Triton."),
             click.option(
+                "--shm",
+                is_flag=True,
+                help="Pass the tensors through system shared memory (/dev/shm) instead of the "
+                "socket: for a Triton server on this host.",
+            ),
+            click.option(
                 "--root-certs",
                 type=click.Path(exists=True, dir_okay=False),
                 default=None,
@@ -338,6 +344,7 @@ def _triton_factory(urls: tuple[str, ...], o: dict[str, Any]) -> Callable[[], An
         headers=o["headers"],
         timeout=o["timeout"],
         retries=o["retries"],
+        shm=o["shm"],
     )
 
 
@@ -529,6 +536,8 @@ def score(
 def _one_engine(urls: tuple[str, ...], model: Path | None, o: dict[str, Any]) -> None:
     if model is not None and urls:
         raise click.UsageError("--model and --url exclude each other: use one engine")
+    if not urls and o["shm"]:
+        raise click.UsageError("--shm is a transport to a Triton server: give its --url")
     if not urls and (o["model_name"] or o["model_version"]):
         raise click.UsageError(
             "--model-name and --model-version pick a model on the Triton server at --url; "
