@@ -11,6 +11,9 @@ many Parquet rows vs the JSONL reader.
    without start-up: process, model, Ray cluster) and wall-clock img/s; peak memory is the
    largest RSS of any one process of the run and the sum over its process tree (sampled every
    0.1 s from /proc). Target: Ray >= 80% of the single process.
+   Then the same through the bundled Triton server (python-cpu, 2 ONNX Runtime threads, started
+   once): the client over gRPC, over gRPC with the tensors in shared memory (`--shm`), and the
+   Ray path with 2 actors holding Triton clients.
 2. Out dirs of N synthetic records (realistic paths, 11 class shares, 64-d embeddings) as
    scores.jsonl and scores.parquet; seconds and peak RSS of `load_table` + top-100 by DE in a
    fresh process for each.
@@ -33,6 +36,13 @@ from common import CACHE, markdown_table, mib, run_probe, write_result
 from pipeline import CLIENT, make_jpegs, pool_file
 
 _RATE = re.compile(r"scored, .* ([0-9.]+) s \(([0-9.]+) img/s\)")
+TRITON_CASES = {  # URL filled in once the server is up
+    "triton, gRPC": ["--url", "{url}"],
+    "triton, gRPC + --shm": ["--url", "{url}", "--shm"],
+    "ray, 2 actors x 0.5 CPU -> triton": [
+        "--url", "{url}", "--ray", "--actors", "2", "--cpus-per-actor", "0.5",
+    ],
+}  # fmt: skip
 CASES = {
     "single process": [],
     "ray, 1 actor x 1.5 CPU": ["--ray", "--actors", "1", "--cpus-per-actor", "1.5"],
@@ -185,6 +195,17 @@ def main() -> None:
         for name, extra in CASES.items():
             out = CACHE / "fleet" / "out" / re.sub(r"\W+", "_", name)
             results[name].append(scored(pool, count, out, extra))
+    from common import python_cpu_server
+
+    server = python_cpu_server("fleet").start()
+    try:
+        for _ in range(args.reps):
+            for name, extra in TRITON_CASES.items():
+                out = CACHE / "fleet" / "out" / re.sub(r"\W+", "_", name)
+                command = [a.format(url=server.url_grpc) for a in extra]
+                results.setdefault(name, []).append(scored(pool, count, out, command))
+    finally:
+        server.stop()
     base = float(np.median([r["rate"] for r in results["single process"]]))
     table = []
     for name, runs in results.items():
@@ -209,7 +230,7 @@ def main() -> None:
         ["scores read", "load + top-100 (s)", "peak RSS MiB"], selection_rows(rows_n)
     )
     notes = [
-        f"{count} JPEGs at 960x720, shipped model, embedded engine (ONNX Runtime), batch 8, "
+        f"{count} JPEGs at 960x720, shipped model, batch 8, "
         f"{args.reps} alternation(s); Ray 2.60.0 local cluster started by each run",
         "img/s (scoring): the client's own rate, from the first image to the last (Ray: from "
         "the cluster being up); wall: the whole command, process and cluster start included",
