@@ -5,7 +5,7 @@
                                        one row per input, in the schema of `scores_schema`
 
 Written by `deal-client score --format parquet` (a part every `PART_ROWS` rows and at the end of
-the run, each part atomically), by the Ray path (one part per block) and by `merge --format
+the run, each part atomically), by the Ray path (a part per write task) and by `merge --format
 parquet`. A part's name starts with its run's sequence number, so the parts sort in the order
 the runs wrote them; which row counts for a path is the rule of `store.replaces` over the rows in
 that order. pandas (`pd.read_parquet(out / "scores.parquet")`), DuckDB (`read_parquet('out/
@@ -83,8 +83,8 @@ def rows_table(
     run: str,
 ) -> Any:
     """Records (as `store.record_ok` / `record_error` make them) -> a pyarrow Table in the
-    scores schema; `embeddings` [N, D] holds the ok records' rows in order (error rows get a
-    null embedding)."""
+    scores schema; `embeddings` [N, D] holds the ok records' rows in order (error rows get
+    NaNs)."""
     import pyarrow as pa
 
     n, d = len(records), embedding_dim
@@ -254,11 +254,8 @@ def load_parquet_table(source: Path) -> Table:
         out=out,
         meta=meta,
         paths=[paths[i] for i in good],
-        scores={
-            name: np.nan_to_num(
-                scored.column(name).to_numpy(zero_copy_only=False).astype(np.float64),
-                nan=np.nan,
-            )
+        scores={  # a null (a score the model gave as NaN) reads as NaN
+            name: scored.column(name).to_numpy(zero_copy_only=False).astype(np.float64)
             for name in SCORE_COLUMNS
         },
         rows=np.arange(len(good), dtype=np.int64),

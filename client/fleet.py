@@ -87,8 +87,9 @@ def connected(address: str | None, progress: bool = True) -> Iterator[Any]:
     if mine:
         try:
             ray.init(address=address, logging_level="ERROR", log_to_driver=False)
-        except ConnectionError as exc:
-            raise RayUnavailable(f"no Ray cluster at {address}: {exc}") from None
+        except Exception as exc:  # ray.init raises ConnectionError, RuntimeError, Exception
+            where = f"reach the Ray cluster at {address}" if address else "start a local Ray"
+            raise RayUnavailable(f"cannot {where}: {_one_line(exc)}") from None
     import logging
 
     from ray.data import DataContext
@@ -263,6 +264,11 @@ def _pipeline(
         num_cpus=how.cpus_per_actor,
         num_gpus=how.gpus_per_actor or None,
     )
+
+
+def _one_line(exc: BaseException) -> str:
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return lines[0] if lines else type(exc).__name__
 
 
 def _cause(exc: BaseException) -> str:
