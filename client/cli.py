@@ -653,8 +653,13 @@ def _ray_scoring(urls: tuple[str, ...], engine: Any, o: dict[str, Any]) -> Any:
     import math
 
     from .engines import EmbeddedEngine
-    from .fleet import RayScoring, RaySettings
+    from .fleet import RayScoring, RaySettings, RayUnavailable, import_ray
 
+    try:
+        import_ray()  # before anything is written
+    except RayUnavailable as exc:
+        engine.close()
+        raise click.ClickException(str(exc)) from None
     threads = max(1, math.ceil(o["cpus_per_actor"]))
     make = (
         _triton_factory(urls, o)

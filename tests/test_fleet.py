@@ -9,6 +9,8 @@ the paths compare byte for byte (batches of several images may move the last bit
 from __future__ import annotations
 
 import functools
+import subprocess
+import sys
 from collections import Counter
 from pathlib import Path
 
@@ -160,3 +162,20 @@ def test_actors_with_triton_clients_give_the_single_process_selection(
         assert deal_client("select", on_ray, "-s", strategy, "-k", K, "-o", a).exit_code == 0
         assert deal_client("select", single, "-s", strategy, "-k", K, "-o", b).exit_code == 0
         assert (a / "selection.txt").read_bytes() == (b / "selection.txt").read_bytes()
+
+
+def test_ray_missing_is_one_line_naming_the_extra(
+    pool: Path, tiny_onnx: Path, tmp_path: Path
+) -> None:
+    code = (
+        "import sys; sys.modules['ray'] = None\n"  # as if the ray extra were not installed
+        "from dealseg.client.cli import main\n"
+        f"main(['score', {str(pool)!r}, '-k', '2', '--model', {str(tiny_onnx)!r}, "
+        f"'-o', {str(tmp_path)!r}, '--ray', '--no-progress'])\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 1, done.stderr
+    assert done.stderr.strip().splitlines()[-1] == (
+        "Error: --ray needs Ray Data: pip install 'dealseg[ray]' (ray[data]==2.60.0)"
+    )
+    assert "Traceback" not in done.stderr and not any(tmp_path.iterdir())  # nothing written
