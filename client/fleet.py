@@ -29,7 +29,6 @@ from dealseg.core.decode import DecodeError
 from .columnar import (
     SCORES_PARQUET,
     batch_table,
-    counting,
     errors_table,
     new_run_id,
     next_sequence,
@@ -212,7 +211,7 @@ def score_on_ray(
             except Exception as exc:  # Ray wraps the actor's error in its own types
                 raise EngineError(f"the Ray job failed: {_cause(exc)}") from exc
         report.seconds = time.perf_counter() - start
-    _count(report, folder, run, set(todo))
+    _count(report, folder, run)
     return report
 
 
@@ -283,21 +282,18 @@ def _cause(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[-1] if text else ''}"
 
 
-def _count(report: ScoreReport, folder: Path, run: str, todo: set[str]) -> None:
-    """Fill `report` from the rows this run wrote."""
+def _count(report: ScoreReport, folder: Path, run: str) -> None:
+    """Fill `report` from the rows this run wrote (one per path it was given)."""
+    import pyarrow.compute as pc
+
     table = read_parts(folder, ["path", "path_b64", "status", "error", "run"])
     if table is None:
         return
-    table = table.take(counting(table))
-    rows = table.to_pylist()
-    for r in rows:
-        path = record_path(r)
-        if path not in todo:
-            continue
-        if r["status"] == "ok":
-            report.scored += 1
-        else:
-            report.failed[path] = str(r["error"])
+    table = table.filter(pc.equal(table.column("run"), run))
+    failed = table.filter(pc.not_equal(table.column("status"), "ok"))
+    report.scored = table.num_rows - failed.num_rows
+    for r in failed.to_pylist():
+        report.failed[record_path(r)] = str(r["error"])
 
 
 @dataclass(frozen=True)
