@@ -178,7 +178,8 @@ def counting(table: Any) -> np.ndarray:
     n = table.num_rows
     if n == 0:
         return np.zeros(0, np.int64)
-    key = pc.coalesce(table.column("path_b64"), table.column("path"))
+    raw = table.column("path_b64")
+    key = table.column("path") if raw.null_count == n else pc.coalesce(raw, table.column("path"))
     ok = pc.equal(table.column("status"), "ok").to_numpy(zero_copy_only=False)
     rank = np.arange(n, dtype=np.int64) + ok.astype(np.int64) * n  # ok beats error, later wins
     grouped = pa.table({"key": key, "rank": rank}).group_by("key", use_threads=False)
