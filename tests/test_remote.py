@@ -1,9 +1,14 @@
 """Pools in object storage: s3:// URIs on a real S3-compatible server (moto's, on loopback), with
-credentials from the standard AWS_* variables; the embedded engine on the tiny model."""
+credentials from the standard AWS_* variables, and http:// URIs on the standard library's HTTP
+server; the embedded engine on the tiny model."""
 
 from __future__ import annotations
 
+import functools
 import json
+import threading
+from collections.abc import Iterator
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -99,3 +104,34 @@ def test_credentials_the_store_refuses_end_in_one_line(
         lines = r.stderr.strip().splitlines()
         assert len(lines) == 1 and "refused our credentials" in lines[0], r.stderr
         assert "AWS_SECRET_ACCESS_KEY" in lines[0] and "Traceback" not in r.stderr
+
+
+@pytest.fixture
+def http_pool(local_pool: Path) -> Iterator[str]:
+    """`local_pool` served over HTTP on a free loopback port (the standard library's server)."""
+    handler = functools.partial(SimpleHTTPRequestHandler, directory=str(local_pool))
+    handler.log_message = lambda *args: None  # type: ignore[attr-defined]
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_http_uris_in_a_list_score_and_a_404_is_one_error_record(
+    http_pool: str, local_pool: Path, tiny_onnx: Path, tmp_path: Path
+) -> None:
+    files = sorted(p.relative_to(local_pool).as_posix() for p in local_pool.rglob("*.png"))[:3]
+    uris = [f"{http_pool}/{name}" for name in files]
+    missing = f"{http_pool}/cam0/missing.png"
+    listing = tmp_path / "pool.txt"
+    listing.write_text("\n".join([*uris, missing]) + "\n")
+    out = tmp_path / "out"
+    r = deal_client("score", listing, "-k", 2, "--model", tiny_onnx, "-o", out, "--no-progress")
+    assert r.exit_code == 3, r.stderr
+    assert f"failed: {missing}: file not found: the server answered 404" in r.stderr
+    got = {rec["path"]: rec["status"] for rec in records(out)}
+    assert got == {**dict.fromkeys(uris, "ok"), missing: "error"}
