@@ -135,3 +135,13 @@ def test_http_uris_in_a_list_score_and_a_404_is_one_error_record(
     assert f"failed: {missing}: file not found: the server answered 404" in r.stderr
     got = {rec["path"]: rec["status"] for rec in records(out)}
     assert got == {**dict.fromkeys(uris, "ok"), missing: "error"}
+
+
+def test_the_python_api_scores_uris_as_they_are(
+    s3_env: object, local_pool: Path, tiny_onnx: Path
+) -> None:
+    import dealseg
+
+    uris = upload(s3_env, local_pool, "d")[:2]
+    table = dealseg.score(uris, model=tiny_onnx)
+    assert sorted(table["path"]) == sorted(uris) and table["error"].isna().all()
