@@ -520,9 +520,11 @@ def score(
 ) -> None:
     """Score every image of POOL and select the --top-k most worth labelling.
 
-    POOL is a folder (searched recursively), a text file of image paths, or - (paths on stdin).
-    Outputs in --out: scores.jsonl (one record per input), embeddings.f32, selection.txt and
-    selection.json. Without --url the model runs in-process with ONNX Runtime.
+    POOL is a folder (searched recursively), a text file of image paths or URIs, - (paths on
+    stdin), or an s3:// or gs:// prefix (credentials from the AWS_* / GOOGLE_* variables).
+    Outputs in --out: scores.jsonl (one record per input) and embeddings.f32, or scores.parquet/
+    (--format parquet, --ray), selection.txt and selection.json. Without --url the model runs
+    in-process with ONNX Runtime; with --ray, on a Ray cluster.
     """
     _one_engine(urls, model, o)
     if o["ray_address"] is not None:
