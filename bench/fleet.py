@@ -185,9 +185,22 @@ def main() -> None:
     parser.add_argument("--count", type=int, default=None, help="JPEGs (default 400)")
     parser.add_argument("--rows", type=int, default=None, help="records (default 1,000,000)")
     parser.add_argument("--reps", type=int, default=1, help="alternations of the cases")
+    parser.add_argument(
+        "--selection-only",
+        action="store_true",
+        help="part 2 only (bench/results/fleet-selection.md)",
+    )
     args = parser.parse_args()
     count = args.count or (60 if args.quick else 400)
     rows_n = args.rows or (100_000 if args.quick else 1_000_000)
+    if args.selection_only:
+        table = markdown_table(
+            ["scores read", "load + top-100 (s)", "peak RSS MiB"], selection_rows(rows_n)
+        )
+        write_result(
+            "fleet", "Fleet: selection over Parquet vs JSONL", table, [], "fleet-selection"
+        )
+        return
 
     pool = pool_file(make_jpegs(count), f"fleet_{count}")
     results: dict[str, list[dict[str, float]]] = {name: [] for name in CASES}

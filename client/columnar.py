@@ -228,7 +228,8 @@ def load_parquet_table(source: Path) -> Table:
             raise StoreError(f"no scores at {folder}")
         table = scores_schema(names, int(meta["embedding_dim"])).empty_table().select(columns)
     keep = counting(table)
-    table = table.take(keep)
+    if len(keep) < table.num_rows:  # some path has several rows: keep the one that counts
+        table = table.take(keep)
     mine = _equals(table, "model", meta["model"])
     ok = _equals(table, "status", "ok")
     paths = _paths(table)
@@ -237,14 +238,13 @@ def load_parquet_table(source: Path) -> Table:
     good = np.flatnonzero(mine & ok)
     failed = np.flatnonzero(mine & ~ok)
     reasons = table.column("error").take(failed).to_pylist()
-    scored = table.take(good)
-    fractions = (
-        np.stack(
-            [scored.column(c).to_numpy(zero_copy_only=False).astype(np.float32) for c in shares], 1
-        )
-        if shares
-        else np.zeros((len(good), 0), np.float32)
-    )
+
+    def values(name: str, dtype: type) -> np.ndarray:  # the scored rows' values (NaN: null)
+        return table.column(name).to_numpy(zero_copy_only=False).astype(dtype, copy=False)[good]
+
+    fractions = np.zeros((len(good), len(shares)), np.float32)  # [N, C]
+    for j, name in enumerate(shares):
+        fractions[:, j] = values(name, np.float32)
     rows_in_parts = keep[good]
 
     def embeddings() -> np.ndarray:
@@ -255,10 +255,7 @@ def load_parquet_table(source: Path) -> Table:
         out=out,
         meta=meta,
         paths=[paths[i] for i in good],
-        scores={  # a null (a score the model gave as NaN) reads as NaN
-            name: scored.column(name).to_numpy(zero_copy_only=False).astype(np.float64)
-            for name in SCORE_COLUMNS
-        },
+        scores={name: values(name, np.float64) for name in SCORE_COLUMNS},
         rows=np.arange(len(good), dtype=np.int64),
         errors={paths[i]: str(why) for i, why in zip(failed, reasons, strict=True)},
         fractions=fractions,
