@@ -9,7 +9,7 @@ DEMO := demo
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[train,export,serve,dev]'
+	$(PY) -m pip install -q -e '.[train,export,serve,ray,dev]'
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -34,7 +34,7 @@ demo: $(STAMP)
 
 # Benchmarks (bench/): each prints a short table and writes bench/results/<name>.md with
 # the date and the machine. `make bench BENCH_FLAGS=--quick` for a smoke run (a few minutes).
-BENCH := engine pipeline wire pam selection quantize peers frames
+BENCH := engine pipeline wire pam selection quantize peers frames fleet
 BENCH_FLAGS ?=
 bench: $(STAMP)
 	set -e; for b in $(BENCH); do $(PY) bench/$$b.py $(BENCH_FLAGS); done

@@ -80,8 +80,11 @@ def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> 
     return "\n".join(lines)
 
 
-def write_result(name: str, title: str, body: str, notes: Sequence[str] = ()) -> Path:
-    """Print `body` (+ notes) and write bench/results/<name>.md with date, machine and command."""
+def write_result(
+    name: str, title: str, body: str, notes: Sequence[str] = (), result: str | None = None
+) -> Path:
+    """Print `body` (+ notes) and write bench/results/<result or name>.md with date, machine and
+    the command (bench/<name>.py)."""
     command = " ".join([".venv/bin/python", f"bench/{name}.py", *map(shlex.quote, sys.argv[1:])])
     text = (
         "\n".join(
@@ -101,7 +104,7 @@ def write_result(name: str, title: str, body: str, notes: Sequence[str] = ()) ->
         + "\n"
     )
     RESULTS.mkdir(parents=True, exist_ok=True)
-    path = RESULTS / f"{name}.md"
+    path = RESULTS / f"{result or name}.md"
     path.write_text(text)
     print(body)
     for note in notes:

@@ -11,6 +11,9 @@ Modules, each importable without torch (heavy libraries are imported where they 
     evaluation  `deal-client eval`: strategies judged on labelled frames (`evaluate_pool`)
     engines  `EmbeddedEngine` (ONNX Runtime) and `TritonEngine` (tritonclient gRPC/HTTP)
     store    the out dir: scores.jsonl, embeddings.f32, meta.json, selection.{txt,json}, merge
+    columnar the out dir's scores as Parquet: scores.parquet/ (schema, writer, reader)
+    fleet    `score --ray`: the scorer's steps as Ray Data stages (ray imported there only)
+    remote   pools in object storage: s3://, gs://, http(s):// URIs
     maps     `--maps` PNGs: image | difficulty overlay | segmentation, and their raw layers
 
 Decoding, pool listing, the selection strategies and eval's labels and metrics are

@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from dealseg.core.pool import is_uri
 from dealseg.core.ranking import DEFAULT_STRATEGY, SCORE_COLUMNS
 
 from .engines import EmbeddedEngine, Engine, TritonEngine
@@ -85,7 +86,7 @@ def score(
     paths = (
         list_paths(source)
         if source is not None
-        else list(dict.fromkeys(map(os.path.abspath, pool)))
+        else list(dict.fromkeys(p if is_uri(p) else os.path.abspath(p) for p in pool))
     )
     with open_engine(model, url, **triton) as engine, _out_dir(out) as folder:
         _, table = score_into(paths, engine, folder, settings)

@@ -36,6 +36,7 @@ STRATEGY_NAMES = (  # == core.ranking.STRATEGIES (tested)
 DEFAULT_STRATEGY = "de"  # == core.ranking.DEFAULT_STRATEGY (tested)
 DEFAULT_MAX_PIXELS = 89_478_485  # == decode.DEFAULT_MAX_PIXELS (tested), Pillow's own limit
 RESIZE_MODES = ("stretch", "letterbox", "crop")  # == decode.RESIZE_MODES (tested)
+SCORE_FORMATS = ("jsonl", "parquet")
 
 
 def _shard(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[int, int]:
@@ -222,6 +223,12 @@ def triton_options(f: Callable) -> Callable:
             ),
             click.option("--ssl", is_flag=True, help="Use TLS to talk to Triton."),
             click.option(
+                "--shm",
+                is_flag=True,
+                help="Pass the tensors through system shared memory (/dev/shm) instead of the "
+                "socket: for a Triton server on this host.",
+            ),
+            click.option(
                 "--root-certs",
                 type=click.Path(exists=True, dir_okay=False),
                 default=None,
@@ -319,24 +326,35 @@ def engine_options(f: Callable) -> Callable:
     return f
 
 
-def _triton(urls: tuple[str, ...], o: dict[str, Any]) -> Any:
-    """The Triton engine for --url; a --url that names no usable endpoint is a usage error."""
+def _triton_factory(urls: tuple[str, ...], o: dict[str, Any]) -> Callable[[], Any]:
+    """A picklable maker of the Triton engine of --url (the Ray path builds one per actor)."""
+    import functools
+
     from dealseg.core.contract import MODEL_NAME
 
-    from .engines import EndpointError, TritonEngine
+    from .engines import TritonEngine
+
+    return functools.partial(
+        TritonEngine,
+        urls,
+        o["protocol"],
+        model_name=o["model_name"] or MODEL_NAME,
+        model_version=None if o["model_version"] is None else str(o["model_version"]),
+        ssl=o["ssl"],
+        root_certs=o["root_certs"],
+        headers=o["headers"],
+        timeout=o["timeout"],
+        retries=o["retries"],
+        shm=o["shm"],
+    )
+
+
+def _triton(urls: tuple[str, ...], o: dict[str, Any]) -> Any:
+    """The Triton engine for --url; a --url that names no usable endpoint is a usage error."""
+    from .engines import EndpointError
 
     try:
-        return TritonEngine(
-            urls,
-            o["protocol"],
-            model_name=o["model_name"] or MODEL_NAME,
-            model_version=None if o["model_version"] is None else str(o["model_version"]),
-            ssl=o["ssl"],
-            root_certs=o["root_certs"],
-            headers=o["headers"],
-            timeout=o["timeout"],
-            retries=o["retries"],
-        )
+        return _triton_factory(urls, o)()
     except EndpointError as exc:
         raise click.BadParameter(str(exc), param_hint="--url") from None
 
@@ -394,6 +412,52 @@ def main() -> None:
     """Score an image pool with the DEAL model and pick the images most worth labelling."""
 
 
+def ray_options(f: Callable) -> Callable:
+    """The Ray path (--ray) and its actor pool; defaults fit one machine."""
+    for option in reversed(
+        [
+            click.option(
+                "--ray",
+                "ray_address",
+                is_flag=False,
+                flag_value="local",
+                default=None,
+                envvar="DEAL_RAY",
+                show_envvar=True,
+                metavar="[ADDRESS]",
+                help="Score on a Ray cluster with Ray Data (needs dealseg[ray]; writes "
+                "Parquet): alone (after POOL) a local cluster on this machine; 'auto' the "
+                "cluster this machine belongs to; 'ray://HOST:10001' a remote head.",
+            ),
+            click.option(
+                "--actors",
+                type=click.IntRange(1, 4096),
+                default=1,
+                show_default=True,
+                help="--ray: scoring actors, each holding its engine (an ONNX Runtime session "
+                "or a Triton client).",
+            ),
+            click.option(
+                "--cpus-per-actor",
+                type=click.FloatRange(min=0.0),
+                default=1.0,
+                show_default=True,
+                help="--ray: CPUs reserved per scoring actor (rounded up: its ONNX Runtime "
+                "threads).",
+            ),
+            click.option(
+                "--gpus-per-actor",
+                type=click.FloatRange(min=0.0),
+                default=0.0,
+                show_default=True,
+                help="--ray: GPUs reserved per scoring actor (fractions share a GPU).",
+            ),
+        ]
+    ):
+        f = option(f)
+    return f
+
+
 # ---------------------------------------------------------------------------------- score
 @main.command()
 @click.argument("pool")
@@ -438,17 +502,36 @@ def main() -> None:
     help="How a picture becomes the model's frame: stretch to it, letterbox (fit, pad; the "
     "padding is in no score) or crop (fill, cut the middle out).",
 )
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(SCORE_FORMATS),
+    default=None,
+    envvar="DEAL_FORMAT",
+    show_envvar=True,
+    help="Scores in OUT: scores.jsonl + embeddings.f32 (a line per image as it is scored), or "
+    "scores.parquet/ (part files of one table: path, status, error, scores, class_<name> "
+    "shares, embedding, model, run) for pandas, DuckDB or Spark [default: jsonl; parquet "
+    "with --ray].",
+)
+@ray_options
 @click.pass_context
 def score(
     ctx: click.Context, pool: str, urls: tuple[str, ...], model: Path | None, **o: Any
 ) -> None:
     """Score every image of POOL and select the --top-k most worth labelling.
 
-    POOL is a folder (searched recursively), a text file of image paths, or - (paths on stdin).
-    Outputs in --out: scores.jsonl (one record per input), embeddings.f32, selection.txt and
-    selection.json. Without --url the model runs in-process with ONNX Runtime.
+    POOL is a folder (searched recursively), a text file of image paths or URIs, - (paths on
+    stdin), or an s3:// or gs:// prefix (credentials from the AWS_* / GOOGLE_* variables).
+    Outputs in --out: scores.jsonl (one record per input) and embeddings.f32, or scores.parquet/
+    (--format parquet, --ray), selection.txt and selection.json. Without --url the model runs
+    in-process with ONNX Runtime; with --ray, on a Ray cluster.
     """
     _one_engine(urls, model, o)
+    if o["ray_address"] is not None:
+        if o["fmt"] == "jsonl":
+            raise click.UsageError("--ray writes Parquet: drop --format jsonl")
+        o["fmt"] = "parquet"
     after = f"results so far are in {o['out']}; run again to resume"
     ctx.exit(_interruptible(lambda: _score(pool, urls, model, o), after))
 
@@ -456,6 +539,8 @@ def score(
 def _one_engine(urls: tuple[str, ...], model: Path | None, o: dict[str, Any]) -> None:
     if model is not None and urls:
         raise click.UsageError("--model and --url exclude each other: use one engine")
+    if not urls and o["shm"]:
+        raise click.UsageError("--shm is a transport to a Triton server: give its --url")
     if not urls and (o["model_name"] or o["model_version"]):
         raise click.UsageError(
             "--model-name and --model-version pick a model on the Triton server at --url; "
@@ -520,11 +605,13 @@ def _score_settings(o: dict[str, Any]) -> Any:
         o["max_pixels"],
         o["progress"],
         o.get("resize", "stretch"),
+        o.get("fmt") or "jsonl",
     )
 
 
 def _score(pool: str, urls: tuple[str, ...], model: Path | None, o: dict[str, Any]) -> int:
     from .engines import EngineError
+    from .fleet import RayUnavailable
     from .run import score_pool
     from .store import StoreError
 
@@ -539,14 +626,17 @@ def _score(pool: str, urls: tuple[str, ...], model: Path | None, o: dict[str, An
             "onnx`, or use --resize stretch or crop",
             param_hint="--resize",
         )
+    scoring = _ray_scoring(urls, engine, o)
     try:
+        where = "" if scoring is None else f" on Ray ({o['ray_address']}, {o['actors']} actors)"
         _stderr(
             f"deal-client: {len(paths)} images, model {engine.spec.model_id} via "
-            f"{engine.describe()}, out {out}"
+            f"{engine.describe()}{where}, out {out}"
         )
         how = _select_settings(o)
-        run = score_pool(paths, engine, out, _score_settings(o), how, o["maps"], o["html"])
-    except StoreError as exc:
+        settings = _score_settings(o)
+        run = score_pool(paths, engine, out, settings, how, o["maps"], o["html"], scoring)
+    except (StoreError, RayUnavailable) as exc:
         raise click.ClickException(str(exc)) from None
     except EngineError as exc:
         raise click.ClickException(f"{exc}\n{_resume_hint(out)}") from None
@@ -557,15 +647,46 @@ def _score(pool: str, urls: tuple[str, ...], model: Path | None, o: dict[str, An
     return _report(run, out, o["as_json"])
 
 
+def _ray_scoring(urls: tuple[str, ...], engine: Any, o: dict[str, Any]) -> Any:
+    """`score_pool`'s scorer for --ray (None without it): each actor builds the engine of
+    --url, or opens --model in ONNX Runtime with --cpus-per-actor threads."""
+    if o["ray_address"] is None:
+        return None
+    import functools
+    import math
+
+    from .engines import EmbeddedEngine
+    from .fleet import RayScoring, RaySettings, RayUnavailable, import_ray
+
+    try:
+        import_ray()  # before anything is written
+    except RayUnavailable as exc:
+        engine.close()
+        raise click.ClickException(str(exc)) from None
+    threads = max(1, math.ceil(o["cpus_per_actor"]))
+    make = (
+        _triton_factory(urls, o)
+        if urls
+        else functools.partial(EmbeddedEngine, str(engine.path), threads)
+    )
+    address = None if o["ray_address"] == "local" else o["ray_address"]
+    return RayScoring(
+        make, RaySettings(address, o["actors"], o["cpus_per_actor"], o["gpus_per_actor"])
+    )
+
+
 def _pool_paths(pool: str, shard: tuple[int, int]) -> list[str]:
     from dealseg.core.pool import IMAGE_EXTENSIONS, PoolError
 
+    from .remote import AccessDenied
     from .run import list_paths
 
     try:
         paths = list_paths(pool, shard)
     except PoolError as exc:
         raise click.BadParameter(str(exc), param_hint="POOL") from None
+    except AccessDenied as exc:
+        raise click.ClickException(str(exc)) from None
     if not paths:
         raise click.ClickException(
             f"POOL {pool} holds no images ({' '.join(sorted(IMAGE_EXTENSIONS))})"
@@ -645,7 +766,8 @@ def select_command(
     model: Path | None,
     **o: Any,
 ) -> None:
-    """Re-select from SCORES (a scores.jsonl or an out dir) without re-scoring.
+    """Re-select from SCORES (an out dir, its scores.jsonl or its scores.parquet) without
+    re-scoring.
 
     Exits 3 when fewer than --top-k images could be selected (the reason on stderr).
     """
@@ -714,18 +836,29 @@ def _maps_engine(table: Any, urls: tuple[str, ...], model: Path | None, o: dict)
     required=True,
     help="Folder for the merged scores and selection.",
 )
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(SCORE_FORMATS),
+    default=None,
+    help="Scores in --out [default: the inputs' format when they agree, else jsonl].",
+)
 @selection_options(require_k=False)
-def merge(inputs: tuple[Path, ...], out: Path, **o: Any) -> None:
-    """Combine the out dirs of `score --shard` runs into --out and select from them.
+def merge(inputs: tuple[Path, ...], out: Path, fmt: str | None, **o: Any) -> None:
+    """Combine the out dirs of `score --shard` runs (JSONL or Parquet) into --out and select
+    from them.
 
     --top-k and --strategy default to those of the inputs' selections when they all agree.
     """
     from .run import run_selection
-    from .store import StoreError, load_table, merge_outputs
+    from .store import StoreError, load_table, merge_outputs, scores_format
 
     strategy, k = _merged_selection(inputs, o["strategy"], o["top_k"])
+    if fmt is None:
+        formats = {scores_format(i) for i in inputs}
+        fmt = formats.pop() if len(formats) == 1 else "jsonl"
     try:
-        merge_outputs(inputs, out)
+        merge_outputs(inputs, out, fmt)
         table = load_table(out)
         doc = run_selection(table, out, _select_settings(o, strategy, k))
     except (StoreError, ValueError) as exc:

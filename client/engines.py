@@ -132,7 +132,11 @@ def _check_batch(images: np.ndarray, spec: ModelSpec) -> None:
 class EmbeddedEngine:
     """The exported ONNX graph run in this process by ONNX Runtime."""
 
-    def __init__(self, model_path: str | os.PathLike | None = None) -> None:
+    def __init__(
+        self, model_path: str | os.PathLike | None = None, threads: int | None = None
+    ) -> None:
+        """`threads`: ONNX Runtime's intra-op threads (default: one per core); a process
+        that shares the machine with others (a Ray actor) sets its share."""
         import onnxruntime as ort
 
         path = Path(model_path) if model_path is not None else default_model_path()
@@ -145,6 +149,8 @@ class EmbeddedEngine:
             raise EngineError(f"no ONNX model at {path}; {hint}")
         options = ort.SessionOptions()
         options.log_severity_level = 3  # errors only; ORT's warnings are not the user's business
+        if threads is not None:
+            options.intra_op_num_threads = threads
         providers = [p for p in _ORT_PROVIDERS if p in ort.get_available_providers()]
         try:
             self.session = ort.InferenceSession(str(path), options, providers=providers)
@@ -263,6 +269,7 @@ class TritonEngine:
         timeout: float = 30.0,
         retries: int = 3,
         backoff: float = 0.5,
+        shm: bool = False,
     ) -> None:
         if not urls:
             raise ValueError("TritonEngine needs at least one URL")
@@ -279,6 +286,8 @@ class TritonEngine:
         self._turn = itertools.count()
         self._lock = threading.Lock()
         self._all_clients: list[Any] = []
+        self.shm = shm  # tensors through system shared memory (a server on this host)
+        self._regions: list[ShmRegions] = []
         self.spec = self._read_spec()
 
     # -- clients ----------------------------------------------------------------------------
@@ -406,6 +415,8 @@ class TritonEngine:
         self, images: np.ndarray, outputs: Sequence[str], boxes: np.ndarray | None = None
     ) -> dict[str, np.ndarray]:
         _check_batch(images, self.spec)
+        if self.shm:
+            return self._infer_shm(images, outputs, boxes)
         module = self._module()
         inputs = []
         for name, array in model_inputs(self.spec, images, boxes).items():
@@ -429,9 +440,61 @@ class TritonEngine:
         b = len(images)
         return {n: np.asarray(got[n]).reshape(b, *self.spec.shape(n)) for n in outputs}
 
+    def _infer_shm(
+        self, images: np.ndarray, outputs: Sequence[str], boxes: np.ndarray | None
+    ) -> dict[str, np.ndarray]:
+        """`infer` with the tensors in this thread's shared-memory regions for the server: the
+        request carries region names and offsets instead of the pixels."""
+        module, b = self._module(), len(images)
+        feeds = model_inputs(self.spec, images, boxes)
+        kw: dict[str, Any] = {"headers": self.headers, **self._timeout_kw()}
+        name, version = self.model_name, self.model_version
+
+        def run(client: Any) -> tuple[str, dict[str, np.ndarray]]:
+            regions = self._regions_of(client)
+            inputs = []
+            for tensor, offset, size in regions.write_inputs(feeds):
+                array = feeds[tensor]
+                item = module.InferInput(tensor, list(array.shape), SPECS[tensor].wire_dtype)
+                item.set_shared_memory(regions.input_name, size, offset)
+                inputs.append(item)
+            requested, where = [], {}
+            for tensor, offset, size in regions.output_slots(outputs, b):
+                item = module.InferRequestedOutput(tensor)
+                item.set_shared_memory(regions.output_name, size, offset)
+                requested.append(item)
+                where[tensor] = offset
+            try:
+                result = client.infer(name, inputs, model_version=version, outputs=requested, **kw)
+            except Exception:
+                regions.forget()  # a restarted server knows them no more: register again
+                raise
+            return _answered_version(result), {n: regions.read(n, b, where[n]) for n in outputs}
+
+        answered, got = self._call(f"inference on {b} images (shared memory)", run)
+        if answered != version:
+            raise EngineError(f"asked {name} version {version}, version {answered} answered")
+        return got
+
+    def _regions_of(self, client: Any) -> ShmRegions:
+        """This thread's regions registered with `client`'s server (created on first use, and
+        registered again after a failed request: a restarted server has forgotten them)."""
+        regions = self._local.__dict__.setdefault("regions", {})
+        if id(client) not in regions:
+            made = ShmRegions(self.spec, self.max_batch_size or 64)
+            with self._lock:
+                self._regions.append(made)
+            regions[id(client)] = made
+        made = regions[id(client)]
+        made.register(client, self.headers)
+        return made
+
     def close(self) -> None:
         with self._lock:
             clients, self._all_clients = self._all_clients, []
+            regions, self._regions = self._regions, []
+        for made in regions:
+            made.destroy()
         for client in clients:
             with contextlib.suppress(Exception):  # closing is best effort
                 client.close()
@@ -441,6 +504,91 @@ class TritonEngine:
             f"Triton {self.protocol} at {', '.join(self.urls)}, model {self.model_name} "
             f"version {self.model_version}"
         )
+
+
+class ShmRegions:
+    """A pair of system shared-memory regions (inputs, outputs) sized for `max_batch` images,
+    registered with one server; tensors are laid out one after another from offset 0."""
+
+    def __init__(self, spec: ModelSpec, max_batch: int) -> None:
+        import uuid
+
+        import tritonclient.utils.shared_memory as shm
+
+        self.spec, self.max_batch = spec, max_batch
+        tag = f"dealseg_{os.getpid()}_{uuid.uuid4().hex[:12]}"
+        self.input_name, self.output_name = f"{tag}_in", f"{tag}_out"
+        self.in_bytes = max_batch * sum(self._image_bytes(t.name) for t in spec.inputs)
+        self.out_bytes = max_batch * sum(
+            self._image_bytes(n) for n in SPECS if n not in {t.name for t in spec.inputs}
+        )
+        self.inputs = shm.create_shared_memory_region(
+            self.input_name, f"/{self.input_name}", self.in_bytes
+        )
+        self.outputs = shm.create_shared_memory_region(
+            self.output_name, f"/{self.output_name}", self.out_bytes
+        )
+        self.registered: set[int] = set()  # ids of the clients whose server has them
+        self.clients: list[Any] = []  # every client they were registered with
+
+    def _image_bytes(self, tensor: str) -> int:
+        return (
+            int(np.prod(self.spec.shape(tensor), dtype=np.int64))
+            * np.dtype(SPECS[tensor].dtype).itemsize
+        )
+
+    def register(self, client: Any, headers: Mapping[str, str]) -> None:
+        if id(client) in self.registered:
+            return
+        for name, size in ((self.input_name, self.in_bytes), (self.output_name, self.out_bytes)):
+            with contextlib.suppress(Exception):  # a registration the server still holds
+                client.unregister_system_shared_memory(name, headers=headers)
+            client.register_system_shared_memory(name, f"/{name}", size, headers=headers)
+        self.registered.add(id(client))
+        self.clients.append(client)
+
+    def write_inputs(self, feeds: Mapping[str, np.ndarray]) -> list[tuple[str, int, int]]:
+        """Copy the input tensors into the input region: (name, offset, bytes) of each."""
+        import tritonclient.utils.shared_memory as shm
+
+        slots, offset = [], 0
+        for name, array in feeds.items():
+            array = np.ascontiguousarray(array)
+            shm.set_shared_memory_region(self.inputs, [array], offset)
+            slots.append((name, offset, array.nbytes))
+            offset += array.nbytes
+        return slots
+
+    def output_slots(self, outputs: Sequence[str], b: int) -> list[tuple[str, int, int]]:
+        slots, offset = [], 0
+        for name in outputs:
+            size = b * self._image_bytes(name)
+            slots.append((name, offset, size))
+            offset += size
+        return slots
+
+    def read(self, name: str, b: int, offset: int) -> np.ndarray:
+        """Output `name` of a batch of `b` images, copied out of the output region."""
+        import tritonclient.utils.shared_memory as shm
+
+        shape = [b, *self.spec.shape(name)]
+        array = shm.get_contents_as_numpy(self.outputs, np.dtype(SPECS[name].dtype), shape, offset)
+        return np.array(array, copy=True)
+
+    def forget(self) -> None:
+        """After a failed request: register again before the next one."""
+        self.registered.clear()
+
+    def destroy(self) -> None:
+        import tritonclient.utils.shared_memory as shm
+
+        for client in self.clients:
+            for name in (self.input_name, self.output_name):
+                with contextlib.suppress(Exception):  # the server may be gone
+                    client.unregister_system_shared_memory(name)
+        for handle in (self.inputs, self.outputs):
+            with contextlib.suppress(Exception):
+                shm.destroy_shared_memory_region(handle)
 
 
 def _answered_version(result: Any) -> str:

@@ -35,7 +35,7 @@ from dealseg.core.decode import (
     aspect_mismatch,
     decode_frame,
 )
-from dealseg.core.pool import read_pool, take_shard
+from dealseg.core.pool import is_uri, read_pool, take_shard
 from dealseg.core.ranking import DEFAULT_STRATEGY, Options, Pool, Selection, choose, groups_of
 
 from .engines import Engine, EngineError
@@ -62,6 +62,7 @@ class ScoreSettings:
     max_pixels: int = DEFAULT_MAX_PIXELS  # decompression-bomb guard, width x height
     progress: bool = True  # tqdm bar on stderr
     resize: str = "stretch"  # how a picture becomes the model's frame: stretch|letterbox|crop
+    format: str = "jsonl"  # the out dir's scores: jsonl (streamed line by line) | parquet
 
 
 @dataclass
@@ -80,8 +81,20 @@ class ScoreReport:
 
 
 def list_paths(source: str, shard: tuple[int, int] = (0, 1)) -> list[str]:
-    """POOL -> absolute image paths (resume and merge must not depend on the cwd), sharded."""
-    paths = list(dict.fromkeys(os.path.abspath(p) for p in read_pool(source)))
+    """POOL -> absolute image paths (resume and merge must not depend on the cwd) and URIs as
+    they are, sharded. A pool in object storage is listed by `remote.list_uri`, and the store
+    must accept our credentials for its first object (`remote.AccessDenied` otherwise)."""
+    if is_uri(source):
+        from .remote import list_uri
+
+        listed = list_uri(source)
+    else:
+        listed = read_pool(source)
+    paths = list(dict.fromkeys(p if is_uri(p) else os.path.abspath(p) for p in listed))
+    if any(is_uri(p) for p in paths):
+        from .remote import check_access
+
+        check_access(paths)
     return take_shard(paths, *shard)
 
 
@@ -99,7 +112,19 @@ class Sink(Protocol):
     def append_error(self, path: str, reason: str) -> None: ...
 
 
-def _decode(load: Load, path: str) -> Frame | DecodeError:
+def load_frame(path: str, size: tuple[int, int], settings: ScoreSettings) -> Frame:
+    """A pool path as the model's frame, as `settings` say (--resize, --max-pixels): the one
+    decode step of the streaming scorer and the Ray path's decode tasks. URIs are read from
+    object storage (`remote.decode_uri`)."""
+    if is_uri(path):
+        from .remote import decode_uri
+
+        return decode_uri(path, size, settings.max_pixels, settings.resize)
+    return decode_frame(path, size, settings.max_pixels, settings.resize)
+
+
+def decode_or_error(load: Load, path: str) -> Frame | DecodeError:
+    """`load(path)`, or the DecodeError that becomes the path's error record."""
     try:
         return load(path)
     except DecodeError as exc:
@@ -210,7 +235,7 @@ class Scorer:
         self.warned_aspect = False
 
     def _decode_image(self, path: str) -> Frame:
-        return decode_frame(path, self.size, self.settings.max_pixels, self.settings.resize)
+        return load_frame(path, self.size, self.settings)
 
     def run(self, paths: Sequence[str]) -> ScoreReport:
         """Score every path not yet done by the sink (scored OK in the writer's out dir)."""
@@ -265,7 +290,7 @@ class Scorer:
             path = next(self.upcoming, None)
             if path is None:
                 return
-            job = self.decoding.submit(_decode, self.load, path)
+            job = self.decoding.submit(decode_or_error, self.load, path)
             self.pending.append((path, job))
 
     def _take(self, path: str, result: Frame | DecodeError) -> None:
@@ -333,9 +358,23 @@ def score_into(
 ) -> tuple[ScoreReport, Table]:
     """Score `paths` into the out dir `out` (resuming it); the report and everything scored
     there as a table. The scoring step of the CLI and the API."""
-    with ScoreWriter(out, engine.spec) as writer:
-        report = score_paths(paths, engine, writer, settings)
+    with open_writer(out, engine.spec, settings.format) as writer:
+        report = Scorer(engine, writer, settings).run(paths)
     return report, load_table(out)
+
+
+def open_writer(out: Path, spec: Any, fmt: str) -> ScoreWriter | Any:
+    """The sink of a scoring run into the out dir `out`: scores.jsonl or scores.parquet."""
+    if fmt == "parquet":
+        from .columnar import ParquetWriter
+
+        return ParquetWriter(out, spec)
+    if fmt != "jsonl":
+        raise ValueError(f"unknown scores format {fmt!r}; choose jsonl or parquet")
+    return ScoreWriter(out, spec)
+
+
+ScoreInto = Callable[[Sequence[str], Engine, Path, ScoreSettings], tuple[ScoreReport, Table]]
 
 
 @dataclass(frozen=True)
@@ -386,14 +425,16 @@ def score_pool(
     select_settings: SelectSettings,
     maps: bool = False,
     report: bool = False,
+    score_with: ScoreInto | None = None,
 ) -> PoolRun:
     """Score `paths` into the out dir `out` (resuming it), select from everything scored there,
     and optionally draw the maps of the selection and write the report (which implies maps).
+    `score_with` scores (default `score_into`, this process; `fleet.RayScoring`: a Ray cluster).
 
     Raises StoreError (out dir unusable), EngineError (after its retries; every finished batch
     is on disk, a re-run resumes) and OSError (the out dir cannot be written).
     """
-    scored, table = score_into(paths, engine, out, settings)
+    scored, table = (score_with or score_into)(paths, engine, out, settings)
     run = PoolRun(scored, None)
     try:
         run.selection = run_selection(table, out, select_settings)
@@ -452,7 +493,7 @@ def load_labeled(
         if centres.ndim != 2 or centres.shape[1] != d:
             raise ValueError(f"{source}: expected embeddings [L, {d}], got {list(centres.shape)}")
         return centres.astype(np.float32), exclude
-    if source.is_dir() or source.suffix == ".jsonl":
+    if source.is_dir() or source.suffix in (".jsonl", ".parquet"):
         other = load_table(source)
         if other.meta["model"] != table.meta["model"]:
             raise ValueError(f"{source} was scored by {other.meta['model']}, not this model")

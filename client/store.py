@@ -26,7 +26,7 @@ import os
 import re
 import sys
 from array import array
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -267,6 +267,13 @@ class ScoreWriter:
                 )
         elif scores.exists() and scores.stat().st_size:
             raise StoreError(f"{scores} exists but {META} does not; use another --out")
+        from .columnar import SCORES_PARQUET, part_files
+
+        if part_files(self.out / SCORES_PARQUET):
+            raise StoreError(
+                f"{self.out} holds {SCORES_PARQUET}: use --format parquet to resume it, or "
+                "another --out"
+            )
         write_meta(self.out, self.spec)
         scores.touch()
         embeddings.touch()
@@ -359,6 +366,8 @@ class Table:
     errors: dict[str, str] = field(default_factory=dict)  # path -> reason
     fractions: np.ndarray | None = None  # [N, C] float32 predicted class shares (NaN: none)
     vectors: np.ndarray | None = None  # [N, D] embeddings held in memory instead of the file
+    source: Path | None = None  # the scores read (default: out/scores.jsonl)
+    load_vectors: Callable[[], np.ndarray] | None = None  # reads `vectors` on first use
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -369,7 +378,7 @@ class Table:
 
     @property
     def scores_file(self) -> Path:
-        return (self.out / SCORES).absolute()
+        return self.source or (self.out / SCORES).absolute()
 
     @property
     def embedding_dim(self) -> int:
@@ -377,6 +386,8 @@ class Table:
 
     def embeddings(self) -> np.ndarray:
         """[N, D] float32, memory-mapped when the rows are the file's rows in order."""
+        if self.vectors is None and self.load_vectors is not None:
+            self.vectors = self.load_vectors()
         if self.vectors is not None:
             return self.vectors
         path, d = self.out / EMBEDDINGS, self.embedding_dim
@@ -392,13 +403,17 @@ class Table:
 
 
 def load_table(scores_path: Path) -> Table:
-    """Read an out dir's scores.jsonl (and meta.json beside it) for selection.
+    """Read an out dir's scores.jsonl or scores.parquet (and meta.json beside it) for selection.
 
     The record that counts for a path is the one `replaces` keeps. Records are streamed into
     flat arrays (about 100 bytes and 4 per class a path, beside the path itself), so a pool of
     millions fits in memory.
     """
+    from .columnar import is_parquet_out, load_parquet_table
+
     scores_path = Path(scores_path)
+    if is_parquet_out(scores_path):
+        return load_parquet_table(scores_path)
     if scores_path.is_dir():
         scores_path = scores_path / SCORES
     if not scores_path.is_file():
@@ -530,13 +545,27 @@ def read_selection(out: Path) -> dict[str, Any] | None:
 
 
 # --------------------------------------------------------------------------------------- merge
-def _winners(sources: Sequence[Path]) -> tuple[dict[str, tuple[int, int]], int]:
+def out_records(out: Path) -> Iterator[tuple[dict[str, Any], np.ndarray | None]]:
+    """Every record of an out dir (scores.jsonl or scores.parquet) in the order written, with
+    its embedding row (None for an error record)."""
+    from .columnar import is_parquet_out, parquet_records
+
+    out = Path(out)
+    if is_parquet_out(out):
+        yield from parquet_records(out)
+        return
+    emb = _open_embeddings(out, int(read_meta(out)["embedding_dim"]))
+    for r in iter_records(out / SCORES):
+        yield r, (np.asarray(emb[int(r["row"])], np.float32) if r["status"] == "ok" else None)
+
+
+def _winners(sources: Sequence[Iterable[dict[str, Any]]]) -> tuple[dict[str, tuple[int, int]], int]:
     """path -> (source, record number) of the record that counts (`replaces`), and the number
     of records."""
     winner: dict[str, tuple[int, int, bool]] = {}
     count = 0
     for i, src in enumerate(sources):
-        for n, r in enumerate(iter_records(src)):
+        for n, r in enumerate(src):
             count += 1
             ok = r["status"] == "ok"
             old = winner.get(r["path"])
@@ -548,7 +577,7 @@ def _winners(sources: Sequence[Path]) -> tuple[dict[str, tuple[int, int]], int]:
 def compact_scores(out: Path) -> None:
     """Drop records replaced by later ones (errors retried by a re-run): one record per path."""
     path = Path(out) / SCORES
-    winners, count = _winners([path])
+    winners, count = _winners([iter_records(path)])
     if count == len(winners):
         return
     with atomic_output(path) as tmp, open(tmp, "wb") as f:
@@ -557,8 +586,16 @@ def compact_scores(out: Path) -> None:
                 f.write(_dumps(r))
 
 
-def merge_outputs(inputs: Sequence[Path], out: Path) -> None:
-    """Combine the out dirs of shard runs (same model) into `out`, each path once.
+def scores_format(out: Path) -> str:
+    """ "parquet" for an out dir holding scores.parquet, else "jsonl"."""
+    from .columnar import is_parquet_out
+
+    return "parquet" if is_parquet_out(Path(out)) else "jsonl"
+
+
+def merge_outputs(inputs: Sequence[Path], out: Path, fmt: str = "jsonl") -> None:
+    """Combine the out dirs of shard runs (same model; JSONL or Parquet) into `out` as `fmt`
+    (jsonl | parquet), each path once.
 
     Two streaming passes: the first decides which record of each path counts (ok beats error,
     the first input wins), the second copies those records and their embedding rows.
@@ -571,28 +608,47 @@ def merge_outputs(inputs: Sequence[Path], out: Path) -> None:
     formats = sorted({m["format"] for m in metas})
     if len(formats) > 1:
         raise StoreError(f"cannot merge out dirs of formats {formats}: re-score the older ones")
-    winners, _ = _winners([i / SCORES for i in inputs])
+    if fmt == "parquet" and formats != [FORMAT]:
+        raise StoreError(f"out dirs of format {formats[0]} merge into JSONL only (--format jsonl)")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    d = int(metas[0]["embedding_dim"])
-    row = 0
+    other = "jsonl" if fmt == "parquet" else "parquet"
+    if any(i.resolve() == out.resolve() for i in inputs) or (
+        (out / META).exists() and scores_format(out) == other and fmt == "jsonl"
+    ):
+        raise StoreError(f"{out} is an input or holds {other} scores; merge into another --out")
+    winners, _ = _winners([(r for r, _ in out_records(i)) for i in inputs])
+    chosen = (
+        (r, v)
+        for i, src in enumerate(inputs)
+        for n, (r, v) in enumerate(out_records(src))
+        if winners[r["path"]] == (i, n)
+    )
     with _lock(out):
-        with (
-            atomic_output(out / SCORES) as tmp_scores,  # replaced last: its rows exist by then
-            atomic_output(out / EMBEDDINGS) as tmp_emb,
-            open(tmp_scores, "wb") as fs,
-            open(tmp_emb, "wb") as fe,
-        ):
-            for i, src in enumerate(inputs):
-                emb = _open_embeddings(src, d)
-                for n, r in enumerate(iter_records(src / SCORES)):
-                    if winners[r["path"]] != (i, n):
-                        continue
-                    if r["status"] == "ok":
-                        fe.write(np.asarray(emb[int(r["row"])], dtype="<f4").tobytes())
-                        r["row"], row = row, row + 1
-                    fs.write(_dumps(r))
+        if fmt == "parquet":
+            from .columnar import write_parquet_records
+
+            if (out / SCORES).exists():
+                raise StoreError(f"{out} holds {SCORES}; merge into another --out")
+            write_parquet_records(out, chosen, metas[0])
+        else:
+            _write_jsonl(out, chosen)
         atomic_write(out / META, json.dumps(metas[0], indent=1).encode())
+
+
+def _write_jsonl(out: Path, chosen: Iterable[tuple[dict[str, Any], np.ndarray | None]]) -> None:
+    row = 0
+    with (
+        atomic_output(out / SCORES) as tmp_scores,  # replaced last: its rows exist by then
+        atomic_output(out / EMBEDDINGS) as tmp_emb,
+        open(tmp_scores, "wb") as fs,
+        open(tmp_emb, "wb") as fe,
+    ):
+        for r, vector in chosen:
+            if r["status"] == "ok":
+                fe.write(np.asarray(vector, dtype="<f4").tobytes())
+                r["row"], row = row, row + 1
+            fs.write(_dumps(r))
 
 
 def _open_embeddings(out: Path, d: int) -> np.ndarray:

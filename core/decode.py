@@ -222,8 +222,6 @@ def decode_frame(
     JPEG files are decoded in draft mode near the target size, EXIF orientation is applied, any
     mode is converted to RGB, then the picture is resized (bilinear) and placed in the frame.
     """
-    from PIL import ImageOps
-
     _check_file(path)
     try:
         f = open(path, "rb")  # noqa: SIM115 - closed below, after Pillow is done with it
@@ -232,22 +230,34 @@ def decode_frame(
     except OSError as exc:
         raise DecodeError(f"unreadable: {exc.strerror or exc}") from None
     with f:
-        try:
-            im = _open(f, max_pixels)
-            shown = _shown_size(im)
-            where = place(shown, size, resize)
-            _draft(im, where.scaled)
-            im.load()
-            image = _framed(to_rgb(ImageOps.exif_transpose(im)), size, where)
-            return Frame(image, where.box(size), shown)
-        except DecodeError:
-            raise
-        except OSError as exc:
-            text = str(exc)
-            if "truncated" in text:
-                raise DecodeError(f"truncated image: {text}") from None
-            raise DecodeError(f"corrupt image data: {text}") from None
-        except (SyntaxError, ValueError, TypeError, IndexError, EOFError) as exc:
-            raise DecodeError(f"corrupt image data: {type(exc).__name__}: {exc}") from None
-        except MemoryError:
-            raise DecodeError("out of memory while decoding") from None
+        return decode_stream(f, size, max_pixels, resize)
+
+
+def decode_stream(
+    f: BinaryIO,
+    size: tuple[int, int],
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    resize: str = "stretch",
+) -> Frame:
+    """`decode_frame` on an open binary file (a local file, or an object's bytes in memory)."""
+    from PIL import ImageOps
+
+    try:
+        im = _open(f, max_pixels)
+        shown = _shown_size(im)
+        where = place(shown, size, resize)
+        _draft(im, where.scaled)
+        im.load()
+        image = _framed(to_rgb(ImageOps.exif_transpose(im)), size, where)
+        return Frame(image, where.box(size), shown)
+    except DecodeError:
+        raise
+    except OSError as exc:
+        text = str(exc)
+        if "truncated" in text:
+            raise DecodeError(f"truncated image: {text}") from None
+        raise DecodeError(f"corrupt image data: {text}") from None
+    except (SyntaxError, ValueError, TypeError, IndexError, EOFError) as exc:
+        raise DecodeError(f"corrupt image data: {type(exc).__name__}: {exc}") from None
+    except MemoryError:
+        raise DecodeError("out of memory while decoding") from None

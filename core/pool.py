@@ -2,14 +2,16 @@
 
 POOL is a folder (searched recursively, symlinked folders followed once, hidden entries, whose
 names start with '.', skipped and counted in a warning),
-a text file with one path per line (relative paths are relative to that file's folder), `-` for
-paths on stdin, or a single image file. Paths are `str` decoded with the file-system encoding and
+a text file with one path per line (relative paths are relative to that file's folder; URIs such
+as s3://bucket/key are kept as they are, read by `dealseg.client.remote`), `-` for paths on
+stdin, or a single image file. Paths are `str` decoded with the file-system encoding and
 `surrogateescape`, so names that are not valid UTF-8 survive; `os.fsencode` gives the bytes back.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import sys
 from collections.abc import Callable, Iterable
 
@@ -33,6 +35,14 @@ IMAGE_EXTENSIONS = frozenset(
     }
 )
 _SHARD_SEED = 0x5EED  # fixed: a path's shard never depends on anything but the path
+
+
+_URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+
+
+def is_uri(path: str) -> bool:
+    """Whether a pool entry is a URI (s3://, gs://, http(s)://...) rather than a local path."""
+    return bool(_URI.match(path))
 
 
 class PoolError(ValueError):
@@ -115,7 +125,7 @@ def read_pool(source: str, on_problem: Callable[[str], None] = _warn) -> list[st
     elif os.path.isfile(source):
         base = os.path.dirname(source)
         with open(source, "rb") as f:
-            paths = [os.path.join(base, p) for p in _lines(f.read())]
+            paths = [p if is_uri(p) else os.path.join(base, p) for p in _lines(f.read())]
     else:
         raise PoolError(
             f"POOL {source!r} is not a folder, a text file of paths, an image, or '-' (stdin)"

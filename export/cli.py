@@ -234,9 +234,10 @@ def tensorrt(
 @click.option("--max-batch-size", type=click.IntRange(min=1), default=16, show_default=True)
 @click.option(
     "--preferred-batch-sizes",
-    default="4,8,16",
-    show_default=True,
-    help="Comma-separated dynamic-batching preferred sizes.",
+    default="",
+    help="Comma-separated dynamic-batching preferred sizes, e.g. 4,8,16 [default: none: "
+    "Triton's guidance, the batcher then forms the largest batch it can within the delay; "
+    "set them only where perf_analyzer measures better].",
 )
 @click.option(
     "--max-queue-delay-us",

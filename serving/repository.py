@@ -74,7 +74,7 @@ def build_config(
     target: str = "python-cpu",
     *,
     max_batch_size: int = 16,
-    preferred_batch_sizes: Sequence[int] = (4, 8, 16),
+    preferred_batch_sizes: Sequence[int] = (),  # Triton's guidance: none unless measured better
     max_queue_delay_us: int = 2000,
     instances: int = 1,
     instance_kind: str | None = None,
@@ -121,6 +121,7 @@ def build_config(
             output.dims.append(1)
             output.reshape.SetInParent()
 
+    config.dynamic_batching.SetInParent()  # on, forming the largest batch it can
     config.dynamic_batching.preferred_batch_size.extend(preferred_batch_sizes)
     config.dynamic_batching.max_queue_delay_microseconds = max_queue_delay_us
     config.instance_group.add(count=instances, kind=_KINDS[kind])

@@ -2,8 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -71,3 +78,87 @@ def tiny_onnx(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -
     out = tmp_path_factory.mktemp("onnx") / "model.onnx"
     export_onnx(tiny_checkpoint, out, max_batch=16)
     return out
+
+
+@dataclass(frozen=True)
+class S3Server:
+    """A real S3-compatible server (moto's standalone server) on loopback, with a user whose
+    access key may do anything in S3; other keys are refused."""
+
+    endpoint: str
+    key: str
+    secret: str
+
+    def env(self, secret: str | None = None) -> dict[str, str]:
+        """The standard AWS_* variables for this server (a wrong `secret` to be refused)."""
+        return {
+            "AWS_ENDPOINT_URL": self.endpoint,
+            "AWS_ACCESS_KEY_ID": self.key,
+            "AWS_SECRET_ACCESS_KEY": secret or self.secret,
+            "AWS_REGION": "us-east-1",
+        }
+
+    def client(self) -> object:
+        import boto3
+
+        return boto3.client(
+            "s3",
+            endpoint_url=self.endpoint,
+            aws_access_key_id=self.key,
+            aws_secret_access_key=self.secret,
+            region_name="us-east-1",
+        )
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    """moto's server in a subprocess on a free loopback port. It authenticates every request
+    after the first 3 (INITIAL_NO_AUTH_ACTION_COUNT): creating our IAM user, its access key and
+    its S3 policy."""
+    pytest.importorskip("moto.server")
+    import boto3
+
+    port = free_port()
+    log = tmp_path_factory.mktemp("moto") / "server.log"
+    env = {**os.environ, "INITIAL_NO_AUTH_ACTION_COUNT": "3"}
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        deadline = time.monotonic() + 120  # a failure deadline, not a wait: we poll a condition
+        while True:
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            assert proc.poll() is None, log.read_text()
+            assert time.monotonic() < deadline, "moto server did not start"
+            time.sleep(0.05)
+        endpoint = f"http://127.0.0.1:{port}"
+        iam = boto3.client(
+            "iam",
+            endpoint_url=endpoint,
+            region_name="us-east-1",
+            aws_access_key_id="setup",
+            aws_secret_access_key="setup",
+        )
+        iam.create_user(UserName="dealseg")
+        key = iam.create_access_key(UserName="dealseg")["AccessKey"]
+        policy = {
+            "Version": "2012-10-17",
+            "Statement": [{"Effect": "Allow", "Action": "s3:*", "Resource": "*"}],
+        }
+        iam.put_user_policy(UserName="dealseg", PolicyName="s3", PolicyDocument=json.dumps(policy))
+        yield S3Server(endpoint, key["AccessKeyId"], key["SecretAccessKey"])
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)

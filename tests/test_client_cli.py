@@ -594,11 +594,12 @@ def test_client_imports_without_torch_or_heavy_modules_for_help() -> None:
         " if m in sys.modules]\n"
         "import dealseg.client.run, dealseg.client.engines, dealseg.client.maps\n"
         "import dealseg.core.ranking, dealseg.client.store, dealseg.core.decode\n"
-        "import dealseg.client.evaluation\n"
-        "print(heavy, 'torch' in sys.modules)\n"
+        "import dealseg.client.evaluation, dealseg.client.fleet, dealseg.client.columnar\n"
+        "lazy = [m for m in ('ray', 'pyarrow') if m in sys.modules]\n"
+        "print(heavy, 'torch' in sys.modules, lazy)\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.split() == ["[]", "False"], out.stdout
+    assert out.stdout.split() == ["[]", "False", "[]"], out.stdout
     helped = subprocess.run([sys.executable, "-m", "dealseg.client", "--help"], capture_output=True)
     assert helped.returncode == 0 and b"score" in helped.stdout
 

@@ -286,3 +286,35 @@ def test_a_batch_larger_than_the_server_takes_is_a_usage_error(
     assert result.exit_code == 2, result.stderr
     assert "max_batch_size 16" in result.stderr and "--batch-size 16" in result.stderr
     assert "run the same command again" not in result.stderr
+
+
+@pytest.mark.parametrize("protocol", ["grpc", "http"])
+def test_shared_memory_carries_the_same_tensors_and_is_released(
+    protocol: str, server, pool: Path, tmp_path: Path
+) -> None:
+    url = server.url_grpc if protocol == "grpc" else server.url_http
+    outs = {}
+    for how in ("socket", "shm"):
+        outs[how] = tmp_path / how
+        extra = ["--shm"] if how == "shm" else []
+        r = deal_client(
+            "score", pool, "-k", K, "--url", url, "--protocol", protocol, "--out", outs[how],
+            "--batch-size", 3, "--concurrency", 1, "--maps", *extra,
+        )  # fmt: skip
+        assert r.exit_code == 0, r.stderr
+    # one request at a time: the server batches the same images both ways, so equal bits
+    assert records(outs["shm"]) == records(outs["socket"])
+    assert np.array_equal(embeddings(outs["shm"]), embeddings(outs["socket"]))
+    maps = sorted(p.name for p in (outs["shm"] / "maps").iterdir())
+    assert maps == sorted(p.name for p in (outs["socket"] / "maps").iterdir())
+    for name in maps:
+        assert (outs["shm"] / "maps" / name).read_bytes() == (
+            outs["socket"] / "maps" / name
+        ).read_bytes()
+    left = [p.name for p in Path("/dev/shm").glob(f"dealseg_{os.getpid()}_*")]
+    assert left == []  # every region unregistered and removed at close
+
+
+def test_shm_without_a_server_is_a_usage_error(pool: Path, tmp_path: Path) -> None:
+    r = deal_client("score", pool, "-k", K, "--shm", "--out", tmp_path)
+    assert r.exit_code == 2 and "--shm" in r.stderr

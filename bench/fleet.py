@@ -1,0 +1,260 @@
+"""Fleet: `deal-client score --ray` vs the single-process client on one machine; selection over
+many Parquet rows vs the JSONL reader.
+
+    .venv/bin/python bench/fleet.py [--quick] [--count N] [--rows N]
+
+1. N street JPEGs at 960x720 (bench/pipeline.py's, cached), scored with the shipped model and
+   the embedded engine, in alternation: `deal-client score POOL --format parquet` (one process,
+   ONNX Runtime on every core) and `deal-client score POOL --ray` on a local Ray cluster with 1
+   actor (1.5 CPUs: 2 ONNX Runtime threads) and with 2 actors (0.75 CPU: 1 thread each); the
+   decode tasks take 0.5 CPU. Rates are the clients' own img/s (scoring,
+   without start-up: process, model, Ray cluster) and wall-clock img/s; peak memory is the
+   largest RSS of any one process of the run and the sum over its process tree (sampled every
+   0.1 s from /proc). Target: Ray >= 80% of the single process.
+   Then the same through the bundled Triton server (python-cpu, 2 ONNX Runtime threads, started
+   once): the client over gRPC, over gRPC with the tensors in shared memory (`--shm`), and the
+   Ray path with 2 actors holding Triton clients.
+2. Out dirs of N synthetic records (realistic paths, 11 class shares, 64-d embeddings) as
+   scores.jsonl and scores.parquet; seconds and peak RSS of `load_table` + top-100 by DE in a
+   fresh process for each.
+`--quick`: 60 images, 100k rows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+from common import CACHE, markdown_table, mib, run_probe, write_result
+from pipeline import CLIENT, make_jpegs, pool_file
+
+_RATE = re.compile(r"scored, .* ([0-9.]+) s \(([0-9.]+) img/s\)")
+TRITON_CASES = {  # URL filled in once the server is up
+    "triton, gRPC": ["--url", "{url}"],
+    "triton, gRPC + --shm": ["--url", "{url}", "--shm"],
+    "ray, 2 actors x 0.5 CPU -> triton": [
+        "--url", "{url}", "--ray", "--actors", "2", "--cpus-per-actor", "0.5",
+    ],
+}  # fmt: skip
+CASES = {
+    "single process": [],
+    "ray, 1 actor x 1.5 CPU": ["--ray", "--actors", "1", "--cpus-per-actor", "1.5"],
+    "ray, 2 actors x 0.75 CPU": ["--ray", "--actors", "2", "--cpus-per-actor", "0.75"],
+}
+
+
+def _tree_rss(root: int) -> tuple[int, int]:
+    """(sum, largest) RSS in KiB of `root` and its descendants, from /proc."""
+    parents: dict[int, int] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+                parents[int(entry)] = int(stat.rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+    tree, frontier = {root}, [root]
+    while frontier:
+        pid = frontier.pop()
+        kids = [p for p, pp in parents.items() if pp == pid and p not in tree]
+        tree.update(kids)
+        frontier.extend(kids)
+    sizes = []
+    for pid in tree:
+        try:
+            text = Path(f"/proc/{pid}/status").read_text()
+            sizes.append(int(re.search(r"VmRSS:\s+(\d+)", text).group(1)))
+        except (OSError, AttributeError):
+            continue
+    return sum(sizes), max(sizes, default=0)
+
+
+def scored(pool: Path, n: int, out: Path, extra: list[str]) -> dict[str, float]:
+    """One `deal-client score` run: its img/s, wall-clock img/s and peak memory."""
+    shutil.rmtree(out, ignore_errors=True)
+    command = [CLIENT, "score", str(pool), "-k", "10", "-o", str(out), "--no-progress"]
+    command += ["--format", "parquet", *extra]
+    start = time.perf_counter()
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    peak = {"sum": 0, "max": 0}
+    stop = threading.Event()
+
+    def sample() -> None:
+        while not stop.wait(0.1):
+            total, largest = _tree_rss(proc.pid)
+            peak["sum"], peak["max"] = max(peak["sum"], total), max(peak["max"], largest)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    _, err = proc.communicate()
+    stop.set()
+    sampler.join()
+    wall = time.perf_counter() - start
+    match = _RATE.search(err)
+    if proc.returncode != 0 or not match:
+        raise RuntimeError(f"{' '.join(command)} exited {proc.returncode}:\n{err[-2000:]}")
+    return {"rate": float(match.group(2)), "wall": n / wall, **peak}
+
+
+def selection_rows(n: int) -> list[list[object]]:
+    """Seconds and peak RSS of reading N records and selecting the top 100 by DE, per format."""
+    folder = CACHE / "fleet" / f"records_{n}"
+    if not (folder / "complete").exists():
+        shutil.rmtree(folder, ignore_errors=True)
+        synthesize(folder, n)
+        (folder / "complete").touch()
+    rows = []
+    for fmt in ("jsonl", "parquet"):
+        code = f"""
+import time
+from pathlib import Path
+from dealseg.client.run import SelectSettings, pick
+from dealseg.client.store import load_table
+reset_peak()
+start = time.perf_counter()
+table = load_table(Path({str(folder / fmt)!r}))
+chosen, _ = pick(table, SelectSettings("de", 100))
+print(time.perf_counter() - start, peak_kib(), len(table), len(chosen.picks))
+"""
+        seconds, peak, count, picked = run_probe(code, timeout=1800).split()
+        assert int(count) == n and int(picked) == 100
+        rows.append([f"{fmt}, {n:,} records", f"{float(seconds):.2f}", mib(float(peak))])
+    return rows
+
+
+def synthesize(folder: Path, n: int) -> None:
+    """The same N random records as an out dir of each format (the shipped model's classes and
+    embedding size)."""
+    import pyarrow.parquet as pq
+    from common import SHIPPED_MODEL
+
+    from dealseg.client.columnar import PART_ROWS, rows_table
+    from dealseg.client.engines import EmbeddedEngine
+    from dealseg.client.store import EMBEDDINGS, SCORES, _dumps, write_meta
+
+    spec = EmbeddedEngine(SHIPPED_MODEL).spec
+    rng = np.random.default_rng(0)
+    names, d = spec.class_names, spec.embedding_dim
+    for fmt in ("jsonl", "parquet"):
+        (folder / fmt).mkdir(parents=True, exist_ok=True)
+        write_meta(folder / fmt, spec)
+    (folder / "parquet" / "scores.parquet").mkdir(exist_ok=True)
+    with (
+        open(folder / "jsonl" / SCORES, "wb") as fs,
+        open(folder / "jsonl" / EMBEDDINGS, "wb") as fe,
+    ):
+        for start in range(0, n, PART_ROWS):
+            m = min(PART_ROWS, n - start)
+            shares = rng.dirichlet(np.ones(len(names)), m)
+            emb = rng.standard_normal((m, d)).astype(np.float32)
+            emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+            records = [
+                {
+                    "path": f"/data/pool/cam{i % 8}/2026-12-{1 + i % 28:02d}/frame_{i:09d}.jpg",
+                    "status": "ok",
+                    "error": None,
+                    "ds": float(rng.random()),
+                    "de": float(rng.random() * 2),
+                    "entropy": float(rng.random()),
+                    "class_fraction": {
+                        c: round(float(v), 6) for c, v in zip(names, s, strict=True)
+                    },
+                    "row": i,
+                    "model": spec.model_id,
+                }
+                for i, s in zip(range(start, start + m), shares, strict=True)
+            ]
+            fs.write(b"".join(_dumps(r) for r in records))
+            fe.write(emb.astype("<f4").tobytes())
+            table = rows_table(records, emb, names, d, "bench")
+            pq.write_table(
+                table, folder / "parquet" / "scores.parquet" / f"000001-bench-{start:09d}.parquet"
+            )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="60 images, 100k rows")
+    parser.add_argument("--count", type=int, default=None, help="JPEGs (default 400)")
+    parser.add_argument("--rows", type=int, default=None, help="records (default 1,000,000)")
+    parser.add_argument("--reps", type=int, default=1, help="alternations of the cases")
+    parser.add_argument(
+        "--selection-only",
+        action="store_true",
+        help="part 2 only (bench/results/fleet-selection.md)",
+    )
+    args = parser.parse_args()
+    count = args.count or (60 if args.quick else 400)
+    rows_n = args.rows or (100_000 if args.quick else 1_000_000)
+    if args.selection_only:
+        table = markdown_table(
+            ["scores read", "load + top-100 (s)", "peak RSS MiB"], selection_rows(rows_n)
+        )
+        write_result(
+            "fleet", "Fleet: selection over Parquet vs JSONL", table, [], "fleet-selection"
+        )
+        return
+
+    pool = pool_file(make_jpegs(count), f"fleet_{count}")
+    results: dict[str, list[dict[str, float]]] = {name: [] for name in CASES}
+    for _ in range(args.reps):
+        for name, extra in CASES.items():
+            out = CACHE / "fleet" / "out" / re.sub(r"\W+", "_", name)
+            results[name].append(scored(pool, count, out, extra))
+    from common import python_cpu_server
+
+    server = python_cpu_server("fleet").start()
+    try:
+        for _ in range(args.reps):
+            for name, extra in TRITON_CASES.items():
+                out = CACHE / "fleet" / "out" / re.sub(r"\W+", "_", name)
+                command = [a.format(url=server.url_grpc) for a in extra]
+                results.setdefault(name, []).append(scored(pool, count, out, command))
+    finally:
+        server.stop()
+    base = float(np.median([r["rate"] for r in results["single process"]]))
+    table = []
+    for name, runs in results.items():
+        rate = float(np.median([r["rate"] for r in runs]))
+        wall = float(np.median([r["wall"] for r in runs]))
+        table.append(
+            [
+                name,
+                f"{rate:.2f}",
+                f"{rate / base:.0%}",
+                f"{wall:.2f}",
+                mib(max(r["max"] for r in runs)),
+                mib(max(r["sum"] for r in runs)),
+            ]
+        )
+    scoring = markdown_table(
+        ["run", "img/s (scoring)", "vs single", "img/s (wall)", "peak MiB, one process",
+         "peak MiB, all processes"],
+        table,
+    )  # fmt: skip
+    select = markdown_table(
+        ["scores read", "load + top-100 (s)", "peak RSS MiB"], selection_rows(rows_n)
+    )
+    notes = [
+        f"{count} JPEGs at 960x720, shipped model, batch 8, "
+        f"{args.reps} alternation(s); Ray 2.60.0 local cluster started by each run",
+        "img/s (scoring): the client's own rate, from the first image to the last (Ray: from "
+        "the cluster being up); wall: the whole command, process and cluster start included",
+    ]
+    write_result(
+        "fleet",
+        "Fleet: the Ray path vs one process; selection over Parquet",
+        f"{scoring}\n\n{select}",
+        notes,
+    )
+
+
+if __name__ == "__main__":
+    main()

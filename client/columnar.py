@@ -1,0 +1,424 @@
+"""Scores as Parquet: `scores.parquet/`, a folder of part files any Parquet reader opens.
+
+    out/meta.json                      the model's id and contract metadata (as for JSONL)
+    out/scores.parquet/<seq>-<run>-<n>.parquet
+                                       one row per input, in the schema of `scores_schema`
+
+Written by `deal-client score --format parquet` (a part every `PART_ROWS` rows and at the end of
+the run, each part atomically), by the Ray path (a part per write task) and by `merge --format
+parquet`. A part's name starts with its run's sequence number, so the parts sort in the order
+the runs wrote them; which row counts for a path is the rule of `store.replaces` over the rows in
+that order. pandas (`pd.read_parquet(out / "scores.parquet")`), DuckDB (`read_parquet('out/
+scores.parquet/*.parquet')`) and Spark read the folder as one table; names starting with '.'
+(parts being written) are skipped by all of them and by us.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+import uuid
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from dealseg.core.contract import ModelSpec
+from dealseg.core.files import atomic_output
+from dealseg.core.ranking import SCORE_COLUMNS
+
+from .store import (
+    META,
+    StoreError,
+    Table,
+    _lock,
+    class_column,
+    class_names_of,
+    path_fields,
+    read_meta,
+    record_error,
+    record_ok,
+    record_path,
+    write_meta,
+)
+
+SCORES_PARQUET = "scores.parquet"
+PART_ROWS = 4096  # rows a part of the single-process writer holds at most
+_PART = re.compile(r"^(\d{6})-([0-9a-f]+)-")  # <run sequence>-<run id>-...
+
+
+def scores_schema(class_names: Sequence[str], embedding_dim: int) -> Any:
+    """The one schema of a scores row: path (text; path_b64 holds the exact bytes of a path that
+    is not UTF-8), status ok|error, error, the image scores, a `class_<name>` share per class,
+    the embedding as a fixed-size list, the model id and the run id. An error row's scores and
+    shares are null and its embedding is D NaNs: pyarrow before 20 writes no null fixed-size
+    list to Parquet."""
+    import pyarrow as pa
+
+    return pa.schema(
+        [
+            ("path", pa.string()),
+            ("path_b64", pa.string()),
+            ("status", pa.string()),
+            ("error", pa.string()),
+            *[(name, pa.float64()) for name in SCORE_COLUMNS],
+            *[(class_column(name), pa.float32()) for name in class_names],
+            ("embedding", pa.list_(pa.float32(), embedding_dim)),
+            ("model", pa.string()),
+            ("run", pa.string()),
+        ]
+    )
+
+
+def new_run_id() -> str:
+    return uuid.uuid4().hex[:12]
+
+
+def rows_table(
+    records: Sequence[dict[str, Any]],
+    embeddings: np.ndarray | None,
+    class_names: Sequence[str],
+    embedding_dim: int,
+    run: str,
+) -> Any:
+    """Records (as `store.record_ok` / `record_error` make them) -> a pyarrow Table in the
+    scores schema; `embeddings` [N, D] holds the ok records' rows in order (error rows get
+    NaNs)."""
+    import pyarrow as pa
+
+    n, d = len(records), embedding_dim
+    ok = np.array([r["status"] == "ok" for r in records], dtype=bool)
+    vectors = np.full((n, d), np.nan, np.float32)  # error rows: NaN (see scores_schema)
+    if ok.any():
+        vectors[ok] = np.asarray(embeddings, dtype=np.float32).reshape(-1, d)
+    fields = [path_fields(r["path"]) for r in records]
+    shares = [r["class_fraction"] or {} for r in records]
+    columns: dict[str, Any] = {
+        "path": [f["path"] for f in fields],
+        "path_b64": [f.get("path_b64") for f in fields],
+        "status": [r["status"] for r in records],
+        "error": [r["error"] for r in records],
+        **{name: [r[name] for r in records] for name in SCORE_COLUMNS},
+        **{
+            class_column(c): [s.get(c) if o else None for s, o in zip(shares, ok, strict=True)]
+            for c in class_names
+        },
+        "embedding": pa.FixedSizeListArray.from_arrays(pa.array(vectors.ravel()), d),
+        "model": [r["model"] for r in records],
+        "run": [run] * n,
+    }
+    return pa.Table.from_pydict(columns, schema=scores_schema(class_names, d))
+
+
+def batch_table(
+    paths: Sequence[str],
+    out: dict[str, np.ndarray],
+    spec: ModelSpec,
+    run: str,
+) -> Any:
+    """One inferred batch as rows: the same records (and rounding) as scores.jsonl's."""
+    names, model = spec.class_names, spec.model_id
+    records = [record_ok(p, out, i, i, model, names) for i, p in enumerate(paths)]
+    return rows_table(records, out["embedding"], names, spec.embedding_dim, run)
+
+
+def errors_table(failed: Sequence[tuple[str, str]], spec: ModelSpec, run: str) -> Any:
+    records = [record_error(p, reason, spec.model_id) for p, reason in failed]
+    return rows_table(records, None, spec.class_names, spec.embedding_dim, run)
+
+
+# ----------------------------------------------------------------------------------- parts
+def part_files(folder: Path) -> list[Path]:
+    """The part files of a scores.parquet folder in the order they were written."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    return sorted(
+        (p for p in folder.iterdir() if p.suffix == ".parquet" and not p.name.startswith(".")),
+        key=lambda p: p.name,
+    )
+
+
+def next_sequence(folder: Path) -> int:
+    """The sequence number of the next run writing into `folder` (1 for the first)."""
+    seqs = [int(m.group(1)) for p in part_files(folder) if (m := _PART.match(p.name))]
+    return max(seqs, default=0) + 1
+
+
+def part_prefix(sequence: int, run: str) -> str:
+    """How the part files of one run begin: they sort after every earlier run's."""
+    return f"{sequence:06d}-{run}-"
+
+
+def read_parts(folder: Path, columns: Sequence[str] | None = None) -> Any:
+    """Every readable part, in order, as one pyarrow Table of `columns` (all by default); a
+    part that cannot be read (its writer was killed mid-file) is skipped with a warning."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    tables = []
+    for part in part_files(folder):
+        try:
+            tables.append(pq.read_table(part, columns=list(columns) if columns else None))
+        except Exception as exc:  # pyarrow raises ArrowInvalid, OSError, ...
+            print(f"warning: {part}: unreadable Parquet part, skipped ({exc})", file=sys.stderr)
+    if not tables:
+        return None
+    return pa.concat_tables(tables, promote_options="none")
+
+
+def counting(table: Any) -> np.ndarray:
+    """Indices of the rows that count, one per path, in row order: a path's last ok row, or its
+    last row when none is ok. This is `store.replaces` folded over the rows in the order they
+    were written, computed column-wise (a test checks the two agree)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    n = table.num_rows
+    if n == 0:
+        return np.zeros(0, np.int64)
+    raw = table.column("path_b64")
+    key = table.column("path") if raw.null_count == n else pc.coalesce(raw, table.column("path"))
+    ok = pc.equal(table.column("status"), "ok").to_numpy(zero_copy_only=False)
+    rank = np.arange(n, dtype=np.int64) + ok.astype(np.int64) * n  # ok beats error, later wins
+    grouped = pa.table({"key": key, "rank": rank}).group_by("key", use_threads=False)
+    best = grouped.aggregate([("rank", "max")]).column("rank_max").to_numpy()
+    return np.sort(best % n)
+
+
+def _equals(table: Any, column: str, value: str) -> np.ndarray:
+    """[N] bool: which rows of `table` hold `value` in `column`."""
+    import pyarrow.compute as pc
+
+    return pc.equal(table.column(column), value).to_numpy(zero_copy_only=False).astype(bool)
+
+
+def _paths(table: Any) -> list[str]:
+    texts = table.column("path").to_pylist()
+    raw = table.column("path_b64").to_pylist()
+    return [record_path({"path": t, "path_b64": b}) for t, b in zip(texts, raw, strict=True)]
+
+
+def _vectors(table: Any, dim: int) -> np.ndarray:
+    """[N, D] float32 of an embedding column without nulls."""
+    values = table.column("embedding").combine_chunks().flatten()
+    return values.to_numpy(zero_copy_only=False).astype(np.float32, copy=False).reshape(-1, dim)
+
+
+def is_parquet_out(source: Path) -> bool:
+    """Whether `source` (an out dir or its scores) holds Parquet scores."""
+    source = Path(source)
+    return source.name == SCORES_PARQUET or (source / SCORES_PARQUET).is_dir()
+
+
+def load_parquet_table(source: Path) -> Table:
+    """An out dir's scores.parquet (and meta.json) as a selection table: the columns selection
+    needs are read at once, the embeddings only when asked (`Table.embeddings`)."""
+    source = Path(source)
+    folder = source if source.name == SCORES_PARQUET else source / SCORES_PARQUET
+    out = folder.parent
+    meta = read_meta(out)
+    names = class_names_of(meta)
+    shares = [class_column(c) for c in names]
+    columns = ["path", "path_b64", "status", "error", "model", *SCORE_COLUMNS, *shares]
+    table = read_parts(folder, columns)
+    if table is None:
+        if not folder.is_dir():
+            raise StoreError(f"no scores at {folder}")
+        table = scores_schema(names, int(meta["embedding_dim"])).empty_table().select(columns)
+    keep = counting(table)
+    if len(keep) < table.num_rows:  # some path has several rows: keep the one that counts
+        table = table.take(keep)
+    mine = _equals(table, "model", meta["model"])
+    ok = _equals(table, "status", "ok")
+    paths = _paths(table)
+    for i in np.flatnonzero(~mine):
+        print(f"warning: {paths[i]}: scored by another model, ignored", file=sys.stderr)
+    good = np.flatnonzero(mine & ok)
+    failed = np.flatnonzero(mine & ~ok)
+    reasons = table.column("error").take(failed).to_pylist()
+
+    def values(name: str, dtype: type) -> np.ndarray:  # the scored rows' values (NaN: null)
+        return table.column(name).to_numpy(zero_copy_only=False).astype(dtype, copy=False)[good]
+
+    fractions = np.zeros((len(good), len(shares)), np.float32)  # [N, C]
+    for j, name in enumerate(shares):
+        fractions[:, j] = values(name, np.float32)
+    rows_in_parts = keep[good]
+
+    def embeddings() -> np.ndarray:
+        full = read_parts(folder, ["embedding"])
+        return _vectors(full.take(rows_in_parts), int(meta["embedding_dim"]))
+
+    return Table(
+        out=out,
+        meta=meta,
+        paths=[paths[i] for i in good],
+        scores={name: values(name, np.float64) for name in SCORE_COLUMNS},
+        rows=np.arange(len(good), dtype=np.int64),
+        errors={paths[i]: str(why) for i, why in zip(failed, reasons, strict=True)},
+        fractions=fractions,
+        source=folder.absolute(),
+        load_vectors=embeddings,
+    )
+
+
+def parquet_records(out: Path) -> Iterator[tuple[dict[str, Any], np.ndarray | None]]:
+    """Every row of an out dir's scores.parquet in order as (record, embedding or None), the
+    record as `store.record_ok` / `record_error` make them (for merge)."""
+    meta = read_meta(out)
+    names, dim = class_names_of(meta), int(meta["embedding_dim"])
+    table = read_parts(Path(out) / SCORES_PARQUET)
+    if table is None:
+        return
+    for batch in table.to_batches(max_chunksize=PART_ROWS):
+        paths = _paths(batch)
+        values = batch.column("embedding").values.to_numpy(zero_copy_only=False)
+        base = batch.column("embedding").offset
+        rows = batch.select([c for c in batch.schema.names if c not in ("embedding",)])
+        for i, r in enumerate(rows.to_pylist()):
+            ok = r["status"] == "ok"
+            start = (base + i) * dim
+            record = {
+                "path": paths[i],
+                "status": r["status"],
+                "error": r["error"],
+                **{name: r[name] for name in SCORE_COLUMNS},
+                "class_fraction": {c: r[class_column(c)] for c in names} if ok else None,
+                "row": None,
+                "model": r["model"],
+            }
+            yield record, (values[start : start + dim].astype(np.float32) if ok else None)
+
+
+# -------------------------------------------------------------------------------------- writer
+class ParquetWriter:
+    """A `Sink` writing scores.parquet parts: resumes an out dir scored by the same model.
+
+    Rows are held until `PART_ROWS` gather (or the run ends), then written as one part,
+    atomically: a killed run loses at most the rows of its last part, which a re-run scores
+    again."""
+
+    def __init__(self, out: Path, spec: ModelSpec, part_rows: int = PART_ROWS) -> None:
+        self.out, self.spec, self.part_rows = Path(out), spec, part_rows
+        self.folder = self.out / SCORES_PARQUET
+        self.out.mkdir(parents=True, exist_ok=True)
+        self._lock = _lock(self.out)
+        try:
+            self._done = open_parquet_out(self.out, spec)
+        except BaseException:
+            self._lock.close()
+            raise
+        self.run = new_run_id()
+        self.prefix = part_prefix(next_sequence(self.folder), self.run)
+        self.parts = 0
+        self.pending: list[Any] = []
+        self.rows = 0
+
+    def __enter__(self) -> ParquetWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def done(self) -> set[str]:
+        return self._done
+
+    def append_batch(self, paths: Sequence[str], out: dict[str, np.ndarray]) -> None:
+        self._add(batch_table(paths, out, self.spec, self.run))
+        self._done.update(paths)
+
+    def append_error(self, path: str, reason: str) -> None:
+        self._add(errors_table([(path, reason)], self.spec, self.run))
+
+    def _add(self, rows: Any) -> None:
+        self.pending.append(rows)
+        self.rows += rows.num_rows
+        if self.rows >= self.part_rows:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write the rows held as one part."""
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        if not self.pending:
+            return
+        table = pa.concat_tables(self.pending)
+        name = f"{self.prefix}{self.parts:05d}.parquet"
+        with atomic_output(self.folder / name) as tmp:
+            pq.write_table(table, tmp)
+        self.parts += 1
+        self.pending, self.rows = [], 0
+
+    def close(self) -> None:
+        try:
+            self.flush()
+        finally:
+            self._lock.close()
+
+
+def open_parquet_out(out: Path, spec: ModelSpec) -> set[str]:
+    """Check (or start) a Parquet out dir for `spec`'s model; the paths it holds scored OK."""
+    from .store import SCORES
+
+    out = Path(out)
+    folder = out / SCORES_PARQUET
+    if (out / SCORES).exists() and (out / SCORES).stat().st_size:
+        raise StoreError(f"{out} holds {SCORES}: use --format jsonl to resume it, or another --out")
+    if (out / META).exists():
+        old = read_meta(out)["model"]
+        if old != spec.model_id:
+            raise StoreError(
+                f"{out} holds scores of model {old}, but this run uses {spec.model_id}; "
+                f"use another --out, or delete {folder} to start over"
+            )
+    elif part_files(folder):
+        raise StoreError(f"{folder} exists but {META} does not; use another --out")
+    write_meta(out, spec)
+    folder.mkdir(exist_ok=True)
+    return done_paths(folder, spec.model_id)
+
+
+def done_paths(folder: Path, model: str) -> set[str]:
+    """The paths whose counting row in `folder` is ok and by `model`: skipped on resume."""
+    table = read_parts(folder, ["path", "path_b64", "status", "model"])
+    if table is None:
+        return set()
+    table = table.take(counting(table))
+    ok, ours = _equals(table, "status", "ok"), _equals(table, "model", model)
+    paths = _paths(table)
+    return {paths[i] for i in np.flatnonzero(ok & ours)}
+
+
+def write_parquet_records(
+    out: Path, rows: Iterator[tuple[dict[str, Any], np.ndarray | None]], meta: dict[str, Any]
+) -> None:
+    """Records with their embeddings (merge's winners) as the parts of out/scores.parquet,
+    replacing any there."""
+    import pyarrow.parquet as pq
+
+    folder = Path(out) / SCORES_PARQUET
+    for old in part_files(folder):
+        old.unlink()
+    folder.mkdir(parents=True, exist_ok=True)
+    names, dim, run = class_names_of(meta), int(meta["embedding_dim"]), new_run_id()
+    prefix, parts = part_prefix(1, run), 0
+    chunk: list[tuple[dict[str, Any], np.ndarray | None]] = []
+
+    def write() -> None:
+        nonlocal parts, chunk
+        vectors = np.array([v for _, v in chunk if v is not None], np.float32).reshape(-1, dim)
+        table = rows_table([r for r, _ in chunk], vectors, names, dim, run)
+        with atomic_output(folder / f"{prefix}{parts:05d}.parquet") as tmp:
+            pq.write_table(table, tmp)
+        parts, chunk = parts + 1, []
+
+    for item in rows:
+        chunk.append(item)
+        if len(chunk) == PART_ROWS:
+            write()
+    if chunk or not parts:
+        write()

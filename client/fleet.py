@@ -1,0 +1,316 @@
+"""`deal-client score --ray`: the streaming scorer's steps as Ray Data stages, past one machine.
+
+    pool listing (driver) ─► from_items ─► decode tasks (`decode_batch`: the same `load_frame`
+    as the single-process scorer; a bad file becomes an error row) ─► actor pool (`ScoreActor`:
+    one engine per actor, ONNX Runtime in-process or a Triton client) ─► Parquet parts in
+    OUT/scores.parquet/ ─► (driver) selection over the dataset
+
+Rows are the single-process writer's (`columnar.batch_table`), so both paths select the same.
+Resumable: the driver skips the paths OUT already holds scored OK by the same model. Actors are
+restarted when they die (Ray Data's defaults: max_restarts=-1, max_task_retries=-1) and the
+batch they held is run again, so a lost actor costs time, never a row. Ray is imported here
+only: the client imports without it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from dealseg.core.contract import SCORE_OUTPUTS, ModelSpec
+from dealseg.core.decode import DecodeError
+
+from .columnar import (
+    SCORES_PARQUET,
+    batch_table,
+    errors_table,
+    new_run_id,
+    next_sequence,
+    open_parquet_out,
+    part_prefix,
+    read_parts,
+)
+from .engines import Engine, EngineError
+from .run import ScoreReport, ScoreSettings, decode_or_error, load_frame
+from .store import StoreError, Table, _lock, load_table, record_path
+
+ROWS_PER_FILE = 1024  # rows a Parquet part of the Ray path holds at least (but the last)
+DECODE_BATCH = 16  # images a decode task turns into frames at a time
+# Memory a decode task reserves (a batch of frames and a full-size picture, with room). The
+# actors reserve none: unequal resources keep decoding in tasks of its own, where Ray would
+# otherwise fuse it into the actors.
+DECODE_MEMORY = 256 << 20
+EngineFactory = Callable[[], Engine]  # picklable: builds an actor's engine on its node
+BatchHook = Callable[[int], None]  # called with an actor's batch number before it scores it
+
+
+class RayUnavailable(RuntimeError):
+    """`--ray` without the `ray` extra installed, or no cluster at the address."""
+
+
+@dataclass(frozen=True)
+class RaySettings:
+    """How the Ray path runs (the CLI's --ray, --actors, --cpus-per-actor, ... options); the
+    defaults fit one machine."""
+
+    address: str | None = None  # None: a local cluster in this process; "auto", "ray://h:10001"
+    actors: int = 1  # scoring actors, each with its own engine
+    cpus_per_actor: float = 1.0  # CPUs reserved per actor (ONNX Runtime's threads in-process)
+    gpus_per_actor: float = 0.0  # GPUs reserved per actor (ONNX Runtime's CUDA provider)
+    decode_cpus: float = 0.5  # CPUs reserved per decode task
+    rows_per_file: int = ROWS_PER_FILE
+
+
+def import_ray() -> Any:
+    try:
+        import ray
+    except ImportError:
+        raise RayUnavailable(
+            "--ray needs Ray Data: pip install 'dealseg[ray]' (ray[data]==2.60.0)"
+        ) from None
+    return ray
+
+
+@contextlib.contextmanager
+def connected(address: str | None, progress: bool = True) -> Iterator[Any]:
+    """Ray connected to `address` (a new local cluster when None) for the block; a connection
+    made here is closed after it, one made before is left alone."""
+    ray = import_ray()
+    mine = not ray.is_initialized()
+    if mine:
+        try:
+            ray.init(address=address, logging_level="ERROR", log_to_driver=False)
+        except Exception as exc:  # ray.init raises ConnectionError, RuntimeError, Exception
+            where = f"reach the Ray cluster at {address}" if address else "start a local Ray"
+            raise RayUnavailable(f"cannot {where}: {_one_line(exc)}") from None
+    import logging
+
+    from ray.data import DataContext
+
+    logging.getLogger("ray.data").setLevel(logging.WARNING)  # no INFO lines per dataset
+
+    context = DataContext.get_current()
+    context.enable_progress_bars = progress
+    context.print_on_execution_start = False
+    try:
+        yield ray
+    finally:
+        if mine:
+            ray.shutdown()
+
+
+# ------------------------------------------------------------------------------------- stages
+def decode_batch(
+    batch: dict[str, np.ndarray], size: tuple[int, int], settings: ScoreSettings
+) -> dict[str, np.ndarray]:
+    """Decode task: paths -> frames [B, H, W, 3], boxes [B, 4] and errors ("" when decoded)."""
+    paths = [str(p) for p in batch["path"]]
+    load = functools.partial(load_frame, size=size, settings=settings)
+    images = np.zeros((len(paths), *size, 3), np.uint8)
+    boxes = np.zeros((len(paths), 4), np.int32)
+    errors = np.full(len(paths), "", dtype=object)
+    for i, path in enumerate(paths):
+        result = decode_or_error(load, path)
+        if isinstance(result, DecodeError):
+            errors[i] = result.reason
+        else:
+            images[i], boxes[i] = result.image, result.box
+    return {"path": np.array(paths, dtype=object), "image": images, "box": boxes, "error": errors}
+
+
+class ScoreActor:
+    """One actor of the scoring pool: builds its engine once, then scores batches of frames
+    into scores rows (`columnar.batch_table`), error rows for the files that did not decode."""
+
+    def __init__(
+        self, make_engine: EngineFactory, spec: ModelSpec, run: str, hook: BatchHook | None
+    ) -> None:
+        self.engine, self.spec, self.run, self.hook = make_engine(), spec, run, hook
+        if self.engine.spec.model_id != spec.model_id:
+            raise EngineError(
+                f"an actor's engine serves {self.engine.spec.model_id}, not {spec.model_id}"
+            )
+        self.batches = 0
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> Any:
+        import pyarrow as pa
+
+        self.batches += 1
+        if self.hook is not None:
+            self.hook(self.batches)
+        paths = [str(p) for p in batch["path"]]
+        bad = [i for i, e in enumerate(batch["error"]) if e]
+        good = [i for i, e in enumerate(batch["error"]) if not e]
+        failed = [(paths[i], str(batch["error"][i])) for i in bad]
+        parts = [errors_table(failed, self.spec, self.run)]
+        if good:
+            images = np.ascontiguousarray(batch["image"][good], dtype=np.uint8)  # [B, H, W, 3]
+            boxes = np.ascontiguousarray(batch["box"][good], dtype=np.int32)  # [B, 4]
+            out = self.engine.infer(images, SCORE_OUTPUTS, boxes)
+            parts.insert(0, batch_table([paths[i] for i in good], out, self.spec, self.run))
+        return pa.concat_tables(parts)
+
+
+def part_names(prefix: str) -> Any:
+    """Ray's FilenameProvider for our parts, `<run sequence>-<run id>-<write>-<task>.parquet`:
+    the parts of later runs sort after earlier ones (`columnar.part_files`)."""
+    from ray.data.datasource import FilenameProvider
+
+    class PartNames(FilenameProvider):
+        def get_filename_for_task(self, write_uuid: str, task_index: int) -> str:
+            return f"{prefix}{write_uuid}-{task_index:06d}.parquet"
+
+    return PartNames()
+
+
+# -------------------------------------------------------------------------------------- driver
+def score_on_ray(
+    paths: Sequence[str],
+    spec: ModelSpec,
+    make_engine: EngineFactory,
+    out: Path,
+    settings: ScoreSettings,
+    ray_settings: RaySettings,
+    hook: BatchHook | None = None,
+) -> ScoreReport:
+    """Score every path not yet scored OK in the Parquet out dir `out` on a Ray cluster.
+
+    The driver holds the out dir's lock and writes meta.json; the parts are written by Ray's
+    tasks into OUT/scores.parquet/ (on a cluster of several machines OUT must be a folder every
+    node sees at the same path). Raises StoreError, EngineError and RayUnavailable.
+    """
+    import time
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    with _lock(out):
+        done = open_parquet_out(out, spec)
+        todo = [p for p in paths if p not in done]
+        report = ScoreReport(total=len(paths), resumed=len(paths) - len(todo))
+        if not todo:
+            return report
+        folder = out / SCORES_PARQUET
+        run = new_run_id()
+        prefix = part_prefix(next_sequence(folder), run)
+        with connected(ray_settings.address, settings.progress) as ray:
+            _check_resources(ray, ray_settings)
+            start = time.perf_counter()  # as the single-process rate: scoring, not start-up
+            dataset = _pipeline(ray, todo, spec, make_engine, settings, ray_settings, run, hook)
+            try:
+                dataset.write_parquet(
+                    str(folder.absolute()),
+                    filename_provider=part_names(prefix),
+                    min_rows_per_file=ray_settings.rows_per_file,
+                )
+            except Exception as exc:  # Ray wraps the actor's error in its own types
+                raise EngineError(f"the Ray job failed: {_cause(exc)}") from exc
+        report.seconds = time.perf_counter() - start
+    _count(report, folder, run)
+    return report
+
+
+def _check_resources(ray: Any, how: RaySettings) -> None:
+    """Refuse settings whose actors would leave no CPU to a decode task: the run would wait
+    for ever."""
+    cpus = float(ray.cluster_resources().get("CPU", 0.0))
+    need = how.actors * how.cpus_per_actor + how.decode_cpus
+    if need > cpus:
+        raise RayUnavailable(
+            f"{how.actors} actors x {how.cpus_per_actor:g} CPUs + {how.decode_cpus:g} for "
+            f"decoding need {need:g} CPUs, the cluster has {cpus:g}: lower --actors or "
+            "--cpus-per-actor"
+        )
+    gpus = float(ray.cluster_resources().get("GPU", 0.0))
+    if how.actors * how.gpus_per_actor > gpus:
+        raise RayUnavailable(
+            f"{how.actors} actors x {how.gpus_per_actor:g} GPUs need more than the cluster's "
+            f"{gpus:g} GPUs: lower --actors or --gpus-per-actor"
+        )
+
+
+def _pipeline(
+    ray: Any,
+    todo: Sequence[str],
+    spec: ModelSpec,
+    make_engine: EngineFactory,
+    settings: ScoreSettings,
+    how: RaySettings,
+    run: str,
+    hook: BatchHook | None,
+) -> Any:
+    blocks = min(-(-len(todo) // DECODE_BATCH), 10_000)  # streams: a block is a decode batch
+    items = ray.data.from_items([{"path": p} for p in todo], override_num_blocks=blocks)
+    frames = items.map_batches(
+        decode_batch,
+        fn_kwargs={"size": spec.input_size, "settings": settings},
+        batch_size=DECODE_BATCH,
+        batch_format="numpy",
+        num_cpus=how.decode_cpus,
+        memory=DECODE_MEMORY,
+    )
+    return frames.map_batches(
+        ScoreActor,
+        fn_constructor_args=(make_engine, spec, run, hook),
+        batch_size=settings.batch_size,
+        batch_format="numpy",
+        compute=ray.data.ActorPoolStrategy(size=how.actors),
+        num_cpus=how.cpus_per_actor,
+        num_gpus=how.gpus_per_actor or None,
+    )
+
+
+def _one_line(exc: BaseException) -> str:
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return lines[0] if lines else type(exc).__name__
+
+
+def _cause(exc: BaseException) -> str:
+    """The innermost error of a Ray failure (Ray wraps a task's error in RayTaskError, whose
+    `cause` is the original), in one line."""
+    while True:
+        inner = getattr(exc, "cause", None) or exc.__cause__
+        if not isinstance(inner, BaseException) or type(inner).__name__ == "SystemException":
+            break
+        exc = inner
+    text = [line for line in str(exc).strip().splitlines() if line.strip()]
+    return f"{type(exc).__name__}: {text[-1] if text else ''}"
+
+
+def _count(report: ScoreReport, folder: Path, run: str) -> None:
+    """Fill `report` from the rows this run wrote (one per path it was given)."""
+    import pyarrow.compute as pc
+
+    table = read_parts(folder, ["path", "path_b64", "status", "error", "run"])
+    if table is None:
+        return
+    table = table.filter(pc.equal(table.column("run"), run))
+    failed = table.filter(pc.not_equal(table.column("status"), "ok"))
+    report.scored = table.num_rows - failed.num_rows
+    for r in failed.to_pylist():
+        report.failed[record_path(r)] = str(r["error"])
+
+
+@dataclass(frozen=True)
+class RayScoring:
+    """`run.score_pool`'s `score_with` for the Ray path: scores into `out` on a cluster, then
+    reads the out dir's table for selection."""
+
+    make_engine: EngineFactory
+    ray_settings: RaySettings
+    hook: BatchHook | None = None
+
+    def __call__(
+        self, paths: Sequence[str], engine: Engine, out: Path, settings: ScoreSettings
+    ) -> tuple[ScoreReport, Table]:
+        if settings.format != "parquet":
+            raise StoreError("the Ray path writes Parquet: use --format parquet")
+        report = score_on_ray(
+            paths, engine.spec, self.make_engine, out, settings, self.ray_settings, self.hook
+        )
+        return report, load_table(out)

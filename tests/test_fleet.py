@@ -1,0 +1,181 @@
+"""The Ray path (`deal-client score --ray`) on a real local Ray cluster: the same selection as the
+single-process client and shards+merge, error rows for bad files, resume, a killed actor.
+
+One cluster for the module (`ray.init(num_cpus=2)`; starting one costs seconds). Every run here
+uses --batch-size 1: an image's scores are then the same bits whatever else a batch holds, and
+the paths compare byte for byte (batches of several images may move the last bit of a score).
+"""
+
+from __future__ import annotations
+
+import functools
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+from conftest import S3Server
+from fleet_hooks import KillOnce
+from test_client_cli import K, add_photos, deal_client, write_pool
+from test_parquet import add_bad_files, selections
+from test_remote import BUCKET, upload
+
+from dealseg.client.columnar import SCORES_PARQUET, part_files
+from dealseg.client.engines import EmbeddedEngine
+from dealseg.client.fleet import RaySettings, score_on_ray
+from dealseg.client.run import ScoreSettings, list_paths
+
+ray = pytest.importorskip("ray")
+TESTS = Path(__file__).parent
+
+
+@pytest.fixture(scope="module")
+def cluster(s3_server: S3Server) -> object:
+    env = {"PYTHONPATH": str(TESTS), **s3_server.env()}  # fleet_hooks, the S3 server's keys
+    ray.init(
+        num_cpus=2,
+        include_dashboard=False,
+        logging_level="ERROR",
+        log_to_driver=False,
+        runtime_env={"env_vars": env},
+    )
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def pool(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = write_pool(tmp_path_factory.mktemp("pool"), 14)
+    add_photos(folder)
+    add_bad_files(folder)
+    return folder
+
+
+def score(pool: Path, model: Path | None, out: Path, *args: object) -> str:
+    engine = ["--model", model] if model is not None else []
+    r = deal_client(
+        "score", pool, "-k", 3, *engine, "-o", out, "--batch-size", 1, "--no-progress", *args,
+    )  # fmt: skip
+    assert r.exit_code == 3, r.stderr  # the bad files
+    return r.stderr
+
+
+def test_ray_single_process_and_shards_select_the_same(
+    cluster: object, pool: Path, tiny_onnx: Path, tmp_path: Path
+) -> None:
+    on_ray = tmp_path / "ray"
+    said = score(pool, tiny_onnx, on_ray, "--ray")
+    assert "on Ray (local, 1 actors)" in said and said.count("failed: ") == 2
+    single = tmp_path / "single"
+    score(pool, tiny_onnx, single)
+    shards = [tmp_path / f"shard{i}" for i in range(2)]
+    for i, out in enumerate(shards):
+        r = deal_client(
+            "score", pool, "-k", K, "--model", tiny_onnx, "-o", out, "--batch-size", 1,
+            "--shard", f"{i}/2", "--no-progress",
+        )  # fmt: skip
+        assert r.exit_code in (0, 3), r.stderr
+    merged = tmp_path / "merged"
+    assert deal_client("merge", *shards, "-o", merged, "-k", K).exit_code == 3
+    want = selections(single, tmp_path / "s")
+    assert selections(on_ray, tmp_path / "r") == want
+    assert selections(merged, tmp_path / "m") == want
+    assert (on_ray / "selection.txt").read_bytes() == (single / "selection.txt").read_bytes()
+    again = score(pool, tiny_onnx, on_ray, "--ray")  # resumed: only the bad files are left
+    assert "0 scored" in again and len(part_files(on_ray / SCORES_PARQUET)) == 2
+
+
+def test_a_killed_actor_costs_no_image_and_scores_none_twice(
+    cluster: object, pool: Path, tiny_onnx: Path, tmp_path: Path
+) -> None:
+    marker = tmp_path / "killed"
+    paths = list_paths(str(pool))
+    engine = EmbeddedEngine(tiny_onnx)
+    report = score_on_ray(
+        paths,
+        engine.spec,
+        functools.partial(EmbeddedEngine, str(tiny_onnx), 1),
+        tmp_path / "out",
+        ScoreSettings(batch_size=2, progress=False, format="parquet"),
+        RaySettings(actors=2, cpus_per_actor=0.5, decode_cpus=0.25),
+        hook=KillOnce(marker, after=2),
+    )
+    assert marker.exists()  # an actor died holding its second batch
+    rows = pq.read_table(tmp_path / "out" / SCORES_PARQUET).to_pylist()
+    assert Counter(r["path"] for r in rows) == Counter(paths)  # every image once
+    assert sum(r["status"] == "ok" for r in rows) == len(paths) - 2 == report.scored
+    assert len(report.failed) == 2 and report.total == len(paths)
+
+
+def test_an_s3_pool_scores_on_ray_as_in_one_process(
+    cluster: object,
+    s3_server: S3Server,
+    pool: Path,
+    tiny_onnx: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for name, value in s3_server.env().items():
+        monkeypatch.setenv(name, value)
+    uris = upload(s3_server, pool / "cam0", "ray")
+    listing = tmp_path / "pool.txt"
+    listing.write_text("\n".join([*uris, f"s3://{BUCKET}/ray/missing.png"]) + "\n")
+    on_ray, single = tmp_path / "ray", tmp_path / "single"
+    score(listing, tiny_onnx, on_ray, "--ray")
+    score(listing, tiny_onnx, single, "--format", "parquet")
+    rows = pq.read_table(on_ray / SCORES_PARQUET).to_pylist()
+    assert sorted(r["path"] for r in rows) == sorted([*uris, f"s3://{BUCKET}/ray/missing.png"])
+    assert [r["error"][:14] for r in rows if r["status"] == "error"] == ["file not found"]
+    assert (on_ray / "selection.txt").read_bytes() == (single / "selection.txt").read_bytes()
+
+
+def test_actors_that_leave_no_cpu_to_decoding_are_refused(
+    cluster: object, pool: Path, tiny_onnx: Path, tmp_path: Path
+) -> None:
+    r = deal_client(
+        "score", pool, "-k", K, "--model", tiny_onnx, "-o", tmp_path, "--ray", "--actors", 2
+    )
+    assert r.exit_code == 1 and "need 2.5 CPUs, the cluster has 2" in r.stderr
+    assert "Traceback" not in r.stderr
+
+
+@pytest.mark.triton
+def test_actors_with_triton_clients_give_the_single_process_selection(
+    cluster: object, pool: Path, tiny_onnx: Path, tmp_path: Path
+) -> None:
+    from dealseg.serving.repository import write_repository
+    from dealseg.serving.server import TritonServer
+
+    repo = tmp_path / "repo"
+    write_repository(tiny_onnx, repo, target="python-cpu")
+    with TritonServer(repo) as server:
+        url = server.url_grpc
+        on_ray, single = tmp_path / "ray", tmp_path / "single"
+        said = score(pool, None, on_ray, "--url", url, "--url", url, "--ray", "--actors", 2,
+                     "--cpus-per-actor", 0.5)  # fmt: skip
+        assert "via Triton" in said and "2 actors" in said
+        score(pool, None, single, "--url", url, "--format", "parquet")
+    for strategy in ("de", "coreset"):
+        a, b = tmp_path / f"a-{strategy}", tmp_path / f"b-{strategy}"
+        assert deal_client("select", on_ray, "-s", strategy, "-k", K, "-o", a).exit_code == 0
+        assert deal_client("select", single, "-s", strategy, "-k", K, "-o", b).exit_code == 0
+        assert (a / "selection.txt").read_bytes() == (b / "selection.txt").read_bytes()
+
+
+def test_ray_missing_is_one_line_naming_the_extra(
+    pool: Path, tiny_onnx: Path, tmp_path: Path
+) -> None:
+    code = (
+        "import sys; sys.modules['ray'] = None\n"  # as if the ray extra were not installed
+        "from dealseg.client.cli import main\n"
+        f"main(['score', {str(pool)!r}, '-k', '2', '--model', {str(tiny_onnx)!r}, "
+        f"'-o', {str(tmp_path)!r}, '--ray', '--no-progress'])\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 1, done.stderr
+    assert done.stderr.strip().splitlines()[-1] == (
+        "Error: --ray needs Ray Data: pip install 'dealseg[ray]' (ray[data]==2.60.0)"
+    )
+    assert "Traceback" not in done.stderr and not any(tmp_path.iterdir())  # nothing written
