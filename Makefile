@@ -18,7 +18,8 @@ test: $(STAMP)
 	$(PY) -m pytest -q
 
 # The main job on the embedded engine and the shipped model: a pool of fresh street scenes (a seed
-# the shipped model never saw) plus real photos, scored and ranked by DE, one frame a drive
+# the shipped model never saw) plus real photos, scored and ranked by the default strategy (chosen
+# by measurement: README, Which strategy), one frame a drive
 # (--diverse), with difficulty maps and the report (its link ends the output).
 demo: $(STAMP)
 	rm -rf $(DEMO)
@@ -27,7 +28,7 @@ demo: $(STAMP)
 	$(PY) -c "import shutil, pathlib, skimage; d = pathlib.Path(skimage.__file__).parent / 'data'; \
 	  [shutil.copy(d / n, '$(DEMO)/pool/photos/') for n in \
 	   ('astronaut.png', 'coffee.png', 'chelsea.png', 'motorcycle_left.png', 'rocket.jpg')]"
-	$(VENV)/bin/deal-client score $(DEMO)/pool --top-k 8 --strategy de --diverse 0.95 --out $(DEMO)/out \
+	$(VENV)/bin/deal-client score $(DEMO)/pool --top-k 8 --diverse 0.95 --out $(DEMO)/out \
 	  --report
 	@echo "outputs: $(DEMO)/out/ (scores.jsonl, embeddings.f32, selection.txt, selection.json, maps/, report.html)"
 	@echo "report: file://$(abspath $(DEMO))/out/report.html"

@@ -33,7 +33,7 @@ STRATEGY_NAMES = (  # == core.ranking.STRATEGIES (tested)
     "de+coreset",
     "entropy+coreset",
 )
-DEFAULT_STRATEGY = "de"  # == core.ranking.DEFAULT_STRATEGY (tested)
+DEFAULT_STRATEGY = "entropy"  # == core.ranking.DEFAULT_STRATEGY (tested)
 DEFAULT_MAX_PIXELS = 89_478_485  # == decode.DEFAULT_MAX_PIXELS (tested), Pillow's own limit
 RESIZE_MODES = ("stretch", "letterbox", "crop")  # == decode.RESIZE_MODES (tested)
 SCORE_FORMATS = ("jsonl", "parquet")

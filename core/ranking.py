@@ -37,7 +37,7 @@ from .registry import Registry
 SCORE_COLUMNS: tuple[str, ...] = ("ds", "de", "entropy")
 # The strategy a selection uses unless told: chosen by measurement on labelled tuning frames
 # (README, "Which strategy").
-DEFAULT_STRATEGY = "de"
+DEFAULT_STRATEGY = "entropy"
 TIE_TOLERANCE = 1e-5  # computed cosine distances closer than this are ties (then: by path)
 CANDIDATE_FACTOR = 4  # score-then-core-set strategies: k-center among the 4k best by score
 _CHUNK_ROWS = 1 << 16  # rows of embeddings processed at a time by coreset / diverse

@@ -9,7 +9,8 @@
 
 so that on images with uniform bands of colour the error rates, rankings and metrics of
 `deal-client eval` are exact. Its `valid_box` input is taken and ignored (no letterboxing
-here). Built with `onnx.helper`; its metadata is `ModelSpec.to_metadata()`.
+here); `contract="1"` writes the model as contract 1 had it, without that input. Built with
+`onnx.helper`; its metadata is `ModelSpec.to_metadata()`.
 """
 
 from __future__ import annotations
@@ -18,7 +19,13 @@ from pathlib import Path
 
 import numpy as np
 
-from dealseg.core.contract import INPUT_NAME, VALID_BOX_NAME, ModelSpec
+from dealseg.core.contract import (
+    CONTRACT_VERSION,
+    INPUT_NAME,
+    LEGACY_CONTRACT,
+    VALID_BOX_NAME,
+    ModelSpec,
+)
 from dealseg.training.camvid import CAMVID_CLASSES
 
 CLASSES = tuple(CAMVID_CLASSES)  # value 11 in a mask is void
@@ -27,9 +34,10 @@ STRIDE = 4
 OPSET = 17
 
 
-def contract_spec(size: tuple[int, int] = SIZE) -> ModelSpec:
+def contract_spec(size: tuple[int, int] = SIZE, contract: str = CONTRACT_VERSION) -> ModelSpec:
     grid = (size[0] // STRIDE, size[1] // STRIDE)
     return ModelSpec(
+        contract_version=contract,
         class_names=CLASSES,
         palette=tuple((20 * i, 255 - 20 * i, 128) for i in range(len(CLASSES))),
         input_size=size,
@@ -104,12 +112,15 @@ def _tensor(value: np.ndarray) -> tuple:
     return dtype[value.dtype], value.shape, value.ravel().tolist()
 
 
-def write_contract_model(path: Path, size: tuple[int, int] = SIZE) -> Path:
-    """Write the model (input `size` H x W) to `path`, checked by onnx's checker."""
+def write_contract_model(
+    path: Path, size: tuple[int, int] = SIZE, contract: str = CONTRACT_VERSION
+) -> Path:
+    """Write the model (input `size` H x W, graph `contract`) to `path`, checked by onnx's
+    checker."""
     import onnx
     from onnx import TensorProto, helper
 
-    spec = contract_spec(size)
+    spec = contract_spec(size, contract)
     grid = list(spec.segmentation_size)
     outputs = [
         *(helper.make_tensor_value_info(n, TensorProto.FLOAT, ["B"]) for n in ("ds", "de")),
@@ -121,7 +132,8 @@ def write_contract_model(path: Path, size: tuple[int, int] = SIZE) -> Path:
     ]
     image = helper.make_tensor_value_info(INPUT_NAME, TensorProto.UINT8, ["B", *size, 3])
     box = helper.make_tensor_value_info(VALID_BOX_NAME, TensorProto.INT32, ["B", 4])  # unused
-    graph = helper.make_graph(_nodes(size), "contract_model", [image, box], outputs)
+    inputs = [image] if contract == LEGACY_CONTRACT else [image, box]
+    graph = helper.make_graph(_nodes(size), "contract_model", inputs, outputs)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
     model.ir_version = 8
     helper.set_model_props(model, spec.to_metadata())

@@ -123,10 +123,10 @@ def test_score_writes_one_record_per_image_and_a_selection(pool: Path, reference
     assert emb.shape == (n, spec.embedding_dim)
     assert np.allclose(np.linalg.norm(emb, axis=1), 1, atol=1e-4)
     doc = selection(reference)
-    assert doc["strategy"] == "de" and doc["k"] == K and doc["selected"] == K
-    des = [r["de"] for r in doc["rows"]]
-    assert des == sorted(des, reverse=True)
-    assert max(r["de"] for r in recs) == des[0]
+    assert doc["strategy"] == DEFAULT_STRATEGY and doc["k"] == K and doc["selected"] == K
+    ranked = [r[DEFAULT_STRATEGY] for r in doc["rows"]]
+    assert ranked == sorted(ranked, reverse=True)
+    assert max(r[DEFAULT_STRATEGY] for r in recs) == ranked[0]
     txt = (reference / "selection.txt").read_text().splitlines()
     assert txt == [r["path"] for r in doc["rows"]]
 
@@ -143,7 +143,7 @@ def test_stdout_json_and_table(
     assert "0 scored" in result.stderr and "already done" in result.stderr  # all resumed
     table = deal_client("select", reference, "-k", 3, "--out", tmp_path).stdout.splitlines()
     assert table[0].split()[:3] == ["rank", "score", "path"] and len(table) == 5
-    assert table[-1].startswith("score: de = entropy of the difficulty map's histogram")
+    assert table[-1].startswith("score: entropy = mean per-pixel softmax entropy")
 
 
 def test_select_reproduces_score_and_runs_every_strategy(reference: Path, tmp_path: Path) -> None:
@@ -151,7 +151,7 @@ def test_select_reproduces_score_and_runs_every_strategy(reference: Path, tmp_pa
         "select",
         reference / "scores.jsonl",
         "--strategy",
-        "de",
+        DEFAULT_STRATEGY,
         "-k",
         K,
         "--out",

@@ -9,12 +9,14 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 import pytest
+from contract_model import write_contract_model
 from hypothesis import assume, given
 from hypothesis import strategies as st
 from PIL import Image
 from test_client_cli import deal_client, embeddings, records
 
 from dealseg.core.contract import (
+    LEGACY_CONTRACT,
     MIN_EMBEDDING_COSINE,
     TOL_CLASS_FRACTION,
     TOL_DS,
@@ -126,9 +128,12 @@ def test_stretch_warns_once_and_a_contract_1_model_refuses_letterbox(
     assert stretched.stderr.count("warning:") == 1
     assert "is 160x90 (W x H, aspect 1.78), the model takes 80x64 (1.25)" in stretched.stderr
     assert "--resize stretch stretches it out of shape" in stretched.stderr
-    shipped = deal_client("score", pool, "-k", 1, "--resize", "letterbox", "--out", tmp_path / "l")
-    assert shipped.exit_code == 2 and "uses contract 1" in shipped.stderr  # the shipped model
-    assert "re-export it with `deal-export onnx`" in shipped.stderr
+    old = write_contract_model(tmp_path / "contract1.onnx", contract=LEGACY_CONTRACT)
+    refused = deal_client(
+        "score", pool, "-k", 1, "--model", old, "--resize", "letterbox", "--out", tmp_path / "l"
+    )
+    assert refused.exit_code == 2 and "uses contract 1" in refused.stderr
+    assert "re-export it with `deal-export onnx`" in refused.stderr
 
 
 def test_crop_fills_the_frame_with_the_middle_of_the_picture(pool: Path) -> None:
