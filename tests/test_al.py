@@ -277,6 +277,17 @@ def test_two_stage_loop_end_to_end_and_resume(streets: Path, tmp_path: Path) -> 
     with pytest.raises(ValueError, match=r"other settings \(changed: sizes, step\)"):
         run_al(streets, out, cfg, ["ds"], [0], Protocol(init=0.2, step=0.1))
 
+    # --report-only: the table of what the state.json files record; nothing is trained
+    state_path.write_text(json.dumps({**before, "stages": before["stages"][:1]}))
+    (out / "results.json").unlink()
+    report = CliRunner().invoke(main, [*args, "--report-only"], catch_exceptions=False)
+    assert report.exit_code == 0, report.output
+    partial = _read(out / "results.json")
+    assert partial["summary"]["ds"]["mean"] == [before["stages"][0]["test_miou"], None]
+    assert partial["summary"]["random"] == results["summary"]["random"]
+    assert _read(state_path)["stages"] == before["stages"][:1]
+    assert "al ds seed 0 stage" not in report.stderr
+
 
 def test_area_under_the_curve_is_the_mean_miou_over_the_range() -> None:
     from dealseg.training.report import area_under_curve

@@ -493,6 +493,12 @@ def _csv(kind: type) -> Any:
     show_default=True,
     help="Also train on the whole train split (first seed) for the % of full line.",
 )
+@click.option(
+    "--report-only",
+    is_flag=True,
+    help="Write results.* from the stages the state.json files already record (later stages "
+    "blank) and train nothing: where a long run stands.",
+)
 @runtime_options
 @click.argument("overrides", nargs=-1)
 def al(
@@ -508,6 +514,7 @@ def al(
     subset: float | None,
     bins: int,
     full: bool,
+    report_only: bool,
     device: str,
     amp: bool,
     workers: int | None,
@@ -519,7 +526,7 @@ def al(
     """
     from .acquisition import STRATEGIES
     from .al import Protocol, run_al
-    from .report import format_table
+    from .report import collect, format_table, write_report
 
     unknown = [s for s in strategies if s not in STRATEGIES]
     if unknown:
@@ -533,7 +540,13 @@ def al(
         protocol = Protocol(
             init=init, step=step, max_fraction=max_fraction, subset=subset, bins=bins
         )
-        results = run_al(data, out, config, strategies, seeds, protocol, full=full, runtime=runtime)
+        if report_only:
+            results = collect(out, strategies, seeds, data)
+            write_report(out, results)
+        else:
+            results = run_al(
+                data, out, config, strategies, seeds, protocol, full=full, runtime=runtime
+            )
     except ValueError as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(format_table(results))
