@@ -33,6 +33,7 @@ from test_client_cli import deal_client, spec_of_out, write_pool
 from dealseg.client.export import brush_rle
 from dealseg.client.maps import layer_names
 from dealseg.client.store import ScoreWriter
+from dealseg.core.ranking import DEFAULT_STRATEGY
 
 ROOT = Path(__file__).resolve().parents[1]
 ARTEFACTS = Path(os.environ.get("DEALSEG_ARTEFACTS", ROOT / "test-artefacts"))
@@ -239,7 +240,7 @@ def test_select_keeps_its_own_folder_and_redraws_maps_and_report(
 ) -> None:
     mine = shutil.copytree(run, tmp_path / "run")
     r = deal_client("select", mine, "-s", "ds", "-k", 3)
-    assert r.exit_code == 1 and "holds another selection (de, top 6" in r.stderr
+    assert r.exit_code == 1 and f"holds another selection ({DEFAULT_STRATEGY}, top 6" in r.stderr
     assert "--force" in r.stderr and len(r.stderr.strip().splitlines()) == 1
     r = deal_client("select", mine, "-s", "ds", "-k", 3, "--force")  # the shipped model
     assert r.exit_code == 2 and "the maps need the model that scored" in r.stderr
