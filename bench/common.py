@@ -180,6 +180,29 @@ def profile_events(session: Any) -> list[dict[str, Any]]:
 
 
 # ------------------------------------------------------------------------------ memory
+def status_kib(pid: int | str, key: str) -> int:
+    """A /proc/<pid>/status field in KiB (VmRSS, VmHWM, ...); OSError when the process is gone."""
+    text = Path(f"/proc/{pid}/status").read_text()
+    found = re.search(key + r":\s+(\d+) kB", text)
+    if found is None:
+        raise OSError(f"/proc/{pid}/status has no {key}")
+    return int(found.group(1))
+
+
+def process_tree(root: int) -> list[int]:
+    """`root` and the processes descended from it that are alive now (Linux /proc)."""
+    tree, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        tree.append(pid)
+        try:
+            for task in Path(f"/proc/{pid}/task").iterdir():
+                todo += [int(c) for c in (task / "children").read_text().split()]
+        except OSError:
+            continue
+    return tree
+
+
 RSS_PROBE = r'''
 import re
 
@@ -234,36 +257,56 @@ def python_cpu_server(name: str) -> Any:
 def shipped_eager(path: Path = SHIPPED_MODEL, size: tuple[int, int] | None = None) -> Any:
     """The model of an exported graph back in PyTorch: a DEALNet (eval mode) with its weights.
 
-    The architecture comes from the graph's metadata (the shipped one: separable decoder as
-    wide as the embedding less the 48-ch skip, PAM on the difficulty grid); the weights from its
-    initializers, which the exporter names after the PyTorch parameters. Batch norm is folded
-    into the convolutions there (`<conv>.weight`, `<conv>.weight_bias`), so each batch norm
-    becomes the identity plus that bias (scale 1: running variance 1 - eps), which keeps the
-    module structure, and so the eager cost, of the trained model. `size` overrides the input
-    size (any multiple of the output stride). Callers check parity against the graph.
+    The architecture is the ModelConfig the exporter recorded in the graph's metadata
+    (`export.onnx_export.MODEL_CONFIG_KEY`); the weights are its initializers, which the
+    exporter names after the PyTorch parameters and buffers. Batch norm is folded into the
+    convolutions there (`<conv>.weight`, `<conv>.weight_bias`), so each batch norm becomes the
+    identity plus that bias (scale 1: running variance 1 - eps), which keeps the module
+    structure, and so the eager cost, of the trained model. `size` overrides the input size (any
+    multiple of the output stride). Callers check parity against the graph.
     """
+    import json
+    from dataclasses import replace
+
     import onnx
     import torch
     from onnx import numpy_helper
     from torch import nn
 
-    from dealseg.core.contract import ModelSpec
+    from dealseg.export.onnx_export import MODEL_CONFIG_KEY
     from dealseg.training.model import DEALNet, ModelConfig
 
     model = onnx.load(str(path))
-    spec = ModelSpec.from_metadata({p.key: p.value for p in model.metadata_props})
+    meta = {p.key: p.value for p in model.metadata_props}
+    if MODEL_CONFIG_KEY not in meta:
+        raise SystemExit(f"{path} lacks {MODEL_CONFIG_KEY}: re-export it with `deal-export onnx`")
+    cfg = ModelConfig.from_dict(json.loads(meta[MODEL_CONFIG_KEY]))
+    if size is not None:
+        cfg = replace(cfg, input_size=tuple(size))
     weights = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
-    cfg = ModelConfig(
-        num_classes=spec.num_classes,
-        decoder_width=spec.embedding_dim - ModelConfig.low_level_channels,
-        separable=True,
-        attention_size=spec.difficulty_size,
-        input_size=tuple(size or spec.input_size),  # type: ignore[arg-type]
-        mean=spec.mean,
-        std=spec.std,
-    )
     net = DEALNet(cfg, pretrained=False).eval()
-    order: list[tuple[str, nn.Module]] = []  # convs and batch norms in the order they run
+    with torch.no_grad():
+        tensors = {f"model.{n}": t for n, t in [*net.named_parameters(), *net.named_buffers()]}
+        for name, tensor in tensors.items():  # convs (folded), heads, gamma, head statistics
+            if name in weights and tuple(weights[name].shape) == tuple(tensor.shape):
+                tensor.copy_(torch.from_numpy(weights[name].copy()))
+        order = _run_order(net)  # convs and batch norms in the order they run
+        for conv, (_, module) in zip(order, order[1:], strict=False):
+            if isinstance(module, nn.BatchNorm2d):  # follows a conv folded with it
+                module.weight.fill_(1.0)
+                module.bias.copy_(torch.from_numpy(weights[f"{conv[0]}.weight_bias"].copy()))
+                module.running_mean.zero_()
+                module.running_var.fill_(1.0 - module.eps)
+    return net
+
+
+def _run_order(net: Any) -> list[tuple[str, Any]]:
+    """(name as the exporter writes it, module) of the convolutions and batch norms of `net`
+    in the order one forward pass runs them."""
+    import torch
+    from torch import nn
+
+    order: list[tuple[str, Any]] = []
     names = {m: f"model.{n}" for n, m in net.named_modules()}
     hooks = [
         m.register_forward_hook(lambda mod, i, o: order.append((names[mod], mod)))
@@ -271,27 +314,10 @@ def shipped_eager(path: Path = SHIPPED_MODEL, size: tuple[int, int] | None = Non
         if isinstance(m, (nn.Conv2d, nn.BatchNorm2d))
     ]
     with torch.inference_mode():
-        net(torch.zeros(1, 3, *cfg.input_size))
+        net(torch.zeros(1, 3, *net.cfg.input_size))
     for h in hooks:
         h.remove()
-    with torch.no_grad():
-        for (name, module), (_, nxt) in zip(order, order[1:] + [("", None)], strict=True):
-            if not isinstance(module, nn.Conv2d):
-                continue
-            module.weight.copy_(torch.from_numpy(weights[f"{name}.weight"].copy()))
-            folded = weights.get(f"{name}.weight_bias")
-            if folded is None:  # a conv with its own bias (the heads)
-                module.bias.copy_(torch.from_numpy(weights[f"{name}.bias"].copy()))
-                continue
-            assert isinstance(nxt, nn.BatchNorm2d), f"{name}: no batch norm after a folded conv"
-            nxt.weight.fill_(1.0)
-            nxt.bias.copy_(torch.from_numpy(folded.copy()))
-            nxt.running_mean.zero_()
-            nxt.running_var.fill_(1.0 - nxt.eps)
-        net.difficulty_head.gamma.copy_(
-            torch.from_numpy(weights["model.difficulty_head.gamma"].copy()).reshape(1)
-        )
-    return net
+    return order
 
 
 def profile_ops(model: Path | str, images: Any, runs: int, threads: int = 2) -> dict[str, float]:

@@ -23,7 +23,7 @@ many Parquet rows vs the JSONL reader.
 from __future__ import annotations
 
 import argparse
-import os
+import contextlib
 import re
 import shutil
 import subprocess
@@ -32,7 +32,15 @@ import time
 from pathlib import Path
 
 import numpy as np
-from common import CACHE, markdown_table, mib, run_probe, write_result
+from common import (
+    CACHE,
+    markdown_table,
+    mib,
+    process_tree,
+    run_probe,
+    status_kib,
+    write_result,
+)
 from pipeline import CLIENT, make_jpegs, pool_file
 
 _RATE = re.compile(r"scored, .* ([0-9.]+) s \(([0-9.]+) img/s\)")
@@ -40,9 +48,15 @@ TRITON_CASES = {  # URL filled in once the server is up
     "triton, gRPC": ["--url", "{url}"],
     "triton, gRPC + --shm": ["--url", "{url}", "--shm"],
     "ray, 2 actors x 0.5 CPU -> triton": [
-        "--url", "{url}", "--ray", "--actors", "2", "--cpus-per-actor", "0.5",
+        "--url",
+        "{url}",
+        "--ray",
+        "--actors",
+        "2",
+        "--cpus-per-actor",
+        "0.5",
     ],
-}  # fmt: skip
+}
 CASES = {
     "single process": [],
     "ray, 1 actor x 1.5 CPU": ["--ray", "--actors", "1", "--cpus-per-actor", "1.5"],
@@ -52,27 +66,10 @@ CASES = {
 
 def _tree_rss(root: int) -> tuple[int, int]:
     """(sum, largest) RSS in KiB of `root` and its descendants, from /proc."""
-    parents: dict[int, int] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                stat = Path(f"/proc/{entry}/stat").read_text()
-                parents[int(entry)] = int(stat.rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-    tree, frontier = {root}, [root]
-    while frontier:
-        pid = frontier.pop()
-        kids = [p for p, pp in parents.items() if pp == pid and p not in tree]
-        tree.update(kids)
-        frontier.extend(kids)
     sizes = []
-    for pid in tree:
-        try:
-            text = Path(f"/proc/{pid}/status").read_text()
-            sizes.append(int(re.search(r"VmRSS:\s+(\d+)", text).group(1)))
-        except (OSError, AttributeError):
-            continue
+    for pid in process_tree(root):
+        with contextlib.suppress(OSError):  # a process that ended meanwhile
+            sizes.append(status_kib(pid, "VmRSS"))
     return sum(sizes), max(sizes, default=0)
 
 
@@ -235,10 +232,16 @@ def main() -> None:
             ]
         )
     scoring = markdown_table(
-        ["run", "img/s (scoring)", "vs single", "img/s (wall)", "peak MiB, one process",
-         "peak MiB, all processes"],
+        [
+            "run",
+            "img/s (scoring)",
+            "vs single",
+            "img/s (wall)",
+            "peak MiB, one process",
+            "peak MiB, all processes",
+        ],
         table,
-    )  # fmt: skip
+    )
     select = markdown_table(
         ["scores read", "load + top-100 (s)", "peak RSS MiB"], selection_rows(rows_n)
     )

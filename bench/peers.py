@@ -33,6 +33,7 @@ Targets: ours >= 10x mc-eager and >= 2x eager in images/s; logits move >= 1000x 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import os
 
@@ -56,10 +57,14 @@ from common import (
     markdown_table,
     mib,
     ort_session,
+    process_tree,
     python_cpu_server,
     shipped_eager,
+    status_kib,
     write_result,
 )
+
+from dealseg.core.metrics import spearman
 
 THREADS = 2
 BATCH = 8
@@ -328,8 +333,7 @@ def probe(name: str, url: str | None, frames: int) -> None:
     variant = build(name, url, spec.bins, spec.num_classes)
     for s in range(0, len(images), BATCH):
         variant(images[s : s + BATCH])
-    status = Path("/proc/self/status").read_text()
-    print(json.dumps({"peak_kib": float(status.split("VmHWM:")[1].split()[0])}))
+    print(json.dumps({"peak_kib": float(status_kib("self", "VmHWM"))}))
 
 
 def peak_of(name: str, url: str | None, frames: int) -> float:
@@ -343,26 +347,14 @@ def peak_of(name: str, url: str | None, frames: int) -> float:
 
 def tree_peak_kib(pid: int) -> float:
     """Summed VmHWM of a process and its descendants (Linux /proc)."""
-    total, todo = 0.0, [pid]
-    while todo:
-        p = todo.pop()
-        try:
-            status = Path(f"/proc/{p}/status").read_text()
-            total += float(status.split("VmHWM:")[1].split()[0])
-            for task in Path(f"/proc/{p}/task").iterdir():
-                todo += [int(c) for c in (task / "children").read_text().split()]
-        except (OSError, IndexError):
-            continue
+    total = 0.0
+    for p in process_tree(pid):
+        with contextlib.suppress(OSError):  # a process that ended meanwhile
+            total += status_kib(p, "VmHWM")
     return total
 
 
 # ------------------------------------------------------------------------------ main
-def spearman(a: np.ndarray, b: np.ndarray) -> float:
-    from scipy.stats import spearmanr
-
-    return float(spearmanr(a, b)[0])
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="48 frames (a smoke run)")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import tempfile
 import warnings
 from dataclasses import replace
@@ -16,6 +17,9 @@ from .graph import DEALGraph
 from .onnxfile import save_model
 
 OPSET = 18
+# Beside the contract's keys: the ModelConfig that built the graph (JSON), so the graph's weights
+# can be put back into the same PyTorch model (bench/common.py `shipped_eager`).
+MODEL_CONFIG_KEY = "dealseg.model_config"
 
 
 @torch.no_grad()
@@ -115,4 +119,5 @@ def export_graph(graph: DEALGraph, spec: contract.ModelSpec, out: Path, max_batc
             verbose=False,
         )
         model = onnx.load(str(raw))
-    save_model(model, spec.to_metadata(), out, full_check=True)
+    meta = {**spec.to_metadata(), MODEL_CONFIG_KEY: json.dumps(graph.model.cfg.to_dict())}
+    save_model(model, meta, out, full_check=True)
