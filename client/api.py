@@ -23,11 +23,10 @@ from typing import Any
 
 import numpy as np
 
-from dealseg.core.pool import is_uri
 from dealseg.core.ranking import DEFAULT_STRATEGY, SCORE_COLUMNS
 
 from .engines import EmbeddedEngine, Engine, TritonEngine
-from .run import ScoreSettings, SelectSettings, list_paths, pick, score_into
+from .run import ScoreSettings, SelectSettings, list_paths, pick, pool_paths, score_into
 from .store import Table, class_column, record_path, selection_rows
 
 ATTRS = "dealseg"
@@ -83,11 +82,7 @@ def score(
     it they live in a temporary folder for the call.
     """
     source = os.fspath(pool) if isinstance(pool, (str, os.PathLike)) else None
-    paths = (
-        list_paths(source)
-        if source is not None
-        else list(dict.fromkeys(p if is_uri(p) else os.path.abspath(p) for p in pool))
-    )
+    paths = list_paths(source) if source is not None else pool_paths(map(os.fspath, pool))
     with open_engine(model, url, **triton) as engine, _out_dir(out) as folder:
         _, table = score_into(paths, engine, folder, settings)
         return _as_table(_records(table), _attrs(table))

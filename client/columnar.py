@@ -29,10 +29,10 @@ from dealseg.core.files import atomic_output
 from dealseg.core.ranking import SCORE_COLUMNS
 
 from .store import (
-    META,
     StoreError,
     Table,
     _lock,
+    check_resumable,
     class_column,
     class_names_of,
     path_fields,
@@ -368,15 +368,7 @@ def open_parquet_out(out: Path, spec: ModelSpec) -> set[str]:
     folder = out / SCORES_PARQUET
     if (out / SCORES).exists() and (out / SCORES).stat().st_size:
         raise StoreError(f"{out} holds {SCORES}: use --format jsonl to resume it, or another --out")
-    if (out / META).exists():
-        old = read_meta(out)["model"]
-        if old != spec.model_id:
-            raise StoreError(
-                f"{out} holds scores of model {old}, but this run uses {spec.model_id}; "
-                f"use another --out, or delete {folder} to start over"
-            )
-    elif part_files(folder):
-        raise StoreError(f"{folder} exists but {META} does not; use another --out")
+    check_resumable(out, spec.model_id, folder, bool(part_files(folder)))
     write_meta(out, spec)
     folder.mkdir(exist_ok=True)
     return done_paths(folder, spec.model_id)

@@ -435,8 +435,7 @@ class TritonEngine:
             return _answered_version(result), {n: result.as_numpy(n) for n in outputs}
 
         answered, got = self._call(f"inference on {len(images)} images", run)
-        if answered != version:
-            raise EngineError(f"asked {name} version {version}, version {answered} answered")
+        self._check_answered(answered)
         b = len(images)
         return {n: np.asarray(got[n]).reshape(b, *self.spec.shape(n)) for n in outputs}
 
@@ -472,9 +471,15 @@ class TritonEngine:
             return _answered_version(result), {n: regions.read(n, b, where[n]) for n in outputs}
 
         answered, got = self._call(f"inference on {b} images (shared memory)", run)
-        if answered != version:
-            raise EngineError(f"asked {name} version {version}, version {answered} answered")
+        self._check_answered(answered)
         return got
+
+    def _check_answered(self, answered: str) -> None:
+        """Every request is pinned to one version: refuse an answer from another."""
+        if answered != self.model_version:
+            raise EngineError(
+                f"asked {self.model_name} version {self.model_version}, version {answered} answered"
+            )
 
     def _regions_of(self, client: Any) -> ShmRegions:
         """This thread's regions registered with `client`'s server (created on first use, and

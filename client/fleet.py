@@ -37,6 +37,7 @@ from .columnar import (
     read_parts,
 )
 from .engines import Engine, EngineError
+from .remote import one_line
 from .run import ScoreReport, ScoreSettings, decode_or_error, load_frame
 from .store import StoreError, Table, _lock, load_table, record_path
 
@@ -88,7 +89,7 @@ def connected(address: str | None, progress: bool = True) -> Iterator[Any]:
             ray.init(address=address, logging_level="ERROR", log_to_driver=False)
         except Exception as exc:  # ray.init raises ConnectionError, RuntimeError, Exception
             where = f"reach the Ray cluster at {address}" if address else "start a local Ray"
-            raise RayUnavailable(f"cannot {where}: {_one_line(exc)}") from None
+            raise RayUnavailable(f"cannot {where}: {one_line(exc)}") from None
     import logging
 
     from ray.data import DataContext
@@ -218,7 +219,8 @@ def score_on_ray(
 def _check_resources(ray: Any, how: RaySettings) -> None:
     """Refuse settings whose actors would leave no CPU to a decode task: the run would wait
     for ever."""
-    cpus = float(ray.cluster_resources().get("CPU", 0.0))
+    resources = ray.cluster_resources()
+    cpus = float(resources.get("CPU", 0.0))
     need = how.actors * how.cpus_per_actor + how.decode_cpus
     if need > cpus:
         raise RayUnavailable(
@@ -226,7 +228,7 @@ def _check_resources(ray: Any, how: RaySettings) -> None:
             f"decoding need {need:g} CPUs, the cluster has {cpus:g}: lower --actors or "
             "--cpus-per-actor"
         )
-    gpus = float(ray.cluster_resources().get("GPU", 0.0))
+    gpus = float(resources.get("GPU", 0.0))
     if how.actors * how.gpus_per_actor > gpus:
         raise RayUnavailable(
             f"{how.actors} actors x {how.gpus_per_actor:g} GPUs need more than the cluster's "
@@ -263,11 +265,6 @@ def _pipeline(
         num_cpus=how.cpus_per_actor,
         num_gpus=how.gpus_per_actor or None,
     )
-
-
-def _one_line(exc: BaseException) -> str:
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    return lines[0] if lines else type(exc).__name__
 
 
 def _cause(exc: BaseException) -> str:

@@ -118,7 +118,7 @@ def read_bytes(uri: str) -> bytes:
     except OSError as exc:
         if _denied(exc):
             raise AccessDenied(_access_message(uri, exc)) from None
-        raise DecodeError(f"unreadable: {_one_line(exc)}") from None
+        raise DecodeError(f"unreadable: {one_line(exc)}") from None
 
 
 def decode_uri(uri: str, size: tuple[int, int], max_pixels: int, resize: str) -> Frame:
@@ -131,14 +131,15 @@ def decode_uri(uri: str, size: tuple[int, int], max_pixels: int, resize: str) ->
     return decode_stream(io.BytesIO(data), size, max_pixels, resize)
 
 
-def _one_line(exc: BaseException) -> str:
+def one_line(exc: BaseException) -> str:
+    """The first non-blank line of an error's text (its type when it has none)."""
     lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
     return lines[0] if lines else type(exc).__name__
 
 
 def _access_message(uri: str, exc: BaseException) -> str:
     return (
-        f"{uri}: the object store refused our credentials ({_one_line(exc)}); check "
+        f"{uri}: the object store refused our credentials ({one_line(exc)}); check "
         "AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY (and AWS_ENDPOINT_URL for an S3-compatible "
         "server)"
     )
@@ -174,7 +175,7 @@ def list_uri(source: str) -> list[str]:
     except OSError as exc:
         if _denied(exc):
             raise AccessDenied(_access_message(source, exc)) from None
-        raise PoolError(f"POOL {source}: cannot list: {_one_line(exc)}") from None
+        raise PoolError(f"POOL {source}: cannot list: {one_line(exc)}") from None
     found, hidden = [], 0
     for info in infos:
         if info.type != pafs.FileType.File or not is_image_name(info.path):

@@ -18,7 +18,7 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -90,12 +90,18 @@ def list_paths(source: str, shard: tuple[int, int] = (0, 1)) -> list[str]:
         listed = list_uri(source)
     else:
         listed = read_pool(source)
+    return take_shard(pool_paths(listed), *shard)
+
+
+def pool_paths(listed: Iterable[str]) -> list[str]:
+    """Pool entries -> absolute paths and URIs as they are, each once, in order; the object
+    store must accept our credentials for the first URI (`remote.AccessDenied` otherwise)."""
     paths = list(dict.fromkeys(p if is_uri(p) else os.path.abspath(p) for p in listed))
     if any(is_uri(p) for p in paths):
         from .remote import check_access
 
         check_access(paths)
-    return take_shard(paths, *shard)
+    return paths
 
 
 Load = Callable[[str], Frame]  # path -> the model input, or DecodeError

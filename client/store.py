@@ -236,6 +236,27 @@ def _lock(out: Path) -> BinaryIO:
     return f
 
 
+def check_resumable(out: Path, model: str, scores: Path, holds_scores: bool) -> None:
+    """Raise StoreError unless `model` may write into the out dir `out`: its meta.json names
+    that model in this format, or there is none and `scores` (JSONL or Parquet) holds nothing."""
+    if (out / META).exists():
+        meta = read_meta(out)
+        if meta["format"] != FORMAT:
+            raise StoreError(
+                f"{out} was written by an older deal-client (format {meta['format']}: "
+                "class_fraction as a list); use another --out (`deal-client select` and "
+                "`merge` still read it)"
+            )
+        old = meta["model"]
+        if old != model:
+            raise StoreError(
+                f"{out} holds scores of model {old}, but this run uses {model}; "
+                f"use another --out, or delete {scores} to start over"
+            )
+    elif holds_scores:
+        raise StoreError(f"{scores} exists but {META} does not; use another --out")
+
+
 class ScoreWriter:
     """Appends records and embedding rows to an out dir; resumes one written by the same model."""
 
@@ -251,22 +272,8 @@ class ScoreWriter:
 
     def _open(self) -> None:
         scores, embeddings = self.out / SCORES, self.out / EMBEDDINGS
-        if (self.out / META).exists():
-            meta = read_meta(self.out)
-            if meta["format"] != FORMAT:
-                raise StoreError(
-                    f"{self.out} was written by an older deal-client (format {meta['format']}: "
-                    "class_fraction as a list); use another --out (`deal-client select` and "
-                    "`merge` still read it)"
-                )
-            old = meta["model"]
-            if old != self.model:
-                raise StoreError(
-                    f"{self.out} holds scores of model {old}, but this run uses {self.model}; "
-                    f"use another --out, or delete {scores} to start over"
-                )
-        elif scores.exists() and scores.stat().st_size:
-            raise StoreError(f"{scores} exists but {META} does not; use another --out")
+        holds = scores.exists() and scores.stat().st_size > 0
+        check_resumable(self.out, self.model, scores, holds)
         from .columnar import SCORES_PARQUET, part_files
 
         if part_files(self.out / SCORES_PARQUET):
