@@ -330,7 +330,6 @@ def run_al(
     """
     from .acquisition import STRATEGIES
     from .data import SegmentationDataset
-    from .report import collect, write_report
 
     for name in strategies:
         STRATEGIES[name]  # noqa: B018 - an unknown name fails here, before any training
@@ -364,6 +363,15 @@ def run_al(
         for stage in range(len(plan["sizes"])):
             for run in runs:
                 run.advance(stage, seeded, quiet)
+    return report_al(out, strategies, seeds, data)
+
+
+def report_al(
+    out: Path, strategies: Sequence[str], seeds: Sequence[int], data: Path
+) -> dict[str, Any]:
+    """results.json/.md/.png in `out` from the stages its state.json files record."""
+    from .report import collect, write_report
+
     results = collect(out, strategies, seeds, data)
     write_report(out, results)
     return results

@@ -525,8 +525,8 @@ def al(
     OVERRIDES are key=value settings over the preset, e.g. epochs=2 decoder_width=32.
     """
     from .acquisition import STRATEGIES
-    from .al import Protocol, run_al
-    from .report import collect, format_table, write_report
+    from .al import Protocol, report_al, run_al
+    from .report import format_table
 
     unknown = [s for s in strategies if s not in STRATEGIES]
     if unknown:
@@ -541,8 +541,7 @@ def al(
             init=init, step=step, max_fraction=max_fraction, subset=subset, bins=bins
         )
         if report_only:
-            results = collect(out, strategies, seeds, data)
-            write_report(out, results)
+            results = report_al(out, strategies, seeds, data)
         else:
             results = run_al(
                 data, out, config, strategies, seeds, protocol, full=full, runtime=runtime
