@@ -298,9 +298,23 @@ def test_shared_memory_carries_the_same_tensors_and_is_released(
         outs[how] = tmp_path / how
         extra = ["--shm"] if how == "shm" else []
         r = deal_client(
-            "score", pool, "-k", K, "--url", url, "--protocol", protocol, "--out", outs[how],
-            "--batch-size", 3, "--concurrency", 1, "--maps", *extra,
-        )  # fmt: skip
+            "score",
+            pool,
+            "-k",
+            K,
+            "--url",
+            url,
+            "--protocol",
+            protocol,
+            "--out",
+            outs[how],
+            "--batch-size",
+            3,
+            "--concurrency",
+            1,
+            "--maps",
+            *extra,
+        )
         assert r.exit_code == 0, r.stderr
     # one request at a time: the server batches the same images both ways, so equal bits
     assert records(outs["shm"]) == records(outs["socket"])

@@ -18,8 +18,8 @@ import pyarrow.parquet as pq
 import pytest
 from conftest import S3Server
 from fleet_hooks import KillOnce
-from test_client_cli import K, add_photos, deal_client, write_pool
-from test_parquet import add_bad_files, selections
+from test_client_cli import K, deal_client
+from test_parquet import mixed_pool, selections
 from test_remote import BUCKET, upload
 
 from dealseg.client.columnar import SCORES_PARQUET, part_files
@@ -47,17 +47,24 @@ def cluster(s3_server: S3Server) -> object:
 
 @pytest.fixture(scope="module")
 def pool(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    folder = write_pool(tmp_path_factory.mktemp("pool"), 14)
-    add_photos(folder)
-    add_bad_files(folder)
-    return folder
+    return mixed_pool(tmp_path_factory.mktemp("pool"), 14)
 
 
 def score(pool: Path, model: Path | None, out: Path, *args: object) -> str:
     engine = ["--model", model] if model is not None else []
     r = deal_client(
-        "score", pool, "-k", 3, *engine, "-o", out, "--batch-size", 1, "--no-progress", *args,
-    )  # fmt: skip
+        "score",
+        pool,
+        "-k",
+        3,
+        *engine,
+        "-o",
+        out,
+        "--batch-size",
+        1,
+        "--no-progress",
+        *args,
+    )
     assert r.exit_code == 3, r.stderr  # the bad files
     return r.stderr
 
@@ -73,9 +80,20 @@ def test_ray_single_process_and_shards_select_the_same(
     shards = [tmp_path / f"shard{i}" for i in range(2)]
     for i, out in enumerate(shards):
         r = deal_client(
-            "score", pool, "-k", K, "--model", tiny_onnx, "-o", out, "--batch-size", 1,
-            "--shard", f"{i}/2", "--no-progress",
-        )  # fmt: skip
+            "score",
+            pool,
+            "-k",
+            K,
+            "--model",
+            tiny_onnx,
+            "-o",
+            out,
+            "--batch-size",
+            1,
+            "--shard",
+            f"{i}/2",
+            "--no-progress",
+        )
         assert r.exit_code in (0, 3), r.stderr
     merged = tmp_path / "merged"
     assert deal_client("merge", *shards, "-o", merged, "-k", K).exit_code == 3
@@ -153,8 +171,20 @@ def test_actors_with_triton_clients_give_the_single_process_selection(
     with TritonServer(repo) as server:
         url = server.url_grpc
         on_ray, single = tmp_path / "ray", tmp_path / "single"
-        said = score(pool, None, on_ray, "--url", url, "--url", url, "--ray", "--actors", 2,
-                     "--cpus-per-actor", 0.5)  # fmt: skip
+        said = score(
+            pool,
+            None,
+            on_ray,
+            "--url",
+            url,
+            "--url",
+            url,
+            "--ray",
+            "--actors",
+            2,
+            "--cpus-per-actor",
+            0.5,
+        )
         assert "via Triton" in said and "2 actors" in said
         score(pool, None, single, "--url", url, "--format", "parquet")
     for strategy in ("de", "coreset"):

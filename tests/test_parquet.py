@@ -32,20 +32,24 @@ SELECTIONS = [(s, []) for s in STRATEGY_NAMES] + [
 ]
 
 
-def add_bad_files(folder: Path) -> dict[str, str]:
-    """Files that cannot be scored, each with a word of its error reason."""
+def add_bad_files(folder: Path) -> None:
+    """Two files that cannot be scored: an empty PNG and a JPEG of text."""
     (folder / "bad").mkdir(exist_ok=True)
     (folder / "bad" / "empty.png").write_bytes(b"")
     (folder / "bad" / "garbage.jpg").write_bytes(b"this is not a JPEG at all")
-    return {"empty.png": "empty", "garbage.jpg": "not an image"}
+
+
+def mixed_pool(folder: Path, n: int) -> Path:
+    """`n` street frames, the photos and the bad files in `folder`."""
+    write_pool(folder, n)
+    add_photos(folder)
+    add_bad_files(folder)
+    return folder
 
 
 @pytest.fixture(scope="module")
 def pool(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    folder = write_pool(tmp_path_factory.mktemp("pool"), 18)
-    add_photos(folder)
-    add_bad_files(folder)
-    return folder
+    return mixed_pool(tmp_path_factory.mktemp("pool"), 18)
 
 
 def score(pool: Path, model: Path, out: Path, *args: object) -> None:
@@ -144,9 +148,20 @@ def test_merge_reads_and_writes_either_format(
     for i, fmt in enumerate(("parquet", "jsonl", "parquet")):
         shards.append(tmp_path / f"shard{i}")
         r = deal_client(
-            "score", pool, "-k", K, "--model", tiny_onnx, "-o", shards[-1],
-            "--shard", f"{i}/3", "--format", fmt, "--no-progress",
-        )  # fmt: skip
+            "score",
+            pool,
+            "-k",
+            K,
+            "--model",
+            tiny_onnx,
+            "-o",
+            shards[-1],
+            "--shard",
+            f"{i}/3",
+            "--format",
+            fmt,
+            "--no-progress",
+        )
         assert r.exit_code in (0, 3), r.stderr
     reference = selections(parquet_out, tmp_path / "ref")
     for fmt in ("parquet", "jsonl"):

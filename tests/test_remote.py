@@ -65,10 +65,32 @@ def test_an_s3_prefix_scores_end_to_end_like_the_local_files(
     for strategy, extra in SELECTIONS:
         if strategy == "random":
             continue  # seeded by a hash of the path: other paths, another draw
-        a = deal_client("select", remote, "-s", strategy, "-k", 4, "-o", tmp_path / "ra", "--json",
-                        "--force", *extra)  # fmt: skip
-        b = deal_client("select", local, "-s", strategy, "-k", 4, "-o", tmp_path / "la", "--json",
-                        "--force", *extra)  # fmt: skip
+        a = deal_client(
+            "select",
+            remote,
+            "-s",
+            strategy,
+            "-k",
+            4,
+            "-o",
+            tmp_path / "ra",
+            "--json",
+            "--force",
+            *extra,
+        )
+        b = deal_client(
+            "select",
+            local,
+            "-s",
+            strategy,
+            "-k",
+            4,
+            "-o",
+            tmp_path / "la",
+            "--json",
+            "--force",
+            *extra,
+        )
         picked = [row["path"] for row in json.loads(a.stdout)["rows"]]
         assert picked == [as_uri[row["path"]] for row in json.loads(b.stdout)["rows"]]
 
@@ -81,8 +103,9 @@ def test_a_missing_object_in_a_uri_list_is_one_error_record(
     listing = tmp_path / "pool.txt"
     listing.write_text("\n".join([*uris, missing]) + "\n")
     out = tmp_path / "out"
-    r = deal_client("score", listing, "-k", 2, "--model", tiny_onnx, "-o", out, "--format",
-                    "parquet")  # fmt: skip
+    r = deal_client(
+        "score", listing, "-k", 2, "--model", tiny_onnx, "-o", out, "--format", "parquet"
+    )
     assert r.exit_code == 3, r.stderr
     assert f"failed: {missing}: file not found" in r.stderr
     import pyarrow.parquet as pq
