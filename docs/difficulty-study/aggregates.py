@@ -19,13 +19,7 @@ import numpy as np
 
 from dealseg.client.engines import EmbeddedEngine
 from dealseg.core.decode import decode_frame
-from dealseg.core.metrics import spearman
-
-
-def capture(scores: np.ndarray, error: np.ndarray) -> float:
-    k = max(1, len(error) // 10)
-    worst = set(np.argsort(-error, kind="stable")[:k].tolist())
-    return len(worst & set(np.argsort(-scores, kind="stable")[:k].tolist())) / k
+from dealseg.core.metrics import capture_share, spearman, worst_count
 
 
 def main(model: Path, eval_dir: Path) -> None:
@@ -38,6 +32,7 @@ def main(model: Path, eval_dir: Path) -> None:
         out = engine.infer(frame.image[None], ("difficulty",), boxes)
         maps.append(np.sort(out["difficulty"][0].ravel().astype(np.float32) / 255)[::-1])
     error = np.array([row["error_rate"] for row in rows])
+    paths, k = [row["path"] for row in rows], worst_count(len(rows), 10)
     scores = {name: np.array([row[name] for row in rows]) for name in ("ds", "entropy")}
     for q in (1, 5, 10, 25, 50):
         scores[f"top {q}%"] = np.array([m[: max(1, m.size * q // 100)].mean() for m in maps])
@@ -46,7 +41,8 @@ def main(model: Path, eval_dir: Path) -> None:
     print(f"| aggregate ({len(rows)} frames) | Spearman(err) | worst-10% caught |")
     print("|---|---:|---:|")
     for name, values in scores.items():
-        print(f"| {name} | {spearman(values, error):.3f} | {capture(values, error):.3f} |")
+        caught = capture_share(paths, values, error, k)
+        print(f"| {name} | {spearman(values, error):.3f} | {caught:.3f} |")
 
 
 if __name__ == "__main__":
