@@ -188,3 +188,17 @@ def test_shipped_model_honours_the_contract() -> None:
     assert SHIPPED.stat().st_size <= 32 * 2**20
     spec = check_against_contract(SHIPPED)
     assert spec.num_classes == 11 and spec.class_names[2] == "Pole"
+
+
+def test_the_graph_records_the_model_config_that_built_it(
+    tiny_checkpoint: Path, tiny_onnx: Path
+) -> None:
+    import json
+
+    from dealseg.export.onnx_export import MODEL_CONFIG_KEY
+    from dealseg.training.model import ModelConfig
+
+    meta = {p.key: p.value for p in onnx.load(str(tiny_onnx)).metadata_props}
+    recorded = ModelConfig.from_dict(json.loads(meta[MODEL_CONFIG_KEY]))
+    assert recorded == load_checkpoint(tiny_checkpoint).model_config
+    assert read_onnx_spec(tiny_onnx).model_id  # the contract's reader ignores the extra key
