@@ -392,7 +392,9 @@ def test_shards_merged_equal_a_single_run(
             "--batch-size",
             3,
         )
-        assert r.exit_code == 0, r.stderr
+        # a shard's size depends on its paths' hash, and so on the temporary folder's name:
+        # a shard of fewer than K images selects them all and says so (exit 3)
+        assert r.exit_code == (0 if len(records(outs[-1])) >= K else 3), r.stderr
     sizes = [len(records(o)) for o in outs]
     assert sum(sizes) == len(records(reference)) and min(sizes) > 0
     merged = tmp_path / "merged"
