@@ -23,7 +23,8 @@ from typing import Any
 
 import numpy as np
 
-from dealseg.core.ranking import DEFAULT_STRATEGY, SCORE_COLUMNS
+from dealseg.core.ranking import SCORE_COLUMNS
+from dealseg.core.strategies import DEFAULT_STRATEGY
 
 from .engines import EmbeddedEngine, Engine, TritonEngine
 from .run import ScoreSettings, SelectSettings, list_paths, pick, pool_paths, score_into

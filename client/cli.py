@@ -22,18 +22,11 @@ from typing import Any
 
 import click
 
+from dealseg.core import strategies
+
 EXIT_OK, EXIT_FATAL, EXIT_USAGE, EXIT_FAILED_INPUTS, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
-STRATEGY_NAMES = (  # == core.ranking.STRATEGIES (tested)
-    "ds",
-    "de",
-    "entropy",
-    "random",
-    "coreset",
-    "ds+coreset",
-    "de+coreset",
-    "entropy+coreset",
-)
-DEFAULT_STRATEGY = "entropy"  # == core.ranking.DEFAULT_STRATEGY (tested)
+STRATEGY_NAMES = strategies.names(unit="frame", client=True)
+DEFAULT_STRATEGY = strategies.DEFAULT_STRATEGY
 DEFAULT_MAX_PIXELS = 89_478_485  # == decode.DEFAULT_MAX_PIXELS (tested), Pillow's own limit
 RESIZE_MODES = ("stretch", "letterbox", "crop")  # == decode.RESIZE_MODES (tested)
 SCORE_FORMATS = ("jsonl", "parquet")
@@ -378,7 +371,6 @@ def _select_settings(o: dict[str, Any], strategy: str | None = None, k: int | No
 
 
 def _print_selection(doc: dict[str, Any], as_json: bool) -> None:
-    from dealseg.core.ranking import MEANINGS
 
     from .store import record_path
 
@@ -389,7 +381,9 @@ def _print_selection(doc: dict[str, Any], as_json: bool) -> None:
     for r in doc["rows"]:
         score = "nan" if r["score"] is None else f"{r['score']:.6f}"
         click.echo(f"{r['rank']:>4}  {score:>10}  {_display(record_path(r))}")
-    click.echo(f"score: {MEANINGS[doc['strategy']]}; higher = more worth labelling")
+    click.echo(
+        f"score: {strategies.DESCRIPTORS[doc['strategy']].meaning}; higher = more worth labelling"
+    )
 
 
 def _short(doc: dict[str, Any]) -> bool:

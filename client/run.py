@@ -36,7 +36,8 @@ from dealseg.core.decode import (
     decode_frame,
 )
 from dealseg.core.pool import is_uri, read_pool, take_shard
-from dealseg.core.ranking import DEFAULT_STRATEGY, Options, Pool, Selection, choose, groups_of
+from dealseg.core.ranking import Options, Pool, Selection, choose, groups_of
+from dealseg.core.strategies import DEFAULT_STRATEGY, DESCRIPTORS
 
 from .engines import Engine, EngineError
 from .store import (
@@ -529,7 +530,7 @@ class SelectionExists(StoreError):
 def pool_of(table: Table, how: SelectSettings) -> Pool:
     """The table as a ranking pool, with what `how` needs: embeddings (core-set, --diverse,
     --labeled centres), class fractions (--balance) and groups (--per-group)."""
-    needs_embeddings = how.strategy.endswith("coreset") or how.diverse is not None
+    needs_embeddings = "embeddings" in DESCRIPTORS[how.strategy].needs or how.diverse is not None
     groups = None
     if how.per_group is not None:
         groups, unmatched = groups_of(table.paths, how.group_by)
@@ -563,7 +564,7 @@ def pick(table: Table, how: SelectSettings) -> tuple[Selection, Options]:
     pool = pool_of(table, how)
     centres, exclude = (None, None)
     if how.labeled is not None:
-        need_centres = how.strategy.endswith("coreset")
+        need_centres = "embeddings" in DESCRIPTORS[how.strategy].needs
         centres, exclude = load_labeled(
             how.labeled, table, pool.embeddings if need_centres else None
         )

@@ -33,7 +33,7 @@ from test_client_cli import deal_client, spec_of_out, write_pool
 from dealseg.client.export import brush_rle
 from dealseg.client.maps import layer_names
 from dealseg.client.store import ScoreWriter
-from dealseg.core.ranking import DEFAULT_STRATEGY
+from dealseg.core.strategies import DEFAULT_STRATEGY
 
 ROOT = Path(__file__).resolve().parents[1]
 ARTEFACTS = Path(os.environ.get("DEALSEG_ARTEFACTS", ROOT / "test-artefacts"))

@@ -270,7 +270,7 @@ class StrategyRun:
 
     def _select(self, stage: int, record: dict[str, Any]) -> dict[str, Any]:
         """The strategy's next batch, scored with this stage's best-val model."""
-        from .acquisition import STRATEGIES, Context, pool_subset, select
+        from .acquisition import Context, needs_model, pool_subset, select
         from .checkpoint import load_checkpoint
 
         k = self.sizes[stage + 1] - self.sizes[stage]
@@ -279,7 +279,7 @@ class StrategyRun:
         candidates = pool_subset(unlabeled, self.protocol.subset, k, self.seed, stage)
         t0 = time.time()
         model = None
-        if STRATEGIES[self.name].needs_model:
+        if needs_model(self.name):
             best = load_checkpoint(self.out / record["run_dir"] / "best.pt")
             model = best.build_model().to(self.runtime.device)
         ctx = Context(

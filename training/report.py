@@ -18,39 +18,8 @@ from typing import Any
 
 import numpy as np
 
-# Names as the paper's figures spell them; unknown strategies show their key.
-LABELS = {
-    "ds": "DEAL (DS)",
-    "de": "DEAL (DE)",
-    "entropy": "Entropy",
-    "qbc": "QBC",
-    "coreset": "Core-set",
-    "random": "Random",
-    "ds+coreset": "DEAL (DS) + core-set",
-    "de+coreset": "DEAL (DE) + core-set",
-    "entropy+coreset": "Entropy + core-set",
-    "region-random": "Random regions",
-    "region-ds": "Regions, top DS",
-    "region-entropy": "Regions, top entropy",
-    "region-ds-sample": "Regions sampled by DS",
-    "region-entropy-sample": "Regions sampled by entropy",
-}
-COLORS = {
-    "ds": "tab:red",
-    "de": "tab:orange",
-    "entropy": "tab:blue",
-    "qbc": "tab:green",
-    "coreset": "tab:purple",
-    "random": "tab:gray",
-    "ds+coreset": "tab:brown",
-    "de+coreset": "tab:pink",
-    "entropy+coreset": "tab:cyan",
-    "region-random": "dimgray",
-    "region-ds": "darkred",
-    "region-entropy": "navy",
-    "region-ds-sample": "crimson",
-    "region-entropy-sample": "royalblue",
-}
+from dealseg.core.strategies import color, label
+
 FULL_LINE = 0.95  # the paper's "95% of full" reference
 RARE_CLASS_SHARE = 0.02  # a class with less than this share of the pool's pixels is rare
 
@@ -218,7 +187,7 @@ def format_table(results: dict[str, Any]) -> str:
         rows = zip(s["mean"], s["std"], s["n"], strict=True)
         cells = [_cell(m, d, n, len(seeds)) for m, d, n in rows]
         cells.append("-" if area is None else _cell(area["mean"], area["std"], area["n"], 0))
-        lines.append(f"| {LABELS.get(name, name)} | " + " | ".join(cells) + " |")
+        lines.append(f"| {label(name)} | " + " | ".join(cells) + " |")
     lines += _picks_table(results)
     full = results.get("full")
     if full:
@@ -256,7 +225,7 @@ def _picks_table(results: dict[str, Any]) -> list[str]:
         p = picks["strategies"].get(name)
         if p:
             cond, cls = _share(p["rare_condition"]), _share(p["rare_class"])
-            lines.append(f"| {LABELS.get(name, name)} | {cond} | {cls} |")
+            lines.append(f"| {label(name)} | {cond} | {cls} |")
     pool = picks["pool"]
     pool_row = f"| (the pool) | {_share(pool['rare_condition'])} | {_share(pool['rare_class'])} |"
     return [*lines, pool_row]
@@ -275,9 +244,9 @@ def plot(results: dict[str, Any], path: Path) -> None:
         s = results["summary"][name]
         mean = np.array([np.nan if m is None else m * 100 for m in s["mean"]])
         std = np.array([0.0 if d is None else d * 100 for d in s["std"]])
-        color = COLORS.get(name)
-        ax.plot(x, mean, marker="o", markersize=4, color=color, label=LABELS.get(name, name))
-        ax.fill_between(x, mean - std, mean + std, color=color, alpha=0.15, linewidth=0)
+        shade = color(name)
+        ax.plot(x, mean, marker="o", markersize=4, color=shade, label=label(name))
+        ax.fill_between(x, mean - std, mean + std, color=shade, alpha=0.15, linewidth=0)
     full = results.get("full")
     if full:
         level = full["test_miou"] * FULL_LINE * 100
@@ -415,7 +384,7 @@ def format_label_cost(results: dict[str, Any], names: Sequence[str], shares: np.
                 for c, m in zip(cells, s["mean"], strict=True)
             ]
         unit = results["units"][name]
-        lines.append(f"| {LABELS.get(name, name)} | {unit} | " + " | ".join(cells) + " |")
+        lines.append(f"| {label(name)} | {unit} | " + " | ".join(cells) + " |")
     if full:
         spread = "" if full["std"] is None else f" ± {full['std'] * 100:.1f}"
         lines += [
@@ -436,9 +405,7 @@ def format_label_cost(results: dict[str, Any], names: Sequence[str], shares: np.
     ]
     for name in results["strategies"]:
         st = bought_stats([r for r in results["runs"] if r["strategy"] == name], rare)
-        lines.append(
-            f"| {LABELS.get(name, name)} | {_share(st['errors'])} | {_share(st['rare_class'])} |"
-        )
+        lines.append(f"| {label(name)} | {_share(st['errors'])} | {_share(st['rare_class'])} |")
     return "\n".join(lines)
 
 
