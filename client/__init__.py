@@ -10,8 +10,11 @@ Modules, each importable without torch (heavy libraries are imported where they 
     export   the selection for a labelling tool: Label Studio, CVAT, FiftyOne, CSV
     evaluation  `deal-client eval`: strategies judged on labelled frames (`evaluate_pool`)
     engines  `EmbeddedEngine` (ONNX Runtime) and `TritonEngine` (tritonclient gRPC/HTTP)
-    store    the out dir: scores.jsonl, embeddings.f32, meta.json, selection.{txt,json}, merge
-    columnar the out dir's scores as Parquet: scores.parquet/ (schema, writer, reader)
+    outdir   the out dir: its lock, meta.json, resume checks, the format and its writer, the
+             scores as a table, merge, selection.{txt,json}
+    jsonl    scores.jsonl + embeddings.f32 (writer, reader)
+    parquet  scores.parquet/ (schema, writer, reader)
+    records  the scores record both formats hold, which one counts, `Table`
     fleet    `score --ray`: the scorer's steps as Ray Data stages (ray imported there only)
     remote   pools in object storage: s3://, gs://, http(s):// URIs
     maps     `--maps` PNGs: image | difficulty overlay | segmentation, and their raw layers

@@ -26,8 +26,9 @@ import numpy as np
 from dealseg.core.ranking import DEFAULT_STRATEGY, SCORE_COLUMNS
 
 from .engines import EmbeddedEngine, Engine, TritonEngine
+from .outdir import selection_rows
+from .records import Table, class_column, record_path
 from .run import ScoreSettings, SelectSettings, list_paths, pick, pool_paths, score_into
-from .store import Table, class_column, record_path, selection_rows
 
 ATTRS = "dealseg"
 QUIET = ScoreSettings(progress=False)  # the API's default: no progress bar
@@ -178,7 +179,7 @@ def _rows(table: Any) -> list[dict[str, Any]]:
 
 
 def _from_table(table: Any) -> Table:
-    """A `score` table (its scored rows) as a store.Table held in memory."""
+    """A `score` table (its scored rows) as a records.Table held in memory."""
     info = _meta(table)[ATTRS]
     rows = [r for r in _rows(table) if r.get("error") is None]
     columns = [class_column(name) for name in info["class_names"]]

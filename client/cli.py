@@ -380,7 +380,7 @@ def _select_settings(o: dict[str, Any], strategy: str | None = None, k: int | No
 def _print_selection(doc: dict[str, Any], as_json: bool) -> None:
     from dealseg.core.ranking import MEANINGS
 
-    from .store import record_path
+    from .records import record_path
 
     if as_json:
         click.echo(json.dumps(doc, indent=1, ensure_ascii=True))
@@ -612,8 +612,8 @@ def _score_settings(o: dict[str, Any]) -> Any:
 def _score(pool: str, urls: tuple[str, ...], model: Path | None, o: dict[str, Any]) -> int:
     from .engines import EngineError
     from .fleet import RayUnavailable
+    from .records import StoreError
     from .run import score_pool
-    from .store import StoreError
 
     out: Path = o["out"]
     paths = _pool_paths(pool, o["shard"])
@@ -778,9 +778,10 @@ def select_command(
 def _select(
     scores: Path, out: Path | None, urls: tuple[str, ...], model: Path | None, o: dict[str, Any]
 ) -> int:
+    from .outdir import MAPS, load_table
+    from .records import StoreError
     from .report import REPORT_HTML
     from .run import check_replace, draw, run_selection
-    from .store import MAPS, StoreError, load_table
 
     how = _select_settings(o)
     try:
@@ -850,8 +851,9 @@ def merge(inputs: tuple[Path, ...], out: Path, fmt: str | None, **o: Any) -> Non
 
     --top-k and --strategy default to those of the inputs' selections when they all agree.
     """
+    from .outdir import load_table, merge_outputs, scores_format
+    from .records import StoreError
     from .run import run_selection
-    from .store import StoreError, load_table, merge_outputs, scores_format
 
     strategy, k = _merged_selection(inputs, o["strategy"], o["top_k"])
     if fmt is None:
@@ -901,8 +903,9 @@ def report_command(out: Path) -> None:
     score histograms and class balance of the pool and the picks, the near-duplicates that
     --diverse skipped. The maps come from `--maps` (or `--report`) of score and select.
     """
+    from .outdir import MAPS, load_table, read_selection
+    from .records import StoreError
     from .report import write_report
-    from .store import MAPS, StoreError, load_table, read_selection
 
     doc = read_selection(out)
     if doc is None:
@@ -963,7 +966,7 @@ def export_command(
     """Hand the selection in OUT to a labelling tool: Label Studio tasks, a CVAT manifest, a
     FiftyOne dataset, or CSV, each with the scores and class shares of every pick."""
     from .export import export_selection
-    from .store import StoreError
+    from .records import StoreError
 
     dest = dest or out / "export" / fmt
     try:

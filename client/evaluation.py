@@ -37,8 +37,8 @@ from dealseg.core.metrics import (
 from dealseg.core.ranking import path_hash
 
 from .engines import Engine
+from .records import path_fields
 from .run import Scorer, ScoreReport, ScoreSettings
-from .store import path_fields
 
 EVAL_JSON = "eval.json"
 RISK_COVERAGE_PNG = "risk_coverage.png"

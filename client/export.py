@@ -35,7 +35,8 @@ from dealseg.core.files import atomic_write
 from dealseg.core.ranking import SCORE_COLUMNS
 
 from .maps import layer_names
-from .store import MAPS, Table, class_column, load_table, read_selection, record_path, spec_of
+from .outdir import MAPS, load_table, read_selection
+from .records import Table, class_column, record_path, spec_of
 
 FORMATS: tuple[str, ...] = ("labelstudio", "cvat", "fiftyone", "csv")
 _RLE_SIZES = (3, 4, 8, 16)  # the four run-length widths (bits) of Label Studio's brush RLE

@@ -30,7 +30,8 @@ from dealseg.core.ranking import SCORE_COLUMNS
 
 from .engines import default_model_path
 from .maps import layer_names, overlay, segmentation_rgb
-from .store import MAPS, Table, record_path, spec_of
+from .outdir import MAPS
+from .records import Table, record_path, spec_of
 
 REPORT_HTML = "report.html"
 REPORT_FILES = "report_files"

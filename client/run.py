@@ -39,22 +39,20 @@ from dealseg.core.pool import is_uri, read_pool, take_shard
 from dealseg.core.ranking import DEFAULT_STRATEGY, Options, Pool, Selection, choose, groups_of
 
 from .engines import Engine, EngineError
-from .store import (
+from .outdir import (
     MAPS,
     SELECTION_JSON,
-    ScoreWriter,
-    StoreError,
-    Table,
     load_table,
+    open_writer,
     read_selection,
-    record_path,
     write_selection,
 )
+from .records import StoreError, Table, record_path
 
 
 @dataclass(frozen=True)
 class ScoreSettings:
-    """How `score_paths` streams (the CLI's --batch-size, --concurrency, ... options)."""
+    """How a `Scorer` streams (the CLI's --batch-size, --concurrency, ... options)."""
 
     batch_size: int = 8  # images per inference request
     concurrency: int = 2  # inference requests in flight
@@ -108,7 +106,8 @@ Load = Callable[[str], Frame]  # path -> the model input, or DecodeError
 
 
 class Sink(Protocol):
-    """Where a `Scorer` puts its results: the out dir's `ScoreWriter`, or eval's `Evaluator`."""
+    """Where a `Scorer` puts its results: the out dir's writer (`outdir.open_writer`), or eval's
+    `Evaluator`."""
 
     @property
     def done(self) -> set[str]: ...  # paths already scored: skipped
@@ -352,13 +351,6 @@ def aspect_warning(path: str, shown: tuple[int, int], size: tuple[int, int], res
     )
 
 
-def score_paths(
-    paths: Sequence[str], engine: Engine, writer: ScoreWriter, settings: ScoreSettings
-) -> ScoreReport:
-    """Score every path not yet scored OK in `writer`'s out dir; append records as they come."""
-    return Scorer(engine, writer, settings).run(paths)
-
-
 def score_into(
     paths: Sequence[str], engine: Engine, out: Path, settings: ScoreSettings
 ) -> tuple[ScoreReport, Table]:
@@ -367,17 +359,6 @@ def score_into(
     with open_writer(out, engine.spec, settings.format) as writer:
         report = Scorer(engine, writer, settings).run(paths)
     return report, load_table(out)
-
-
-def open_writer(out: Path, spec: Any, fmt: str) -> ScoreWriter | Any:
-    """The sink of a scoring run into the out dir `out`: scores.jsonl or scores.parquet."""
-    if fmt == "parquet":
-        from .columnar import ParquetWriter
-
-        return ParquetWriter(out, spec)
-    if fmt != "jsonl":
-        raise ValueError(f"unknown scores format {fmt!r}; choose jsonl or parquet")
-    return ScoreWriter(out, spec)
 
 
 ScoreInto = Callable[[Sequence[str], Engine, Path, ScoreSettings], tuple[ScoreReport, Table]]

@@ -361,13 +361,11 @@ def test_an_out_dir_of_format_1_is_read_but_not_resumed(
 
 
 def test_one_writer_per_out_dir(reference: Path, pool: Path, tiny_onnx: Path) -> None:
-    from dealseg.client.store import ScoreWriter, read_meta, spec_of
+    from dealseg.client.outdir import open_writer, read_meta
+    from dealseg.client.records import spec_of
 
-    writer = ScoreWriter(reference, spec_of(read_meta(reference)))
-    try:
+    with open_writer(reference, spec_of(read_meta(reference))):
         result = deal_client("score", pool, "-k", K, "--model", tiny_onnx, "--out", reference)
-    finally:
-        writer.close()
     assert result.exit_code == 1 and "another deal-client is writing" in result.stderr
 
 
@@ -595,8 +593,8 @@ def test_client_imports_without_torch_or_heavy_modules_for_help() -> None:
         "heavy = [m for m in ('numpy', 'PIL', 'onnxruntime', 'tritonclient', 'tqdm', 'matplotlib')"
         " if m in sys.modules]\n"
         "import dealseg.client.run, dealseg.client.engines, dealseg.client.maps\n"
-        "import dealseg.core.ranking, dealseg.client.store, dealseg.core.decode\n"
-        "import dealseg.client.evaluation, dealseg.client.fleet, dealseg.client.columnar\n"
+        "import dealseg.core.ranking, dealseg.client.outdir, dealseg.core.decode\n"
+        "import dealseg.client.evaluation, dealseg.client.fleet, dealseg.client.parquet\n"
         "lazy = [m for m in ('ray', 'pyarrow') if m in sys.modules]\n"
         "print(heavy, 'torch' in sys.modules, lazy)\n"
     )

@@ -22,9 +22,9 @@ from test_client_cli import K, deal_client
 from test_parquet import mixed_pool, selections
 from test_remote import BUCKET, upload
 
-from dealseg.client.columnar import SCORES_PARQUET, part_files
 from dealseg.client.engines import EmbeddedEngine
 from dealseg.client.fleet import RaySettings, score_on_ray
+from dealseg.client.parquet import SCORES_PARQUET, part_files
 from dealseg.client.run import ScoreSettings, list_paths
 
 ray = pytest.importorskip("ray")

@@ -22,8 +22,9 @@ from test_client_cli import (
 )
 
 from dealseg.client.cli import STRATEGY_NAMES
-from dealseg.client.columnar import SCORES_PARQUET, counting, part_files
-from dealseg.client.store import class_column, load_table, replaces
+from dealseg.client.outdir import load_table
+from dealseg.client.parquet import SCORES_PARQUET, counting, part_files
+from dealseg.client.records import class_column, replaces
 
 SELECTIONS = [(s, []) for s in STRATEGY_NAMES] + [
     ("de", ["--diverse", "0.99"]),
