@@ -25,13 +25,18 @@ import numpy as np
 
 from dealseg.core.ranking import DEFAULT_STRATEGY, SCORE_COLUMNS
 
-from .engines import EmbeddedEngine, Engine, TritonEngine
 from .outdir import selection_rows
 from .records import Table, class_column, record_path
-from .run import ScoreSettings, SelectSettings, list_paths, pick, pool_paths, score_into
+from .run import list_paths, pick, pool_paths, score_into
+from .settings import (
+    EngineSettings,
+    ScoreSettings,
+    SelectSettings,
+    TritonSettings,
+    from_keywords,
+)
 
 ATTRS = "dealseg"
-QUIET = ScoreSettings(progress=False)  # the API's default: no progress bar
 
 
 class Records(list):
@@ -42,20 +47,15 @@ class Records(list):
         self.attrs: dict[str, Any] = dict(attrs or {})
 
 
-@contextlib.contextmanager
-def open_engine(
-    model: str | os.PathLike | None = None, url: str | Sequence[str] | None = None, **triton: Any
-) -> Iterator[Engine]:
-    """The in-process engine of `model` (default: the shipped model), or Triton at `url` (one
-    or several; `triton`: TritonEngine's options such as protocol="http"); closed on exit."""
-    if model is not None and url is not None:
-        raise ValueError("give a model or a url, not both")
-    urls = [url] if isinstance(url, str) else url
-    engine: Engine = TritonEngine(urls, **triton) if urls else EmbeddedEngine(model)
-    try:
-        yield engine
-    finally:
-        engine.close()
+def engine_settings(
+    model: str | os.PathLike | None = None,
+    url: str | Sequence[str] | None = None,
+    triton: TritonSettings | None = None,
+) -> EngineSettings:
+    """The engine of `model` (default: the shipped model) or of Triton at `url` (one or
+    several), validated as the CLI's --model / --url are."""
+    urls = (url,) if isinstance(url, str) else tuple(url or ())
+    return EngineSettings(None if model is None else Path(model), urls, triton or TritonSettings())
 
 
 @contextlib.contextmanager
@@ -73,19 +73,25 @@ def score(
     url: str | Sequence[str] | None = None,
     *,
     out: str | os.PathLike | None = None,
-    settings: ScoreSettings = QUIET,
-    **triton: Any,
+    **options: Any,
 ) -> Any:
     """Score every image of `pool` (a folder, a list file, or paths) with `model` (default: the
     shipped one) or the Triton server(s) at `url`; the table of every image.
 
     `out` keeps the scores (an out dir of `deal-client score`, resumed when it exists); without
-    it they live in a temporary folder for the call.
+    it they live in a temporary folder for the call. `options` are the fields of
+    `settings.ScoreSettings` (batch_size=, resize=, format=, ...; progress off by default) and,
+    with a url, of `settings.TritonSettings` (protocol=, timeout=, ...); another keyword is a
+    TypeError that lists them.
     """
+    streaming, triton = from_keywords(
+        (ScoreSettings, TritonSettings), {"progress": False, **options}, "score"
+    )
+    engine = engine_settings(model, url, triton)
     source = os.fspath(pool) if isinstance(pool, (str, os.PathLike)) else None
     paths = list_paths(source) if source is not None else pool_paths(map(os.fspath, pool))
-    with open_engine(model, url, **triton) as engine, _out_dir(out) as folder:
-        _, table = score_into(paths, engine, folder, settings)
+    with contextlib.closing(engine.open()) as opened, _out_dir(out) as folder:
+        _, table = score_into(paths, opened, folder, streaming)
         return _as_table(_records(table), _attrs(table))
 
 
@@ -104,8 +110,9 @@ def select(
     """The k images of a `score` table most worth labelling by `strategy`, best first: a table
     of rank, path, score (the strategy's) and every image score.
 
-    Options as `deal-client select`'s: `balance` True (uniform) or class name -> weight;
-    `labeled` a file of paths (never picked; the core-set's first centres).
+    Options as `deal-client select`'s (the same `settings.SelectSettings`, the same checks):
+    `balance` True (uniform) or class name -> weight; `labeled` a file of paths (never picked;
+    the core-set's first centres).
     """
     weights = None if balance is False else ({} if balance is True else dict(balance))
     how = SelectSettings(

@@ -1,6 +1,7 @@
 """`deal-client`: score an image pool with the DEAL model and select what to label next.
 
-Commands are thin: they parse options and call plain functions of `run`, `store`, `select`.
+Commands are thin: they parse options into typed settings (`settings`) and call plain functions
+of `run`, `outdir`, `evaluation`, `handoff`.
 Heavy modules (numpy, Pillow, onnxruntime, tritonclient, tqdm) are imported inside the commands
 so that `deal-client --help` answers at once.
 
@@ -17,10 +18,16 @@ import signal
 import sys
 import threading
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
+
+if TYPE_CHECKING:
+    from .evaluation import EvalSettings
+    from .fleet import RaySettings
+    from .settings import EngineSettings, ScoreSettings, SelectSettings, TritonSettings
 
 EXIT_OK, EXIT_FATAL, EXIT_USAGE, EXIT_FAILED_INPUTS, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 STRATEGY_NAMES = (  # == core.ranking.STRATEGIES (tested)
@@ -326,55 +333,82 @@ def engine_options(f: Callable) -> Callable:
     return f
 
 
-def _triton_factory(urls: tuple[str, ...], o: dict[str, Any]) -> Callable[[], Any]:
-    """A picklable maker of the Triton engine of --url (the Ray path builds one per actor)."""
-    import functools
+_FLAGS = {"k": "--top-k", "urls": "--url", "balance": "--class-weight", "format": "--format"}
+T = TypeVar("T")
 
-    from dealseg.core.contract import MODEL_NAME
 
-    from .engines import TritonEngine
+def _settings(build: Callable[[], T]) -> T:
+    """build() of the run's settings; a SettingsError is a usage error naming the option."""
+    from .settings import SettingsError
 
-    return functools.partial(
-        TritonEngine,
-        urls,
-        o["protocol"],
-        model_name=o["model_name"] or MODEL_NAME,
-        model_version=None if o["model_version"] is None else str(o["model_version"]),
-        ssl=o["ssl"],
-        root_certs=o["root_certs"],
-        headers=o["headers"],
-        timeout=o["timeout"],
-        retries=o["retries"],
-        shm=o["shm"],
+    try:
+        return build()
+    except SettingsError as exc:
+        flag = _FLAGS.get(exc.name, "--" + exc.name.replace("_", "-"))
+        raise click.UsageError(f"{flag}: {exc}") from None
+
+
+def _triton_settings(o: dict[str, Any]) -> TritonSettings:
+    """The Triton options (their names are `settings.TritonSettings`' fields)."""
+    from .settings import TritonSettings
+
+    names = [f.name for f in fields(TritonSettings)]
+    return _settings(lambda: TritonSettings(**{n: o[n] for n in names}))
+
+
+def _engine_settings(
+    urls: tuple[str, ...], model: Path | None, o: dict[str, Any]
+) -> EngineSettings:
+    """--model or --url with the Triton options, as `settings.EngineSettings`."""
+    from .settings import EngineSettings
+
+    return _settings(lambda: EngineSettings(model, urls, _triton_settings(o)))
+
+
+def _score_settings(o: dict[str, Any]) -> ScoreSettings:
+    from .settings import ScoreSettings
+
+    return _settings(
+        lambda: ScoreSettings(
+            o["batch_size"],
+            o["concurrency"],
+            o["workers"],
+            o["max_pixels"],
+            o["progress"],
+            o.get("resize", "stretch"),
+            o.get("fmt") or "jsonl",
+        )
     )
 
 
-def _triton(urls: tuple[str, ...], o: dict[str, Any]) -> Any:
-    """The Triton engine for --url; a --url that names no usable endpoint is a usage error."""
+def _select_settings(
+    o: dict[str, Any], strategy: str | None = None, k: int | None = None
+) -> SelectSettings:
+    from .settings import SelectSettings
+
+    balance = o["class_weights"] if o["balance"] or o["class_weights"] else None
+    return _settings(
+        lambda: SelectSettings(
+            strategy or o["strategy"],
+            k or o["top_k"],
+            o["seed"],
+            o["diverse"],
+            o["labeled"],
+            balance,
+            o["per_group"],
+            o["group_by"],
+        )
+    )
+
+
+def _open_triton(engines: EngineSettings) -> Any:
+    """The Triton engine of --url; a --url that names no usable endpoint is a usage error."""
     from .engines import EndpointError
 
     try:
-        return _triton_factory(urls, o)()
+        return engines.open()
     except EndpointError as exc:
         raise click.BadParameter(str(exc), param_hint="--url") from None
-
-
-def _select_settings(o: dict[str, Any], strategy: str | None = None, k: int | None = None) -> Any:
-    from .run import SelectSettings
-
-    if o["group_by"] is not None and o["per_group"] is None:
-        raise click.UsageError("--group-by names the groups of --per-group N: give both")
-    balance = o["class_weights"] if o["balance"] or o["class_weights"] else None
-    return SelectSettings(
-        strategy or o["strategy"],
-        k or o["top_k"],
-        o["seed"],
-        o["diverse"],
-        o["labeled"],
-        balance,
-        o["per_group"],
-        o["group_by"],
-    )
 
 
 def _print_selection(doc: dict[str, Any], as_json: bool) -> None:
@@ -527,25 +561,24 @@ def score(
     (--format parquet, --ray), selection.txt and selection.json. Without --url the model runs
     in-process with ONNX Runtime; with --ray, on a Ray cluster.
     """
-    _one_engine(urls, model, o)
+    engines = _engine_settings(urls, model, o)
     if o["ray_address"] is not None:
         if o["fmt"] == "jsonl":
             raise click.UsageError("--ray writes Parquet: drop --format jsonl")
         o["fmt"] = "parquet"
-    after = f"results so far are in {o['out']}; run again to resume"
-    ctx.exit(_interruptible(lambda: _score(pool, urls, model, o), after))
-
-
-def _one_engine(urls: tuple[str, ...], model: Path | None, o: dict[str, Any]) -> None:
-    if model is not None and urls:
-        raise click.UsageError("--model and --url exclude each other: use one engine")
-    if not urls and o["shm"]:
-        raise click.UsageError("--shm is a transport to a Triton server: give its --url")
-    if not urls and (o["model_name"] or o["model_version"]):
-        raise click.UsageError(
-            "--model-name and --model-version pick a model on the Triton server at --url; "
-            "in-process, give the model file with --model"
-        )
+    run = ScoreCommand(
+        pool,
+        o["out"],
+        o["shard"],
+        engines,
+        _score_settings(o),
+        _select_settings(o),
+        _ray_settings(o),
+        o["maps"],
+        o["html"],
+    )
+    after = f"results so far are in {run.out}; run again to resume"
+    ctx.exit(_interruptible(lambda: _score(run, o["as_json"]), after))
 
 
 def _interruptible(run: Callable[[], int], after: str) -> int:
@@ -576,49 +609,60 @@ def _sigterm_interrupts() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
-def _engine(urls: tuple[str, ...], model: Path | None, o: dict[str, Any]) -> Any:
-    """The engine of --url or --model, its --batch-size checked against the server's limit."""
-    from .engines import EmbeddedEngine, EngineError
+def _engine(engines: EngineSettings, batch_size: int) -> Any:
+    """The engine of --url or --model, --batch-size checked against the server's limit."""
+    from .engines import EngineError
 
     try:
-        engine = _triton(urls, o) if urls else EmbeddedEngine(model)
+        engine = _open_triton(engines) if engines.urls else engines.open()
     except EngineError as exc:
         raise click.ClickException(str(exc)) from None
     limit = engine.max_batch_size
-    if limit and o["batch_size"] > limit:
+    if limit and batch_size > limit:
         engine.close()
         raise click.BadParameter(
-            f"{o['batch_size']} is more than the server's max_batch_size {limit}; "
+            f"{batch_size} is more than the server's max_batch_size {limit}; "
             f"use --batch-size {limit} or less",
             param_hint="--batch-size",
         )
     return engine
 
 
-def _score_settings(o: dict[str, Any]) -> Any:
-    from .run import ScoreSettings
+@dataclass(frozen=True)
+class ScoreCommand:
+    """What `score` was asked, as typed settings."""
 
-    return ScoreSettings(
-        o["batch_size"],
-        o["concurrency"],
-        o["workers"],
-        o["max_pixels"],
-        o["progress"],
-        o.get("resize", "stretch"),
-        o.get("fmt") or "jsonl",
-    )
+    pool: str
+    out: Path
+    shard: tuple[int, int]
+    engines: EngineSettings
+    streaming: ScoreSettings
+    how: SelectSettings
+    ray: RaySettings | None  # None without --ray
+    maps: bool
+    html: bool
 
 
-def _score(pool: str, urls: tuple[str, ...], model: Path | None, o: dict[str, Any]) -> int:
+def _ray_settings(o: dict[str, Any]) -> RaySettings | None:
+    """--ray and its actor pool as `fleet.RaySettings`; None without --ray."""
+    if o["ray_address"] is None:
+        return None
+    from .fleet import RaySettings
+
+    address = None if o["ray_address"] == "local" else o["ray_address"]
+    return RaySettings(address, o["actors"], o["cpus_per_actor"], o["gpus_per_actor"])
+
+
+def _score(run: ScoreCommand, as_json: bool) -> int:
     from .engines import EngineError
     from .fleet import RayUnavailable
     from .records import StoreError
     from .run import score_pool
 
-    out: Path = o["out"]
-    paths = _pool_paths(pool, o["shard"])
-    engine = _engine(urls, model, o)
-    if o["resize"] == "letterbox" and not engine.spec.takes_valid_box:
+    out = run.out
+    paths = _pool_paths(run.pool, run.shard)
+    engine = _engine(run.engines, run.streaming.batch_size)
+    if run.streaming.resize == "letterbox" and not engine.spec.takes_valid_box:
         engine.close()
         raise click.BadParameter(
             f"model {engine.spec.model_id} uses contract {engine.spec.contract_version}: it "
@@ -626,16 +670,16 @@ def _score(pool: str, urls: tuple[str, ...], model: Path | None, o: dict[str, An
             "onnx`, or use --resize stretch or crop",
             param_hint="--resize",
         )
-    scoring = _ray_scoring(urls, engine, o)
+    scoring = _ray_scoring(run.engines, engine, run.ray)
     try:
-        where = "" if scoring is None else f" on Ray ({o['ray_address']}, {o['actors']} actors)"
+        where = ""
+        if run.ray is not None:
+            where = f" on Ray ({run.ray.address or 'local'}, {run.ray.actors} actors)"
         _stderr(
             f"deal-client: {len(paths)} images, model {engine.spec.model_id} via "
             f"{engine.describe()}{where}, out {out}"
         )
-        how = _select_settings(o)
-        settings = _score_settings(o)
-        run = score_pool(paths, engine, out, settings, how, o["maps"], o["html"], scoring)
+        result = score_pool(paths, engine, out, run.streaming, run.how, run.maps, run.html, scoring)
     except (StoreError, RayUnavailable) as exc:
         raise click.ClickException(str(exc)) from None
     except EngineError as exc:
@@ -644,35 +688,32 @@ def _score(pool: str, urls: tuple[str, ...], model: Path | None, o: dict[str, An
         raise click.ClickException(f"{_os_error(exc, out)}\n{_resume_hint(out)}") from None
     finally:
         engine.close()
-    return _report(run, out, o["as_json"])
+    return _report(result, out, as_json)
 
 
-def _ray_scoring(urls: tuple[str, ...], engine: Any, o: dict[str, Any]) -> Any:
+def _ray_scoring(engines: EngineSettings, engine: Any, ray: RaySettings | None) -> Any:
     """`score_pool`'s scorer for --ray (None without it): each actor builds the engine of
     --url, or opens --model in ONNX Runtime with --cpus-per-actor threads."""
-    if o["ray_address"] is None:
+    if ray is None:
         return None
     import functools
     import math
 
     from .engines import EmbeddedEngine
-    from .fleet import RayScoring, RaySettings, RayUnavailable, import_ray
+    from .fleet import RayScoring, RayUnavailable, import_ray
 
     try:
         import_ray()  # before anything is written
     except RayUnavailable as exc:
         engine.close()
         raise click.ClickException(str(exc)) from None
-    threads = max(1, math.ceil(o["cpus_per_actor"]))
+    threads = max(1, math.ceil(ray.cpus_per_actor))
     make = (
-        _triton_factory(urls, o)
-        if urls
+        engines.triton_factory()
+        if engines.urls
         else functools.partial(EmbeddedEngine, str(engine.path), threads)
     )
-    address = None if o["ray_address"] == "local" else o["ray_address"]
-    return RayScoring(
-        make, RaySettings(address, o["actors"], o["cpus_per_actor"], o["gpus_per_actor"])
-    )
+    return RayScoring(make, ray)
 
 
 def _pool_paths(pool: str, shard: tuple[int, int]) -> list[str]:
@@ -771,32 +812,52 @@ def select_command(
 
     Exits 3 when fewer than --top-k images could be selected (the reason on stderr).
     """
-    _one_engine(urls, model, o)
-    ctx.exit(_interruptible(lambda: _select(scores, out, urls, model, o), "nothing changed"))
+    run = SelectCommand(
+        scores,
+        out,
+        _engine_settings(urls, model, o),
+        _score_settings(o),
+        _select_settings(o),
+        o["force"],
+        o["maps"],
+        o["html"],
+    )
+    ctx.exit(_interruptible(lambda: _select(run, o["as_json"]), "nothing changed"))
 
 
-def _select(
-    scores: Path, out: Path | None, urls: tuple[str, ...], model: Path | None, o: dict[str, Any]
-) -> int:
+@dataclass(frozen=True)
+class SelectCommand:
+    """What `select` was asked, as typed settings."""
+
+    scores: Path
+    out: Path | None  # default: the folder of the scores
+    engines: EngineSettings  # draws the maps
+    streaming: ScoreSettings  # how the maps' images stream
+    how: SelectSettings
+    force: bool
+    maps: bool | None  # None: if the folder had maps
+    html: bool
+
+
+def _select(run: SelectCommand, as_json: bool) -> int:
     from .outdir import MAPS, load_table
     from .records import StoreError
     from .report import REPORT_HTML
     from .run import check_replace, draw, run_selection
 
-    how = _select_settings(o)
     try:
-        table = load_table(scores)
-        out = out or table.out
-        if not o["force"]:
-            check_replace(out, table, how)
+        table = load_table(run.scores)
+        out = run.out or table.out
+        if not run.force:
+            check_replace(out, table, run.how)
     except StoreError as exc:
         raise click.ClickException(str(exc)) from None
-    html = o["html"] or (out / REPORT_HTML).is_file()
-    maps = o["maps"] if o["maps"] is not None else html or (out / MAPS).is_dir()
-    engine = _maps_engine(table, urls, model, o) if maps else None
+    html = run.html or (out / REPORT_HTML).is_file()
+    maps = run.maps if run.maps is not None else html or (out / MAPS).is_dir()
+    engine = _maps_engine(table, run.engines, run.streaming.batch_size) if maps else None
     try:
-        doc = run_selection(table, out, how)
-        failed, page = draw(engine, table, out, doc, _score_settings(o), html)
+        doc = run_selection(table, out, run.how)
+        failed, page = draw(engine, table, out, doc, run.streaming, html)
     except (StoreError, ValueError) as exc:
         raise click.ClickException(str(exc)) from None
     except OSError as exc:
@@ -804,7 +865,7 @@ def _select(
     finally:
         if engine is not None:
             engine.close()
-    _print_selection(doc, o["as_json"])
+    _print_selection(doc, as_json)
     for path, reason in failed.items():
         _stderr(f"warning: no map for {_display(path)}: {reason}")
     if page is not None:
@@ -812,9 +873,9 @@ def _select(
     return EXIT_FAILED_INPUTS if _short(doc) else EXIT_OK
 
 
-def _maps_engine(table: Any, urls: tuple[str, ...], model: Path | None, o: dict) -> Any:
+def _maps_engine(table: Any, engines: EngineSettings, batch_size: int) -> Any:
     """The engine that draws maps: it must serve the model that scored the table."""
-    engine = _engine(urls, model, o)
+    engine = _engine(engines, batch_size)
     if engine.spec.model_id != table.meta["model"]:
         served = engine.spec.model_id
         engine.close()
@@ -856,13 +917,14 @@ def merge(inputs: tuple[Path, ...], out: Path, fmt: str | None, **o: Any) -> Non
     from .run import run_selection
 
     strategy, k = _merged_selection(inputs, o["strategy"], o["top_k"])
+    how = _select_settings(o, strategy, k)
     if fmt is None:
         formats = {scores_format(i) for i in inputs}
         fmt = formats.pop() if len(formats) == 1 else "jsonl"
     try:
         merge_outputs(inputs, out, fmt)
         table = load_table(out)
-        doc = run_selection(table, out, _select_settings(o, strategy, k))
+        doc = run_selection(table, out, how)
     except (StoreError, ValueError) as exc:
         raise click.ClickException(str(exc)) from None
     except OSError as exc:
@@ -1028,25 +1090,40 @@ def eval_command(
     Prints a table (strategies by Spearman with the error rate; the best per column marked);
     writes eval.json (metrics, per-image rows, errors) and risk_coverage.png into --out.
     """
-    _one_engine(urls, model, o)
-    ctx.exit(_interruptible(lambda: _eval(pool, labels, urls, model, o), "nothing written"))
+    from .evaluation import EvalSettings
+
+    engines = _engine_settings(urls, model, o)
+    streaming = _score_settings(o)
+    how = EvalSettings(o["ignore"], o["seed"])
+    out, as_json = o["out"], o["as_json"]
+    ctx.exit(
+        _interruptible(
+            lambda: _eval(pool, labels, out, engines, streaming, how, as_json), "nothing written"
+        )
+    )
 
 
-def _eval(pool: str, labels: str, urls: tuple[str, ...], model: Path | None, o: dict) -> int:
+def _eval(
+    pool: str,
+    labels: str,
+    out: Path,
+    engines: EngineSettings,
+    streaming: ScoreSettings,
+    how: EvalSettings,
+    as_json: bool,
+) -> int:
     from .engines import EngineError
-    from .evaluation import EvalSettings, evaluate_pool, format_table
+    from .evaluation import evaluate_pool, format_table
 
-    out: Path = o["out"]
     paths = _pool_paths(pool, (0, 1))
     index = _label_index(labels)
-    engine = _engine(urls, model, o)
+    engine = _engine(engines, streaming.batch_size)
     try:
         _stderr(
             f"deal-client eval: {len(paths)} images, {len(index)} masks, model "
             f"{engine.spec.model_id} via {engine.describe()}, out {out}"
         )
-        how = EvalSettings(o["ignore"], o["seed"])
-        run = evaluate_pool(paths, index, engine, out, _score_settings(o), how, pool)
+        run = evaluate_pool(paths, index, engine, out, streaming, how, pool)
     except EngineError as exc:
         raise click.ClickException(str(exc)) from None
     except OSError as exc:
@@ -1055,7 +1132,7 @@ def _eval(pool: str, labels: str, urls: tuple[str, ...], model: Path | None, o: 
         engine.close()
     _list_failures(run.failed)
     summary = run.doc["summary"]
-    click.echo(json.dumps(summary, indent=1) if o["as_json"] else format_table(summary))
+    click.echo(json.dumps(summary, indent=1) if as_json else format_table(summary))
     counts = summary["counts"]
     _stderr(
         f"deal-client eval: {counts['images']} images: {counts['evaluated']} evaluated, "
@@ -1096,7 +1173,10 @@ def health(urls: tuple[str, ...], **o: Any) -> None:
     from .engines import EngineError
 
     try:
-        engine = _triton(urls, o)
+        from .settings import EngineSettings
+
+        triton = _triton_settings(o)
+        engine = _open_triton(_settings(lambda: EngineSettings(None, urls, triton)))
     except EngineError as exc:
         click.echo(json.dumps({"ready": False, "urls": list(urls), "error": str(exc)}))
         raise click.ClickException(str(exc)) from None
@@ -1107,7 +1187,7 @@ def health(urls: tuple[str, ...], **o: Any) -> None:
             {
                 "ready": True,
                 "urls": list(urls),
-                "protocol": o["protocol"],
+                "protocol": triton.protocol,
                 "model": spec.model_id,
                 "model_name": spec.model_name,
                 "model_version": spec.model_version,

@@ -40,7 +40,8 @@ from .parquet import (
 )
 from .records import StoreError, Table, record_path
 from .remote import one_line
-from .run import ScoreReport, ScoreSettings, decode_or_error, load_frame
+from .run import ScoreReport, decode_or_error, load_frame
+from .settings import ScoreSettings
 
 ROWS_PER_FILE = 1024  # rows a Parquet part of the Ray path holds at least (but the last)
 DECODE_BATCH = 16  # images a decode task turns into frames at a time

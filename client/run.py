@@ -29,14 +29,13 @@ import numpy as np
 from dealseg.core.contract import SCORE_OUTPUTS
 from dealseg.core.decode import (
     ASPECT_TOLERANCE,
-    DEFAULT_MAX_PIXELS,
     DecodeError,
     Frame,
     aspect_mismatch,
     decode_frame,
 )
 from dealseg.core.pool import is_uri, read_pool, take_shard
-from dealseg.core.ranking import DEFAULT_STRATEGY, Options, Pool, Selection, choose, groups_of
+from dealseg.core.ranking import Options, Pool, Selection, choose, groups_of
 
 from .engines import Engine, EngineError
 from .outdir import (
@@ -48,19 +47,7 @@ from .outdir import (
     write_selection,
 )
 from .records import StoreError, Table, record_path
-
-
-@dataclass(frozen=True)
-class ScoreSettings:
-    """How a `Scorer` streams (the CLI's --batch-size, --concurrency, ... options)."""
-
-    batch_size: int = 8  # images per inference request
-    concurrency: int = 2  # inference requests in flight
-    workers: int = 4  # decode threads
-    max_pixels: int = DEFAULT_MAX_PIXELS  # decompression-bomb guard, width x height
-    progress: bool = True  # tqdm bar on stderr
-    resize: str = "stretch"  # how a picture becomes the model's frame: stretch|letterbox|crop
-    format: str = "jsonl"  # the out dir's scores: jsonl (streamed line by line) | parquet
+from .settings import ScoreSettings, SelectSettings
 
 
 @dataclass
@@ -362,33 +349,6 @@ def score_into(
 
 
 ScoreInto = Callable[[Sequence[str], Engine, Path, ScoreSettings], tuple[ScoreReport, Table]]
-
-
-@dataclass(frozen=True)
-class SelectSettings:
-    """What `pick` selects (the CLI's --strategy, --top-k, --seed, ... options)."""
-
-    strategy: str = DEFAULT_STRATEGY
-    k: int = 100
-    seed: int = 0
-    diverse: float | None = None
-    labeled: Path | None = None
-    balance: dict[str, float] | None = None  # class name -> weight; {}: uniform; None: off
-    per_group: int | None = None  # at most this many picks per group
-    group_by: str | None = None  # regex whose match (first group) names a path's group
-
-    def describe(self) -> dict[str, Any]:
-        """The settings as selection.json records them."""
-        return {
-            "strategy": self.strategy,
-            "k": self.k,
-            "seed": self.seed,
-            "diverse": self.diverse,
-            "labeled": None if self.labeled is None else str(self.labeled),
-            "balance": self.balance,
-            "per_group": self.per_group,
-            "group_by": self.group_by,
-        }
 
 
 @dataclass

@@ -27,8 +27,8 @@ import numpy as np
 import pytest
 from chromium import Browser, find_chromium
 from contract_model import CLASSES, contract_spec
+from helpers import deal_client, spec_of_out, write_pool
 from PIL import Image
-from test_client_cli import deal_client, spec_of_out, write_pool
 
 from dealseg.client.export import brush_rle
 from dealseg.client.maps import layer_names
