@@ -120,9 +120,9 @@ def main() -> None:
     parser.add_argument("--weight-bits", default="auto", help="auto (8 with VNNI, else 7), 7 or 8")
     args = parser.parse_args()
     from dealseg.core.decode import decode_image
+    from dealseg.core.modelfile import read_onnx_spec
     from dealseg.core.pool import read_pool
     from dealseg.export.quantize import cpu_has_vnni, quantize_model
-    from dealseg.serving.repository import read_onnx_spec
 
     size = read_onnx_spec(SHIPPED_MODEL).input_size
     work = CACHE / "quantize"

@@ -102,7 +102,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="same as the full run (it is fast)")
     parser.parse_args()
-    from dealseg.serving.repository import read_onnx_spec
+    from dealseg.core.modelfile import read_onnx_spec
 
     spec = read_onnx_spec(SHIPPED_MODEL)
     images = street_images(BATCH, spec.input_size)

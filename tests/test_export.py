@@ -14,10 +14,10 @@ import torch
 from click.testing import CliRunner
 
 from dealseg.core import contract
+from dealseg.core.modelfile import read_onnx_spec
 from dealseg.export.cli import main as export_cli
 from dealseg.export.compare import compare, numpy_de, random_images, real_photos
 from dealseg.export.graph import DEALGraph
-from dealseg.serving.repository import read_onnx_spec
 from dealseg.training.checkpoint import CheckpointError, load_checkpoint, read_raw
 
 REPO = Path(__file__).resolve().parents[1]
