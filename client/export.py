@@ -38,7 +38,6 @@ from .maps import layer_names
 from .outdir import MAPS, load_table, read_selection
 from .records import Table, class_column, record_path, spec_of
 
-FORMATS: tuple[str, ...] = ("labelstudio", "cvat", "fiftyone", "csv")
 _RLE_SIZES = (3, 4, 8, 16)  # the four run-length widths (bits) of Label Studio's brush RLE
 
 

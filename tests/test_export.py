@@ -86,6 +86,7 @@ def test_parity_on_random_and_real_photos(tiny_onnx: Path, tiny_checkpoint: Path
     )
 
 
+@pytest.mark.slow
 def test_the_uncertainty_head_exports_with_parity(tmp_path: Path) -> None:
     from conftest import make_tiny_checkpoint
 
@@ -111,6 +112,7 @@ def test_numpy_de_reference() -> None:
     assert numpy_de(np.full((3, 3), 0.2), 8) == 0.0
 
 
+@pytest.mark.slow
 def test_cli_onnx_prints_the_parity_table(tiny_checkpoint: Path, tmp_path: Path) -> None:
     out = tmp_path / "m.onnx"
     result = CliRunner().invoke(

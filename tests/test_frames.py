@@ -153,6 +153,7 @@ def test_placements_stay_in_the_frame_and_keep_the_shape(shown, size) -> None:
         assert abs(aspect[0] - aspect[1]) <= aspect[0] * (1 / where.scaled[0] + 1 / where.scaled[1])
 
 
+@pytest.mark.slow
 def test_a_16_9_input_size_exports_with_the_contract(
     tiny_checkpoint: Path, tmp_path: Path, pool: Path
 ) -> None:

@@ -81,6 +81,7 @@ def _copy_source(root: Path, dest: Path) -> Path:
     return Path(shutil.copytree(root, dest, ignore=skip))
 
 
+@pytest.mark.slow
 def test_an_installed_wheel_scores_a_folder_with_the_shipped_model(tmp_path: Path) -> None:
     """The wheel installed (not editable) into a fresh venv: `deal-client score` works with no
     checkout, its default model inside the package. The venv borrows this one's third-party
