@@ -112,7 +112,7 @@ def selection_rows(n: int) -> list[list[object]]:
         code = f"""
 import time
 from pathlib import Path
-from dealseg.client.run import pick
+from dealseg.client.selection import pick
 from dealseg.client.settings import SelectSettings
 from dealseg.client.outdir import load_table
 reset_peak()

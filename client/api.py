@@ -9,7 +9,7 @@ A table is a pandas DataFrame when pandas is installed, else a list of records (
 per image with `path`, `error` (None when scored), `ds`, `de`, `entropy`, a `class_<name>`
 share per class and `embedding`; its `attrs["dealseg"]` holds the model id and the class names.
 The engine and the out dir are opened and closed inside each call. The CLI's `score` and
-`select` run the same steps (`run.score_into`, `run.pick`).
+`select` run the same steps (`scoring.score_into`, `selection.pick`).
 """
 
 from __future__ import annotations
@@ -27,7 +27,8 @@ from dealseg.core.ranking import DEFAULT_STRATEGY, SCORE_COLUMNS
 
 from .outdir import selection_rows
 from .records import Table, class_column, record_path
-from .run import list_paths, pick, pool_paths, score_into
+from .scoring import list_paths, pool_paths, score_into
+from .selection import pick
 from .settings import (
     EngineSettings,
     ScoreSettings,

@@ -1,8 +1,8 @@
 """`deal-client`: score an image pool with the DEAL model and select what to label next.
 
-Commands are thin: they parse options into typed settings (`settings`) and call plain functions
-of `run`, `outdir`, `evaluation`, `handoff`.
-Heavy modules (numpy, Pillow, onnxruntime, tritonclient, tqdm) are imported inside the commands
+Commands are thin: their options (`options`) become typed settings (`settings`), and each calls
+one function of the library (`pipeline`, `evaluation`, `handoff`, `report`) and prints. Heavy
+modules (numpy, Pillow, onnxruntime, tritonclient, tqdm) are imported inside the commands
 so that `deal-client --help` answers at once.
 
 Exit codes: 0 all scored (or evaluated); 3 finished but some inputs failed (each listed on
@@ -18,82 +18,35 @@ import signal
 import sys
 import threading
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
 import click
+
+from .options import (
+    RESIZE_MODES,
+    SCORE_FORMATS,
+    checked,
+    engine_options,
+    engine_settings,
+    path_map_callback,
+    ray_options,
+    ray_settings,
+    score_settings,
+    select_settings,
+    selection_options,
+    shard_callback,
+    triton_options,
+    triton_settings,
+)
 
 if TYPE_CHECKING:
     from .evaluation import EvalSettings
     from .fleet import RaySettings
-    from .settings import EngineSettings, ScoreSettings, SelectSettings, TritonSettings
+    from .settings import EngineSettings, ScoreSettings, SelectSettings
 
 EXIT_OK, EXIT_FATAL, EXIT_USAGE, EXIT_FAILED_INPUTS, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
-STRATEGY_NAMES = (  # == core.ranking.STRATEGIES (tested)
-    "ds",
-    "de",
-    "entropy",
-    "random",
-    "coreset",
-    "ds+coreset",
-    "de+coreset",
-    "entropy+coreset",
-)
-DEFAULT_STRATEGY = "entropy"  # == core.ranking.DEFAULT_STRATEGY (tested)
-DEFAULT_MAX_PIXELS = 89_478_485  # == decode.DEFAULT_MAX_PIXELS (tested), Pillow's own limit
-RESIZE_MODES = ("stretch", "letterbox", "crop")  # == decode.RESIZE_MODES (tested)
-SCORE_FORMATS = ("jsonl", "parquet")
-
-
-def _shard(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[int, int]:
-    if value is None:
-        return (0, 1)
-    from dealseg.core.pool import parse_shard
-
-    try:
-        return parse_shard(value)
-    except ValueError as exc:
-        raise click.BadParameter(str(exc)) from None
-
-
-def _headers(ctx: click.Context, param: click.Parameter, value: tuple[str, ...]) -> dict:
-    headers = {}
-    for item in value:
-        key, sep, val = item.partition("=")
-        if not sep or not key.strip():
-            raise click.BadParameter(f"{item!r} is not KEY=VALUE")
-        headers[key.strip()] = val
-    return headers
-
-
-def _class_weights(
-    ctx: click.Context, param: click.Parameter, value: tuple[str, ...]
-) -> dict[str, float]:
-    import math
-
-    weights = {}
-    for item in value:
-        name, sep, text = item.rpartition("=")
-        try:
-            weight = float(text)
-        except ValueError:
-            weight = -1.0
-        if not sep or not name or not (math.isfinite(weight) and weight >= 0):
-            raise click.BadParameter(f"{item!r} is not CLASS=WEIGHT with a weight >= 0")
-        weights[name] = weight
-    return weights
-
-
-def _regex(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
-    import re
-
-    if value is not None:
-        try:
-            re.compile(value)
-        except re.error as exc:
-            raise click.BadParameter(f"{value!r} is not a regular expression: {exc}") from None
-    return value
 
 
 def _stderr(message: str) -> None:
@@ -108,297 +61,6 @@ def _display(path: str) -> str:
     """A path printable on any terminal: bytes that are not UTF-8 and control characters shown
     as escapes (\\xNN, \\n)."""
     return os.fsencode(path).decode("utf-8", "backslashreplace").translate(_ESCAPES)
-
-
-# ---------------------------------------------------------------------------- option groups
-def selection_options(require_k: bool) -> Callable[[Callable], Callable]:
-    def decorate(f: Callable) -> Callable:
-        for option in reversed(
-            [
-                click.option(
-                    "--top-k",
-                    "-k",
-                    "top_k",
-                    type=click.IntRange(min=1),
-                    required=require_k,
-                    help="How many images to select.",
-                ),
-                click.option(
-                    "--strategy",
-                    "-s",
-                    type=click.Choice(STRATEGY_NAMES),
-                    default=None if not require_k else DEFAULT_STRATEGY,
-                    show_default=True,
-                    help="Ranking: the paper's difficulty score (ds) or difficulty entropy "
-                    "(de), softmax entropy, seeded random, or k-center core-set.",
-                ),
-                click.option(
-                    "--diverse",
-                    type=click.FloatRange(0.0, 1.0),
-                    default=None,
-                    help="Skip an image whose embedding cosine to an already selected "
-                    "one is above this threshold (e.g. 0.95).",
-                ),
-                click.option(
-                    "--labeled",
-                    type=click.Path(exists=True, path_type=Path),
-                    default=None,
-                    help="Already-labelled images, never selected and the core-set's first "
-                    "centres: a text file of paths, a scores.jsonl of a run on them, "
-                    "or a .npy of embeddings [L, D].",
-                ),
-                click.option(
-                    "--balance",
-                    is_flag=True,
-                    help="Among the 4k best by the strategy, pick the k whose predicted class "
-                    "mix comes closest to uniform (or to --class-weight).",
-                ),
-                click.option(
-                    "--class-weight",
-                    "class_weights",
-                    multiple=True,
-                    callback=_class_weights,
-                    metavar="CLASS=W",
-                    help="Target weight of a class for --balance (implies it; repeatable; "
-                    "classes not named weigh 1).",
-                ),
-                click.option(
-                    "--per-group",
-                    type=click.IntRange(min=1),
-                    default=None,
-                    metavar="N",
-                    help="At most N picks per group of images (per folder, or per --group-by).",
-                ),
-                click.option(
-                    "--group-by",
-                    callback=_regex,
-                    default=None,
-                    metavar="REGEX",
-                    help="A path's group for --per-group: the first (...) group of this regular "
-                    "expression's match in the path, or the whole match; e.g. '/(cam\\d+)/' "
-                    "[default: the image's folder].",
-                ),
-                click.option(
-                    "--seed",
-                    type=int,
-                    default=0,
-                    show_default=True,
-                    help="Seed of the random strategy.",
-                ),
-                click.option(
-                    "--json",
-                    "as_json",
-                    is_flag=True,
-                    help="Print selection.json on stdout instead of a table.",
-                ),
-            ]
-        ):
-            f = option(f)
-        return f
-
-    return decorate
-
-
-def triton_options(f: Callable) -> Callable:
-    for option in reversed(
-        [
-            click.option(
-                "--model-name",
-                default=None,
-                envvar="DEAL_MODEL_NAME",
-                show_envvar=True,
-                show_default="deal",
-                help="The model on the Triton server (`deal-export onnx --name`).",
-            ),
-            click.option(
-                "--model-version",
-                type=click.IntRange(min=1),
-                default=None,
-                envvar="DEAL_MODEL_VERSION",
-                show_envvar=True,
-                show_default="the highest version the server has loaded",
-                help="The model version on the Triton server; every request asks for it.",
-            ),
-            click.option(
-                "--protocol",
-                type=click.Choice(["grpc", "http"]),
-                default="grpc",
-                show_default=True,
-                envvar="DEAL_PROTOCOL",
-                show_envvar=True,
-                help="Triton protocol for --url.",
-            ),
-            click.option("--ssl", is_flag=True, help="Use TLS to talk to Triton."),
-            click.option(
-                "--shm",
-                is_flag=True,
-                help="Pass the tensors through system shared memory (/dev/shm) instead of the "
-                "socket: for a Triton server on this host.",
-            ),
-            click.option(
-                "--root-certs",
-                type=click.Path(exists=True, dir_okay=False),
-                default=None,
-                help="PEM root certificates for --ssl (implies --ssl).",
-            ),
-            click.option(
-                "--header",
-                "headers",
-                multiple=True,
-                callback=_headers,
-                metavar="KEY=VALUE",
-                help="Extra request header (repeatable).",
-            ),
-            click.option(
-                "--timeout",
-                type=click.FloatRange(min=0.1),
-                default=30.0,
-                show_default=True,
-                help="Seconds per request to Triton.",
-            ),
-            click.option(
-                "--retries",
-                type=click.IntRange(min=0),
-                default=3,
-                show_default=True,
-                help="Retries of a request after a transient error (backoff 0.5 s, x2).",
-            ),
-        ]
-    ):
-        f = option(f)
-    return f
-
-
-def engine_options(f: Callable) -> Callable:
-    """The engine (--model or --url with the Triton options) and how images stream to it."""
-    for option in reversed(
-        [
-            click.option(
-                "--model",
-                type=click.Path(exists=True, dir_okay=False, path_type=Path),
-                default=None,
-                envvar="DEAL_MODEL",
-                show_envvar=True,
-                help="ONNX model run in-process "
-                "[default: the shipped model_repository/deal/1/model.onnx].",
-            ),
-            click.option(
-                "--url",
-                "urls",
-                multiple=True,
-                envvar="DEAL_URL",
-                show_envvar=True,
-                metavar="HOST:PORT",
-                help="Triton server(s) to use instead of the in-process model (repeatable; "
-                "requests are spread over them).",
-            ),
-            triton_options,
-            click.option(
-                "--batch-size",
-                type=click.IntRange(1, 1024),
-                default=8,
-                show_default=True,
-                help="Images per inference request.",
-            ),
-            click.option(
-                "--concurrency",
-                type=click.IntRange(1, 256),
-                default=2,
-                show_default=True,
-                help="Inference requests in flight.",
-            ),
-            click.option(
-                "--workers",
-                type=click.IntRange(1, 256),
-                default=4,
-                show_default=True,
-                help="Image decoding threads.",
-            ),
-            click.option(
-                "--max-pixels",
-                type=click.IntRange(min=1),
-                default=DEFAULT_MAX_PIXELS,
-                show_default=True,
-                help="Refuse images with more pixels (decompression-bomb guard).",
-            ),
-            click.option(
-                "--progress/--no-progress",
-                default=True,
-                show_default=True,
-                help="Progress bar on stderr.",
-            ),
-        ]
-    ):
-        f = option(f)
-    return f
-
-
-_FLAGS = {"k": "--top-k", "urls": "--url", "balance": "--class-weight", "format": "--format"}
-T = TypeVar("T")
-
-
-def _settings(build: Callable[[], T]) -> T:
-    """build() of the run's settings; a SettingsError is a usage error naming the option."""
-    from .settings import SettingsError
-
-    try:
-        return build()
-    except SettingsError as exc:
-        flag = _FLAGS.get(exc.name, "--" + exc.name.replace("_", "-"))
-        raise click.UsageError(f"{flag}: {exc}") from None
-
-
-def _triton_settings(o: dict[str, Any]) -> TritonSettings:
-    """The Triton options (their names are `settings.TritonSettings`' fields)."""
-    from .settings import TritonSettings
-
-    names = [f.name for f in fields(TritonSettings)]
-    return _settings(lambda: TritonSettings(**{n: o[n] for n in names}))
-
-
-def _engine_settings(
-    urls: tuple[str, ...], model: Path | None, o: dict[str, Any]
-) -> EngineSettings:
-    """--model or --url with the Triton options, as `settings.EngineSettings`."""
-    from .settings import EngineSettings
-
-    return _settings(lambda: EngineSettings(model, urls, _triton_settings(o)))
-
-
-def _score_settings(o: dict[str, Any]) -> ScoreSettings:
-    from .settings import ScoreSettings
-
-    return _settings(
-        lambda: ScoreSettings(
-            o["batch_size"],
-            o["concurrency"],
-            o["workers"],
-            o["max_pixels"],
-            o["progress"],
-            o.get("resize", "stretch"),
-            o.get("fmt") or "jsonl",
-        )
-    )
-
-
-def _select_settings(
-    o: dict[str, Any], strategy: str | None = None, k: int | None = None
-) -> SelectSettings:
-    from .settings import SelectSettings
-
-    balance = o["class_weights"] if o["balance"] or o["class_weights"] else None
-    return _settings(
-        lambda: SelectSettings(
-            strategy or o["strategy"],
-            k or o["top_k"],
-            o["seed"],
-            o["diverse"],
-            o["labeled"],
-            balance,
-            o["per_group"],
-            o["group_by"],
-        )
-    )
 
 
 def _open_triton(engines: EngineSettings) -> Any:
@@ -446,52 +108,6 @@ def main() -> None:
     """Score an image pool with the DEAL model and pick the images most worth labelling."""
 
 
-def ray_options(f: Callable) -> Callable:
-    """The Ray path (--ray) and its actor pool; defaults fit one machine."""
-    for option in reversed(
-        [
-            click.option(
-                "--ray",
-                "ray_address",
-                is_flag=False,
-                flag_value="local",
-                default=None,
-                envvar="DEAL_RAY",
-                show_envvar=True,
-                metavar="[ADDRESS]",
-                help="Score on a Ray cluster with Ray Data (needs dealseg[ray]; writes "
-                "Parquet): alone (after POOL) a local cluster on this machine; 'auto' the "
-                "cluster this machine belongs to; 'ray://HOST:10001' a remote head.",
-            ),
-            click.option(
-                "--actors",
-                type=click.IntRange(1, 4096),
-                default=1,
-                show_default=True,
-                help="--ray: scoring actors, each holding its engine (an ONNX Runtime session "
-                "or a Triton client).",
-            ),
-            click.option(
-                "--cpus-per-actor",
-                type=click.FloatRange(min=0.0),
-                default=1.0,
-                show_default=True,
-                help="--ray: CPUs reserved per scoring actor (rounded up: its ONNX Runtime "
-                "threads).",
-            ),
-            click.option(
-                "--gpus-per-actor",
-                type=click.FloatRange(min=0.0),
-                default=0.0,
-                show_default=True,
-                help="--ray: GPUs reserved per scoring actor (fractions share a GPU).",
-            ),
-        ]
-    ):
-        f = option(f)
-    return f
-
-
 # ---------------------------------------------------------------------------------- score
 @main.command()
 @click.argument("pool")
@@ -509,7 +125,7 @@ def ray_options(f: Callable) -> Callable:
 @engine_options
 @click.option(
     "--shard",
-    callback=_shard,
+    callback=shard_callback,
     default=None,
     metavar="I/N",
     help="Score only slice I of N (0 <= I < N; by a hash of each path); "
@@ -561,7 +177,7 @@ def score(
     (--format parquet, --ray), selection.txt and selection.json. Without --url the model runs
     in-process with ONNX Runtime; with --ray, on a Ray cluster.
     """
-    engines = _engine_settings(urls, model, o)
+    engines = engine_settings(urls, model, o)
     if o["ray_address"] is not None:
         if o["fmt"] == "jsonl":
             raise click.UsageError("--ray writes Parquet: drop --format jsonl")
@@ -571,9 +187,9 @@ def score(
         o["out"],
         o["shard"],
         engines,
-        _score_settings(o),
-        _select_settings(o),
-        _ray_settings(o),
+        score_settings(o),
+        select_settings(o),
+        ray_settings(o),
         o["maps"],
         o["html"],
     )
@@ -643,21 +259,11 @@ class ScoreCommand:
     html: bool
 
 
-def _ray_settings(o: dict[str, Any]) -> RaySettings | None:
-    """--ray and its actor pool as `fleet.RaySettings`; None without --ray."""
-    if o["ray_address"] is None:
-        return None
-    from .fleet import RaySettings
-
-    address = None if o["ray_address"] == "local" else o["ray_address"]
-    return RaySettings(address, o["actors"], o["cpus_per_actor"], o["gpus_per_actor"])
-
-
 def _score(run: ScoreCommand, as_json: bool) -> int:
     from .engines import EngineError
     from .fleet import RayUnavailable
+    from .pipeline import score_pool
     from .records import StoreError
-    from .run import score_pool
 
     out = run.out
     paths = _pool_paths(run.pool, run.shard)
@@ -720,7 +326,7 @@ def _pool_paths(pool: str, shard: tuple[int, int]) -> list[str]:
     from dealseg.core.pool import IMAGE_EXTENSIONS, PoolError
 
     from .remote import AccessDenied
-    from .run import list_paths
+    from .scoring import list_paths
 
     try:
         paths = list_paths(pool, shard)
@@ -815,9 +421,9 @@ def select_command(
     run = SelectCommand(
         scores,
         out,
-        _engine_settings(urls, model, o),
-        _score_settings(o),
-        _select_settings(o),
+        engine_settings(urls, model, o),
+        score_settings(o),
+        select_settings(o),
         o["force"],
         o["maps"],
         o["html"],
@@ -840,37 +446,34 @@ class SelectCommand:
 
 
 def _select(run: SelectCommand, as_json: bool) -> int:
-    from .outdir import MAPS, load_table
+    from .pipeline import reselect
     from .records import StoreError
-    from .report import REPORT_HTML
-    from .run import check_replace, draw, run_selection
 
+    def painter(table: Any) -> Any:
+        return _maps_engine(table, run.engines, run.streaming.batch_size)
+
+    where = run.out or run.scores
     try:
-        table = load_table(run.scores)
-        out = run.out or table.out
-        if not run.force:
-            check_replace(out, table, run.how)
-    except StoreError as exc:
-        raise click.ClickException(str(exc)) from None
-    html = run.html or (out / REPORT_HTML).is_file()
-    maps = run.maps if run.maps is not None else html or (out / MAPS).is_dir()
-    engine = _maps_engine(table, run.engines, run.streaming.batch_size) if maps else None
-    try:
-        doc = run_selection(table, out, run.how)
-        failed, page = draw(engine, table, out, doc, run.streaming, html)
+        done = reselect(
+            run.scores,
+            run.out,
+            run.how,
+            run.streaming,
+            force=run.force,
+            maps=run.maps,
+            html=run.html,
+            painter=painter,
+        )
     except (StoreError, ValueError) as exc:
         raise click.ClickException(str(exc)) from None
     except OSError as exc:
-        raise click.ClickException(_os_error(exc, out)) from None
-    finally:
-        if engine is not None:
-            engine.close()
-    _print_selection(doc, as_json)
-    for path, reason in failed.items():
+        raise click.ClickException(_os_error(exc, where)) from None
+    _print_selection(done.selection, as_json)
+    for path, reason in done.map_failures.items():
         _stderr(f"warning: no map for {_display(path)}: {reason}")
-    if page is not None:
-        _stderr(f"report: {page}")
-    return EXIT_FAILED_INPUTS if _short(doc) else EXIT_OK
+    if done.html is not None:
+        _stderr(f"report: {done.html}")
+    return EXIT_FAILED_INPUTS if _short(done.selection) else EXIT_OK
 
 
 def _maps_engine(table: Any, engines: EngineSettings, batch_size: int) -> Any:
@@ -912,19 +515,16 @@ def merge(inputs: tuple[Path, ...], out: Path, fmt: str | None, **o: Any) -> Non
 
     --top-k and --strategy default to those of the inputs' selections when they all agree.
     """
-    from .outdir import load_table, merge_outputs, scores_format
+    from .pipeline import inherited_selection, merge_and_select
     from .records import StoreError
-    from .run import run_selection
 
-    strategy, k = _merged_selection(inputs, o["strategy"], o["top_k"])
-    how = _select_settings(o, strategy, k)
-    if fmt is None:
-        formats = {scores_format(i) for i in inputs}
-        fmt = formats.pop() if len(formats) == 1 else "jsonl"
     try:
-        merge_outputs(inputs, out, fmt)
-        table = load_table(out)
-        doc = run_selection(table, out, how)
+        strategy, k = inherited_selection(inputs, o["strategy"], o["top_k"])
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+    how = select_settings(o, strategy, k)
+    try:
+        table, doc = merge_and_select(inputs, out, fmt, how)
     except (StoreError, ValueError) as exc:
         raise click.ClickException(str(exc)) from None
     except OSError as exc:
@@ -936,23 +536,6 @@ def merge(inputs: tuple[Path, ...], out: Path, fmt: str | None, **o: Any) -> Non
     )
     _list_failures(table.errors)
     sys.exit(EXIT_FAILED_INPUTS if table.errors or _short(doc) else EXIT_OK)
-
-
-def _merged_selection(inputs: tuple[Path, ...], strategy: str | None, k: int | None) -> tuple:
-    """--strategy/--top-k, or those of the inputs' selection.json files if they all agree."""
-    if strategy is not None and k is not None:
-        return strategy, k
-    seen = set()
-    for folder in inputs:
-        try:
-            doc = json.loads((folder / "selection.json").read_text())
-            seen.add((doc["strategy"], doc["k"]))
-        except (OSError, ValueError, KeyError):
-            seen.add(None)
-    if len(seen) != 1 or None in seen:
-        raise click.UsageError("give --top-k (and --strategy): the inputs' selections differ")
-    ((old_strategy, old_k),) = seen
-    return strategy or old_strategy, k or old_k
 
 
 # --------------------------------------------------------------------------------- report
@@ -984,15 +567,6 @@ def report_command(out: Path) -> None:
 
 
 # --------------------------------------------------------------------------------- export
-def _path_map(ctx: click.Context, param: click.Parameter, value: tuple[str, ...]) -> Any:
-    from .export import PathMap
-
-    try:
-        return PathMap.parse(value)
-    except ValueError as exc:
-        raise click.BadParameter(str(exc)) from None
-
-
 @main.command("export")
 @click.argument("out", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option(
@@ -1005,7 +579,7 @@ def _path_map(ctx: click.Context, param: click.Parameter, value: tuple[str, ...]
 @click.option(
     "--path-map",
     multiple=True,
-    callback=_path_map,
+    callback=path_map_callback,
     metavar="LOCAL=REMOTE",
     help="Where the tool finds the images: paths under LOCAL are rewritten under REMOTE, e.g. "
     "/data/pool=s3://bucket/pool (repeatable; every selected path must match one).",
@@ -1027,7 +601,7 @@ def export_command(
 ) -> None:
     """Hand the selection in OUT to a labelling tool: Label Studio tasks, a CVAT manifest, a
     FiftyOne dataset, or CSV, each with the scores and class shares of every pick."""
-    from .export import export_selection
+    from .handoff import export_selection
     from .records import StoreError
 
     dest = dest or out / "export" / fmt
@@ -1092,8 +666,8 @@ def eval_command(
     """
     from .evaluation import EvalSettings
 
-    engines = _engine_settings(urls, model, o)
-    streaming = _score_settings(o)
+    engines = engine_settings(urls, model, o)
+    streaming = score_settings(o)
     how = EvalSettings(o["ignore"], o["seed"])
     out, as_json = o["out"], o["as_json"]
     ctx.exit(
@@ -1175,8 +749,8 @@ def health(urls: tuple[str, ...], **o: Any) -> None:
     try:
         from .settings import EngineSettings
 
-        triton = _triton_settings(o)
-        engine = _open_triton(_settings(lambda: EngineSettings(None, urls, triton)))
+        triton = triton_settings(o)
+        engine = _open_triton(checked(lambda: EngineSettings(None, urls, triton)))
     except EngineError as exc:
         click.echo(json.dumps({"ready": False, "urls": list(urls), "error": str(exc)}))
         raise click.ClickException(str(exc)) from None

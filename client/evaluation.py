@@ -38,7 +38,7 @@ from dealseg.core.ranking import path_hash
 
 from .engines import Engine
 from .records import path_fields
-from .run import Scorer, ScoreReport
+from .scoring import Scorer, ScoreReport
 from .settings import ScoreSettings
 
 EVAL_JSON = "eval.json"

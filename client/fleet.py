@@ -40,7 +40,7 @@ from .parquet import (
 )
 from .records import StoreError, Table, record_path
 from .remote import one_line
-from .run import ScoreReport, decode_or_error, load_frame
+from .scoring import ScoreReport, decode_or_error, load_frame
 from .settings import ScoreSettings
 
 ROWS_PER_FILE = 1024  # rows a Parquet part of the Ray path holds at least (but the last)
@@ -296,7 +296,7 @@ def _count(report: ScoreReport, folder: Path, run: str) -> None:
 
 @dataclass(frozen=True)
 class RayScoring:
-    """`run.score_pool`'s `score_with` for the Ray path: scores into `out` on a cluster, then
+    """`pipeline.score_pool`'s `score_with` for the Ray path: scores into `out` on a cluster, then
     reads the out dir's table for selection."""
 
     make_engine: EngineFactory

@@ -29,7 +29,7 @@ import numpy as np
 
 from dealseg.core.contract import ModelSpec
 from dealseg.core.files import atomic_write
-from dealseg.core.ranking import Pick, Selection, Skip
+from dealseg.core.ranking import Choice, Pick, Skip
 
 from . import jsonl, parquet
 from .records import SCORES, StoreError, Table, finite, path_fields, winners
@@ -217,7 +217,7 @@ def _near_duplicates(table: Table, skipped: Sequence[Skip]) -> list[dict[str, An
 
 
 def write_selection(
-    out: Path, table: Table, chosen: Selection, settings: dict[str, Any], shortfall: list[str]
+    out: Path, table: Table, chosen: Choice, settings: dict[str, Any], shortfall: list[str]
 ) -> dict[str, Any]:
     """Write selection.txt and selection.json atomically into `out`; return the JSON object.
 

@@ -15,7 +15,8 @@ import pytest
 from click.testing import CliRunner, Result
 from PIL import Image
 
-from dealseg.client.cli import STRATEGY_NAMES, main
+from dealseg.client.cli import main
+from dealseg.client.options import STRATEGY_NAMES
 from dealseg.core.contract import TOL_DS, ModelSpec
 
 K = 5
@@ -89,7 +90,7 @@ GATED_CLIENT = Path(__file__).parent / "gated_client.py"
 def start_gated(pool: Path, gate_at: int, release: Path, *args: object) -> subprocess.Popen:
     """`deal-client score POOL ARGS` in a subprocess whose decode of the pool's image number
     `gate_at` (0-based, pool order) waits until `release` exists (see gated_client.py)."""
-    from dealseg.client.run import list_paths
+    from dealseg.client.scoring import list_paths
 
     gate = os.path.basename(list_paths(str(pool))[gate_at])
     cmd = [sys.executable, str(GATED_CLIENT), gate, str(release), "score", str(pool)]

@@ -27,13 +27,13 @@ from helpers import (
 )
 from PIL import Image
 
-from dealseg.client.cli import (
+from dealseg.client.maps import map_name
+from dealseg.client.options import (
     DEFAULT_MAX_PIXELS,
     DEFAULT_STRATEGY,
     RESIZE_MODES,
     STRATEGY_NAMES,
 )
-from dealseg.client.maps import map_name
 
 
 @pytest.fixture(scope="module")
@@ -513,7 +513,7 @@ def test_client_imports_without_torch_or_heavy_modules_for_help() -> None:
         "import sys, dealseg.client.cli as c\n"
         "heavy = [m for m in ('numpy', 'PIL', 'onnxruntime', 'tritonclient', 'tqdm', 'matplotlib')"
         " if m in sys.modules]\n"
-        "import dealseg.client.run, dealseg.client.engines, dealseg.client.maps\n"
+        "import dealseg.client.scoring, dealseg.client.engines, dealseg.client.maps\n"
         "import dealseg.core.ranking, dealseg.client.outdir, dealseg.core.decode\n"
         "import dealseg.client.evaluation, dealseg.client.fleet, dealseg.client.parquet\n"
         "lazy = [m for m in ('ray', 'pyarrow') if m in sys.modules]\n"

@@ -23,7 +23,7 @@ from helpers import BUCKET, K, deal_client, mixed_pool, selections, upload
 from dealseg.client.engines import EmbeddedEngine
 from dealseg.client.fleet import RaySettings, score_on_ray
 from dealseg.client.parquet import SCORES_PARQUET, part_files
-from dealseg.client.run import list_paths
+from dealseg.client.scoring import list_paths
 from dealseg.client.settings import ScoreSettings
 
 ray = pytest.importorskip("ray")

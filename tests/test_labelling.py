@@ -30,7 +30,7 @@ from contract_model import CLASSES, contract_spec
 from helpers import deal_client, spec_of_out, write_pool
 from PIL import Image
 
-from dealseg.client.export import brush_rle
+from dealseg.client.handoff import brush_rle
 from dealseg.client.maps import layer_names
 from dealseg.client.outdir import open_writer
 from dealseg.core.ranking import DEFAULT_STRATEGY

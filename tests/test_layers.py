@@ -219,3 +219,15 @@ def test_imports_are_resolved_to_modules() -> None:
     """`from . import jsonl` is an edge to the module jsonl, not to the package."""
     outdir = {i.target for i in ALL_IMPORTS if i.module == "dealseg.client.outdir"}
     assert {"dealseg.client.jsonl", "dealseg.client.parquet", "dealseg.core.files"} <= outdir
+
+
+def test_test_modules_import_helpers_not_each_other() -> None:
+    """Shared test code lives in tests/helpers.py (and fixtures in conftest.py)."""
+    tests = Path(__file__).parent
+    found = [
+        f"{path.name} imports {node.module}"
+        for path in sorted(tests.glob("*.py"))
+        for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("test_")
+    ]
+    assert found == []

@@ -28,7 +28,7 @@ def test_serving_and_client_import_without_torch() -> None:
         "import sys\n"
         "import dealseg.core.contract, dealseg.serving.server, dealseg.serving.repository\n"
         "import dealseg.serving.cli\n"
-        "import dealseg.client.cli, dealseg.client.run, dealseg.client.engines\n"
+        "import dealseg.client.cli, dealseg.client.scoring, dealseg.client.engines\n"
         "import dealseg.core.ranking, dealseg.core.decode, dealseg.client.maps\n"
         "import dealseg.client.evaluation, dealseg.core.metrics, dealseg.core.labels\n"
         "print('torch' in sys.modules)\n"

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from helpers import BUCKET, SELECTIONS, K, deal_client, records, upload, write_pool
 
-from dealseg.client.run import list_paths
+from dealseg.client.scoring import list_paths
 
 
 @pytest.fixture(scope="module")
