@@ -45,7 +45,7 @@ def render_pool(folder: Path, seed: int, count: int, size: tuple[int, int]) -> P
     """`count` street scenes as PNGs (cached); the generator's image i of seed `seed`."""
     from PIL import Image
 
-    from dealseg.training.synth import render_scene
+    from dealseg.training.streets.render import render_scene
 
     folder.mkdir(parents=True, exist_ok=True)
     for i in range(count):

@@ -42,7 +42,7 @@ OUTPUT_SETS = {
 
 def street_images(n: int, size: tuple[int, int]) -> np.ndarray:
     """`n` fresh street scenes at the model's input size, uint8 [n, H, W, 3]."""
-    from dealseg.training.synth import render_scene
+    from dealseg.training.streets.render import render_scene
 
     return np.stack([render_scene(np.random.default_rng([21, i]), size)[0] for i in range(n)])
 
