@@ -548,15 +548,16 @@ def report_command(out: Path) -> None:
     score histograms and class balance of the pool and the picks, the near-duplicates that
     --diverse skipped. The maps come from `--maps` (or `--report`) of score and select.
     """
-    from .outdir import MAPS, load_table, read_selection
+    from .outdir import MAPS, load_table, out_lock, read_selection
     from .records import StoreError
     from .report import write_report
 
-    doc = read_selection(out)
-    if doc is None:
-        raise click.ClickException(f"{out} holds no selection.json: run `deal-client score` first")
     try:
-        page = write_report(out, load_table(Path(doc.get("scores") or out)), doc)
+        with out_lock(out):
+            doc = read_selection(out)
+            if doc is None:
+                raise StoreError(f"{out} holds no selection.json: run `deal-client score` first")
+            page = write_report(out, load_table(Path(doc.get("scores") or out)), doc)
     except (StoreError, ValueError) as exc:
         raise click.ClickException(str(exc)) from None
     except OSError as exc:
@@ -602,11 +603,13 @@ def export_command(
     """Hand the selection in OUT to a labelling tool: Label Studio tasks, a CVAT manifest, a
     FiftyOne dataset, or CSV, each with the scores and class shares of every pick."""
     from .handoff import export_selection
+    from .outdir import EXPORTS, out_lock
     from .records import StoreError
 
-    dest = dest or out / "export" / fmt
+    dest = dest or out / EXPORTS / fmt
     try:
-        written = export_selection(out, fmt, dest, path_map, predictions)
+        with out_lock(out):  # the selection must not change while it is handed off
+            written = export_selection(out, fmt, dest, path_map, predictions)
     except (ValueError, StoreError) as exc:  # ExportError, or metadata without the classes
         raise click.ClickException(str(exc)) from None
     except OSError as exc:

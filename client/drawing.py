@@ -1,13 +1,16 @@
-"""What is drawn from a selection: the maps of its picks (a second pass of the engine over
-them) and the report; stale maps are removed when no engine draws new ones."""
+"""What is made from a selection: the maps of its picks (a second pass of the engine over
+them) and the report. They live and die with the selection: when a selection is written, its
+maps and report are drawn again or removed, and exports of another list are removed
+(`clear_stale`); a reader never finds files of another list beside it."""
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 from typing import Any
 
 from .engines import Engine
-from .outdir import MAPS
+from .outdir import EXPORTS, MAPS
 from .records import Table, record_path
 from .settings import ScoreSettings
 
@@ -21,8 +24,8 @@ def draw(
     report: bool,
 ) -> tuple[dict[str, str], Path | None]:
     """The maps of a selection (drawn by `engine`; without one, the stale maps are removed) and
-    its report; returns the maps that could not be drawn and the report's path (None if not
-    asked)."""
+    its report (written when `report`, else an older one is removed); returns the maps that
+    could not be drawn and the report's path (None if not asked)."""
     from .maps import MapOf, clear_maps, write_maps
 
     failed: dict[str, str] = {}
@@ -33,8 +36,21 @@ def draw(
         )
     elif (Path(out) / MAPS).is_dir():
         clear_maps(out)
-    if not report:
-        return failed, None
-    from .report import write_report
+    from .report import remove_report, write_report
 
+    if not report:
+        remove_report(out)
+        return failed, None
     return failed, write_report(out, table, selection)
+
+
+def clear_stale(out: Path, before: dict[str, Any] | None, after: dict[str, Any]) -> None:
+    """Remove the exports (OUT/export/) made from the selection `before` when `after`, now in
+    `out`, picks other images: a labelling tool must not be handed another list."""
+    if before is None or _picked(before) == _picked(after):
+        return
+    shutil.rmtree(Path(out) / EXPORTS, ignore_errors=True)
+
+
+def _picked(selection: dict[str, Any]) -> list[str]:
+    return [record_path(r) for r in selection.get("rows", [])]

@@ -190,7 +190,7 @@ def score_on_ray(
     """
     import time
 
-    with claim(out, spec, "parquet"):
+    with claim(out, spec, "parquet", settings.scoring):
         folder = Path(out) / SCORES_PARQUET
         folder.mkdir(exist_ok=True)
         done = done_paths(folder, spec.model_id)

@@ -1,12 +1,15 @@
 """The out dir: a run's folder, what `deal-client score` writes and `select` / `merge` read.
 
-    meta.json         the model's id and contract metadata (written first, checked on resume)
+    meta.json         the model's id, contract metadata and the settings that change a score
+                      (written first, checked on resume, read back by select)
     scores.jsonl      one record per input, appended as results arrive (`jsonl`), and
     embeddings.f32    its embedding rows; or
     scores.parquet/   the same records as the part files of one table (`parquet`)
     selection.txt     the selected paths, best first (the paths' original bytes, one per line)
     selection.json    strategy, k, model id and the ranked rows with their scores
     maps/             optional PNGs of the selected images
+    report.html       the selection for a person (`report`), report_files/ its pictures
+    export/<format>/  the selection for a labelling tool (`handoff`)
     .lock             held by the one writer
 
 This module owns the folder: the lock, meta.json, whether a run may resume it, which format it
@@ -21,7 +24,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -38,6 +41,7 @@ META = "meta.json"
 SELECTION_TXT = "selection.txt"
 SELECTION_JSON = "selection.json"
 MAPS = "maps"
+EXPORTS = "export"  # `deal-client export`'s files, export/<format>/
 LOCK = ".lock"
 FORMAT = 2
 READABLE_FORMATS = (1, 2)  # 1: class_fraction as a list
@@ -46,12 +50,15 @@ _FILES = {"jsonl": SCORES, "parquet": parquet.SCORES_PARQUET}
 
 
 # ------------------------------------------------------------------------------------ metadata
-def write_meta(out: Path, spec: ModelSpec) -> None:
+def write_meta(out: Path, spec: ModelSpec, scoring: Mapping[str, Any] | None = None) -> None:
+    """meta.json: the format, the model and, under "settings", `scoring`: every setting that
+    changes a score (`settings.ScoreSettings.scoring`)."""
     meta = {
         "format": FORMAT,
         "model": spec.model_id,
         "embedding_dim": spec.embedding_dim,
         "metadata": spec.to_metadata(),
+        "settings": dict(scoring or {}),
     }
     atomic_write(out / META, json.dumps(meta, indent=1).encode())
 
@@ -89,10 +96,19 @@ def out_lock(out: Path) -> Iterator[None]:
         yield
 
 
-def check_resumable(out: Path, model: str, fmt: str) -> None:
-    """Raise StoreError unless `model` may write `fmt` scores into the out dir `out`: it holds
-    no scores of the other format, and its meta.json names that model in this format, or there
-    is none and it holds no scores."""
+def recorded_settings(meta: Mapping[str, Any]) -> dict[str, Any]:
+    """The settings that changed the scores of an out dir, as its meta.json records them (none
+    for an out dir written before they were recorded)."""
+    return dict(meta.get("settings") or {})
+
+
+def check_resumable(
+    out: Path, model: str, fmt: str, scoring: Mapping[str, Any] | None = None
+) -> None:
+    """Raise StoreError unless `model` may write `fmt` scores into the out dir `out` with the
+    settings `scoring`: it holds no scores of the other format, and its meta.json names that
+    model in this format and records no other value of those settings, or there is none and it
+    holds no scores."""
     if fmt not in SCORE_FORMATS:
         raise ValueError(f"unknown scores format {fmt!r}; choose {' or '.join(SCORE_FORMATS)}")
     other = SCORE_FORMATS[1 - SCORE_FORMATS.index(fmt)]
@@ -117,6 +133,14 @@ def check_resumable(out: Path, model: str, fmt: str) -> None:
             f"{out} holds scores of model {meta['model']}, but this run uses {model}; "
             f"use another --out, or delete {scores} to start over"
         )
+    old = recorded_settings(meta)
+    for name, value in (scoring or {}).items():
+        if name in old and old[name] != value:
+            flag = "--" + name.replace("_", "-")
+            raise StoreError(
+                f"{out} holds scores made with {flag} {old[name]}, but this run uses {flag} "
+                f"{value}; give {flag} {old[name]} to resume, or use another --out"
+            )
 
 
 def _holds(out: Path, fmt: str) -> bool:
@@ -124,13 +148,16 @@ def _holds(out: Path, fmt: str) -> bool:
 
 
 @contextlib.contextmanager
-def claim(out: Path, spec: ModelSpec, fmt: str) -> Iterator[Path]:
-    """Hold the out dir `out` for a run of `spec`'s model writing `fmt` scores: its lock taken,
-    resuming checked (`check_resumable`), meta.json written. Yields the folder."""
+def claim(
+    out: Path, spec: ModelSpec, fmt: str, scoring: Mapping[str, Any] | None = None
+) -> Iterator[Path]:
+    """Hold the out dir `out` for a run of `spec`'s model writing `fmt` scores with the
+    settings `scoring`: its lock taken, resuming checked (`check_resumable`), meta.json written.
+    Yields the folder."""
     out = Path(out)
     with out_lock(out):
-        check_resumable(out, spec.model_id, fmt)
-        write_meta(out, spec)
+        check_resumable(out, spec.model_id, fmt, scoring)
+        write_meta(out, spec, scoring)
         yield out
 
 
@@ -148,10 +175,13 @@ class ScoresWriter(Protocol):
 
 
 @contextlib.contextmanager
-def open_writer(out: Path, spec: ModelSpec, fmt: str = "jsonl") -> Iterator[ScoresWriter]:
+def open_writer(
+    out: Path, spec: ModelSpec, fmt: str = "jsonl", scoring: Mapping[str, Any] | None = None
+) -> Iterator[ScoresWriter]:
     """The writer of `fmt` scores (jsonl | parquet) into the out dir `out`, claimed for the
-    block (`claim`); it resumes what the same model wrote there, and is closed on exit."""
-    with claim(out, spec, fmt) as folder:
+    block (`claim`); it resumes what the same model wrote there with the same `scoring`
+    settings, and is closed on exit."""
+    with claim(out, spec, fmt, scoring) as folder:
         make = jsonl.JsonlWriter if fmt == "jsonl" else parquet.ParquetWriter
         writer: ScoresWriter = make(folder, spec)
         try:
@@ -281,6 +311,9 @@ def merge_outputs(inputs: Sequence[Path], out: Path, fmt: str = "jsonl") -> None
     formats = sorted({m["format"] for m in metas})
     if len(formats) > 1:
         raise StoreError(f"cannot merge out dirs of formats {formats}: re-score the older ones")
+    scorings = sorted({json.dumps(recorded_settings(m), sort_keys=True) for m in metas})
+    if len(scorings) > 1:
+        raise StoreError(f"cannot merge scores made with different settings: {', '.join(scorings)}")
     if fmt == "parquet" and formats != [FORMAT]:
         raise StoreError(f"out dirs of format {formats[0]} merge into JSONL only (--format jsonl)")
     out = Path(out)

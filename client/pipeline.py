@@ -5,13 +5,21 @@ and select from everything scored (`score_pool`), select again from scores on di
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from .drawing import draw
+from .drawing import clear_stale, draw
 from .engines import Engine
-from .outdir import MAPS, load_table, merge_outputs, read_selection, scores_format
+from .outdir import (
+    MAPS,
+    load_table,
+    merge_outputs,
+    out_lock,
+    read_selection,
+    recorded_settings,
+    scores_format,
+)
 from .records import Table
 from .report import REPORT_HTML
 from .scoring import ScoreInto, ScoreReport, score_into
@@ -51,13 +59,14 @@ def score_pool(
     """
     scored, table = (score_with or score_into)(paths, engine, out, settings)
     run = PoolRun(scored, None)
-    try:
-        run.selection = run_selection(table, out, select_settings)
-    except ValueError as exc:
-        run.no_selection = str(exc)
-        return run
-    painter = engine if maps or report else None
-    run.map_failures, run.html = draw(painter, table, out, run.selection, settings, report)
+    with out_lock(out):
+        try:
+            run.selection = _select_into(table, out, select_settings)
+        except ValueError as exc:
+            run.no_selection = str(exc)
+            return run
+        painter = engine if maps or report else None
+        run.map_failures, run.html = draw(painter, table, out, run.selection, settings, report)
     return run
 
 
@@ -90,19 +99,21 @@ def reselect(
     """
     table = load_table(scores)
     out = out or table.out
-    if not force:
-        check_replace(out, table, how)
-    html = html or (out / REPORT_HTML).is_file()
-    drawn = maps if maps is not None else html or (out / MAPS).is_dir()
-    if drawn and painter is None:
-        raise ValueError("the maps need an engine: give a painter")
-    engine = painter(table) if drawn and painter is not None else None
-    try:
-        doc = run_selection(table, out, how)
-        failed, page = draw(engine, table, out, doc, streaming, html)
-    finally:
-        if engine is not None:
-            engine.close()
+    with out_lock(out):
+        if not force:
+            check_replace(out, table, how)
+        streaming = replace(streaming, **recorded_settings(table.meta))  # maps framed as scored
+        html = html or (out / REPORT_HTML).is_file()
+        drawn = maps if maps is not None else html or (out / MAPS).is_dir()
+        if drawn and painter is None:
+            raise ValueError("the maps need an engine: give a painter")
+        engine = painter(table) if drawn and painter is not None else None
+        try:
+            doc = _select_into(table, out, how)
+            failed, page = draw(engine, table, out, doc, streaming, html)
+        finally:
+            if engine is not None:
+                engine.close()
     return Reselection(doc, failed, page)
 
 
@@ -133,4 +144,13 @@ def merge_and_select(
         fmt = formats.pop() if len(formats) == 1 else "jsonl"
     merge_outputs(inputs, out, fmt)
     table = load_table(out)
-    return table, run_selection(table, out, how)
+    with out_lock(out):
+        return table, _select_into(table, out, how)
+
+
+def _select_into(table: Table, out: Path, how: SelectSettings) -> dict[str, Any]:
+    """Write the selection into `out`; exports of another list there are removed."""
+    before = read_selection(out)
+    doc = run_selection(table, out, how)
+    clear_stale(out, before, doc)
+    return doc

@@ -60,6 +60,12 @@ def model_card(model_id: str) -> Path | None:
         return None
 
 
+def remove_report(out: Path) -> None:
+    """Remove OUT/report.html and its pictures (the page of an earlier selection)."""
+    (Path(out) / REPORT_HTML).unlink(missing_ok=True)
+    shutil.rmtree(Path(out) / REPORT_FILES, ignore_errors=True)
+
+
 def write_report(out: Path, table: Table, selection: dict[str, Any]) -> Path:
     """Write OUT/report.html and its pictures for `selection` (a selection.json object) of the
     scores `table`; return the page's path."""

@@ -335,7 +335,7 @@ def score_into(
 ) -> tuple[ScoreReport, Table]:
     """Score `paths` into the out dir `out` (resuming it); the report and everything scored
     there as a table. The scoring step of the CLI and the API."""
-    with open_writer(out, engine.spec, settings.format) as writer:
+    with open_writer(out, engine.spec, settings.format, settings.scoring) as writer:
         report = Scorer(engine, writer, settings).run(paths)
     return report, load_table(out)
 

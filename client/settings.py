@@ -79,6 +79,11 @@ class ScoreSettings:
         _one_of("resize", self.resize, RESIZE_MODES)
         _one_of("format", self.format, SCORE_FORMATS)
 
+    @property
+    def scoring(self) -> dict[str, Any]:
+        """The settings that change a score (recorded in meta.json; a resume must match)."""
+        return {"resize": self.resize}
+
 
 @dataclass(frozen=True)
 class SelectSettings:
