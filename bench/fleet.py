@@ -112,8 +112,9 @@ def selection_rows(n: int) -> list[list[object]]:
         code = f"""
 import time
 from pathlib import Path
-from dealseg.client.run import SelectSettings, pick
-from dealseg.client.store import load_table
+from dealseg.client.selection import pick
+from dealseg.client.settings import SelectSettings
+from dealseg.client.outdir import load_table
 reset_peak()
 start = time.perf_counter()
 table = load_table(Path({str(folder / fmt)!r}))
@@ -132,9 +133,11 @@ def synthesize(folder: Path, n: int) -> None:
     import pyarrow.parquet as pq
     from common import SHIPPED_MODEL
 
-    from dealseg.client.columnar import PART_ROWS, rows_table
     from dealseg.client.engines import EmbeddedEngine
-    from dealseg.client.store import EMBEDDINGS, SCORES, _dumps, write_meta
+    from dealseg.client.jsonl import record_line
+    from dealseg.client.outdir import write_meta
+    from dealseg.client.parquet import PART_ROWS, rows_table
+    from dealseg.client.records import EMBEDDINGS, SCORES
 
     spec = EmbeddedEngine(SHIPPED_MODEL).spec
     rng = np.random.default_rng(0)
@@ -168,7 +171,7 @@ def synthesize(folder: Path, n: int) -> None:
                 }
                 for i, s in zip(range(start, start + m), shares, strict=True)
             ]
-            fs.write(b"".join(_dumps(r) for r in records))
+            fs.write(b"".join(record_line(r) for r in records))
             fe.write(emb.astype("<f4").tobytes())
             table = rows_table(records, emb, names, d, "bench")
             pq.write_table(

@@ -44,9 +44,9 @@ def export_at(size: tuple[int, int]) -> Path:
     import torch
 
     from dealseg.core import contract
+    from dealseg.core.modelfile import read_onnx_spec
     from dealseg.export.graph import DEALGraph
     from dealseg.export.onnx_export import export_graph
-    from dealseg.serving.repository import read_onnx_spec
 
     path = WORK / f"model-{size[0]}x{size[1]}.onnx"
     if path.is_file() and path.stat().st_mtime > SHIPPED_MODEL.stat().st_mtime:

@@ -326,7 +326,7 @@ def probe(name: str, url: str | None, frames: int) -> None:
 
     VmHWM, not ru_maxrss: Linux keeps ru_maxrss across fork and exec, so a child would report
     its parent's peak."""
-    from dealseg.serving.repository import read_onnx_spec
+    from dealseg.core.modelfile import read_onnx_spec
 
     spec = read_onnx_spec(SHIPPED_MODEL)
     images = held_out(frames, spec.input_size)[:PROBE_FRAMES]
@@ -369,8 +369,8 @@ def main() -> None:
 
     import torch
 
+    from dealseg.core.modelfile import read_onnx_spec
     from dealseg.export.graph import DEALGraph
-    from dealseg.serving.repository import read_onnx_spec
 
     spec = read_onnx_spec(SHIPPED_MODEL)
     requested = frames

@@ -48,7 +48,7 @@ _RATE = re.compile(r"scored, .* ([0-9.]+) s \(([0-9.]+) img/s\)")
 def _render_jpeg(job: tuple[Path, int]) -> None:
     from PIL import Image
 
-    from dealseg.training.synth import render_scene
+    from dealseg.training.streets.render import render_scene
 
     path, index = job
     image, _ = render_scene(np.random.default_rng([JPEG_SEED, index]), JPEG_SIZE)

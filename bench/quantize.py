@@ -45,7 +45,7 @@ def render_pool(folder: Path, seed: int, count: int, size: tuple[int, int]) -> P
     """`count` street scenes as PNGs (cached); the generator's image i of seed `seed`."""
     from PIL import Image
 
-    from dealseg.training.synth import render_scene
+    from dealseg.training.streets.render import render_scene
 
     folder.mkdir(parents=True, exist_ok=True)
     for i in range(count):
@@ -120,9 +120,9 @@ def main() -> None:
     parser.add_argument("--weight-bits", default="auto", help="auto (8 with VNNI, else 7), 7 or 8")
     args = parser.parse_args()
     from dealseg.core.decode import decode_image
+    from dealseg.core.modelfile import read_onnx_spec
     from dealseg.core.pool import read_pool
     from dealseg.export.quantize import cpu_has_vnni, quantize_model
-    from dealseg.serving.repository import read_onnx_spec
 
     size = read_onnx_spec(SHIPPED_MODEL).input_size
     work = CACHE / "quantize"

@@ -124,7 +124,8 @@ def client_peak(pool: Path, n: int) -> tuple[float, float]:
 
 def synthetic_out_dir(n: int, embedding_dim: int = 144) -> Path:
     """An out dir of `n` ok records as `deal-client score` writes them (embeddings sparse)."""
-    from dealseg.client.store import EMBEDDINGS, FORMAT, META, SCORES
+    from dealseg.client.outdir import FORMAT, META
+    from dealseg.client.records import EMBEDDINGS, SCORES
 
     out = CACHE / "selection" / f"records_{n}"
     if (out / SCORES).is_file():

@@ -42,7 +42,7 @@ OUTPUT_SETS = {
 
 def street_images(n: int, size: tuple[int, int]) -> np.ndarray:
     """`n` fresh street scenes at the model's input size, uint8 [n, H, W, 3]."""
-    from dealseg.training.synth import render_scene
+    from dealseg.training.streets.render import render_scene
 
     return np.stack([render_scene(np.random.default_rng([21, i]), size)[0] for i in range(n)])
 
@@ -102,7 +102,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="same as the full run (it is fast)")
     parser.parse_args()
-    from dealseg.serving.repository import read_onnx_spec
+    from dealseg.core.modelfile import read_onnx_spec
 
     spec = read_onnx_spec(SHIPPED_MODEL)
     images = street_images(BATCH, spec.input_size)

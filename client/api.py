@@ -9,7 +9,7 @@ A table is a pandas DataFrame when pandas is installed, else a list of records (
 per image with `path`, `error` (None when scored), `ds`, `de`, `entropy`, a `class_<name>`
 share per class and `embedding`; its `attrs["dealseg"]` holds the model id and the class names.
 The engine and the out dir are opened and closed inside each call. The CLI's `score` and
-`select` run the same steps (`run.score_into`, `run.pick`).
+`select` run the same steps (`scoring.score_into`, `selection.pick`).
 """
 
 from __future__ import annotations
@@ -26,12 +26,19 @@ import numpy as np
 from dealseg.core.ranking import SCORE_COLUMNS
 from dealseg.core.strategies import DEFAULT_STRATEGY
 
-from .engines import EmbeddedEngine, Engine, TritonEngine
-from .run import ScoreSettings, SelectSettings, list_paths, pick, pool_paths, score_into
-from .store import Table, class_column, record_path, selection_rows
+from .outdir import selection_rows
+from .records import Table, class_column, record_path
+from .scoring import list_paths, pool_paths, score_into
+from .selection import pick
+from .settings import (
+    EngineSettings,
+    ScoreSettings,
+    SelectSettings,
+    TritonSettings,
+    from_keywords,
+)
 
 ATTRS = "dealseg"
-QUIET = ScoreSettings(progress=False)  # the API's default: no progress bar
 
 
 class Records(list):
@@ -42,20 +49,15 @@ class Records(list):
         self.attrs: dict[str, Any] = dict(attrs or {})
 
 
-@contextlib.contextmanager
-def open_engine(
-    model: str | os.PathLike | None = None, url: str | Sequence[str] | None = None, **triton: Any
-) -> Iterator[Engine]:
-    """The in-process engine of `model` (default: the shipped model), or Triton at `url` (one
-    or several; `triton`: TritonEngine's options such as protocol="http"); closed on exit."""
-    if model is not None and url is not None:
-        raise ValueError("give a model or a url, not both")
-    urls = [url] if isinstance(url, str) else url
-    engine: Engine = TritonEngine(urls, **triton) if urls else EmbeddedEngine(model)
-    try:
-        yield engine
-    finally:
-        engine.close()
+def engine_settings(
+    model: str | os.PathLike | None = None,
+    url: str | Sequence[str] | None = None,
+    triton: TritonSettings | None = None,
+) -> EngineSettings:
+    """The engine of `model` (default: the shipped model) or of Triton at `url` (one or
+    several), validated as the CLI's --model / --url are."""
+    urls = (url,) if isinstance(url, str) else tuple(url or ())
+    return EngineSettings(None if model is None else Path(model), urls, triton or TritonSettings())
 
 
 @contextlib.contextmanager
@@ -73,19 +75,25 @@ def score(
     url: str | Sequence[str] | None = None,
     *,
     out: str | os.PathLike | None = None,
-    settings: ScoreSettings = QUIET,
-    **triton: Any,
+    **options: Any,
 ) -> Any:
     """Score every image of `pool` (a folder, a list file, or paths) with `model` (default: the
     shipped one) or the Triton server(s) at `url`; the table of every image.
 
     `out` keeps the scores (an out dir of `deal-client score`, resumed when it exists); without
-    it they live in a temporary folder for the call.
+    it they live in a temporary folder for the call. `options` are the fields of
+    `settings.ScoreSettings` (batch_size=, resize=, format=, ...; progress off by default) and,
+    with a url, of `settings.TritonSettings` (protocol=, timeout=, ...); another keyword is a
+    TypeError that lists them.
     """
+    streaming, triton = from_keywords(
+        (ScoreSettings, TritonSettings), {"progress": False, **options}, "score"
+    )
+    engine = engine_settings(model, url, triton)
     source = os.fspath(pool) if isinstance(pool, (str, os.PathLike)) else None
     paths = list_paths(source) if source is not None else pool_paths(map(os.fspath, pool))
-    with open_engine(model, url, **triton) as engine, _out_dir(out) as folder:
-        _, table = score_into(paths, engine, folder, settings)
+    with contextlib.closing(engine.open()) as opened, _out_dir(out) as folder:
+        _, table = score_into(paths, opened, folder, streaming)
         return _as_table(_records(table), _attrs(table))
 
 
@@ -104,8 +112,9 @@ def select(
     """The k images of a `score` table most worth labelling by `strategy`, best first: a table
     of rank, path, score (the strategy's) and every image score.
 
-    Options as `deal-client select`'s: `balance` True (uniform) or class name -> weight;
-    `labeled` a file of paths (never picked; the core-set's first centres).
+    Options as `deal-client select`'s (the same `settings.SelectSettings`, the same checks):
+    `balance` True (uniform) or class name -> weight; `labeled` a file of paths (never picked;
+    the core-set's first centres).
     """
     weights = None if balance is False else ({} if balance is True else dict(balance))
     how = SelectSettings(
@@ -179,7 +188,7 @@ def _rows(table: Any) -> list[dict[str, Any]]:
 
 
 def _from_table(table: Any) -> Table:
-    """A `score` table (its scored rows) as a store.Table held in memory."""
+    """A `score` table (its scored rows) as a records.Table held in memory."""
     info = _meta(table)[ATTRS]
     rows = [r for r in _rows(table) if r.get("error") is None]
     columns = [class_column(name) for name in info["class_names"]]

@@ -1,7 +1,8 @@
 """`deal-client`: score an image pool with the DEAL model and select what to label next.
 
-Commands are thin: they parse options and call plain functions of `run`, `store`, `select`.
-Heavy modules (numpy, Pillow, onnxruntime, tritonclient, tqdm) are imported inside the commands
+Commands are thin: their options (`options`) become typed settings (`settings`), and each calls
+one function of the library (`pipeline`, `evaluation`, `handoff`, `report`) and prints. Heavy
+modules (numpy, Pillow, onnxruntime, tritonclient, tqdm) are imported inside the commands
 so that `deal-client --help` answers at once.
 
 Exit codes: 0 all scored (or evaluated); 3 finished but some inputs failed (each listed on
@@ -17,69 +18,35 @@ import signal
 import sys
 import threading
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
-from dealseg.core import strategies
+from .options import (
+    RESIZE_MODES,
+    SCORE_FORMATS,
+    checked,
+    engine_options,
+    engine_settings,
+    path_map_callback,
+    ray_options,
+    ray_settings,
+    score_settings,
+    select_settings,
+    selection_options,
+    shard_callback,
+    triton_options,
+    triton_settings,
+)
+
+if TYPE_CHECKING:
+    from .evaluation import EvalSettings
+    from .fleet import RaySettings
+    from .settings import EngineSettings, ScoreSettings, SelectSettings
 
 EXIT_OK, EXIT_FATAL, EXIT_USAGE, EXIT_FAILED_INPUTS, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
-STRATEGY_NAMES = strategies.names(unit="frame", client=True)
-DEFAULT_STRATEGY = strategies.DEFAULT_STRATEGY
-DEFAULT_MAX_PIXELS = 89_478_485  # == decode.DEFAULT_MAX_PIXELS (tested), Pillow's own limit
-RESIZE_MODES = ("stretch", "letterbox", "crop")  # == decode.RESIZE_MODES (tested)
-SCORE_FORMATS = ("jsonl", "parquet")
-
-
-def _shard(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[int, int]:
-    if value is None:
-        return (0, 1)
-    from dealseg.core.pool import parse_shard
-
-    try:
-        return parse_shard(value)
-    except ValueError as exc:
-        raise click.BadParameter(str(exc)) from None
-
-
-def _headers(ctx: click.Context, param: click.Parameter, value: tuple[str, ...]) -> dict:
-    headers = {}
-    for item in value:
-        key, sep, val = item.partition("=")
-        if not sep or not key.strip():
-            raise click.BadParameter(f"{item!r} is not KEY=VALUE")
-        headers[key.strip()] = val
-    return headers
-
-
-def _class_weights(
-    ctx: click.Context, param: click.Parameter, value: tuple[str, ...]
-) -> dict[str, float]:
-    import math
-
-    weights = {}
-    for item in value:
-        name, sep, text = item.rpartition("=")
-        try:
-            weight = float(text)
-        except ValueError:
-            weight = -1.0
-        if not sep or not name or not (math.isfinite(weight) and weight >= 0):
-            raise click.BadParameter(f"{item!r} is not CLASS=WEIGHT with a weight >= 0")
-        weights[name] = weight
-    return weights
-
-
-def _regex(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
-    import re
-
-    if value is not None:
-        try:
-            re.compile(value)
-        except re.error as exc:
-            raise click.BadParameter(f"{value!r} is not a regular expression: {exc}") from None
-    return value
 
 
 def _stderr(message: str) -> None:
@@ -96,283 +63,20 @@ def _display(path: str) -> str:
     return os.fsencode(path).decode("utf-8", "backslashreplace").translate(_ESCAPES)
 
 
-# ---------------------------------------------------------------------------- option groups
-def selection_options(require_k: bool) -> Callable[[Callable], Callable]:
-    def decorate(f: Callable) -> Callable:
-        for option in reversed(
-            [
-                click.option(
-                    "--top-k",
-                    "-k",
-                    "top_k",
-                    type=click.IntRange(min=1),
-                    required=require_k,
-                    help="How many images to select.",
-                ),
-                click.option(
-                    "--strategy",
-                    "-s",
-                    type=click.Choice(STRATEGY_NAMES),
-                    default=None if not require_k else DEFAULT_STRATEGY,
-                    show_default=True,
-                    help="Ranking: the paper's difficulty score (ds) or difficulty entropy "
-                    "(de), softmax entropy, seeded random, or k-center core-set.",
-                ),
-                click.option(
-                    "--diverse",
-                    type=click.FloatRange(0.0, 1.0),
-                    default=None,
-                    help="Skip an image whose embedding cosine to an already selected "
-                    "one is above this threshold (e.g. 0.95).",
-                ),
-                click.option(
-                    "--labeled",
-                    type=click.Path(exists=True, path_type=Path),
-                    default=None,
-                    help="Already-labelled images, never selected and the core-set's first "
-                    "centres: a text file of paths, a scores.jsonl of a run on them, "
-                    "or a .npy of embeddings [L, D].",
-                ),
-                click.option(
-                    "--balance",
-                    is_flag=True,
-                    help="Among the 4k best by the strategy, pick the k whose predicted class "
-                    "mix comes closest to uniform (or to --class-weight).",
-                ),
-                click.option(
-                    "--class-weight",
-                    "class_weights",
-                    multiple=True,
-                    callback=_class_weights,
-                    metavar="CLASS=W",
-                    help="Target weight of a class for --balance (implies it; repeatable; "
-                    "classes not named weigh 1).",
-                ),
-                click.option(
-                    "--per-group",
-                    type=click.IntRange(min=1),
-                    default=None,
-                    metavar="N",
-                    help="At most N picks per group of images (per folder, or per --group-by).",
-                ),
-                click.option(
-                    "--group-by",
-                    callback=_regex,
-                    default=None,
-                    metavar="REGEX",
-                    help="A path's group for --per-group: the first (...) group of this regular "
-                    "expression's match in the path, or the whole match; e.g. '/(cam\\d+)/' "
-                    "[default: the image's folder].",
-                ),
-                click.option(
-                    "--seed",
-                    type=int,
-                    default=0,
-                    show_default=True,
-                    help="Seed of the random strategy.",
-                ),
-                click.option(
-                    "--json",
-                    "as_json",
-                    is_flag=True,
-                    help="Print selection.json on stdout instead of a table.",
-                ),
-            ]
-        ):
-            f = option(f)
-        return f
-
-    return decorate
-
-
-def triton_options(f: Callable) -> Callable:
-    for option in reversed(
-        [
-            click.option(
-                "--model-name",
-                default=None,
-                envvar="DEAL_MODEL_NAME",
-                show_envvar=True,
-                show_default="deal",
-                help="The model on the Triton server (`deal-export onnx --name`).",
-            ),
-            click.option(
-                "--model-version",
-                type=click.IntRange(min=1),
-                default=None,
-                envvar="DEAL_MODEL_VERSION",
-                show_envvar=True,
-                show_default="the highest version the server has loaded",
-                help="The model version on the Triton server; every request asks for it.",
-            ),
-            click.option(
-                "--protocol",
-                type=click.Choice(["grpc", "http"]),
-                default="grpc",
-                show_default=True,
-                envvar="DEAL_PROTOCOL",
-                show_envvar=True,
-                help="Triton protocol for --url.",
-            ),
-            click.option("--ssl", is_flag=True, help="Use TLS to talk to Triton."),
-            click.option(
-                "--shm",
-                is_flag=True,
-                help="Pass the tensors through system shared memory (/dev/shm) instead of the "
-                "socket: for a Triton server on this host.",
-            ),
-            click.option(
-                "--root-certs",
-                type=click.Path(exists=True, dir_okay=False),
-                default=None,
-                help="PEM root certificates for --ssl (implies --ssl).",
-            ),
-            click.option(
-                "--header",
-                "headers",
-                multiple=True,
-                callback=_headers,
-                metavar="KEY=VALUE",
-                help="Extra request header (repeatable).",
-            ),
-            click.option(
-                "--timeout",
-                type=click.FloatRange(min=0.1),
-                default=30.0,
-                show_default=True,
-                help="Seconds per request to Triton.",
-            ),
-            click.option(
-                "--retries",
-                type=click.IntRange(min=0),
-                default=3,
-                show_default=True,
-                help="Retries of a request after a transient error (backoff 0.5 s, x2).",
-            ),
-        ]
-    ):
-        f = option(f)
-    return f
-
-
-def engine_options(f: Callable) -> Callable:
-    """The engine (--model or --url with the Triton options) and how images stream to it."""
-    for option in reversed(
-        [
-            click.option(
-                "--model",
-                type=click.Path(exists=True, dir_okay=False, path_type=Path),
-                default=None,
-                envvar="DEAL_MODEL",
-                show_envvar=True,
-                help="ONNX model run in-process "
-                "[default: the shipped model_repository/deal/1/model.onnx].",
-            ),
-            click.option(
-                "--url",
-                "urls",
-                multiple=True,
-                envvar="DEAL_URL",
-                show_envvar=True,
-                metavar="HOST:PORT",
-                help="Triton server(s) to use instead of the in-process model (repeatable; "
-                "requests are spread over them).",
-            ),
-            triton_options,
-            click.option(
-                "--batch-size",
-                type=click.IntRange(1, 1024),
-                default=8,
-                show_default=True,
-                help="Images per inference request.",
-            ),
-            click.option(
-                "--concurrency",
-                type=click.IntRange(1, 256),
-                default=2,
-                show_default=True,
-                help="Inference requests in flight.",
-            ),
-            click.option(
-                "--workers",
-                type=click.IntRange(1, 256),
-                default=4,
-                show_default=True,
-                help="Image decoding threads.",
-            ),
-            click.option(
-                "--max-pixels",
-                type=click.IntRange(min=1),
-                default=DEFAULT_MAX_PIXELS,
-                show_default=True,
-                help="Refuse images with more pixels (decompression-bomb guard).",
-            ),
-            click.option(
-                "--progress/--no-progress",
-                default=True,
-                show_default=True,
-                help="Progress bar on stderr.",
-            ),
-        ]
-    ):
-        f = option(f)
-    return f
-
-
-def _triton_factory(urls: tuple[str, ...], o: dict[str, Any]) -> Callable[[], Any]:
-    """A picklable maker of the Triton engine of --url (the Ray path builds one per actor)."""
-    import functools
-
-    from dealseg.core.contract import MODEL_NAME
-
-    from .engines import TritonEngine
-
-    return functools.partial(
-        TritonEngine,
-        urls,
-        o["protocol"],
-        model_name=o["model_name"] or MODEL_NAME,
-        model_version=None if o["model_version"] is None else str(o["model_version"]),
-        ssl=o["ssl"],
-        root_certs=o["root_certs"],
-        headers=o["headers"],
-        timeout=o["timeout"],
-        retries=o["retries"],
-        shm=o["shm"],
-    )
-
-
-def _triton(urls: tuple[str, ...], o: dict[str, Any]) -> Any:
-    """The Triton engine for --url; a --url that names no usable endpoint is a usage error."""
+def _open_triton(engines: EngineSettings) -> Any:
+    """The Triton engine of --url; a --url that names no usable endpoint is a usage error."""
     from .engines import EndpointError
 
     try:
-        return _triton_factory(urls, o)()
+        return engines.open()
     except EndpointError as exc:
         raise click.BadParameter(str(exc), param_hint="--url") from None
 
 
-def _select_settings(o: dict[str, Any], strategy: str | None = None, k: int | None = None) -> Any:
-    from .run import SelectSettings
-
-    if o["group_by"] is not None and o["per_group"] is None:
-        raise click.UsageError("--group-by names the groups of --per-group N: give both")
-    balance = o["class_weights"] if o["balance"] or o["class_weights"] else None
-    return SelectSettings(
-        strategy or o["strategy"],
-        k or o["top_k"],
-        o["seed"],
-        o["diverse"],
-        o["labeled"],
-        balance,
-        o["per_group"],
-        o["group_by"],
-    )
-
-
 def _print_selection(doc: dict[str, Any], as_json: bool) -> None:
+    from dealseg.core.strategies import DESCRIPTORS
 
-    from .store import record_path
+    from .records import record_path
 
     if as_json:
         click.echo(json.dumps(doc, indent=1, ensure_ascii=True))
@@ -381,9 +85,8 @@ def _print_selection(doc: dict[str, Any], as_json: bool) -> None:
     for r in doc["rows"]:
         score = "nan" if r["score"] is None else f"{r['score']:.6f}"
         click.echo(f"{r['rank']:>4}  {score:>10}  {_display(record_path(r))}")
-    click.echo(
-        f"score: {strategies.DESCRIPTORS[doc['strategy']].meaning}; higher = more worth labelling"
-    )
+    meaning = DESCRIPTORS[doc["strategy"]].meaning
+    click.echo(f"score: {meaning}; higher = more worth labelling")
 
 
 def _short(doc: dict[str, Any]) -> bool:
@@ -406,52 +109,6 @@ def main() -> None:
     """Score an image pool with the DEAL model and pick the images most worth labelling."""
 
 
-def ray_options(f: Callable) -> Callable:
-    """The Ray path (--ray) and its actor pool; defaults fit one machine."""
-    for option in reversed(
-        [
-            click.option(
-                "--ray",
-                "ray_address",
-                is_flag=False,
-                flag_value="local",
-                default=None,
-                envvar="DEAL_RAY",
-                show_envvar=True,
-                metavar="[ADDRESS]",
-                help="Score on a Ray cluster with Ray Data (needs dealseg[ray]; writes "
-                "Parquet): alone (after POOL) a local cluster on this machine; 'auto' the "
-                "cluster this machine belongs to; 'ray://HOST:10001' a remote head.",
-            ),
-            click.option(
-                "--actors",
-                type=click.IntRange(1, 4096),
-                default=1,
-                show_default=True,
-                help="--ray: scoring actors, each holding its engine (an ONNX Runtime session "
-                "or a Triton client).",
-            ),
-            click.option(
-                "--cpus-per-actor",
-                type=click.FloatRange(min=0.0),
-                default=1.0,
-                show_default=True,
-                help="--ray: CPUs reserved per scoring actor (rounded up: its ONNX Runtime "
-                "threads).",
-            ),
-            click.option(
-                "--gpus-per-actor",
-                type=click.FloatRange(min=0.0),
-                default=0.0,
-                show_default=True,
-                help="--ray: GPUs reserved per scoring actor (fractions share a GPU).",
-            ),
-        ]
-    ):
-        f = option(f)
-    return f
-
-
 # ---------------------------------------------------------------------------------- score
 @main.command()
 @click.argument("pool")
@@ -469,7 +126,7 @@ def ray_options(f: Callable) -> Callable:
 @engine_options
 @click.option(
     "--shard",
-    callback=_shard,
+    callback=shard_callback,
     default=None,
     metavar="I/N",
     help="Score only slice I of N (0 <= I < N; by a hash of each path); "
@@ -521,25 +178,24 @@ def score(
     (--format parquet, --ray), selection.txt and selection.json. Without --url the model runs
     in-process with ONNX Runtime; with --ray, on a Ray cluster.
     """
-    _one_engine(urls, model, o)
+    engines = engine_settings(urls, model, o)
     if o["ray_address"] is not None:
         if o["fmt"] == "jsonl":
             raise click.UsageError("--ray writes Parquet: drop --format jsonl")
         o["fmt"] = "parquet"
-    after = f"results so far are in {o['out']}; run again to resume"
-    ctx.exit(_interruptible(lambda: _score(pool, urls, model, o), after))
-
-
-def _one_engine(urls: tuple[str, ...], model: Path | None, o: dict[str, Any]) -> None:
-    if model is not None and urls:
-        raise click.UsageError("--model and --url exclude each other: use one engine")
-    if not urls and o["shm"]:
-        raise click.UsageError("--shm is a transport to a Triton server: give its --url")
-    if not urls and (o["model_name"] or o["model_version"]):
-        raise click.UsageError(
-            "--model-name and --model-version pick a model on the Triton server at --url; "
-            "in-process, give the model file with --model"
-        )
+    run = ScoreCommand(
+        pool,
+        o["out"],
+        o["shard"],
+        engines,
+        score_settings(o),
+        select_settings(o),
+        ray_settings(o),
+        o["maps"],
+        o["html"],
+    )
+    after = f"results so far are in {run.out}; run again to resume"
+    ctx.exit(_interruptible(lambda: _score(run, o["as_json"]), after))
 
 
 def _interruptible(run: Callable[[], int], after: str) -> int:
@@ -570,49 +226,50 @@ def _sigterm_interrupts() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
-def _engine(urls: tuple[str, ...], model: Path | None, o: dict[str, Any]) -> Any:
-    """The engine of --url or --model, its --batch-size checked against the server's limit."""
-    from .engines import EmbeddedEngine, EngineError
+def _engine(engines: EngineSettings, batch_size: int) -> Any:
+    """The engine of --url or --model, --batch-size checked against the server's limit."""
+    from .engines import EngineError
 
     try:
-        engine = _triton(urls, o) if urls else EmbeddedEngine(model)
+        engine = _open_triton(engines) if engines.urls else engines.open()
     except EngineError as exc:
         raise click.ClickException(str(exc)) from None
     limit = engine.max_batch_size
-    if limit and o["batch_size"] > limit:
+    if limit and batch_size > limit:
         engine.close()
         raise click.BadParameter(
-            f"{o['batch_size']} is more than the server's max_batch_size {limit}; "
+            f"{batch_size} is more than the server's max_batch_size {limit}; "
             f"use --batch-size {limit} or less",
             param_hint="--batch-size",
         )
     return engine
 
 
-def _score_settings(o: dict[str, Any]) -> Any:
-    from .run import ScoreSettings
+@dataclass(frozen=True)
+class ScoreCommand:
+    """What `score` was asked, as typed settings."""
 
-    return ScoreSettings(
-        o["batch_size"],
-        o["concurrency"],
-        o["workers"],
-        o["max_pixels"],
-        o["progress"],
-        o.get("resize", "stretch"),
-        o.get("fmt") or "jsonl",
-    )
+    pool: str
+    out: Path
+    shard: tuple[int, int]
+    engines: EngineSettings
+    streaming: ScoreSettings
+    how: SelectSettings
+    ray: RaySettings | None  # None without --ray
+    maps: bool
+    html: bool
 
 
-def _score(pool: str, urls: tuple[str, ...], model: Path | None, o: dict[str, Any]) -> int:
+def _score(run: ScoreCommand, as_json: bool) -> int:
     from .engines import EngineError
     from .fleet import RayUnavailable
-    from .run import score_pool
-    from .store import StoreError
+    from .pipeline import score_pool
+    from .records import StoreError
 
-    out: Path = o["out"]
-    paths = _pool_paths(pool, o["shard"])
-    engine = _engine(urls, model, o)
-    if o["resize"] == "letterbox" and not engine.spec.takes_valid_box:
+    out = run.out
+    paths = _pool_paths(run.pool, run.shard)
+    engine = _engine(run.engines, run.streaming.batch_size)
+    if run.streaming.resize == "letterbox" and not engine.spec.takes_valid_box:
         engine.close()
         raise click.BadParameter(
             f"model {engine.spec.model_id} uses contract {engine.spec.contract_version}: it "
@@ -620,16 +277,16 @@ def _score(pool: str, urls: tuple[str, ...], model: Path | None, o: dict[str, An
             "onnx`, or use --resize stretch or crop",
             param_hint="--resize",
         )
-    scoring = _ray_scoring(urls, engine, o)
+    scoring = _ray_scoring(run.engines, engine, run.ray)
     try:
-        where = "" if scoring is None else f" on Ray ({o['ray_address']}, {o['actors']} actors)"
+        where = ""
+        if run.ray is not None:
+            where = f" on Ray ({run.ray.address or 'local'}, {run.ray.actors} actors)"
         _stderr(
             f"deal-client: {len(paths)} images, model {engine.spec.model_id} via "
             f"{engine.describe()}{where}, out {out}"
         )
-        how = _select_settings(o)
-        settings = _score_settings(o)
-        run = score_pool(paths, engine, out, settings, how, o["maps"], o["html"], scoring)
+        result = score_pool(paths, engine, out, run.streaming, run.how, run.maps, run.html, scoring)
     except (StoreError, RayUnavailable) as exc:
         raise click.ClickException(str(exc)) from None
     except EngineError as exc:
@@ -638,42 +295,39 @@ def _score(pool: str, urls: tuple[str, ...], model: Path | None, o: dict[str, An
         raise click.ClickException(f"{_os_error(exc, out)}\n{_resume_hint(out)}") from None
     finally:
         engine.close()
-    return _report(run, out, o["as_json"])
+    return _report(result, out, as_json)
 
 
-def _ray_scoring(urls: tuple[str, ...], engine: Any, o: dict[str, Any]) -> Any:
+def _ray_scoring(engines: EngineSettings, engine: Any, ray: RaySettings | None) -> Any:
     """`score_pool`'s scorer for --ray (None without it): each actor builds the engine of
     --url, or opens --model in ONNX Runtime with --cpus-per-actor threads."""
-    if o["ray_address"] is None:
+    if ray is None:
         return None
     import functools
     import math
 
     from .engines import EmbeddedEngine
-    from .fleet import RayScoring, RaySettings, RayUnavailable, import_ray
+    from .fleet import RayScoring, RayUnavailable, import_ray
 
     try:
         import_ray()  # before anything is written
     except RayUnavailable as exc:
         engine.close()
         raise click.ClickException(str(exc)) from None
-    threads = max(1, math.ceil(o["cpus_per_actor"]))
+    threads = max(1, math.ceil(ray.cpus_per_actor))
     make = (
-        _triton_factory(urls, o)
-        if urls
+        engines.triton_factory()
+        if engines.urls
         else functools.partial(EmbeddedEngine, str(engine.path), threads)
     )
-    address = None if o["ray_address"] == "local" else o["ray_address"]
-    return RayScoring(
-        make, RaySettings(address, o["actors"], o["cpus_per_actor"], o["gpus_per_actor"])
-    )
+    return RayScoring(make, ray)
 
 
 def _pool_paths(pool: str, shard: tuple[int, int]) -> list[str]:
     from dealseg.core.pool import IMAGE_EXTENSIONS, PoolError
 
     from .remote import AccessDenied
-    from .run import list_paths
+    from .scoring import list_paths
 
     try:
         paths = list_paths(pool, shard)
@@ -765,49 +419,67 @@ def select_command(
 
     Exits 3 when fewer than --top-k images could be selected (the reason on stderr).
     """
-    _one_engine(urls, model, o)
-    ctx.exit(_interruptible(lambda: _select(scores, out, urls, model, o), "nothing changed"))
+    run = SelectCommand(
+        scores,
+        out,
+        engine_settings(urls, model, o),
+        score_settings(o),
+        select_settings(o),
+        o["force"],
+        o["maps"],
+        o["html"],
+    )
+    ctx.exit(_interruptible(lambda: _select(run, o["as_json"]), "nothing changed"))
 
 
-def _select(
-    scores: Path, out: Path | None, urls: tuple[str, ...], model: Path | None, o: dict[str, Any]
-) -> int:
-    from .report import REPORT_HTML
-    from .run import check_replace, draw, run_selection
-    from .store import MAPS, StoreError, load_table
+@dataclass(frozen=True)
+class SelectCommand:
+    """What `select` was asked, as typed settings."""
 
-    how = _select_settings(o)
+    scores: Path
+    out: Path | None  # default: the folder of the scores
+    engines: EngineSettings  # draws the maps
+    streaming: ScoreSettings  # how the maps' images stream
+    how: SelectSettings
+    force: bool
+    maps: bool | None  # None: if the folder had maps
+    html: bool
+
+
+def _select(run: SelectCommand, as_json: bool) -> int:
+    from .pipeline import reselect
+    from .records import StoreError
+
+    def painter(table: Any) -> Any:
+        return _maps_engine(table, run.engines, run.streaming.batch_size)
+
+    where = run.out or run.scores
     try:
-        table = load_table(scores)
-        out = out or table.out
-        if not o["force"]:
-            check_replace(out, table, how)
-    except StoreError as exc:
-        raise click.ClickException(str(exc)) from None
-    html = o["html"] or (out / REPORT_HTML).is_file()
-    maps = o["maps"] if o["maps"] is not None else html or (out / MAPS).is_dir()
-    engine = _maps_engine(table, urls, model, o) if maps else None
-    try:
-        doc = run_selection(table, out, how)
-        failed, page = draw(engine, table, out, doc, _score_settings(o), html)
+        done = reselect(
+            run.scores,
+            run.out,
+            run.how,
+            run.streaming,
+            force=run.force,
+            maps=run.maps,
+            html=run.html,
+            painter=painter,
+        )
     except (StoreError, ValueError) as exc:
         raise click.ClickException(str(exc)) from None
     except OSError as exc:
-        raise click.ClickException(_os_error(exc, out)) from None
-    finally:
-        if engine is not None:
-            engine.close()
-    _print_selection(doc, o["as_json"])
-    for path, reason in failed.items():
+        raise click.ClickException(_os_error(exc, where)) from None
+    _print_selection(done.selection, as_json)
+    for path, reason in done.map_failures.items():
         _stderr(f"warning: no map for {_display(path)}: {reason}")
-    if page is not None:
-        _stderr(f"report: {page}")
-    return EXIT_FAILED_INPUTS if _short(doc) else EXIT_OK
+    if done.html is not None:
+        _stderr(f"report: {done.html}")
+    return EXIT_FAILED_INPUTS if _short(done.selection) else EXIT_OK
 
 
-def _maps_engine(table: Any, urls: tuple[str, ...], model: Path | None, o: dict) -> Any:
+def _maps_engine(table: Any, engines: EngineSettings, batch_size: int) -> Any:
     """The engine that draws maps: it must serve the model that scored the table."""
-    engine = _engine(urls, model, o)
+    engine = _engine(engines, batch_size)
     if engine.spec.model_id != table.meta["model"]:
         served = engine.spec.model_id
         engine.close()
@@ -844,17 +516,16 @@ def merge(inputs: tuple[Path, ...], out: Path, fmt: str | None, **o: Any) -> Non
 
     --top-k and --strategy default to those of the inputs' selections when they all agree.
     """
-    from .run import run_selection
-    from .store import StoreError, load_table, merge_outputs, scores_format
+    from .pipeline import inherited_selection, merge_and_select
+    from .records import StoreError
 
-    strategy, k = _merged_selection(inputs, o["strategy"], o["top_k"])
-    if fmt is None:
-        formats = {scores_format(i) for i in inputs}
-        fmt = formats.pop() if len(formats) == 1 else "jsonl"
     try:
-        merge_outputs(inputs, out, fmt)
-        table = load_table(out)
-        doc = run_selection(table, out, _select_settings(o, strategy, k))
+        strategy, k = inherited_selection(inputs, o["strategy"], o["top_k"])
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+    how = select_settings(o, strategy, k)
+    try:
+        table, doc = merge_and_select(inputs, out, fmt, how)
     except (StoreError, ValueError) as exc:
         raise click.ClickException(str(exc)) from None
     except OSError as exc:
@@ -868,23 +539,6 @@ def merge(inputs: tuple[Path, ...], out: Path, fmt: str | None, **o: Any) -> Non
     sys.exit(EXIT_FAILED_INPUTS if table.errors or _short(doc) else EXIT_OK)
 
 
-def _merged_selection(inputs: tuple[Path, ...], strategy: str | None, k: int | None) -> tuple:
-    """--strategy/--top-k, or those of the inputs' selection.json files if they all agree."""
-    if strategy is not None and k is not None:
-        return strategy, k
-    seen = set()
-    for folder in inputs:
-        try:
-            doc = json.loads((folder / "selection.json").read_text())
-            seen.add((doc["strategy"], doc["k"]))
-        except (OSError, ValueError, KeyError):
-            seen.add(None)
-    if len(seen) != 1 or None in seen:
-        raise click.UsageError("give --top-k (and --strategy): the inputs' selections differ")
-    ((old_strategy, old_k),) = seen
-    return strategy or old_strategy, k or old_k
-
-
 # --------------------------------------------------------------------------------- report
 @main.command("report")
 @click.argument("out", type=click.Path(exists=True, file_okay=False, path_type=Path))
@@ -895,14 +549,16 @@ def report_command(out: Path) -> None:
     score histograms and class balance of the pool and the picks, the near-duplicates that
     --diverse skipped. The maps come from `--maps` (or `--report`) of score and select.
     """
+    from .outdir import MAPS, load_table, out_lock, read_selection
+    from .records import StoreError
     from .report import write_report
-    from .store import MAPS, StoreError, load_table, read_selection
 
-    doc = read_selection(out)
-    if doc is None:
-        raise click.ClickException(f"{out} holds no selection.json: run `deal-client score` first")
     try:
-        page = write_report(out, load_table(Path(doc.get("scores") or out)), doc)
+        with out_lock(out):
+            doc = read_selection(out)
+            if doc is None:
+                raise StoreError(f"{out} holds no selection.json: run `deal-client score` first")
+            page = write_report(out, load_table(Path(doc.get("scores") or out)), doc)
     except (StoreError, ValueError) as exc:
         raise click.ClickException(str(exc)) from None
     except OSError as exc:
@@ -913,15 +569,6 @@ def report_command(out: Path) -> None:
 
 
 # --------------------------------------------------------------------------------- export
-def _path_map(ctx: click.Context, param: click.Parameter, value: tuple[str, ...]) -> Any:
-    from .export import PathMap
-
-    try:
-        return PathMap.parse(value)
-    except ValueError as exc:
-        raise click.BadParameter(str(exc)) from None
-
-
 @main.command("export")
 @click.argument("out", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option(
@@ -934,7 +581,7 @@ def _path_map(ctx: click.Context, param: click.Parameter, value: tuple[str, ...]
 @click.option(
     "--path-map",
     multiple=True,
-    callback=_path_map,
+    callback=path_map_callback,
     metavar="LOCAL=REMOTE",
     help="Where the tool finds the images: paths under LOCAL are rewritten under REMOTE, e.g. "
     "/data/pool=s3://bucket/pool (repeatable; every selected path must match one).",
@@ -956,12 +603,14 @@ def export_command(
 ) -> None:
     """Hand the selection in OUT to a labelling tool: Label Studio tasks, a CVAT manifest, a
     FiftyOne dataset, or CSV, each with the scores and class shares of every pick."""
-    from .export import export_selection
-    from .store import StoreError
+    from .handoff import export_selection
+    from .outdir import EXPORTS, out_lock
+    from .records import StoreError
 
-    dest = dest or out / "export" / fmt
+    dest = dest or out / EXPORTS / fmt
     try:
-        written = export_selection(out, fmt, dest, path_map, predictions)
+        with out_lock(out):  # the selection must not change while it is handed off
+            written = export_selection(out, fmt, dest, path_map, predictions)
     except (ValueError, StoreError) as exc:  # ExportError, or metadata without the classes
         raise click.ClickException(str(exc)) from None
     except OSError as exc:
@@ -1019,25 +668,40 @@ def eval_command(
     Prints a table (strategies by Spearman with the error rate; the best per column marked);
     writes eval.json (metrics, per-image rows, errors) and risk_coverage.png into --out.
     """
-    _one_engine(urls, model, o)
-    ctx.exit(_interruptible(lambda: _eval(pool, labels, urls, model, o), "nothing written"))
+    from .evaluation import EvalSettings
+
+    engines = engine_settings(urls, model, o)
+    streaming = score_settings(o)
+    how = EvalSettings(o["ignore"], o["seed"])
+    out, as_json = o["out"], o["as_json"]
+    ctx.exit(
+        _interruptible(
+            lambda: _eval(pool, labels, out, engines, streaming, how, as_json), "nothing written"
+        )
+    )
 
 
-def _eval(pool: str, labels: str, urls: tuple[str, ...], model: Path | None, o: dict) -> int:
+def _eval(
+    pool: str,
+    labels: str,
+    out: Path,
+    engines: EngineSettings,
+    streaming: ScoreSettings,
+    how: EvalSettings,
+    as_json: bool,
+) -> int:
     from .engines import EngineError
-    from .evaluation import EvalSettings, evaluate_pool, format_table
+    from .evaluation import evaluate_pool, format_table
 
-    out: Path = o["out"]
     paths = _pool_paths(pool, (0, 1))
     index = _label_index(labels)
-    engine = _engine(urls, model, o)
+    engine = _engine(engines, streaming.batch_size)
     try:
         _stderr(
             f"deal-client eval: {len(paths)} images, {len(index)} masks, model "
             f"{engine.spec.model_id} via {engine.describe()}, out {out}"
         )
-        how = EvalSettings(o["ignore"], o["seed"])
-        run = evaluate_pool(paths, index, engine, out, _score_settings(o), how, pool)
+        run = evaluate_pool(paths, index, engine, out, streaming, how, pool)
     except EngineError as exc:
         raise click.ClickException(str(exc)) from None
     except OSError as exc:
@@ -1046,7 +710,7 @@ def _eval(pool: str, labels: str, urls: tuple[str, ...], model: Path | None, o: 
         engine.close()
     _list_failures(run.failed)
     summary = run.doc["summary"]
-    click.echo(json.dumps(summary, indent=1) if o["as_json"] else format_table(summary))
+    click.echo(json.dumps(summary, indent=1) if as_json else format_table(summary))
     counts = summary["counts"]
     _stderr(
         f"deal-client eval: {counts['images']} images: {counts['evaluated']} evaluated, "
@@ -1087,7 +751,10 @@ def health(urls: tuple[str, ...], **o: Any) -> None:
     from .engines import EngineError
 
     try:
-        engine = _triton(urls, o)
+        from .settings import EngineSettings
+
+        triton = triton_settings(o)
+        engine = _open_triton(checked(lambda: EngineSettings(None, urls, triton)))
     except EngineError as exc:
         click.echo(json.dumps({"ready": False, "urls": list(urls), "error": str(exc)}))
         raise click.ClickException(str(exc)) from None
@@ -1098,7 +765,7 @@ def health(urls: tuple[str, ...], **o: Any) -> None:
             {
                 "ready": True,
                 "urls": list(urls),
-                "protocol": o["protocol"],
+                "protocol": triton.protocol,
                 "model": spec.model_id,
                 "model_name": spec.model_name,
                 "model_version": spec.model_version,

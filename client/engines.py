@@ -102,13 +102,15 @@ class Engine(Protocol):
         self, images: np.ndarray, outputs: Sequence[str], boxes: np.ndarray | None = None
     ) -> dict[str, np.ndarray]: ...
 
+    def describe(self) -> str: ...  # where it runs, for the run's first line
+
     def close(self) -> None: ...
 
 
 def default_model_path() -> Path:
-    """The shipped model, `deal/1/model.onnx` of `dealseg.shipped_repository()`: installed with
-    the package, or in the source checkout."""
-    from dealseg import shipped_repository
+    """The shipped model, `deal/1/model.onnx` of `core.modelfile.shipped_repository()`:
+    installed with the package, or in the source checkout."""
+    from dealseg.core.modelfile import shipped_repository
 
     repo = shipped_repository()
     if repo is None:

@@ -37,14 +37,15 @@ from dealseg.core.metrics import (
 from dealseg.core.ranking import path_hash
 
 from .engines import Engine
-from .run import Scorer, ScoreReport, ScoreSettings
-from .store import path_fields
+from .records import path_fields
+from .scoring import Scorer, ScoreReport
+from .settings import ScoreSettings
 
 EVAL_JSON = "eval.json"
 RISK_COVERAGE_PNG = "risk_coverage.png"
 FORMAT = 1
 EVAL_OUTPUTS: tuple[str, ...] = (*IMAGE_SCORES, "segmentation")
-BASELINES: tuple[str, ...] = ("random", "oracle")  # seeded path hash; the true error rate
+RANDOM, ORACLE = "random", "oracle"  # the baselines: a seeded path hash; the true error rate
 HEADERS: dict[str, str] = {
     "spearman_error": "rho(err)",
     "spearman_miou": "rho(1-mIoU)",
@@ -199,7 +200,7 @@ def strategy_scores(results: Sequence[ImageResult], seed: int) -> dict[str, np.n
     paths = [r.path for r in results]
     scores = {n: np.array([r.scores[n] for r in results], np.float64) for n in IMAGE_SCORES}
     errors = np.array([r.error_rate for r in results], np.float64)
-    return {**scores, "random": path_hash(paths, seed), "oracle": errors}
+    return {**scores, RANDOM: path_hash(paths, seed), ORACLE: errors}
 
 
 def _number(x: float) -> float | None:
@@ -231,7 +232,7 @@ def summarise(results: Sequence[ImageResult], scores: Mapping[str, np.ndarray]) 
 def _best(judged: Mapping[str, Mapping[str, float]], metric: str) -> list[str]:
     """The strategies (oracle aside) with the best value of `metric`, within 1e-9."""
     sign = 1.0 if JUDGED[metric] else -1.0
-    values = {n: sign * m[metric] for n, m in judged.items() if n != "oracle"}
+    values = {n: sign * m[metric] for n, m in judged.items() if n != ORACLE}
     finite = [v for v in values.values() if math.isfinite(v)]
     if not finite:
         return []
@@ -291,7 +292,7 @@ def plot_risk_coverage(
     fig = Figure(figsize=(7.5, 4.8))
     FigureCanvasAgg(fig)
     ax = fig.subplots()
-    styles = {"oracle": ("k", "--"), "random": ("0.5", ":")}
+    styles = {ORACLE: ("k", "--"), RANDOM: ("0.5", ":")}
     for name, (coverage, risk, area) in curves.items():
         color, line = styles.get(name, (None, "-"))
         shown = "-" if area is None else f"{area:.3f}"

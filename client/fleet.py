@@ -5,7 +5,7 @@
     one engine per actor, ONNX Runtime in-process or a Triton client) ─► Parquet parts in
     OUT/scores.parquet/ ─► (driver) selection over the dataset
 
-Rows are the single-process writer's (`columnar.batch_table`), so both paths select the same.
+Rows are the single-process writer's (`parquet.batch_table`), so both paths select the same.
 Resumable: the driver skips the paths OUT already holds scored OK by the same model. Actors are
 restarted when they die (Ray Data's defaults: max_restarts=-1, max_task_retries=-1) and the
 batch they held is run again, so a lost actor costs time, never a row. Ray is imported here
@@ -26,20 +26,22 @@ import numpy as np
 from dealseg.core.contract import SCORE_OUTPUTS, ModelSpec
 from dealseg.core.decode import DecodeError
 
-from .columnar import (
+from .engines import Engine, EngineError
+from .outdir import claim, load_table
+from .parquet import (
     SCORES_PARQUET,
     batch_table,
+    done_paths,
     errors_table,
     new_run_id,
     next_sequence,
-    open_parquet_out,
     part_prefix,
     read_parts,
 )
-from .engines import Engine, EngineError
+from .records import StoreError, Table, record_path
 from .remote import one_line
-from .run import ScoreReport, ScoreSettings, decode_or_error, load_frame
-from .store import StoreError, Table, _lock, load_table, record_path
+from .scoring import ScoreReport, decode_or_error, load_frame
+from .settings import ScoreSettings
 
 ROWS_PER_FILE = 1024  # rows a Parquet part of the Ray path holds at least (but the last)
 DECODE_BATCH = 16  # images a decode task turns into frames at a time
@@ -127,7 +129,7 @@ def decode_batch(
 
 class ScoreActor:
     """One actor of the scoring pool: builds its engine once, then scores batches of frames
-    into scores rows (`columnar.batch_table`), error rows for the files that did not decode."""
+    into scores rows (`parquet.batch_table`), error rows for the files that did not decode."""
 
     def __init__(
         self, make_engine: EngineFactory, spec: ModelSpec, run: str, hook: BatchHook | None
@@ -160,7 +162,7 @@ class ScoreActor:
 
 def part_names(prefix: str) -> Any:
     """Ray's FilenameProvider for our parts, `<run sequence>-<run id>-<write>-<task>.parquet`:
-    the parts of later runs sort after earlier ones (`columnar.part_files`)."""
+    the parts of later runs sort after earlier ones (`parquet.part_files`)."""
     from ray.data.datasource import FilenameProvider
 
     class PartNames(FilenameProvider):
@@ -188,15 +190,14 @@ def score_on_ray(
     """
     import time
 
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    with _lock(out):
-        done = open_parquet_out(out, spec)
+    with claim(out, spec, "parquet", settings.scoring):
+        folder = Path(out) / SCORES_PARQUET
+        folder.mkdir(exist_ok=True)
+        done = done_paths(folder, spec.model_id)
         todo = [p for p in paths if p not in done]
         report = ScoreReport(total=len(paths), resumed=len(paths) - len(todo))
         if not todo:
             return report
-        folder = out / SCORES_PARQUET
         run = new_run_id()
         prefix = part_prefix(next_sequence(folder), run)
         with connected(ray_settings.address, settings.progress) as ray:
@@ -295,7 +296,7 @@ def _count(report: ScoreReport, folder: Path, run: str) -> None:
 
 @dataclass(frozen=True)
 class RayScoring:
-    """`run.score_pool`'s `score_with` for the Ray path: scores into `out` on a cluster, then
+    """`pipeline.score_pool`'s `score_with` for the Ray path: scores into `out` on a cluster, then
     reads the out dir's table for selection."""
 
     make_engine: EngineFactory

@@ -32,7 +32,7 @@ from dealseg.core.decode import DecodeError, Frame, decode_frame
 from dealseg.core.files import atomic_write
 
 from .engines import Engine
-from .store import MAPS
+from .outdir import MAPS
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9_-]+")
 _OUR_NAME = re.compile(r"^\d{4,}_[A-Za-z0-9_-]+_[0-9a-f]{10}(\.dif|\.seg)?\.png$")

@@ -30,7 +30,8 @@ from dealseg.core.ranking import SCORE_COLUMNS
 
 from .engines import default_model_path
 from .maps import layer_names, overlay, segmentation_rgb
-from .store import MAPS, Table, record_path, spec_of
+from .outdir import MAPS
+from .records import Table, record_path, spec_of
 
 REPORT_HTML = "report.html"
 REPORT_FILES = "report_files"
@@ -57,6 +58,12 @@ def model_card(model_id: str) -> Path | None:
         return card if f"`{model_id}`" in card.read_text() else None
     except OSError:
         return None
+
+
+def remove_report(out: Path) -> None:
+    """Remove OUT/report.html and its pictures (the page of an earlier selection)."""
+    (Path(out) / REPORT_HTML).unlink(missing_ok=True)
+    shutil.rmtree(Path(out) / REPORT_FILES, ignore_errors=True)
 
 
 def write_report(out: Path, table: Table, selection: dict[str, Any]) -> Path:

@@ -446,7 +446,7 @@ def _balanced(mix: np.ndarray, picks: list[Pick], k: int, weights: np.ndarray) -
 
 
 @dataclass
-class Selection:
+class Choice:
     """What `choose` picked, best first; what the rules skipped on the way; the images it could
     pick from (the pool less the excluded)."""
 
@@ -495,7 +495,7 @@ def _check(pool: Pool, k: int, opts: Options) -> None:
         _need_fractions(pool, len(w))
 
 
-def choose(pool: Pool, strategy: str, k: int, options: Options | None = None) -> Selection:
+def choose(pool: Pool, strategy: str, k: int, options: Options | None = None) -> Choice:
     """Rank `pool` by `strategy` and pick the top k, best first, with what the rules skipped.
 
     k larger than the pool returns every (non-excluded) image; an empty pool is a ValueError.
@@ -519,7 +519,7 @@ def choose(pool: Pool, strategy: str, k: int, options: Options | None = None) ->
     if opts.balance is not None:
         mix = _need_fractions(pool, len(opts.balance))
         picks = _balanced(mix, picks, k, opts.balance)
-    return Selection(picks, skipped, len(pool), available)
+    return Choice(picks, skipped, len(pool), available)
 
 
 def select(pool: Pool, strategy: str, k: int, options: Options | None = None) -> list[Pick]:

@@ -7,7 +7,6 @@ numpy nor an engine: they load on the first use of these names.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 __version__ = "0.1.0"
@@ -19,15 +18,8 @@ def __getattr__(name: str) -> Any:
         from dealseg.client import api
 
         return getattr(api, name)
+    if name == "shipped_repository":
+        from dealseg.core.modelfile import shipped_repository
+
+        return shipped_repository
     raise AttributeError(f"module 'dealseg' has no attribute {name!r}")
-
-
-def shipped_repository() -> Path | None:
-    """The Triton model repository shipped with dealseg (the model `deal`, version 1): inside the
-    installed package (`pip install`, the wheel: site-packages/dealseg/model_repository/), else
-    the `model_repository/` of a source checkout (an editable install); None if neither has it."""
-    package = Path(__file__).resolve().parent
-    for repo in (package / "model_repository", package.parent / "model_repository"):
-        if (repo / "deal" / "config.pbtxt").is_file():
-            return repo
-    return None

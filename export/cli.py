@@ -170,7 +170,7 @@ def tensorrt(
         raise click.BadParameter(str(exc)) from None
     try:
         build_engine(onnx_path, out, profile, fp16=fp16, workspace_gib=workspace_gib)
-        from dealseg.serving.repository import read_onnx_spec
+        from dealseg.core.modelfile import read_onnx_spec
 
         h, w = read_onnx_spec(onnx_path).input_size
         images = np.random.default_rng(0).integers(0, 256, (opt_batch, h, w, 3), dtype=np.uint8)
@@ -283,7 +283,8 @@ def repository(
 ) -> None:
     """Write the model into a Triton model repository (config.pbtxt + version folder)."""
     from dealseg.core.contract import ContractError
-    from dealseg.serving.repository import read_onnx_spec, versions_of, write_repository
+    from dealseg.core.modelfile import read_onnx_spec
+    from dealseg.serving.repository import versions_of, write_repository
 
     from .onnx_export import check_name
     from .onnxfile import stamped

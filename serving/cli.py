@@ -14,7 +14,7 @@ from pathlib import Path
 
 import click
 
-from dealseg import shipped_repository
+from dealseg.core.modelfile import shipped_repository
 from dealseg.serving.server import (
     Cleanup,
     ServerError,

@@ -34,11 +34,11 @@ from dealseg.core.contract import (
     SCORE_OUTPUTS,
     ContractError,
     ModelSpec,
-    session_spec,
     version_metadata,
     version_parameters,
 )
 from dealseg.core.files import atomic_write
+from dealseg.core.modelfile import read_onnx_spec
 
 TARGETS: tuple[str, ...] = ("python-cpu", "onnxruntime", "tensorrt")
 BACKEND_MODEL_PY = Path(__file__).parent / "backend" / "model.py"
@@ -51,22 +51,6 @@ PARAM_DEFAULT_OUTPUTS = "default_outputs"  # comma-separated; sent when a reques
 
 _KINDS = {"cpu": mc.ModelInstanceGroup.KIND_CPU, "gpu": mc.ModelInstanceGroup.KIND_GPU}
 _DEFAULT_KIND = {"python-cpu": "cpu", "onnxruntime": "gpu", "tensorrt": "gpu"}
-
-
-def read_onnx_spec(model_path: Path) -> ModelSpec:
-    """Read the contract metadata of an exported ONNX file and check its tensors against it.
-
-    Raises ContractError naming every difference (missing metadata, wrong dtype or shape).
-    """
-    import onnxruntime as ort  # lazy: keeps `deal-serve --help` fast
-
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    try:
-        session = ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
-    except Exception as exc:  # onnxruntime raises its own exception types
-        raise ContractError(f"{model_path}: not a loadable ONNX model ({exc})") from exc
-    return session_spec(session)
 
 
 def build_config(

@@ -66,7 +66,7 @@ def one_thread() -> Iterator[None]:
 @pytest.fixture(scope="module")
 def streets(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """30 tiny street scenes: 21 train, 3 val, 6 test."""
-    from dealseg.training.synth import write_streets
+    from dealseg.training.streets.dataset import write_streets
 
     root = tmp_path_factory.mktemp("streets")
     write_streets(root, n=30, size=(64, 80), seed=0)
@@ -166,7 +166,7 @@ def test_the_loop_and_the_client_pick_the_same_frames_from_the_same_scores(
 ) -> None:
     """The loop's scores written as a client out dir, re-selected by `deal-client select`."""
     from dealseg.client.cli import main as client_main
-    from dealseg.client.store import ScoreWriter
+    from dealseg.client.outdir import open_writer
 
     candidates, labeled = list(range(3, 21)), (0, 1, 2)
     ctx = Context(streets, tiny_model, labeled=labeled, bins=8, batch_size=6)
@@ -187,9 +187,9 @@ def test_the_loop_and_the_client_pick_the_same_frames_from_the_same_scores(
         "0" * 64,
     )
     out = tmp_path / "out"
-    writer = ScoreWriter(out, spec)
-    writer.append_batch(paths, {**scores, "class_fraction": np.zeros((18, 3)), "embedding": emb})
-    writer.close()
+    with open_writer(out, spec) as writer:
+        outputs = {**scores, "class_fraction": np.zeros((18, 3)), "embedding": emb}
+        writer.append_batch(paths, outputs)
     np.save(tmp_path / "labeled.npy", infer(ctx, labeled, embedding_batch))
     for name in ("ds", "de", "entropy", "coreset", "ds+coreset", "entropy+coreset"):
         args = ["select", str(out), "-k", "6", "--strategy", name, "--json", "--force"]

@@ -14,17 +14,23 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from helpers import (
+    assert_same_selection,
+    deal_client,
+    records,
+    selection,
+    write_pool,
+    write_wide_pool,
+)
 from PIL import Image
-from test_client_cli import assert_same_selection, deal_client, records, selection, write_pool
-from test_frames import write_wide_pool
 
 from dealseg.core.contract import ModelSpec, version_metadata
+from dealseg.core.modelfile import read_onnx_spec
 from dealseg.export.cli import main as export_cli
 from dealseg.serving.repository import (
     config_metadata,
     parse_config,
     parse_version_policy,
-    read_onnx_spec,
     versions_of,
     write_repository,
 )

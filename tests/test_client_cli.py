@@ -8,87 +8,32 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
-from click.testing import CliRunner, Result
+from helpers import (
+    K,
+    add_photos,
+    assert_same_selection,
+    deal_client,
+    embeddings,
+    records,
+    selection,
+    spec_of_out,
+    start_gated,
+    wait_for_records,
+    write_pool,
+)
 from PIL import Image
 
-from dealseg.client.cli import (
+from dealseg.client.maps import map_name
+from dealseg.client.options import (
     DEFAULT_MAX_PIXELS,
     DEFAULT_STRATEGY,
     RESIZE_MODES,
     STRATEGY_NAMES,
-    main,
 )
-from dealseg.client.maps import map_name
-from dealseg.core.contract import TOL_DS, ModelSpec
-
-K = 5
-
-
-def deal_client(*args: object, input: bytes | None = None) -> Result:
-    return CliRunner().invoke(main, [str(a) for a in args], input=input, catch_exceptions=False)
-
-
-def write_pool(folder: Path, n: int, size: tuple[int, int] = (60, 80), seed: int = 0) -> Path:
-    """n small street-like images: sky, buildings, road, a few objects, noise; JPEG and PNG."""
-    rng = np.random.default_rng(seed)
-    h, w = size
-    for i in range(n):
-        img = np.zeros((h, w, 3), np.uint8)
-        horizon = int(rng.integers(h // 4, h // 2))
-        img[:horizon] = rng.integers(120, 230, 3)
-        img[horizon:] = rng.integers(40, 120, 3)
-        for _ in range(int(rng.integers(1, 6))):
-            y, x = rng.integers(0, h - 4), rng.integers(0, w - 4)
-            img[y : y + int(rng.integers(3, h // 2)), x : x + int(rng.integers(2, w // 3))] = (
-                rng.integers(0, 256, 3)
-            )
-        img = np.clip(img + rng.normal(0, rng.uniform(0, 30), img.shape), 0, 255).astype(np.uint8)
-        sub = folder / f"cam{i % 3}"
-        sub.mkdir(parents=True, exist_ok=True)
-        ext = "jpg" if i % 2 else "png"
-        Image.fromarray(img).save(sub / f"frame_{i:04d}.{ext}")
-    return folder
-
-
-def add_photos(folder: Path) -> None:
-    """A few real photos shipped with scikit-image, shrunk."""
-    import skimage
-
-    data = Path(skimage.__file__).parent / "data"
-    for name in ("astronaut.png", "coffee.png", "chelsea.png", "motorcycle_left.png", "rocket.jpg"):
-        im = Image.open(data / name).convert("RGB")
-        im.thumbnail((160, 120))
-        im.save(folder / f"photo_{Path(name).stem}.jpg", quality=90)
-
-
-def spec_of_out(out: Path) -> ModelSpec:
-    return ModelSpec.from_metadata(json.loads((out / "meta.json").read_text())["metadata"])
-
-
-def embeddings(out: Path) -> np.ndarray:
-    """[rows, D] of an out dir's embeddings file."""
-    d = spec_of_out(out).embedding_dim
-    return np.fromfile(out / "embeddings.f32", dtype="<f4").reshape(-1, d)
-
-
-def selection(out: Path) -> dict:
-    return json.loads((out / "selection.json").read_text())
-
-
-def records(out: Path) -> list[dict]:
-    return [json.loads(line) for line in (out / "scores.jsonl").read_bytes().splitlines()]
-
-
-def assert_same_selection(a: dict, b: dict) -> None:
-    assert [r["path"] for r in a["rows"]] == [r["path"] for r in b["rows"]]
-    for ra, rb in zip(a["rows"], b["rows"], strict=True):
-        for key in ("score", "ds", "entropy"):
-            assert ra[key] == pytest.approx(rb[key], abs=TOL_DS), key
 
 
 @pytest.fixture(scope="module")
@@ -261,30 +206,6 @@ def test_resume_after_a_crash_mid_write(
     assert_same_selection(selection(out), selection(reference))
 
 
-GATED_CLIENT = Path(__file__).parent / "gated_client.py"
-
-
-def start_gated(pool: Path, gate_at: int, release: Path, *args: object) -> subprocess.Popen:
-    """`deal-client score POOL ARGS` in a subprocess whose decode of the pool's image number
-    `gate_at` (0-based, pool order) waits until `release` exists (see gated_client.py)."""
-    from dealseg.client.run import list_paths
-
-    gate = os.path.basename(list_paths(str(pool))[gate_at])
-    cmd = [sys.executable, str(GATED_CLIENT), gate, str(release), "score", str(pool)]
-    cmd += [str(a) for a in args]
-    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-
-
-def wait_for_records(out: Path, n: int, proc: subprocess.Popen) -> None:
-    """Until scores.jsonl holds n lines; the process must still be running (it is gated)."""
-    scores = out / "scores.jsonl"
-    deadline = time.monotonic() + 120  # a failure guard: the condition is met in seconds
-    while not (scores.exists() and scores.read_bytes().count(b"\n") >= n):
-        assert proc.poll() is None, proc.communicate()[1].decode()
-        assert time.monotonic() < deadline, "the gated run never wrote its first records"
-        time.sleep(0.02)
-
-
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_an_interrupt_leaves_valid_files_and_a_rerun_finishes(
     sig: signal.Signals, tiny_onnx: Path, tmp_path: Path
@@ -361,13 +282,11 @@ def test_an_out_dir_of_format_1_is_read_but_not_resumed(
 
 
 def test_one_writer_per_out_dir(reference: Path, pool: Path, tiny_onnx: Path) -> None:
-    from dealseg.client.store import ScoreWriter, read_meta, spec_of
+    from dealseg.client.outdir import open_writer, read_meta
+    from dealseg.client.records import spec_of
 
-    writer = ScoreWriter(reference, spec_of(read_meta(reference)))
-    try:
+    with open_writer(reference, spec_of(read_meta(reference))):
         result = deal_client("score", pool, "-k", K, "--model", tiny_onnx, "--out", reference)
-    finally:
-        writer.close()
     assert result.exit_code == 1 and "another deal-client is writing" in result.stderr
 
 
@@ -494,7 +413,7 @@ def test_stdin_pool(pool: Path, tiny_onnx: Path, tmp_path: Path) -> None:
 
 def test_the_shipped_model_is_the_default(tmp_path: Path) -> None:
     from dealseg.client.engines import default_model_path
-    from dealseg.serving.repository import read_onnx_spec
+    from dealseg.core.modelfile import read_onnx_spec
 
     write_pool(tmp_path / "pool", 2)
     r = deal_client("score", tmp_path / "pool", "-k", 1, "--out", tmp_path / "out")
@@ -594,9 +513,9 @@ def test_client_imports_without_torch_or_heavy_modules_for_help() -> None:
         "import sys, dealseg.client.cli as c\n"
         "heavy = [m for m in ('numpy', 'PIL', 'onnxruntime', 'tritonclient', 'tqdm', 'matplotlib')"
         " if m in sys.modules]\n"
-        "import dealseg.client.run, dealseg.client.engines, dealseg.client.maps\n"
-        "import dealseg.core.ranking, dealseg.client.store, dealseg.core.decode\n"
-        "import dealseg.client.evaluation, dealseg.client.fleet, dealseg.client.columnar\n"
+        "import dealseg.client.scoring, dealseg.client.engines, dealseg.client.maps\n"
+        "import dealseg.core.ranking, dealseg.client.outdir, dealseg.core.decode\n"
+        "import dealseg.client.evaluation, dealseg.client.fleet, dealseg.client.parquet\n"
         "lazy = [m for m in ('ray', 'pyarrow') if m in sys.modules]\n"
         "print(heavy, 'torch' in sys.modules, lazy)\n"
     )

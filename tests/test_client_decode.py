@@ -230,7 +230,7 @@ def test_odd_pool_scores_the_good_and_records_each_bad_one(tiny_onnx: Path, tmp_
     from click.testing import CliRunner
 
     from dealseg.client.cli import main
-    from dealseg.client.store import record_path
+    from dealseg.client.records import record_path
 
     pool, out = tmp_path / "pool", tmp_path / "out"
     ok, bad = make_odd_pool(pool, big_pixels=50_000)

@@ -8,7 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dealseg.client.store import EMBEDDINGS, FORMAT, META, SCORES, load_table
+from dealseg.client.outdir import FORMAT, META, load_table
+from dealseg.client.records import EMBEDDINGS, SCORES
 
 
 def _ok(path: str, ds: float, row: int, model: str = "m") -> dict:

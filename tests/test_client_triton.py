@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_client_cli import (
+from helpers import (
     K,
     assert_same_selection,
     deal_client,
@@ -142,7 +142,8 @@ def test_unreachable_server_fails_after_its_retries_with_one_message(
 
 
 def test_a_served_model_off_the_contract_is_refused(tiny_onnx: Path, tmp_path: Path) -> None:
-    from dealseg.serving.repository import read_onnx_spec, write_repository
+    from dealseg.core.modelfile import read_onnx_spec
+    from dealseg.serving.repository import write_repository
     from dealseg.serving.server import TritonServer
 
     config = write_repository(tiny_onnx, tmp_path / "repo") / "config.pbtxt"

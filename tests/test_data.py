@@ -30,7 +30,7 @@ from dealseg.training.data import (
     list_plain,
     validate,
 )
-from dealseg.training.synth import write_streets
+from dealseg.training.streets.dataset import write_streets
 
 SMALL = (64, 80)
 

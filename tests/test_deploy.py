@@ -87,7 +87,8 @@ def test_the_rayjob_entrypoint_is_a_valid_deal_client_command() -> None:
 
 
 def test_the_repository_writer_batches_as_triton_advises(tiny_onnx: Path) -> None:
-    from dealseg.serving.repository import build_config, read_onnx_spec
+    from dealseg.core.modelfile import read_onnx_spec
+    from dealseg.serving.repository import build_config
 
     config = build_config(read_onnx_spec(tiny_onnx), instances=3)
     assert config.HasField("dynamic_batching")  # on, without preferred sizes

@@ -22,7 +22,7 @@ from dealseg.training.device import (
     loader_workers,
     resolve_device,
 )
-from dealseg.training.synth import write_streets
+from dealseg.training.streets.dataset import write_streets
 from dealseg.training.train import Trainer
 
 TINY = {

@@ -14,10 +14,10 @@ import torch
 from click.testing import CliRunner
 
 from dealseg.core import contract
+from dealseg.core.modelfile import read_onnx_spec
 from dealseg.export.cli import main as export_cli
 from dealseg.export.compare import compare, numpy_de, random_images, real_photos
 from dealseg.export.graph import DEALGraph
-from dealseg.serving.repository import read_onnx_spec
 from dealseg.training.checkpoint import CheckpointError, load_checkpoint, read_raw
 
 REPO = Path(__file__).resolve().parents[1]
@@ -86,6 +86,7 @@ def test_parity_on_random_and_real_photos(tiny_onnx: Path, tiny_checkpoint: Path
     )
 
 
+@pytest.mark.slow
 def test_the_uncertainty_head_exports_with_parity(tmp_path: Path) -> None:
     from conftest import make_tiny_checkpoint
 
@@ -111,6 +112,7 @@ def test_numpy_de_reference() -> None:
     assert numpy_de(np.full((3, 3), 0.2), 8) == 0.0
 
 
+@pytest.mark.slow
 def test_cli_onnx_prints_the_parity_table(tiny_checkpoint: Path, tmp_path: Path) -> None:
     out = tmp_path / "m.onnx"
     result = CliRunner().invoke(

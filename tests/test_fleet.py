@@ -18,14 +18,13 @@ import pyarrow.parquet as pq
 import pytest
 from conftest import S3Server
 from fleet_hooks import KillOnce
-from test_client_cli import K, deal_client
-from test_parquet import mixed_pool, selections
-from test_remote import BUCKET, upload
+from helpers import BUCKET, K, deal_client, mixed_pool, selections, upload
 
-from dealseg.client.columnar import SCORES_PARQUET, part_files
 from dealseg.client.engines import EmbeddedEngine
 from dealseg.client.fleet import RaySettings, score_on_ray
-from dealseg.client.run import ScoreSettings, list_paths
+from dealseg.client.parquet import SCORES_PARQUET, part_files
+from dealseg.client.scoring import list_paths
+from dealseg.client.settings import ScoreSettings
 
 ray = pytest.importorskip("ray")
 TESTS = Path(__file__).parent

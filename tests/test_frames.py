@@ -10,10 +10,10 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 from contract_model import write_contract_model
+from helpers import WIDE, deal_client, embeddings, records, write_wide_pool
 from hypothesis import assume, given
 from hypothesis import strategies as st
 from PIL import Image
-from test_client_cli import deal_client, embeddings, records
 
 from dealseg.core.contract import (
     LEGACY_CONTRACT,
@@ -27,19 +27,6 @@ from dealseg.core.contract import (
 from dealseg.core.decode import decode_frame, place
 
 SCORES = ("ds", "de", "entropy", "class_fraction", "embedding")
-WIDE = (90, 160)  # H, W of the pool's 16:9 frames
-
-
-def write_wide_pool(folder: Path, count: int = 4) -> Path:
-    """16:9 PNGs of smooth colour fields with some noise (the model sees varied content)."""
-    folder.mkdir(parents=True)
-    rng = np.random.default_rng(5)
-    y, x = np.mgrid[0 : WIDE[0], 0 : WIDE[1]]
-    for i in range(count):
-        field = np.stack([x * (i + 1), y * 3, (x + y) * (4 - i)], -1) % 256
-        noise = rng.integers(0, 40, (*WIDE, 3))
-        Image.fromarray((field + noise).clip(0, 255).astype(np.uint8)).save(folder / f"f{i}.png")
-    return folder
 
 
 def by_hand(path: Path, size: tuple[int, int], pad: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -166,6 +153,7 @@ def test_placements_stay_in_the_frame_and_keep_the_shape(shown, size) -> None:
         assert abs(aspect[0] - aspect[1]) <= aspect[0] * (1 / where.scaled[0] + 1 / where.scaled[1])
 
 
+@pytest.mark.slow
 def test_a_16_9_input_size_exports_with_the_contract(
     tiny_checkpoint: Path, tmp_path: Path, pool: Path
 ) -> None:

@@ -27,12 +27,12 @@ import numpy as np
 import pytest
 from chromium import Browser, find_chromium
 from contract_model import CLASSES, contract_spec
+from helpers import deal_client, spec_of_out, write_pool
 from PIL import Image
-from test_client_cli import deal_client, spec_of_out, write_pool
 
-from dealseg.client.export import brush_rle
+from dealseg.client.handoff import brush_rle
 from dealseg.client.maps import layer_names
-from dealseg.client.store import ScoreWriter
+from dealseg.client.outdir import open_writer
 from dealseg.core.strategies import DEFAULT_STRATEGY
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -42,7 +42,7 @@ BICYCLIST = CLASSES.index("Bicyclist")
 
 # ---------------------------------------------------------------------------------- helpers
 def hand_scored(out: Path, rows: Sequence[tuple[str, float, Sequence[float]]]) -> Path:
-    """An out dir written by the real ScoreWriter with outputs chosen by hand: (path, ds, class
+    """An out dir written by the real JSONL writer with outputs chosen by hand: (path, ds, class
     fractions) per image; de = 2 ds, entropy = 1 - ds, embeddings spread over a circle."""
     n = len(rows)
     angle = np.linspace(0, np.pi, n)
@@ -52,7 +52,7 @@ def hand_scored(out: Path, rows: Sequence[tuple[str, float, Sequence[float]]]) -
         "embedding": np.stack([np.cos(angle), np.sin(angle), np.zeros(n)], 1).astype(np.float32),
     }
     outputs["de"], outputs["entropy"] = 2 * outputs["ds"], 1 - outputs["ds"]
-    with ScoreWriter(out, contract_spec()) as writer:
+    with open_writer(out, contract_spec()) as writer:
         writer.append_batch([r[0] for r in rows], outputs)
     return out
 

@@ -28,7 +28,7 @@ def test_serving_and_client_import_without_torch() -> None:
         "import sys\n"
         "import dealseg.core.contract, dealseg.serving.server, dealseg.serving.repository\n"
         "import dealseg.serving.cli\n"
-        "import dealseg.client.cli, dealseg.client.run, dealseg.client.engines\n"
+        "import dealseg.client.cli, dealseg.client.scoring, dealseg.client.engines\n"
         "import dealseg.core.ranking, dealseg.core.decode, dealseg.client.maps\n"
         "import dealseg.client.evaluation, dealseg.core.metrics, dealseg.core.labels\n"
         "print('torch' in sys.modules)\n"
@@ -81,6 +81,7 @@ def _copy_source(root: Path, dest: Path) -> Path:
     return Path(shutil.copytree(root, dest, ignore=skip))
 
 
+@pytest.mark.slow
 def test_an_installed_wheel_scores_a_folder_with_the_shipped_model(tmp_path: Path) -> None:
     """The wheel installed (not editable) into a fresh venv: `deal-client score` works with no
     checkout, its default model inside the package. The venv borrows this one's third-party

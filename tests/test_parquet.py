@@ -9,42 +9,13 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from helpers import K, deal_client, embeddings, mixed_pool, records, selections, spec_of_out
 from hypothesis import given
 from hypothesis import strategies as st
-from test_client_cli import (
-    K,
-    add_photos,
-    deal_client,
-    embeddings,
-    records,
-    spec_of_out,
-    write_pool,
-)
 
-from dealseg.client.cli import STRATEGY_NAMES
-from dealseg.client.columnar import SCORES_PARQUET, counting, part_files
-from dealseg.client.store import class_column, load_table, replaces
-
-SELECTIONS = [(s, []) for s in STRATEGY_NAMES] + [
-    ("de", ["--diverse", "0.99"]),
-    ("ds", ["--balance"]),
-    ("entropy", ["--per-group", "2"]),
-]
-
-
-def add_bad_files(folder: Path) -> None:
-    """Two files that cannot be scored: an empty PNG and a JPEG of text."""
-    (folder / "bad").mkdir(exist_ok=True)
-    (folder / "bad" / "empty.png").write_bytes(b"")
-    (folder / "bad" / "garbage.jpg").write_bytes(b"this is not a JPEG at all")
-
-
-def mixed_pool(folder: Path, n: int) -> Path:
-    """`n` street frames, the photos and the bad files in `folder`."""
-    write_pool(folder, n)
-    add_photos(folder)
-    add_bad_files(folder)
-    return folder
+from dealseg.client.outdir import load_table
+from dealseg.client.parquet import SCORES_PARQUET, counting, part_files
+from dealseg.client.records import class_column, replaces
 
 
 @pytest.fixture(scope="module")
@@ -70,17 +41,6 @@ def parquet_out(pool: Path, tiny_onnx: Path, tmp_path_factory: pytest.TempPathFa
     out = tmp_path_factory.mktemp("parquet")
     score(pool, tiny_onnx, out, "--format", "parquet")
     return out
-
-
-def selections(out: Path, tmp: Path) -> dict[str, bytes]:
-    """selection.txt of every strategy (and a few options) selected from `out`."""
-    found = {}
-    for strategy, extra in SELECTIONS:
-        where = tmp / f"{strategy}{'_'.join(extra)}"
-        r = deal_client("select", out, "-s", strategy, "-k", 6, "-o", where, *extra)
-        assert r.exit_code == 0, r.stderr
-        found[f"{strategy} {' '.join(extra)}"] = (where / "selection.txt").read_bytes()
-    return found
 
 
 def test_parquet_holds_every_input_in_one_schema(parquet_out: Path, jsonl_out: Path) -> None:

@@ -14,7 +14,7 @@ from dealseg.client.engines import EmbeddedEngine
 from dealseg.core import contract
 from dealseg.export.cli import main as export_cli
 from dealseg.export.quantize import QuantizeError, quantize_model
-from dealseg.training.synth import render_scene
+from dealseg.training.streets.render import render_scene
 
 SIZE = (64, 80)  # the tiny fixture's input size
 

@@ -14,7 +14,7 @@ from dealseg.training.data import SegmentationDataset
 from dealseg.training.evaluate import auroc, evaluate_model
 from dealseg.training.model import normalise
 from dealseg.training.refit import grid_inputs, head_inputs, refit_difficulty_head
-from dealseg.training.synth import write_streets
+from dealseg.training.streets.dataset import write_streets
 
 
 @pytest.fixture(scope="module")

@@ -12,25 +12,9 @@ from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
-from test_client_cli import K, deal_client, records, write_pool
-from test_parquet import SELECTIONS
+from helpers import BUCKET, SELECTIONS, K, deal_client, records, upload, write_pool
 
-from dealseg.client.run import list_paths
-
-BUCKET = "frames"
-
-
-def upload(s3_server: object, pool: Path, prefix: str) -> list[str]:
-    """Every file under `pool` as s3://frames/<prefix>/<relative path>; the URIs, sorted."""
-    client = s3_server.client()
-    if BUCKET not in [b["Name"] for b in client.list_buckets()["Buckets"]]:
-        client.create_bucket(Bucket=BUCKET)
-    uris = []
-    for f in sorted(p for p in pool.rglob("*") if p.is_file()):
-        key = f"{prefix}/{f.relative_to(pool).as_posix()}"
-        client.put_object(Bucket=BUCKET, Key=key, Body=f.read_bytes())
-        uris.append(f"s3://{BUCKET}/{key}")
-    return uris
+from dealseg.client.scoring import list_paths
 
 
 @pytest.fixture(scope="module")

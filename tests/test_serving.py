@@ -38,12 +38,12 @@ from dealseg.core.contract import (
     version_metadata,
     version_parameters,
 )
+from dealseg.core.modelfile import read_onnx_spec
 from dealseg.serving.repository import (
     BACKEND_MODEL_PY,
     TARGETS,
     config_metadata,
     parse_config,
-    read_onnx_spec,
     write_repository,
 )
 from dealseg.serving.server import (

@@ -18,10 +18,10 @@ import onnxruntime as ort
 import pytest
 
 from dealseg.core.contract import MAP_OUTPUTS, OUTPUT_NAMES, SCORE_OUTPUTS, model_inputs
+from dealseg.core.modelfile import read_onnx_spec
 from dealseg.serving.repository import (
     BACKEND_MODEL_PY,
     parse_config,
-    read_onnx_spec,
     write_repository,
 )
 

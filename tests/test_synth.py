@@ -1,4 +1,4 @@
-"""Tests for the procedural street-scene generator (training/synth.py)."""
+"""Tests for the procedural street-scene generator (training/streets/)."""
 
 from __future__ import annotations
 
@@ -14,11 +14,15 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from dealseg.training import synth
 from dealseg.training.classes import read_class_file
 from dealseg.training.cli import main
 from dealseg.training.data import CAMVID_CLASSES, CAMVID_PALETTE
-from dealseg.training.synth import CONDITIONS, Shot, plan_streets, render_scene, write_streets
+from dealseg.training.streets import canvas as streets_canvas
+from dealseg.training.streets import dataset as streets_dataset
+from dealseg.training.streets import objects as streets_objects
+from dealseg.training.streets.conditions import CONDITIONS
+from dealseg.training.streets.dataset import plan_streets, write_streets
+from dealseg.training.streets.render import Shot, render_scene
 from dealseg.training.tags import TAGS_FILE, read_tags
 
 SMALL = (64, 80)  # (H, W)
@@ -93,7 +97,7 @@ def test_different_seed_differs(streets, tmp_path):
 
 def test_synth_and_tags_import_without_torch():
     code = (
-        "import sys, dealseg.training.synth, dealseg.training.tags; "
+        "import sys, dealseg.training.streets.dataset, dealseg.training.tags; "
         "sys.exit('torch' in sys.modules)"
     )
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
@@ -107,7 +111,7 @@ def test_drives_stay_in_one_split_and_their_names_show_them():
         drives[tag.sequence].append(tag)
         assert tag.stem == f"s{tag.sequence:04d}_f{tag.frame:02d}"
         assert tag.image == f"{tag.split}/{tag.stem}.png"
-    last_of_split = {max(t.sequence for t in tags if t.split == s) for s in synth.SPLITS}
+    last_of_split = {max(t.sequence for t in tags if t.split == s) for s in streets_dataset.SPLITS}
     for sequence, frames in drives.items():
         assert len({t.split for t in frames}) == 1 and len({t.condition for t in frames}) == 1
         assert [t.frame for t in frames] == list(range(len(frames)))
@@ -125,7 +129,7 @@ def test_consecutive_frames_are_near_duplicates():
 
 def test_rare_conditions_come_at_their_rates():
     tags = plan_streets(600, sequence_length=5, seed=0)  # 120 drives of 5
-    rates = synth.condition_rates()
+    rates = streets_dataset.condition_rates()
     assert set(rates) == set(CONDITIONS) and sum(rates.values()) == pytest.approx(1.0)
     for name, rate in rates.items():
         share = sum(t.condition == name for t in tags) / len(tags)
@@ -139,7 +143,7 @@ def test_summary_lists_the_conditions_produced(streets):
     tags = read_tags(root).values()
     assert summary["sequences"] == len({t.sequence for t in tags}) == 6
     for name, row in summary["conditions"].items():
-        assert row["rate"] == synth.condition_rates(5.0)[name]
+        assert row["rate"] == streets_dataset.condition_rates(5.0)[name]
         assert row["frames"] == sum(t.condition == name for t in tags)
         assert row["share"] == row["frames"] / 20
     assert sum(t.rare for t in tags) >= 10
@@ -149,7 +153,9 @@ def test_tags_round_trip_through_the_reader(streets, tmp_path):
     root, _ = streets
     tags = read_tags(root)
     assert tags == {t.image: t for t in plan_streets(**PLAN)}
-    on_disk = {str(p.relative_to(root)) for s in synth.SPLITS for p in (root / s).glob("*.png")}
+    on_disk = {
+        str(p.relative_to(root)) for s in streets_dataset.SPLITS for p in (root / s).glob("*.png")
+    }
     assert set(tags) == on_disk
     for tag in tags.values():
         assert (root / f"{tag.split}annot" / f"{tag.stem}.png").is_file()
@@ -247,26 +253,26 @@ def test_other_sizes_render():
 
 
 def test_canvas_label_is_exactly_what_was_drawn_last():
-    canvas = synth._Canvas(10, 12)
+    canvas = streets_canvas.Canvas(10, 12)
     canvas.part(SKY, (100, 150, 200))
     far = canvas.part(ROAD, (90, 90, 90))
-    near = canvas.part(synth.CAR, (200, 0, 0))
+    near = canvas.part(streets_canvas.CAR, (200, 0, 0))
     canvas.draw.rectangle([0, 5, 11, 9], fill=far)
     canvas.draw.rectangle([3, 3, 6, 7], fill=near)  # drawn later: in front
     zeros = np.zeros((10, 12), np.float32)
     sky = np.zeros((10, 12, 3), np.float32)
-    cam = synth.Camera(f=10, cx=6, cy=2, height=1.5, scale=1)
+    cam = streets_canvas.Camera(f=10, cx=6, cy=2, height=1.5, scale=1)
     layers = canvas.compose(cam, sky, (0, 0, 0), 1e9, (zeros, zeros))
     expected = np.zeros((10, 12), np.uint8)
     expected[5:, :] = ROAD
-    expected[3:8, 3:7] = synth.CAR
+    expected[3:8, 3:7] = streets_canvas.CAR
     np.testing.assert_array_equal(layers.label, expected)
     assert layers.rgb[4, 4].tolist() == [200, 0, 0]
     assert np.isinf(layers.depth[0, 0]) and not layers.ground.any()
 
 
 def test_surfaces_passing_the_camera_are_cut_at_the_near_plane():
-    cam = synth.Camera(f=100, cx=50, cy=40, height=1.5, scale=1, z0=10.0)
+    cam = streets_canvas.Camera(f=100, cx=50, cy=40, height=1.5, scale=1, z0=10.0)
     road = [(-2, 0, 5.0), (2, 0, 5.0), (2, 0, 30.0), (-2, 0, 30.0)]  # starts behind the camera
     outline = cam.outline(road)
     assert len(outline) == 4 and max(v for _, v in outline) == pytest.approx(40 + 150 / 0.3)
@@ -276,7 +282,7 @@ def test_surfaces_passing_the_camera_are_cut_at_the_near_plane():
 def test_objects_are_drawn_back_to_front():
     order: list[float] = []
     draws = [(z, lambda z=z: order.append(z)) for z in (5.0, 40.0, 12.0, 80.0)]
-    synth._draw_in_depth_order(draws)
+    streets_objects.draw_in_depth_order(draws)
     assert order == [80.0, 40.0, 12.0, 5.0]
 
 

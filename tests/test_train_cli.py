@@ -10,7 +10,7 @@ import torch
 from click.testing import CliRunner
 
 from dealseg.training.cli import main as train_cli
-from dealseg.training.synth import write_streets
+from dealseg.training.streets.dataset import write_streets
 
 TINY = [
     "decoder_width=16",

@@ -166,7 +166,7 @@ def synth(
 ) -> None:
     """Write drives of procedural street scenes in CamVid layout, with tags.jsonl (deterministic
     by seed)."""
-    from .synth import condition_rates, write_streets
+    from .streets.dataset import condition_rates, write_streets
 
     try:
         condition_rates(rare_scale)

@@ -7,10 +7,12 @@
 Written by `deal-client score --format parquet` (a part every `PART_ROWS` rows and at the end of
 the run, each part atomically), by the Ray path (a part per write task) and by `merge --format
 parquet`. A part's name starts with its run's sequence number, so the parts sort in the order
-the runs wrote them; which row counts for a path is the rule of `store.replaces` over the rows in
-that order. pandas (`pd.read_parquet(out / "scores.parquet")`), DuckDB (`read_parquet('out/
-scores.parquet/*.parquet')`) and Spark read the folder as one table; names starting with '.'
-(parts being written) are skipped by all of them and by us.
+the runs wrote them; which row counts for a path is the rule of `records.replaces` over the rows
+in that order. This module knows the part files only; the out dir around them (meta.json, the
+lock, which format a folder holds) is `outdir`'s. pandas (`pd.read_parquet(out /
+"scores.parquet")`), DuckDB (`read_parquet('out/scores.parquet/*.parquet')`) and Spark read the
+folder as one table; names starting with '.' (parts being written) are skipped by all of them
+and by us.
 """
 
 from __future__ import annotations
@@ -28,19 +30,15 @@ from dealseg.core.contract import ModelSpec
 from dealseg.core.files import atomic_output
 from dealseg.core.ranking import SCORE_COLUMNS
 
-from .store import (
+from .records import (
     StoreError,
     Table,
-    _lock,
-    check_resumable,
     class_column,
     class_names_of,
     path_fields,
-    read_meta,
     record_error,
     record_ok,
     record_path,
-    write_meta,
 )
 
 SCORES_PARQUET = "scores.parquet"
@@ -82,7 +80,7 @@ def rows_table(
     embedding_dim: int,
     run: str,
 ) -> Any:
-    """Records (as `store.record_ok` / `record_error` make them) -> a pyarrow Table in the
+    """Records (as `records.record_ok` / `record_error` make them) -> a pyarrow Table in the
     scores schema; `embeddings` [N, D] holds the ok records' rows in order (error rows get
     NaNs)."""
     import pyarrow as pa
@@ -170,7 +168,7 @@ def read_parts(folder: Path, columns: Sequence[str] | None = None) -> Any:
 
 def counting(table: Any) -> np.ndarray:
     """Indices of the rows that count, one per path, in row order: a path's last ok row, or its
-    last row when none is ok. This is `store.replaces` folded over the rows in the order they
+    last row when none is ok. This is `records.replaces` folded over the rows in the order they
     were written, computed column-wise (a test checks the two agree)."""
     import pyarrow as pa
     import pyarrow.compute as pc
@@ -212,13 +210,15 @@ def is_parquet_out(source: Path) -> bool:
     return source.name == SCORES_PARQUET or (source / SCORES_PARQUET).is_dir()
 
 
-def load_parquet_table(source: Path) -> Table:
-    """An out dir's scores.parquet (and meta.json) as a selection table: the columns selection
-    needs are read at once, the embeddings only when asked (`Table.embeddings`)."""
-    source = Path(source)
-    folder = source if source.name == SCORES_PARQUET else source / SCORES_PARQUET
+def holds_scores(out: Path) -> bool:
+    """Whether the folder `out` holds scores.parquet parts."""
+    return bool(part_files(Path(out) / SCORES_PARQUET))
+
+
+def read_parquet_table(folder: Path, meta: dict[str, Any]) -> Table:
+    """A scores.parquet folder (its out dir's `meta` read) as a selection table: the columns
+    selection needs are read at once, the embeddings only when asked (`Table.embeddings`)."""
     out = folder.parent
-    meta = read_meta(out)
     names = class_names_of(meta)
     shares = [class_column(c) for c in names]
     columns = ["path", "path_b64", "status", "error", "model", *SCORE_COLUMNS, *shares]
@@ -264,10 +264,11 @@ def load_parquet_table(source: Path) -> Table:
     )
 
 
-def parquet_records(out: Path) -> Iterator[tuple[dict[str, Any], np.ndarray | None]]:
+def parquet_records(
+    out: Path, meta: dict[str, Any]
+) -> Iterator[tuple[dict[str, Any], np.ndarray | None]]:
     """Every row of an out dir's scores.parquet in order as (record, embedding or None), the
-    record as `store.record_ok` / `record_error` make them (for merge)."""
-    meta = read_meta(out)
+    record as `records.record_ok` / `record_error` make them (for merge)."""
     names, dim = class_names_of(meta), int(meta["embedding_dim"])
     table = read_parts(Path(out) / SCORES_PARQUET)
     if table is None:
@@ -294,7 +295,8 @@ def parquet_records(out: Path) -> Iterator[tuple[dict[str, Any], np.ndarray | No
 
 # -------------------------------------------------------------------------------------- writer
 class ParquetWriter:
-    """A `Sink` writing scores.parquet parts: resumes an out dir scored by the same model.
+    """Writes scores.parquet parts into `out`, resuming what is there (`outdir.open_writer`
+    checks first that the same model wrote it).
 
     Rows are held until `PART_ROWS` gather (or the run ends), then written as one part,
     atomically: a killed run loses at most the rows of its last part, which a re-run scores
@@ -303,24 +305,13 @@ class ParquetWriter:
     def __init__(self, out: Path, spec: ModelSpec, part_rows: int = PART_ROWS) -> None:
         self.out, self.spec, self.part_rows = Path(out), spec, part_rows
         self.folder = self.out / SCORES_PARQUET
-        self.out.mkdir(parents=True, exist_ok=True)
-        self._lock = _lock(self.out)
-        try:
-            self._done = open_parquet_out(self.out, spec)
-        except BaseException:
-            self._lock.close()
-            raise
+        self.folder.mkdir(exist_ok=True)
+        self._done = done_paths(self.folder, spec.model_id)
         self.run = new_run_id()
         self.prefix = part_prefix(next_sequence(self.folder), self.run)
         self.parts = 0
         self.pending: list[Any] = []
         self.rows = 0
-
-    def __enter__(self) -> ParquetWriter:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     @property
     def done(self) -> set[str]:
@@ -354,24 +345,7 @@ class ParquetWriter:
         self.pending, self.rows = [], 0
 
     def close(self) -> None:
-        try:
-            self.flush()
-        finally:
-            self._lock.close()
-
-
-def open_parquet_out(out: Path, spec: ModelSpec) -> set[str]:
-    """Check (or start) a Parquet out dir for `spec`'s model; the paths it holds scored OK."""
-    from .store import SCORES
-
-    out = Path(out)
-    folder = out / SCORES_PARQUET
-    if (out / SCORES).exists() and (out / SCORES).stat().st_size:
-        raise StoreError(f"{out} holds {SCORES}: use --format jsonl to resume it, or another --out")
-    check_resumable(out, spec.model_id, folder, bool(part_files(folder)))
-    write_meta(out, spec)
-    folder.mkdir(exist_ok=True)
-    return done_paths(folder, spec.model_id)
+        self.flush()
 
 
 def done_paths(folder: Path, model: str) -> set[str]:

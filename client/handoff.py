@@ -35,9 +35,9 @@ from dealseg.core.files import atomic_write
 from dealseg.core.ranking import SCORE_COLUMNS
 
 from .maps import layer_names
-from .store import MAPS, Table, class_column, load_table, read_selection, record_path, spec_of
+from .outdir import MAPS, load_table, read_selection
+from .records import Table, class_column, record_path, spec_of
 
-FORMATS: tuple[str, ...] = ("labelstudio", "cvat", "fiftyone", "csv")
 _RLE_SIZES = (3, 4, 8, 16)  # the four run-length widths (bits) of Label Studio's brush RLE
 
 
@@ -97,8 +97,8 @@ class Item:
 
 
 @dataclass(frozen=True)
-class Context:
-    """What every writer may need beside the items."""
+class Handoff:
+    """What every writer may need beside the items: the selection being handed off."""
 
     folder: Path  # the selection's folder (its maps/)
     table: Table
@@ -160,7 +160,7 @@ def _image_size(path: str) -> tuple[int, int]:
     return (h, w) if rotated else (w, h)
 
 
-def _segmentation(ctx: Context, item: Item) -> np.ndarray:
+def _segmentation(ctx: Handoff, item: Item) -> np.ndarray:
     """The predicted class ids of an item at its image's size (from the maps' raw layer)."""
     from PIL import Image
 
@@ -208,7 +208,7 @@ def labeling_config(class_names: Sequence[str], palette: Sequence[Sequence[int]]
     )
 
 
-def _ls_prediction(ctx: Context, item: Item) -> dict[str, Any]:
+def _ls_prediction(ctx: Handoff, item: Item) -> dict[str, Any]:
     seg = _segmentation(ctx, item)
     names = ctx.table.class_names
     result = [
@@ -229,7 +229,7 @@ def _ls_prediction(ctx: Context, item: Item) -> dict[str, Any]:
     return {"model_version": ctx.selection["model"], "result": result}
 
 
-def _labelstudio(dest: Path, items: list[Item], ctx: Context) -> list[Path]:
+def _labelstudio(dest: Path, items: list[Item], ctx: Handoff) -> list[Path]:
     tasks = []
     for item in items:
         data = {
@@ -254,7 +254,7 @@ def _labelstudio(dest: Path, items: list[Item], ctx: Context) -> list[Path]:
 
 
 # ------------------------------------------------------------------------------------ cvat
-def _cvat(dest: Path, items: list[Item], ctx: Context) -> list[Path]:
+def _cvat(dest: Path, items: list[Item], ctx: Handoff) -> list[Path]:
     lines = [{"version": "1.1"}, {"type": "images"}]
     for item in items:
         name, extension = os.path.splitext(item.relative)
@@ -266,7 +266,7 @@ def _cvat(dest: Path, items: list[Item], ctx: Context) -> list[Path]:
 
 
 # -------------------------------------------------------------------------------- fiftyone
-def _fiftyone(dest: Path, items: list[Item], ctx: Context) -> list[Path]:
+def _fiftyone(dest: Path, items: list[Item], ctx: Handoff) -> list[Path]:
     samples = []
     for item in items:
         sample: dict[str, Any] = {
@@ -293,7 +293,7 @@ def _fiftyone(dest: Path, items: list[Item], ctx: Context) -> list[Path]:
     ]
 
 
-def _mask(dest: Path, ctx: Context, item: Item) -> str:
+def _mask(dest: Path, ctx: Handoff, item: Item) -> str:
     from PIL import Image
 
     buf = io.BytesIO()
@@ -305,7 +305,7 @@ def _mask(dest: Path, ctx: Context, item: Item) -> str:
 
 
 # ------------------------------------------------------------------------------------- csv
-def _csv(dest: Path, items: list[Item], ctx: Context) -> list[Path]:
+def _csv(dest: Path, items: list[Item], ctx: Handoff) -> list[Path]:
     names = ctx.table.class_names
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
@@ -327,7 +327,7 @@ def _write(path: Path, text: str) -> Path:
     return path
 
 
-WRITERS: dict[str, Callable[[Path, list[Item], Context], list[Path]]] = {
+WRITERS: dict[str, Callable[[Path, list[Item], Handoff], list[Path]]] = {
     "labelstudio": _labelstudio,
     "cvat": _cvat,
     "fiftyone": _fiftyone,
@@ -348,4 +348,4 @@ def export_selection(
     table = load_table(Path(selection.get("scores") or folder))
     items = _items(table, selection, path_map)
     Path(dest).mkdir(parents=True, exist_ok=True)
-    return WRITERS[fmt](Path(dest), items, Context(Path(folder), table, selection, predictions))
+    return WRITERS[fmt](Path(dest), items, Handoff(Path(folder), table, selection, predictions))

@@ -1,7 +1,8 @@
-"""The streaming scorer and the selection step behind `deal-client score / select / merge`.
+"""The streaming scorer behind `deal-client score` and `eval`.
 
     paths ─► decode threads (--workers) ─► batches (--batch-size) ─► engine (--concurrency in
-    flight) ─► scores.jsonl + embeddings.f32, appended as each batch returns ─► selection
+    flight) ─► the out dir's writer (scores.jsonl + embeddings.f32, or Parquet parts), appended
+    as each batch returns
 
 Only the main thread writes files. In memory at any time: a window of decoded images and the
 batches in flight, never the pool's outputs. A file that fails to decode costs one error record;
@@ -11,7 +12,6 @@ an engine failure (after its retries) stops the run with every finished batch on
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import queue
 import sys
@@ -29,41 +29,17 @@ import numpy as np
 from dealseg.core.contract import SCORE_OUTPUTS
 from dealseg.core.decode import (
     ASPECT_TOLERANCE,
-    DEFAULT_MAX_PIXELS,
     DecodeError,
     Frame,
     aspect_mismatch,
     decode_frame,
 )
 from dealseg.core.pool import is_uri, read_pool, take_shard
-from dealseg.core.ranking import Options, Pool, Selection, choose, groups_of
-from dealseg.core.strategies import DEFAULT_STRATEGY, DESCRIPTORS
 
 from .engines import Engine, EngineError
-from .store import (
-    MAPS,
-    SELECTION_JSON,
-    ScoreWriter,
-    StoreError,
-    Table,
-    load_table,
-    read_selection,
-    record_path,
-    write_selection,
-)
-
-
-@dataclass(frozen=True)
-class ScoreSettings:
-    """How `score_paths` streams (the CLI's --batch-size, --concurrency, ... options)."""
-
-    batch_size: int = 8  # images per inference request
-    concurrency: int = 2  # inference requests in flight
-    workers: int = 4  # decode threads
-    max_pixels: int = DEFAULT_MAX_PIXELS  # decompression-bomb guard, width x height
-    progress: bool = True  # tqdm bar on stderr
-    resize: str = "stretch"  # how a picture becomes the model's frame: stretch|letterbox|crop
-    format: str = "jsonl"  # the out dir's scores: jsonl (streamed line by line) | parquet
+from .outdir import load_table, open_writer
+from .records import Table
+from .settings import ScoreSettings
 
 
 @dataclass
@@ -109,7 +85,8 @@ Load = Callable[[str], Frame]  # path -> the model input, or DecodeError
 
 
 class Sink(Protocol):
-    """Where a `Scorer` puts its results: the out dir's `ScoreWriter`, or eval's `Evaluator`."""
+    """Where a `Scorer` puts its results: the out dir's writer (`outdir.open_writer`), or eval's
+    `Evaluator`."""
 
     @property
     def done(self) -> set[str]: ...  # paths already scored: skipped
@@ -353,249 +330,14 @@ def aspect_warning(path: str, shown: tuple[int, int], size: tuple[int, int], res
     )
 
 
-def score_paths(
-    paths: Sequence[str], engine: Engine, writer: ScoreWriter, settings: ScoreSettings
-) -> ScoreReport:
-    """Score every path not yet scored OK in `writer`'s out dir; append records as they come."""
-    return Scorer(engine, writer, settings).run(paths)
-
-
 def score_into(
     paths: Sequence[str], engine: Engine, out: Path, settings: ScoreSettings
 ) -> tuple[ScoreReport, Table]:
     """Score `paths` into the out dir `out` (resuming it); the report and everything scored
     there as a table. The scoring step of the CLI and the API."""
-    with open_writer(out, engine.spec, settings.format) as writer:
+    with open_writer(out, engine.spec, settings.format, settings.scoring) as writer:
         report = Scorer(engine, writer, settings).run(paths)
     return report, load_table(out)
 
 
-def open_writer(out: Path, spec: Any, fmt: str) -> ScoreWriter | Any:
-    """The sink of a scoring run into the out dir `out`: scores.jsonl or scores.parquet."""
-    if fmt == "parquet":
-        from .columnar import ParquetWriter
-
-        return ParquetWriter(out, spec)
-    if fmt != "jsonl":
-        raise ValueError(f"unknown scores format {fmt!r}; choose jsonl or parquet")
-    return ScoreWriter(out, spec)
-
-
 ScoreInto = Callable[[Sequence[str], Engine, Path, ScoreSettings], tuple[ScoreReport, Table]]
-
-
-@dataclass(frozen=True)
-class SelectSettings:
-    """What `pick` selects (the CLI's --strategy, --top-k, --seed, ... options)."""
-
-    strategy: str = DEFAULT_STRATEGY
-    k: int = 100
-    seed: int = 0
-    diverse: float | None = None
-    labeled: Path | None = None
-    balance: dict[str, float] | None = None  # class name -> weight; {}: uniform; None: off
-    per_group: int | None = None  # at most this many picks per group
-    group_by: str | None = None  # regex whose match (first group) names a path's group
-
-    def describe(self) -> dict[str, Any]:
-        """The settings as selection.json records them."""
-        return {
-            "strategy": self.strategy,
-            "k": self.k,
-            "seed": self.seed,
-            "diverse": self.diverse,
-            "labeled": None if self.labeled is None else str(self.labeled),
-            "balance": self.balance,
-            "per_group": self.per_group,
-            "group_by": self.group_by,
-        }
-
-
-@dataclass
-class PoolRun:
-    """What `score_pool` did: the scoring report, the selection (None, with the reason in
-    `no_selection`, when nothing could be selected), the maps that could not be drawn and the
-    report written (None if not asked)."""
-
-    report: ScoreReport
-    selection: dict[str, Any] | None
-    no_selection: str = ""
-    map_failures: dict[str, str] = field(default_factory=dict)
-    html: Path | None = None
-
-
-def score_pool(
-    paths: Sequence[str],
-    engine: Engine,
-    out: Path,
-    settings: ScoreSettings,
-    select_settings: SelectSettings,
-    maps: bool = False,
-    report: bool = False,
-    score_with: ScoreInto | None = None,
-) -> PoolRun:
-    """Score `paths` into the out dir `out` (resuming it), select from everything scored there,
-    and optionally draw the maps of the selection and write the report (which implies maps).
-    `score_with` scores (default `score_into`, this process; `fleet.RayScoring`: a Ray cluster).
-
-    Raises StoreError (out dir unusable), EngineError (after its retries; every finished batch
-    is on disk, a re-run resumes) and OSError (the out dir cannot be written).
-    """
-    scored, table = (score_with or score_into)(paths, engine, out, settings)
-    run = PoolRun(scored, None)
-    try:
-        run.selection = run_selection(table, out, select_settings)
-    except ValueError as exc:
-        run.no_selection = str(exc)
-        return run
-    painter = engine if maps or report else None
-    run.map_failures, run.html = draw(painter, table, out, run.selection, settings, report)
-    return run
-
-
-def draw(
-    engine: Engine | None,
-    table: Table,
-    out: Path,
-    selection: dict[str, Any],
-    settings: ScoreSettings,
-    report: bool,
-) -> tuple[dict[str, str], Path | None]:
-    """The maps of a selection (drawn by `engine`; without one, the stale maps are removed) and
-    its report; returns the maps that could not be drawn and the report's path (None if not
-    asked)."""
-    from .maps import MapOf, clear_maps, write_maps
-
-    failed: dict[str, str] = {}
-    if engine is not None:
-        picked = [MapOf(r["rank"], record_path(r), r) for r in selection["rows"]]
-        failed = write_maps(
-            engine, picked, out, settings.max_pixels, settings.batch_size, settings.resize
-        )
-    elif (Path(out) / MAPS).is_dir():
-        clear_maps(out)
-    if not report:
-        return failed, None
-    from .report import write_report
-
-    return failed, write_report(out, table, selection)
-
-
-# ----------------------------------------------------------------------------------- selection
-def load_labeled(
-    source: Path, table: Table, embeddings: np.ndarray | None
-) -> tuple[np.ndarray | None, np.ndarray]:
-    """`--labeled FILE` -> (centres [L, D] or None, exclude [N] bool).
-
-    FILE is a .npy of embeddings [L, D]; a scores.jsonl (or out dir) of a run on the labelled
-    images (their embeddings are the centres and their paths are never picked); or a text file of
-    paths in the pool (never picked; their embeddings, rows of `embeddings` = the table's, are the
-    centres). Without `embeddings` no centres are read.
-    """
-    source = Path(source)
-    d = table.embedding_dim
-    exclude = np.zeros(len(table), dtype=bool)
-    if source.suffix == ".npy":
-        centres = np.load(source, allow_pickle=False)
-        if centres.ndim != 2 or centres.shape[1] != d:
-            raise ValueError(f"{source}: expected embeddings [L, {d}], got {list(centres.shape)}")
-        return centres.astype(np.float32), exclude
-    if source.is_dir() or source.suffix in (".jsonl", ".parquet"):
-        other = load_table(source)
-        if other.meta["model"] != table.meta["model"]:
-            raise ValueError(f"{source} was scored by {other.meta['model']}, not this model")
-        exclude = np.isin(np.asarray(table.paths, dtype=object), other.paths)
-        return (other.embeddings() if embeddings is not None else None), exclude
-    labeled = set(list_paths(str(source)))  # a list file, read exactly as a POOL
-    exclude = np.fromiter((p in labeled for p in table.paths), dtype=bool, count=len(table))
-    missing = len(labeled) - int(exclude.sum())
-    if labeled and missing == len(labeled):
-        raise ValueError(
-            f"none of the {len(labeled)} labelled paths in {source} is in the scores (paths are "
-            "compared absolute, relative ones to the list's folder)"
-        )
-    if missing:
-        print(
-            f"warning: {missing} labelled paths in {source} are not in the scores, ignored",
-            file=sys.stderr,
-        )
-    centres = np.asarray(embeddings[exclude]) if embeddings is not None else None
-    return centres, exclude
-
-
-class SelectionExists(StoreError):
-    """The folder holds the selection of another run, which `--force` would replace."""
-
-
-def pool_of(table: Table, how: SelectSettings) -> Pool:
-    """The table as a ranking pool, with what `how` needs: embeddings (core-set, --diverse,
-    --labeled centres), class fractions (--balance) and groups (--per-group)."""
-    needs_embeddings = "embeddings" in DESCRIPTORS[how.strategy].needs or how.diverse is not None
-    groups = None
-    if how.per_group is not None:
-        groups, unmatched = groups_of(table.paths, how.group_by)
-        if unmatched:
-            print(
-                f"warning: --group-by {how.group_by!r} matches no part of {unmatched} of "
-                f"{len(table)} paths; each of those is a group of its own",
-                file=sys.stderr,
-            )
-    return Pool(
-        table.paths,
-        table.scores,
-        table.embeddings() if needs_embeddings else None,
-        table.fractions if how.balance is not None else None,
-        groups,
-    )
-
-
-def balance_weights(names: Sequence[str], weights: dict[str, float]) -> np.ndarray:
-    """[C] target weights: 1 for every class, or as `weights` (class name -> weight) says."""
-    unknown = sorted(set(weights) - set(names))
-    if unknown:
-        raise ValueError(f"no class {', '.join(map(repr, unknown))}; classes: {', '.join(names)}")
-    return np.array([float(weights.get(name, 1.0)) for name in names])
-
-
-def pick(table: Table, how: SelectSettings) -> tuple[Selection, Options]:
-    """Select from a loaded table as `how` says: the one selection step of the CLI and the API.
-
-    Raises ValueError for settings the table cannot serve (nothing scored, an unknown class)."""
-    pool = pool_of(table, how)
-    centres, exclude = (None, None)
-    if how.labeled is not None:
-        need_centres = "embeddings" in DESCRIPTORS[how.strategy].needs
-        centres, exclude = load_labeled(
-            how.labeled, table, pool.embeddings if need_centres else None
-        )
-    weights = None if how.balance is None else balance_weights(table.class_names, how.balance)
-    options = Options(
-        seed=how.seed,
-        labeled=centres,
-        diverse=how.diverse,
-        exclude=exclude,
-        per_group=how.per_group,
-        balance=weights,
-    )
-    return choose(pool, how.strategy, how.k, options), options
-
-
-def check_replace(out: Path, table: Table, how: SelectSettings) -> None:
-    """Refuse to replace a selection in `out` made with other settings or of other scores."""
-    old = read_selection(out)
-    if old is None:
-        return
-    mine = {**how.describe(), "scores": str(table.scores_file)}
-    if old.get("settings") != json.loads(json.dumps(mine)):
-        raise SelectionExists(
-            f"{Path(out) / SELECTION_JSON} holds another selection ({old.get('strategy')}, top "
-            f"{old.get('k')}, of {old.get('scores', 'other scores')}); write this one elsewhere "
-            "with --out DIR, or replace it with --force"
-        )
-
-
-def run_selection(table: Table, out: Path, how: SelectSettings) -> dict[str, Any]:
-    """Select from a loaded table and write selection.txt / selection.json into `out` (see
-    `check_replace` to keep another run's selection)."""
-    chosen, options = pick(table, how)
-    return write_selection(out, table, chosen, how.describe(), chosen.shortfall(how.k, options))
