@@ -41,7 +41,7 @@ def one_thread() -> Iterator[None]:
 
 @pytest.fixture(scope="module")
 def streets(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from dealseg.training.synth import write_streets
+    from dealseg.training.streets.dataset import write_streets
 
     root = tmp_path_factory.mktemp("streets")
     write_streets(root, n=30, size=(64, 80), seed=0)
