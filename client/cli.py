@@ -144,6 +144,14 @@ def main() -> None:
     help="Also write OUT/report.html, the selection for a person to look at (implies --maps).",
 )
 @click.option(
+    "--region-size",
+    type=click.IntRange(min=1),
+    default=12,
+    show_default=True,
+    metavar="N",
+    help="--regions: the frame is cut into N x N pixel cells at the model's input size.",
+)
+@click.option(
     "--resize",
     type=click.Choice(RESIZE_MODES),
     default="stretch",
@@ -519,10 +527,12 @@ def merge(inputs: tuple[Path, ...], out: Path, fmt: str | None, **o: Any) -> Non
     from .pipeline import inherited_selection, merge_and_select
     from .records import StoreError
 
-    try:
-        strategy, k = inherited_selection(inputs, o["strategy"], o["top_k"])
-    except ValueError as exc:
-        raise click.UsageError(str(exc)) from None
+    strategy, k = o["strategy"], o["top_k"]
+    if o["budget"] is None:
+        try:
+            strategy, k = inherited_selection(inputs, strategy, k)
+        except ValueError as exc:
+            raise click.UsageError(str(exc)) from None
     how = select_settings(o, strategy, k)
     try:
         table, doc = merge_and_select(inputs, out, fmt, how)

@@ -135,6 +135,11 @@ def check_replace(out: Path, table: Table, how: SelectSettings) -> None:
 
 def run_selection(table: Table, out: Path, how: SelectSettings) -> dict[str, Any]:
     """Select from a loaded table and write selection.txt / selection.json into `out` (see
-    `check_replace` to keep another run's selection)."""
+    `check_replace` to keep another run's selection); a region budget buys regions
+    (`client.regions`)."""
+    if how.regions:
+        from .regions import run_region_selection
+
+        return run_region_selection(table, out, how)
     chosen, options = pick(table, how)
     return write_selection(out, table, chosen, how.describe(), chosen.shortfall(how.k, options))

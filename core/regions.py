@@ -340,3 +340,44 @@ def choose_regions(
     if len(pool) == 0:
         return RegionPicks(np.zeros(0, np.int64), 0, 0, 0)
     return take_within(order_fn(pool, opts), pool, budget, opts.max_per_frame, opts.frame_cost)
+
+
+def cell_count(spec: RegionSpec, shape: tuple[int, int]) -> int:
+    """How many cells a frame of `shape` has (the length of its region vectors)."""
+    if spec.kind != "cell":
+        raise ValueError(f"fixed region vectors need cell:N regions, not {spec}")
+    h, w = shape
+    return -(-h // spec.size) * -(-w // spec.size)
+
+
+def frame_region_vectors(
+    spec: RegionSpec,
+    shape: tuple[int, int],
+    maps: dict[str, np.ndarray],
+    boxes: np.ndarray,
+) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """The cells of a batch of frames as fixed-length vectors: pixels [B, R] int32 (a cell's
+    picture pixels; 0 for a cell all padding) and, per map [B, h, w] (any grid; upsampled to
+    the frame), its mean over each cell [B, R] float32 (0 where a cell has no pixel)."""
+    r = cell_count(spec, shape)
+    b = len(boxes)
+    pixels = np.zeros((b, r), np.int32)
+    means = {name: np.zeros((b, r), np.float32) for name in maps}
+    for i in range(b):
+        ids = partition(spec, shape, box=boxes[i])
+        full = {name: upsample(values[i], shape) for name, values in maps.items()}
+        rid, npx, per = region_means(ids, full)
+        pixels[i, rid] = npx
+        for name in maps:
+            means[name][i, rid] = per[name]
+    return pixels, means
+
+
+def region_mask(
+    spec: RegionSpec, shape: tuple[int, int], box: Sequence[int], picked: Sequence[int]
+) -> np.ndarray:
+    """[H, W] uint16 of a frame: region id + 1 on the pixels of the `picked` regions, 0 on
+    every other pixel (what is not to be labelled)."""
+    ids = partition(spec, shape, box=box)
+    chosen = np.isin(ids, np.asarray(picked, dtype=np.int64)) & (ids >= 0)
+    return np.where(chosen, ids + 1, 0).astype(np.uint16)

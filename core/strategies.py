@@ -24,6 +24,8 @@ NEEDS = ("scores", "embeddings", "maps", "model")
 # The strategy a selection uses unless told: chosen by measurement on labelled tuning frames
 # (README, "Which strategy").
 DEFAULT_STRATEGY = "entropy"
+# The region strategy a region budget uses unless told (README, "Label regions, not frames").
+DEFAULT_REGION_STRATEGY = "region-ds-sample"
 UNITS = ("frame", "region")
 
 
