@@ -91,7 +91,10 @@ def test_a_new_selection_removes_the_report_and_exports_of_the_old(
     assert (out / "export" / "csv").is_dir()  # the same list: its exports stay
     assert not (out / "report.html").exists()  # its maps are gone, so is the page showing them
     (out / "report_files").mkdir(exist_ok=True)
-    other = score(wide_pool, tiny_onnx, out, K + 1)
+    refused = score(wide_pool, tiny_onnx, out, K + 1)
+    assert refused.exit_code == 1 and "holds another selection" in refused.stderr
+    assert selection(out)["k"] == K and (out / "export" / "csv").is_dir()
+    other = score(wide_pool, tiny_onnx, out, K + 1, "--force")
     assert other.exit_code == 0, other.stderr
     assert selection(out)["k"] == K + 1
     assert not (out / "export").exists() and not (out / "report_files").exists()
