@@ -121,8 +121,10 @@ def main() -> None:
     show_default=True,
     envvar="DEAL_OUT",
     show_envvar=True,
-    help="Output folder; re-running on it resumes.",
+    help="Output folder; re-running on it resumes. One holding a selection of other settings "
+    "is refused without --force.",
 )
+@click.option("--force", is_flag=True, help="Replace a selection of other settings in --out.")
 @engine_options
 @click.option(
     "--shard",
@@ -201,6 +203,7 @@ def score(
         ray_settings(o),
         o["maps"],
         o["html"],
+        o["force"],
     )
     after = f"results so far are in {run.out}; run again to resume"
     ctx.exit(_interruptible(lambda: _score(run, o["as_json"]), after))
@@ -266,6 +269,7 @@ class ScoreCommand:
     ray: RaySettings | None  # None without --ray
     maps: bool
     html: bool
+    force: bool  # replace a selection of other settings
 
 
 def _score(run: ScoreCommand, as_json: bool) -> int:
@@ -294,7 +298,9 @@ def _score(run: ScoreCommand, as_json: bool) -> int:
             f"deal-client: {len(paths)} images, model {engine.spec.model_id} via "
             f"{engine.describe()}{where}, out {out}"
         )
-        result = score_pool(paths, engine, out, run.streaming, run.how, run.maps, run.html, scoring)
+        result = score_pool(
+            paths, engine, out, run.streaming, run.how, run.maps, run.html, scoring, run.force
+        )
     except (StoreError, RayUnavailable) as exc:
         raise click.ClickException(str(exc)) from None
     except EngineError as exc:

@@ -191,6 +191,11 @@ def open_writer(
 
 
 # ---------------------------------------------------------------------------------------- read
+def scores_path(out: Path, fmt: str) -> Path:
+    """Where the out dir `out` holds its `fmt` scores, absolute (as selection.json names them)."""
+    return (Path(out) / _FILES[fmt]).absolute()
+
+
 def scores_format(out: Path) -> str:
     """ "parquet" for an out dir holding scores.parquet, else "jsonl"."""
     return "parquet" if parquet.is_parquet_out(Path(out)) else "jsonl"

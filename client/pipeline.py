@@ -13,12 +13,14 @@ from .drawing import clear_stale, draw
 from .engines import Engine
 from .outdir import (
     MAPS,
+    check_resumable,
     load_table,
     merge_outputs,
     out_lock,
     read_selection,
     recorded_settings,
     scores_format,
+    scores_path,
 )
 from .records import Table
 from .report import REPORT_HTML
@@ -49,14 +51,20 @@ def score_pool(
     maps: bool = False,
     report: bool = False,
     score_with: ScoreInto | None = None,
+    force: bool = False,
 ) -> PoolRun:
     """Score `paths` into the out dir `out` (resuming it), select from everything scored there,
     and optionally draw the maps of the selection and write the report (which implies maps).
     `score_with` scores (default `score_into`, this process; `fleet.RayScoring`: a Ray cluster).
+    A selection of other settings in `out` is refused before anything is scored
+    (`SelectionExists`) unless `force`.
 
     Raises StoreError (out dir unusable), EngineError (after its retries; every finished batch
     is on disk, a re-run resumes) and OSError (the out dir cannot be written).
     """
+    if not force:  # the out dir's own refusals first, then another run's selection
+        check_resumable(out, engine.spec.model_id, settings.format, settings.scoring)
+        check_replace(out, scores_path(out, settings.format), select_settings)
     scored, table = (score_with or score_into)(paths, engine, out, settings)
     run = PoolRun(scored, None)
     with out_lock(out):
@@ -101,7 +109,7 @@ def reselect(
     out = out or table.out
     with out_lock(out):
         if not force:
-            check_replace(out, table, how)
+            check_replace(out, table.scores_file, how)
         streaming = replace(streaming, **recorded_settings(table.meta))  # maps framed as scored
         html = html or (out / REPORT_HTML).is_file()
         drawn = maps if maps is not None else html or (out / MAPS).is_dir()

@@ -119,12 +119,13 @@ def pick(table: Table, how: SelectSettings) -> tuple[Choice, Options]:
     return choose(pool, how.strategy, how.k, options), options
 
 
-def check_replace(out: Path, table: Table, how: SelectSettings) -> None:
-    """Refuse to replace a selection in `out` made with other settings or of other scores."""
+def check_replace(out: Path, scores_file: Path, how: SelectSettings) -> None:
+    """Refuse to replace a selection in `out` made with other settings or of other scores than
+    `scores_file` (`score` and `select --out` alike, unless --force)."""
     old = read_selection(out)
     if old is None:
         return
-    mine = {**how.describe(), "scores": str(table.scores_file)}
+    mine = {**how.describe(), "scores": str(scores_file)}
     if old.get("settings") != json.loads(json.dumps(mine)):
         raise SelectionExists(
             f"{Path(out) / SELECTION_JSON} holds another selection ({old.get('strategy')}, top "

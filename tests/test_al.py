@@ -207,6 +207,7 @@ def _read(path: Path) -> dict:
     return json.loads(path.read_text())
 
 
+@pytest.mark.slow
 def test_two_stage_loop_end_to_end_and_resume(streets: Path, tmp_path: Path) -> None:
     out = tmp_path / "al"
     args = [

@@ -121,6 +121,7 @@ def repo(roads: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return repo
 
 
+@pytest.mark.slow
 def test_the_checkpoint_and_the_model_carry_the_class_file(roads: Path) -> None:
     spec = read_onnx_spec(roads)
     assert list(spec.class_names) == NAMES and spec.num_classes == 4
@@ -153,6 +154,7 @@ def test_a_version_is_never_overwritten_unless_forced(repo: Path, roads: Path) -
     assert parse_config(repo / "roads" / "config.pbtxt") == before
 
 
+@pytest.mark.slow
 def test_a_version_that_does_not_fit_the_others_is_refused(
     repo: Path, tiny_onnx: Path, tmp_path: Path
 ) -> None:

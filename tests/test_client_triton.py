@@ -141,6 +141,7 @@ def test_unreachable_server_fails_after_its_retries_with_one_message(
     assert not (tmp_path / "scores.jsonl").exists()
 
 
+@pytest.mark.slow
 def test_a_served_model_off_the_contract_is_refused(tiny_onnx: Path, tmp_path: Path) -> None:
     from dealseg.core.modelfile import read_onnx_spec
     from dealseg.serving.repository import write_repository
@@ -195,6 +196,7 @@ def gated_score(pool: Path, url: str, protocol: str, out: Path, release: Path, r
 
 
 @pytest.mark.parametrize("protocol", ["grpc", "http"])
+@pytest.mark.slow
 def test_server_killed_mid_run_fails_after_retries_then_resumes(
     protocol: str, repo: Path, tiny_onnx: Path, tmp_path: Path
 ) -> None:

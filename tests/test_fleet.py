@@ -68,6 +68,7 @@ def score(pool: Path, model: Path | None, out: Path, *args: object) -> str:
     return r.stderr
 
 
+@pytest.mark.slow
 def test_ray_single_process_and_shards_select_the_same(
     cluster: object, pool: Path, tiny_onnx: Path, tmp_path: Path
 ) -> None:

@@ -9,6 +9,7 @@ import json
 from pathlib import Path
 
 import pytest
+from click.testing import Result
 from helpers import deal_client, selection, write_wide_pool
 
 K = 2
@@ -23,22 +24,16 @@ def wide_pool(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def letterboxed(wide_pool: Path, tiny_onnx: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A --resize letterbox run of the 16:9 pool, with its maps."""
     out = tmp_path_factory.mktemp("letterboxed")
-    r = deal_client(
-        "score",
-        wide_pool,
-        "-k",
-        K,
-        "--model",
-        tiny_onnx,
-        "--resize",
-        "letterbox",
-        "--maps",
-        "--out",
-        out,
-        "--no-progress",
-    )
+    r = score(wide_pool, tiny_onnx, out, K, "--resize", "letterbox", "--maps")
     assert r.exit_code == 0, r.stderr
     return out
+
+
+def score(pool: Path, model: Path, out: Path, k: int, *args: object) -> Result:
+    """`deal-client score POOL -k K --model MODEL --out OUT ARGS`, no progress bar."""
+    return deal_client(
+        "score", pool, "-k", k, "--model", model, "--out", out, "--no-progress", *args
+    )
 
 
 def maps_of(out: Path) -> dict[str, bytes]:
@@ -55,36 +50,11 @@ def test_a_resume_with_another_resize_is_refused(
 ) -> None:
     before = (letterboxed / "scores.jsonl").read_bytes()
     for resize in ("stretch", "crop"):
-        r = deal_client(
-            "score",
-            wide_pool,
-            "-k",
-            K,
-            "--model",
-            tiny_onnx,
-            "--resize",
-            resize,
-            "--out",
-            letterboxed,
-            "--no-progress",
-        )
+        r = score(wide_pool, tiny_onnx, letterboxed, K, "--resize", resize)
         assert r.exit_code == 1, r.stderr
         assert f"made with --resize letterbox, but this run uses --resize {resize}" in r.stderr
     assert (letterboxed / "scores.jsonl").read_bytes() == before
-    again = deal_client(
-        "score",
-        wide_pool,
-        "-k",
-        K,
-        "--model",
-        tiny_onnx,
-        "--resize",
-        "letterbox",
-        "--out",
-        letterboxed,
-        "--no-progress",
-        "--maps",
-    )
+    again = score(wide_pool, tiny_onnx, letterboxed, K, "--resize", "letterbox", "--maps")
     assert again.exit_code == 0 and "4 already done" in again.stderr, again.stderr
 
 
@@ -102,7 +72,7 @@ def test_a_merge_of_runs_with_other_settings_is_refused(
     letterboxed: Path, wide_pool: Path, tiny_onnx: Path, tmp_path: Path
 ) -> None:
     stretched = tmp_path / "stretched"
-    r = deal_client("score", wide_pool, "-k", K, "--model", tiny_onnx, "--out", stretched)
+    r = score(wide_pool, tiny_onnx, stretched, K)
     assert r.exit_code == 0, r.stderr
     r = deal_client("merge", letterboxed, stretched, "-k", K, "--out", tmp_path / "merged")
     assert r.exit_code == 1 and "different settings" in r.stderr, r.stderr
@@ -112,27 +82,19 @@ def test_a_new_selection_removes_the_report_and_exports_of_the_old(
     wide_pool: Path, tiny_onnx: Path, tmp_path: Path
 ) -> None:
     out = tmp_path / "out"
-    first = deal_client(
-        "score",
-        wide_pool,
-        "-k",
-        K,
-        "--model",
-        tiny_onnx,
-        "--report",
-        "--out",
-        out,
-        "--no-progress",
-    )
+    first = score(wide_pool, tiny_onnx, out, K, "--report")
     assert first.exit_code == 0, first.stderr
     assert deal_client("export", out, "--format", "csv").exit_code == 0
     assert (out / "report.html").is_file() and (out / "export" / "csv").is_dir()
-    same = deal_client("score", wide_pool, "-k", K, "--model", tiny_onnx, "--out", out)
+    same = score(wide_pool, tiny_onnx, out, K)
     assert same.exit_code == 0, same.stderr
     assert (out / "export" / "csv").is_dir()  # the same list: its exports stay
     assert not (out / "report.html").exists()  # its maps are gone, so is the page showing them
     (out / "report_files").mkdir(exist_ok=True)
-    other = deal_client("score", wide_pool, "-k", K + 1, "--model", tiny_onnx, "--out", out)
+    refused = score(wide_pool, tiny_onnx, out, K + 1)
+    assert refused.exit_code == 1 and "holds another selection" in refused.stderr
+    assert selection(out)["k"] == K and (out / "export" / "csv").is_dir()
+    other = score(wide_pool, tiny_onnx, out, K + 1, "--force")
     assert other.exit_code == 0, other.stderr
     assert selection(out)["k"] == K + 1
     assert not (out / "export").exists() and not (out / "report_files").exists()
