@@ -250,12 +250,14 @@ def trt_check(onnx_path: Path, config_path: Path | None, plan: Path | None) -> N
     """Parse and build the graph with TensorRT-RTX on this host, no GPU needed: every node
     TensorRT refuses is named. An engine for a data-centre GPU still needs `deal-export
     tensorrt` on that host."""
+    from dealseg.serving.repository import batch_profile
+
     from .tensorrt import BatchProfile, GraphRefused, TensorRTUnavailable, check_with_tensorrt_rtx
 
     beside = onnx_path.resolve().parents[1] / "config.pbtxt"
     config_path = config_path or (beside if beside.is_file() else None)
     try:
-        profile = BatchProfile.of_config(config_path) if config_path else BatchProfile()
+        profile = BatchProfile(*batch_profile(config_path)) if config_path else BatchProfile()
         report = check_with_tensorrt_rtx(onnx_path, profile, plan)
     except (GraphRefused, TensorRTUnavailable, ValueError) as exc:
         raise click.ClickException(str(exc)) from None

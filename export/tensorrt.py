@@ -81,19 +81,6 @@ class BatchProfile:
                 f"({self.max_batch}) batch"
             )
 
-    @classmethod
-    def of_config(cls, config_path: Path) -> BatchProfile:
-        """The profile a Triton model's config.pbtxt asks for: batches 1 to its
-        max_batch_size, optimised for `serving.repository.opt_batch` of it."""
-        from dealseg.serving.repository import opt_batch, parse_config
-
-        config = parse_config(config_path)
-        most = int(config.get("max_batch_size", 0))
-        if most < 1:
-            raise ValueError(f"{config_path}: no max_batch_size >= 1 (a batching model)")
-        preferred = config.get("dynamic_batching", {}).get("preferred_batch_size", [])
-        return cls(1, opt_batch(most, [int(b) for b in preferred]), most)
-
 
 @dataclass(frozen=True)
 class BuildReport:

@@ -15,7 +15,7 @@ from click.testing import CliRunner
 from dealseg.core import contract
 from dealseg.export.cli import main as export_cli
 from dealseg.export.tensorrt import RTX_MODULES, BatchProfile, GraphRefused
-from dealseg.serving.repository import write_repository
+from dealseg.serving.repository import batch_profile, write_repository
 
 HAS_TENSORRT = importlib.util.find_spec("tensorrt") is not None
 HAS_RTX = any(importlib.util.find_spec(m) for m in RTX_MODULES)
@@ -155,7 +155,7 @@ def test_every_exported_graph_parses_and_builds_with_tensorrt_rtx(
     from dealseg.serving.repository import parse_config
 
     model, config = exported_graphs[graph]
-    profile = BatchProfile.of_config(config)
+    profile = BatchProfile(*batch_profile(config))
     most = int(parse_config(config)["max_batch_size"])
     assert (profile.min_batch, profile.max_batch) == (1, most)
     assert image_readers(model) == ["Cast"]  # TensorRT: a UInt8 input may feed only a Cast
@@ -214,11 +214,11 @@ def test_trt_check_takes_the_profile_from_the_config_beside_the_model() -> None:
 
 def test_the_profile_follows_the_triton_batching(tiny_onnx: Path, tmp_path: Path) -> None:
     plain = write_repository(tiny_onnx, tmp_path / "a", max_batch_size=16) / "config.pbtxt"
-    assert BatchProfile.of_config(plain) == BatchProfile(1, 8, 16)
+    assert batch_profile(plain) == (1, 8, 16)
     preferred = write_repository(
         tiny_onnx, tmp_path / "b", max_batch_size=32, preferred_batch_sizes=(4, 12)
     )
-    assert BatchProfile.of_config(preferred / "config.pbtxt") == BatchProfile(1, 12, 32)
+    assert batch_profile(preferred / "config.pbtxt") == (1, 12, 32)
 
 
 @pytest.mark.skipif(HAS_RTX, reason="TensorRT-RTX is installed here")
