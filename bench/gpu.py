@@ -129,9 +129,9 @@ def scoring_rows(images: np.ndarray) -> list[list[str]]:
     import torch
 
     from dealseg.core import contract
+    from dealseg.core.modelfile import read_onnx_spec
     from dealseg.export.graph import DEALGraph
     from dealseg.export.reexport import eager_from_graph
-    from dealseg.serving.repository import read_onnx_spec
 
     spec = read_onnx_spec(SHIPPED_MODEL)
     names = list(contract.SCORE_OUTPUTS)
@@ -183,13 +183,13 @@ def tensorrt_rows(images: np.ndarray) -> list[list[str]]:
     if importlib.util.find_spec("tensorrt") is None:
         return [["TensorRT engine", "skipped", "", "tensorrt not installed (dealseg[gpu])"]]
     from dealseg.core import contract
+    from dealseg.core.modelfile import read_onnx_spec
     from dealseg.export.tensorrt import (
         BatchProfile,
         build_engine,
         parity_vs_onnxruntime,
         run_engine,
     )
-    from dealseg.serving.repository import read_onnx_spec
 
     spec = read_onnx_spec(SHIPPED_MODEL)
     feeds = contract.model_inputs(spec, images[:BATCH])
@@ -232,7 +232,7 @@ def main(argv: list[str] | None = None) -> int:
     if host is None:
         print("bench/gpu.py: no CUDA device on this host; nothing measured (run it on a GPU host)")
         return 0
-    from dealseg.serving.repository import read_onnx_spec
+    from dealseg.core.modelfile import read_onnx_spec
 
     start = time.perf_counter()
     images, _ = street_batch(args.images, read_onnx_spec(SHIPPED_MODEL).input_size)

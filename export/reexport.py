@@ -111,7 +111,7 @@ def reexport(source: Path, out: Path, max_batch: int = 16) -> ReexportReport:
     outputs on real photos. ReexportError (and `out` untouched) when a weight would change."""
     import tempfile
 
-    from dealseg.serving.repository import read_onnx_spec
+    from dealseg.core.modelfile import read_onnx_spec
 
     from .graph import DEALGraph
 

@@ -180,7 +180,7 @@ def test_every_exported_graph_parses_and_builds_with_tensorrt_rtx(
 
 
 def read_size(model: Path) -> tuple[int, int]:
-    from dealseg.serving.repository import read_onnx_spec
+    from dealseg.core.modelfile import read_onnx_spec
 
     return read_onnx_spec(model).input_size
 
