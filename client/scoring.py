@@ -99,7 +99,7 @@ class Sink(Protocol):
 
 def load_frame(path: str, size: tuple[int, int], settings: ScoreSettings) -> Frame:
     """A pool path as the model's frame, as `settings` say (--resize, --max-pixels): the one
-    decode step of the streaming scorer and the Ray path's decode tasks. URIs are read from
+    decode step of the streaming scorer and the Ray path's actors. URIs are read from
     object storage (`remote.decode_uri`)."""
     if is_uri(path):
         from .remote import decode_uri

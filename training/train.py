@@ -49,6 +49,48 @@ def as_float(out: DEALOutput) -> DEALOutput:
     return replace(out, logits=out.logits.float(), difficulty_logits=out.difficulty_logits.float())
 
 
+def make_optimizer(model: DEALNet, train_cfg: TrainConfig) -> torch.optim.Optimizer:
+    """The paper's SGD (Nesterov momentum, weight decay; heads and gamma at 10x the lr)."""
+    return torch.optim.SGD(
+        model.param_groups(train_cfg.lr),
+        lr=train_cfg.lr,
+        momentum=train_cfg.momentum,
+        nesterov=True,
+        weight_decay=train_cfg.weight_decay,
+    )
+
+
+def train_step(
+    model: DEALNet,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    runtime: Runtime,
+    train_cfg: TrainConfig,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+) -> dict[str, float]:
+    """One optimiser step of `fit` on a batch (images [B, 3, H, W] 0..1, labels [B, H, W]) in
+    `runtime`'s device and precision; the loss parts."""
+    images = images.to(runtime.device, non_blocking=True)
+    labels = labels.to(runtime.device, non_blocking=True)
+    with runtime.autocast():
+        out = model(normalise(images, model.cfg.mean, model.cfg.std))
+    out = as_float(out)
+    loss, parts = deal_loss(
+        out.full_logits(),
+        out.difficulty(),
+        labels,
+        train_cfg.difficulty_loss,
+        train_cfg.difficulty_weight,
+        labeled_only=train_cfg.partial_labels,
+    )
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    scaler.step(optimizer)
+    scaler.update()
+    return parts
+
+
 class Trainer:
     """One `fit` run: `preset`'s data, model and optimiser, and the run's files in `out`.
 
@@ -96,13 +138,7 @@ class Trainer:
                 f"{train_cfg.batch_size}; lower batch_size"
             )
         self.model = DEALNet(preset.model, pretrained=train_cfg.pretrained).to(runtime.device)
-        self.optimizer = torch.optim.SGD(
-            self.model.param_groups(train_cfg.lr),
-            lr=train_cfg.lr,
-            momentum=train_cfg.momentum,
-            nesterov=True,
-            weight_decay=train_cfg.weight_decay,
-        )
+        self.optimizer = make_optimizer(self.model, train_cfg)
         self.scaler = runtime.grad_scaler()
         self.run_state = {
             "model": preset.model.to_dict(),
@@ -171,25 +207,9 @@ class Trainer:
 
     def step(self, images: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
         """One optimiser step on a batch (images [B, 3, H, W] 0..1, labels [B, H, W])."""
-        device, model_cfg, train_cfg = self.runtime.device, self.preset.model, self.train_cfg
-        images = images.to(device, non_blocking=True)
-        labels = labels.to(device, non_blocking=True)
-        with self.runtime.autocast():
-            out = self.model(normalise(images, model_cfg.mean, model_cfg.std))
-        out = as_float(out)
-        loss, parts = deal_loss(
-            out.full_logits(),
-            out.difficulty(),
-            labels,
-            train_cfg.difficulty_loss,
-            train_cfg.difficulty_weight,
-            labeled_only=train_cfg.partial_labels,
+        return train_step(
+            self.model, self.optimizer, self.scaler, self.runtime, self.train_cfg, images, labels
         )
-        self.optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(loss).backward()
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
-        return parts
 
     def validate_and_save(self, epoch: int, stats: dict[str, float], progress: tqdm) -> None:
         """Validate when due (keeping best.pt), record the epoch, write last.pt."""
