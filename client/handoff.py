@@ -34,9 +34,10 @@ import numpy as np
 from dealseg.core.files import atomic_write
 from dealseg.core.ranking import SCORE_COLUMNS
 
-from .maps import layer_names
+from .maps import layer_names, map_name
 from .outdir import MAPS, load_table, read_selection
 from .records import Table, class_column, record_path, spec_of
+from .regions import REGION_MASKS
 
 _RLE_SIZES = (3, 4, 8, 16)  # the four run-length widths (bits) of Label Studio's brush RLE
 
@@ -104,6 +105,7 @@ class Handoff:
     table: Table
     selection: dict[str, Any]
     predictions: bool
+    regions: bool = False  # a selection of regions: their masks are in region_masks/
 
 
 def _text(path: str) -> str:
@@ -195,17 +197,88 @@ def brush_rle(mask: np.ndarray) -> list[int]:
     return list(int(bits, 2).to_bytes(len(bits) // 8, "big"))
 
 
-def labeling_config(class_names: Sequence[str], palette: Sequence[Sequence[int]]) -> str:
-    """A Label Studio labeling config for the tasks: the image and a brush label per class."""
+def read_brush_rle(rle: Sequence[int], height: int, width: int) -> np.ndarray:
+    """Label Studio's brush RLE (as a task or an annotation holds it) -> a bool mask [H, W]
+    (set where the brush's alpha is): runs and literal blocks, as Label Studio writes them."""
+    bits = "".join(format(b, "08b") for b in rle)
+    pos = 0
+
+    def read(n: int) -> int:
+        nonlocal pos
+        pos += n
+        return int(bits[pos - n : pos], 2)
+
+    count, word = read(32), read(5) + 1
+    sizes = [read(4) + 1 for _ in range(4)]
+    values = np.zeros(count, np.uint8)
+    i = 0
+    while i < count:
+        run = read(1)
+        end = i + 1 + read(sizes[read(2)])
+        if run:
+            values[i:end] = read(word)
+            i = end
+        else:
+            while i < end:
+                values[i] = read(word)
+                i += 1
+    return values.reshape(height, width, 4)[..., 3] > 127
+
+
+REGION_LABEL = "Label here"  # the region layer's one label: the pixels bought
+
+
+def labeling_config(
+    class_names: Sequence[str], palette: Sequence[Sequence[int]], regions: bool = False
+) -> str:
+    """A Label Studio labeling config for the tasks: the image and a brush label per class;
+    for region tasks, a second brush layer `regions` that shows what to label."""
     labels = "\n".join(
         f"    <Label value={quoteattr(name)} background="
         f"{quoteattr('#{:02x}{:02x}{:02x}'.format(*rgb))}/>"
         for name, rgb in zip(class_names, palette, strict=True)
     )
+    layer = (
+        '  <BrushLabels name="regions" toName="image">\n'
+        f'    <Label value="{REGION_LABEL}" background="#ffff00"/>\n  </BrushLabels>\n'
+        if regions
+        else ""
+    )
     return (
         '<View>\n  <Image name="image" value="$image" zoom="true"/>\n'
-        f'  <BrushLabels name="label" toName="image">\n{labels}\n  </BrushLabels>\n</View>\n'
+        f'  <BrushLabels name="label" toName="image">\n{labels}\n  </BrushLabels>\n'
+        f"{layer}</View>\n"
     )
+
+
+def _region_mask(ctx: Handoff, item: Item) -> np.ndarray | None:
+    """The item's bought regions at its picture's size (region id + 1; 0 elsewhere), or None
+    when the selection bought no regions of it (or bought whole frames)."""
+    from PIL import Image
+
+    if not ctx.regions:
+        return None
+    path = ctx.folder / REGION_MASKS / map_name(item.rank, item.path)
+    if not path.is_file():
+        raise ExportError(f"no region mask for #{item.rank} ({path.name}): select again")
+    with Image.open(path) as im:
+        return np.asarray(im)
+
+
+def _ls_regions(ctx: Handoff, item: Item) -> dict[str, Any] | None:
+    mask = _region_mask(ctx, item)
+    if mask is None:
+        return None
+    return {
+        "id": f"r{item.rank}regions",
+        "from_name": "regions",
+        "to_name": "image",
+        "type": "brushlabels",
+        "original_width": int(mask.shape[1]),
+        "original_height": int(mask.shape[0]),
+        "image_rotation": 0,
+        "value": {"format": "rle", "rle": brush_rle(mask > 0), "brushlabels": [REGION_LABEL]},
+    }
 
 
 def _ls_prediction(ctx: Handoff, item: Item) -> dict[str, Any]:
@@ -242,11 +315,17 @@ def _labelstudio(dest: Path, items: list[Item], ctx: Handoff) -> list[Path]:
             **{class_column(name): share for name, share in item.fractions.items()},
         }
         task: dict[str, Any] = {"data": data}
-        if ctx.predictions:
-            task["predictions"] = [_ls_prediction(ctx, item)]
+        prediction = _ls_prediction(ctx, item) if ctx.predictions else None
+        regions = _ls_regions(ctx, item)
+        if regions is not None:  # what to label: its own layer beside the predicted classes
+            prediction = prediction or {"model_version": ctx.selection["model"], "result": []}
+            prediction["result"].append(regions)
+            data["region_pixels"] = int((_region_mask(ctx, item) > 0).sum())
+        if prediction is not None:
+            task["predictions"] = [prediction]
         tasks.append(task)
     spec = spec_of(ctx.table.meta)
-    config = labeling_config(spec.class_names, spec.palette)
+    config = labeling_config(spec.class_names, spec.palette, ctx.regions)
     return [
         _write(dest / "tasks.json", json.dumps(tasks, indent=1, allow_nan=False)),
         _write(dest / "labeling_config.xml", config),
@@ -262,7 +341,13 @@ def _cvat(dest: Path, items: list[Item], ctx: Handoff) -> list[Path]:
         lines.append({"name": name, "extension": extension, "width": width, "height": height})
     manifest = "".join(json.dumps(line, separators=(",", ":")) + "\n" for line in lines)
     listing = "".join(item.remote + "\n" for item in items)
-    return [_write(dest / "manifest.jsonl", manifest), _write(dest / "images.txt", listing)]
+    written = [_write(dest / "manifest.jsonl", manifest), _write(dest / "images.txt", listing)]
+    for item in items:  # region selections: a mask per image, named like it in the manifest
+        mask = _region_mask(ctx, item)
+        if mask is not None:
+            name = os.path.splitext(item.relative)[0] + ".png"
+            written.append(_png(dest / REGION_MASKS / name, mask))
+    return written
 
 
 # -------------------------------------------------------------------------------- fiftyone
@@ -280,6 +365,10 @@ def _fiftyone(dest: Path, items: list[Item], ctx: Handoff) -> list[Path]:
         }
         if ctx.predictions:
             sample["prediction"] = {"_cls": "Segmentation", "mask_path": _mask(dest, ctx, item)}
+        regions = _region_mask(ctx, item)
+        if regions is not None:  # what to label: 0 outside the bought regions
+            path = _png(dest / REGION_MASKS / f"{item.rank:04d}.png", regions).absolute()
+            sample["regions"] = {"_cls": "Segmentation", "mask_path": str(path)}
         samples.append(sample)
     names = ctx.table.class_names
     info = {
@@ -291,6 +380,16 @@ def _fiftyone(dest: Path, items: list[Item], ctx: Handoff) -> list[Path]:
         _write(dest / "samples.json", json.dumps({"samples": samples}, indent=1, allow_nan=False)),
         _write(dest / "metadata.json", json.dumps(meta, indent=1)),
     ]
+
+
+def _png(path: Path, values: np.ndarray) -> Path:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(values).save(buf, format="PNG")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, buf.getvalue(), durable=False)
+    return path
 
 
 def _mask(dest: Path, ctx: Handoff, item: Item) -> str:
@@ -348,4 +447,6 @@ def export_selection(
     table = load_table(Path(selection.get("scores") or folder))
     items = _items(table, selection, path_map)
     Path(dest).mkdir(parents=True, exist_ok=True)
-    return WRITERS[fmt](Path(dest), items, Handoff(Path(folder), table, selection, predictions))
+    regions = selection.get("settings", {}).get("budget") is not None
+    ctx = Handoff(Path(folder), table, selection, predictions, regions)
+    return WRITERS[fmt](Path(dest), items, ctx)

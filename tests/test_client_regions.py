@@ -148,3 +148,56 @@ def test_triton_buys_the_embedded_regions(
         result = deal_client("score", pool, *REGIONS, "--url", server.url_grpc, "--out", out)
     assert result.exit_code == 0, result.output
     assert picks(out) == picks(embedded)
+
+
+@pytest.mark.slow
+def test_region_tasks_round_trip_into_training(tiny_onnx: Path, tmp_path: Path) -> None:
+    """Region picks -> Label Studio tasks (their own layer) -> the masks the tool returns (the
+    true classes on the bought pixels, void elsewhere) -> deal-train fit on partial labels."""
+    import shutil
+
+    from dealseg.client.handoff import read_brush_rle
+    from dealseg.training.cli import main as train_main
+    from dealseg.training.streets.dataset import write_streets
+
+    streets = tmp_path / "streets"
+    write_streets(streets, n=30, size=(64, 80), seed=2)
+    out = tmp_path / "picks"
+    args = ("score", streets / "train", "--regions", "10%", "--region-size", "8")
+    assert deal_client(*args, "--model", tiny_onnx, "--out", out).exit_code == 0
+    export = tmp_path / "ls"
+    assert deal_client("export", out, "--format", "labelstudio", "--dest", export).exit_code == 0
+    assert 'name="regions"' in (export / "labeling_config.xml").read_text()
+    tasks = json.loads((export / "tasks.json").read_text())
+    rows = [json.loads(line) for line in (out / REGIONS_JSONL).read_text().splitlines()]
+    assert len(tasks) == len({r["path"] for r in rows})
+    plain = tmp_path / "returned"
+    (plain / "images").mkdir(parents=True)
+    (plain / "masks").mkdir()
+    shutil.copy(streets / "classes.json", plain / "classes.json")
+    void = json.loads((streets / "classes.json").read_text())["ignore"][0]
+    labelled = 0
+    for task in tasks:
+        layer = next(r for r in task["predictions"][0]["result"] if r["from_name"] == "regions")
+        h, w = layer["original_height"], layer["original_width"]
+        todo = read_brush_rle(layer["value"]["rle"], h, w)
+        picture = Path(task["data"]["path"])
+        truth = np.asarray(Image.open(streets / "trainannot" / picture.name))
+        assert todo.sum() == task["data"]["region_pixels"] > 0
+        mask_file = next((out / REGION_MASKS).glob(f"{task['data']['rank']:04d}_*.png"))
+        assert np.array_equal(todo, np.asarray(Image.open(mask_file)) > 0)  # exact round trip
+        returned = np.where(todo, truth, void).astype(np.uint8)  # what the annotator sends back
+        Image.fromarray(returned).save(plain / "masks" / f"{picture.stem}.png")
+        shutil.copy(picture, plain / "images" / picture.name)
+        labelled += int(todo.sum())
+    assert labelled == json.loads((out / REGIONS_JSON).read_text())["bought_pixels"]
+    tiny = ["decoder_width=16", "attention_size=[8,10]", "input_size=[64,80]", "epochs=1"]
+    tiny += ["batch_size=4", "crop=[64,80]", "val_every=1", "threads=1", "samples_per_epoch=8"]
+    from click.testing import CliRunner
+
+    fit = CliRunner().invoke(
+        train_main,
+        ["fit", "--data", str(plain), "--out", str(tmp_path / "run"), *tiny, "partial_labels=true"],
+    )
+    assert fit.exit_code == 0, fit.output
+    assert (tmp_path / "run" / "best.pt").is_file()
