@@ -24,10 +24,12 @@ from typing import Any
 import numpy as np
 
 from dealseg.core.ranking import SCORE_COLUMNS
-from dealseg.core.strategies import DEFAULT_STRATEGY
+from dealseg.core.regions import RegionOptions, choose_regions, parse_budget
+from dealseg.core.strategies import DEFAULT_REGION_STRATEGY, DEFAULT_STRATEGY
 
 from .outdir import selection_rows
 from .records import Table, class_column, record_path
+from .regions import region_pool, region_vectors
 from .scoring import list_paths, pool_paths, score_into
 from .selection import pick
 from .settings import (
@@ -82,7 +84,8 @@ def score(
 
     `out` keeps the scores (an out dir of `deal-client score`, resumed when it exists); without
     it they live in a temporary folder for the call. `options` are the fields of
-    `settings.ScoreSettings` (batch_size=, resize=, format=, ...; progress off by default) and,
+    `settings.ScoreSettings` (batch_size=, resize=, format=, regions="cell:12": each frame's cells
+    as `region_pixels` and `region_ds` columns, for `select_regions`; progress off by default) and,
     with a url, of `settings.TritonSettings` (protocol=, timeout=, ...); another keyword is a
     TypeError that lists them.
     """
@@ -135,6 +138,51 @@ def select(
     return _as_table([{**r, "path": record_path(r)} for r in rows], dict(_meta(table)))
 
 
+def select_regions(
+    table: Any,
+    budget: str | int,
+    strategy: str = DEFAULT_REGION_STRATEGY,
+    *,
+    seed: int = 0,
+    temperature: float = 1.0,
+    max_per_frame: int | None = None,
+    frame_cost: int = 0,
+) -> Any:
+    """The regions of a `score(..., regions="cell:N")` table that `strategy` buys with `budget`
+    (a share of the pool's pixels, "5%", or a count of regions), in the order taken: a table of
+    rank, path, region (the cell id), pixels and score. Options as `deal-client select
+    --regions`'s (the same `settings.SelectSettings`, the same checks)."""
+    how = SelectSettings(
+        strategy,
+        seed=seed,
+        budget=str(budget),
+        temperature=temperature,
+        max_per_frame=max_per_frame,
+        frame_cost=frame_cost,
+    )
+    scored = _from_table(table)
+    if scored.region_pixels is None:
+        raise ValueError("the table holds no regions: score with regions='cell:12'")
+    pool = region_pool(scored)
+    bought = choose_regions(
+        pool,
+        how.strategy,
+        parse_budget(str(how.budget), pool.total_pixels),
+        RegionOptions(seed, temperature, max_per_frame, frame_cost),
+    )
+    rows = [
+        {
+            "rank": n,
+            "path": pool.paths[pool.frame[i]],
+            "region": int(pool.region[i]),
+            "pixels": int(pool.pixels[i]),
+            "score": float(pool.scores["ds"][i]),
+        }
+        for n, i in enumerate(bought.indices, 1)
+    ]
+    return _as_table(rows, dict(_meta(table)))
+
+
 # ---------------------------------------------------------------------------------- tables
 def _attrs(table: Table) -> dict[str, Any]:
     return {
@@ -148,6 +196,7 @@ def _attrs(table: Table) -> dict[str, Any]:
 
 def _records(table: Table) -> list[dict[str, Any]]:
     emb = np.asarray(table.embeddings()) if len(table) else np.zeros((0, table.embedding_dim))
+    cells = region_vectors(table) if table.load_regions is not None else None
     columns = [class_column(name) for name in table.class_names]
     ok = [
         {
@@ -156,6 +205,7 @@ def _records(table: Table) -> list[dict[str, Any]]:
             **{name: float(table.scores[name][i]) for name in SCORE_COLUMNS},
             **dict(zip(columns, np.nan_to_num(table.fractions[i]).tolist(), strict=True)),
             "embedding": emb[i].copy(),
+            **({"region_pixels": cells[0][i], "region_ds": cells[1][i]} if cells else {}),
         }
         for i, path in enumerate(table.paths)
     ]
@@ -203,4 +253,12 @@ def _from_table(table: Any) -> Table:
             -1, len(columns)
         ),
         vectors=np.array([r["embedding"] for r in rows], np.float32).reshape(-1, dim),
+        **(
+            {
+                "region_pixels": np.array([r["region_pixels"] for r in rows], np.int32),
+                "region_ds": np.array([r["region_ds"] for r in rows], np.float32),
+            }
+            if rows and isinstance(rows[0].get("region_pixels"), (list, np.ndarray))
+            else {}
+        ),
     )

@@ -201,3 +201,19 @@ def test_region_tasks_round_trip_into_training(tiny_onnx: Path, tmp_path: Path) 
     )
     assert fit.exit_code == 0, fit.output
     assert (tmp_path / "run" / "best.pt").is_file()
+
+
+def test_the_python_api_buys_the_regions_the_cli_buys(
+    pool: Path, tiny_onnx: Path, embedded: Path
+) -> None:
+    import dealseg
+
+    table = dealseg.score(pool, model=tiny_onnx, regions="cell:8")
+    bought = dealseg.select_regions(table, "5%")
+    rows = [json.loads(line) for line in (embedded / REGIONS_JSONL).read_text().splitlines()]
+    got = list(zip(bought["path"], bought["region"], strict=True))
+    assert got == [(r["path"], r["region"]) for r in rows]
+    with pytest.raises(TypeError, match="regions"):
+        dealseg.score(pool, model=tiny_onnx, region="cell:8")
+    with pytest.raises(ValueError, match="no regions"):
+        dealseg.select_regions(dealseg.score(pool, model=tiny_onnx), "5%")
