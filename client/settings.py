@@ -34,14 +34,21 @@ class SettingsError(ValueError):
         self.name = name
 
 
-def _within(name: str, value: float, low: float, high: float = math.inf) -> None:
+def _within(
+    name: str, value: float, low: float, high: float = math.inf, whole: bool = True
+) -> None:
+    """`value` is a number (a whole one when `whole`) in low..high."""
+    kinds = (int,) if whole else (int, float)
+    if isinstance(value, bool) or not isinstance(value, kinds) or value != value:
+        kind = "a whole number" if whole else "a number"
+        raise SettingsError(name, f"{name} must be {kind}, got {value!r}")
     if not low <= value <= high:
         bound = f">= {low}" if high == math.inf else f"in {low}..{high}"
         raise SettingsError(name, f"{name} must be {bound}, got {value}")
 
 
 def _one_of(name: str, value: str, choices: tuple[str, ...]) -> None:
-    if value not in choices:
+    if not isinstance(value, str) or value not in choices:
         raise SettingsError(name, f"{name} must be one of {', '.join(choices)}; got {value!r}")
 
 
@@ -102,10 +109,12 @@ class SelectSettings:
     def __post_init__(self) -> None:
         _one_of("strategy", self.strategy, tuple(sorted(STRATEGIES)))
         _within("k", self.k, 1)
+        _within("seed", self.seed, -math.inf)
         if self.diverse is not None:
-            _within("diverse", self.diverse, 0.0, 1.0)
+            _within("diverse", self.diverse, 0.0, 1.0, whole=False)
         for name, weight in (self.balance or {}).items():
-            if not (math.isfinite(weight) and weight >= 0):
+            number = isinstance(weight, (int, float)) and not isinstance(weight, bool)
+            if not (number and math.isfinite(weight) and weight >= 0):
                 raise SettingsError("balance", f"the weight of {name!r} must be >= 0, got {weight}")
         if self.per_group is not None:
             _within("per_group", self.per_group, 1)
@@ -153,7 +162,7 @@ class TritonSettings:
         _one_of("protocol", self.protocol, PROTOCOLS)
         if self.model_version is not None:
             _within("model_version", self.model_version, 1)
-        _within("timeout", self.timeout, 0.1)
+        _within("timeout", self.timeout, 0.1, whole=False)
         _within("retries", self.retries, 0)
 
     @property
