@@ -35,7 +35,7 @@ class SettingsError(ValueError):
 
 
 def _within(
-    name: str, value: float, low: float, high: float = math.inf, whole: bool = True
+    name: str, value: float, low: float, high: float = math.inf, whole: bool = False
 ) -> None:
     """`value` is a number (a whole one when `whole`) in low..high."""
     kinds = (int,) if whole else (int, float)
@@ -79,10 +79,10 @@ class ScoreSettings:
     format: str = "jsonl"  # the out dir's scores: jsonl (streamed line by line) | parquet
 
     def __post_init__(self) -> None:
-        _within("batch_size", self.batch_size, 1, 1024)
-        _within("concurrency", self.concurrency, 1, 256)
-        _within("workers", self.workers, 1, 256)
-        _within("max_pixels", self.max_pixels, 1)
+        _within("batch_size", self.batch_size, 1, 1024, whole=True)
+        _within("concurrency", self.concurrency, 1, 256, whole=True)
+        _within("workers", self.workers, 1, 256, whole=True)
+        _within("max_pixels", self.max_pixels, 1, whole=True)
         _one_of("resize", self.resize, RESIZE_MODES)
         _one_of("format", self.format, SCORE_FORMATS)
 
@@ -108,16 +108,16 @@ class SelectSettings:
 
     def __post_init__(self) -> None:
         _one_of("strategy", self.strategy, tuple(sorted(STRATEGIES)))
-        _within("k", self.k, 1)
-        _within("seed", self.seed, -math.inf)
+        _within("k", self.k, 1, whole=True)
+        _within("seed", self.seed, -math.inf, whole=True)
         if self.diverse is not None:
-            _within("diverse", self.diverse, 0.0, 1.0, whole=False)
+            _within("diverse", self.diverse, 0.0, 1.0)
         for name, weight in (self.balance or {}).items():
             number = isinstance(weight, (int, float)) and not isinstance(weight, bool)
             if not (number and math.isfinite(weight) and weight >= 0):
                 raise SettingsError("balance", f"the weight of {name!r} must be >= 0, got {weight}")
         if self.per_group is not None:
-            _within("per_group", self.per_group, 1)
+            _within("per_group", self.per_group, 1, whole=True)
         if self.group_by is not None:
             if self.per_group is None:
                 raise SettingsError(
@@ -161,9 +161,9 @@ class TritonSettings:
     def __post_init__(self) -> None:
         _one_of("protocol", self.protocol, PROTOCOLS)
         if self.model_version is not None:
-            _within("model_version", self.model_version, 1)
-        _within("timeout", self.timeout, 0.1, whole=False)
-        _within("retries", self.retries, 0)
+            _within("model_version", self.model_version, 1, whole=True)
+        _within("timeout", self.timeout, 0.1)
+        _within("retries", self.retries, 0, whole=True)
 
     @property
     def given(self) -> list[str]:
