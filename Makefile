@@ -4,12 +4,12 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.dealseg-installed
 DEMO := demo
 
-.PHONY: install test demo lint bench clean install-check
+.PHONY: install test demo lint bench gpu-check clean install-check
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[train,export,serve,ray,dev]'
+	$(PY) -m pip install -q -e '.[train,export,serve,ray,dev,trt]'
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -39,6 +39,12 @@ BENCH := engine pipeline wire pam selection quantize peers frames fleet
 BENCH_FLAGS ?=
 bench: $(STAMP)
 	set -e; for b in $(BENCH); do $(PY) bench/$$b.py $(BENCH_FLAGS); done
+
+# The GPU figures in one command on a CUDA host (bench/gpu.py, under 8 minutes): training in
+# fp32 and mixed precision, scoring with eager CUDA, ONNX Runtime's CUDA provider and TensorRT
+# where installed (pip install -e '.[gpu]' first); bench/results/gpu.md. A CPU host: one line.
+gpu-check: $(STAMP)
+	$(PY) bench/gpu.py
 
 # `pip install .` (not editable, with its dependencies) into a fresh venv outside the checkout,
 # then `deal-client score` on a folder with the shipped model: what `pip install dealseg` gives.

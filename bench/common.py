@@ -255,69 +255,15 @@ def python_cpu_server(name: str) -> Any:
 
 # ------------------------------------------------------------------------------ eager model
 def shipped_eager(path: Path = SHIPPED_MODEL, size: tuple[int, int] | None = None) -> Any:
-    """The model of an exported graph back in PyTorch: a DEALNet (eval mode) with its weights.
+    """The model of an exported graph back in PyTorch (`export.reexport.eager_from_graph`): a
+    DEALNet (eval mode) with its weights; `size` overrides the input size. Callers check parity
+    against the graph."""
+    from dealseg.export.reexport import ReexportError, eager_from_graph
 
-    The architecture is the ModelConfig the exporter recorded in the graph's metadata
-    (`export.onnx_export.MODEL_CONFIG_KEY`); the weights are its initializers, which the
-    exporter names after the PyTorch parameters and buffers. Batch norm is folded into the
-    convolutions there (`<conv>.weight`, `<conv>.weight_bias`), so each batch norm becomes the
-    identity plus that bias (scale 1: running variance 1 - eps), which keeps the module
-    structure, and so the eager cost, of the trained model. `size` overrides the input size (any
-    multiple of the output stride). Callers check parity against the graph.
-    """
-    import json
-    from dataclasses import replace
-
-    import onnx
-    import torch
-    from onnx import numpy_helper
-    from torch import nn
-
-    from dealseg.export.onnx_export import MODEL_CONFIG_KEY
-    from dealseg.training.model import DEALNet, ModelConfig
-
-    model = onnx.load(str(path))
-    meta = {p.key: p.value for p in model.metadata_props}
-    if MODEL_CONFIG_KEY not in meta:
-        raise SystemExit(f"{path} lacks {MODEL_CONFIG_KEY}: re-export it with `deal-export onnx`")
-    cfg = ModelConfig.from_dict(json.loads(meta[MODEL_CONFIG_KEY]))
-    if size is not None:
-        cfg = replace(cfg, input_size=tuple(size))
-    weights = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
-    net = DEALNet(cfg, pretrained=False).eval()
-    with torch.no_grad():
-        tensors = {f"model.{n}": t for n, t in [*net.named_parameters(), *net.named_buffers()]}
-        for name, tensor in tensors.items():  # convs (folded), heads, gamma, head statistics
-            if name in weights and tuple(weights[name].shape) == tuple(tensor.shape):
-                tensor.copy_(torch.from_numpy(weights[name].copy()))
-        order = _run_order(net)  # convs and batch norms in the order they run
-        for conv, (_, module) in zip(order, order[1:], strict=False):
-            if isinstance(module, nn.BatchNorm2d):  # follows a conv folded with it
-                module.weight.fill_(1.0)
-                module.bias.copy_(torch.from_numpy(weights[f"{conv[0]}.weight_bias"].copy()))
-                module.running_mean.zero_()
-                module.running_var.fill_(1.0 - module.eps)
-    return net
-
-
-def _run_order(net: Any) -> list[tuple[str, Any]]:
-    """(name as the exporter writes it, module) of the convolutions and batch norms of `net`
-    in the order one forward pass runs them."""
-    import torch
-    from torch import nn
-
-    order: list[tuple[str, Any]] = []
-    names = {m: f"model.{n}" for n, m in net.named_modules()}
-    hooks = [
-        m.register_forward_hook(lambda mod, i, o: order.append((names[mod], mod)))
-        for m in net.modules()
-        if isinstance(m, (nn.Conv2d, nn.BatchNorm2d))
-    ]
-    with torch.inference_mode():
-        net(torch.zeros(1, 3, *net.cfg.input_size))
-    for h in hooks:
-        h.remove()
-    return order
+    try:
+        return eager_from_graph(path, size)
+    except ReexportError as exc:
+        raise SystemExit(str(exc)) from None
 
 
 def profile_ops(model: Path | str, images: Any, runs: int, threads: int = 2) -> dict[str, float]:

@@ -1,13 +1,13 @@
 """Fleet: `deal-client score --ray` vs the single-process client on one machine; selection over
 many Parquet rows vs the JSONL reader.
 
-    .venv/bin/python bench/fleet.py [--quick] [--count N] [--rows N]
+    .venv/bin/python bench/fleet.py [--quick] [--count N] [--rows N] [--sweep]
 
 1. N street JPEGs at 960x720 (bench/pipeline.py's, cached), scored with the shipped model and
    the embedded engine, in alternation: `deal-client score POOL --format parquet` (one process,
    ONNX Runtime on every core) and `deal-client score POOL --ray` on a local Ray cluster with 1
-   actor (1.5 CPUs: 2 ONNX Runtime threads) and with 2 actors (0.75 CPU: 1 thread each); the
-   decode tasks take 0.5 CPU. Rates are the clients' own img/s (scoring,
+   actor (2 CPUs: 2 ONNX Runtime threads) and with 2 actors (1 CPU: 1 thread each), each actor
+   decoding its own paths (client/fleet.py). Rates are the clients' own img/s (scoring,
    without start-up: process, model, Ray cluster) and wall-clock img/s; peak memory is the
    largest RSS of any one process of the run and the sum over its process tree (sampled every
    0.1 s from /proc). Target: Ray >= 80% of the single process.
@@ -17,7 +17,8 @@ many Parquet rows vs the JSONL reader.
 2. Out dirs of N synthetic records (realistic paths, 11 class shares, 64-d embeddings) as
    scores.jsonl and scores.parquet; seconds and peak RSS of `load_table` + top-100 by DE in a
    fresh process for each.
-`--quick`: 60 images, 100k rows.
+`--quick`: 60 images, 100k rows. `--sweep`: part 1's Ray path over block sizes and calls per
+actor (1 actor x 2 CPUs) against the single process, to bench/results/fleet-blocks.md.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from pathlib import Path
 import numpy as np
 from common import (
     CACHE,
+    PYTHON,
     markdown_table,
     mib,
     process_tree,
@@ -59,9 +61,13 @@ TRITON_CASES = {  # URL filled in once the server is up
 }
 CASES = {
     "single process": [],
-    "ray, 1 actor x 1.5 CPU": ["--ray", "--actors", "1", "--cpus-per-actor", "1.5"],
-    "ray, 2 actors x 0.75 CPU": ["--ray", "--actors", "2", "--cpus-per-actor", "0.75"],
+    "ray, 1 actor x 2 CPU": ["--ray", "--actors", "1", "--cpus-per-actor", "2"],
+    "ray, 2 actors x 1 CPU": ["--ray", "--actors", "2", "--cpus-per-actor", "1"],
 }
+# `--sweep`: the Ray path's block size (paths per actor call) and calls per actor, 1 actor x 2
+# CPUs, against the single process, in alternation (client/fleet.py takes the best).
+SWEEP = [(16, 2), (32, 1), (32, 2), (32, 3), (64, 2), (128, 2)]
+RAY_ONE = CASES["ray, 1 actor x 2 CPU"]
 
 
 def _tree_rss(root: int) -> tuple[int, int]:
@@ -73,11 +79,23 @@ def _tree_rss(root: int) -> tuple[int, int]:
     return sum(sizes), max(sizes, default=0)
 
 
-def scored(pool: Path, n: int, out: Path, extra: list[str]) -> dict[str, float]:
-    """One `deal-client score` run: its img/s, wall-clock img/s and peak memory."""
+def scored(
+    pool: Path, n: int, out: Path, extra: list[str], blocks: tuple[int, int] | None = None
+) -> dict[str, float]:
+    """One `deal-client score` run: its img/s, wall-clock img/s and peak memory. `blocks`:
+    the Ray path's (BLOCK_PATHS, CALLS_PER_ACTOR) instead of client/fleet.py's."""
     shutil.rmtree(out, ignore_errors=True)
-    command = [CLIENT, "score", str(pool), "-k", "10", "-o", str(out), "--no-progress"]
-    command += ["--format", "parquet", *extra]
+    args = ["score", str(pool), "-k", "10", "-o", str(out), "--no-progress"]
+    args += ["--format", "parquet", *extra]
+    command = [CLIENT, *args]
+    if blocks is not None:
+        command = [
+            PYTHON,
+            "-c",
+            "import sys, dealseg.client.fleet as f; from dealseg.client.cli import main; "
+            f"f.BLOCK_PATHS, f.CALLS_PER_ACTOR = {blocks}; sys.exit(main(sys.argv[1:]))",
+            *args,
+        ]
     start = time.perf_counter()
     proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     peak = {"sum": 0, "max": 0}
@@ -98,6 +116,29 @@ def scored(pool: Path, n: int, out: Path, extra: list[str]) -> dict[str, float]:
     if proc.returncode != 0 or not match:
         raise RuntimeError(f"{' '.join(command)} exited {proc.returncode}:\n{err[-2000:]}")
     return {"rate": float(match.group(2)), "wall": n / wall, **peak}
+
+
+def sweep(pool: Path, count: int, reps: int) -> None:
+    """Ray img/s for each (block paths, calls per actor) of SWEEP, with the single process in
+    the same alternation."""
+    cases: dict[str, tuple[list[str], tuple[int, int] | None]] = {"single process": ([], None)}
+    for block, calls in SWEEP:
+        cases[f"ray, blocks of {block}, {calls} call(s) per actor"] = (RAY_ONE, (block, calls))
+    rates: dict[str, list[float]] = {name: [] for name in cases}
+    for _ in range(reps):
+        for name, (extra, blocks) in cases.items():
+            out = CACHE / "fleet" / "out" / re.sub(r"\W+", "_", name)
+            rates[name].append(scored(pool, count, out, extra, blocks)["rate"])
+    base = float(np.median(rates["single process"]))
+    table = markdown_table(
+        ["run", "img/s (scoring)", "vs single"],
+        [[n, f"{np.median(r):.2f}", f"{np.median(r) / base:.0%}"] for n, r in rates.items()],
+    )
+    notes = [
+        f"{count} JPEGs at 960x720, shipped model, batch 8, {reps} alternation(s); Ray: 1 actor "
+        "x 2 CPUs, a local cluster started by each run"
+    ]
+    write_result("fleet", "Fleet: the Ray path's block size", table, notes, "fleet-blocks")
 
 
 def selection_rows(n: int) -> list[list[object]]:
@@ -186,6 +227,11 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=None, help="records (default 1,000,000)")
     parser.add_argument("--reps", type=int, default=1, help="alternations of the cases")
     parser.add_argument(
+        "--sweep",
+        action="store_true",
+        help="the Ray path's block size and calls per actor (bench/results/fleet-blocks.md)",
+    )
+    parser.add_argument(
         "--selection-only",
         action="store_true",
         help="part 2 only (bench/results/fleet-selection.md)",
@@ -203,6 +249,9 @@ def main() -> None:
         return
 
     pool = pool_file(make_jpegs(count), f"fleet_{count}")
+    if args.sweep:
+        sweep(pool, count, args.reps)
+        return
     results: dict[str, list[dict[str, float]]] = {name: [] for name in CASES}
     for _ in range(args.reps):
         for name, extra in CASES.items():

@@ -23,7 +23,8 @@ from typing import Any
 
 import numpy as np
 
-from dealseg.core.ranking import DEFAULT_STRATEGY, SCORE_COLUMNS
+from dealseg.core.ranking import SCORE_COLUMNS
+from dealseg.core.strategies import DEFAULT_STRATEGY
 
 from .outdir import selection_rows
 from .records import Table, class_column, record_path

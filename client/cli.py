@@ -74,7 +74,7 @@ def _open_triton(engines: EngineSettings) -> Any:
 
 
 def _print_selection(doc: dict[str, Any], as_json: bool) -> None:
-    from dealseg.core.ranking import MEANINGS
+    from dealseg.core.strategies import DESCRIPTORS
 
     from .records import record_path
 
@@ -85,7 +85,8 @@ def _print_selection(doc: dict[str, Any], as_json: bool) -> None:
     for r in doc["rows"]:
         score = "nan" if r["score"] is None else f"{r['score']:.6f}"
         click.echo(f"{r['rank']:>4}  {score:>10}  {_display(record_path(r))}")
-    click.echo(f"score: {MEANINGS[doc['strategy']]}; higher = more worth labelling")
+    meaning = DESCRIPTORS[doc["strategy"]].meaning
+    click.echo(f"score: {meaning}; higher = more worth labelling")
 
 
 def _short(doc: dict[str, Any]) -> bool:
@@ -143,6 +144,14 @@ def main() -> None:
     "html",
     is_flag=True,
     help="Also write OUT/report.html, the selection for a person to look at (implies --maps).",
+)
+@click.option(
+    "--region-size",
+    type=click.IntRange(min=1),
+    default=12,
+    show_default=True,
+    metavar="N",
+    help="--regions: the frame is cut into N x N pixel cells at the model's input size.",
 )
 @click.option(
     "--resize",
@@ -524,10 +533,12 @@ def merge(inputs: tuple[Path, ...], out: Path, fmt: str | None, **o: Any) -> Non
     from .pipeline import inherited_selection, merge_and_select
     from .records import StoreError
 
-    try:
-        strategy, k = inherited_selection(inputs, o["strategy"], o["top_k"])
-    except ValueError as exc:
-        raise click.UsageError(str(exc)) from None
+    strategy, k = o["strategy"], o["top_k"]
+    if o["budget"] is None:
+        try:
+            strategy, k = inherited_selection(inputs, strategy, k)
+        except ValueError as exc:
+            raise click.UsageError(str(exc)) from None
     how = select_settings(o, strategy, k)
     try:
         table, doc = merge_and_select(inputs, out, fmt, how)

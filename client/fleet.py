@@ -1,9 +1,16 @@
 """`deal-client score --ray`: the streaming scorer's steps as Ray Data stages, past one machine.
 
-    pool listing (driver) ─► from_items ─► decode tasks (`decode_batch`: the same `load_frame`
-    as the single-process scorer; a bad file becomes an error row) ─► actor pool (`ScoreActor`:
-    one engine per actor, ONNX Runtime in-process or a Triton client) ─► Parquet parts in
-    OUT/scores.parquet/ ─► (driver) selection over the dataset
+    pool listing (driver) ─► from_items (blocks of paths) ─► actor pool (`ScoreActor`: one
+    engine per actor, ONNX Runtime in-process or a Triton client; each call decodes its paths
+    with the single-process scorer's `load_frame`, a bad file an error row, and scores them)
+    ─► Parquet parts in OUT/scores.parquet/ ─► (driver) selection over the dataset
+
+One actor stage fed with paths, chosen by measurement (bench/fleet.py; README, Performance):
+frames never pass through Ray's object store (a path is bytes, a frame 130 kB) and no separate
+decode stage competes with the actors for the cores. Each actor runs `CALLS_PER_ACTOR` calls at
+once on its own threads, so one call decodes while another is in ONNX Runtime (which takes one
+run at a time on the CPU, `engines.EmbeddedEngine`), as the single process overlaps its decode
+threads with inference.
 
 Rows are the single-process writer's (`parquet.batch_table`), so both paths select the same.
 Resumable: the driver skips the paths OUT already holds scored OK by the same model. Actors are
@@ -16,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import itertools
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,11 +52,11 @@ from .scoring import ScoreReport, decode_or_error, load_frame
 from .settings import ScoreSettings
 
 ROWS_PER_FILE = 1024  # rows a Parquet part of the Ray path holds at least (but the last)
-DECODE_BATCH = 16  # images a decode task turns into frames at a time
-# Memory a decode task reserves (a batch of frames and a full-size picture, with room). The
-# actors reserve none: unequal resources keep decoding in tasks of its own, where Ray would
-# otherwise fuse it into the actors.
-DECODE_MEMORY = 256 << 20
+# Paths a block holds: a call of an actor decodes and scores one block (in batches of the
+# scorer's batch size). Measured on 2000 JPEGs (bench/fleet.py): larger blocks cost Ray fewer
+# scheduling rounds, smaller ones keep both calls of an actor busy to the end.
+BLOCK_PATHS = 32
+CALLS_PER_ACTOR = 2  # calls an actor runs at once: one decodes while another infers
 EngineFactory = Callable[[], Engine]  # picklable: builds an actor's engine on its node
 BatchHook = Callable[[int], None]  # called with an actor's batch number before it scores it
 
@@ -66,7 +74,6 @@ class RaySettings:
     actors: int = 1  # scoring actors, each with its own engine
     cpus_per_actor: float = 1.0  # CPUs reserved per actor (ONNX Runtime's threads in-process)
     gpus_per_actor: float = 0.0  # GPUs reserved per actor (ONNX Runtime's CUDA provider)
-    decode_cpus: float = 0.5  # CPUs reserved per decode task
     rows_per_file: int = ROWS_PER_FILE
 
 
@@ -109,54 +116,56 @@ def connected(address: str | None, progress: bool = True) -> Iterator[Any]:
 
 
 # ------------------------------------------------------------------------------------- stages
-def decode_batch(
-    batch: dict[str, np.ndarray], size: tuple[int, int], settings: ScoreSettings
-) -> dict[str, np.ndarray]:
-    """Decode task: paths -> frames [B, H, W, 3], boxes [B, 4] and errors ("" when decoded)."""
-    paths = [str(p) for p in batch["path"]]
-    load = functools.partial(load_frame, size=size, settings=settings)
-    images = np.zeros((len(paths), *size, 3), np.uint8)
-    boxes = np.zeros((len(paths), 4), np.int32)
-    errors = np.full(len(paths), "", dtype=object)
-    for i, path in enumerate(paths):
-        result = decode_or_error(load, path)
-        if isinstance(result, DecodeError):
-            errors[i] = result.reason
-        else:
-            images[i], boxes[i] = result.image, result.box
-    return {"path": np.array(paths, dtype=object), "image": images, "box": boxes, "error": errors}
-
-
 class ScoreActor:
-    """One actor of the scoring pool: builds its engine once, then scores batches of frames
-    into scores rows (`parquet.batch_table`), error rows for the files that did not decode."""
+    """One actor of the scoring pool: builds its engine once, then turns blocks of paths into
+    scores rows (`parquet.batch_table`) and error rows for the files that did not decode.
+    Thread-safe: the actor runs `CALLS_PER_ACTOR` calls at once."""
 
     def __init__(
-        self, make_engine: EngineFactory, spec: ModelSpec, run: str, hook: BatchHook | None
+        self,
+        make_engine: EngineFactory,
+        spec: ModelSpec,
+        settings: ScoreSettings,
+        run: str,
+        hook: BatchHook | None,
     ) -> None:
         self.engine, self.spec, self.run, self.hook = make_engine(), spec, run, hook
         if self.engine.spec.model_id != spec.model_id:
             raise EngineError(
                 f"an actor's engine serves {self.engine.spec.model_id}, not {spec.model_id}"
             )
-        self.batches = 0
+        self.settings = settings
+        self.load = functools.partial(load_frame, size=spec.input_size, settings=settings)
+        self.batches = itertools.count(1)  # next() is atomic under the GIL
 
-    def __call__(self, batch: dict[str, np.ndarray]) -> Any:
+    def __call__(self, block: dict[str, np.ndarray]) -> Any:
         import pyarrow as pa
 
-        self.batches += 1
+        paths = [str(p) for p in block["path"]]
+        size = self.settings.batch_size
+        return pa.concat_tables(
+            [self.score(paths[i : i + size]) for i in range(0, len(paths), size)]
+        )
+
+    def score(self, paths: list[str]) -> Any:
+        """Decode and score one batch of paths: its rows, error rows last."""
+        import pyarrow as pa
+
         if self.hook is not None:
-            self.hook(self.batches)
-        paths = [str(p) for p in batch["path"]]
-        bad = [i for i, e in enumerate(batch["error"]) if e]
-        good = [i for i, e in enumerate(batch["error"]) if not e]
-        failed = [(paths[i], str(batch["error"][i])) for i in bad]
+            self.hook(next(self.batches))
+        frames, failed = [], []
+        for path in paths:
+            result = decode_or_error(self.load, path)
+            if isinstance(result, DecodeError):
+                failed.append((path, result.reason))
+            else:
+                frames.append((path, result))
         parts = [errors_table(failed, self.spec, self.run)]
-        if good:
-            images = np.ascontiguousarray(batch["image"][good], dtype=np.uint8)  # [B, H, W, 3]
-            boxes = np.ascontiguousarray(batch["box"][good], dtype=np.int32)  # [B, 4]
+        if frames:
+            images = np.stack([f.image for _, f in frames])  # [B, H, W, 3] uint8
+            boxes = np.stack([f.box for _, f in frames]).astype(np.int32)  # [B, 4]
             out = self.engine.infer(images, SCORE_OUTPUTS, boxes)
-            parts.insert(0, batch_table([paths[i] for i in good], out, self.spec, self.run))
+            parts.insert(0, batch_table([p for p, _ in frames], out, self.spec, self.run))
         return pa.concat_tables(parts)
 
 
@@ -218,16 +227,14 @@ def score_on_ray(
 
 
 def _check_resources(ray: Any, how: RaySettings) -> None:
-    """Refuse settings whose actors would leave no CPU to a decode task: the run would wait
-    for ever."""
+    """Refuse settings whose actors cannot all be placed: the run would wait for ever."""
     resources = ray.cluster_resources()
     cpus = float(resources.get("CPU", 0.0))
-    need = how.actors * how.cpus_per_actor + how.decode_cpus
-    if need > cpus:
+    if how.actors * how.cpus_per_actor > cpus:
         raise RayUnavailable(
-            f"{how.actors} actors x {how.cpus_per_actor:g} CPUs + {how.decode_cpus:g} for "
-            f"decoding need {need:g} CPUs, the cluster has {cpus:g}: lower --actors or "
-            "--cpus-per-actor"
+            f"{how.actors} actors x {how.cpus_per_actor:g} CPUs need "
+            f"{how.actors * how.cpus_per_actor:g} CPUs, the cluster has {cpus:g}: lower "
+            "--actors or --cpus-per-actor"
         )
     gpus = float(resources.get("GPU", 0.0))
     if how.actors * how.gpus_per_actor > gpus:
@@ -247,22 +254,21 @@ def _pipeline(
     run: str,
     hook: BatchHook | None,
 ) -> Any:
-    blocks = min(-(-len(todo) // DECODE_BATCH), 10_000)  # streams: a block is a decode batch
+    """Blocks of `BLOCK_PATHS` paths (fewer for a small pool, so every call of every actor
+    gets one), each decoded and scored by one call of an actor."""
+    calls = how.actors * CALLS_PER_ACTOR
+    blocks = min(max(-(-len(todo) // BLOCK_PATHS), min(len(todo), calls)), 10_000)
     items = ray.data.from_items([{"path": p} for p in todo], override_num_blocks=blocks)
-    frames = items.map_batches(
-        decode_batch,
-        fn_kwargs={"size": spec.input_size, "settings": settings},
-        batch_size=DECODE_BATCH,
-        batch_format="numpy",
-        num_cpus=how.decode_cpus,
-        memory=DECODE_MEMORY,
-    )
-    return frames.map_batches(
+    return items.map_batches(
         ScoreActor,
-        fn_constructor_args=(make_engine, spec, run, hook),
-        batch_size=settings.batch_size,
+        fn_constructor_args=(make_engine, spec, settings, run, hook),
+        batch_size=None,  # a whole block per call
         batch_format="numpy",
-        compute=ray.data.ActorPoolStrategy(size=how.actors),
+        compute=ray.data.ActorPoolStrategy(
+            size=how.actors,
+            max_concurrent_calls_per_actor=CALLS_PER_ACTOR,
+            enable_true_multi_threading=True,
+        ),
         num_cpus=how.cpus_per_actor,
         num_gpus=how.gpus_per_actor or None,
     )

@@ -212,15 +212,43 @@ def read_jsonl_table(scores_path: Path, meta: dict[str, Any]) -> Table:
     for i in np.flatnonzero(~mine):
         print(f"warning: {paths[i]}: scored by another model, ignored", file=sys.stderr)
     keep = np.flatnonzero(good)
+    kept = [paths[i] for i in keep]
+    regions = (meta.get("settings") or {}).get("regions")
     return Table(
         out=scores_path.parent,
         meta=meta,
-        paths=[paths[i] for i in keep],
+        paths=kept,
         scores={name: np.frombuffer(col, dtype=np.float64)[keep] for name, col in cols.items()},
         rows=np.frombuffer(rows, dtype=np.int64)[keep],
         errors={paths[i]: reasons[i] for i in sorted(reasons) if mine[i]},
         fractions=np.frombuffer(shares, dtype=np.float32).reshape(len(paths), c)[keep],
+        load_regions=(lambda: read_jsonl_regions(scores_path, kept)) if regions else None,
     )
+
+
+def read_jsonl_regions(scores_path: Path, paths: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """The cells of `paths` (`score --regions`) from the ok records that count for them:
+    pixels [N, R] int32 and mean difficulty [N, R] float32; a path whose record has none is a
+    StoreError."""
+    index = {p: i for i, p in enumerate(paths)}
+    pixels: list[Any] = [None] * len(paths)
+    ds: list[Any] = [None] * len(paths)
+    for r in iter_records(scores_path):
+        i = index.get(r["path"])
+        if i is None or r["status"] != "ok":
+            continue
+        cells = r.get("regions")
+        pixels[i] = None if cells is None else cells["pixels"]
+        ds[i] = None if cells is None else cells["ds"]
+    missing = [paths[i] for i, v in enumerate(pixels) if v is None]
+    if missing:
+        raise StoreError(
+            f"{len(missing)} records in {scores_path} hold no regions (first: {missing[0]}); "
+            "they were scored without --regions: score them again into a fresh --out"
+        )
+    if not paths:
+        return np.zeros((0, 0), np.int32), np.zeros((0, 0), np.float32)
+    return np.asarray(pixels, np.int32), np.asarray(ds, np.float32)
 
 
 def jsonl_records(

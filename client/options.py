@@ -13,22 +13,17 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
+from dealseg.core import strategies
+
 if TYPE_CHECKING:
     from .fleet import RaySettings
     from .settings import EngineSettings, ScoreSettings, SelectSettings, TritonSettings
 
-STRATEGY_NAMES = (  # == core.ranking.STRATEGIES (tested)
-    "ds",
-    "de",
-    "entropy",
-    "random",
-    "coreset",
-    "ds+coreset",
-    "de+coreset",
-    "entropy+coreset",
-)
+STRATEGY_NAMES = strategies.names(unit="frame", client=True)
 
-DEFAULT_STRATEGY = "entropy"  # == core.ranking.DEFAULT_STRATEGY (tested)
+DEFAULT_STRATEGY = strategies.DEFAULT_STRATEGY
+REGION_NAMES = strategies.names(unit="region")
+DEFAULT_REGION = strategies.DEFAULT_REGION_STRATEGY
 
 DEFAULT_MAX_PIXELS = 89_478_485  # == decode.DEFAULT_MAX_PIXELS (tested), Pillow's own limit
 
@@ -99,17 +94,49 @@ def selection_options(require_k: bool) -> Callable[[Callable], Callable]:
                     "-k",
                     "top_k",
                     type=click.IntRange(min=1),
-                    required=require_k,
-                    help="How many images to select.",
+                    default=None,
+                    help="How many images to select" + (" (or --regions)." if require_k else "."),
                 ),
                 click.option(
                     "--strategy",
                     "-s",
-                    type=click.Choice(STRATEGY_NAMES),
-                    default=None if not require_k else DEFAULT_STRATEGY,
-                    show_default=True,
+                    type=click.Choice(STRATEGY_NAMES + REGION_NAMES, case_sensitive=False),
+                    default=None,
+                    show_default=f"{DEFAULT_STRATEGY}; with --regions {DEFAULT_REGION}",
                     help="Ranking: the paper's difficulty score (ds) or difficulty entropy "
-                    "(de), softmax entropy, seeded random, or k-center core-set.",
+                    "(de), softmax entropy, seeded random, or k-center core-set; with "
+                    "--regions a region strategy.",
+                ),
+                click.option(
+                    "--regions",
+                    "budget",
+                    default=None,
+                    metavar="BUDGET",
+                    help="Buy regions inside frames instead of whole frames: a share of the "
+                    "pool's pixels (5%) or a count of regions (300). score: keeps every "
+                    "frame's cells (--region-size) with their mean difficulty.",
+                ),
+                click.option(
+                    "--temperature",
+                    type=click.FloatRange(0, min_open=True),
+                    default=1.0,
+                    show_default=True,
+                    help="--regions sampling: probability proportional to score ** (1 / T).",
+                ),
+                click.option(
+                    "--max-per-frame",
+                    type=click.IntRange(min=1),
+                    default=None,
+                    help="--regions: at most this many regions of one frame.",
+                ),
+                click.option(
+                    "--frame-cost",
+                    type=click.IntRange(min=0),
+                    default=0,
+                    show_default=True,
+                    metavar="PIXELS",
+                    help="--regions: labelling cost of opening a frame, in pixels, charged "
+                    "against a pixel budget.",
                 ),
                 click.option(
                     "--diverse",
@@ -355,6 +382,7 @@ def score_settings(o: dict[str, Any]) -> ScoreSettings:
             o["progress"],
             o.get("resize", "stretch"),
             o.get("fmt") or "jsonl",
+            f"cell:{o['region_size']}" if o.get("budget") and "region_size" in o else None,
         )
     )
 
@@ -365,16 +393,29 @@ def select_settings(
     from .settings import SelectSettings
 
     balance = o["class_weights"] if o["balance"] or o["class_weights"] else None
+    budget = o.get("budget")
+    k = k or o["top_k"]
+    if budget is None and k is None:
+        raise click.MissingParameter(param_hint="'--top-k' / '-k'", param_type="option")
+    if budget is not None and k is not None:
+        raise click.UsageError("--top-k picks frames, --regions buys regions: give one")
+    strategy = (
+        strategy or o["strategy"] or (DEFAULT_REGION if budget else DEFAULT_STRATEGY)
+    ).lower()
     return checked(
         lambda: SelectSettings(
-            strategy or o["strategy"],
-            k or o["top_k"],
+            strategy,
+            k or 1,
             o["seed"],
             o["diverse"],
             o["labeled"],
             balance,
             o["per_group"],
             o["group_by"],
+            budget,
+            o["temperature"],
+            o["max_per_frame"],
+            o["frame_cost"],
         )
     )
 

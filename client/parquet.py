@@ -17,6 +17,7 @@ and by us.
 
 from __future__ import annotations
 
+import json
 import re
 import sys
 import uuid
@@ -46,7 +47,7 @@ PART_ROWS = 4096  # rows a part of the single-process writer holds at most
 _PART = re.compile(r"^(\d{6})-([0-9a-f]+)-")  # <run sequence>-<run id>-...
 
 
-def scores_schema(class_names: Sequence[str], embedding_dim: int) -> Any:
+def scores_schema(class_names: Sequence[str], embedding_dim: int, regions: bool = False) -> Any:
     """The one schema of a scores row: path (text; path_b64 holds the exact bytes of a path that
     is not UTF-8), status ok|error, error, the image scores, a `class_<name>` share per class,
     the embedding as a fixed-size list, the model id and the run id. An error row's scores and
@@ -65,6 +66,12 @@ def scores_schema(class_names: Sequence[str], embedding_dim: int) -> Any:
             ("embedding", pa.list_(pa.float32(), embedding_dim)),
             ("model", pa.string()),
             ("run", pa.string()),
+            # score --regions: each cell's picture pixels and mean difficulty (null: error row)
+            *(
+                [("region_pixels", pa.list_(pa.int32())), ("region_ds", pa.list_(pa.float32()))]
+                if regions
+                else []
+            ),
         ]
     )
 
@@ -79,10 +86,11 @@ def rows_table(
     class_names: Sequence[str],
     embedding_dim: int,
     run: str,
+    regions: bool = False,
 ) -> Any:
     """Records (as `records.record_ok` / `record_error` make them) -> a pyarrow Table in the
-    scores schema; `embeddings` [N, D] holds the ok records' rows in order (error rows get
-    NaNs)."""
+    scores schema (with the region columns when `regions`); `embeddings` [N, D] holds the ok
+    records' rows in order (error rows get NaNs)."""
     import pyarrow as pa
 
     n, d = len(records), embedding_dim
@@ -106,7 +114,11 @@ def rows_table(
         "model": [r["model"] for r in records],
         "run": [run] * n,
     }
-    return pa.Table.from_pydict(columns, schema=scores_schema(class_names, d))
+    if regions:
+        cells = [r.get("regions") for r in records]
+        columns["region_pixels"] = [None if c is None else c["pixels"] for c in cells]
+        columns["region_ds"] = [None if c is None else c["ds"] for c in cells]
+    return pa.Table.from_pydict(columns, schema=scores_schema(class_names, d, regions))
 
 
 def batch_table(
@@ -118,12 +130,20 @@ def batch_table(
     """One inferred batch as rows: the same records (and rounding) as scores.jsonl's."""
     names, model = spec.class_names, spec.model_id
     records = [record_ok(p, out, i, i, model, names) for i, p in enumerate(paths)]
-    return rows_table(records, out["embedding"], names, spec.embedding_dim, run)
+    regions = "region_pixels" in out
+    return rows_table(records, out["embedding"], names, spec.embedding_dim, run, regions)
 
 
-def errors_table(failed: Sequence[tuple[str, str]], spec: ModelSpec, run: str) -> Any:
+def errors_table(
+    failed: Sequence[tuple[str, str]], spec: ModelSpec, run: str, regions: bool = False
+) -> Any:
     records = [record_error(p, reason, spec.model_id) for p, reason in failed]
-    return rows_table(records, None, spec.class_names, spec.embedding_dim, run)
+    return rows_table(records, None, spec.class_names, spec.embedding_dim, run, regions)
+
+
+def holds_regions(meta: dict[str, Any]) -> bool:
+    """Whether the out dir's scores keep cells (`score --regions`), as its meta.json says."""
+    return bool((meta.get("settings") or {}).get("regions"))
 
 
 # ----------------------------------------------------------------------------------- parts
@@ -226,7 +246,8 @@ def read_parquet_table(folder: Path, meta: dict[str, Any]) -> Table:
     if table is None:
         if not folder.is_dir():
             raise StoreError(f"no scores at {folder}")
-        table = scores_schema(names, int(meta["embedding_dim"])).empty_table().select(columns)
+        schema = scores_schema(names, int(meta["embedding_dim"]), holds_regions(meta))
+        table = schema.empty_table().select(columns)
     keep = counting(table)
     if len(keep) < table.num_rows:  # some path has several rows: keep the one that counts
         table = table.take(keep)
@@ -251,6 +272,15 @@ def read_parquet_table(folder: Path, meta: dict[str, Any]) -> Table:
         full = read_parts(folder, ["embedding"])
         return _vectors(full.take(rows_in_parts), int(meta["embedding_dim"]))
 
+    def regions() -> tuple[np.ndarray, np.ndarray]:
+        cells = read_parts(folder, ["region_pixels", "region_ds"]).take(rows_in_parts)
+        lists = [cells.column(c).to_pylist() for c in ("region_pixels", "region_ds")]
+        if any(v is None for v in lists[0]):
+            raise StoreError(f"rows of {folder} hold no regions: score with --regions afresh")
+        if not lists[0]:
+            return np.zeros((0, 0), np.int32), np.zeros((0, 0), np.float32)
+        return np.asarray(lists[0], np.int32), np.asarray(lists[1], np.float32)
+
     return Table(
         out=out,
         meta=meta,
@@ -261,6 +291,7 @@ def read_parquet_table(folder: Path, meta: dict[str, Any]) -> Table:
         fractions=fractions,
         source=folder.absolute(),
         load_vectors=embeddings,
+        load_regions=regions if holds_regions(meta) else None,
     )
 
 
@@ -290,6 +321,8 @@ def parquet_records(
                 "row": None,
                 "model": r["model"],
             }
+            if ok and r.get("region_pixels") is not None:
+                record["regions"] = {"pixels": r["region_pixels"], "ds": r["region_ds"]}
             yield record, (values[start : start + dim].astype(np.float32) if ok else None)
 
 
@@ -308,6 +341,7 @@ class ParquetWriter:
         self.folder.mkdir(exist_ok=True)
         self._done = done_paths(self.folder, spec.model_id)
         self.run = new_run_id()
+        self.regions = holds_regions(json.loads((self.out / "meta.json").read_text()))
         self.prefix = part_prefix(next_sequence(self.folder), self.run)
         self.parts = 0
         self.pending: list[Any] = []
@@ -322,7 +356,7 @@ class ParquetWriter:
         self._done.update(paths)
 
     def append_error(self, path: str, reason: str) -> None:
-        self._add(errors_table([(path, reason)], self.spec, self.run))
+        self._add(errors_table([(path, reason)], self.spec, self.run, self.regions))
 
     def _add(self, rows: Any) -> None:
         self.pending.append(rows)
@@ -377,7 +411,7 @@ def write_parquet_records(
     def write() -> None:
         nonlocal parts, chunk
         vectors = np.array([v for _, v in chunk if v is not None], np.float32).reshape(-1, dim)
-        table = rows_table([r for r, _ in chunk], vectors, names, dim, run)
+        table = rows_table([r for r, _ in chunk], vectors, names, dim, run, holds_regions(meta))
         with atomic_output(folder / f"{prefix}{parts:05d}.parquet") as tmp:
             pq.write_table(table, tmp)
         parts, chunk = parts + 1, []

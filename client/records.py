@@ -115,6 +115,18 @@ def record_ok(
         "class_fraction": {c: round(float(v), 6) for c, v in zip(classes, fractions, strict=True)},
         "row": row,
         "model": model,
+        **(_regions_of(out, i) if "region_pixels" in out else {}),
+    }
+
+
+def _regions_of(out: dict[str, np.ndarray], i: int) -> dict[str, Any]:
+    """A record's cells (`score --regions`): their picture pixels and mean difficulty, in cell
+    order (`core.regions.frame_region_vectors`)."""
+    return {
+        "regions": {
+            "pixels": [int(v) for v in out["region_pixels"][i]],
+            "ds": [round(float(v), 5) for v in out["region_ds"][i]],
+        }
     }
 
 
@@ -161,6 +173,9 @@ class Table:
     vectors: np.ndarray | None = None  # [N, D] embeddings held in memory instead of the file
     source: Path | None = None  # the scores read (default: out/scores.jsonl)
     load_vectors: Callable[[], np.ndarray] | None = None  # reads `vectors` on first use
+    region_pixels: np.ndarray | None = None  # [N, R] cells' picture pixels (score --regions)
+    region_ds: np.ndarray | None = None  # [N, R] cells' mean difficulty
+    load_regions: Callable[[], tuple[np.ndarray, np.ndarray]] | None = None  # reads both
 
     def __len__(self) -> int:
         return len(self.paths)

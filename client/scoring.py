@@ -35,6 +35,7 @@ from dealseg.core.decode import (
     decode_frame,
 )
 from dealseg.core.pool import is_uri, read_pool, take_shard
+from dealseg.core.regions import frame_region_vectors, parse_regions
 
 from .engines import Engine, EngineError
 from .outdir import load_table, open_writer
@@ -98,7 +99,7 @@ class Sink(Protocol):
 
 def load_frame(path: str, size: tuple[int, int], settings: ScoreSettings) -> Frame:
     """A pool path as the model's frame, as `settings` say (--resize, --max-pixels): the one
-    decode step of the streaming scorer and the Ray path's decode tasks. URIs are read from
+    decode step of the streaming scorer and the Ray path's actors. URIs are read from
     object storage (`remote.decode_uri`)."""
     if is_uri(path):
         from .remote import decode_uri
@@ -118,20 +119,39 @@ def decode_or_error(load: Load, path: str) -> Frame | DecodeError:
 
 
 def _infer(
-    engine: Engine, paths: list[str], frames: Sequence[Frame], outputs: Sequence[str]
+    engine: Engine,
+    paths: list[str],
+    frames: Sequence[Frame],
+    outputs: Sequence[str],
+    regions: str | None = None,
 ) -> tuple[list[str], dict]:
     images = np.stack([f.image for f in frames])  # [B, H, W, 3]
     boxes = np.array([f.box for f in frames], dtype=np.int32)  # [B, 4]
+    asked = tuple(outputs) + (("difficulty",) if regions and "difficulty" not in outputs else ())
     try:
-        out = engine.infer(images, outputs, boxes)
+        out = engine.infer(images, asked, boxes)
     except EngineError:
         raise
     except Exception as exc:
         raise EngineError(f"inference failed: {type(exc).__name__}: {exc}") from exc
-    bad = [n for n in outputs if len(out[n]) != len(paths)]
+    bad = [n for n in asked if len(out[n]) != len(paths)]
     if bad:
         raise EngineError(f"the engine returned {bad} for a different number of images")
+    if regions:
+        out = {**out, **region_outputs(regions, out, boxes, images.shape[1:3])}
+        if "difficulty" not in outputs:
+            del out["difficulty"]
     return paths, out
+
+
+def region_outputs(
+    regions: str, out: dict[str, np.ndarray], boxes: np.ndarray, shape: tuple[int, int]
+) -> dict[str, np.ndarray]:
+    """`region_pixels` [B, R] and `region_ds` [B, R]: each cell's picture pixels and the mean of
+    the served difficulty map over it (the map as the graph returns it, x 255)."""
+    maps = {"ds": np.asarray(out["difficulty"], np.float32) / 255.0}
+    pixels, means = frame_region_vectors(parse_regions(regions), tuple(shape), maps, boxes)
+    return {"region_pixels": pixels, "region_ds": means["ds"]}
 
 
 class Workers:
@@ -309,7 +329,9 @@ class Scorer:
             self._collect(block=True)
         frames = [frame for _, frame in self.batch]
         paths = [p for p, _ in self.batch]
-        job = self.inferring.submit(_infer, self.engine, paths, frames, self.outputs)
+        job = self.inferring.submit(
+            _infer, self.engine, paths, frames, self.outputs, self.settings.regions
+        )
         self.in_flight.add(job)
         self.batch = []
 

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from dealseg.core.ranking import Choice, Options, Pool, choose, groups_of
+from dealseg.core.strategies import DESCRIPTORS
 
 from .outdir import SELECTION_JSON, load_table, read_selection, write_selection
 from .records import StoreError, Table
@@ -68,7 +69,7 @@ class SelectionExists(StoreError):
 def pool_of(table: Table, how: SelectSettings) -> Pool:
     """The table as a ranking pool, with what `how` needs: embeddings (core-set, --diverse,
     --labeled centres), class fractions (--balance) and groups (--per-group)."""
-    needs_embeddings = how.strategy.endswith("coreset") or how.diverse is not None
+    needs_embeddings = "embeddings" in DESCRIPTORS[how.strategy].needs or how.diverse is not None
     groups = None
     if how.per_group is not None:
         groups, unmatched = groups_of(table.paths, how.group_by)
@@ -102,7 +103,7 @@ def pick(table: Table, how: SelectSettings) -> tuple[Choice, Options]:
     pool = pool_of(table, how)
     centres, exclude = (None, None)
     if how.labeled is not None:
-        need_centres = how.strategy.endswith("coreset")
+        need_centres = "embeddings" in DESCRIPTORS[how.strategy].needs
         centres, exclude = load_labeled(
             how.labeled, table, pool.embeddings if need_centres else None
         )
@@ -135,6 +136,11 @@ def check_replace(out: Path, scores_file: Path, how: SelectSettings) -> None:
 
 def run_selection(table: Table, out: Path, how: SelectSettings) -> dict[str, Any]:
     """Select from a loaded table and write selection.txt / selection.json into `out` (see
-    `check_replace` to keep another run's selection)."""
+    `check_replace` to keep another run's selection); a region budget buys regions
+    (`client.regions`)."""
+    if how.regions:
+        from .regions import run_region_selection
+
+        return run_region_selection(table, out, how)
     chosen, options = pick(table, how)
     return write_selection(out, table, chosen, how.describe(), chosen.shortfall(how.k, options))

@@ -19,7 +19,9 @@ from typing import Any, TypeVar
 
 from dealseg.core.contract import MODEL_NAME
 from dealseg.core.decode import DEFAULT_MAX_PIXELS, RESIZE_MODES
-from dealseg.core.ranking import DEFAULT_STRATEGY, STRATEGIES
+from dealseg.core.ranking import STRATEGIES
+from dealseg.core.regions import REGION_STRATEGIES, parse_budget, parse_regions
+from dealseg.core.strategies import DEFAULT_STRATEGY
 
 SCORE_FORMATS = ("jsonl", "parquet")  # scores.jsonl + embeddings.f32 | scores.parquet/
 PROTOCOLS = ("grpc", "http")
@@ -77,8 +79,18 @@ class ScoreSettings:
     progress: bool = True  # tqdm bar on stderr
     resize: str = "stretch"  # how a picture becomes the model's frame: stretch|letterbox|crop
     format: str = "jsonl"  # the out dir's scores: jsonl (streamed line by line) | parquet
+    regions: str | None = None  # cell:N: also keep each frame's cells and their mean difficulty
 
     def __post_init__(self) -> None:
+        if self.regions is not None:
+            try:
+                spec = parse_regions(self.regions)
+            except ValueError as exc:
+                raise SettingsError("regions", str(exc)) from None
+            if spec.kind != "cell":
+                raise SettingsError(
+                    "regions", f"the client cuts frames into cells (cell:N), not {spec}"
+                )
         _within("batch_size", self.batch_size, 1, 1024, whole=True)
         _within("concurrency", self.concurrency, 1, 256, whole=True)
         _within("workers", self.workers, 1, 256, whole=True)
@@ -89,7 +101,7 @@ class ScoreSettings:
     @property
     def scoring(self) -> dict[str, Any]:
         """The settings that change a score (recorded in meta.json; a resume must match)."""
-        return {"resize": self.resize}
+        return {"resize": self.resize, "regions": self.regions}
 
 
 @dataclass(frozen=True)
@@ -105,8 +117,19 @@ class SelectSettings:
     balance: dict[str, float] | None = None  # class name -> weight; {}: uniform; None: off
     per_group: int | None = None  # at most this many picks per group
     group_by: str | None = None  # regex whose match (first group) names a path's group
+    budget: str | None = None  # regions: a share of the pool's pixels ("5%") or a region count
+    temperature: float = 1.0  # region sampling: probability proportional to score ** (1 / T)
+    max_per_frame: int | None = None  # regions: at most this many of one frame
+    frame_cost: int = 0  # regions: pixels of labelling charged for opening a frame
 
     def __post_init__(self) -> None:
+        if self.budget is not None:
+            self._check_regions()
+            return
+        if self.strategy in REGION_STRATEGIES:
+            raise SettingsError(
+                "strategy", f"{self.strategy} picks regions: give a budget (--regions 5%)"
+            )
         _one_of("strategy", self.strategy, tuple(sorted(STRATEGIES)))
         _within("k", self.k, 1, whole=True)
         _within("seed", self.seed, -math.inf, whole=True)
@@ -130,8 +153,36 @@ class SelectSettings:
                     "group_by", f"{self.group_by!r} is not a regular expression: {exc}"
                 ) from None
 
+    def _check_regions(self) -> None:
+        _one_of("strategy", self.strategy, tuple(REGION_STRATEGIES))
+        try:
+            parse_budget(self.budget, 1)
+        except ValueError as exc:
+            raise SettingsError("budget", str(exc)) from None
+        _within("temperature", self.temperature, 1e-6)
+        if self.max_per_frame is not None:
+            _within("max_per_frame", self.max_per_frame, 1, whole=True)
+        _within("frame_cost", self.frame_cost, 0, whole=True)
+        for name in ("diverse", "labeled", "balance", "per_group"):
+            if getattr(self, name) is not None:
+                raise SettingsError(name, f"{name} selects frames; a region budget excludes it")
+
+    @property
+    def regions(self) -> bool:
+        """Whether this selection buys regions (a budget) rather than k frames."""
+        return self.budget is not None
+
     def describe(self) -> dict[str, Any]:
         """The settings as selection.json records them."""
+        if self.regions:
+            return {
+                "strategy": self.strategy,
+                "budget": self.budget,
+                "seed": self.seed,
+                "temperature": self.temperature,
+                "max_per_frame": self.max_per_frame,
+                "frame_cost": self.frame_cost,
+            }
         return {
             "strategy": self.strategy,
             "k": self.k,

@@ -35,9 +35,6 @@ import numpy as np
 from .registry import Registry
 
 SCORE_COLUMNS: tuple[str, ...] = ("ds", "de", "entropy")
-# The strategy a selection uses unless told: chosen by measurement on labelled tuning frames
-# (README, "Which strategy").
-DEFAULT_STRATEGY = "entropy"
 TIE_TOLERANCE = 1e-5  # computed cosine distances closer than this are ties (then: by path)
 CANDIDATE_FACTOR = 4  # score-then-core-set strategies: k-center among the 4k best by score
 _CHUNK_ROWS = 1 << 16  # rows of embeddings processed at a time by coreset / diverse
@@ -400,21 +397,6 @@ STRATEGIES: Registry[Strategy] = Registry(
     coreset=coreset,
     **{f"{name}+coreset": _score_then_coreset(_column(name)) for name in ("ds", "de", "entropy")},
 )
-
-
-# What each strategy's score says, in one line (shown under the selection table).
-MEANINGS: dict[str, str] = {
-    "ds": "ds = mean of the difficulty map: for dealseg's own models the expected share of "
-    "the frame's pixels the model gets wrong",
-    "de": "de = entropy of the difficulty map's histogram: how mixed easy and hard regions are",
-    "entropy": "entropy = mean per-pixel softmax entropy: how unsure the segmenter is",
-    "random": "random = a seeded hash of the path: a reproducible random sample",
-    "coreset": "coreset = distance to the nearest picked or labelled frame: frames unlike those",
-    "ds+coreset": "ds of the frame, picked among the hardest by ds so that no two are alike",
-    "de+coreset": "de of the frame, picked among the highest by de so that no two are alike",
-    "entropy+coreset": "entropy of the frame, picked among the most uncertain so that no two "
-    "are alike",
-}
 
 
 class _Take(Sequence[str]):

@@ -1,4 +1,5 @@
-"""`deal-export`: onnx (export, check, compare), tensorrt, repository."""
+"""`deal-export`: onnx (export, check, compare), reexport, tensorrt, trt-check, repository,
+quantize."""
 
 from __future__ import annotations
 
@@ -127,6 +128,49 @@ def onnx(
 
 @main.command()
 @click.option(
+    "--model",
+    "model_path",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    required=True,
+    help="An exported model.onnx (with its dealseg.model_config metadata), e.g. the shipped "
+    "model_repository/deal/1/model.onnx.",
+)
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    required=True,
+    help="Output model.onnx (may be --model itself: it is replaced only when all checks pass).",
+)
+@click.option(
+    "--max-batch",
+    type=click.IntRange(min=1),
+    default=16,
+    show_default=True,
+    help="Largest batch the dynamic batch axis is exported for.",
+)
+def reexport(model_path: Path, out: Path, max_batch: int) -> None:
+    """Export a graph again with today's exporter, from its own weights and ModelConfig; its
+    contract metadata and model id are kept (every weight is checked bit for bit)."""
+    from dealseg.core.contract import ContractError
+
+    from .reexport import ReexportError
+    from .reexport import reexport as run_reexport
+
+    logging.getLogger("torch.onnx").setLevel(logging.ERROR)
+    try:
+        report = run_reexport(model_path, out, max_batch)
+    except (ReexportError, ContractError) as exc:
+        raise click.ClickException(str(exc)) from None
+    worst = max(report.max_abs.values())
+    click.echo(
+        f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB), model id {report.spec.model_id}: "
+        f"{report.weights} weights unchanged; outputs vs {model_path} on real photos: "
+        f"max abs difference {worst:.2e}"
+    )
+
+
+@main.command()
+@click.option(
     "--onnx",
     "onnx_path",
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
@@ -178,6 +222,52 @@ def tensorrt(
     except TensorRTUnavailable as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(f"wrote {out}")
+
+
+@main.command("trt-check")
+@click.option(
+    "--onnx",
+    "onnx_path",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    required=True,
+    help="model.onnx from `deal-export onnx` (or its INT8 version from `deal-export quantize`).",
+)
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="The Triton config.pbtxt whose batching the profile follows (1 to max_batch_size) "
+    "[default: the config.pbtxt two folders up, as in NAME/VERSION/model.onnx, else 1/8/16].",
+)
+@click.option(
+    "--plan",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Also write the TensorRT-RTX engine here (it runs on RTX-class GPUs only).",
+)
+def trt_check(onnx_path: Path, config_path: Path | None, plan: Path | None) -> None:
+    """Parse and build the graph with TensorRT-RTX on this host, no GPU needed: every node
+    TensorRT refuses is named. An engine for a data-centre GPU still needs `deal-export
+    tensorrt` on that host."""
+    from dealseg.serving.repository import batch_profile
+
+    from .tensorrt import BatchProfile, GraphRefused, TensorRTUnavailable, check_with_tensorrt_rtx
+
+    beside = onnx_path.resolve().parents[1] / "config.pbtxt"
+    config_path = config_path or (beside if beside.is_file() else None)
+    try:
+        profile = BatchProfile(*batch_profile(config_path)) if config_path else BatchProfile()
+        report = check_with_tensorrt_rtx(onnx_path, profile, plan)
+    except (GraphRefused, TensorRTUnavailable, ValueError) as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(
+        f"TensorRT-RTX parsed and built {onnx_path}: {report.layers} layers, batch "
+        f"{profile.min_batch}/{profile.opt_batch}/{profile.max_batch}"
+        f"{f' (from {config_path})' if config_path else ''}, engine "
+        f"{report.engine_bytes / 1e6:.1f} MB in {report.seconds:.1f} s"
+        + (f", written to {plan}" if plan else "")
+    )
 
 
 @main.command()
@@ -354,14 +444,26 @@ def repository(
     show_default=True,
     help="Bits of the 1x1 and stem convolutions' weights: 8 needs a CPU with VNNI where the "
     "model runs (without it the INT8 sums saturate), 7 is safe everywhere; auto: 8 if this CPU "
-    "has VNNI, else 7.",
+    "has VNNI, else 7 (always 8 with --format tensorrt).",
 )
-def quantize(model_path: Path, out: Path, calibration: str, count: int, weight_bits: str) -> None:
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["cpu", "tensorrt"]),
+    default="cpu",
+    show_default=True,
+    help="cpu: ONNX Runtime's fast CPU format (UINT8 activations, INT32 biases); tensorrt: "
+    "TensorRT's (INT8 activations symmetric about zero, FP32 biases), for "
+    "`deal-export tensorrt` / `trt-check`.",
+)
+def quantize(
+    model_path: Path, out: Path, calibration: str, count: int, weight_bits: str, fmt: str
+) -> None:
     """Static INT8 (QDQ) quantization of the segmenter; heads and scores stay FP32."""
     from .quantize import QuantizeError, quantize_model
 
     try:
-        report = quantize_model(model_path, out, calibration, count, weight_bits)
+        report = quantize_model(model_path, out, calibration, count, weight_bits, fmt)
     except QuantizeError as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(

@@ -6,6 +6,10 @@ model's mean colour) before the network, so what a client pads with does not mat
 left out of every score: DS and DE count the picture's pixels only, entropy, class fractions and
 the embedding the stride-4 cells by their share of picture. With the whole frame as the box the
 outputs are those of the graph without a box.
+
+The uint8 `image` is read by one Cast to float32 and nothing else: TensorRT lets a UInt8 network
+input feed only a Cast (its parser refuses a Transpose or a Shape of it), and the cast value is
+exact (0..255 in float32), so the outputs are those of casting after the transpose.
 """
 
 from __future__ import annotations
@@ -49,18 +53,19 @@ class DEALGraph(nn.Module):
         self, image: torch.Tensor, valid_box: torch.Tensor | None = None
     ) -> tuple[DEALOutput, tuple[torch.Tensor, ...]]:
         """The model's forward pass on the blanked frame and the contract outputs of it."""
-        size = (image.shape[1], image.shape[2])
+        frame = image.to(torch.float32)  # the one reader of the uint8 input (module docstring)
+        size = (frame.shape[1], frame.shape[2])
         if valid_box is None:
-            whole = torch.tensor([[0, 0, size[0], size[1]]], device=image.device)
-            valid_box = whole.expand(image.shape[0], 4)
+            whole = torch.tensor([[0, 0, size[0], size[1]]], device=frame.device)
+            valid_box = whole.expand(frame.shape[0], 4)
         pixels = box_weights(valid_box, size, size)  # [B, H, W] 1 picture, 0 padding
-        out = self.model(self.normalise(image) * pixels[:, None])
+        out = self.model(self.normalise(frame) * pixels[:, None])
         cells = box_weights(valid_box, size, (out.logits.shape[2], out.logits.shape[3]))
         return out, self.outputs(out, pixels, cells)
 
-    def normalise(self, image: torch.Tensor) -> torch.Tensor:
-        """uint8 [B, H, W, 3] -> the model's normalised float input [B, 3, H, W]."""
-        return (image.permute(0, 3, 1, 2).float() - self.mean) / self.std
+    def normalise(self, frame: torch.Tensor) -> torch.Tensor:
+        """float32 [B, H, W, 3] in 0..255 -> the model's normalised input [B, 3, H, W]."""
+        return (frame.permute(0, 3, 1, 2) - self.mean) / self.std
 
     def outputs(
         self, out: DEALOutput, pixels: torch.Tensor, cells: torch.Tensor

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import tempfile
 import warnings
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -119,5 +121,31 @@ def export_graph(graph: DEALGraph, spec: contract.ModelSpec, out: Path, max_batc
             verbose=False,
         )
         model = onnx.load(str(raw))
+    cast_image_once(model)
     meta = {**spec.to_metadata(), MODEL_CONFIG_KEY: json.dumps(graph.model.cfg.to_dict())}
     save_model(model, meta, out, full_check=True)
+
+
+def cast_image_once(model: Any) -> None:
+    """Make the graph's one Cast of the uint8 `image` its only reader (in place): the exporter
+    takes the batch size from `image` itself (a Shape node), which TensorRT refuses on a UInt8
+    input (it may feed only a Cast); the Cast's output has the same shape. ValueError when
+    `image` has no Cast to float32 among its readers (export/graph.py casts it first)."""
+    import onnx
+
+    readers = [n for n in model.graph.node if contract.INPUT_NAME in n.input]
+    casts = [
+        n
+        for n in readers
+        if n.op_type == "Cast"
+        and any(a.name == "to" and a.i == onnx.TensorProto.FLOAT for a in n.attribute)
+    ]
+    if not casts:
+        raise ValueError(f"the graph reads {contract.INPUT_NAME!r} without casting it to float")
+    first = casts[0]
+    for node in readers:
+        if node is not first:
+            node.input[:] = [first.output[0] if i == contract.INPUT_NAME else i for i in node.input]
+    nodes = [copy.deepcopy(n) for n in (first, *(n for n in model.graph.node if n is not first))]
+    del model.graph.node[:]  # the Cast reads a graph input only, so it may run first
+    model.graph.node.extend(nodes)

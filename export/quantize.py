@@ -28,6 +28,12 @@ constants, and once ONNX Runtime moves the quantized convolutions to NHWC it pus
 transpose past them, where a broadcast over the innermost dimension of 3 takes a slow path
 (12% of the INT8 model's kernel time at 180x240). The FP32 outputs are unchanged.
 
+Two formats (`QUANT_FORMATS`), one calibration: `cpu` (the default, above) is ONNX Runtime's
+fast CPU format. `tensorrt` is TensorRT's explicit-quantization format: INT8 activations
+symmetric about zero, 8-bit weights, biases left FP32 (TensorRT fuses and quantizes them itself;
+its parser refuses the INT32 bias DequantizeLinear of the `cpu` format, and TensorRT's INT8 is
+signed). Both keep the same nodes FP32.
+
 The calibration images are decoded from the pool exactly as `deal-client` decodes them. The
 `dealseg.*` metadata is copied, so the client, the Triton repository writer and the contract
 checks accept the result like any exported model.
@@ -54,6 +60,7 @@ QUANTIZED_OPS: tuple[str, ...] = ("Conv", "MatMul", "Clip", "Relu", "Add", "Conc
 
 
 WEIGHT_BITS: tuple[str, ...] = ("auto", "7", "8")
+QUANT_FORMATS: tuple[str, ...] = ("cpu", "tensorrt")
 VNNI_FLAGS: tuple[str, ...] = ("avx512_vnni", "avx_vnni", "amx_int8")
 
 
@@ -227,9 +234,11 @@ def quantize_model(
     pool: str | os.PathLike,
     count: int = 64,
     weight_bits: str = "auto",
+    fmt: str = "cpu",
 ) -> QuantizeReport:
-    """Write a static INT8 QDQ version of `model_path` to `out`, calibrated on `pool`, with
-    `weight_bits` ("auto", "7", "8"; see the module's notes) for the GEMM convolutions."""
+    """Write a static INT8 QDQ version of `model_path` to `out`, calibrated on `pool`, in format
+    `fmt` ("cpu" or "tensorrt"), with `weight_bits` ("auto", "7", "8"; see the module's notes;
+    auto is 8 for TensorRT) for the GEMM convolutions."""
     import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
@@ -242,7 +251,10 @@ def quantize_model(
         spec = ModelSpec.from_metadata({p.key: p.value for p in model.metadata_props})
     except ContractError as exc:
         raise QuantizeError(f"{model_path}: {exc}") from None
-    bits = resolve_weight_bits(weight_bits)
+    if fmt not in QUANT_FORMATS:
+        raise QuantizeError(f"format {fmt!r}: use one of {', '.join(QUANT_FORMATS)}")
+    bits = 8 if fmt == "tensorrt" and weight_bits == "auto" else resolve_weight_bits(weight_bits)
+    signed = fmt == "tensorrt"
     images = calibration_images(pool, spec.input_size, count)
     keep = fp32_nodes(model)
     scalarised = scalar_constants(model)
@@ -261,13 +273,14 @@ def quantize_model(
                 op_types_to_quantize=list(QUANTIZED_OPS),
                 nodes_to_exclude=keep,
                 per_channel=True,
-                activation_type=QuantType.QUInt8,
+                activation_type=QuantType.QInt8 if signed else QuantType.QUInt8,
                 weight_type=QuantType.QInt8,
                 calibrate_method=CalibrationMethod.MinMax,
                 calibration_providers=["CPUExecutionProvider"],
                 extra_options={
                     "WeightSymmetric": True,
-                    "ActivationSymmetric": False,
+                    "ActivationSymmetric": signed,
+                    "QuantizeBias": not signed,
                     "TensorQuantOverrides": overrides,
                 },
             )

@@ -261,10 +261,29 @@ def _replace_dir(staging: Path, target: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
+def opt_batch(max_batch_size: int, preferred_batch_sizes: Sequence[int] = ()) -> int:
+    """The batch a TensorRT engine for this batching config is optimised for: the largest
+    preferred batch size, else half the largest batch (what the dynamic batcher forms under
+    load without preferred sizes is between one and the maximum)."""
+    return max(preferred_batch_sizes, default=max(1, max_batch_size // 2))
+
+
+def batch_profile(config_path: Path) -> tuple[int, int, int]:
+    """The batches (min, opt, max) a TensorRT engine of a Triton model must take: 1 to its
+    config.pbtxt's max_batch_size, optimised for `opt_batch` of it. ValueError for a config
+    without batching."""
+    config = parse_config(config_path)
+    most = int(config.get("max_batch_size", 0))
+    if most < 1:
+        raise ValueError(f"{config_path}: no max_batch_size >= 1 (a batching model)")
+    preferred = config.get("dynamic_batching", {}).get("preferred_batch_size", [])
+    return 1, opt_batch(most, [int(b) for b in preferred]), most
+
+
 def trtexec_command(spec: ModelSpec, model_dir: Path, max_batch_size: int = 16) -> str:
     """The `trtexec` command that builds `<version>/model.plan` from `<version>/model.onnx` on a
     GPU host."""
-    opt = max(1, max_batch_size // 2)
+    opt = opt_batch(max_batch_size)
     version_dir = Path(model_dir) / served_version(spec)
 
     def shapes(batch: int) -> str:

@@ -20,6 +20,7 @@ from dealseg.training.acquisition import (
     embedding_batch,
     image_paths,
     infer,
+    needs_model,
     pool_subset,
     select,
     vote_entropy,
@@ -94,7 +95,7 @@ def test_unknown_strategy_lists_the_valid_names() -> None:
 
 
 def test_only_random_runs_without_the_model() -> None:
-    assert [n for n, s in sorted(STRATEGIES.items()) if not s.needs_model] == ["random"]
+    assert [n for n in sorted(STRATEGIES) if not needs_model(n)] == ["random"]
 
 
 def test_pool_subset_is_seeded_sorted_and_at_least_k() -> None:

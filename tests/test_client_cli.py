@@ -528,9 +528,7 @@ def test_client_imports_without_torch_or_heavy_modules_for_help() -> None:
 def test_cli_constants_match_the_library() -> None:
     from dealseg.core.decode import DEFAULT_MAX_PIXELS as decode_max
     from dealseg.core.decode import RESIZE_MODES as decode_modes
-    from dealseg.core.ranking import DEFAULT_STRATEGY as ranking_default
-    from dealseg.core.ranking import MEANINGS, STRATEGIES
+    from dealseg.core.ranking import STRATEGIES
 
-    assert sorted(STRATEGY_NAMES) == sorted(STRATEGIES) == sorted(MEANINGS)
-    assert ranking_default == DEFAULT_STRATEGY
+    assert sorted(STRATEGY_NAMES) == sorted(STRATEGIES)
     assert decode_max == DEFAULT_MAX_PIXELS and decode_modes == RESIZE_MODES

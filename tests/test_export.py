@@ -204,3 +204,48 @@ def test_the_graph_records_the_model_config_that_built_it(
     recorded = ModelConfig.from_dict(json.loads(meta[MODEL_CONFIG_KEY]))
     assert recorded == load_checkpoint(tiny_checkpoint).model_config
     assert read_onnx_spec(tiny_onnx).model_id  # the contract's reader ignores the extra key
+
+
+def test_reexport_keeps_weights_metadata_and_outputs(tiny_onnx: Path, tmp_path: Path) -> None:
+    """A graph exported again from itself: the same weights bit for bit, the same metadata and
+    model id, the same outputs; `image` read by one Cast only."""
+    from dealseg.export.reexport import reexport
+
+    out = tmp_path / "again.onnx"
+    report = reexport(tiny_onnx, out, max_batch=4)
+    assert report.spec == read_onnx_spec(tiny_onnx) == read_onnx_spec(out)
+    assert report.weights > 100 and max(report.max_abs.values()) == 0.0
+    before, after = (
+        {p.key: p.value for p in onnx.load(str(m)).metadata_props} for m in (tiny_onnx, out)
+    )
+    assert before == after
+    graph = onnx.load(str(out)).graph
+    readers = [n.op_type for n in graph.node if contract.INPUT_NAME in n.input]
+    assert readers == ["Cast"] and graph.node[0].op_type == "Cast"
+
+
+def test_reexport_refuses_a_graph_without_its_model_config(tiny_onnx: Path, tmp_path: Path) -> None:
+    from dealseg.export.onnx_export import MODEL_CONFIG_KEY
+
+    model = onnx.load(str(tiny_onnx))
+    kept = [(p.key, p.value) for p in model.metadata_props if p.key != MODEL_CONFIG_KEY]
+    del model.metadata_props[:]
+    for key, value in kept:
+        model.metadata_props.add(key=key, value=value)
+    bare = tmp_path / "bare.onnx"
+    onnx.save(model, str(bare))
+    out = tmp_path / "out.onnx"
+    result = CliRunner().invoke(export_cli, ["reexport", "--model", str(bare), "--out", str(out)])
+    assert result.exit_code == 1 and MODEL_CONFIG_KEY in result.output
+    assert "deal-export onnx" in result.output and not out.exists()
+
+
+def test_the_shipped_model_is_todays_export_of_its_own_weights() -> None:
+    """The committed graph reads `image` with one Cast only (what TensorRT needs) and still
+    carries the ModelConfig that `deal-export reexport` rebuilds it from."""
+    from dealseg.export.onnx_export import MODEL_CONFIG_KEY
+
+    model = onnx.load(str(SHIPPED))
+    assert [n.op_type for n in model.graph.node if contract.INPUT_NAME in n.input] == ["Cast"]
+    assert MODEL_CONFIG_KEY in {p.key for p in model.metadata_props}
+    assert read_onnx_spec(SHIPPED).model_id == "deal:1:7163a1e12143faa6"

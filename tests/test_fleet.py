@@ -117,7 +117,7 @@ def test_a_killed_actor_costs_no_image_and_scores_none_twice(
         functools.partial(EmbeddedEngine, str(tiny_onnx), 1),
         tmp_path / "out",
         ScoreSettings(batch_size=2, progress=False, format="parquet"),
-        RaySettings(actors=2, cpus_per_actor=0.5, decode_cpus=0.25),
+        RaySettings(actors=2, cpus_per_actor=0.5),
         hook=KillOnce(marker, after=2),
     )
     assert marker.exists()  # an actor died holding its second batch
@@ -149,13 +149,13 @@ def test_an_s3_pool_scores_on_ray_as_in_one_process(
     assert (on_ray / "selection.txt").read_bytes() == (single / "selection.txt").read_bytes()
 
 
-def test_actors_that_leave_no_cpu_to_decoding_are_refused(
+def test_actors_the_cluster_cannot_place_are_refused(
     cluster: object, pool: Path, tiny_onnx: Path, tmp_path: Path
 ) -> None:
     r = deal_client(
-        "score", pool, "-k", K, "--model", tiny_onnx, "-o", tmp_path, "--ray", "--actors", 2
+        "score", pool, "-k", K, "--model", tiny_onnx, "-o", tmp_path, "--ray", "--actors", 3
     )
-    assert r.exit_code == 1 and "need 2.5 CPUs, the cluster has 2" in r.stderr
+    assert r.exit_code == 1 and "need 3 CPUs, the cluster has 2" in r.stderr
     assert "Traceback" not in r.stderr
 
 

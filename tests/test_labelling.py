@@ -33,7 +33,7 @@ from PIL import Image
 from dealseg.client.handoff import brush_rle
 from dealseg.client.maps import layer_names
 from dealseg.client.outdir import open_writer
-from dealseg.core.ranking import DEFAULT_STRATEGY
+from dealseg.core.strategies import DEFAULT_STRATEGY
 
 ROOT = Path(__file__).resolve().parents[1]
 ARTEFACTS = Path(os.environ.get("DEALSEG_ARTEFACTS", ROOT / "test-artefacts"))

@@ -33,10 +33,13 @@ def calibration_pool(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return pool
 
 
-@pytest.fixture(scope="module")
-def int8_model(tiny_onnx: Path, calibration_pool: Path, tmp_path_factory) -> Path:
+@pytest.fixture(scope="module", params=["cpu", "tensorrt"])
+def int8_model(
+    tiny_onnx: Path, calibration_pool: Path, tmp_path_factory, request: pytest.FixtureRequest
+) -> Path:
+    """The tiny model in each INT8 format (ONNX Runtime runs both)."""
     out = tmp_path_factory.mktemp("int8") / "model-int8.onnx"
-    report = quantize_model(tiny_onnx, out, calibration_pool, count=6)
+    report = quantize_model(tiny_onnx, out, calibration_pool, count=6, fmt=request.param)
     assert report.calibration_images == 6 and report.quantized_convs > 40
     assert report.bytes_out < report.bytes_in
     return out
@@ -75,6 +78,25 @@ def test_int8_scores_follow_fp32(tiny_onnx: Path, int8_model: Path) -> None:
     assert np.abs(fp32["class_fraction"] - int8["class_fraction"]).max() < 0.1
     cosine = (fp32["embedding"] * int8["embedding"]).sum(axis=1)  # both L2-normalised
     assert cosine.min() > 0.98
+
+
+def test_each_format_writes_its_number_types(
+    int8_model: Path, request: pytest.FixtureRequest
+) -> None:
+    """cpu: UINT8 activations and INT32 biases; tensorrt: INT8 activations with zero points 0
+    and FP32 biases (TensorRT's parser refuses an INT32 DequantizeLinear)."""
+    from onnx import numpy_helper
+
+    graph = onnx.load(str(int8_model)).graph
+    values = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
+    zero_points = [values[n.input[2]] for n in graph.node if n.op_type == "QuantizeLinear"]
+    dequantized = [values.get(n.input[0]) for n in graph.node if n.op_type == "DequantizeLinear"]
+    int32 = [v for v in dequantized if v is not None and v.dtype == np.int32]
+    if request.node.callspec.params["int8_model"] == "tensorrt":
+        assert {z.dtype for z in zero_points} == {np.dtype(np.int8)}
+        assert all(np.all(z == 0) for z in zero_points) and int32 == []
+    else:
+        assert {z.dtype for z in zero_points} == {np.dtype(np.uint8)} and int32
 
 
 def test_cli_quantize(tiny_onnx: Path, calibration_pool: Path, tmp_path: Path) -> None:

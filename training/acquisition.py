@@ -3,7 +3,8 @@
 One pipeline for every strategy (baal's shape): infer over the candidates (a DataLoader, no
 augmentation, batches under no_grad) -> one score per image -> rank with the client's ranking
 rules (`dealseg.core.ranking`: higher score = picked first, ties broken by the image's path).
-Strategies are looked up by name in `STRATEGIES`; each says whether it needs the stage's model.
+Strategies are looked up by name in `STRATEGIES`; what each needs (the stage's model or not)
+is its descriptor's (`dealseg.core.strategies`).
 
     ds        DEAL: mean of the difficulty map               (scores.difficulty_score)
     de        DEAL: ln-entropy of the difficulty histogram   (scores.difficulty_entropy, `bins`)
@@ -38,6 +39,7 @@ from torch.utils.data import DataLoader
 from dealseg.core.ranking import Options, Pool, coreset, top_k
 from dealseg.core.ranking import select as core_select
 from dealseg.core.registry import Registry
+from dealseg.core.strategies import DESCRIPTORS
 
 from .data import SegmentationDataset
 from .model import DEALNet, DEALOutput, normalise
@@ -71,9 +73,7 @@ class Selection:
 
 
 class Strategy(Protocol):
-    """Picks k of the candidates; `needs_model` says whether it looks at the stage's model."""
-
-    needs_model: bool
+    """Picks k of the candidates."""
 
     def __call__(self, ctx: Context, candidates: Sequence[int], k: int) -> Selection: ...
 
@@ -213,8 +213,6 @@ def _ranked(ctx: Context, candidates: Sequence[int], scores: np.ndarray, k: int)
 class ImageScore:
     """Rank candidates by one score per image computed batch-wise by `batch_fn`."""
 
-    needs_model = True
-
     def __init__(self, batch_fn: BatchFn, seeded: bool = False) -> None:
         self.batch_fn = batch_fn
         self.seeded = seeded  # fix torch's RNG (dropout masks) from the context's seed and stage
@@ -229,8 +227,6 @@ class ImageScore:
 class RandomScore:
     """Seeded uniform scores: a reproducible random batch, different per seed and stage."""
 
-    needs_model = False
-
     def __call__(self, ctx: Context, candidates: Sequence[int], k: int) -> Selection:
         rng = np.random.default_rng([ctx.seed, ctx.stage, 2])
         return _ranked(ctx, candidates, rng.random(len(candidates)), k)
@@ -239,8 +235,6 @@ class RandomScore:
 class KCenter:
     """Greedy k-center (the client's core-set) on pooled decoder features, the labelled images
     as the first centres; score = distance to the nearest centre when picked."""
-
-    needs_model = True
 
     def __call__(self, ctx: Context, candidates: Sequence[int], k: int) -> Selection:
         emb = infer(ctx, candidates, embedding_batch)  # [N, D]
@@ -255,8 +249,6 @@ class KCenter:
 class ScoreThenKCenter:
     """The client's `<score>+coreset`: the best candidates by a score, then k-center among them
     on pooled decoder features, the labelled images as the first centres (core.ranking)."""
-
-    needs_model = True
 
     def __init__(self, score: str, score_from: ScoreFn) -> None:
         self.score, self.score_from = score, score_from
@@ -289,6 +281,11 @@ STRATEGIES: Registry[Strategy] = Registry(
         for name, score_from in (("ds", ds_from), ("de", de_from), ("entropy", entropy_from))
     },
 )
+
+
+def needs_model(name: str) -> bool:
+    """Whether strategy `name` looks at the stage's model (its descriptor says)."""
+    return "model" in DESCRIPTORS[name].needs
 
 
 def select(name: str, ctx: Context, candidates: Sequence[int], k: int) -> Selection:

@@ -30,6 +30,7 @@ import numpy as np
 from dealseg.core.files import atomic_write_json
 
 from .config import Preset, TrainConfig, with_classes
+from .data import PartialLabels
 from .device import CPU, Runtime
 from .model import ModelConfig
 
@@ -120,8 +121,10 @@ def train_and_test(
     test_split: str = "test",
     quiet: bool = True,
     runtime: Runtime = CPU,
+    partial: PartialLabels | None = None,
 ) -> dict[str, Any]:
-    """Fit on `labeled` (None = the whole train split), test mIoU of the best-val checkpoint.
+    """Fit on `labeled` (None = the whole train split; `partial`: the bought regions of the
+    frames it names), test mIoU of the best-val checkpoint.
 
     The result is kept in run_dir/result.json and reused while the labelled set and the
     configuration are unchanged; an interrupted fit resumes from run_dir/last.pt.
@@ -137,6 +140,7 @@ def train_and_test(
             "model": preset.model.to_dict(),
             "train": preset.train.to_dict(),
             "test_split": test_split,
+            **({"partial": partial.to_dict()} if partial is not None else {}),
         }
     )
     cache = run_dir / RESULT_FILE
@@ -145,7 +149,9 @@ def train_and_test(
         if _with_new_defaults(saved.get("key", {})) == key:
             return saved["result"]
     t0 = time.time()
-    fitted = fit(data, run_dir, preset, labeled=labeled, quiet=quiet, runtime=runtime)
+    fitted = fit(
+        data, run_dir, preset, labeled=labeled, quiet=quiet, runtime=runtime, partial=partial
+    )
     t1 = time.time()
     best = load_checkpoint(fitted.best_path)
     model = best.build_model().to(runtime.device)
@@ -264,7 +270,7 @@ class StrategyRun:
 
     def _select(self, stage: int, record: dict[str, Any]) -> dict[str, Any]:
         """The strategy's next batch, scored with this stage's best-val model."""
-        from .acquisition import STRATEGIES, Context, pool_subset, select
+        from .acquisition import Context, needs_model, pool_subset, select
         from .checkpoint import load_checkpoint
 
         k = self.sizes[stage + 1] - self.sizes[stage]
@@ -273,7 +279,7 @@ class StrategyRun:
         candidates = pool_subset(unlabeled, self.protocol.subset, k, self.seed, stage)
         t0 = time.time()
         model = None
-        if STRATEGIES[self.name].needs_model:
+        if needs_model(self.name):
             best = load_checkpoint(self.out / record["run_dir"] / "best.pt")
             model = best.build_model().to(self.runtime.device)
         ctx = Context(

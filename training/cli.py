@@ -499,6 +499,36 @@ def _csv(kind: type) -> Any:
     help="Write results.* from the stages the state.json files already record (later stages "
     "blank) and train nothing: where a long run stands.",
 )
+@click.option(
+    "--unit",
+    type=click.Choice(["frame", "region"]),
+    default="frame",
+    show_default=True,
+    help="frame: the paper's protocol (--init/--step/--max of the frames). region: the "
+    "label-cost study, stages at --budgets of the pool's pixels; region strategies "
+    "(region-random, region-ds, region-entropy, region-ds-sample, region-entropy-sample) buy "
+    "regions, frame strategies whole frames. Set samples_per_epoch=N.",
+)
+@click.option(
+    "--budgets",
+    default="0.5,1,2,4",
+    show_default=True,
+    callback=_csv(float),
+    help="--unit region: % of the pool's pixels labelled at each stage (stage 0 random).",
+)
+@click.option(
+    "--regions",
+    default="cell:12",
+    show_default=True,
+    help="--unit region: cell:N (N x N pixel cells) or slic:N (about N superpixels a frame).",
+)
+@click.option(
+    "--temperature",
+    type=click.FloatRange(0, min_open=True),
+    default=1.0,
+    show_default=True,
+    help="--unit region: the sampling strategies' temperature (score ** (1 / T)).",
+)
 @runtime_options
 @click.argument("overrides", nargs=-1)
 def al(
@@ -515,6 +545,10 @@ def al(
     bins: int,
     full: bool,
     report_only: bool,
+    unit: str,
+    budgets: list[float],
+    regions: str,
+    temperature: float,
     device: str,
     amp: bool,
     workers: int | None,
@@ -528,6 +562,23 @@ def al(
     from .al import Protocol, report_al, run_al
     from .report import format_table
 
+    if unit == "region":
+        _label_cost(
+            data,
+            out,
+            strategies,
+            seeds,
+            preset,
+            config_file,
+            budgets,
+            regions,
+            temperature,
+            full,
+            report_only,
+            make_runtime(device, amp, workers),
+            overrides,
+        )
+        return
     unknown = [s for s in strategies if s not in STRATEGIES]
     if unknown:
         raise click.BadParameter(
@@ -552,6 +603,39 @@ def al(
     click.echo(
         f"wrote {out / 'results.json'}, {out / 'results.md'}, {out / 'results.png'}", err=True
     )
+
+
+def _label_cost(
+    data: Path,
+    out: Path,
+    strategies: list[str],
+    seeds: list[int],
+    preset: str,
+    config_file: Path | None,
+    budgets: list[float],
+    regions: str,
+    temperature: float,
+    full: bool,
+    report_only: bool,
+    runtime: Any,
+    overrides: tuple[str, ...],
+) -> None:
+    """`deal-train al --unit region`: the label-cost study (training/label_cost.py)."""
+    from .label_cost import LabelCostProtocol, run_label_cost
+    from .report import report_label_cost
+
+    config, _ = checked_config(data, preset, config_file, overrides)
+    try:
+        protocol = LabelCostProtocol(
+            budgets=tuple(b / 100 for b in budgets), regions=regions, temperature=temperature
+        )
+        if not report_only:
+            run_label_cost(data, out, config, strategies, seeds, protocol, full, runtime=runtime)
+        table = report_label_cost(out, strategies, seeds, data)
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(table)
+    click.echo(f"wrote {out / 'results.md'}, {out / 'results.png'}", err=True)
 
 
 if __name__ == "__main__":

@@ -36,6 +36,13 @@ class TrainConfig:
     refit_difficulty: bool = False
     refit_loss: str = "wbce"  # "bce": the map becomes an error probability, DS an error rate
     refit_l2: float = 0.0  # penalty on the read-out's weights (for an MLP read-out)
+    # Samples drawn per epoch (the labelled set repeated in fresh shuffles); 0 = one pass over
+    # the labelled set. Setting it fixes the training budget (epochs x samples_per_epoch samples
+    # seen) whatever the labelled set's size, so active-learning stages compare fairly.
+    samples_per_epoch: int = 0
+    # Masks whose unlabelled pixels are void (labels bought by the region): the difficulty head
+    # learns the error mask on labelled pixels only (the segmenter always ignores void pixels).
+    partial_labels: bool = False
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:

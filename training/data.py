@@ -21,14 +21,17 @@ Images come out as float tensors [3, H, W] in 0..1 (not normalised) and labels a
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
+
+from dealseg.core.regions import RegionSpec, partition
 
 from .camvid import CAMVID_CLASSES, CAMVID_PALETTE, CAMVID_VOID
 from .classes import (
@@ -515,13 +518,38 @@ def _to_tensors(image: Image.Image, label: np.ndarray) -> tuple[torch.Tensor, to
     return pixels.permute(2, 0, 1).contiguous(), torch.from_numpy(label.astype(np.int64))
 
 
+@dataclass(frozen=True)
+class PartialLabels:
+    """Labels bought by the region: for each train-split index, the ids of its labelled regions
+    (`regions` cut at the model's input size, `dealseg.core.regions.partition`); every other
+    pixel of that frame reads as void (IGNORE_INDEX), as a labelling tool returns it."""
+
+    regions: RegionSpec
+    picked: Mapping[int, Sequence[int]]
+
+    def apply(self, index: int, image: Image.Image, label: np.ndarray) -> np.ndarray:
+        """The label [H, W] with the pixels outside the frame's picked regions void."""
+        ids = partition(self.regions, label.shape, image=np.asarray(image))
+        keep = np.isin(ids, np.asarray(self.picked.get(index, ()), dtype=np.int64))
+        return np.where(keep, label, IGNORE_INDEX).astype(label.dtype)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "regions": str(self.regions),
+            "picked": {
+                str(i): sorted(int(r) for r in ids) for i, ids in sorted(self.picked.items())
+            },
+        }
+
+
 class SegmentationDataset(torch.utils.data.Dataset):
     """A split of a dataset as (image [3, H, W] float 0..1, label [H, W] long, 255 = ignore).
 
     `layout` is "auto" (detected), "camvid", "cityscapes" or "plain"; the classes are the
     dataset's (`dataset_classes`). `size` (H, W) resizes before augmentation (image bilinear,
     label nearest); `indices` restricts the dataset to a subset of the sorted split (active
-    learning's labelled set).
+    learning's labelled set); `partial` voids every pixel outside a frame's bought regions
+    (after the resize, before augmentation).
     """
 
     def __init__(
@@ -532,8 +560,10 @@ class SegmentationDataset(torch.utils.data.Dataset):
         augment: Augment | None = None,
         layout: str = "auto",
         indices: Sequence[int] | None = None,
+        partial: PartialLabels | None = None,
     ) -> None:
         self.root = Path(root)
+        self.partial = partial
         self.split = split
         self.layout = detect_layout(self.root) if layout == "auto" else layout
         if self.layout not in LISTERS:
@@ -560,6 +590,8 @@ class SegmentationDataset(torch.utils.data.Dataset):
             h, w = self.size
             image = image.resize((w, h), Image.BILINEAR)
             label = np.asarray(Image.fromarray(label).resize((w, h), Image.NEAREST))
+        if self.partial is not None:
+            label = self.partial.apply(self.indices[i], image, label)
         image_t, label_t = _to_tensors(image, label)
         if self.augment is not None:
             image_t, label_t = self.augment(image_t, label_t)
@@ -581,6 +613,7 @@ __all__ = [
     "CITYSCAPES_ID_TO_TRAINID",
     "IGNORE_INDEX",
     "Augment",
+    "PartialLabels",
     "ClassTable",
     "DataError",
     "Sample",

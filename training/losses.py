@@ -50,10 +50,23 @@ def deal_loss(
     labels: torch.Tensor,
     kind: str = "wbce",
     weight: float = 1.0,
+    labeled_only: bool = False,
 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """Total loss = CE(ignore 255) + weight * difficulty loss. logits/difficulty at label size."""
+    """Total loss = CE(ignore 255) + weight * difficulty loss. logits/difficulty at label size.
+
+    `labeled_only` (partial labels): the difficulty loss counts labelled pixels only, instead of
+    counting ignored pixels as right. A batch without a labelled pixel costs nothing: both terms
+    are zero (with gradients of zero), never NaN.
+    """
+    labeled = labels != IGNORE_INDEX
+    if not bool(labeled.any()):
+        zero = logits.sum() * 0.0 + difficulty.sum() * 0.0
+        return zero, {"loss": 0.0, "seg": 0.0, "dif": 0.0}
     seg = F.cross_entropy(logits, labels, ignore_index=IGNORE_INDEX)
     target = error_mask(logits.detach(), labels)
-    dif = difficulty_loss(difficulty, target, kind)
+    if labeled_only:
+        dif = difficulty_loss(difficulty[labeled], target[labeled], kind)
+    else:
+        dif = difficulty_loss(difficulty, target, kind)
     total = seg + weight * dif
     return total, {"loss": total.item(), "seg": seg.item(), "dif": dif.item()}

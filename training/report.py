@@ -18,29 +18,8 @@ from typing import Any
 
 import numpy as np
 
-# Names as the paper's figures spell them; unknown strategies show their key.
-LABELS = {
-    "ds": "DEAL (DS)",
-    "de": "DEAL (DE)",
-    "entropy": "Entropy",
-    "qbc": "QBC",
-    "coreset": "Core-set",
-    "random": "Random",
-    "ds+coreset": "DEAL (DS) + core-set",
-    "de+coreset": "DEAL (DE) + core-set",
-    "entropy+coreset": "Entropy + core-set",
-}
-COLORS = {
-    "ds": "tab:red",
-    "de": "tab:orange",
-    "entropy": "tab:blue",
-    "qbc": "tab:green",
-    "coreset": "tab:purple",
-    "random": "tab:gray",
-    "ds+coreset": "tab:brown",
-    "de+coreset": "tab:pink",
-    "entropy+coreset": "tab:cyan",
-}
+from dealseg.core.strategies import color, label
+
 FULL_LINE = 0.95  # the paper's "95% of full" reference
 RARE_CLASS_SHARE = 0.02  # a class with less than this share of the pool's pixels is rare
 
@@ -118,7 +97,7 @@ def pick_stats(data: Path, split: str, runs: list[dict[str, Any]]) -> dict[str, 
 
     pool_cond, pool_cls = shares(range(len(dataset)))
     by_strategy: dict[str, Any] = {}
-    for name in dict.fromkeys(r["strategy"] for r in runs):
+    for name in dict.fromkeys(r["strategy"] for r in runs):  # frame picks
         seeds = [shares(_picked(r)) for r in runs if r["strategy"] == name and _picked(r)]
         by_strategy[name] = {
             "rare_condition": None if rare is None else _mean_std([c for c, _ in seeds]),
@@ -208,7 +187,7 @@ def format_table(results: dict[str, Any]) -> str:
         rows = zip(s["mean"], s["std"], s["n"], strict=True)
         cells = [_cell(m, d, n, len(seeds)) for m, d, n in rows]
         cells.append("-" if area is None else _cell(area["mean"], area["std"], area["n"], 0))
-        lines.append(f"| {LABELS.get(name, name)} | " + " | ".join(cells) + " |")
+        lines.append(f"| {label(name)} | " + " | ".join(cells) + " |")
     lines += _picks_table(results)
     full = results.get("full")
     if full:
@@ -246,7 +225,7 @@ def _picks_table(results: dict[str, Any]) -> list[str]:
         p = picks["strategies"].get(name)
         if p:
             cond, cls = _share(p["rare_condition"]), _share(p["rare_class"])
-            lines.append(f"| {LABELS.get(name, name)} | {cond} | {cls} |")
+            lines.append(f"| {label(name)} | {cond} | {cls} |")
     pool = picks["pool"]
     pool_row = f"| (the pool) | {_share(pool['rare_condition'])} | {_share(pool['rare_class'])} |"
     return [*lines, pool_row]
@@ -265,9 +244,9 @@ def plot(results: dict[str, Any], path: Path) -> None:
         s = results["summary"][name]
         mean = np.array([np.nan if m is None else m * 100 for m in s["mean"]])
         std = np.array([0.0 if d is None else d * 100 for d in s["std"]])
-        color = COLORS.get(name)
-        ax.plot(x, mean, marker="o", markersize=4, color=color, label=LABELS.get(name, name))
-        ax.fill_between(x, mean - std, mean + std, color=color, alpha=0.15, linewidth=0)
+        shade = color(name)
+        ax.plot(x, mean, marker="o", markersize=4, color=shade, label=label(name))
+        ax.fill_between(x, mean - std, mean + std, color=shade, alpha=0.15, linewidth=0)
     full = results.get("full")
     if full:
         level = full["test_miou"] * FULL_LINE * 100
@@ -279,8 +258,8 @@ def plot(results: dict[str, Any], path: Path) -> None:
             textcoords="offset points",
             fontsize=9,
         )
-    ax.set_xticks(x, [f"{v:.0f}" for v in x])
-    ax.set_xlabel("% of labelled images")
+    ax.set_xticks(x, [f"{v:g}" for v in x])
+    ax.set_xlabel(results.get("x_label", "% of labelled images"))
     ax.set_ylabel("mIoU (%)")
     seeds = results["seeds"]
     ax.set_title(f"Test mIoU vs labelled data ({len(seeds)} seed{'s' * (len(seeds) > 1)})")
@@ -300,3 +279,146 @@ def write_report(out: Path, results: dict[str, Any]) -> dict[str, Path]:
     paths["md"].write_text(format_table(results) + "\n")
     plot(results, paths["png"])
     return paths
+
+
+def pool_class_shares(data: Path, split: str) -> tuple[list[str], np.ndarray]:
+    """The split's class names and each class's share of its labelled pixels [C]."""
+    from .data import SegmentationDataset, load_sample
+
+    dataset = SegmentationDataset(data, split)
+    counts = np.zeros(dataset.num_classes, dtype=np.int64)
+    for sample in dataset.samples:
+        label = load_sample(sample, dataset.classes)[1]
+        counts += np.bincount(label[label < dataset.num_classes], minlength=dataset.num_classes)
+    return list(dataset.class_names), counts / max(counts.sum(), 1)
+
+
+def bought_stats(runs: list[dict[str, Any]], rare: np.ndarray) -> dict[str, Any]:
+    """Of the pixels each run bought after stage 0 (its own choices): the share the choosing
+    model got wrong and the share in the `rare` classes; mean ± std over the runs."""
+    errors, rare_share = [], []
+    for run in runs:
+        picks = [s["selection"] for s in run["stages"] if "selection" in s]
+        pixels = sum(p["pixels"] for p in picks)
+        if not pixels:
+            continue
+        labelled = np.sum([p["class_pixels"] for p in picks], axis=0)
+        errors.append(sum(p["error_pixels"] for p in picks) / pixels)
+        rare_share.append(float(labelled[rare].sum() / max(labelled.sum(), 1)))
+    return {"errors": _mean_std(errors), "rare_class": _mean_std(rare_share)}
+
+
+def collect_label_cost(
+    out: Path, strategies: Sequence[str], seeds: Sequence[int]
+) -> dict[str, Any]:
+    """The label-cost study's state.json files under `out` as one results dict (the shape
+    `plot` reads: fractions are the budgets)."""
+    out = Path(out)
+    runs = []
+    for name in strategies:
+        runs += [
+            s
+            for s in map(_read, sorted((out / name).glob("seed*/state.json")))
+            if s["seed"] in seeds
+        ]
+    if not runs:
+        raise ValueError(f"no label-cost runs (*/seed*/state.json) under {out}")
+    settings = dict(runs[0]["settings"])
+    budgets = [float(b) for b in settings["budgets"]]
+    full_runs = [
+        {"seed": int(p.parent.name.removeprefix("seed")), **_read(p)["result"]}
+        for p in sorted((out / "full").glob("seed*/result.json"))
+        if int(p.parent.name.removeprefix("seed")) in seeds
+    ]
+    for r in full_runs:
+        r.pop("history", None)
+    present = [s for s in strategies if any(r["strategy"] == s for r in runs)]
+    return {
+        "protocol": {k: settings[k] for k in ("budgets", "regions", "temperature", "pool_size")},
+        "config": {"model": settings["model"], "train": settings["train"]},
+        "strategies": present,
+        "units": {r["strategy"]: r["settings"]["unit"] for r in runs},
+        "seeds": sorted({r["seed"] for r in runs}),
+        "fractions": budgets,
+        "x_label": "% of the pool's pixels labelled",
+        "summary": {
+            s: _summarise([r for r in runs if r["strategy"] == s], len(budgets)) for s in present
+        },
+        "full": (
+            {
+                "test_miou": float(np.mean([r["test_miou"] for r in full_runs])),
+                "std": float(np.std([r["test_miou"] for r in full_runs], ddof=1))
+                if len(full_runs) > 1
+                else None,
+                "runs": full_runs,
+            }
+            if full_runs
+            else None
+        ),
+        "runs": runs,
+    }
+
+
+def format_label_cost(results: dict[str, Any], names: Sequence[str], shares: np.ndarray) -> str:
+    """Markdown: test mIoU per strategy and budget (mean ± std, % of full), then what the
+    strategies bought."""
+    budgets, seeds = results["fractions"], results["seeds"]
+    proto, full = results["protocol"], results["full"]
+    lines = [
+        f"Test mIoU (%) of each stage's best-val checkpoint, mean ± std over seeds "
+        f"{', '.join(map(str, seeds))} (n = seeds that reached the stage, when fewer); pool "
+        f"of {proto['pool_size']} frames, regions {proto['regions']}, sampling temperature "
+        f"{proto['temperature']:g}; stage 0 is a random start shared by each unit's strategies.",
+        "",
+        "| strategy | unit | " + " | ".join(f"{b * 100:g}%" for b in budgets) + " |",
+        "|---|---|" + "---:|" * len(budgets),
+    ]
+    for name in results["strategies"]:
+        s = results["summary"][name]
+        cells = [
+            _cell(m, d, n, len(seeds)) for m, d, n in zip(s["mean"], s["std"], s["n"], strict=True)
+        ]
+        if full:
+            cells = [
+                c if m is None else f"{c} ({m / full['test_miou'] * 100:.0f}%)"
+                for c, m in zip(cells, s["mean"], strict=True)
+            ]
+        unit = results["units"][name]
+        lines.append(f"| {label(name)} | {unit} | " + " | ".join(cells) + " |")
+    if full:
+        spread = "" if full["std"] is None else f" ± {full['std'] * 100:.1f}"
+        lines += [
+            "",
+            f"Full data (every pixel of the {proto['pool_size']} frames, the same recipe, seeds "
+            f"{', '.join(str(r['seed']) for r in full['runs'])}): "
+            f"{full['test_miou'] * 100:.1f}{spread} mIoU; (x%) = share of it.",
+        ]
+    rare = np.flatnonzero(shares < RARE_CLASS_SHARE)
+    lines += [
+        "",
+        "Of the pixels each strategy bought after stage 0, the share its choosing model got "
+        f"wrong and the share in rare classes ({', '.join(names[c] for c in rare) or 'none'}; "
+        f"the pool: {shares[rare].sum() * 100:.1f}%), mean ± std over seeds:",
+        "",
+        "| strategy | errors | rare-class pixels |",
+        "|---|---:|---:|",
+    ]
+    for name in results["strategies"]:
+        st = bought_stats([r for r in results["runs"] if r["strategy"] == name], rare)
+        lines.append(f"| {label(name)} | {_share(st['errors'])} | {_share(st['rare_class'])} |")
+    return "\n".join(lines)
+
+
+def report_label_cost(
+    out: Path, strategies: Sequence[str], seeds: Sequence[int], data: Path
+) -> str:
+    """results.md and results.png of the label-cost study in `out` (`data`: the data set's
+    root, for the pool's class shares); returns the table."""
+    out = Path(out)
+    results = collect_label_cost(out, strategies, seeds)
+    split = results["runs"][0]["settings"]["train_split"]
+    names, shares = pool_class_shares(data, split)
+    table = format_label_cost(results, names, shares)
+    (out / "results.md").write_text(table + "\n")
+    plot(results, out / "results.png")
+    return table

@@ -71,10 +71,15 @@ def difficulty_entropy(
     return -(p * torch.log(torch.where(p > 0, p, torch.ones_like(p)))).sum(dim=1)
 
 
+def entropy_map(logits: torch.Tensor) -> torch.Tensor:
+    """Per-pixel entropy (ln) of the class softmax: [B, C, h, w] -> [B, h, w]."""
+    log_p = F.log_softmax(logits, dim=1)
+    return -(log_p.exp() * log_p).sum(dim=1)
+
+
 def softmax_entropy(logits: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
     """Mean per-pixel entropy (ln) of the class softmax. [B, C, h, w] (weights [B, h, w]) -> [B]."""
-    log_p = F.log_softmax(logits, dim=1)
-    per_pixel = -(log_p.exp() * log_p).sum(dim=1)  # [B, h, w]
+    per_pixel = entropy_map(logits)  # [B, h, w]
     if weights is None:
         return per_pixel.flatten(1).mean(dim=1)
     return _weighted_mean(per_pixel, weights)

@@ -11,12 +11,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, RandomSampler
 from tqdm import tqdm
 
 from .checkpoint import load_checkpoint, read_raw, save_checkpoint
 from .config import Preset, TrainConfig, with_classes
-from .data import Augment, SegmentationDataset
+from .data import Augment, PartialLabels, SegmentationDataset
 from .device import CPU, Runtime
 from .evaluate import evaluate_model
 from .losses import deal_loss
@@ -49,6 +49,48 @@ def as_float(out: DEALOutput) -> DEALOutput:
     return replace(out, logits=out.logits.float(), difficulty_logits=out.difficulty_logits.float())
 
 
+def make_optimizer(model: DEALNet, train_cfg: TrainConfig) -> torch.optim.Optimizer:
+    """The paper's SGD (Nesterov momentum, weight decay; heads and gamma at 10x the lr)."""
+    return torch.optim.SGD(
+        model.param_groups(train_cfg.lr),
+        lr=train_cfg.lr,
+        momentum=train_cfg.momentum,
+        nesterov=True,
+        weight_decay=train_cfg.weight_decay,
+    )
+
+
+def train_step(
+    model: DEALNet,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    runtime: Runtime,
+    train_cfg: TrainConfig,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+) -> dict[str, float]:
+    """One optimiser step of `fit` on a batch (images [B, 3, H, W] 0..1, labels [B, H, W]) in
+    `runtime`'s device and precision; the loss parts."""
+    images = images.to(runtime.device, non_blocking=True)
+    labels = labels.to(runtime.device, non_blocking=True)
+    with runtime.autocast():
+        out = model(normalise(images, model.cfg.mean, model.cfg.std))
+    out = as_float(out)
+    loss, parts = deal_loss(
+        out.full_logits(),
+        out.difficulty(),
+        labels,
+        train_cfg.difficulty_loss,
+        train_cfg.difficulty_weight,
+        labeled_only=train_cfg.partial_labels,
+    )
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    scaler.step(optimizer)
+    scaler.update()
+    return parts
+
+
 class Trainer:
     """One `fit` run: `preset`'s data, model and optimiser, and the run's files in `out`.
 
@@ -65,8 +107,11 @@ class Trainer:
         labeled: Sequence[int] | None,
         quiet: bool,
         runtime: Runtime = CPU,
+        partial: PartialLabels | None = None,
     ) -> None:
         train_cfg = preset.train
+        if partial is not None:
+            labeled = sorted(int(i) for i in partial.picked)
         if train_cfg.threads:
             torch.set_num_threads(train_cfg.threads)
         torch.manual_seed(train_cfg.seed)
@@ -75,33 +120,36 @@ class Trainer:
         )
         size = preset.model.input_size  # a no-op for data already at the model's size (CamVid)
         self.train_set = SegmentationDataset(
-            data, train_cfg.train_split, size=size, augment=augment, indices=labeled
+            data,
+            train_cfg.train_split,
+            size=size,
+            augment=augment,
+            indices=labeled,
+            partial=partial,
         )
         self.val_set = SegmentationDataset(data, train_cfg.val_split, size=size)
         self.preset = preset = with_classes(preset, self.train_set.num_classes)
         self.train_cfg, self.out, self.quiet, self.runtime = train_cfg, out, quiet, runtime
-        if len(self.train_set) < train_cfg.batch_size:
+        if len(self.train_set) == 0:
+            raise ValueError("no training images: the labelled set is empty")
+        if not train_cfg.samples_per_epoch and len(self.train_set) < train_cfg.batch_size:
             raise ValueError(
                 f"{len(self.train_set)} training images is fewer than one batch of "
                 f"{train_cfg.batch_size}; lower batch_size"
             )
         self.model = DEALNet(preset.model, pretrained=train_cfg.pretrained).to(runtime.device)
-        self.optimizer = torch.optim.SGD(
-            self.model.param_groups(train_cfg.lr),
-            lr=train_cfg.lr,
-            momentum=train_cfg.momentum,
-            nesterov=True,
-            weight_decay=train_cfg.weight_decay,
-        )
+        self.optimizer = make_optimizer(self.model, train_cfg)
         self.scaler = runtime.grad_scaler()
         self.run_state = {
             "model": preset.model.to_dict(),
             "train": train_cfg.to_dict(),
             "labeled": list(labeled) if labeled is not None else None,
+            **({"partial": partial.to_dict()} if partial is not None else {}),
         }
         self.start_epoch, self.best, self.history = 0, -1.0, []
         self.last_path, self.best_path = out / "last.pt", out / "best.pt"
-        self.iters_per_epoch = len(self.train_set) // train_cfg.batch_size
+        self.samples_per_epoch = train_cfg.samples_per_epoch or len(self.train_set)
+        self.iters_per_epoch = self.samples_per_epoch // train_cfg.batch_size
         self.max_iter = train_cfg.epochs * self.iters_per_epoch
 
     def resume(self) -> None:
@@ -126,10 +174,14 @@ class Trainer:
             train_cfg.seed * 1000003 + epoch
         )  # augmentation stream, resumable per epoch
         shuffle = torch.Generator().manual_seed(train_cfg.seed * 100003 + epoch)
+        # One shuffled pass, or (samples_per_epoch) fresh shuffles until that many samples.
+        sampler = RandomSampler(
+            self.train_set, num_samples=self.samples_per_epoch, generator=shuffle
+        )
         loader = DataLoader(
             self.train_set,
             batch_size=train_cfg.batch_size,
-            shuffle=True,
+            sampler=sampler,
             drop_last=True,
             generator=shuffle,
             **self.runtime.loader_options(),
@@ -155,24 +207,9 @@ class Trainer:
 
     def step(self, images: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
         """One optimiser step on a batch (images [B, 3, H, W] 0..1, labels [B, H, W])."""
-        device, model_cfg, train_cfg = self.runtime.device, self.preset.model, self.train_cfg
-        images = images.to(device, non_blocking=True)
-        labels = labels.to(device, non_blocking=True)
-        with self.runtime.autocast():
-            out = self.model(normalise(images, model_cfg.mean, model_cfg.std))
-        out = as_float(out)
-        loss, parts = deal_loss(
-            out.full_logits(),
-            out.difficulty(),
-            labels,
-            train_cfg.difficulty_loss,
-            train_cfg.difficulty_weight,
+        return train_step(
+            self.model, self.optimizer, self.scaler, self.runtime, self.train_cfg, images, labels
         )
-        self.optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(loss).backward()
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
-        return parts
 
     def validate_and_save(self, epoch: int, stats: dict[str, float], progress: tqdm) -> None:
         """Validate when due (keeping best.pt), record the epoch, write last.pt."""
@@ -250,14 +287,16 @@ def fit(
     labeled: Sequence[int] | None = None,
     quiet: bool = False,
     runtime: Runtime = CPU,
+    partial: PartialLabels | None = None,
 ) -> FitResult:
     """Train on `data` (any layout of `data.py`), keep the best-val checkpoint in `out`.
 
-    `labeled` restricts training to those indices of the train split (active learning). If
+    `labeled` restricts training to those indices of the train split (active learning);
+    `partial` trains on the pixels of bought regions only (the frames it names). If
     `out/last.pt` exists from an interrupted run with the same configuration, training resumes,
     on any device. `runtime` says where and in what precision the run computes.
     """
-    return Trainer(data, out, preset, labeled, quiet, runtime).run()
+    return Trainer(data, out, preset, labeled, quiet, runtime, partial).run()
 
 
 def refit_best(

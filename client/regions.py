@@ -1,0 +1,214 @@
+"""Buying regions: the selection step of `score --regions` / `select --regions` and of
+`dealseg.select(..., budget=)`.
+
+A run scored with `--regions` keeps each frame's cells (`cell:N` at the model's input size) with
+their picture pixels and mean difficulty (`regions` in scores.jsonl, `region_pixels` and
+`region_ds` columns in scores.parquet). Selection turns them into a `core.regions.RegionPool`,
+lets the region strategy buy within the budget, and writes:
+
+    regions.jsonl   one line per bought region, in the order taken: rank, path (path_b64),
+                    region (the cell id), pixels, score, frame_rank
+    regions.json    the settings, the budget in pixels, pixels bought and their share of the
+                    pool's, frames opened, the labelling cost, the partition
+    region_masks/   one PNG per frame with bought regions, named like its map
+                    (NNNN_<name>_<hash>.png, NNNN = the frame's rank): 16-bit, region id + 1 on
+                    the bought regions' pixels, 0 on the pixels not to label, at the size of the
+                    picture in its file (mapped back through --resize)
+    selection.txt/json   the frames that hold bought regions, in the order their first region was
+                    taken (score: the best region's); maps, report and exports read these
+
+Masks of pictures that cannot be read back (moved since scoring, object storage) are left out
+with a warning; their regions are still in regions.jsonl.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from dealseg.core.decode import place
+from dealseg.core.files import atomic_write
+from dealseg.core.pool import is_uri
+from dealseg.core.ranking import Choice, Pick
+from dealseg.core.regions import (
+    RegionOptions,
+    RegionPool,
+    choose_regions,
+    parse_budget,
+    parse_regions,
+    region_mask,
+)
+
+from .maps import map_name
+from .outdir import recorded_settings, write_selection
+from .records import StoreError, Table, finite, path_fields, record_path, spec_of
+from .settings import SelectSettings
+
+REGIONS_JSONL = "regions.jsonl"
+REGIONS_JSON = "regions.json"
+REGION_MASKS = "region_masks"
+
+
+def region_vectors(table: Table) -> tuple[np.ndarray, np.ndarray]:
+    """The table's cells: pixels [N, R] and mean difficulty [N, R], row i the table's path i.
+    StoreError when the scores hold no regions (scored without --regions)."""
+    if table.region_pixels is None and table.load_regions is not None:
+        table.region_pixels, table.region_ds = table.load_regions()
+    if table.region_pixels is None or table.region_ds is None:
+        raise StoreError(
+            f"{table.scores_file} holds no regions: score with --regions (e.g. --regions 5%) "
+            "into a fresh --out"
+        )
+    return table.region_pixels, table.region_ds
+
+
+def region_pool(table: Table) -> RegionPool:
+    """Every cell with picture pixels, of every frame scored OK."""
+    pixels, ds = region_vectors(table)
+    frame, region = np.nonzero(pixels > 0)
+    return RegionPool(
+        table.paths,
+        frame.astype(np.int64),
+        region.astype(np.int32),
+        pixels[frame, region].astype(np.int64),
+        {"ds": ds[frame, region].astype(np.float64)},
+    )
+
+
+def run_region_selection(table: Table, out: Path, how: SelectSettings) -> dict[str, Any]:
+    """Buy regions from a loaded table as `how` says; write the files above into `out` and
+    return selection.json's object (with `regions`: regions.json's)."""
+    partition = recorded_settings(table.meta).get("regions")
+    if not partition:
+        raise StoreError(
+            f"{table.scores_file} was scored without --regions: score with --regions into a "
+            "fresh --out"
+        )
+    pool = region_pool(table)
+    budget = parse_budget(str(how.budget), pool.total_pixels)
+    opts = RegionOptions(how.seed, how.temperature, how.max_per_frame, how.frame_cost)
+    bought = choose_regions(pool, how.strategy, budget, opts)
+    keys = pool.scores["ds"]
+    frames: dict[int, list[int]] = {}  # frame index -> its bought regions, in order of first take
+    for i in bought.indices:
+        frames.setdefault(int(pool.frame[i]), []).append(int(i))
+    picks = [Pick(f, float(max(keys[i] for i in taken))) for f, taken in frames.items()]
+    summary = {
+        **how.describe(),
+        "partition": partition,
+        "budget_pixels": budget.pixels,
+        "budget_regions": budget.regions,
+        "pool_pixels": pool.total_pixels,
+        "bought_regions": len(bought.indices),
+        "bought_pixels": bought.pixels,
+        "bought_share": bought.pixels / max(pool.total_pixels, 1),
+        "frames": bought.frames,
+        "cost": bought.cost,
+    }
+    shortfall = [] if len(bought.indices) else ["the budget buys no region"]
+    chosen = Choice(picks, [], len(table), len(table))
+    doc = write_selection(out, table, chosen, {**how.describe(), "k": len(picks)}, shortfall)
+    frame_rank = {f: n for n, f in enumerate(frames, 1)}
+    lines = [
+        json.dumps(
+            {
+                "rank": n,
+                **path_fields(table.paths[pool.frame[i]]),
+                "region": int(pool.region[i]),
+                "pixels": int(pool.pixels[i]),
+                "score": finite(round(float(keys[i]), 6)),
+                "frame_rank": frame_rank[int(pool.frame[i])],
+            },
+            ensure_ascii=True,
+        ).encode()
+        + b"\n"
+        for n, i in enumerate(bought.indices, 1)
+    ]
+    atomic_write(Path(out) / REGIONS_JSONL, b"".join(lines))
+    failed = write_masks(table, out, pool, frames, partition)
+    summary["masks_missing"] = failed
+    atomic_write(Path(out) / REGIONS_JSON, json.dumps(summary, indent=1).encode())
+    return {**doc, "regions": summary}
+
+
+def write_masks(
+    table: Table, out: Path, pool: RegionPool, frames: dict[int, list[int]], partition: str
+) -> dict[str, str]:
+    """region_masks/: one mask per frame with bought regions (see the module text); returns
+    path -> why for the frames whose picture could not be read back."""
+    from PIL import Image
+
+    folder = Path(out) / REGION_MASKS
+    folder.mkdir(parents=True, exist_ok=True)
+    for old in folder.glob("*.png"):
+        old.unlink()
+    spec = parse_regions(partition)
+    shape = tuple(spec_of(table.meta).input_size)
+    resize = recorded_settings(table.meta).get("resize") or "stretch"
+    failed: dict[str, str] = {}
+    for rank, (f, taken) in enumerate(frames.items(), 1):
+        path = table.paths[f]
+        try:
+            if is_uri(path):
+                raise OSError("a mask of an object in storage is not drawn")
+            with Image.open(path) as im:
+                shown = (im.height, im.width)
+        except OSError as exc:
+            failed[path] = str(exc)
+            continue
+        placement = place(shown, shape, resize)
+        box = placement.box(shape)
+        mask = region_mask(spec, shape, box, [int(pool.region[i]) for i in taken])
+        picture = to_picture(mask, placement, shown)
+        target = folder / map_name(rank, path)
+        buf = _png16(picture)
+        atomic_write(target, buf, durable=False)
+    if failed:
+        print(
+            f"warning: {len(failed)} region masks not drawn (first: {next(iter(failed))}: "
+            f"{next(iter(failed.values()))})",
+            file=sys.stderr,
+        )
+    return failed
+
+
+def to_picture(mask: np.ndarray, placement: Any, shown: tuple[int, int]) -> np.ndarray:
+    """A frame-sized mask [H, W] back on the picture's own pixels [h, w] (nearest): the inverse
+    of how --resize placed the picture in the frame; what was cropped off is 0."""
+    from PIL import Image
+
+    (top, left), (sh, sw) = placement.offset, placement.scaled
+    h, w = mask.shape
+    scaled = np.zeros((sh, sw), np.uint16)  # the picture at its scaled size
+    y0, x0 = max(0, -top), max(0, -left)
+    y1, x1 = min(sh, h - top), min(sw, w - left)
+    scaled[y0:y1, x0:x1] = mask[top + y0 : top + y1, left + x0 : left + x1]
+    image = Image.fromarray(scaled.astype(np.int32), mode="I")
+    return np.asarray(image.resize((shown[1], shown[0]), Image.NEAREST), dtype=np.uint16)
+
+
+def _png16(values: np.ndarray) -> bytes:
+    """A 16-bit greyscale PNG of `values` [h, w] uint16."""
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(values.astype(np.uint16)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def read_region_masks(out: Path) -> dict[str, Path]:
+    """A region selection's masks by the exact path of their frame (selection.json's rows)."""
+    doc = json.loads((Path(out) / "selection.json").read_text())
+    masks = {}
+    for row in doc["rows"]:
+        path = record_path(row)
+        target = Path(out) / REGION_MASKS / map_name(row["rank"], path)
+        if target.is_file():
+            masks[path] = target
+    return masks

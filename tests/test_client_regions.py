@@ -1,0 +1,150 @@
+"""`deal-client score/select --regions`: regions bought inside frames, the same picks from every
+out-dir format, engine, shard split and resume; masks that lead back to the picture."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from helpers import deal_client, spec_of_out, write_pool, write_wide_pool
+from PIL import Image
+
+from dealseg.client.regions import REGION_MASKS, REGIONS_JSON, REGIONS_JSONL
+
+REGIONS = ["--regions", "5%", "--region-size", "8"]
+
+
+@pytest.fixture(scope="module")
+def pool(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_pool(tmp_path_factory.mktemp("pool"), 12, seed=5)
+
+
+@pytest.fixture(scope="module")
+def embedded(pool: Path, tiny_onnx: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("regions")
+    result = deal_client("score", pool, *REGIONS, "--model", tiny_onnx, "--out", out)
+    assert result.exit_code == 0, result.output
+    return out
+
+
+def picks(out: Path) -> bytes:
+    return (out / REGIONS_JSONL).read_bytes() + (out / "selection.txt").read_bytes()
+
+
+def test_regions_fill_the_budget_and_lead_back_to_the_pictures(
+    embedded: Path, tiny_onnx: Path
+) -> None:
+    summary = json.loads((embedded / REGIONS_JSON).read_text())
+    rows = [json.loads(line) for line in (embedded / REGIONS_JSONL).read_text().splitlines()]
+    h, w = spec_of_out(embedded).input_size
+    assert summary["pool_pixels"] == 12 * h * w and summary["partition"] == "cell:8"
+    assert summary["budget_pixels"] == int(0.05 * 12 * h * w)
+    assert summary["bought_pixels"] == sum(r["pixels"] for r in rows) <= summary["budget_pixels"]
+    assert summary["budget_pixels"] - summary["bought_pixels"] < 64  # no further cell fits
+    assert [r["rank"] for r in rows] == list(range(1, len(rows) + 1))
+    assert len({(r["path"], r["region"]) for r in rows}) == len(rows)
+    frames = (embedded / "selection.txt").read_text().splitlines()
+    assert sorted(frames) == sorted({r["path"] for r in rows})
+    masks = sorted((embedded / REGION_MASKS).glob("*.png"))
+    assert len(masks) == len(frames)
+    doc = json.loads((embedded / "selection.json").read_text())
+    for row, mask_file in zip(doc["rows"], masks, strict=True):
+        mask = np.asarray(Image.open(mask_file))
+        with Image.open(row["path"]) as picture:
+            assert mask.shape == (picture.height, picture.width)  # the picture's own size
+        bought = {r["region"] + 1 for r in rows if r["path"] == row["path"]}
+        assert set(np.unique(mask)) - {0} == bought
+
+
+def test_parquet_gives_the_same_picks(pool: Path, tiny_onnx: Path, embedded: Path, tmp_path: Path):
+    out = tmp_path / "pq"
+    args = ("score", pool, *REGIONS, "--model", tiny_onnx, "--out", out, "--format", "parquet")
+    assert deal_client(*args).exit_code == 0
+    assert picks(out) == picks(embedded)
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(out / "scores.parquet")
+    assert {"region_pixels", "region_ds"} <= set(table.column_names)
+
+
+def test_shards_merged_and_a_resumed_run_give_the_same_picks(
+    pool: Path, tiny_onnx: Path, embedded: Path, tmp_path: Path
+) -> None:
+    parts = []
+    for i in range(2):
+        part = tmp_path / f"part{i}"
+        args = ("score", pool, *REGIONS, "--model", tiny_onnx, "--out", part, "--shard", f"{i}/2")
+        assert deal_client(*args).exit_code in (0, 3)
+        parts.append(part)
+    merged = tmp_path / "merged"
+    assert deal_client("merge", *parts, "--out", merged, "--regions", "5%").exit_code == 0
+    assert picks(merged) == picks(embedded)
+    # a run that scored a third of the pool, resumed over all of it
+    listing = sorted(str(p) for p in pool.rglob("*.*"))
+    first = tmp_path / "first.txt"
+    first.write_text("\n".join(listing[:4]) + "\n")
+    resumed = tmp_path / "resumed"
+    assert (
+        deal_client("score", first, *REGIONS, "--model", tiny_onnx, "--out", resumed).exit_code == 0
+    )
+    assert (
+        deal_client("score", pool, *REGIONS, "--model", tiny_onnx, "--out", resumed).exit_code == 0
+    )
+    assert picks(resumed) == picks(embedded)
+
+
+def test_select_buys_again_with_another_budget_and_strategy(embedded: Path, tmp_path: Path):
+    out = tmp_path / "again"
+    args = ("select", embedded, "--regions", "10", "-s", "region-ds", "--out", out)
+    result = deal_client(*args)
+    assert result.exit_code == 0, result.output
+    rows = [json.loads(line) for line in (out / REGIONS_JSONL).read_text().splitlines()]
+    assert len(rows) == 10
+    scores = [r["score"] for r in rows]
+    assert scores == sorted(scores, reverse=True)  # top-k by the map
+    again = deal_client("select", embedded, "--regions", "10", "-s", "region-random", "--out", out)
+    assert again.exit_code == 1 and "--force" in again.output  # another selection is there
+
+
+def test_padding_is_never_bought(tiny_onnx: Path, tmp_path: Path) -> None:
+    pool = write_wide_pool(tmp_path / "wide", 4)
+    out = tmp_path / "out"
+    args = ("score", pool, "--regions", "50%", "--region-size", "8", "--resize", "letterbox")
+    assert deal_client(*args, "--model", tiny_onnx, "--out", out).exit_code == 0
+    record = json.loads((out / "scores.jsonl").read_text().splitlines()[0])
+    pixels = np.asarray(record["regions"]["pixels"])
+    assert (pixels == 0).any() and (pixels > 0).any()  # the bands' cells hold no picture pixel
+    rows = [json.loads(line) for line in (out / REGIONS_JSONL).read_text().splitlines()]
+    assert all(r["pixels"] > 0 for r in rows)
+    assert json.loads((out / "meta.json").read_text())["settings"]["regions"] == "cell:8"
+
+
+def test_region_options_misused_are_usage_errors(
+    embedded: Path, pool: Path, tiny_onnx: Path
+) -> None:
+    both = deal_client("select", embedded, "--regions", "5%", "-k", "3")
+    assert both.exit_code == 2 and "--top-k" in both.output
+    bad = deal_client("select", embedded, "--regions", "150%")
+    assert bad.exit_code == 2 and "budget" in bad.output
+    frame_only = deal_client("select", embedded, "-s", "region-ds", "-k", "3")
+    assert frame_only.exit_code == 2 and "budget" in frame_only.output
+    plain = deal_client("score", pool, "-k", "3", "--model", tiny_onnx, "--out", embedded)
+    assert plain.exit_code == 1 and "--regions" in plain.output  # the out dir kept cells
+
+
+@pytest.mark.triton
+def test_triton_buys_the_embedded_regions(
+    pool: Path, tiny_onnx: Path, embedded: Path, tmp_path: Path
+) -> None:
+    from dealseg.serving.repository import write_repository
+    from dealseg.serving.server import TritonServer
+
+    repo = tmp_path / "repo"
+    write_repository(tiny_onnx, repo, target="python-cpu")
+    out = tmp_path / "triton"
+    with TritonServer(repo) as server:
+        result = deal_client("score", pool, *REGIONS, "--url", server.url_grpc, "--out", out)
+    assert result.exit_code == 0, result.output
+    assert picks(out) == picks(embedded)

@@ -1,0 +1,174 @@
+"""Training on partial labels and the label-cost study (`deal-train al --unit region`)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from dealseg.core.regions import parse_regions, partition
+from dealseg.training.cli import main
+from dealseg.training.config import resolve_config
+from dealseg.training.data import IGNORE_INDEX, PartialLabels, SegmentationDataset
+from dealseg.training.losses import deal_loss
+from dealseg.training.train import Trainer
+
+TINY = [
+    "decoder_width=16",
+    "attention_size=[8,10]",
+    "input_size=[64,80]",
+    "epochs=1",
+    "batch_size=4",
+    "crop=[64,80]",
+    "val_every=1",
+    "scale=[1.0,1.0]",
+    "threads=1",
+]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread() -> Iterator[None]:
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def streets(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from dealseg.training.streets.dataset import write_streets
+
+    root = tmp_path_factory.mktemp("streets")
+    write_streets(root, n=30, size=(64, 80), seed=0)
+    return root
+
+
+def test_pixels_outside_the_labelled_regions_change_nothing_in_the_loss() -> None:
+    gen = torch.Generator().manual_seed(0)
+    labels = torch.randint(0, 4, (2, 16, 16), generator=gen)
+    ids = torch.from_numpy(partition(parse_regions("cell:4"), (16, 16))).long()
+    bought = torch.isin(ids, torch.tensor([0, 5, 10]))[None].expand(2, -1, -1)
+    partial = torch.where(bought, labels, torch.full_like(labels, IGNORE_INDEX))
+    logits = torch.randn(2, 4, 16, 16, generator=gen)
+    difficulty = torch.rand(2, 16, 16, generator=gen)
+    base, _ = deal_loss(logits, difficulty, partial, "wbce", labeled_only=True)
+    # anything at the unlabelled pixels: other logits, other difficulty
+    noise_logits = torch.where(bought[:, None], logits, torch.randn(2, 4, 16, 16, generator=gen))
+    noise_dif = torch.where(bought, difficulty, torch.rand(2, 16, 16, generator=gen))
+    other, _ = deal_loss(noise_logits, noise_dif, partial, "wbce", labeled_only=True)
+    assert torch.allclose(base, other)
+    # the paper's rule counts void pixels as right: there they would change the loss
+    paper_a, _ = deal_loss(logits, difficulty, partial, "wbce")
+    paper_b, _ = deal_loss(noise_logits, noise_dif, partial, "wbce")
+    assert not torch.allclose(paper_a, paper_b)
+
+
+def test_a_batch_without_a_labelled_pixel_costs_nothing_and_breaks_nothing() -> None:
+    logits = torch.randn(2, 4, 8, 8, requires_grad=True)
+    difficulty = torch.rand(2, 8, 8, requires_grad=True)
+    void = torch.full((2, 8, 8), IGNORE_INDEX)
+    for labeled_only in (False, True):
+        loss, parts = deal_loss(logits, difficulty, void, "wbce", labeled_only=labeled_only)
+        loss.backward()
+        assert loss.item() == 0.0 and parts == {"loss": 0.0, "seg": 0.0, "dif": 0.0}
+        assert torch.isfinite(logits.grad).all() and (logits.grad == 0).all()
+
+
+def test_partial_labels_void_every_pixel_outside_the_bought_regions(streets: Path) -> None:
+    partial = PartialLabels(parse_regions("cell:16"), {0: [1, 7]})
+    full = SegmentationDataset(streets, "train", size=(64, 80), indices=[0, 1])
+    part = SegmentationDataset(streets, "train", size=(64, 80), indices=[0, 1], partial=partial)
+    (_, a), (_, b) = full[0], part[0]
+    ids = torch.from_numpy(partition(parse_regions("cell:16"), (64, 80)))
+    inside = (ids == 1) | (ids == 7)
+    assert torch.equal(b[inside], a[inside]) and (b[~inside] == IGNORE_INDEX).all()
+    assert (part[1][1] == IGNORE_INDEX).all()  # a frame with no region bought
+
+
+def test_samples_per_epoch_fixes_the_training_budget(streets: Path, tmp_path: Path) -> None:
+    preset = resolve_config("cpu", None, {"samples_per_epoch": 24, **_overrides()})
+    for labeled in ([0, 1], list(range(12))):  # fewer images than a batch is fine
+        trainer = Trainer(streets, tmp_path / str(len(labeled)), preset, labeled, quiet=True)
+        assert trainer.iters_per_epoch == 6
+        seen = sum(len(b[0]) for b in _batches(trainer))
+        assert seen == 24
+
+
+def _overrides() -> dict:
+    from dealseg.training.cli import parse_overrides
+
+    return parse_overrides(tuple(TINY))
+
+
+def _batches(trainer: Trainer) -> list:
+    from torch.utils.data import DataLoader, RandomSampler
+
+    sampler = RandomSampler(trainer.train_set, num_samples=trainer.samples_per_epoch)
+    return list(DataLoader(trainer.train_set, batch_size=4, sampler=sampler, drop_last=True))
+
+
+def test_label_cost_study_end_to_end_honours_budgets_and_resumes(
+    streets: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "al"
+    args = [
+        "al",
+        "--data",
+        str(streets),
+        "--out",
+        str(out),
+        "--unit",
+        "region",
+        "--budgets",
+        "5,10",
+        "--regions",
+        "cell:8",
+        "--strategies",
+        "region-ds-sample,region-random,entropy",
+        "--seeds",
+        "0",
+        "--preset",
+        "cpu",
+        *TINY,
+        "samples_per_epoch=8",
+    ]
+    result = CliRunner().invoke(main, args, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    pool_pixels = 21 * 64 * 80
+    for name in ("region-ds-sample", "region-random"):
+        state = json.loads((out / name / "seed0" / "state.json").read_text())
+        s0, s1 = state["stages"]
+        first = sum(len(v) for v in s0["labeled"]["regions"].values()) * 64
+        assert first <= 0.05 * pool_pixels < first + 64  # within one cell of the budget
+        bought = s0["selection"]
+        assert first + bought["pixels"] <= 0.10 * pool_pixels < first + bought["pixels"] + 64
+        owned = {(int(f), r) for f, ids in s0["labeled"]["regions"].items() for r in ids}
+        assert not owned & {tuple(p) for p in bought["picked"]}  # never bought twice
+        assert 0 <= bought["error_pixels"] <= bought["pixels"] == sum(bought["class_pixels"])
+    frames = json.loads((out / "entropy" / "seed0" / "state.json").read_text())["stages"]
+    assert len(frames[0]["labeled"]["frames"]) == 1  # 5% of 21 frames
+    assert len(frames[1]["labeled"]["frames"]) == 2
+    table = (out / "results.md").read_text()
+    assert "Regions sampled by DS" in table and "| region |" in table and "| frame |" in table
+    again = CliRunner().invoke(main, args, catch_exceptions=False)
+    assert again.exit_code == 0 and again.output.count("(recorded)") == 6  # nothing retrained
+    assert json.loads((out / "region-random" / "seed0" / "state.json").read_text()) == state
+
+
+def test_label_cost_needs_a_fixed_training_budget(streets: Path, tmp_path: Path) -> None:
+    args = ["al", "--data", str(streets), "--out", str(tmp_path), "--unit", "region"]
+    result = CliRunner().invoke(main, [*args, "--strategies", "region-random", *TINY])
+    assert result.exit_code == 1 and "samples_per_epoch" in result.output
+
+
+def test_frames_bought_whole_cost_their_pixels(streets: Path) -> None:
+    from dealseg.training.label_cost import score_regions
+
+    scored = score_regions(streets, "train", [0, 3], "frame", None, size=(64, 80))
+    assert scored.pool.region.tolist() == [0, 0] and scored.pool.pixels.tolist() == [5120, 5120]
+    assert np.asarray(scored.classes).sum() <= 2 * 5120

@@ -1,0 +1,476 @@
+"""Active learning in label cost: regions or whole frames bought under rising pixel budgets.
+
+Every stage labels a budget of the pool's pixels (`LabelCostProtocol.budgets`, shares of the
+pool's pixels at the model's input size). Stage 0 is a seeded random start at the first budget,
+shared by the strategies of a unit and seed: random regions (`initial-region/seed<k>/`) for the
+region strategies, random whole frames (`initial-frame/seed<k>/`) for the frame strategies.
+Each later stage lets the strategy buy up to the next budget with the previous stage's
+best-val model: a region strategy (`dealseg.core.regions`) picks regions of any frame, a frame
+strategy (`training/acquisition.py`) whole frames. Every stage retrains from the ImageNet
+backbone on what is labelled (regions: the rest of each frame void, `PartialLabels`) for the
+same number of samples seen (`samples_per_epoch` x `epochs`, required), so stages and
+strategies compare at one training budget.
+
+Layout of `out` (beside `deal-train al`'s frame study):
+
+    initial-region/seed<k>/, initial-frame/seed<k>/   stage 0 of each unit
+    <strategy>/seed<k>/stage<i>/                     fit output + result.json
+    <strategy>/seed<k>/state.json                    what was labelled, metrics, picks per stage
+    full/seed<k>/                                    the full-data reference (`full`)
+
+A stage recorded in state.json is never redone; a fit in progress resumes from its last.pt.
+Each selection records what its picks hold: labelled pixels, the pixels the choosing model got
+wrong and the labelled pixels per class (for the rare-class share).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
+
+from dealseg.core.regions import (
+    REGION_STRATEGIES,
+    Budget,
+    RegionOptions,
+    RegionPool,
+    choose_regions,
+    parse_regions,
+    partition,
+    region_means,
+)
+
+from .al import STATE_FILE, _changed, _plain, _say, _with_new_defaults, _write_json, train_and_test
+from .config import Preset, with_classes
+from .data import IGNORE_INDEX, PartialLabels, SegmentationDataset
+from .device import CPU, Runtime
+from .model import DEALNet, normalise
+from .scores import entropy_map
+
+
+@dataclass(frozen=True)
+class LabelCostProtocol:
+    """The label-cost study's stages; saved in every state.json and in results.json."""
+
+    budgets: tuple[float, ...] = (0.005, 0.01, 0.02, 0.04)  # share of the pool's pixels
+    regions: str = "cell:12"  # how frames are cut (`core.regions.parse_regions`)
+    temperature: float = 1.0  # the sampling strategies' temperature
+    score_batch_size: int = 8
+    test_split: str = "test"
+
+
+def is_region_strategy(name: str) -> bool:
+    return name in REGION_STRATEGIES
+
+
+def check_budgets(budgets: Sequence[float]) -> None:
+    if not budgets or any(not 0 < b <= 1 for b in budgets):
+        raise ValueError(f"budgets are shares of the pool's pixels in (0, 1], got {budgets}")
+    if any(b <= a for a, b in zip(budgets, budgets[1:], strict=False)):
+        raise ValueError(f"budgets must rise from stage to stage, got {budgets}")
+
+
+# ------------------------------------------------------------------------ scoring regions
+@dataclass
+class ScoredRegions:
+    """Every region of the scored frames: the pool to choose from and what each region holds
+    (errors of the scoring model, labelled pixels per class), aligned by index."""
+
+    pool: RegionPool
+    errors: np.ndarray  # [N] pixels the model gets wrong (label known, not void)
+    classes: np.ndarray  # [N, C] labelled pixels per class
+
+
+@torch.no_grad()
+def score_regions(
+    data: Path,
+    split: str,
+    indices: Sequence[int],
+    spec_text: str,
+    model: DEALNet | None,
+    batch_size: int = 8,
+    size: tuple[int, int] | None = None,
+) -> ScoredRegions:
+    """Cut each frame of `indices` into regions and score them with `model` (the mean of its
+    difficulty map, "ds", and of its softmax-entropy map, "entropy", over each region); without
+    a model only pixels and labels are counted (random picks)."""
+    spec = parse_regions(spec_text)
+    size = tuple(model.cfg.input_size) if model is not None else size
+    dataset = SegmentationDataset(data, split, size=size, indices=indices)
+    num_classes = dataset.num_classes
+    device = next(model.parameters()).device if model is not None else None
+    if model is not None:
+        model.eval()
+    frame, region, pixels, errors = [], [], [], []
+    classes: list[np.ndarray] = []
+    scores: dict[str, list[np.ndarray]] = {"ds": [], "entropy": []} if model else {}
+    position = 0
+    for images, labels in DataLoader(dataset, batch_size=batch_size):
+        maps: dict[str, torch.Tensor] = {}
+        wrong = torch.zeros_like(labels, dtype=torch.bool)
+        if model is not None:
+            x = normalise(images.to(device), model.cfg.mean, model.cfg.std)
+            out = model(x)
+            h, w = labels.shape[-2:]
+            ent = F.interpolate(
+                entropy_map(out.logits)[:, None], size=(h, w), mode="bilinear", align_corners=False
+            )[:, 0]
+            maps = {"ds": out.difficulty().float().cpu(), "entropy": ent.float().cpu()}
+            pred = out.full_logits().argmax(1).cpu()
+            wrong = (pred != labels) & (labels != IGNORE_INDEX)
+        for b in range(len(images)):
+            pixels_hwc = (images[b].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+            label = labels[b].numpy()
+            ids = partition(spec, label.shape, image=pixels_hwc)
+            extra = {"errors": wrong[b].numpy().astype(np.float64)}
+            per_map = {k: v[b].numpy() for k, v in maps.items()}
+            rid, npx, means = region_means(ids, {**per_map, **extra})
+            frame.append(np.full(len(rid), position, dtype=np.int64))
+            region.append(rid)
+            pixels.append(npx)
+            errors.append(np.rint(means.pop("errors") * npx).astype(np.int64))
+            for k in scores:
+                scores[k].append(means[k])
+            inside = ids >= 0
+            valid = inside & (label < num_classes)
+            flat = ids[valid].astype(np.int64) * num_classes + label[valid].astype(np.int64)
+            size_ids = int(ids.max()) + 1 if inside.any() else 0
+            counts = np.bincount(flat, minlength=size_ids * num_classes).reshape(-1, num_classes)
+            classes.append(counts[rid])
+            position += 1
+    paths = [str(s.image) for s in dataset.samples]
+    cat = np.concatenate
+    pool = RegionPool(
+        paths,
+        cat(frame) if frame else np.zeros(0, np.int64),
+        cat(region) if region else np.zeros(0, np.int32),
+        cat(pixels) if pixels else np.zeros(0, np.int64),
+        {k: cat(v) for k, v in scores.items()},
+    )
+    return ScoredRegions(
+        pool,
+        cat(errors) if errors else np.zeros(0, np.int64),
+        cat(classes) if classes else np.zeros((0, num_classes), np.int64),
+    )
+
+
+def _pick_record(scored: ScoredRegions, taken: np.ndarray, indices: Sequence[int]) -> dict:
+    """What a selection bought: [frame index, region id] pairs and their pixel counts."""
+    frames = np.asarray(indices)[scored.pool.frame[taken]]
+    return {
+        "picked": [
+            [int(f), int(r)] for f, r in zip(frames, scored.pool.region[taken], strict=True)
+        ],
+        "pixels": int(scored.pool.pixels[taken].sum()),
+        "error_pixels": int(scored.errors[taken].sum()),
+        "class_pixels": [int(c) for c in scored.classes[taken].sum(0)],
+    }
+
+
+# ------------------------------------------------------------------------------ one run
+class LabelCostRun:
+    """One strategy and seed of the label-cost study: its state.json, one stage at a time."""
+
+    def __init__(
+        self,
+        data: Path,
+        out: Path,
+        name: str,
+        seed: int,
+        protocol: LabelCostProtocol,
+        plan: dict[str, Any],
+        runtime: Runtime = CPU,
+    ) -> None:
+        self.data, self.out, self.name, self.seed = data, out, name, seed
+        self.runtime, self.protocol, self.plan = runtime, protocol, plan
+        self.region = is_region_strategy(name)
+        self.unit = "region" if self.region else "frame"
+        self.dir = out / name / f"seed{seed}"
+        self.settings = _plain(
+            {**asdict(protocol), **plan, "strategy": name, "seed": seed, "unit": self.unit}
+        )
+        self.state: dict[str, Any] = {
+            "strategy": name,
+            "seed": seed,
+            "settings": self.settings,
+            "stages": [],
+        }
+        path = self.dir / STATE_FILE
+        if path.is_file():
+            saved = json.loads(path.read_text())
+            recorded = _with_new_defaults(saved.get("settings", {}))
+            if recorded != self.settings:
+                changed = _changed(recorded, self.settings)
+                raise ValueError(
+                    f"{path} was recorded with other settings (changed: {', '.join(changed)}); "
+                    "use another --out or delete that folder"
+                )
+            self.state = {**saved, "settings": self.settings}
+
+    @property
+    def stages(self) -> list[dict[str, Any]]:
+        return self.state["stages"]
+
+    def budget_pixels(self, stage: int) -> int:
+        return math.floor(self.protocol.budgets[stage] * self.plan["pool_pixels"] + 1e-9)
+
+    def labeled_at(self, stage: int) -> dict[str, Any]:
+        """What is labelled at `stage`: {"frames": [...]} or {"regions": {frame: [ids]}}."""
+        if stage == 0:
+            return self._initial()
+        prev = self.stages[stage - 1]
+        if self.region:
+            regions = {int(k): list(v) for k, v in prev["labeled"]["regions"].items()}
+            for f, r in prev["selection"]["picked"]:
+                regions.setdefault(int(f), []).append(int(r))
+            return {"regions": {str(k): sorted(v) for k, v in sorted(regions.items())}}
+        return {"frames": sorted(prev["labeled"]["frames"] + prev["selection"]["frames"])}
+
+    def _initial(self) -> dict[str, Any]:
+        """The seeded random start at the first budget (the same for every strategy of the
+        unit and seed): regions by `region-random`, frames by a seeded draw."""
+        budget = self.budget_pixels(0)
+        n = self.plan["pool_size"]
+        if self.region:
+            scored = score_regions(
+                self.data,
+                self.plan["train_split"],
+                range(n),
+                self.protocol.regions,
+                None,
+                self.protocol.score_batch_size,
+                tuple(self.plan["input_size"]),
+            )
+            picks = choose_regions(
+                scored.pool, "region-random", Budget(pixels=budget), RegionOptions(seed=self.seed)
+            )
+            regions: dict[int, list[int]] = {}
+            for i in picks.indices:
+                regions.setdefault(int(scored.pool.frame[i]), []).append(int(scored.pool.region[i]))
+            return {"regions": {str(k): sorted(v) for k, v in sorted(regions.items())}}
+        k = max(1, budget // self.plan["frame_pixels"])
+        rng = np.random.default_rng([self.seed, 7])
+        return {"frames": sorted(int(i) for i in rng.choice(n, size=min(k, n), replace=False))}
+
+    def _partial(self, labeled: dict[str, Any]) -> PartialLabels | None:
+        if not self.region:
+            return None
+        picked = {int(k): v for k, v in labeled["regions"].items()}
+        return PartialLabels(parse_regions(self.protocol.regions), picked)
+
+    def _labelled_pixels(self, labeled: dict[str, Any], sizes: dict[tuple[int, int], int]) -> int:
+        if self.region:
+            return sum(
+                sizes[(int(f), int(r))] for f, ids in labeled["regions"].items() for r in ids
+            )
+        return len(labeled["frames"]) * self.plan["frame_pixels"]
+
+    def advance(self, stage: int, preset: Preset, quiet: bool) -> None:
+        """Train, test and select for `stage`, unless state.json already records it."""
+        last = stage == len(self.protocol.budgets) - 1
+        done = len(self.stages) > stage and (last or "selection" in self.stages[stage])
+        if not done:
+            del self.stages[stage:]
+            labeled = self.labeled_at(stage)
+            run_dir = (
+                self.out / f"initial-{self.unit}" / f"seed{self.seed}"
+                if stage == 0
+                else self.dir / f"stage{stage}"
+            )
+            t0 = time.time()
+            frames = None if self.region else labeled["frames"]
+            result = train_and_test(
+                self.data,
+                run_dir,
+                preset,
+                frames,
+                self.protocol.test_split,
+                True,
+                self.runtime,
+                partial=self._partial(labeled),
+            )
+            record = {
+                "stage": stage,
+                "budget": self.protocol.budgets[stage],
+                "labeled": labeled,
+                "run_dir": str(run_dir.relative_to(self.out)),
+                **result,
+                "stage_seconds": round(time.time() - t0, 2),
+            }
+            self.stages.append(record)
+            self.save()
+            if not last:
+                record["selection"] = self._select(stage, record)
+                self.save()
+        self._progress(stage, quiet, resumed=done)
+
+    def save(self) -> None:
+        _write_json(self.dir / STATE_FILE, self.state)
+
+    def _load_model(self, record: dict[str, Any]) -> DEALNet:
+        from .checkpoint import load_checkpoint
+
+        best = load_checkpoint(self.out / record["run_dir"] / "best.pt")
+        return best.build_model().to(self.runtime.device)
+
+    def _select(self, stage: int, record: dict[str, Any]) -> dict[str, Any]:
+        """Buy up to the next budget with this stage's best-val model."""
+        t0 = time.time()
+        model = self._load_model(record)
+        n = self.plan["pool_size"]
+        scored = score_regions(
+            self.data,
+            self.plan["train_split"],
+            range(n),
+            self.protocol.regions if self.region else "frame",
+            model,
+            self.protocol.score_batch_size,
+        )
+        sizes = {
+            (int(f), int(r)): int(p)
+            for f, r, p in zip(
+                scored.pool.frame, scored.pool.region, scored.pool.pixels, strict=True
+            )
+        }
+        spent = self._labelled_pixels(record["labeled"], sizes)
+        room = max(0, self.budget_pixels(stage + 1) - spent)
+        if self.region:
+            owned = {
+                (int(f), int(r)) for f, ids in record["labeled"]["regions"].items() for r in ids
+            }
+            keep = np.array(
+                [
+                    (int(f), int(r)) not in owned
+                    for f, r in zip(scored.pool.frame, scored.pool.region, strict=True)
+                ],
+                dtype=bool,
+            )
+            sub = np.flatnonzero(keep)
+            pool = RegionPool(
+                scored.pool.paths,
+                scored.pool.frame[sub],
+                scored.pool.region[sub],
+                scored.pool.pixels[sub],
+                {k: v[sub] for k, v in scored.pool.scores.items()},
+            )
+            opts = RegionOptions(
+                seed=self.seed * 1000 + stage, temperature=self.protocol.temperature
+            )
+            picks = choose_regions(pool, self.name, Budget(pixels=room), opts)
+            taken = sub[picks.indices]
+            selection = _pick_record(scored, taken, range(n))
+        else:
+            from .acquisition import Context, select
+
+            labelled = set(record["labeled"]["frames"])
+            unlabeled = [i for i in range(n) if i not in labelled]
+            k = room // self.plan["frame_pixels"]
+            ctx = Context(
+                data=self.data,
+                model=model,
+                labeled=tuple(sorted(labelled)),
+                split=self.plan["train_split"],
+                seed=self.seed,
+                stage=stage,
+                batch_size=self.protocol.score_batch_size,
+            )
+            picked = select(self.name, ctx, unlabeled, k).indices
+            # one region per frame (the unit "frame"): index i is frame i
+            taken = np.asarray(picked, dtype=np.int64)
+            selection = _pick_record(scored, taken, range(n))
+            selection["frames"] = [int(i) for i in picked]
+            del selection["picked"]
+        selection["budget_pixels"] = self.budget_pixels(stage + 1)
+        selection["seconds"] = round(time.time() - t0, 2)
+        return selection
+
+    def _progress(self, stage: int, quiet: bool, resumed: bool) -> None:
+        r = self.stages[stage]
+        line = (
+            f"al {self.name} seed {self.seed} stage {stage + 1}/{len(self.protocol.budgets)}: "
+            f"{r['budget'] * 100:g}% of the pool's pixels, val {r['val_miou'] * 100:.1f} "
+            f"test {r['test_miou'] * 100:.1f} mIoU, fit {r['fit_seconds']:.0f}s"
+        )
+        _say(line + (" (recorded)" if resumed else ""), quiet)
+
+
+def label_cost_plan(data: Path, preset: Preset) -> dict[str, Any]:
+    """Pool size, pixels and the train split: what every run of the study must agree on."""
+    train_set = SegmentationDataset(data, preset.train.train_split)
+    h, w = preset.model.input_size
+    n = len(train_set)
+    return {
+        "pool_size": n,
+        "input_size": [h, w],
+        "frame_pixels": h * w,
+        "pool_pixels": n * h * w,
+        "train_split": preset.train.train_split,
+    }
+
+
+def run_label_cost(
+    data: Path,
+    out: Path,
+    preset: Preset,
+    strategies: Sequence[str],
+    seeds: Sequence[int],
+    protocol: LabelCostProtocol = LabelCostProtocol(),
+    full: bool = False,
+    quiet: bool = False,
+    runtime: Runtime = CPU,
+) -> None:
+    """Every strategy and seed through the budgets, stage-major per seed (every strategy
+    finishes stage i before any starts stage i + 1); `full` first trains the full-data
+    reference of every seed with the same recipe."""
+    from .acquisition import STRATEGIES
+
+    check_budgets(protocol.budgets)
+    parse_regions(protocol.regions)
+    for name in strategies:
+        if not is_region_strategy(name):
+            STRATEGIES[name]  # noqa: B018 - an unknown name fails here, before any training
+    if not strategies or not seeds:
+        raise ValueError("need at least one strategy and one seed")
+    if preset.train.samples_per_epoch <= 0:
+        raise ValueError(
+            "the label-cost study trains every stage for the same number of samples: set "
+            "samples_per_epoch=N (e.g. the pool's size)"
+        )
+    train_set = SegmentationDataset(data, preset.train.train_split)
+    preset = with_classes(preset, train_set.num_classes)
+    preset = Preset(preset.model, replace(preset.train, partial_labels=True))
+    plan = label_cost_plan(data, preset)
+    out = Path(out)
+    for seed in seeds:
+        seeded = Preset(preset.model, replace(preset.train, seed=preset.train.seed + seed))
+        if full:
+            r = train_and_test(
+                data,
+                out / "full" / f"seed{seed}",
+                seeded,
+                None,
+                protocol.test_split,
+                runtime=runtime,
+            )
+            _say(
+                f"al full data seed {seed}: val {r['val_miou'] * 100:.1f} test "
+                f"{r['test_miou'] * 100:.1f} mIoU, fit {r['fit_seconds']:.0f}s",
+                quiet,
+            )
+        configs = {"model": seeded.model.to_dict(), "train": seeded.train.to_dict()}
+        runs = [
+            LabelCostRun(data, out, name, seed, protocol, {**plan, **configs}, runtime)
+            for name in strategies
+        ]
+        for stage in range(len(protocol.budgets)):
+            for run in runs:
+                run.advance(stage, seeded, quiet)
