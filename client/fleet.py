@@ -48,7 +48,7 @@ from .parquet import (
 )
 from .records import StoreError, Table, record_path
 from .remote import one_line
-from .scoring import ScoreReport, decode_or_error, load_frame
+from .scoring import ScoreReport, decode_or_error, infer_batch, load_frame
 from .settings import ScoreSettings
 
 ROWS_PER_FILE = 1024  # rows a Parquet part of the Ray path holds at least (but the last)
@@ -160,12 +160,13 @@ class ScoreActor:
                 failed.append((path, result.reason))
             else:
                 frames.append((path, result))
-        parts = [errors_table(failed, self.spec, self.run)]
+        regions = self.settings.regions
+        parts = [errors_table(failed, self.spec, self.run, regions is not None)]
         if frames:
-            images = np.stack([f.image for _, f in frames])  # [B, H, W, 3] uint8
-            boxes = np.stack([f.box for _, f in frames]).astype(np.int32)  # [B, 4]
-            out = self.engine.infer(images, SCORE_OUTPUTS, boxes)
-            parts.insert(0, batch_table([p for p, _ in frames], out, self.spec, self.run))
+            done, out = infer_batch(
+                self.engine, [p for p, _ in frames], [f for _, f in frames], SCORE_OUTPUTS, regions
+            )
+            parts.insert(0, batch_table(done, out, self.spec, self.run))
         return pa.concat_tables(parts)
 
 

@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 STRATEGY_NAMES = strategies.names(unit="frame", client=True)
 
 DEFAULT_STRATEGY = strategies.DEFAULT_STRATEGY
-REGION_NAMES = strategies.names(unit="region")
+REGION_NAMES = strategies.names(unit="region", client=True)
 DEFAULT_REGION = strategies.DEFAULT_REGION_STRATEGY
 
 DEFAULT_MAX_PIXELS = 89_478_485  # == decode.DEFAULT_MAX_PIXELS (tested), Pillow's own limit

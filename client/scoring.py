@@ -118,7 +118,7 @@ def decode_or_error(load: Load, path: str) -> Frame | DecodeError:
         return DecodeError(f"cannot decode: {type(exc).__name__}: {exc}")
 
 
-def _infer(
+def infer_batch(
     engine: Engine,
     paths: list[str],
     frames: Sequence[Frame],
@@ -127,6 +127,8 @@ def _infer(
 ) -> tuple[list[str], dict]:
     images = np.stack([f.image for f in frames])  # [B, H, W, 3]
     boxes = np.array([f.box for f in frames], dtype=np.int32)  # [B, 4]
+    """The engine's `outputs` for a batch of decoded frames; with `regions` (cell:N) also each
+    frame's cells (`region_outputs`). Any engine failure is an EngineError."""
     asked = tuple(outputs) + (("difficulty",) if regions and "difficulty" not in outputs else ())
     try:
         out = engine.infer(images, asked, boxes)
@@ -330,7 +332,7 @@ class Scorer:
         frames = [frame for _, frame in self.batch]
         paths = [p for p, _ in self.batch]
         job = self.inferring.submit(
-            _infer, self.engine, paths, frames, self.outputs, self.settings.regions
+            infer_batch, self.engine, paths, frames, self.outputs, self.settings.regions
         )
         self.in_flight.add(job)
         self.batch = []

@@ -21,7 +21,7 @@ from dealseg.core.contract import MODEL_NAME
 from dealseg.core.decode import DEFAULT_MAX_PIXELS, RESIZE_MODES
 from dealseg.core.ranking import STRATEGIES
 from dealseg.core.regions import REGION_STRATEGIES, parse_budget, parse_regions
-from dealseg.core.strategies import DEFAULT_STRATEGY
+from dealseg.core.strategies import DEFAULT_STRATEGY, names
 
 SCORE_FORMATS = ("jsonl", "parquet")  # scores.jsonl + embeddings.f32 | scores.parquet/
 PROTOCOLS = ("grpc", "http")
@@ -154,7 +154,7 @@ class SelectSettings:
                 ) from None
 
     def _check_regions(self) -> None:
-        _one_of("strategy", self.strategy, tuple(REGION_STRATEGIES))
+        _one_of("strategy", self.strategy, names(unit="region", client=True))
         try:
             parse_budget(self.budget, 1)
         except ValueError as exc:

@@ -126,6 +126,7 @@ _ENTRIES = [
         "navy",
         unit="region",
         needs=frozenset({"maps", "model"}),
+        client=False,  # the served graph has no entropy map yet
     ),
     _info(
         "region-ds-sample",
@@ -142,6 +143,7 @@ _ENTRIES = [
         "royalblue",
         unit="region",
         needs=frozenset({"maps", "model"}),
+        client=False,  # the served graph has no entropy map yet
     ),
 ]
 

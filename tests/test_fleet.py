@@ -209,3 +209,17 @@ def test_ray_missing_is_one_line_naming_the_extra(
         "Error: --ray needs Ray Data: pip install 'dealseg[ray]' (ray[data]==2.60.0)"
     )
     assert "Traceback" not in done.stderr and not any(tmp_path.iterdir())  # nothing written
+
+
+@pytest.mark.slow
+def test_ray_buys_the_regions_the_single_process_buys(
+    cluster: object, pool: Path, tiny_onnx: Path, tmp_path: Path
+) -> None:
+    regions = ("--regions", "5%", "--region-size", "8", "--model", tiny_onnx, "--no-progress")
+    single, on_ray = tmp_path / "single", tmp_path / "ray"
+    for out, extra in ((single, ("--format", "parquet")), (on_ray, ("--ray",))):
+        r = deal_client("score", pool, *regions, "-o", out, "--batch-size", 1, *extra)
+        assert r.exit_code == 3, r.stderr  # the bad files
+    for name in ("regions.jsonl", "selection.txt"):
+        assert (on_ray / name).read_bytes() == (single / name).read_bytes()
+    assert (on_ray / "regions.jsonl").read_bytes()  # something was bought
