@@ -36,14 +36,21 @@ class SettingsError(ValueError):
         self.name = name
 
 
-def _within(name: str, value: float, low: float, high: float = math.inf) -> None:
+def _within(
+    name: str, value: float, low: float, high: float = math.inf, whole: bool = False
+) -> None:
+    """`value` is a number (a whole one when `whole`) in low..high."""
+    kinds = (int,) if whole else (int, float)
+    if isinstance(value, bool) or not isinstance(value, kinds) or value != value:
+        kind = "a whole number" if whole else "a number"
+        raise SettingsError(name, f"{name} must be {kind}, got {value!r}")
     if not low <= value <= high:
         bound = f">= {low}" if high == math.inf else f"in {low}..{high}"
         raise SettingsError(name, f"{name} must be {bound}, got {value}")
 
 
 def _one_of(name: str, value: str, choices: tuple[str, ...]) -> None:
-    if value not in choices:
+    if not isinstance(value, str) or value not in choices:
         raise SettingsError(name, f"{name} must be one of {', '.join(choices)}; got {value!r}")
 
 
@@ -84,10 +91,10 @@ class ScoreSettings:
                 raise SettingsError(
                     "regions", f"the client cuts frames into cells (cell:N), not {spec}"
                 )
-        _within("batch_size", self.batch_size, 1, 1024)
-        _within("concurrency", self.concurrency, 1, 256)
-        _within("workers", self.workers, 1, 256)
-        _within("max_pixels", self.max_pixels, 1)
+        _within("batch_size", self.batch_size, 1, 1024, whole=True)
+        _within("concurrency", self.concurrency, 1, 256, whole=True)
+        _within("workers", self.workers, 1, 256, whole=True)
+        _within("max_pixels", self.max_pixels, 1, whole=True)
         _one_of("resize", self.resize, RESIZE_MODES)
         _one_of("format", self.format, SCORE_FORMATS)
 
@@ -124,14 +131,16 @@ class SelectSettings:
                 "strategy", f"{self.strategy} picks regions: give a budget (--regions 5%)"
             )
         _one_of("strategy", self.strategy, tuple(sorted(STRATEGIES)))
-        _within("k", self.k, 1)
+        _within("k", self.k, 1, whole=True)
+        _within("seed", self.seed, -math.inf, whole=True)
         if self.diverse is not None:
             _within("diverse", self.diverse, 0.0, 1.0)
         for name, weight in (self.balance or {}).items():
-            if not (math.isfinite(weight) and weight >= 0):
+            number = isinstance(weight, (int, float)) and not isinstance(weight, bool)
+            if not (number and math.isfinite(weight) and weight >= 0):
                 raise SettingsError("balance", f"the weight of {name!r} must be >= 0, got {weight}")
         if self.per_group is not None:
-            _within("per_group", self.per_group, 1)
+            _within("per_group", self.per_group, 1, whole=True)
         if self.group_by is not None:
             if self.per_group is None:
                 raise SettingsError(
@@ -152,8 +161,8 @@ class SelectSettings:
             raise SettingsError("budget", str(exc)) from None
         _within("temperature", self.temperature, 1e-6)
         if self.max_per_frame is not None:
-            _within("max_per_frame", self.max_per_frame, 1)
-        _within("frame_cost", self.frame_cost, 0)
+            _within("max_per_frame", self.max_per_frame, 1, whole=True)
+        _within("frame_cost", self.frame_cost, 0, whole=True)
         for name in ("diverse", "labeled", "balance", "per_group"):
             if getattr(self, name) is not None:
                 raise SettingsError(name, f"{name} selects frames; a region budget excludes it")
@@ -203,9 +212,9 @@ class TritonSettings:
     def __post_init__(self) -> None:
         _one_of("protocol", self.protocol, PROTOCOLS)
         if self.model_version is not None:
-            _within("model_version", self.model_version, 1)
+            _within("model_version", self.model_version, 1, whole=True)
         _within("timeout", self.timeout, 0.1)
-        _within("retries", self.retries, 0)
+        _within("retries", self.retries, 0, whole=True)
 
     @property
     def given(self) -> list[str]:

@@ -42,7 +42,7 @@ def maps_of(out: Path) -> dict[str, bytes]:
 
 def test_meta_records_the_settings_that_change_a_score(letterboxed: Path) -> None:
     meta = json.loads((letterboxed / "meta.json").read_text())
-    assert meta["settings"] == {"resize": "letterbox"}
+    assert meta["settings"] == {"resize": "letterbox", "regions": None}
 
 
 def test_a_resume_with_another_resize_is_refused(

@@ -86,3 +86,25 @@ def test_model_and_url_exclude_each_other_in_both(tmp_path: Path) -> None:
         dealseg.score("no-such-pool", model=model, url="localhost:8001")
     code, stderr = cli("select", tmp_path, "-k", 1, "--model", model, "--url", "localhost:8001")
     assert code == 2 and "exclude each other" in stderr
+
+
+@pytest.mark.parametrize(
+    ("keywords", "words"),
+    [
+        ({"k": 2.5}, "k must be a whole number, got 2.5"),
+        ({"k": True}, "k must be a whole number, got True"),
+        ({"seed": "1"}, "seed must be a whole number, got '1'"),
+        ({"diverse": "0.9"}, "diverse must be a number, got '0.9'"),
+        ({"strategy": None}, "strategy must be one of"),
+        ({"strategy": b"ds"}, "strategy must be one of"),
+        ({"per_group": 0}, "per_group must be >= 1"),
+        ({"balance": {"Road": "2"}}, "the weight of 'Road' must be >= 0"),
+    ],
+)
+def test_values_of_the_wrong_kind_are_settings_errors_naming_the_setting(
+    keywords: dict, words: str
+) -> None:
+    with pytest.raises(SettingsError, match=words):
+        SelectSettings(**keywords)
+    with pytest.raises(SettingsError, match=words):
+        dealseg.select([], **{"strategy": "ds", "k": 3, **keywords})
