@@ -52,7 +52,7 @@ def cuda_host() -> str | None:
 
 def street_batch(n: int, size: tuple[int, int], seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """[n, H, W, 3] uint8 rendered street scenes and their [n, H, W] labels."""
-    from dealseg.training.synth import render_scene
+    from dealseg.training.streets.render import render_scene
 
     pairs = [render_scene(np.random.default_rng([seed, i]), size) for i in range(n)]
     return np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs])

@@ -84,7 +84,7 @@ def test_engine_matches_onnxruntime(tiny_onnx: Path, tmp_path: Path, fp16: bool)
 def calibration_pool(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from PIL import Image
 
-    from dealseg.training.synth import render_scene
+    from dealseg.training.streets.render import render_scene
 
     pool = tmp_path_factory.mktemp("calibration")
     for i in range(4):
