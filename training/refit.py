@@ -20,7 +20,7 @@ import math
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -32,9 +32,23 @@ from dealseg.core.metrics import auroc
 from .checkpoint import Checkpoint, save_checkpoint
 from .data import SegmentationDataset
 from .losses import DIFFICULTY_LOSSES, IGNORE_INDEX
-from .model import DEALNet, normalise
+from .model import DEALNet, DifficultyHead
 
 MAX_PIXELS = 1_000_000  # pixels sampled for the fit: 12 parameters need far fewer
+
+
+class HeadHost(Protocol):
+    """What the refit reads: a segmenter's eval-mode logits and decoder features, and the
+    difficulty head on them (a DEALNet, or a head attached to a frozen ONNX segmenter)."""
+
+    difficulty_head: DifficultyHead
+    training: bool
+
+    def segment(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]: ...
+
+    def eval(self) -> Any: ...
+
+    def train(self, mode: bool = True) -> Any: ...
 
 
 @dataclass
@@ -51,7 +65,7 @@ class RefitResult:
 
 @torch.no_grad()
 def head_inputs(
-    model: DEALNet, dataset: Dataset, max_pixels: int = MAX_PIXELS, seed: int = 0
+    model: HeadHost, dataset: Dataset, max_pixels: int = MAX_PIXELS, seed: int = 0
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(features at label size [P, D] float64, wrong [P] bool) for up to `max_pixels` pixels,
     sampled evenly over the images of `dataset` with the eval-mode model."""
@@ -71,7 +85,7 @@ def head_inputs(
 
 
 @torch.no_grad()
-def grid_inputs(model: DEALNet, dataset: Dataset) -> tuple[torch.Tensor, ...]:
+def grid_inputs(model: HeadHost, dataset: Dataset) -> tuple[torch.Tensor, ...]:
     """(features [N, D, h, w], error share [N, 1, h, w], labelled share [N, 1, h, w]) on the
     head's grid: what an MLP read-out, which the graph applies on the grid, is fit on."""
     grids, targets, weights = [], [], []
@@ -87,26 +101,28 @@ def grid_inputs(model: DEALNet, dataset: Dataset) -> tuple[torch.Tensor, ...]:
     return torch.cat(grids), torch.cat(targets), torch.cat(weights)
 
 
-def _batches(model: DEALNet, dataset: Dataset) -> Iterator[tuple[torch.Tensor, ...]]:
+def _batches(model: HeadHost, dataset: Dataset) -> Iterator[tuple[torch.Tensor, ...]]:
     """Per batch of the eval-mode model (on its device): (head features on the grid
     [B, D, h, w], labels [B, H, W], wrong [B, H, W] bool with ignored pixels right), on the
-    CPU, where the read-out is fit."""
+    CPU, where the read-out is fit. A pixel is wrong where the argmax of the segmentation
+    logits, bilinearly resized to the label size, is not its label."""
     was_training = model.training
     model.eval()
-    cfg = model.cfg
-    device = next(model.encoder.parameters()).device  # the read-out may be on the CPU, fitting
+    device = model.difficulty_head.gamma.device  # the read-out may be on the CPU, fitting
     try:
         for images, labels in DataLoader(dataset, batch_size=4):
-            out = model(normalise(images.to(device), cfg.mean, cfg.std))
-            pred = out.full_logits().argmax(1).cpu()
+            logits, decoded = model.segment(images.to(device))
+            size = labels.shape[-2:]
+            pred = F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
+            pred = pred.argmax(1).cpu()
             wrong = (pred != labels) & (labels != IGNORE_INDEX)
-            yield model.difficulty_head.features(out.logits, out.decoded).cpu(), labels, wrong
+            yield model.difficulty_head.features(logits, decoded).cpu(), labels, wrong
     finally:
         model.train(was_training)
 
 
 def refit_difficulty_head(
-    model: DEALNet,
+    model: HeadHost,
     dataset: Dataset,
     loss: str = "wbce",
     max_pixels: int = MAX_PIXELS,
@@ -160,7 +176,7 @@ def refit_difficulty_head(
 
 
 @torch.no_grad()
-def _standardise(model: DEALNet, dataset: Dataset) -> None:
+def _standardise(model: HeadHost, dataset: Dataset) -> None:
     """Set the head's input mean and std to those of its raw features on `dataset`'s grid."""
     head = model.difficulty_head
     head.input_mean.zero_()
@@ -172,7 +188,7 @@ def _standardise(model: DEALNet, dataset: Dataset) -> None:
 
 @torch.no_grad()
 def map_auroc(
-    model: DEALNet, dataset: Dataset, max_pixels: int = MAX_PIXELS, seed: int = 0
+    model: HeadHost, dataset: Dataset, max_pixels: int = MAX_PIXELS, seed: int = 0
 ) -> float:
     """AUROC of the model's difficulty map (the read-out on the grid, upsampled) for the error
     mask, on the pixels `head_inputs` samples with the same seed."""
