@@ -280,9 +280,13 @@ def _probe_output(session: Any, io: ForeignIO, declared: Mapping[str, str]) -> F
             f"output {io.output_name!r} has shape {list(out.shape)}: dealseg reads per-pixel "
             "class scores [B, C, h, w] or [B, h, w, C]"
         )
-    layout = _layout(
-        out.shape, io.num_classes, declared.get("output_layout"), "output_layout", "output"
-    )
+    declared_layout = declared.get("output_layout")
+    if declared_layout is None and io.num_classes not in (out.shape[1], out.shape[3]):
+        raise AttachError(
+            f"output {io.output_name!r} {list(out.shape)} has no axis of the data set's "
+            f"{io.num_classes} classes (axis 1 or 3): is it the model of these classes?"
+        )
+    layout = _layout(out.shape, io.num_classes, declared_layout, "output_layout", "output")
     axis = 1 if layout == "nchw" else 3
     if out.shape[axis] != io.num_classes:
         raise AttachError(
