@@ -9,6 +9,7 @@ import json
 import logging
 import re
 import shlex
+import shutil
 from pathlib import Path
 
 import pytest
@@ -226,3 +227,24 @@ def test_a_segmenter_that_cannot_be_attached_is_refused_in_one_line(
         ],
     )
     assert r.exit_code == 1 and "is not the segmenter" in r.output, r.output
+
+
+def test_the_ray_path_scores_an_attached_model_like_the_embedded_engine(
+    work: Path, attached: dict[str, Path], tmp_path: Path
+) -> None:
+    ray = pytest.importorskip("ray")
+    pool = tmp_path / "pool"
+    pool.mkdir()
+    for image in sorted((work / "frames" / "images").glob("*.png"))[:12]:
+        shutil.copy(image, pool)
+    embedded, on_ray = tmp_path / "embedded", tmp_path / "ray"
+    args = ("-k", 3, "--model", attached["nhwc"], "--no-progress")
+    r = deal_client("score", pool, *args, "-o", embedded)
+    assert r.exit_code == 0, r.stderr
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
+    try:
+        r = deal_client("score", pool, *args, "-o", on_ray, "--ray")
+        assert r.exit_code == 0, r.stderr
+    finally:
+        ray.shutdown()
+    assert_same_selection(selection(on_ray), selection(embedded))
