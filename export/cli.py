@@ -6,6 +6,7 @@ import json
 import logging
 import sys
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -18,6 +19,47 @@ def parse_size(value: str | None) -> tuple[int, int] | None:
     except ValueError:
         raise click.BadParameter(f"{value!r} is not HxW (e.g. 180x240)") from None
     return h, w
+
+
+def graph_options(f: Any) -> Any:
+    """--max-batch, --bins, --name, --version: what every exported graph is made with."""
+    for option in reversed(
+        [
+            click.option(
+                "--max-batch",
+                type=click.IntRange(min=1),
+                default=16,
+                show_default=True,
+                help="Largest batch the dynamic batch axis is exported for.",
+            ),
+            click.option(
+                "--bins",
+                type=click.IntRange(min=2),
+                default=8,
+                show_default=True,
+                help="DE histogram bins (the paper: 8 CamVid, 10 Cityscapes).",
+            ),
+            click.option(
+                "--name",
+                "model_name",
+                default="deal",
+                show_default=True,
+                help="Model name written into the metadata: the model's folder in a Triton "
+                "repository.",
+            ),
+            click.option(
+                "--version",
+                "model_version",
+                type=click.IntRange(min=1),
+                default=1,
+                show_default=True,
+                help="Model version written into the metadata: its version folder in the "
+                "repository.",
+            ),
+        ]
+    ):
+        f = option(f)
+    return f
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -41,35 +83,7 @@ def main() -> None:
 @click.option(
     "--input-size", default=None, help="HxW the graph takes (default: the checkpoint's input_size)."
 )
-@click.option(
-    "--max-batch",
-    type=click.IntRange(min=1),
-    default=16,
-    show_default=True,
-    help="Largest batch the dynamic batch axis is exported for.",
-)
-@click.option(
-    "--bins",
-    type=click.IntRange(min=2),
-    default=8,
-    show_default=True,
-    help="DE histogram bins (the paper: 8 CamVid, 10 Cityscapes).",
-)
-@click.option(
-    "--name",
-    "model_name",
-    default="deal",
-    show_default=True,
-    help="Model name written into the metadata: the model's folder in a Triton repository.",
-)
-@click.option(
-    "--version",
-    "model_version",
-    type=click.IntRange(min=1),
-    default=1,
-    show_default=True,
-    help="Model version written into the metadata: its version folder in the repository.",
-)
+@graph_options
 @click.option(
     "--compare/--no-compare",
     default=True,
@@ -391,31 +405,7 @@ def quantize(model_path: Path, out: Path, calibration: str, count: int, weight_b
     required=True,
     help="Output model.onnx: the segmenter wrapped, with the dealseg contract.",
 )
-@click.option(
-    "--max-batch",
-    type=click.IntRange(min=1),
-    default=16,
-    show_default=True,
-    help="Largest batch the dynamic batch axis is exported for.",
-)
-@click.option(
-    "--bins", type=click.IntRange(min=2), default=8, show_default=True, help="DE histogram bins."
-)
-@click.option(
-    "--name",
-    "model_name",
-    default="deal",
-    show_default=True,
-    help="Model name written into the metadata: the model's folder in a Triton repository.",
-)
-@click.option(
-    "--version",
-    "model_version",
-    type=click.IntRange(min=1),
-    default=1,
-    show_default=True,
-    help="Model version written into the metadata: its version folder in the repository.",
-)
+@graph_options
 @click.option(
     "--check/--no-check",
     default=True,
