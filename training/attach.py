@@ -246,8 +246,8 @@ def resolve_io(
             "dynamic batch axis (torch.onnx.export(..., dynamic_axes={'input': {0: 'batch'}}))"
         )
     layout = _layout(shape, 3, declared.get("input_layout"), "input_layout", "input")
-    pixel_range = float(declared.get("pixel_range", "1"))
-    if pixel_range not in (1.0, 255.0):
+    pixel_range = {"1": 1.0, "255": 255.0}.get(declared.get("pixel_range", "1").strip())
+    if pixel_range is None:
         raise AttachError(f"pixel_range={declared['pixel_range']!r}: use 1 or 255")
     io = ForeignIO(
         input_name=tensor.name,
@@ -274,7 +274,14 @@ def _probe_output(session: Any, io: ForeignIO, declared: Mapping[str, str]) -> F
     """Fill in the output's layout, size and kind from one run on a mid-grey frame."""
     grey = torch.full((1, *io.input_size, 3), 128, dtype=torch.uint8)
     x = ForeignInput(io)(grey, full_box(1, io.input_size)).numpy()
-    out = session.run([io.output_name], {io.input_name: x})[0]
+    try:
+        out = session.run([io.output_name], {io.input_name: x})[0]
+    except Exception as exc:  # onnxruntime raises its own exception types
+        first = str(exc).splitlines()[0][:300]
+        raise AttachError(
+            f"the model fails on a {io.input_size[0]}x{io.input_size[1]} {io.input_layout} "
+            f"frame ({first}): check input_size and input_layout"
+        ) from None
     if out.ndim != 4:
         raise AttachError(
             f"output {io.output_name!r} has shape {list(out.shape)}: dealseg reads per-pixel "

@@ -491,7 +491,7 @@ def attach(
     settings of training/attach.py's AttachConfig, e.g. steps=500 attention_size=[30,40]."""
     import torch
 
-    from .attach import AttachConfig, AttachError
+    from .attach import AttachConfig
     from .attach import attach as run_attach
 
     if threads:
@@ -503,7 +503,7 @@ def attach(
     options = {key.removesuffix("_name"): value for key, value in io.items()}
     try:
         result = run_attach(segmenter, data, out, cfg, options)
-    except (AttachError, KeyError) as exc:
+    except (ValueError, KeyError) as exc:  # an AttachError, or a refit without errors to fit
         raise click.ClickException(str(exc.args[0] if exc.args else exc)) from None
     click.echo(json.dumps(result.summary()))
 
