@@ -1,5 +1,5 @@
-"""`deal-export`: onnx (export, check, compare), reexport, tensorrt, trt-check, repository,
-quantize."""
+"""`deal-export`: onnx (export, check, compare), attach, reexport, tensorrt, trt-check,
+repository, quantize."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import json
 import logging
 import sys
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -19,6 +20,47 @@ def parse_size(value: str | None) -> tuple[int, int] | None:
     except ValueError:
         raise click.BadParameter(f"{value!r} is not HxW (e.g. 180x240)") from None
     return h, w
+
+
+def graph_options(f: Any) -> Any:
+    """--max-batch, --bins, --name, --version: what every exported graph is made with."""
+    for option in reversed(
+        [
+            click.option(
+                "--max-batch",
+                type=click.IntRange(min=1),
+                default=16,
+                show_default=True,
+                help="Largest batch the dynamic batch axis is exported for.",
+            ),
+            click.option(
+                "--bins",
+                type=click.IntRange(min=2),
+                default=8,
+                show_default=True,
+                help="DE histogram bins (the paper: 8 CamVid, 10 Cityscapes).",
+            ),
+            click.option(
+                "--name",
+                "model_name",
+                default="deal",
+                show_default=True,
+                help="Model name written into the metadata: the model's folder in a Triton "
+                "repository.",
+            ),
+            click.option(
+                "--version",
+                "model_version",
+                type=click.IntRange(min=1),
+                default=1,
+                show_default=True,
+                help="Model version written into the metadata: its version folder in the "
+                "repository.",
+            ),
+        ]
+    ):
+        f = option(f)
+    return f
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -42,35 +84,7 @@ def main() -> None:
 @click.option(
     "--input-size", default=None, help="HxW the graph takes (default: the checkpoint's input_size)."
 )
-@click.option(
-    "--max-batch",
-    type=click.IntRange(min=1),
-    default=16,
-    show_default=True,
-    help="Largest batch the dynamic batch axis is exported for.",
-)
-@click.option(
-    "--bins",
-    type=click.IntRange(min=2),
-    default=8,
-    show_default=True,
-    help="DE histogram bins (the paper: 8 CamVid, 10 Cityscapes).",
-)
-@click.option(
-    "--name",
-    "model_name",
-    default="deal",
-    show_default=True,
-    help="Model name written into the metadata: the model's folder in a Triton repository.",
-)
-@click.option(
-    "--version",
-    "model_version",
-    type=click.IntRange(min=1),
-    default=1,
-    show_default=True,
-    help="Model version written into the metadata: its version folder in the repository.",
-)
+@graph_options
 @click.option(
     "--compare/--no-compare",
     default=True,
@@ -472,6 +486,80 @@ def quantize(
         f"images, {report.weight_bits}-bit weights; {len(report.fp32_nodes)} nodes of the heads "
         "and scores kept FP32"
     )
+
+
+@main.command()
+@click.option(
+    "--head",
+    "head_path",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    required=True,
+    help="head.pt from `deal-train attach`.",
+)
+@click.option(
+    "--segmenter",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    required=True,
+    help="The ONNX segmenter the head was trained on (checked by its sha256).",
+)
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    required=True,
+    help="Output model.onnx: the segmenter wrapped, with the dealseg contract.",
+)
+@graph_options
+@click.option(
+    "--check/--no-check",
+    default=True,
+    show_default=True,
+    help="Check the graph on random images and real photos: its segmentation equals the "
+    "segmenter's argmax, its scores the PyTorch head's.",
+)
+def attach(
+    head_path: Path,
+    segmenter: Path,
+    out: Path,
+    max_batch: int,
+    bins: int,
+    model_name: str,
+    model_version: int,
+    check: bool,
+) -> None:
+    """Wrap a segmenter and the difficulty head trained on it (`deal-train attach`) into one
+    ONNX graph with the dealseg contract."""
+    import numpy as np
+
+    from dealseg.training.attach import AttachError
+    from dealseg.training.checkpoint import CheckpointError
+
+    from .attach import check_attached, export_attached
+
+    logging.getLogger("torch.onnx").setLevel(logging.ERROR)
+    try:
+        spec = export_attached(
+            head_path, segmenter, out, bins, max_batch, str(model_version), model_name
+        )
+    except (AttachError, CheckpointError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB), model id {spec.model_id}")
+    if not check:
+        return
+    from .compare import random_images, real_photos, resize
+
+    images = {**random_images(4, spec.input_size), **real_photos()}
+    frames = np.stack([resize(image, spec.input_size) for image in images.values()])
+    report = check_attached(out, segmenter, head_path, frames)
+    click.echo(
+        f"{report.frames} images: {report.argmax_mismatches} segmentation pixels unlike the "
+        "segmenter's argmax; max abs diff vs PyTorch "
+        + ", ".join(f"{k} {v:.1e}" for k, v in report.max_abs.items())
+    )
+    if report.failures:
+        raise click.ClickException(
+            "the wrapped graph disagrees:\n  " + "\n  ".join(report.failures)
+        )
+    click.echo("check: OK")
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""`deal-train`: synth, fit, eval, refit (and the active-learning loop, `al`)."""
+"""`deal-train`: synth, fit, eval, refit, attach (and the active-learning loop, `al`)."""
 
 from __future__ import annotations
 
@@ -408,6 +408,104 @@ def refit(
     except ValueError as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(json.dumps({"checkpoint": str(out), "difficulty_refit": record}))
+
+
+@main.command()
+@click.option(
+    "--segmenter",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    required=True,
+    help="Your ONNX segmentation model: one float image input, per-pixel class scores out.",
+)
+@data_option
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    required=True,
+    help="Run folder: head.pt (for `deal-export attach`) and attach.json.",
+)
+@click.option("--input", "input_name", default=None, help="Input tensor (when it has several).")
+@click.option(
+    "--input-layout",
+    type=click.Choice(["nchw", "nhwc"]),
+    default=None,
+    show_default="the model's metadata, else read off the input's shape",
+    help="Layout of the image input.",
+)
+@click.option(
+    "--input-size",
+    default=None,
+    show_default="the input's fixed H and W",
+    help="HxW to feed a model whose spatial axes are dynamic.",
+)
+@click.option(
+    "--channel-order",
+    type=click.Choice(["rgb", "bgr"]),
+    default=None,
+    show_default="metadata, else rgb",
+    help="Channel order the model expects.",
+)
+@click.option(
+    "--pixel-range",
+    type=click.Choice(["1", "255"]),
+    default=None,
+    show_default="metadata, else 1",
+    help="A white pixel before normalisation: input = (pixel / (255 / range) - mean) / std.",
+)
+@click.option(
+    "--mean",
+    default=None,
+    show_default="metadata, else 0,0,0",
+    help="3 values in the model's channel order and pixel range, e.g. 0.485,0.456,0.406.",
+)
+@click.option(
+    "--std", default=None, show_default="metadata, else 1,1,1", help="3 values, like --mean."
+)
+@click.option("--output", "output_name", default=None, help="Output tensor (when it has several).")
+@click.option(
+    "--output-layout",
+    type=click.Choice(["nchw", "nhwc"]),
+    default=None,
+    show_default="metadata, else the axis with the data set's class count",
+    help="Layout of the class scores.",
+)
+@click.option(
+    "--output-kind",
+    type=click.Choice(["logits", "probabilities"]),
+    default=None,
+    show_default="metadata, else probabilities when a grey frame's scores sum to 1",
+    help="What the output holds.",
+)
+@click.option("--threads", type=int, default=0, show_default=True, help="Torch threads (0=all).")
+@click.argument("overrides", nargs=-1)
+def attach(
+    segmenter: Path,
+    data: Path,
+    out: Path,
+    threads: int,
+    overrides: tuple[str, ...],
+    **io: str | None,
+) -> None:
+    """Train the DEAL difficulty head on YOUR frozen segmenter's output: γ and the read-out on
+    the train split, the read-out refit on val, measured on test. OVERRIDES are key=value
+    settings of training/attach.py's AttachConfig, e.g. steps=500 attention_size=[30,40]."""
+    import torch
+
+    from .attach import AttachConfig
+    from .attach import attach as run_attach
+
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        cfg = AttachConfig.from_dict(parse_overrides(overrides))
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+    options = {key.removesuffix("_name"): value for key, value in io.items()}
+    try:
+        result = run_attach(segmenter, data, out, cfg, options)
+    except (ValueError, KeyError) as exc:  # an AttachError, or a refit without errors to fit
+        raise click.ClickException(str(exc.args[0] if exc.args else exc)) from None
+    click.echo(json.dumps(result.summary()))
 
 
 def _csv(kind: type) -> Any:

@@ -376,6 +376,12 @@ class DEALNet(nn.Module):
         difficulty = self.difficulty_head(logits, decoded)
         return DEALOutput(logits, difficulty, features, decoded, (h, w))
 
+    def segment(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """images [B, 3, H, W] in 0..1 -> (segmentation logits [B, C, H/4, W/4], decoder
+        features [B, w, H/4, W/4]): what the difficulty head reads (training/refit.py)."""
+        out = self(normalise(images, self.cfg.mean, self.cfg.std))
+        return out.logits, out.decoded
+
     def param_groups(self, lr: float) -> list[dict[str, Any]]:
         """The paper's optimiser groups: backbone at lr, heads and gamma at 10x lr."""
         backbone = list(self.encoder.parameters())

@@ -20,7 +20,7 @@ import math
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -32,9 +32,23 @@ from dealseg.core.metrics import auroc
 from .checkpoint import Checkpoint, save_checkpoint
 from .data import SegmentationDataset
 from .losses import DIFFICULTY_LOSSES, IGNORE_INDEX
-from .model import DEALNet, normalise
+from .model import DEALNet, DifficultyHead
 
 MAX_PIXELS = 1_000_000  # pixels sampled for the fit: 12 parameters need far fewer
+
+
+class HeadHost(Protocol):
+    """What the refit reads: a segmenter's eval-mode logits and decoder features, and the
+    difficulty head on them (a DEALNet, or a head attached to a frozen ONNX segmenter)."""
+
+    difficulty_head: DifficultyHead
+    training: bool
+
+    def segment(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]: ...
+
+    def eval(self) -> Any: ...
+
+    def train(self, mode: bool = True) -> Any: ...
 
 
 @dataclass
@@ -51,7 +65,7 @@ class RefitResult:
 
 @torch.no_grad()
 def head_inputs(
-    model: DEALNet, dataset: Dataset, max_pixels: int = MAX_PIXELS, seed: int = 0
+    model: HeadHost, dataset: Dataset, max_pixels: int = MAX_PIXELS, seed: int = 0
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(features at label size [P, D] float64, wrong [P] bool) for up to `max_pixels` pixels,
     sampled evenly over the images of `dataset` with the eval-mode model."""
@@ -71,11 +85,12 @@ def head_inputs(
 
 
 @torch.no_grad()
-def grid_inputs(model: DEALNet, dataset: Dataset) -> tuple[torch.Tensor, ...]:
+def grid_inputs(model: HeadHost, dataset: Dataset, raw: bool = False) -> tuple[torch.Tensor, ...]:
     """(features [N, D, h, w], error share [N, 1, h, w], labelled share [N, 1, h, w]) on the
-    head's grid: what an MLP read-out, which the graph applies on the grid, is fit on."""
+    head's grid: what an MLP read-out, which the graph applies on the grid, is fit on; with
+    `raw` the segmentation logits on the grid [N, C, h, w] instead of the features."""
     grids, targets, weights = [], [], []
-    for grid, labels, wrong in _batches(model, dataset):
+    for grid, labels, wrong in _batches(model, dataset, raw):
         size = grid.shape[-2:]
         valid = F.adaptive_avg_pool2d((labels != IGNORE_INDEX)[:, None].float(), size)
         errors = F.adaptive_avg_pool2d(wrong[:, None].float(), size)
@@ -87,26 +102,39 @@ def grid_inputs(model: DEALNet, dataset: Dataset) -> tuple[torch.Tensor, ...]:
     return torch.cat(grids), torch.cat(targets), torch.cat(weights)
 
 
-def _batches(model: DEALNet, dataset: Dataset) -> Iterator[tuple[torch.Tensor, ...]]:
+def _batches(
+    model: HeadHost, dataset: Dataset, raw: bool = False
+) -> Iterator[tuple[torch.Tensor, ...]]:
     """Per batch of the eval-mode model (on its device): (head features on the grid
     [B, D, h, w], labels [B, H, W], wrong [B, H, W] bool with ignored pixels right), on the
-    CPU, where the read-out is fit."""
+    CPU, where the read-out is fit; with `raw` the segmentation logits resized to the grid
+    instead of the head's features (what the whole head is trained on). A pixel is wrong
+    where the argmax of the segmentation logits, bilinearly resized to the label size, is not
+    its label."""
     was_training = model.training
     model.eval()
-    cfg = model.cfg
-    device = next(model.encoder.parameters()).device  # the read-out may be on the CPU, fitting
+    device = model.difficulty_head.gamma.device  # the read-out may be on the CPU, fitting
     try:
         for images, labels in DataLoader(dataset, batch_size=4):
-            out = model(normalise(images.to(device), cfg.mean, cfg.std))
-            pred = out.full_logits().argmax(1).cpu()
+            logits, decoded = model.segment(images.to(device))
+            size = labels.shape[-2:]
+            pred = F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
+            pred = pred.argmax(1).cpu()
             wrong = (pred != labels) & (labels != IGNORE_INDEX)
-            yield model.difficulty_head.features(out.logits, out.decoded).cpu(), labels, wrong
+            head = model.difficulty_head
+            if raw:
+                grid = F.interpolate(
+                    logits, size=head.attention_size, mode="bilinear", align_corners=False
+                )
+            else:
+                grid = head.features(logits, decoded)
+            yield grid.cpu(), labels, wrong
     finally:
         model.train(was_training)
 
 
 def refit_difficulty_head(
-    model: DEALNet,
+    model: HeadHost,
     dataset: Dataset,
     loss: str = "wbce",
     max_pixels: int = MAX_PIXELS,
@@ -137,13 +165,13 @@ def refit_difficulty_head(
     linear = isinstance(read_out, torch.nn.Conv2d)
     before = _auroc(read_out, x, wrong) if linear else map_auroc(model, dataset, max_pixels, seed)
     if hasattr(head, "input_mean"):
-        _standardise(model, dataset)
+        standardise_inputs(model, dataset)
         x, wrong = head_inputs(model, dataset, max_pixels, seed)  # the same pixels, standardised
     if linear:
         _fit_pixels(read_out, x, wrong, reduce, l2)
         after = _auroc(read_out, x, wrong)
     else:
-        _fit_cells(read_out, *grid_inputs(model, dataset), loss=loss, weight_decay=l2, seed=seed)
+        fit_cells(read_out, *grid_inputs(model, dataset), loss=loss, weight_decay=l2, seed=seed)
         after = map_auroc(model, dataset, max_pixels, seed)
     kept_old = not (np.isfinite(after) and after >= before)
     if kept_old:
@@ -160,7 +188,7 @@ def refit_difficulty_head(
 
 
 @torch.no_grad()
-def _standardise(model: DEALNet, dataset: Dataset) -> None:
+def standardise_inputs(model: HeadHost, dataset: Dataset) -> None:
     """Set the head's input mean and std to those of its raw features on `dataset`'s grid."""
     head = model.difficulty_head
     head.input_mean.zero_()
@@ -172,7 +200,7 @@ def _standardise(model: DEALNet, dataset: Dataset) -> None:
 
 @torch.no_grad()
 def map_auroc(
-    model: DEALNet, dataset: Dataset, max_pixels: int = MAX_PIXELS, seed: int = 0
+    model: HeadHost, dataset: Dataset, max_pixels: int = MAX_PIXELS, seed: int = 0
 ) -> float:
     """AUROC of the model's difficulty map (the read-out on the grid, upsampled) for the error
     mask, on the pixels `head_inputs` samples with the same seed."""
@@ -221,7 +249,7 @@ def _fit_pixels(
         conv.bias.copy_(w[-1:].to(conv.bias.dtype))
 
 
-def _fit_cells(
+def fit_cells(
     mlp: torch.nn.Module,
     grid: torch.Tensor,
     share: torch.Tensor,
@@ -231,10 +259,12 @@ def _fit_cells(
     seed: int,
     steps: int = 1000,
     lr: float = 0.01,
+    batch: int = 0,
 ) -> None:
-    """Full-batch AdamW (cosine schedule) of an MLP read-out on grid cells: BCE of each cell's
-    logit against its error share, cells weighted by their labelled share; for `wbce` the
-    wrong and right pixel masses are balanced as in training."""
+    """AdamW (cosine schedule) of an MLP read-out (or a whole head) on grid cells: BCE of each
+    cell's logit against its error share, cells weighted by their labelled share; for `wbce`
+    the wrong and right pixel masses are balanced as in training. Full-batch, or `batch`
+    random images a step (the sum scaled to the whole set's)."""
     torch.manual_seed(seed)
     right, wrong = labelled * (1 - share), labelled * share  # pixel masses per cell
     if loss == "wbce":
@@ -248,8 +278,12 @@ def _fit_cells(
     with torch.enable_grad():
         for _ in range(steps):
             optimizer.zero_grad()
-            z = mlp(grid)
-            value = (wrong * F.softplus(-z) + right * F.softplus(z)).sum()  # BCE, both sides
+            take = slice(None)
+            if 0 < batch < len(grid):
+                take = torch.randperm(len(grid))[:batch]
+            z = mlp(grid[take])
+            bce = wrong[take] * F.softplus(-z) + right[take] * F.softplus(z)  # both sides
+            value = bce.sum() * (len(grid) / len(z))
             value.backward()
             optimizer.step()
             schedule.step()
