@@ -26,7 +26,7 @@ from foreign_segmenters import (
     train_segmenter,
     unet_input,
 )
-from test_client_cli import assert_same_selection, deal_client, records, selection
+from helpers import assert_same_selection, deal_client, records, selection
 
 from dealseg.core.contract import TOL_DS, TOL_ENTROPY
 from dealseg.export.attach import check_attached
