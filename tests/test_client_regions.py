@@ -106,6 +106,12 @@ def test_select_buys_again_with_another_budget_and_strategy(embedded: Path, tmp_
     assert scores == sorted(scores, reverse=True)  # top-k by the map
     again = deal_client("select", embedded, "--regions", "10", "-s", "region-random", "--out", out)
     assert again.exit_code == 1 and "--force" in again.output  # another selection is there
+    spread = ("--regions", "5%", "--max-per-frame", "1", "--frame-cost", "64", "--force")
+    assert deal_client("select", embedded, *spread, "--out", out).exit_code == 0
+    rows = [json.loads(line) for line in (out / REGIONS_JSONL).read_text().splitlines()]
+    summary = json.loads((out / REGIONS_JSON).read_text())
+    assert len({r["path"] for r in rows}) == len(rows) == summary["frames"]  # one per frame
+    assert summary["cost"] == summary["bought_pixels"] + 64 * len(rows) <= summary["budget_pixels"]
 
 
 def test_padding_is_never_bought(tiny_onnx: Path, tmp_path: Path) -> None:
