@@ -117,8 +117,8 @@ class AttachConfig:
 
     attention_size: tuple[int, int] = (0, 0)  # the PAM grid (h, w); 0: a sixth of the input
     difficulty_inputs: str = "Q+U+UA+LP"  # model.HEAD_PARTS without DEC (no decoder features)
-    # 0: the 1x1 conv read-out (the default: an MLP read-out overfits a small val split, seen
-    # as a test AUROC near 0.5 in bench/attach.py's runs); > 0: an MLP with this many units
+    # 0: the 1x1 conv read-out (the default: an MLP read-out overfits the val split it is
+    # refit on; measured in the README, Bring your own segmenter); > 0: an MLP of this width
     difficulty_hidden: int = 0
     difficulty_context: int = 0  # > 1: the MLP's middle layer is a context x context conv
     pam_block: int = 512  # query rows per block of the exported (exact, blocked) PAM
