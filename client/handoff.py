@@ -265,36 +265,32 @@ def _region_mask(ctx: Handoff, item: Item) -> np.ndarray | None:
         return np.asarray(im)
 
 
-def _ls_regions(ctx: Handoff, item: Item) -> dict[str, Any] | None:
-    mask = _region_mask(ctx, item)
-    if mask is None:
-        return None
+def _brush(key: str, layer: str, mask: np.ndarray, label: str) -> dict[str, Any]:
+    """One Label Studio brush result: a bool `mask` [H, W] as `label` of the `layer`."""
     return {
-        "id": f"r{item.rank}regions",
-        "from_name": "regions",
+        "id": key,
+        "from_name": layer,
         "to_name": "image",
         "type": "brushlabels",
         "original_width": int(mask.shape[1]),
         "original_height": int(mask.shape[0]),
         "image_rotation": 0,
-        "value": {"format": "rle", "rle": brush_rle(mask > 0), "brushlabels": [REGION_LABEL]},
+        "value": {"format": "rle", "rle": brush_rle(mask), "brushlabels": [label]},
     }
+
+
+def _ls_regions(ctx: Handoff, item: Item) -> dict[str, Any] | None:
+    mask = _region_mask(ctx, item)
+    return (
+        None if mask is None else _brush(f"r{item.rank}regions", "regions", mask > 0, REGION_LABEL)
+    )
 
 
 def _ls_prediction(ctx: Handoff, item: Item) -> dict[str, Any]:
     seg = _segmentation(ctx, item)
     names = ctx.table.class_names
     result = [
-        {
-            "id": f"r{item.rank}c{c}",
-            "from_name": "label",
-            "to_name": "image",
-            "type": "brushlabels",
-            "original_width": int(seg.shape[1]),
-            "original_height": int(seg.shape[0]),
-            "image_rotation": 0,
-            "value": {"format": "rle", "rle": brush_rle(seg == c), "brushlabels": [names[c]]},
-        }
+        _brush(f"r{item.rank}c{c}", "label", seg == c, names[c])
         for c in np.unique(seg).tolist()
         if c < len(names)
     ]

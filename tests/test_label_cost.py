@@ -149,7 +149,9 @@ def test_label_cost_study_end_to_end_honours_budgets_and_resumes(
         assert first + bought["pixels"] <= 0.10 * pool_pixels < first + bought["pixels"] + 64
         owned = {(int(f), r) for f, ids in s0["labeled"]["regions"].items() for r in ids}
         assert not owned & {tuple(p) for p in bought["picked"]}  # never bought twice
-        assert 0 <= bought["error_pixels"] <= bought["pixels"] == sum(bought["class_pixels"])
+        assert (
+            0 <= bought["error_pixels"] <= bought["pixels"] >= sum(bought["class_pixels"])
+        )  # void
     frames = json.loads((out / "entropy" / "seed0" / "state.json").read_text())["stages"]
     assert len(frames[0]["labeled"]["frames"]) == 1  # 5% of 21 frames
     assert len(frames[1]["labeled"]["frames"]) == 2

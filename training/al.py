@@ -177,6 +177,23 @@ def _say(message: str, quiet: bool) -> None:
         print(message, file=sys.stderr, flush=True)
 
 
+def load_state(path: Path, name: str, seed: int, settings: dict[str, Any]) -> dict[str, Any]:
+    """A run's state.json when it was recorded with `settings` (fields added to the configs
+    since, at their defaults, change nothing), else a fresh state; ValueError naming the
+    settings that changed."""
+    if not path.is_file():
+        return {"strategy": name, "seed": seed, "settings": settings, "stages": []}
+    saved = json.loads(path.read_text())
+    recorded = _with_new_defaults(saved.get("settings", {}))
+    if recorded != settings:
+        changed = _changed(recorded, settings)
+        raise ValueError(
+            f"{path} was recorded with other settings (changed: {', '.join(changed)}); "
+            "use another --out or delete that folder"
+        )
+    return {**saved, "settings": settings}
+
+
 class StrategyRun:
     """One strategy and seed: its state.json, advanced one stage at a time.
 
@@ -199,23 +216,7 @@ class StrategyRun:
         self.protocol, self.sizes, self.pool_size = protocol, plan["sizes"], plan["pool_size"]
         self.dir = out / name / f"seed{seed}"
         self.settings = _plain({**asdict(protocol), **plan, "strategy": name, "seed": seed})
-        self.state: dict[str, Any] = {
-            "strategy": name,
-            "seed": seed,
-            "settings": self.settings,
-            "stages": [],
-        }
-        path = self.dir / STATE_FILE
-        if path.is_file():
-            saved = json.loads(path.read_text())
-            recorded = _with_new_defaults(saved.get("settings", {}))
-            if recorded != self.settings:
-                changed = _changed(recorded, self.settings)
-                raise ValueError(
-                    f"{path} was recorded with other settings (changed: {', '.join(changed)}); "
-                    "use another --out or delete that folder"
-                )
-            self.state = {**saved, "settings": self.settings}
+        self.state = load_state(self.dir / STATE_FILE, name, seed, self.settings)
 
     @property
     def stages(self) -> list[dict[str, Any]]:

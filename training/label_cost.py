@@ -25,7 +25,6 @@ wrong and the labelled pixels per class (for the rare-class share).
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from collections.abc import Sequence
@@ -49,7 +48,7 @@ from dealseg.core.regions import (
     region_means,
 )
 
-from .al import STATE_FILE, _changed, _plain, _say, _with_new_defaults, _write_json, train_and_test
+from .al import STATE_FILE, _plain, _say, _write_json, load_state, train_and_test
 from .config import Preset, with_classes
 from .data import IGNORE_INDEX, PartialLabels, SegmentationDataset
 from .device import CPU, Runtime
@@ -198,23 +197,7 @@ class LabelCostRun:
         self.settings = _plain(
             {**asdict(protocol), **plan, "strategy": name, "seed": seed, "unit": self.unit}
         )
-        self.state: dict[str, Any] = {
-            "strategy": name,
-            "seed": seed,
-            "settings": self.settings,
-            "stages": [],
-        }
-        path = self.dir / STATE_FILE
-        if path.is_file():
-            saved = json.loads(path.read_text())
-            recorded = _with_new_defaults(saved.get("settings", {}))
-            if recorded != self.settings:
-                changed = _changed(recorded, self.settings)
-                raise ValueError(
-                    f"{path} was recorded with other settings (changed: {', '.join(changed)}); "
-                    "use another --out or delete that folder"
-                )
-            self.state = {**saved, "settings": self.settings}
+        self.state = load_state(self.dir / STATE_FILE, name, seed, self.settings)
 
     @property
     def stages(self) -> list[dict[str, Any]]:
