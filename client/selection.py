@@ -125,8 +125,9 @@ def check_replace(out: Path, scores_file: Path, how: SelectSettings) -> None:
     old = read_selection(out)
     if old is None:
         return
-    mine = {**how.describe(), "scores": str(scores_file)}
-    if old.get("settings") != json.loads(json.dumps(mine)):
+    mine = json.loads(json.dumps({**how.describe(), "scores": str(scores_file)}))
+    recorded = old.get("settings") or {}
+    if {key: recorded.get(key) for key in mine} != mine:  # results recorded beside (k) aside
         raise SelectionExists(
             f"{Path(out) / SELECTION_JSON} holds another selection ({old.get('strategy')}, top "
             f"{old.get('k')}, of {old.get('scores', 'other scores')}); write this one elsewhere "
