@@ -2,9 +2,10 @@
 
     .venv/bin/python bench/selection.py [--quick]
 
-1. `dealseg.core.ranking.select(..., "de", k)` on pools of 1M and 10M random scores with real
+1. `dealseg.core.ranking.pick_ranked(..., "de", k)` on pools of 1M and 10M random scores with real
    path strings (time vs pool size; target: 10M in <= 2 s).
-2. `select(..., "coreset", 100)` (greedy k-center, cosine) on 100k random unit embeddings, D=144.
+2. `pick_ranked(..., "coreset", 100)` (greedy k-center, cosine) on 100k random unit
+   embeddings, D=144.
 3. Peak RSS of `deal-client score` (in-process ONNX Runtime, shipped model) on a pool of 1k and
    of 20k images (target: flat within 50 MB). The pool is a text file of distinct symlink names
    that point at a few real 960x720 JPEGs, so every image is really decoded and scored while
@@ -37,8 +38,8 @@ def synthetic_paths(n: int) -> list[str]:
 
 
 def time_topk(n: int, ks: tuple[int, ...]) -> list[list[object]]:
-    """Rows: pool size, k, seconds of select(strategy "de")."""
-    from dealseg.core.ranking import Pool, select
+    """Rows: pool size, k, seconds of pick_ranked(strategy "de")."""
+    from dealseg.core.ranking import Pool, pick_ranked
 
     paths = synthetic_paths(n)
     de = np.random.default_rng(0).random(n, dtype=np.float32).astype(np.float64) * 2.0
@@ -46,7 +47,7 @@ def time_topk(n: int, ks: tuple[int, ...]) -> list[list[object]]:
     rows = []
     for k in ks:
         start = time.perf_counter()
-        picks = select(pool, "de", k)
+        picks = pick_ranked(pool, "de", k)
         seconds = time.perf_counter() - start
         assert len(picks) == k and picks[0].score == de.max()
         rows.append([f"top-k (de), {n:,} scores", f"k={k:,}", f"{seconds:.2f}"])
@@ -54,13 +55,13 @@ def time_topk(n: int, ks: tuple[int, ...]) -> list[list[object]]:
 
 
 def time_coreset(n: int, d: int, k: int) -> list[object]:
-    from dealseg.core.ranking import Pool, select
+    from dealseg.core.ranking import Pool, pick_ranked
 
     emb = np.random.default_rng(1).standard_normal((n, d)).astype(np.float32)
     emb /= np.linalg.norm(emb, axis=1, keepdims=True)
     pool = Pool(synthetic_paths(n), {}, emb)
     start = time.perf_counter()
-    picks = select(pool, "coreset", k)
+    picks = pick_ranked(pool, "coreset", k)
     seconds = time.perf_counter() - start
     assert len(picks) == k
     return [f"core-set, {n:,} embeddings (D={d})", f"k={k}", f"{seconds:.2f}"]
@@ -212,7 +213,7 @@ def main() -> None:
     top = [r for r in rows if str(r[0]).startswith("top-k") and "10,000,000" in str(r[0])]
     worst = max((float(str(r[2])) for r in top), default=float("nan"))
     notes = [
-        "times are single runs of `dealseg.core.ranking.select` on in-memory arrays with real "
+        "times are single runs of `dealseg.core.ranking.pick_ranked` on in-memory arrays with real "
         "path strings (ties broken by path); scores uniform random float32",
         "target top-k over 10M scores <= 2 s: "
         + (

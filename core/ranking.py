@@ -20,7 +20,7 @@ is above THRESH. `per_group=N` (any strategy) skips an image whose group (`Pool.
 camera or drive: `groups_of`) already holds N picks. `balance=WEIGHTS` (any strategy) takes the
 CANDIDATE_FACTOR x k best picks of the strategy and keeps the k whose predicted class mix
 (`Pool.class_fraction`) comes closest to the target mix WEIGHTS (uniform: all ones). `choose`
-returns the picks with what the rules skipped; `select` only the picks.
+returns the picks with what the rules skipped; `pick_ranked` only the picks.
 """
 
 from __future__ import annotations
@@ -522,6 +522,6 @@ def choose(pool: Pool, strategy: str, k: int, options: Options | None = None) ->
     return Choice(picks, skipped, len(pool), available)
 
 
-def select(pool: Pool, strategy: str, k: int, options: Options | None = None) -> list[Pick]:
+def pick_ranked(pool: Pool, strategy: str, k: int, options: Options | None = None) -> list[Pick]:
     """Rank `pool` by `strategy` and return the top k picks, best first (`choose`'s picks)."""
     return choose(pool, strategy, k, options).picks

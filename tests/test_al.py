@@ -16,13 +16,13 @@ from click.testing import CliRunner
 from dealseg.core.contract import ModelSpec
 from dealseg.training.acquisition import (
     STRATEGIES,
-    Context,
+    StageContext,
+    acquire,
     embedding_batch,
     image_paths,
     infer,
     needs_model,
     pool_subset,
-    select,
     vote_entropy,
 )
 from dealseg.training.al import Protocol, initial_labeled, run_al, stage_sizes
@@ -86,7 +86,7 @@ def tiny_model() -> DEALNet:
 
 def test_empty_pool_is_a_clear_error() -> None:
     with pytest.raises(ValueError, match="unlabelled pool is empty"):
-        select("random", Context(Path("."), None), [], 3)
+        acquire("random", StageContext(Path("."), None), [], 3)
 
 
 def test_unknown_strategy_lists_the_valid_names() -> None:
@@ -123,13 +123,15 @@ def test_vote_entropy_by_hand() -> None:
 
 def test_qbc_scores_are_positive_and_seeded(streets: Path, tiny_model: DEALNet) -> None:
     candidates = list(range(8))
-    ctx = Context(streets, tiny_model, seed=3, stage=1, passes=10)
+    ctx = StageContext(streets, tiny_model, seed=3, stage=1, passes=10)
     state = torch.random.get_rng_state()
-    a = select("qbc", ctx, candidates, 8)
+    a = acquire("qbc", ctx, candidates, 8)
     assert torch.equal(state, torch.random.get_rng_state())  # the global RNG is left alone
     assert min(a.scores) > 0
-    assert a == select("qbc", ctx, candidates, 8)
-    assert a.scores != select("qbc", Context(streets, tiny_model, seed=4), candidates, 8).scores
+    assert a == acquire("qbc", ctx, candidates, 8)
+    assert (
+        a.scores != acquire("qbc", StageContext(streets, tiny_model, seed=4), candidates, 8).scores
+    )
     assert not tiny_model.training
 
 
@@ -144,19 +146,19 @@ def test_ds_de_entropy_are_the_graph_functions(streets: Path, tiny_model: DEALNe
         "de": difficulty_entropy(out.difficulty(), 5),
         "entropy": softmax_entropy(out.logits),
     }
-    ctx = Context(streets, tiny_model, bins=5, batch_size=len(indices))
+    ctx = StageContext(streets, tiny_model, bins=5, batch_size=len(indices))
     for name, want in expected.items():
         got = infer(ctx, indices, STRATEGIES[name].batch_fn)
         np.testing.assert_allclose(got, want.numpy(), rtol=1e-6, atol=1e-7)
-        picked = select(name, ctx, indices, 3)
+        picked = acquire(name, ctx, indices, 3)
         by_index = dict(zip(indices, want.tolist(), strict=True))
         order = sorted(sorted(indices), key=lambda i: -by_index[i])[:3]
         assert picked.indices == order
 
 
 def test_coreset_picks_unlabelled_distinct_images(streets: Path, tiny_model: DEALNet) -> None:
-    ctx = Context(streets, tiny_model, labeled=(0, 1, 2))
-    picked = select("coreset", ctx, range(3, 12), 4)
+    ctx = StageContext(streets, tiny_model, labeled=(0, 1, 2))
+    picked = acquire("coreset", ctx, range(3, 12), 4)
     assert len(set(picked.indices)) == 4 and set(picked.indices) <= set(range(3, 12))
     assert picked.scores == sorted(picked.scores, reverse=True)
 
@@ -169,7 +171,7 @@ def test_the_loop_and_the_client_pick_the_same_frames_from_the_same_scores(
     from dealseg.client.outdir import open_writer
 
     candidates, labeled = list(range(3, 21)), (0, 1, 2)
-    ctx = Context(streets, tiny_model, labeled=labeled, bins=8, batch_size=6)
+    ctx = StageContext(streets, tiny_model, labeled=labeled, bins=8, batch_size=6)
     paths = image_paths(ctx, candidates)
     scores = {n: infer(ctx, candidates, STRATEGIES[n].batch_fn) for n in ("ds", "de", "entropy")}
     emb = infer(ctx, candidates, embedding_batch)
@@ -198,7 +200,7 @@ def test_the_loop_and_the_client_pick_the_same_frames_from_the_same_scores(
         result = CliRunner().invoke(client_main, args, catch_exceptions=False)
         assert result.exit_code == 0, result.output
         client = [row["path"] for row in json.loads(result.stdout)["rows"]]
-        loop = [paths[candidates.index(i)] for i in select(name, ctx, candidates, 6).indices]
+        loop = [paths[candidates.index(i)] for i in acquire(name, ctx, candidates, 6).indices]
         assert client == loop, name
 
 

@@ -17,7 +17,7 @@ from dealseg.core.ranking import (
     choose,
     groups_of,
     path_hash,
-    select,
+    pick_ranked,
     top_k,
 )
 
@@ -30,7 +30,7 @@ def pool_of(paths, ds, embeddings=None) -> Pool:
 
 
 def picked(pool: Pool, strategy: str, k: int, **options) -> list[tuple[str, float]]:
-    picks = select(pool, strategy, k, Options(**options))
+    picks = pick_ranked(pool, strategy, k, Options(**options))
     return [(pool.paths[p.index], round(p.score, 4)) for p in picks]
 
 
@@ -50,7 +50,7 @@ def test_k_larger_than_pool_returns_the_whole_pool_in_order() -> None:
 
 def test_empty_pool_is_a_clear_error() -> None:
     with pytest.raises(ValueError, match="empty"):
-        select(pool_of([], []), "ds", 3)
+        pick_ranked(pool_of([], []), "ds", 3)
 
 
 def test_score_then_coreset_spreads_the_picks_over_near_duplicate_clusters() -> None:
@@ -71,7 +71,7 @@ def test_score_then_coreset_spreads_the_picks_over_near_duplicate_clusters() -> 
 
 def test_unknown_strategy_lists_the_valid_names() -> None:
     with pytest.raises(KeyError, match="coreset, de, de\\+coreset, ds, ds\\+coreset, entropy"):
-        select(pool_of(["a"], [1.0]), "dss", 1)
+        pick_ranked(pool_of(["a"], [1.0]), "dss", 1)
     with pytest.raises(KeyError, match="choose one of"):
         STRATEGIES["nope"]
 
@@ -150,9 +150,9 @@ def test_excluded_images_are_never_picked() -> None:
 
 def test_strategies_needing_embeddings_say_so() -> None:
     with pytest.raises(ValueError, match="embeddings"):
-        select(pool_of(["a"], [1.0]), "coreset", 1)
+        pick_ranked(pool_of(["a"], [1.0]), "coreset", 1)
     with pytest.raises(ValueError, match="embeddings"):
-        select(pool_of(["a"], [1.0]), "ds", 1, Options(diverse=0.9))
+        pick_ranked(pool_of(["a"], [1.0]), "ds", 1, Options(diverse=0.9))
 
 
 def test_top_k_of_a_large_pool_matches_a_full_sort() -> None:
@@ -243,7 +243,7 @@ def test_top_k_is_a_prefix_of_top_k_plus_one(pool, k, strategy, diverse) -> None
 @settings(max_examples=60, deadline=None)
 @given(pools(), st.integers(1, 30))
 def test_coreset_picks_distinct_images(pool, k) -> None:
-    picks = select(pool, "coreset", k)
+    picks = pick_ranked(pool, "coreset", k)
     assert len({p.index for p in picks}) == len(picks) == min(k, len(pool))
     assert all(p.score >= -1e-6 for p in picks)
 
@@ -255,14 +255,14 @@ def by_index(n: int) -> list[str]:
 
 
 def top_k_by_index(scores, k: int) -> np.ndarray:
-    picks = select(pool_of(by_index(len(scores)), scores), "ds", k)
+    picks = pick_ranked(pool_of(by_index(len(scores)), scores), "ds", k)
     return np.array([p.index for p in picks], dtype=np.int64)
 
 
 def k_center(emb: np.ndarray, centres: np.ndarray | None, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Core-set picks (positions) and their distances, as the loop's k-center sees them."""
     pool = Pool(by_index(len(emb)), {}, np.asarray(emb))
-    picks = select(pool, "coreset", k, Options(labeled=centres))
+    picks = pick_ranked(pool, "coreset", k, Options(labeled=centres))
     return np.array([p.index for p in picks], dtype=np.int64), np.array([p.score for p in picks])
 
 
@@ -371,11 +371,11 @@ def test_balance_takes_the_candidates_that_even_out_the_class_mix() -> None:
 def test_balance_needs_class_fractions_and_valid_weights() -> None:
     pool = with_extras(pool_of("ab", [1.0, 0.5]), np.eye(2))
     with pytest.raises(ValueError, match="class fractions"):
-        select(pool_of("ab", [1.0, 0.5]), "ds", 1, Options(balance=np.ones(2)))
+        pick_ranked(pool_of("ab", [1.0, 0.5]), "ds", 1, Options(balance=np.ones(2)))
     with pytest.raises(ValueError, match="not all 0"):
-        select(pool, "ds", 1, Options(balance=np.zeros(2)))
+        pick_ranked(pool, "ds", 1, Options(balance=np.zeros(2)))
     with pytest.raises(ValueError, match="class fractions"):
-        select(pool, "ds", 1, Options(balance=np.ones(3)))  # 3 weights, 2 classes
+        pick_ranked(pool, "ds", 1, Options(balance=np.ones(3)))  # 3 weights, 2 classes
 
 
 def test_per_group_caps_the_picks_of_every_strategy() -> None:
@@ -384,9 +384,9 @@ def test_per_group_caps_the_picks_of_every_strategy() -> None:
     groups = np.arange(12) % 3
     pool = with_extras(pool_of(paths, rng.random(12), rng.normal(size=(12, 4))), groups=groups)
     for strategy in STRATEGIES:
-        picks = select(pool, strategy, 5, Options(per_group=1))
+        picks = pick_ranked(pool, strategy, 5, Options(per_group=1))
         assert sorted(groups[p.index] for p in picks) == [0, 1, 2], strategy
-        two = select(pool, strategy, 5, Options(per_group=2))
+        two = pick_ranked(pool, strategy, 5, Options(per_group=2))
         assert len(two) == 5 and np.bincount(groups[[p.index for p in two]]).max() == 2
 
 

@@ -36,8 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
-from dealseg.core.ranking import Options, Pool, coreset, top_k
-from dealseg.core.ranking import select as core_select
+from dealseg.core.ranking import Options, Pool, coreset, pick_ranked, top_k
 from dealseg.core.registry import Registry
 from dealseg.core.strategies import DESCRIPTORS
 
@@ -49,7 +48,7 @@ DROPOUT_TYPES = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d)
 
 
 @dataclass(frozen=True)
-class Context:
+class StageContext:
     """What a strategy may look at: the stage's model, the train split and the labelled set."""
 
     data: Path  # dataset root
@@ -64,7 +63,7 @@ class Context:
 
 
 @dataclass(frozen=True)
-class Selection:
+class StagePicks:
     """The picked train-split indices, best first, with the score each was ranked by."""
 
     indices: list[int]
@@ -75,11 +74,11 @@ class Selection:
 class Strategy(Protocol):
     """Picks k of the candidates."""
 
-    def __call__(self, ctx: Context, candidates: Sequence[int], k: int) -> Selection: ...
+    def __call__(self, ctx: StageContext, candidates: Sequence[int], k: int) -> StagePicks: ...
 
 
-BatchFn = Callable[[DEALNet, torch.Tensor, Context], torch.Tensor]  # [B,3,H,W] -> [B] | [B,D]
-ScoreFn = Callable[[DEALOutput, Context], torch.Tensor]  # one forward pass's outputs -> [B]
+BatchFn = Callable[[DEALNet, torch.Tensor, StageContext], torch.Tensor]  # [B,3,H,W] -> [B] | [B,D]
+ScoreFn = Callable[[DEALOutput, StageContext], torch.Tensor]  # one forward pass's outputs -> [B]
 
 
 def pool_subset(
@@ -101,7 +100,7 @@ def pool_subset(
 
 # ------------------------------------------------------------------------------- inference
 @torch.no_grad()
-def infer(ctx: Context, indices: Sequence[int], fn: BatchFn) -> np.ndarray:
+def infer(ctx: StageContext, indices: Sequence[int], fn: BatchFn) -> np.ndarray:
     """`fn` over the train-split images `indices`, in order: [N] or [N, D] float64.
 
     Images are resized to the model's input size (as the exported graph sees them) and
@@ -125,31 +124,31 @@ def infer(ctx: Context, indices: Sequence[int], fn: BatchFn) -> np.ndarray:
     return torch.cat(outs).numpy().astype(np.float64) if outs else np.zeros(0)
 
 
-def ds_from(out: DEALOutput, ctx: Context) -> torch.Tensor:
+def ds_from(out: DEALOutput, ctx: StageContext) -> torch.Tensor:
     return difficulty_score(out.difficulty())
 
 
-def de_from(out: DEALOutput, ctx: Context) -> torch.Tensor:
+def de_from(out: DEALOutput, ctx: StageContext) -> torch.Tensor:
     return difficulty_entropy(out.difficulty(), ctx.bins)
 
 
-def entropy_from(out: DEALOutput, ctx: Context) -> torch.Tensor:
+def entropy_from(out: DEALOutput, ctx: StageContext) -> torch.Tensor:
     return softmax_entropy(out.logits)
 
 
-def ds_batch(model: DEALNet, x: torch.Tensor, ctx: Context) -> torch.Tensor:
+def ds_batch(model: DEALNet, x: torch.Tensor, ctx: StageContext) -> torch.Tensor:
     return ds_from(model(x), ctx)
 
 
-def de_batch(model: DEALNet, x: torch.Tensor, ctx: Context) -> torch.Tensor:
+def de_batch(model: DEALNet, x: torch.Tensor, ctx: StageContext) -> torch.Tensor:
     return de_from(model(x), ctx)
 
 
-def entropy_batch(model: DEALNet, x: torch.Tensor, ctx: Context) -> torch.Tensor:
+def entropy_batch(model: DEALNet, x: torch.Tensor, ctx: StageContext) -> torch.Tensor:
     return entropy_from(model(x), ctx)
 
 
-def embedding_batch(model: DEALNet, x: torch.Tensor, ctx: Context) -> torch.Tensor:
+def embedding_batch(model: DEALNet, x: torch.Tensor, ctx: StageContext) -> torch.Tensor:
     return pooled_embedding(model(x).features)
 
 
@@ -177,7 +176,7 @@ def vote_entropy(votes: torch.Tensor, num_classes: int) -> torch.Tensor:
     return per_pixel.flatten(1).mean(dim=1)
 
 
-def qbc_batch(model: DEALNet, x: torch.Tensor, ctx: Context) -> torch.Tensor:
+def qbc_batch(model: DEALNet, x: torch.Tensor, ctx: StageContext) -> torch.Tensor:
     """Vote entropy of `ctx.passes` MC-dropout passes at stride 4.
 
     The paper's dropout layers are the decoder's (the encoders have none), so the encoder runs
@@ -192,20 +191,20 @@ def qbc_batch(model: DEALNet, x: torch.Tensor, ctx: Context) -> torch.Tensor:
     return vote_entropy(torch.stack(votes), model.cfg.num_classes)  # votes [T, B, h, w]
 
 
-def _torch_seed(ctx: Context) -> int:
+def _torch_seed(ctx: StageContext) -> int:
     return int(np.random.SeedSequence([ctx.seed, ctx.stage]).generate_state(1)[0])
 
 
 # ------------------------------------------------------------------------------ strategies
-def image_paths(ctx: Context, indices: Sequence[int]) -> list[str]:
+def image_paths(ctx: StageContext, indices: Sequence[int]) -> list[str]:
     """The image file of each train-split index: the key that breaks ties between equal scores."""
     dataset = SegmentationDataset(ctx.data, ctx.split, indices=indices)
     return [str(sample.image) for sample in dataset.samples]
 
 
-def _ranked(ctx: Context, candidates: Sequence[int], scores: np.ndarray, k: int) -> Selection:
+def _ranked(ctx: StageContext, candidates: Sequence[int], scores: np.ndarray, k: int) -> StagePicks:
     order = top_k(image_paths(ctx, candidates), scores, k)
-    return Selection(
+    return StagePicks(
         [int(candidates[i]) for i in order], [float(scores[i]) for i in order], len(candidates)
     )
 
@@ -217,7 +216,7 @@ class ImageScore:
         self.batch_fn = batch_fn
         self.seeded = seeded  # fix torch's RNG (dropout masks) from the context's seed and stage
 
-    def __call__(self, ctx: Context, candidates: Sequence[int], k: int) -> Selection:
+    def __call__(self, ctx: StageContext, candidates: Sequence[int], k: int) -> StagePicks:
         with torch.random.fork_rng(devices=[], enabled=self.seeded):
             if self.seeded:
                 torch.manual_seed(_torch_seed(ctx))
@@ -227,7 +226,7 @@ class ImageScore:
 class RandomScore:
     """Seeded uniform scores: a reproducible random batch, different per seed and stage."""
 
-    def __call__(self, ctx: Context, candidates: Sequence[int], k: int) -> Selection:
+    def __call__(self, ctx: StageContext, candidates: Sequence[int], k: int) -> StagePicks:
         rng = np.random.default_rng([ctx.seed, ctx.stage, 2])
         return _ranked(ctx, candidates, rng.random(len(candidates)), k)
 
@@ -236,12 +235,12 @@ class KCenter:
     """Greedy k-center (the client's core-set) on pooled decoder features, the labelled images
     as the first centres; score = distance to the nearest centre when picked."""
 
-    def __call__(self, ctx: Context, candidates: Sequence[int], k: int) -> Selection:
+    def __call__(self, ctx: StageContext, candidates: Sequence[int], k: int) -> StagePicks:
         emb = infer(ctx, candidates, embedding_batch)  # [N, D]
         centres = infer(ctx, ctx.labeled, embedding_batch) if ctx.labeled else None  # [L, D]
         pool = Pool(image_paths(ctx, candidates), {}, emb)
         picks = coreset(pool, k, Options(labeled=centres))
-        return Selection(
+        return StagePicks(
             [int(candidates[p.index]) for p in picks], [p.score for p in picks], len(candidates)
         )
 
@@ -253,17 +252,17 @@ class ScoreThenKCenter:
     def __init__(self, score: str, score_from: ScoreFn) -> None:
         self.score, self.score_from = score, score_from
 
-    def _score_and_embed(self, model: DEALNet, x: torch.Tensor, ctx: Context) -> torch.Tensor:
+    def _score_and_embed(self, model: DEALNet, x: torch.Tensor, ctx: StageContext) -> torch.Tensor:
         """[B, 1 + D]: the score, then the embedding, from one forward pass."""
         out = model(x)
         return torch.cat([self.score_from(out, ctx)[:, None], pooled_embedding(out.features)], 1)
 
-    def __call__(self, ctx: Context, candidates: Sequence[int], k: int) -> Selection:
+    def __call__(self, ctx: StageContext, candidates: Sequence[int], k: int) -> StagePicks:
         scored = infer(ctx, candidates, self._score_and_embed)  # [N, 1 + D]
         centres = infer(ctx, ctx.labeled, embedding_batch) if ctx.labeled else None  # [L, D]
         pool = Pool(image_paths(ctx, candidates), {self.score: scored[:, 0]}, scored[:, 1:])
-        picks = core_select(pool, f"{self.score}+coreset", k, Options(labeled=centres))
-        return Selection(
+        picks = pick_ranked(pool, f"{self.score}+coreset", k, Options(labeled=centres))
+        return StagePicks(
             [int(candidates[p.index]) for p in picks], [p.score for p in picks], len(candidates)
         )
 
@@ -288,7 +287,7 @@ def needs_model(name: str) -> bool:
     return "model" in DESCRIPTORS[name].needs
 
 
-def select(name: str, ctx: Context, candidates: Sequence[int], k: int) -> Selection:
+def acquire(name: str, ctx: StageContext, candidates: Sequence[int], k: int) -> StagePicks:
     """Pick the k candidates (train-split indices) most worth labelling by strategy `name`."""
     strategy = STRATEGIES[name]
     pool = sorted({int(i) for i in candidates})

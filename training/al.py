@@ -271,7 +271,7 @@ class StrategyRun:
 
     def _select(self, stage: int, record: dict[str, Any]) -> dict[str, Any]:
         """The strategy's next batch, scored with this stage's best-val model."""
-        from .acquisition import Context, needs_model, pool_subset, select
+        from .acquisition import StageContext, acquire, needs_model, pool_subset
         from .checkpoint import load_checkpoint
 
         k = self.sizes[stage + 1] - self.sizes[stage]
@@ -283,7 +283,7 @@ class StrategyRun:
         if needs_model(self.name):
             best = load_checkpoint(self.out / record["run_dir"] / "best.pt")
             model = best.build_model().to(self.runtime.device)
-        ctx = Context(
+        ctx = StageContext(
             data=self.data,
             model=model,
             labeled=tuple(record["labeled"]),
@@ -294,7 +294,7 @@ class StrategyRun:
             stage=stage,
             batch_size=self.protocol.score_batch_size,
         )
-        picked = select(self.name, ctx, candidates, k)
+        picked = acquire(self.name, ctx, candidates, k)
         return {
             "k": k,
             "indices": picked.indices,

@@ -352,12 +352,12 @@ class LabelCostRun:
             taken = sub[picks.indices]
             selection = _pick_record(scored, taken, range(n))
         else:
-            from .acquisition import Context, select
+            from .acquisition import StageContext, acquire
 
             labelled = set(record["labeled"]["frames"])
             unlabeled = [i for i in range(n) if i not in labelled]
             k = room // self.plan["frame_pixels"]
-            ctx = Context(
+            ctx = StageContext(
                 data=self.data,
                 model=model,
                 labeled=tuple(sorted(labelled)),
@@ -366,7 +366,7 @@ class LabelCostRun:
                 stage=stage,
                 batch_size=self.protocol.score_batch_size,
             )
-            picked = select(self.name, ctx, unlabeled, k).indices
+            picked = acquire(self.name, ctx, unlabeled, k).indices
             # one region per frame (the unit "frame"): index i is frame i
             taken = np.asarray(picked, dtype=np.int64)
             selection = _pick_record(scored, taken, range(n))
