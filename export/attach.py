@@ -35,7 +35,7 @@ from dealseg.training.attach import (
     open_session,
 )
 
-from .onnx_export import OPSET, check_name
+from .onnx_export import OPSET, cast_image_once, check_name, write_outputs_directly
 from .onnxfile import save_model
 
 # Beside the contract's keys: what the graph wraps (the segmenter's sha256, its IO, the head's
@@ -82,6 +82,8 @@ def export_attached(
             input_names=("valid_box", FOREIGN_OUTPUT),
         )
     graph = compose(pre_model, onnx.load(str(segmenter)), post_model, head)
+    cast_image_once(graph)  # TensorRT: the uint8 image may feed only a Cast,
+    write_outputs_directly(graph)  # and a uint8 tensor is a network input or output only
     attached = {
         "segmenter_sha256": head.segmenter_sha256,
         "io": head.io.to_dict(),

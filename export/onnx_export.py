@@ -128,12 +128,19 @@ def export_graph(graph: DEALGraph, spec: contract.ModelSpec, out: Path, max_batc
 
 def cast_image_once(model: Any) -> None:
     """Make the graph's one Cast of the uint8 `image` its only reader (in place): the exporter
-    takes the batch size from `image` itself (a Shape node), which TensorRT refuses on a UInt8
-    input (it may feed only a Cast); the Cast's output has the same shape. ValueError when
-    `image` has no Cast to float32 among its readers (export/graph.py casts it first)."""
+    takes the batch size from `image` itself (a Shape node), and a composed graph passes it on
+    through an Identity (export/attach.py); TensorRT refuses both on a UInt8 input (it may feed
+    only a Cast). Identities of `image` are bypassed, its other readers read the Cast's output
+    (the same shape), and the Cast runs first. ValueError when `image` has no Cast to float32
+    among its readers (export/graph.py casts it first)."""
     import onnx
 
-    readers = [n for n in model.graph.node if contract.INPUT_NAME in n.input]
+    graph, name = model.graph, contract.INPUT_NAME
+    for identity in [n for n in graph.node if n.op_type == "Identity" and n.input[0] == name]:
+        for node in graph.node:
+            node.input[:] = [name if i == identity.output[0] else i for i in node.input]
+        graph.node.remove(identity)
+    readers = [n for n in graph.node if name in n.input]
     casts = [
         n
         for n in readers
@@ -141,11 +148,28 @@ def cast_image_once(model: Any) -> None:
         and any(a.name == "to" and a.i == onnx.TensorProto.FLOAT for a in n.attribute)
     ]
     if not casts:
-        raise ValueError(f"the graph reads {contract.INPUT_NAME!r} without casting it to float")
+        raise ValueError(f"the graph reads {name!r} without casting it to float")
     first = casts[0]
     for node in readers:
         if node is not first:
-            node.input[:] = [first.output[0] if i == contract.INPUT_NAME else i for i in node.input]
-    nodes = [copy.deepcopy(n) for n in (first, *(n for n in model.graph.node if n is not first))]
-    del model.graph.node[:]  # the Cast reads a graph input only, so it may run first
-    model.graph.node.extend(nodes)
+            node.input[:] = [first.output[0] if i == name else i for i in node.input]
+    nodes = [copy.deepcopy(n) for n in (first, *(n for n in graph.node if n is not first))]
+    del graph.node[:]  # the Cast reads a graph input only, so it may run first
+    graph.node.extend(nodes)
+
+
+def write_outputs_directly(model: Any) -> None:
+    """Let the node that computes each graph output write it (in place), bypassing the Identity
+    a composed graph copies it through (export/attach.py): TensorRT takes a UINT8 tensor only
+    as a network input or output, never in between, and the uint8 maps would be."""
+    graph = model.graph
+    outputs = {o.name for o in graph.output}
+    for identity in [n for n in graph.node if n.op_type == "Identity" and n.output[0] in outputs]:
+        source, target = identity.input[0], identity.output[0]
+        producers = [n for n in graph.node if source in n.output]
+        readers = [n for n in graph.node if source in n.input and n is not identity]
+        if len(producers) != 1 or readers or source in outputs:
+            continue  # a graph input, a tensor read elsewhere or another output: keep the copy
+        producer = producers[0]
+        producer.output[:] = [target if o == source else o for o in producer.output]
+        graph.node.remove(identity)

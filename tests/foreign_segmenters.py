@@ -24,7 +24,7 @@ from PIL import Image
 from torch import nn
 
 from dealseg.training.data import SegmentationDataset
-from dealseg.training.synth import write_streets
+from dealseg.training.streets.dataset import write_streets
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

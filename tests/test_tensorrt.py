@@ -99,7 +99,8 @@ def exported_graphs(
 ) -> dict[str, tuple[Path, Path]]:
     """Every kind of graph the exporter writes -> (model.onnx, its Triton config.pbtxt): the
     shipped model, a tiny letterbox (contract 2) graph, one with the uncertainty head's inputs,
-    and the tiny graph quantized to INT8 in TensorRT's format."""
+    the tiny graph quantized to INT8 in TensorRT's format, and a foreign segmenter with the
+    difficulty head attached (`deal-export attach`)."""
     from conftest import make_tiny_checkpoint
 
     from dealseg.export.onnx_export import export_onnx
@@ -112,15 +113,37 @@ def exported_graphs(
     export_onnx(head, tmp / "uncertainty.onnx", max_batch=8)
     quantize_model(tiny_onnx, tmp / "int8.onnx", calibration_pool, count=4, fmt="tensorrt")
     graphs = {"shipped": (SHIPPED, SHIPPED.parents[1] / "config.pbtxt")}
-    batching = {"letterbox": 16, "uncertainty": 8, "int8-tensorrt": 4}
+    batching = {"letterbox": 16, "uncertainty": 8, "int8-tensorrt": 4, "attached": 8}
     for name, model in (
         ("letterbox", tiny_onnx),
         ("uncertainty", tmp / "uncertainty.onnx"),
         ("int8-tensorrt", tmp / "int8.onnx"),
+        ("attached", attached_graph(tmp / "attach")),
     ):
         folder = write_repository(model, tmp / name, max_batch_size=batching[name])
         graphs[name] = (model, folder / "config.pbtxt")
     return graphs
+
+
+def attached_graph(work: Path) -> Path:
+    """A small U-Net that is not ours (untrained: TensorRT needs its ops, not its skill) with
+    the difficulty head attached after two training steps, wrapped by `deal-export attach`."""
+    import torch
+    from foreign_segmenters import UNet, export_segmenter, street_set
+
+    from dealseg.training.cli import main as train_cli
+
+    data = street_set(work / "set", 30, (64, 80), seed=3)
+    torch.manual_seed(0)
+    export_segmenter(UNet(11, 8).eval(), torch.zeros(2, 3, 64, 80), work / "unet.onnx")
+    run = ["attach", "--segmenter", work / "unet.onnx", "--data", data, "--out", work / "run"]
+    result = CliRunner().invoke(train_cli, [*map(str, run), "steps=2"])
+    assert result.exit_code == 0, result.output
+    out = work / "unet-deal.onnx"
+    wrap = ["attach", "--head", work / "run" / "head.pt", "--segmenter", work / "unet.onnx"]
+    result = CliRunner().invoke(export_cli, [*map(str, wrap), "--out", str(out)])
+    assert result.exit_code == 0, result.output  # its own check: argmax and scores kept
+    return out
 
 
 def image_readers(model: Path) -> list[str]:
@@ -145,7 +168,9 @@ def polygraphy(*args: str) -> str:
 
 
 @needs_rtx
-@pytest.mark.parametrize("graph", ["shipped", "letterbox", "uncertainty", "int8-tensorrt"])
+@pytest.mark.parametrize(
+    "graph", ["shipped", "letterbox", "uncertainty", "int8-tensorrt", "attached"]
+)
 def test_every_exported_graph_parses_and_builds_with_tensorrt_rtx(
     exported_graphs: dict[str, tuple[Path, Path]], graph: str, tmp_path: Path
 ) -> None:
