@@ -20,6 +20,7 @@ import json
 import math
 import sys
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -194,28 +195,23 @@ def load_state(path: Path, name: str, seed: int, settings: dict[str, Any]) -> di
     return {**saved, "settings": settings}
 
 
-class StrategyRun:
-    """One strategy and seed: its state.json, advanced one stage at a time.
+class StageRun(ABC):
+    """One strategy and seed of a study: its state.json, advanced one stage at a time.
 
-    `settings` is what state.json records and a resumed run must match: the protocol, the
-    plan (pool size, labelled-set sizes, train split), the preset, the strategy and the seed.
+    `settings` is what state.json records and a resumed run must match. A subclass says what is
+    labelled at a stage (`labeled_at`), where and how it trains (`run_dir`, `train`), what a
+    stage record adds (`stage_fields`), how it selects (`_select`) and what it prints.
     """
 
+    stage_count: int
+
     def __init__(
-        self,
-        data: Path,
-        out: Path,
-        name: str,
-        seed: int,
-        protocol: Protocol,
-        plan: dict,
-        runtime: Runtime = CPU,
+        self, data: Path, out: Path, name: str, seed: int, settings: dict, runtime: Runtime
     ) -> None:
         self.data, self.out, self.name, self.seed = data, out, name, seed
         self.runtime = runtime  # where it trains and scores; not a setting a resume must match
-        self.protocol, self.sizes, self.pool_size = protocol, plan["sizes"], plan["pool_size"]
         self.dir = out / name / f"seed{seed}"
-        self.settings = _plain({**asdict(protocol), **plan, "strategy": name, "seed": seed})
+        self.settings = _plain(settings)
         self.state = load_state(self.dir / STATE_FILE, name, seed, self.settings)
 
     @property
@@ -225,38 +221,19 @@ class StrategyRun:
     def save(self) -> None:
         _write_json(self.dir / STATE_FILE, self.state)
 
-    def labeled_at(self, stage: int) -> list[int]:
-        """Stage 0: the seed's initial set; later: the previous set plus its selection."""
-        if stage == 0:
-            return initial_labeled(self.pool_size, self.protocol.init, self.seed)
-        prev = self.stages[stage - 1]
-        return sorted(prev["labeled"] + prev["selection"]["indices"])
-
     def advance(self, stage: int, preset: Preset, quiet: bool) -> None:
         """Train, test and select for `stage`, unless state.json already records it."""
-        sizes = self.sizes
-        last = stage == len(sizes) - 1
+        last = stage == self.stage_count - 1
         done = len(self.stages) > stage and (last or "selection" in self.stages[stage])
         if not done:
             del self.stages[stage:]  # a partial record (tested, not yet selected) is finished
             labeled = self.labeled_at(stage)
-            if len(labeled) != sizes[stage]:
-                raise ValueError(
-                    f"{self.dir}: stage {stage} has {len(labeled)} labelled images, "
-                    f"expected {sizes[stage]}"
-                )
-            run_dir = (
-                self.out / "initial" / f"seed{self.seed}"
-                if stage == 0
-                else self.dir / f"stage{stage}"
-            )
+            run_dir = self.run_dir(stage)
             t0 = time.time()
-            result = train_and_test(
-                self.data, run_dir, preset, labeled, self.protocol.test_split, True, self.runtime
-            )
+            result = self.train(run_dir, preset, labeled)
             record = {
                 "stage": stage,
-                "fraction": sizes[stage] / self.pool_size,
+                **self.stage_fields(stage, labeled),
                 "labeled": labeled,
                 "run_dir": str(run_dir.relative_to(self.out)),
                 **result,
@@ -268,6 +245,72 @@ class StrategyRun:
                 record["selection"] = self._select(stage, record)
                 self.save()
         self._progress(stage, quiet, resumed=done)
+
+    @abstractmethod
+    def labeled_at(self, stage: int) -> Any: ...
+
+    @abstractmethod
+    def run_dir(self, stage: int) -> Path: ...
+
+    @abstractmethod
+    def train(self, run_dir: Path, preset: Preset, labeled: Any) -> dict[str, Any]: ...
+
+    @abstractmethod
+    def stage_fields(self, stage: int, labeled: Any) -> dict[str, Any]: ...
+
+    @abstractmethod
+    def _select(self, stage: int, record: dict[str, Any]) -> dict[str, Any]: ...
+
+    @abstractmethod
+    def _progress(self, stage: int, quiet: bool, resumed: bool) -> None: ...
+
+
+class StrategyRun(StageRun):
+    """The paper's protocol for one strategy and seed: labelled sets of frames growing by
+    `step`; settings are the protocol, the plan (pool size, labelled-set sizes, train split),
+    the preset, the strategy and the seed."""
+
+    def __init__(
+        self,
+        data: Path,
+        out: Path,
+        name: str,
+        seed: int,
+        protocol: Protocol,
+        plan: dict,
+        runtime: Runtime = CPU,
+    ) -> None:
+        settings = {**asdict(protocol), **plan, "strategy": name, "seed": seed}
+        super().__init__(data, out, name, seed, settings, runtime)
+        self.protocol, self.sizes, self.pool_size = protocol, plan["sizes"], plan["pool_size"]
+        self.stage_count = len(self.sizes)
+
+    def labeled_at(self, stage: int) -> list[int]:
+        """Stage 0: the seed's initial set; later: the previous set plus its selection."""
+        if stage == 0:
+            labeled = initial_labeled(self.pool_size, self.protocol.init, self.seed)
+        else:
+            prev = self.stages[stage - 1]
+            labeled = sorted(prev["labeled"] + prev["selection"]["indices"])
+        if len(labeled) != self.sizes[stage]:
+            raise ValueError(
+                f"{self.dir}: stage {stage} has {len(labeled)} labelled images, "
+                f"expected {self.sizes[stage]}"
+            )
+        return labeled
+
+    def run_dir(self, stage: int) -> Path:
+        return (
+            self.out / "initial" / f"seed{self.seed}" if stage == 0 else self.dir / f"stage{stage}"
+        )
+
+    def train(self, run_dir: Path, preset: Preset, labeled: list[int]) -> dict[str, Any]:
+        return train_and_test(
+            self.data, run_dir, preset, labeled, self.protocol.test_split, True, self.runtime
+        )
+
+    def stage_fields(self, stage: int, labeled: list[int]) -> dict[str, Any]:
+        return {"fraction": self.sizes[stage] / self.pool_size}
 
     def _select(self, stage: int, record: dict[str, Any]) -> dict[str, Any]:
         """The strategy's next batch, scored with this stage's best-val model."""

@@ -48,7 +48,7 @@ from dealseg.core.regions import (
     region_means,
 )
 
-from .al import STATE_FILE, _plain, _say, _write_json, load_state, train_and_test
+from .al import StageRun, _say, train_and_test
 from .config import Preset, with_classes
 from .data import IGNORE_INDEX, PartialLabels, SegmentationDataset
 from .device import CPU, Runtime
@@ -176,7 +176,7 @@ def _pick_record(scored: ScoredRegions, taken: np.ndarray, indices: Sequence[int
 
 
 # ------------------------------------------------------------------------------ one run
-class LabelCostRun:
+class LabelCostRun(StageRun):
     """One strategy and seed of the label-cost study: its state.json, one stage at a time."""
 
     def __init__(
@@ -189,19 +189,12 @@ class LabelCostRun:
         plan: dict[str, Any],
         runtime: Runtime = CPU,
     ) -> None:
-        self.data, self.out, self.name, self.seed = data, out, name, seed
-        self.runtime, self.protocol, self.plan = runtime, protocol, plan
         self.region = is_region_strategy(name)
         self.unit = "region" if self.region else "frame"
-        self.dir = out / name / f"seed{seed}"
-        self.settings = _plain(
-            {**asdict(protocol), **plan, "strategy": name, "seed": seed, "unit": self.unit}
-        )
-        self.state = load_state(self.dir / STATE_FILE, name, seed, self.settings)
-
-    @property
-    def stages(self) -> list[dict[str, Any]]:
-        return self.state["stages"]
+        settings = {**asdict(protocol), **plan, "strategy": name, "seed": seed, "unit": self.unit}
+        super().__init__(data, out, name, seed, settings, runtime)
+        self.protocol, self.plan = protocol, plan
+        self.stage_count = len(protocol.budgets)
 
     def budget_pixels(self, stage: int) -> int:
         return math.floor(self.protocol.budgets[stage] * self.plan["pool_pixels"] + 1e-9)
@@ -257,47 +250,21 @@ class LabelCostRun:
             )
         return len(labeled["frames"]) * self.plan["frame_pixels"]
 
-    def advance(self, stage: int, preset: Preset, quiet: bool) -> None:
-        """Train, test and select for `stage`, unless state.json already records it."""
-        last = stage == len(self.protocol.budgets) - 1
-        done = len(self.stages) > stage and (last or "selection" in self.stages[stage])
-        if not done:
-            del self.stages[stage:]
-            labeled = self.labeled_at(stage)
-            run_dir = (
-                self.out / f"initial-{self.unit}" / f"seed{self.seed}"
-                if stage == 0
-                else self.dir / f"stage{stage}"
-            )
-            t0 = time.time()
-            frames = None if self.region else labeled["frames"]
-            result = train_and_test(
-                self.data,
-                run_dir,
-                preset,
-                frames,
-                self.protocol.test_split,
-                True,
-                self.runtime,
-                partial=self._partial(labeled),
-            )
-            record = {
-                "stage": stage,
-                "budget": self.protocol.budgets[stage],
-                "labeled": labeled,
-                "run_dir": str(run_dir.relative_to(self.out)),
-                **result,
-                "stage_seconds": round(time.time() - t0, 2),
-            }
-            self.stages.append(record)
-            self.save()
-            if not last:
-                record["selection"] = self._select(stage, record)
-                self.save()
-        self._progress(stage, quiet, resumed=done)
+    def run_dir(self, stage: int) -> Path:
+        if stage == 0:
+            return self.out / f"initial-{self.unit}" / f"seed{self.seed}"
+        return self.dir / f"stage{stage}"
 
-    def save(self) -> None:
-        _write_json(self.dir / STATE_FILE, self.state)
+    def train(self, run_dir: Path, preset: Preset, labeled: dict[str, Any]) -> dict[str, Any]:
+        frames = None if self.region else labeled["frames"]
+        partial = self._partial(labeled)
+        test = self.protocol.test_split
+        return train_and_test(
+            self.data, run_dir, preset, frames, test, True, self.runtime, partial=partial
+        )
+
+    def stage_fields(self, stage: int, labeled: dict[str, Any]) -> dict[str, Any]:
+        return {"budget": self.protocol.budgets[stage]}
 
     def _load_model(self, record: dict[str, Any]) -> DEALNet:
         from .checkpoint import load_checkpoint
