@@ -1031,12 +1031,17 @@ def eval_command(
 
 def _eval(pool: str, labels: str, urls: tuple[str, ...], model: Path | None, o: dict) -> int:
     from .engines import EngineError
-    from .evaluation import EvalSettings, evaluate_pool, format_table
+    from .evaluation import EvalSettings, check_label_classes, evaluate_pool, format_table
 
     out: Path = o["out"]
     paths = _pool_paths(pool, (0, 1))
     index = _label_index(labels)
     engine = _engine(urls, model, o)
+    try:
+        check_label_classes(labels, engine.spec)
+    except ValueError as exc:
+        engine.close()
+        raise click.BadParameter(str(exc), param_hint="--labels") from None
     try:
         _stderr(
             f"deal-client eval: {len(paths)} images, {len(index)} masks, model "

@@ -118,6 +118,13 @@ def onnx(
     images = {**random_images(4, spec.input_size), **real_photos()}
     report = run_compare(graph, out, images, device=where)
     click.echo(report.table())
+    if report.degenerate:
+        click.echo(
+            f"warning: the model's scores are degenerate over the {report.images} comparison "
+            f"images: {'; '.join(report.degenerate)}: it ranks nothing (untrained, or its "
+            "difficulty head broken)",
+            err=True,
+        )
     if report.failures:
         raise click.ClickException(
             "ONNX Runtime and PyTorch disagree:\n  " + "\n  ".join(report.failures)

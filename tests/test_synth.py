@@ -14,8 +14,8 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
+from dealseg.core.classes import read_class_file
 from dealseg.training import synth
-from dealseg.training.classes import read_class_file
 from dealseg.training.cli import main
 from dealseg.training.data import CAMVID_CLASSES, CAMVID_PALETTE
 from dealseg.training.synth import CONDITIONS, Shot, plan_streets, render_scene, write_streets

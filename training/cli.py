@@ -235,6 +235,7 @@ def fit(
         "val_miou": result.best_miou,
         "seconds": round(result.seconds, 1),
         "train_images": len(labeled) if labeled else pool_size,
+        "val_images": result.val_images,
     }
     if result.difficulty_refit is not None:
         summary["difficulty_refit"] = result.difficulty_refit

@@ -35,8 +35,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
+from dealseg.core.classes import IGNORE_INDEX, ClassTable
+
 from .camvid import CAMVID_CLASSES, CAMVID_PALETTE, CAMVID_VOID
-from .classes import IGNORE_INDEX, ClassTable
 from .tags import FrameTag, write_tags
 
 SKY, BUILDING, POLE, ROAD, PAVEMENT, TREE, SIGN, FENCE, CAR, PEDESTRIAN, BICYCLIST = range(11)

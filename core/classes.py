@@ -14,7 +14,8 @@ PyYAML is installed), else, for CamVid and Cityscapes, from their built-in table
 `value` is the class's pixel value in the mask files (default: its position in the list),
 `color` its RGB colour in maps (default: a generated one), `ignore` the mask values no loss or
 metric counts (default 255). Classes are trained as ids 0..C-1 in the file's order, 2 to 255 of
-them. A class may also be a bare name. Torch-free, like `camvid.py`.
+them. A class may also be a bare name. Torch-free: training reads it, and `deal-client eval` checks
+a label set's class file against the model's classes.
 """
 
 from __future__ import annotations
