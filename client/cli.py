@@ -75,7 +75,22 @@ def _class_weights(
         if not sep or not name or not (math.isfinite(weight) and weight >= 0):
             raise click.BadParameter(f"{item!r} is not CLASS=WEIGHT with a weight >= 0")
         weights[name] = weight
+    if not math.isfinite(sum(weights.values())):
+        raise click.BadParameter(
+            f"the weights sum to more than a float holds ({' '.join(value)}): scale them down"
+        )
     return weights
+
+
+def _check_class_weights(how: Any, names: Any) -> None:
+    """--class-weight names classes of the model (a usage error otherwise)."""
+    from .run import balance_weights
+
+    if how.balance:
+        try:
+            balance_weights(names, how.balance)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="--class-weight") from None
 
 
 def _regex(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
@@ -119,7 +134,7 @@ def selection_options(require_k: bool) -> Callable[[Callable], Callable]:
                 click.option(
                     "--strategy",
                     "-s",
-                    type=click.Choice(STRATEGY_NAMES),
+                    type=click.Choice(STRATEGY_NAMES, case_sensitive=False),
                     default=None if not require_k else DEFAULT_STRATEGY,
                     show_default=True,
                     help="Ranking: the paper's difficulty score (ds) or difficulty entropy "
@@ -634,14 +649,15 @@ def _score(pool: str, urls: tuple[str, ...], model: Path | None, o: dict[str, An
             f"{engine.describe()}{where}, out {out}"
         )
         how = _select_settings(o)
+        _check_class_weights(how, engine.spec.class_names)
         settings = _score_settings(o)
         run = score_pool(paths, engine, out, settings, how, o["maps"], o["html"], scoring)
     except (StoreError, RayUnavailable) as exc:
         raise click.ClickException(str(exc)) from None
     except EngineError as exc:
-        raise click.ClickException(f"{exc}\n{_resume_hint(out)}") from None
+        raise click.ClickException(f"{exc}{_resume_hint(out)}") from None
     except OSError as exc:
-        raise click.ClickException(f"{_os_error(exc, out)}\n{_resume_hint(out)}") from None
+        raise click.ClickException(f"{_os_error(exc, out)}{_resume_hint(out)}") from None
     finally:
         engine.close()
     return _report(run, out, o["as_json"])
@@ -696,12 +712,20 @@ def _pool_paths(pool: str, shard: tuple[int, int]) -> list[str]:
 
 
 def _resume_hint(out: Path) -> str:
-    return f"results so far are in {out}; run the same command again to resume"
+    """The second line of a failed scoring run: where its results are, when it wrote any."""
+    from .store import META
+
+    if not (Path(out) / META).is_file():
+        return ""
+    return f"\nresults so far are in {out}; run the same command again to resume"
 
 
 def _os_error(exc: OSError, out: Path) -> str:
-    """One line for a file the run could not write (a full disk, a read-only folder)."""
+    """One line for a file the run could not write (a full disk, a read-only folder, a link
+    that leads nowhere)."""
     where = exc.filename or out
+    if os.path.islink(where) and not os.path.exists(where):
+        return f"cannot write {where}: a symbolic link that leads nowhere (a loop, or no target)"
     return f"cannot write {where}: {exc.strerror or exc}"
 
 
@@ -786,6 +810,7 @@ def _select(
     try:
         table = load_table(scores)
         out = out or table.out
+        _check_class_weights(how, table.class_names)
         if not o["force"]:
             check_replace(out, table, how)
     except StoreError as exc:
@@ -962,9 +987,13 @@ def export_command(
 ) -> None:
     """Hand the selection in OUT to a labelling tool: Label Studio tasks, a CVAT manifest, a
     FiftyOne dataset, or CSV, each with the scores and class shares of every pick."""
-    from .export import export_selection
+    from .export import check_format, export_selection
     from .store import StoreError
 
+    try:
+        check_format(fmt, predictions)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--predictions") from None
     dest = dest or out / "export" / fmt
     try:
         written = export_selection(out, fmt, dest, path_map, predictions)

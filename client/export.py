@@ -32,12 +32,14 @@ from xml.sax.saxutils import quoteattr
 import numpy as np
 
 from dealseg.core.files import atomic_write
+from dealseg.core.pool import is_uri
 from dealseg.core.ranking import SCORE_COLUMNS
 
 from .maps import layer_names
 from .store import MAPS, Table, class_column, load_table, read_selection, record_path, spec_of
 
 FORMATS: tuple[str, ...] = ("labelstudio", "cvat", "fiftyone", "csv")
+PREDICTION_FORMATS = ("labelstudio", "fiftyone")  # the formats that carry pre-annotations
 _RLE_SIZES = (3, 4, 8, 16)  # the four run-length widths (bits) of Label Studio's brush RLE
 
 
@@ -63,7 +65,12 @@ class PathMap:
             local, sep, remote = item.partition("=")
             if not sep or not local or not remote:
                 raise ValueError(f"{item!r} is not LOCAL=REMOTE")
-            rules.append((os.path.abspath(local).rstrip("/") or "/", remote.rstrip("/")))
+            local = local.rstrip("/") if is_uri(local) else os.path.abspath(local).rstrip("/")
+            rules.append((local or "/", remote.rstrip("/")))
+        locals_ = [local for local, _ in rules]
+        twice = sorted({local for local in locals_ if locals_.count(local) > 1})
+        if twice:
+            raise ValueError(f"two rules for {', '.join(twice)}: give each LOCAL one REMOTE")
         return cls(tuple(sorted(rules, key=lambda r: -len(r[0]))))
 
     def root(self, path: str) -> tuple[str, str] | None:
@@ -335,6 +342,12 @@ WRITERS: dict[str, Callable[[Path, list[Item], Context], list[Path]]] = {
 }
 
 
+def check_format(fmt: str, predictions: bool) -> None:
+    """An ExportError for a format that takes no predictions, asked for them."""
+    if predictions and fmt not in PREDICTION_FORMATS:
+        raise ExportError(f"{fmt} takes no predictions; {' and '.join(PREDICTION_FORMATS)} do")
+
+
 def export_selection(
     folder: Path, fmt: str, dest: Path, path_map: PathMap, predictions: bool = False
 ) -> list[Path]:
@@ -343,8 +356,7 @@ def export_selection(
     selection = read_selection(folder)
     if selection is None:
         raise ExportError(f"{folder} holds no selection.json: run `deal-client score` or select")
-    if predictions and fmt not in ("labelstudio", "fiftyone"):
-        raise ExportError(f"{fmt} takes no predictions; labelstudio and fiftyone do")
+    check_format(fmt, predictions)
     table = load_table(Path(selection.get("scores") or folder))
     items = _items(table, selection, path_map)
     Path(dest).mkdir(parents=True, exist_ok=True)

@@ -519,7 +519,14 @@ def load_labeled(
             raise ValueError(f"{source}: expected embeddings [L, {d}], got {list(centres.shape)}")
         return centres.astype(np.float32), exclude
     if source.is_dir() or source.suffix in (".jsonl", ".parquet"):
-        other = load_table(source)
+        try:
+            other = load_table(source)
+        except StoreError as exc:
+            raise ValueError(
+                f"--labeled {source}: {exc}; give the out dir (or its scores file) of a "
+                "`deal-client score` run on the labelled images, a text file of their paths, or a "
+                ".npy of their embeddings [L, D]"
+            ) from None
         if other.meta["model"] != table.meta["model"]:
             raise ValueError(f"{source} was scored by {other.meta['model']}, not this model")
         exclude = np.isin(np.asarray(table.paths, dtype=object), other.paths)

@@ -196,7 +196,7 @@ def test_balance_picks_more_of_a_planted_rare_class_cluster_than_ds(tmp_path: Pa
     )
     assert r.exit_code == 0 and not any("/rare/" in p for p in selected(tmp_path / "w"))
     r = deal_client("select", out, "-k", 5, "-o", tmp_path / "x", "--class-weight", "Cyclist=2")
-    assert r.exit_code == 1 and "no class 'Cyclist'; classes: Sky, Building" in r.stderr
+    assert r.exit_code == 2 and "no class 'Cyclist'; classes: Sky, Building" in r.stderr
     r = deal_client("select", out, "-k", 5, "-o", tmp_path / "x", "--class-weight", "Road")
     assert r.exit_code == 2 and "is not CLASS=WEIGHT" in r.stderr
 
@@ -433,7 +433,7 @@ def test_export_errors_are_one_line(run: Path, tmp_path: Path) -> None:
     cases = [
         (["csv", "--path-map", "/elsewhere=s3://b"], 1, "6 selected paths are under no"),
         (["csv", "--path-map", "no-equals-sign"], 2, "is not LOCAL=REMOTE"),
-        (["cvat", "--predictions"], 1, "cvat takes no predictions"),
+        (["cvat", "--predictions"], 2, "cvat takes no predictions"),
     ]
     for args, code, words in cases:
         r = deal_client("export", run, "--format", *args, "--dest", tmp_path / "x")
