@@ -99,6 +99,8 @@ PAGE_FACTS = """(async () => {
     ranks: cards.map(c => Number(c.querySelector(".rank").textContent.slice(1))),
     paths: cards.map(c => c.querySelector(".path").title),
     dups: document.querySelectorAll("table.dups tr").length - 1,
+    dupPicks: [...document.querySelectorAll("table.dups td.pick")].map(td => [
+      td.querySelector("img") && td.querySelector("img").getAttribute("src"), td.textContent]),
     selected: document.getElementById("selected").textContent,
   });
 })()"""
@@ -136,6 +138,13 @@ def test_the_report_loads_in_chromium_with_every_image_and_the_ranks(
     assert facts["ranks"] == list(range(1, 7)) and facts["paths"] == selected(run)
     doc = json.loads((run / "selection.json").read_text())
     assert facts["dups"] == len(doc["near_duplicates"]) == doc["skipped"]["duplicate"] > 0
+    # Each near-duplicate beside the pick it resembles: the pick's thumbnail, rank and name.
+    rank_of = {r["path"]: r["rank"] for r in doc["rows"]}
+    expected = [
+        [f"report_files/{rank_of[d['of']]:04d}.jpg", f"#{rank_of[d['of']]} {Path(d['of']).name}"]
+        for d in doc["near_duplicates"]
+    ]
+    assert facts["dupPicks"] == expected
     assert facts["selected"] == "6"
 
 

@@ -181,3 +181,19 @@ def test_bad_data_and_checkpoints_are_one_line_errors(tmp_path: Path) -> None:
     for result in (fitted, refitted):
         assert result.exit_code == 1 and isinstance(result.exception, SystemExit)
         assert result.output.startswith("Error: ") and str(tmp_path) in result.output
+
+
+def test_fit_help_lists_every_override_key() -> None:
+    """`fit --help` once named two examples of OVERRIDES and none of the valid keys."""
+    import dataclasses
+
+    from dealseg.training.cli import MODEL_SETTINGS, TRAIN_SETTINGS
+    from dealseg.training.config import TrainConfig
+    from dealseg.training.model import ModelConfig
+
+    assert tuple(f.name for f in dataclasses.fields(ModelConfig)) == MODEL_SETTINGS
+    assert tuple(f.name for f in dataclasses.fields(TrainConfig)) == TRAIN_SETTINGS
+    for command in ("fit", "al"):
+        shown = " ".join(CliRunner().invoke(train_cli, [command, "--help"]).output.split())
+        for key in (*MODEL_SETTINGS, *TRAIN_SETTINGS):
+            assert f" {key}," in shown or f" {key}." in shown, (command, key)

@@ -17,6 +17,56 @@ if TYPE_CHECKING:
     from .model import DEALNet
 
 
+# The key=value OVERRIDES of fit and al: == ModelConfig's and TrainConfig's fields (tested), here
+# so that `--help` lists them without importing torch.
+MODEL_SETTINGS = (
+    "encoder",
+    "num_classes",
+    "decoder_width",
+    "separable",
+    "low_level_channels",
+    "aspp_rates",
+    "aspp_dropout",
+    "decoder_dropout",
+    "attention_size",
+    "pam_block",
+    "pam_impl",
+    "difficulty_inputs",
+    "difficulty_hidden",
+    "difficulty_context",
+    "input_size",
+    "mean",
+    "std",
+)
+TRAIN_SETTINGS = (
+    "epochs",
+    "batch_size",
+    "lr",
+    "momentum",
+    "weight_decay",
+    "poly_power",
+    "crop",
+    "scale",
+    "color_jitter",
+    "val_every",
+    "difficulty_loss",
+    "difficulty_weight",
+    "seed",
+    "threads",
+    "pretrained",
+    "train_split",
+    "val_split",
+    "refit_difficulty",
+    "refit_loss",
+    "refit_l2",
+)
+SETTINGS_HELP = (
+    "OVERRIDES, key=value over the preset (values as JSON: 5, 0.01, [64,80], true; else text). "
+    f"Model: {', '.join(MODEL_SETTINGS)}. Training: {', '.join(TRAIN_SETTINGS)}. "
+    "Defaults and meanings: training/config.py (TrainConfig) and training/model.py (ModelConfig)."
+)
+
+
 def parse_overrides(items: tuple[str, ...]) -> dict[str, Any]:
     """`key=value` pairs; values are JSON when they parse (numbers, lists, booleans), else text."""
     out: dict[str, Any] = {}
@@ -184,7 +234,7 @@ def synth(
     click.echo(json.dumps(summary, indent=2))
 
 
-@main.command()
+@main.command(epilog=SETTINGS_HELP)
 @data_option
 @click.option(
     "--out",
@@ -426,7 +476,7 @@ def _csv(kind: type) -> Any:
     return parse
 
 
-@main.command("al")
+@main.command("al", epilog=SETTINGS_HELP)
 @data_option
 @click.option(
     "--out",
