@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import secrets
 import shutil
 import signal
 import socket
@@ -585,6 +586,27 @@ def test_stop_after_the_server_was_killed_still_cleans_up(tiny_onnx: Path, tmp_p
     assert our_processes(str(repo)) == []
     assert not any((SHM_DIR / r).exists() for r in regions)
     assert not Path(state.workdir).exists()
+
+
+@pytest.mark.triton
+def test_stop_leaves_another_servers_new_region_alone(tiny_onnx: Path, tmp_path: Path) -> None:
+    """stop once removed every region new since our start that no process mapped at that
+    moment: another server's region, created but not yet mapped, went with ours."""
+    repo = tmp_path.resolve() / "repo"
+    write_repository(tiny_onnx, repo, "python-cpu")
+    server = TritonServer(repo, timeout=90).start()
+    foreign = SHM_DIR / f"triton_python_backend_shm_region_{secrets.token_hex(8)}"
+    try:
+        ours = set(server.state.shm_regions)
+        assert ours and ours == {r for r in _stub_processes(server.state).values() if r}
+        foreign.write_bytes(bytes(64))  # another server's, brand new: mapped by no one yet
+    finally:
+        server.stop()
+    try:
+        assert foreign.exists()
+        assert not any((SHM_DIR / r).exists() for r in ours)
+    finally:
+        foreign.unlink(missing_ok=True)
 
 
 @pytest.mark.triton
