@@ -254,7 +254,13 @@ class TritonServer:
         log_verbose: int = 0,
         exit_timeout: int = 10,
     ) -> None:
-        self.model_repository = Path(model_repository).resolve()
+        try:
+            self.model_repository = Path(model_repository).resolve()
+        except (RuntimeError, OSError) as exc:  # RuntimeError: a symbolic link loop
+            raise ServerError(
+                f"model repository {model_repository} cannot be resolved: {exc}; point "
+                "--model-repository at the folder `deal-export repository` wrote"
+            ) from None
         self.host = host
         self.ports = (http_port, grpc_port, metrics_port)
         self.timeout = timeout

@@ -10,6 +10,7 @@ import json
 import os
 import re
 import secrets
+import shlex
 import shutil
 import signal
 import socket
@@ -551,6 +552,47 @@ def test_start_cleans_up_after_a_killed_server_and_status_says_what_it_left(
     finally:
         assert deal_serve("stop", *common).returncode == 0
     assert our_processes(str(repo)) == []
+
+
+@pytest.mark.triton
+def test_start_names_the_stop_command_of_its_state_file(tiny_onnx: Path, tmp_path: Path) -> None:
+    """`start --state-file X` once said "stop with `deal-serve stop`", which reads another file."""
+    repo = tmp_path.resolve() / "repo"
+    write_repository(tiny_onnx, repo, "python-cpu")
+    state_file = tmp_path / "my state.json"
+    ports = ["--http-port", "0", "--grpc-port", "0", "--metrics-port", "0"]
+    started = deal_serve(
+        "start",
+        "--model-repository",
+        str(repo),
+        *ports,
+        "--background",
+        "--state-file",
+        str(state_file),
+        "--timeout",
+        "90",
+    )
+    try:
+        assert started.returncode == 0, started.stderr
+        said = re.search(r"\(stop with `deal-serve (stop[^`]*)`\)", started.stdout)
+        assert said is not None, started.stdout
+        assert said.group(1) == f"stop --state-file {shlex.quote(str(state_file))}"
+        stopped = deal_serve(*shlex.split(said.group(1)))  # the command as printed
+        assert stopped.returncode == 0, stopped.stderr
+        assert not state_file.exists() and our_processes(str(repo)) == []
+    finally:
+        deal_serve("stop", "--state-file", str(state_file))
+
+
+def test_a_repository_that_is_a_symlink_loop_is_one_line(tmp_path: Path) -> None:
+    loop = tmp_path / "repo"
+    os.symlink(loop, loop)
+    args = ["start", "--model-repository", str(loop), "--state-file", str(tmp_path / "s.json")]
+    result = deal_serve(*args)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert f"Error: model repository {loop} cannot be resolved" in result.stderr
+    with pytest.raises(ServerError, match="cannot be resolved"):
+        TritonServer(loop)
 
 
 @pytest.mark.parametrize("host", ["::", "::1", "localhost"])
