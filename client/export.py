@@ -31,11 +31,13 @@ from xml.sax.saxutils import quoteattr
 
 import numpy as np
 
+from dealseg.core.decode import DecodeError
 from dealseg.core.files import atomic_write
 from dealseg.core.pool import is_uri
 from dealseg.core.ranking import SCORE_COLUMNS
 
 from .maps import layer_names
+from .remote import image_source
 from .store import MAPS, Table, class_column, load_table, read_selection, record_path, spec_of
 
 FORMATS: tuple[str, ...] = ("labelstudio", "cvat", "fiftyone", "csv")
@@ -159,10 +161,10 @@ def _image_size(path: str) -> tuple[int, int]:
     from PIL import Image
 
     try:
-        with Image.open(path) as im:
+        with Image.open(image_source(path)) as im:
             w, h = im.size
             rotated = im.getexif().get(0x0112, 1) in (5, 6, 7, 8)
-    except OSError as exc:
+    except (OSError, DecodeError) as exc:
         raise ExportError(f"{path}: cannot read the image's size: {exc}") from None
     return (h, w) if rotated else (w, h)
 

@@ -28,10 +28,11 @@ import numpy as np
 
 from dealseg.core.colors import DIFFICULTY_LABEL, class_colors, colour_bar, difficulty_rgb
 from dealseg.core.contract import MAP_OUTPUTS, ModelSpec
-from dealseg.core.decode import DecodeError, Frame, decode_frame
+from dealseg.core.decode import DecodeError, Frame
 from dealseg.core.files import atomic_write
 
 from .engines import Engine
+from .remote import decode_any
 from .store import MAPS
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9_-]+")
@@ -204,7 +205,7 @@ def write_maps(
         batch, frames = [], []
         for item in selected[start : start + batch_size]:
             try:
-                frames.append(decode_frame(item.path, spec.input_size, max_pixels, resize))
+                frames.append(decode_any(item.path, spec.input_size, max_pixels, resize))
                 batch.append(item)
             except DecodeError as exc:  # the file changed since it was scored
                 failed[item.path] = exc.reason

@@ -24,12 +24,13 @@ from typing import Any
 import numpy as np
 
 from dealseg.core.colors import DIFFICULTY_LABEL, class_colors, css_gradient
-from dealseg.core.decode import DecodeError, decode_frame
+from dealseg.core.decode import DecodeError
 from dealseg.core.files import atomic_write
 from dealseg.core.ranking import SCORE_COLUMNS
 
 from .engines import default_model_path
 from .maps import layer_names, overlay, segmentation_rgb
+from .remote import decode_any
 from .store import MAPS, Table, record_path, spec_of
 
 REPORT_HTML = "report.html"
@@ -112,7 +113,7 @@ def _thumbnail(path: str, input_size: tuple[int, int]) -> np.ndarray:
     cannot be read."""
     from PIL import Image
 
-    frame = decode_frame(path, input_size)  # stretched to the model's frame, as the maps
+    frame = decode_any(path, input_size)  # stretched to the model's frame, as the maps
     h, w = _thumb_size(frame.shown)
     return np.asarray(Image.fromarray(frame.image).resize((w, h), Image.Resampling.BILINEAR))
 

@@ -33,7 +33,6 @@ from dealseg.core.decode import (
     DecodeError,
     Frame,
     aspect_mismatch,
-    decode_frame,
 )
 from dealseg.core.pool import is_uri, read_pool, take_shard
 from dealseg.core.ranking import DEFAULT_STRATEGY, Options, Pool, Selection, choose, groups_of
@@ -121,12 +120,10 @@ class Sink(Protocol):
 def load_frame(path: str, size: tuple[int, int], settings: ScoreSettings) -> Frame:
     """A pool path as the model's frame, as `settings` say (--resize, --max-pixels): the one
     decode step of the streaming scorer and the Ray path's decode tasks. URIs are read from
-    object storage (`remote.decode_uri`)."""
-    if is_uri(path):
-        from .remote import decode_uri
+    object storage (`remote.decode_any`)."""
+    from .remote import decode_any
 
-        return decode_uri(path, size, settings.max_pixels, settings.resize)
-    return decode_frame(path, size, settings.max_pixels, settings.resize)
+    return decode_any(path, size, settings.max_pixels, settings.resize)
 
 
 def decode_or_error(load: Load, path: str) -> Frame | DecodeError:
