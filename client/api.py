@@ -23,11 +23,12 @@ from typing import Any
 
 import numpy as np
 
+from dealseg.core.classes import class_columns
 from dealseg.core.ranking import DEFAULT_STRATEGY, SCORE_COLUMNS
 
 from .engines import EmbeddedEngine, Engine, TritonEngine
 from .run import ScoreSettings, SelectSettings, list_paths, pick, pool_paths, score_into
-from .store import Table, class_column, record_path, selection_rows
+from .store import Table, record_path, selection_rows
 
 ATTRS = "dealseg"
 QUIET = ScoreSettings(progress=False)  # the API's default: no progress bar
@@ -138,7 +139,7 @@ def _attrs(table: Table) -> dict[str, Any]:
 
 def _records(table: Table) -> list[dict[str, Any]]:
     emb = np.asarray(table.embeddings()) if len(table) else np.zeros((0, table.embedding_dim))
-    columns = [class_column(name) for name in table.class_names]
+    columns = list(class_columns(table.class_names).values())
     ok = [
         {
             "path": path,
@@ -181,7 +182,7 @@ def _from_table(table: Any) -> Table:
     """A `score` table (its scored rows) as a store.Table held in memory."""
     info = _meta(table)[ATTRS]
     rows = [r for r in _rows(table) if r.get("error") is None]
-    columns = [class_column(name) for name in info["class_names"]]
+    columns = list(class_columns(info["class_names"]).values())
     dim = int(info["meta"]["embedding_dim"])
     return Table(
         out=Path("."),

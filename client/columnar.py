@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from dealseg.core.classes import class_columns
 from dealseg.core.contract import ModelSpec
 from dealseg.core.files import atomic_output
 from dealseg.core.ranking import SCORE_COLUMNS
@@ -33,7 +34,6 @@ from .store import (
     Table,
     _lock,
     check_resumable,
-    class_column,
     class_names_of,
     path_fields,
     read_meta,
@@ -63,7 +63,7 @@ def scores_schema(class_names: Sequence[str], embedding_dim: int) -> Any:
             ("status", pa.string()),
             ("error", pa.string()),
             *[(name, pa.float64()) for name in SCORE_COLUMNS],
-            *[(class_column(name), pa.float32()) for name in class_names],
+            *[(column, pa.float32()) for column in class_columns(class_names).values()],
             ("embedding", pa.list_(pa.float32(), embedding_dim)),
             ("model", pa.string()),
             ("run", pa.string()),
@@ -101,8 +101,8 @@ def rows_table(
         "error": [r["error"] for r in records],
         **{name: [r[name] for r in records] for name in SCORE_COLUMNS},
         **{
-            class_column(c): [s.get(c) if o else None for s, o in zip(shares, ok, strict=True)]
-            for c in class_names
+            column: [s.get(c) if o else None for s, o in zip(shares, ok, strict=True)]
+            for c, column in class_columns(class_names).items()
         },
         "embedding": pa.FixedSizeListArray.from_arrays(pa.array(vectors.ravel()), d),
         "model": [r["model"] for r in records],
@@ -220,7 +220,7 @@ def load_parquet_table(source: Path) -> Table:
     out = folder.parent
     meta = read_meta(out)
     names = class_names_of(meta)
-    shares = [class_column(c) for c in names]
+    shares = list(class_columns(names).values())
     columns = ["path", "path_b64", "status", "error", "model", *SCORE_COLUMNS, *shares]
     table = read_parts(folder, columns)
     if table is None:
@@ -269,6 +269,7 @@ def parquet_records(out: Path) -> Iterator[tuple[dict[str, Any], np.ndarray | No
     record as `store.record_ok` / `record_error` make them (for merge)."""
     meta = read_meta(out)
     names, dim = class_names_of(meta), int(meta["embedding_dim"])
+    columns = class_columns(names)
     table = read_parts(Path(out) / SCORES_PARQUET)
     if table is None:
         return
@@ -285,7 +286,7 @@ def parquet_records(out: Path) -> Iterator[tuple[dict[str, Any], np.ndarray | No
                 "status": r["status"],
                 "error": r["error"],
                 **{name: r[name] for name in SCORE_COLUMNS},
-                "class_fraction": {c: r[class_column(c)] for c in names} if ok else None,
+                "class_fraction": {c: r[column] for c, column in columns.items()} if ok else None,
                 "row": None,
                 "model": r["model"],
             }

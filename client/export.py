@@ -31,6 +31,7 @@ from xml.sax.saxutils import quoteattr
 
 import numpy as np
 
+from dealseg.core.classes import class_columns
 from dealseg.core.decode import DecodeError
 from dealseg.core.files import atomic_write
 from dealseg.core.pool import is_uri
@@ -38,7 +39,7 @@ from dealseg.core.ranking import SCORE_COLUMNS
 
 from .maps import layer_names
 from .remote import image_source
-from .store import MAPS, Table, class_column, load_table, read_selection, record_path, spec_of
+from .store import MAPS, Table, load_table, read_selection, record_path, spec_of
 
 FORMATS: tuple[str, ...] = ("labelstudio", "cvat", "fiftyone", "csv")
 PREDICTION_FORMATS = ("labelstudio", "fiftyone")  # the formats that carry pre-annotations
@@ -150,6 +151,12 @@ def _items(table: Table, selection: dict[str, Any], path_map: PathMap) -> list[I
     return items
 
 
+def _share_fields(item: Item) -> dict[str, float]:
+    """An item's class shares as fields, each class under its column (`class_columns`)."""
+    columns = class_columns(list(item.fractions))
+    return {columns[name]: share for name, share in item.fractions.items()}
+
+
 def _shares(table: Table, index: int | None) -> list[float]:
     if table.fractions is None or index is None:
         return [0.0] * len(table.class_names)
@@ -248,7 +255,7 @@ def _labelstudio(dest: Path, items: list[Item], ctx: Context) -> list[Path]:
             "strategy": ctx.selection["strategy"],
             "model": ctx.selection["model"],
             **item.scores,
-            **{class_column(name): share for name, share in item.fractions.items()},
+            **_share_fields(item),
         }
         task: dict[str, Any] = {"data": data}
         if ctx.predictions:
@@ -285,7 +292,7 @@ def _fiftyone(dest: Path, items: list[Item], ctx: Context) -> list[Path]:
             "local_path": item.path,
             "rank": item.rank,
             **item.scores,
-            **{class_column(name): share for name, share in item.fractions.items()},
+            **_share_fields(item),
         }
         if ctx.predictions:
             sample["prediction"] = {"_cls": "Segmentation", "mask_path": _mask(dest, ctx, item)}
@@ -319,7 +326,7 @@ def _csv(dest: Path, items: list[Item], ctx: Context) -> list[Path]:
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(
-        ["rank", "path", "local_path", "score", *SCORE_COLUMNS, *map(class_column, names)]
+        ["rank", "path", "local_path", "score", *SCORE_COLUMNS, *class_columns(names).values()]
     )
     for item in items:
         scores = [

@@ -23,7 +23,6 @@ import base64
 import contextlib
 import json
 import os
-import re
 import sys
 from array import array
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -133,12 +132,6 @@ def record_fractions(record: dict[str, Any], class_names: Sequence[str]) -> list
     if isinstance(value, dict):
         return [float(value.get(name) or 0.0) for name in class_names]
     return [float(v) for v in value]
-
-
-def class_column(class_name: str) -> str:
-    """The column (CSV, data frame) or field (Label Studio, FiftyOne) of a class's share:
-    `class_<name>`, non-word characters as `_`."""
-    return "class_" + re.sub(r"\W+", "_", class_name)
 
 
 def replaces(old_ok: bool | None, new_ok: bool, same_source: bool = True) -> bool:

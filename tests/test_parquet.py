@@ -23,7 +23,8 @@ from test_client_cli import (
 
 from dealseg.client.cli import STRATEGY_NAMES
 from dealseg.client.columnar import SCORES_PARQUET, counting, part_files
-from dealseg.client.store import class_column, load_table, replaces
+from dealseg.client.store import load_table, replaces
+from dealseg.core.classes import class_column
 
 SELECTIONS = [(s, []) for s in STRATEGY_NAMES] + [
     ("de", ["--diverse", "0.99"]),
