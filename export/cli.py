@@ -21,6 +21,7 @@ def parse_size(value: str | None) -> tuple[int, int] | None:
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="dealseg")
 def main() -> None:
     """Export DEAL models: ONNX graph, TensorRT engine, Triton model repository."""
 

@@ -97,6 +97,7 @@ def state_file_option(help_text: str) -> Callable[[Callable], Callable]:
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="dealseg")
 def main() -> None:
     """Serve the DEAL model with NVIDIA Triton (the server bundled with nvidia-pytriton)."""
 

@@ -171,6 +171,7 @@ class _Group(click.Group):
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="dealseg")
 def main() -> None:
     """Train and evaluate DEAL segmenters; run the active-learning protocol."""
 
@@ -215,7 +216,7 @@ def synth(
     rare_scale: float,
 ) -> None:
     """Write drives of procedural street scenes in CamVid layout, with tags.jsonl (deterministic
-    by seed)."""
+    by seed); the summary (splits, drives, conditions, class shares) goes to summary.json."""
     from .synth import condition_rates, write_streets
 
     try:
@@ -231,7 +232,11 @@ def synth(
         sequence_length=sequence_length,
         rare_scale=rare_scale,
     )
-    click.echo(json.dumps(summary, indent=2))
+    splits = ", ".join(f"{name} {count}" for name, count in summary["splits"].items())
+    click.echo(
+        f"wrote {summary['n']} images ({splits}) in {summary['sequences']} drives to {out}; "
+        f"summary in {out / 'summary.json'}"
+    )
 
 
 @main.command(epilog=SETTINGS_HELP)
