@@ -59,6 +59,8 @@ TRAIN_SETTINGS = (
     "refit_difficulty",
     "refit_loss",
     "refit_l2",
+    "samples_per_epoch",
+    "partial_labels",
 )
 SETTINGS_HELP = (
     "OVERRIDES, key=value over the preset (values as JSON: 5, 0.01, [64,80], true; else text). "
