@@ -23,12 +23,13 @@ from typing import Any
 
 import numpy as np
 
+from dealseg.core.classes import class_columns
 from dealseg.core.ranking import SCORE_COLUMNS
 from dealseg.core.regions import RegionOptions, choose_regions, parse_budget
 from dealseg.core.strategies import DEFAULT_REGION_STRATEGY, DEFAULT_STRATEGY
 
 from .outdir import selection_rows
-from .records import Table, class_column, record_path
+from .records import Table, record_path
 from .regions import region_pool, region_vectors
 from .scoring import list_paths, pool_paths, score_into
 from .selection import pick
@@ -197,7 +198,7 @@ def _attrs(table: Table) -> dict[str, Any]:
 def _records(table: Table) -> list[dict[str, Any]]:
     emb = np.asarray(table.embeddings()) if len(table) else np.zeros((0, table.embedding_dim))
     cells = region_vectors(table) if table.load_regions is not None else None
-    columns = [class_column(name) for name in table.class_names]
+    columns = list(class_columns(table.class_names).values())
     ok = [
         {
             "path": path,
@@ -241,7 +242,7 @@ def _from_table(table: Any) -> Table:
     """A `score` table (its scored rows) as a records.Table held in memory."""
     info = _meta(table)[ATTRS]
     rows = [r for r in _rows(table) if r.get("error") is None]
-    columns = [class_column(name) for name in info["class_names"]]
+    columns = list(class_columns(info["class_names"]).values())
     dim = int(info["meta"]["embedding_dim"])
     return Table(
         out=Path("."),

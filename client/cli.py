@@ -17,7 +17,7 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -47,6 +47,17 @@ if TYPE_CHECKING:
     from .settings import EngineSettings, ScoreSettings, SelectSettings
 
 EXIT_OK, EXIT_FATAL, EXIT_USAGE, EXIT_FAILED_INPUTS, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+
+
+def _check_class_weights(how: SelectSettings, names: Sequence[str]) -> None:
+    """--class-weight names classes of the model (a usage error otherwise)."""
+    from .selection import balance_weights
+
+    if how.balance:
+        try:
+            balance_weights(names, how.balance)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="--class-weight") from None
 
 
 def _stderr(message: str) -> None:
@@ -298,15 +309,16 @@ def _score(run: ScoreCommand, as_json: bool) -> int:
             f"deal-client: {len(paths)} images, model {engine.spec.model_id} via "
             f"{engine.describe()}{where}, out {out}"
         )
+        _check_class_weights(run.how, engine.spec.class_names)
         result = score_pool(
             paths, engine, out, run.streaming, run.how, run.maps, run.html, scoring, run.force
         )
     except (StoreError, RayUnavailable) as exc:
         raise click.ClickException(str(exc)) from None
     except EngineError as exc:
-        raise click.ClickException(f"{exc}\n{_resume_hint(out)}") from None
+        raise click.ClickException(f"{exc}{_resume_hint(out)}") from None
     except OSError as exc:
-        raise click.ClickException(f"{_os_error(exc, out)}\n{_resume_hint(out)}") from None
+        raise click.ClickException(f"{_os_error(exc, out)}{_resume_hint(out)}") from None
     finally:
         engine.close()
     return _report(result, out, as_json)
@@ -358,12 +370,20 @@ def _pool_paths(pool: str, shard: tuple[int, int]) -> list[str]:
 
 
 def _resume_hint(out: Path) -> str:
-    return f"results so far are in {out}; run the same command again to resume"
+    """The second line of a failed scoring run: where its results are, when it wrote any."""
+    from .outdir import META
+
+    if not (Path(out) / META).is_file():
+        return ""
+    return f"\nresults so far are in {out}; run the same command again to resume"
 
 
 def _os_error(exc: OSError, out: Path) -> str:
-    """One line for a file the run could not write (a full disk, a read-only folder)."""
+    """One line for a file the run could not write (a full disk, a read-only folder, a link
+    that leads nowhere)."""
     where = exc.filename or out
+    if os.path.islink(where) and not os.path.exists(where):
+        return f"cannot write {where}: a symbolic link that leads nowhere (a loop, or no target)"
     return f"cannot write {where}: {exc.strerror or exc}"
 
 
@@ -463,6 +483,7 @@ class SelectCommand:
 def _select(run: SelectCommand, as_json: bool) -> int:
     from .pipeline import reselect
     from .records import StoreError
+    from .selection import ClassWeightError
 
     def painter(table: Any) -> Any:
         return _maps_engine(table, run.engines, run.streaming.batch_size)
@@ -479,6 +500,8 @@ def _select(run: SelectCommand, as_json: bool) -> int:
             html=run.html,
             painter=painter,
         )
+    except ClassWeightError as exc:
+        raise click.BadParameter(str(exc), param_hint="--class-weight") from None
     except (StoreError, ValueError) as exc:
         raise click.ClickException(str(exc)) from None
     except OSError as exc:
@@ -619,10 +642,14 @@ def export_command(
 ) -> None:
     """Hand the selection in OUT to a labelling tool: Label Studio tasks, a CVAT manifest, a
     FiftyOne dataset, or CSV, each with the scores and class shares of every pick."""
-    from .handoff import export_selection
+    from .handoff import check_format, export_selection
     from .outdir import EXPORTS, out_lock
     from .records import StoreError
 
+    try:
+        check_format(fmt, predictions)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--predictions") from None
     dest = dest or out / EXPORTS / fmt
     try:
         with out_lock(out):  # the selection must not change while it is handed off
@@ -707,11 +734,16 @@ def _eval(
     as_json: bool,
 ) -> int:
     from .engines import EngineError
-    from .evaluation import evaluate_pool, format_table
+    from .evaluation import check_label_classes, evaluate_pool, format_table
 
     paths = _pool_paths(pool, (0, 1))
     index = _label_index(labels)
     engine = _engine(engines, streaming.batch_size)
+    try:
+        check_label_classes(labels, engine.spec)
+    except ValueError as exc:
+        engine.close()
+        raise click.BadParameter(str(exc), param_hint="--labels") from None
     try:
         _stderr(
             f"deal-client eval: {len(paths)} images, {len(index)} masks, model "

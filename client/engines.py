@@ -154,6 +154,11 @@ class EmbeddedEngine:
         if threads is not None:
             options.intra_op_num_threads = threads
         providers = [p for p in _ORT_PROVIDERS if p in ort.get_available_providers()]
+        if is_torch_checkpoint(path):
+            raise EngineError(
+                f"{path} is a PyTorch checkpoint, not an ONNX model: export it with "
+                f"`deal-export onnx --checkpoint {path} --out model.onnx` and score with that"
+            )
         try:
             self.session = ort.InferenceSession(str(path), options, providers=providers)
         except Exception as exc:  # onnxruntime raises its own exception types
@@ -240,6 +245,17 @@ def with_retries(
             time.sleep(min(backoff * 2**attempt, MAX_BACKOFF))
             on_retry()
     raise AssertionError("unreachable")
+
+
+def is_torch_checkpoint(path: str | Path) -> bool:
+    """Is `path` a file of torch.save (a zip archive holding a data.pkl)?"""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return any(n.endswith("data.pkl") for n in archive.namelist())
+    except (OSError, zipfile.BadZipFile):
+        return False
 
 
 def _short(exc: BaseException) -> str:
@@ -370,9 +386,24 @@ class TritonEngine:
             if not client.is_server_ready(**kw):
                 raise ConnectionError("server is not ready")
 
-        self._call(f"{where}: readiness check", server_ready, url)
-        version = self.model_version or self._latest_version(url, where, kw)
+        try:
+            self._call(f"{where}: readiness check", server_ready, url)
+        except EngineError as exc:
+            other = self._other_protocol(url)
+            if other is None:
+                raise
+            raise EngineError(
+                f"{where}: the server there answers {other}, not {self.protocol}: use "
+                f"--protocol {other} (or the server's {self.protocol} port)"
+            ) from exc
         name = self.model_name
+        models = self._call(f"{where}: model index", lambda c: self._models(c, kw), url)
+        if name not in models:
+            raise EngineError(
+                f"{where}: no model '{name}'; the server has "
+                f"{', '.join(map(repr, sorted(models))) or 'none'} (choose with --model-name)"
+            )
+        version = self.model_version or self._latest_version(url, where, kw)
 
         def ready(client: Any) -> bool:
             return client.is_model_ready(name, version, **kw)
@@ -393,6 +424,35 @@ class TritonEngine:
                 f"{spec.model_id}; write its repository with `deal-export repository`"
             )
         return spec, int(config.get("max_batch_size", 0))
+
+    def _other_protocol(self, url: str) -> str | None:
+        """The other protocol when the server at `url` answers it (a port mixed up), else None."""
+        other = "http" if self.protocol == "grpc" else "grpc"
+        try:
+            if other == "grpc":
+                import tritonclient.grpc as module
+
+                client = module.InferenceServerClient(url, ssl=self.tls[url])
+                live = client.is_server_live(client_timeout=5.0)
+            else:
+                import tritonclient.http as module
+
+                client = module.InferenceServerClient(
+                    url, connection_timeout=5.0, network_timeout=5.0, ssl=self.tls[url]
+                )
+                live = client.is_server_live()
+            client.close()
+        except Exception:  # nothing, or something else, answers: the first error stands
+            return None
+        return other if live else None
+
+    def _models(self, client: Any, kw: dict[str, Any]) -> set[str]:
+        """The names of the models in the server's repository."""
+        if self.protocol == "grpc":
+            index = client.get_model_repository_index(as_json=True, **kw).get("models", [])
+        else:
+            index = client.get_model_repository_index(headers=self.headers)
+        return {m["name"] for m in index}
 
     def _latest_version(self, url: str, where: str, kw: dict[str, Any]) -> str:
         """The highest version of the model that the server has loaded."""

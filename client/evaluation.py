@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from dealseg.core.classes import DataError, find_class_file, read_class_file
 from dealseg.core.contract import IMAGE_SCORES, ModelSpec
 from dealseg.core.decode import Frame, decode_frame
 from dealseg.core.files import atomic_write
@@ -138,6 +139,28 @@ def _match(paths: Sequence[str], index: LabelIndex) -> tuple[dict[str, str], dic
         except LabelError as exc:
             failed[path] = exc.reason
     return masks, failed
+
+
+def check_label_classes(labels: str, spec: ModelSpec) -> None:
+    """The class file of LABELS (in the folder or the one above it: a dataset root) must name
+    the model's classes in the model's order; else a ValueError with both lists. Labels
+    without a class file are checked mask by mask (no id beyond the model's classes)."""
+    folder = Path(labels)
+    for where in (folder, folder.parent):
+        try:
+            found = find_class_file(where)
+            table = None if found is None else read_class_file(found)
+        except (DataError, OSError) as exc:
+            raise ValueError(str(exc)) from None
+        if table is None:
+            continue
+        if table.names != tuple(spec.class_names):
+            raise ValueError(
+                f"the labels' class file {found} has {table.num_classes} classes "
+                f"{list(table.names)}; the model {spec.model_id} has {spec.num_classes} "
+                f"{list(spec.class_names)}: evaluate labels of the model's classes"
+            )
+        return
 
 
 def evaluate_pool(

@@ -24,6 +24,9 @@ from __future__ import annotations
 import contextlib
 import functools
 import itertools
+import signal
+import socket
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -87,6 +90,21 @@ def import_ray() -> Any:
     return ray
 
 
+def check_reachable(address: str | None, timeout: float = 5.0) -> None:
+    """RayUnavailable, naming `address`, when nothing accepts a connection at its host:port
+    (ray.init would retry for minutes). No address (a local cluster) and `auto` pass."""
+    host, _, port = (address or "").split("://", 1)[-1].rpartition(":")
+    if not host or not port.isdigit():
+        return
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout).close()
+    except OSError as exc:
+        raise RayUnavailable(
+            f"no Ray cluster at {address}: {exc.strerror or exc or 'no answer'} (check the "
+            "address, or start a cluster there with `ray start --head`)"
+        ) from None
+
+
 @contextlib.contextmanager
 def connected(address: str | None, progress: bool = True) -> Iterator[Any]:
     """Ray connected to `address` (a new local cluster when None) for the block; a connection
@@ -94,11 +112,16 @@ def connected(address: str | None, progress: bool = True) -> Iterator[Any]:
     ray = import_ray()
     mine = not ray.is_initialized()
     if mine:
+        check_reachable(address)
+        on_sigterm = signal.getsignal(signal.SIGTERM)
         try:
             ray.init(address=address, logging_level="ERROR", log_to_driver=False)
         except Exception as exc:  # ray.init raises ConnectionError, RuntimeError, Exception
             where = f"reach the Ray cluster at {address}" if address else "start a local Ray"
             raise RayUnavailable(f"cannot {where}: {one_line(exc)}") from None
+        if threading.current_thread() is threading.main_thread():
+            # ray.init takes SIGTERM (a stack dump and exit 143); the caller's handler stays
+            signal.signal(signal.SIGTERM, on_sigterm)
     import logging
 
     from ray.data import DataContext

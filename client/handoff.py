@@ -31,14 +31,19 @@ from xml.sax.saxutils import quoteattr
 
 import numpy as np
 
+from dealseg.core.classes import class_columns
+from dealseg.core.decode import DecodeError
 from dealseg.core.files import atomic_write
+from dealseg.core.pool import is_uri
 from dealseg.core.ranking import SCORE_COLUMNS
 
 from .maps import layer_names, map_name
 from .outdir import MAPS, load_table, read_selection
-from .records import Table, class_column, record_path, spec_of
+from .records import Table, record_path, spec_of
 from .regions import REGION_MASKS
+from .remote import image_source
 
+PREDICTION_FORMATS = ("labelstudio", "fiftyone")  # the formats that carry pre-annotations
 _RLE_SIZES = (3, 4, 8, 16)  # the four run-length widths (bits) of Label Studio's brush RLE
 
 
@@ -64,7 +69,12 @@ class PathMap:
             local, sep, remote = item.partition("=")
             if not sep or not local or not remote:
                 raise ValueError(f"{item!r} is not LOCAL=REMOTE")
-            rules.append((os.path.abspath(local).rstrip("/") or "/", remote.rstrip("/")))
+            local = local.rstrip("/") if is_uri(local) else os.path.abspath(local).rstrip("/")
+            rules.append((local or "/", remote.rstrip("/")))
+        locals_ = [local for local, _ in rules]
+        twice = sorted({local for local in locals_ if locals_.count(local) > 1})
+        if twice:
+            raise ValueError(f"two rules for {', '.join(twice)}: give each LOCAL one REMOTE")
         return cls(tuple(sorted(rules, key=lambda r: -len(r[0]))))
 
     def root(self, path: str) -> tuple[str, str] | None:
@@ -143,6 +153,12 @@ def _items(table: Table, selection: dict[str, Any], path_map: PathMap) -> list[I
     return items
 
 
+def _share_fields(item: Item) -> dict[str, float]:
+    """An item's class shares as fields, each class under its column (`class_columns`)."""
+    columns = class_columns(list(item.fractions))
+    return {columns[name]: share for name, share in item.fractions.items()}
+
+
 def _shares(table: Table, index: int | None) -> list[float]:
     if table.fractions is None or index is None:
         return [0.0] * len(table.class_names)
@@ -154,10 +170,10 @@ def _image_size(path: str) -> tuple[int, int]:
     from PIL import Image
 
     try:
-        with Image.open(path) as im:
+        with Image.open(image_source(path)) as im:
             w, h = im.size
             rotated = im.getexif().get(0x0112, 1) in (5, 6, 7, 8)
-    except OSError as exc:
+    except (OSError, DecodeError) as exc:
         raise ExportError(f"{path}: cannot read the image's size: {exc}") from None
     return (h, w) if rotated else (w, h)
 
@@ -308,7 +324,7 @@ def _labelstudio(dest: Path, items: list[Item], ctx: Handoff) -> list[Path]:
             "strategy": ctx.selection["strategy"],
             "model": ctx.selection["model"],
             **item.scores,
-            **{class_column(name): share for name, share in item.fractions.items()},
+            **_share_fields(item),
         }
         task: dict[str, Any] = {"data": data}
         prediction = _ls_prediction(ctx, item) if ctx.predictions else None
@@ -357,7 +373,7 @@ def _fiftyone(dest: Path, items: list[Item], ctx: Handoff) -> list[Path]:
             "local_path": item.path,
             "rank": item.rank,
             **item.scores,
-            **{class_column(name): share for name, share in item.fractions.items()},
+            **_share_fields(item),
         }
         if ctx.predictions:
             sample["prediction"] = {"_cls": "Segmentation", "mask_path": _mask(dest, ctx, item)}
@@ -405,7 +421,7 @@ def _csv(dest: Path, items: list[Item], ctx: Handoff) -> list[Path]:
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(
-        ["rank", "path", "local_path", "score", *SCORE_COLUMNS, *map(class_column, names)]
+        ["rank", "path", "local_path", "score", *SCORE_COLUMNS, *class_columns(names).values()]
     )
     for item in items:
         scores = [
@@ -430,6 +446,12 @@ WRITERS: dict[str, Callable[[Path, list[Item], Handoff], list[Path]]] = {
 }
 
 
+def check_format(fmt: str, predictions: bool) -> None:
+    """An ExportError for a format that takes no predictions, asked for them."""
+    if predictions and fmt not in PREDICTION_FORMATS:
+        raise ExportError(f"{fmt} takes no predictions; {' and '.join(PREDICTION_FORMATS)} do")
+
+
 def export_selection(
     folder: Path, fmt: str, dest: Path, path_map: PathMap, predictions: bool = False
 ) -> list[Path]:
@@ -438,8 +460,7 @@ def export_selection(
     selection = read_selection(folder)
     if selection is None:
         raise ExportError(f"{folder} holds no selection.json: run `deal-client score` or select")
-    if predictions and fmt not in ("labelstudio", "fiftyone"):
-        raise ExportError(f"{fmt} takes no predictions; labelstudio and fiftyone do")
+    check_format(fmt, predictions)
     table = load_table(Path(selection.get("scores") or folder))
     items = _items(table, selection, path_map)
     Path(dest).mkdir(parents=True, exist_ok=True)

@@ -28,11 +28,12 @@ import numpy as np
 
 from dealseg.core.colors import DIFFICULTY_LABEL, class_colors, colour_bar, difficulty_rgb
 from dealseg.core.contract import MAP_OUTPUTS, ModelSpec
-from dealseg.core.decode import DecodeError, Frame, decode_frame
+from dealseg.core.decode import DecodeError, Frame
 from dealseg.core.files import atomic_write
 
 from .engines import Engine
 from .outdir import MAPS
+from .remote import decode_any
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9_-]+")
 _OUR_NAME = re.compile(r"^\d{4,}_[A-Za-z0-9_-]+_[0-9a-f]{10}(\.dif|\.seg)?\.png$")
@@ -204,7 +205,7 @@ def write_maps(
         batch, frames = [], []
         for item in selected[start : start + batch_size]:
             try:
-                frames.append(decode_frame(item.path, spec.input_size, max_pixels, resize))
+                frames.append(decode_any(item.path, spec.input_size, max_pixels, resize))
                 batch.append(item)
             except DecodeError as exc:  # the file changed since it was scored
                 failed[item.path] = exc.reason

@@ -252,12 +252,19 @@ def _near_duplicates(table: Table, skipped: Sequence[Skip]) -> list[dict[str, An
 
 
 def write_selection(
-    out: Path, table: Table, chosen: Choice, settings: dict[str, Any], shortfall: list[str]
+    out: Path,
+    table: Table,
+    chosen: Choice,
+    settings: dict[str, Any],
+    shortfall: list[str],
+    found: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Write selection.txt and selection.json atomically into `out`; return the JSON object.
 
     `settings` (strategy, k, seed, diverse, labeled, balance, per-group) are written as they are,
     and again under "settings" with the scores file, which tells one selection from another.
+    `found` (a region run's frame count `k`) is written beside them, never under "settings":
+    it follows from the scores, so a resumed run with the same settings may replace it.
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -265,6 +272,7 @@ def write_selection(
     skipped = [s.reason for s in chosen.skipped]
     doc = {
         **settings,
+        **(found or {}),
         "selected": len(rows),
         "model": table.meta["model"],
         "scores": str(table.scores_file),

@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from dealseg.core.classes import class_columns
 from dealseg.core.contract import ModelSpec
 from dealseg.core.files import atomic_output
 from dealseg.core.ranking import SCORE_COLUMNS
@@ -34,7 +35,6 @@ from dealseg.core.ranking import SCORE_COLUMNS
 from .records import (
     StoreError,
     Table,
-    class_column,
     class_names_of,
     path_fields,
     record_error,
@@ -62,7 +62,7 @@ def scores_schema(class_names: Sequence[str], embedding_dim: int, regions: bool 
             ("status", pa.string()),
             ("error", pa.string()),
             *[(name, pa.float64()) for name in SCORE_COLUMNS],
-            *[(class_column(name), pa.float32()) for name in class_names],
+            *[(column, pa.float32()) for column in class_columns(class_names).values()],
             ("embedding", pa.list_(pa.float32(), embedding_dim)),
             ("model", pa.string()),
             ("run", pa.string()),
@@ -107,8 +107,8 @@ def rows_table(
         "error": [r["error"] for r in records],
         **{name: [r[name] for r in records] for name in SCORE_COLUMNS},
         **{
-            class_column(c): [s.get(c) if o else None for s, o in zip(shares, ok, strict=True)]
-            for c in class_names
+            column: [s.get(c) if o else None for s, o in zip(shares, ok, strict=True)]
+            for c, column in class_columns(class_names).items()
         },
         "embedding": pa.FixedSizeListArray.from_arrays(pa.array(vectors.ravel()), d),
         "model": [r["model"] for r in records],
@@ -240,7 +240,7 @@ def read_parquet_table(folder: Path, meta: dict[str, Any]) -> Table:
     selection needs are read at once, the embeddings only when asked (`Table.embeddings`)."""
     out = folder.parent
     names = class_names_of(meta)
-    shares = [class_column(c) for c in names]
+    shares = list(class_columns(names).values())
     columns = ["path", "path_b64", "status", "error", "model", *SCORE_COLUMNS, *shares]
     table = read_parts(folder, columns)
     if table is None:
@@ -301,6 +301,7 @@ def parquet_records(
     """Every row of an out dir's scores.parquet in order as (record, embedding or None), the
     record as `records.record_ok` / `record_error` make them (for merge)."""
     names, dim = class_names_of(meta), int(meta["embedding_dim"])
+    columns = class_columns(names)
     table = read_parts(Path(out) / SCORES_PARQUET)
     if table is None:
         return
@@ -317,7 +318,7 @@ def parquet_records(
                 "status": r["status"],
                 "error": r["error"],
                 **{name: r[name] for name in SCORE_COLUMNS},
-                "class_fraction": {c: r[class_column(c)] for c in names} if ok else None,
+                "class_fraction": {c: r[column] for c, column in columns.items()} if ok else None,
                 "row": None,
                 "model": r["model"],
             }

@@ -25,7 +25,7 @@ from .outdir import (
 from .records import Table
 from .report import REPORT_HTML
 from .scoring import ScoreInto, ScoreReport, score_into
-from .selection import check_replace, run_selection
+from .selection import balance_weights, check_replace, run_selection
 from .settings import ScoreSettings, SelectSettings
 
 
@@ -107,6 +107,8 @@ def reselect(
     """
     table = load_table(scores)
     out = out or table.out
+    if how.balance:
+        balance_weights(table.class_names, how.balance)  # before anything is written
     with out_lock(out):
         if not force:
             check_replace(out, table.scores_file, how)

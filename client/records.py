@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import base64
 import os
-import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -79,12 +78,6 @@ def record_fractions(record: dict[str, Any], class_names: Sequence[str]) -> list
     if isinstance(value, dict):
         return [float(value.get(name) or 0.0) for name in class_names]
     return [float(v) for v in value]
-
-
-def class_column(class_name: str) -> str:
-    """The column (CSV, data frame) or field (Label Studio, FiftyOne) of a class's share:
-    `class_<name>`, non-word characters as `_`."""
-    return "class_" + re.sub(r"\W+", "_", class_name)
 
 
 def replaces(old_ok: bool | None, new_ok: bool, same_source: bool = True) -> bool:

@@ -30,9 +30,8 @@ from typing import Any
 
 import numpy as np
 
-from dealseg.core.decode import place
+from dealseg.core.decode import DecodeError, place
 from dealseg.core.files import atomic_write
-from dealseg.core.pool import is_uri
 from dealseg.core.ranking import Choice, Pick
 from dealseg.core.regions import (
     RegionOptions,
@@ -46,6 +45,7 @@ from dealseg.core.regions import (
 from .maps import map_name
 from .outdir import recorded_settings, write_selection
 from .records import StoreError, Table, finite, path_fields, record_path, spec_of
+from .remote import image_source
 from .settings import SelectSettings
 
 REGIONS_JSONL = "regions.jsonl"
@@ -111,7 +111,7 @@ def run_region_selection(table: Table, out: Path, how: SelectSettings) -> dict[s
     }
     shortfall = [] if len(bought.indices) else ["the budget buys no region"]
     chosen = Choice(picks, [], len(table), len(table))
-    doc = write_selection(out, table, chosen, {**how.describe(), "k": len(picks)}, shortfall)
+    doc = write_selection(out, table, chosen, how.describe(), shortfall, {"k": len(picks)})
     frame_rank = {f: n for n, f in enumerate(frames, 1)}
     lines = [
         json.dumps(
@@ -153,11 +153,9 @@ def write_masks(
     for rank, (f, taken) in enumerate(frames.items(), 1):
         path = table.paths[f]
         try:
-            if is_uri(path):
-                raise OSError("a mask of an object in storage is not drawn")
-            with Image.open(path) as im:
+            with Image.open(image_source(path)) as im:
                 shown = (im.height, im.width)
-        except OSError as exc:
+        except (OSError, DecodeError) as exc:
             failed[path] = str(exc)
             continue
         placement = place(shown, shape, resize)

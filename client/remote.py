@@ -22,7 +22,13 @@ import urllib.error
 import urllib.request
 from typing import Any
 
-from dealseg.core.decode import DecodeError, Frame, decode_stream
+from dealseg.core.decode import (
+    DEFAULT_MAX_PIXELS,
+    DecodeError,
+    Frame,
+    decode_frame,
+    decode_stream,
+)
 from dealseg.core.pool import PoolError, is_image_name, is_uri
 
 HTTP_TIMEOUT = 30.0  # seconds per http(s) request
@@ -129,6 +135,25 @@ def decode_uri(uri: str, size: tuple[int, int], max_pixels: int, resize: str) ->
     if not data:
         raise DecodeError("empty file (0 bytes)")
     return decode_stream(io.BytesIO(data), size, max_pixels, resize)
+
+
+def decode_any(
+    path: str,
+    size: tuple[int, int],
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    resize: str = "stretch",
+) -> Frame:
+    """A pool entry as the model's frame: a local file (`decode_frame`) or an object in
+    storage (`decode_uri`). Scoring, maps, the report and exports all read images here."""
+    if is_uri(path):
+        return decode_uri(path, size, max_pixels, resize)
+    return decode_frame(path, size, max_pixels, resize)
+
+
+def image_source(path: str) -> str | io.BytesIO:
+    """What Pillow opens for a pool entry: the local path, or an object's bytes in memory
+    (DecodeError when it cannot be read)."""
+    return io.BytesIO(read_bytes(path)) if is_uri(path) else path
 
 
 def one_line(exc: BaseException) -> str:

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from dealseg.core.colors import DIFFICULTY_LABEL, class_colors, css_gradient
-from dealseg.core.decode import DecodeError, decode_frame
+from dealseg.core.decode import DecodeError
 from dealseg.core.files import atomic_write
 from dealseg.core.ranking import SCORE_COLUMNS
 
@@ -32,6 +32,7 @@ from .engines import default_model_path
 from .maps import layer_names, overlay, segmentation_rgb
 from .outdir import MAPS
 from .records import Table, record_path, spec_of
+from .remote import decode_any
 
 REPORT_HTML = "report.html"
 REPORT_FILES = "report_files"
@@ -76,11 +77,11 @@ def write_report(out: Path, table: Table, selection: dict[str, Any]) -> Path:
     spec = spec_of(table.meta)
     colors = class_colors(spec.palette)
     index = {p: i for i, p in enumerate(table.paths)}
-    cards = []
+    cards, thumbs_of = [], {}
     for row in selection["rows"]:
-        thumbs = _thumbs(out, row, spec.input_size, colors)
+        thumbs = thumbs_of[row["rank"]] = _thumbs(out, row, spec.input_size, colors)
         cards.append(_card(row, thumbs, _top_classes(table, index.get(record_path(row)))))
-    dups = _duplicates(out, selection, spec.input_size)
+    dups = _duplicates(out, selection, spec.input_size, thumbs_of)
     page = _page(table, selection, "\n".join(cards), dups)
     atomic_write(out / REPORT_HTML, page.encode("utf-8"))
     return out / REPORT_HTML
@@ -119,7 +120,7 @@ def _thumbnail(path: str, input_size: tuple[int, int]) -> np.ndarray:
     cannot be read."""
     from PIL import Image
 
-    frame = decode_frame(path, input_size)  # stretched to the model's frame, as the maps
+    frame = decode_any(path, input_size)  # stretched to the model's frame, as the maps
     h, w = _thumb_size(frame.shown)
     return np.asarray(Image.fromarray(frame.image).resize((w, h), Image.Resampling.BILINEAR))
 
@@ -143,8 +144,14 @@ def _thumbs(out: Path, row: dict[str, Any], input_size: tuple[int, int], colors:
     return Thumbs(f"{name}.jpg", f"{name}.dif.jpg", f"{name}.seg.png", size)
 
 
-def _duplicates(out: Path, selection: dict[str, Any], input_size: tuple[int, int]) -> str:
-    """Rows of the near-duplicates table: the skipped image and the pick it is close to."""
+def _duplicates(
+    out: Path,
+    selection: dict[str, Any],
+    input_size: tuple[int, int],
+    thumbs_of: dict[int, Thumbs],
+) -> str:
+    """Rows of the near-duplicates table: the skipped image beside the pick it is close to
+    (the pick's card thumbnail, `thumbs_of` by rank)."""
     rank_of = {record_path(r): r["rank"] for r in selection["rows"]}
     rows = []
     for n, d in enumerate(selection.get("near_duplicates", []), 1):
@@ -156,9 +163,12 @@ def _duplicates(out: Path, selection: dict[str, Any], input_size: tuple[int, int
             img = _img(f"{REPORT_FILES}/dup_{n:04d}.jpg", image.shape[:2], "near-duplicate")
         except DecodeError as exc:
             img = f"<span class=problem>{_e(exc.reason)}</span>"
+        rank = rank_of.get(of)
+        pick = thumbs_of.get(rank, Thumbs(None)) if rank is not None else Thumbs(None)
         rows.append(
             f"<tr><td>{img}</td><td title='{_e(_shown(path))}'>{_e(os.path.basename(path))}</td>"
-            f"<td>#{rank_of.get(of, '?')} {_e(os.path.basename(of))}</td>"
+            f"<td class=pick>{_img(pick.image, pick.size, f'pick #{rank}')}"
+            f"#{rank if rank is not None else '?'} {_e(os.path.basename(of))}</td>"
             f"<td>{_num(d.get('cosine'))}</td></tr>"
         )
     return "\n".join(rows)

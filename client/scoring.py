@@ -26,13 +26,12 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from dealseg.core.contract import SCORE_OUTPUTS
+from dealseg.core.contract import SCORE_OUTPUTS, degenerate_scores
 from dealseg.core.decode import (
     ASPECT_TOLERANCE,
     DecodeError,
     Frame,
     aspect_mismatch,
-    decode_frame,
 )
 from dealseg.core.pool import is_uri, read_pool, take_shard
 from dealseg.core.regions import frame_region_vectors, parse_regions
@@ -100,12 +99,10 @@ class Sink(Protocol):
 def load_frame(path: str, size: tuple[int, int], settings: ScoreSettings) -> Frame:
     """A pool path as the model's frame, as `settings` say (--resize, --max-pixels): the one
     decode step of the streaming scorer and the Ray path's actors. URIs are read from
-    object storage (`remote.decode_uri`)."""
-    if is_uri(path):
-        from .remote import decode_uri
+    object storage (`remote.decode_any`)."""
+    from .remote import decode_any
 
-        return decode_uri(path, size, settings.max_pixels, settings.resize)
-    return decode_frame(path, size, settings.max_pixels, settings.resize)
+    return decode_any(path, size, settings.max_pixels, settings.resize)
 
 
 def decode_or_error(load: Load, path: str) -> Frame | DecodeError:
@@ -238,7 +235,7 @@ class Scorer:
         self.pending: deque[tuple[str, Future]] = deque()
         self.in_flight: set[Future] = set()
         self.batch: list[tuple[str, Frame]] = []
-        self.warned_aspect = False
+        self.warned_aspect = self.warned_degenerate = False
 
     def _decode_image(self, path: str) -> Frame:
         return load_frame(path, self.size, self.settings)
@@ -325,6 +322,16 @@ class Scorer:
             self.sink.append_batch(done_paths, out)
             self.report.scored += len(done_paths)
             self.bar.update(len(done_paths))
+            self._check_degenerate(out)
+
+    def _check_degenerate(self, out: dict[str, np.ndarray]) -> None:
+        """Warn once when a batch's scores are degenerate (constant, saturated, one class)."""
+        found = (
+            [] if self.warned_degenerate else degenerate_scores(out, self.engine.spec.class_names)
+        )
+        if found:
+            self.warned_degenerate = True
+            self.bar.write(degenerate_warning(found, self.engine.spec.model_id), file=sys.stderr)
 
     def _submit(self) -> None:
         while len(self.in_flight) >= self.settings.concurrency:
@@ -343,6 +350,15 @@ _RESIZE_EFFECT = {
     "letterbox": "pads it: the padding is left out of every score, but costs pixels",
     "crop": "cuts its edges off",
 }
+
+
+def degenerate_warning(found: Sequence[str], model_id: str) -> str:
+    """The once-per-run warning about a batch of degenerate scores (`degenerate_scores`)."""
+    return (
+        f"warning: the scores of model {model_id} are degenerate over a batch: "
+        f"{'; '.join(found)}: a model that ranks nothing (untrained, or its difficulty head "
+        "broken); check it with `deal-client eval` (warned once)"
+    )
 
 
 def aspect_warning(path: str, shown: tuple[int, int], size: tuple[int, int], resize: str) -> str:

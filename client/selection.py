@@ -40,7 +40,14 @@ def load_labeled(
             raise ValueError(f"{source}: expected embeddings [L, {d}], got {list(centres.shape)}")
         return centres.astype(np.float32), exclude
     if source.is_dir() or source.suffix in (".jsonl", ".parquet"):
-        other = load_table(source)
+        try:
+            other = load_table(source)
+        except StoreError as exc:
+            raise ValueError(
+                f"--labeled {source}: {exc}; give the out dir (or its scores file) of a "
+                "`deal-client score` run on the labelled images, a text file of their paths, or a "
+                ".npy of their embeddings [L, D]"
+            ) from None
         if other.meta["model"] != table.meta["model"]:
             raise ValueError(f"{source} was scored by {other.meta['model']}, not this model")
         exclude = np.isin(np.asarray(table.paths, dtype=object), other.paths)
@@ -88,11 +95,18 @@ def pool_of(table: Table, how: SelectSettings) -> Pool:
     )
 
 
+class ClassWeightError(ValueError):
+    """A class weight (--class-weight) names a class the model does not have."""
+
+
 def balance_weights(names: Sequence[str], weights: dict[str, float]) -> np.ndarray:
-    """[C] target weights: 1 for every class, or as `weights` (class name -> weight) says."""
+    """[C] target weights: 1 for every class, or as `weights` (class name -> weight) says;
+    ClassWeightError for a weight of a class not in `names`."""
     unknown = sorted(set(weights) - set(names))
     if unknown:
-        raise ValueError(f"no class {', '.join(map(repr, unknown))}; classes: {', '.join(names)}")
+        raise ClassWeightError(
+            f"no class {', '.join(map(repr, unknown))}; classes: {', '.join(names)}"
+        )
     return np.array([float(weights.get(name, 1.0)) for name in names])
 
 

@@ -139,6 +139,12 @@ class SelectSettings:
             number = isinstance(weight, (int, float)) and not isinstance(weight, bool)
             if not (number and math.isfinite(weight) and weight >= 0):
                 raise SettingsError("balance", f"the weight of {name!r} must be >= 0, got {weight}")
+        if self.balance and not math.isfinite(sum(self.balance.values())):
+            weights = " ".join(f"{name}={weight}" for name, weight in self.balance.items())
+            raise SettingsError(
+                "balance",
+                f"the weights sum to more than a float holds ({weights}): scale them down",
+            )
         if self.per_group is not None:
             _within("per_group", self.per_group, 1, whole=True)
         if self.group_by is not None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -96,6 +96,39 @@ TOL_DS = 1e-4
 TOL_ENTROPY = 1e-4
 TOL_CLASS_FRACTION = 1e-3
 MIN_EMBEDDING_COSINE = 0.9999
+
+# A batch's scores that no working model gives on different images (`degenerate_scores`).
+CONSTANT_SPREAD = 1e-6  # a score varying less than this over the batch is constant
+SATURATED = 1e-3  # DS this close to 0 or 1: the difficulty map is all one level
+ONE_CLASS = 0.999  # a class with this share of an image's pixels: the image is that class
+
+
+def degenerate_scores(out: Mapping[str, np.ndarray], class_names: Sequence[str]) -> list[str]:
+    """What is degenerate in one batch's outputs (scores [B] or [B, 1], `class_fraction`
+    [B, C], `embedding` [B, D]; any may be absent): a score constant over the batch, DS
+    saturated at 0 or 1 on every image, every image one and the same class. Judged on two or
+    more images that differ (their embeddings do, when given); [] when nothing is wrong."""
+    import numpy as np
+
+    count = len(next(iter(out.values()), ()))
+    embedding = out.get("embedding")
+    if count < 2 or (embedding is not None and np.ptp(embedding, axis=0).max() <= CONSTANT_SPREAD):
+        return []
+    found = []
+    for name in (n for n in IMAGE_SCORES if n in out):
+        values = np.asarray(out[name], np.float64).ravel()
+        if np.ptp(values) <= CONSTANT_SPREAD:
+            found.append(f"{name} is {values[0]:.4g} on all {count} images")
+    if "ds" in out:
+        ds = np.asarray(out["ds"], np.float64).ravel()
+        if np.all(np.minimum(ds, 1 - ds) <= SATURATED):
+            found.append("ds is 0 or 1 on every image: the difficulty map is saturated")
+    if "class_fraction" in out:
+        fractions = np.asarray(out["class_fraction"], np.float64)
+        top = fractions.argmax(1)
+        if np.all(fractions.max(1) >= ONE_CLASS) and np.all(top == top[0]):
+            found.append(f"every pixel of every image is {class_names[top[0]]!r}")
+    return found
 
 
 class ContractError(ValueError):

@@ -490,8 +490,12 @@ def _check(pool: Pool, k: int, opts: Options) -> None:
         raise ValueError(f"a per-group quota is at least 1, got {opts.per_group}")
     if opts.balance is not None:
         w = np.asarray(opts.balance, dtype=np.float64)
-        if w.ndim != 1 or not np.all(np.isfinite(w)) or np.any(w < 0) or w.sum() <= 0:
+        with np.errstate(over="ignore"):
+            total = w.sum()
+        if w.ndim != 1 or not np.all(np.isfinite(w)) or np.any(w < 0) or total <= 0:
             raise ValueError("balance weights are finite, >= 0 and not all 0")
+        if not np.isfinite(total):
+            raise ValueError("balance weights sum to more than a float holds: scale them down")
         _need_fractions(pool, len(w))
 
 

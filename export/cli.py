@@ -64,6 +64,7 @@ def graph_options(f: Any) -> Any:
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="dealseg")
 def main() -> None:
     """Export DEAL models: ONNX graph, TensorRT engine, Triton model repository."""
 
@@ -133,6 +134,13 @@ def onnx(
     images = {**random_images(4, spec.input_size), **real_photos()}
     report = run_compare(graph, out, images, device=where)
     click.echo(report.table())
+    if report.degenerate:
+        click.echo(
+            f"warning: the model's scores are degenerate over the {report.images} comparison "
+            f"images: {'; '.join(report.degenerate)}: it ranks nothing (untrained, or its "
+            "difficulty head broken)",
+            err=True,
+        )
     if report.failures:
         raise click.ClickException(
             "ONNX Runtime and PyTorch disagree:\n  " + "\n  ".join(report.failures)

@@ -105,6 +105,7 @@ class ParityReport:
     map_pixels_off_by_more_than_1: int = 0
     segmentation_mismatch_fraction: float = 0.0
     failures: list[str] = field(default_factory=list)
+    degenerate: list[str] = field(default_factory=list)  # contract.degenerate_scores, over all
 
     def table(self) -> str:
         rows = ["| output | max abs diff | tolerance |", "|---|---|---|"]
@@ -151,6 +152,7 @@ def compare(
         tolerance=tolerances(int(np.prod(spec.segmentation_size))),
     )
     seg_diff = seg_total = 0
+    scores: dict[str, list[np.ndarray]] = {n: [] for n in contract.SCORE_OUTPUTS}
     items = list(images.items())
     graph = graph.to(device)
     for start in range(0, len(items), batch):
@@ -159,6 +161,8 @@ def compare(
         boxes = parity_boxes(len(x), spec.input_size)
         feeds = contract.model_inputs(spec, x, boxes)
         got = dict(zip(names, session.run(names, feeds), strict=True))
+        for name, values in scores.items():
+            values.append(got[name])
         with torch.no_grad():
             out, outputs = graph.run(*(torch.from_numpy(v).to(device) for v in feeds.values()))
             ref = {k: v.cpu() for k, v in zip(contract.OUTPUT_NAMES, outputs, strict=True)}
@@ -178,6 +182,8 @@ def compare(
             _check_de(report, label, float(got["de"][i]), float(ref["de"][i]), picture, spec.bins)
         report.images += len(chunk)
     report.segmentation_mismatch_fraction = seg_diff / max(seg_total, 1)
+    batch = {name: np.concatenate(values) for name, values in scores.items()}
+    report.degenerate = contract.degenerate_scores(batch, spec.class_names)
     _check_tolerances(report)
     return report
 

@@ -6,6 +6,7 @@ Thin commands over `dealseg.serving.server`; see serving/README.md.
 from __future__ import annotations
 
 import json
+import shlex
 import signal
 import sys
 import threading
@@ -96,6 +97,7 @@ def state_file_option(help_text: str) -> Callable[[Callable], Callable]:
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="dealseg")
 def main() -> None:
     """Serve the DEAL model with NVIDIA Triton (the server bundled with nvidia-pytriton)."""
 
@@ -199,25 +201,25 @@ def start(
         click.echo(docker_command(model_repository, docker_image))
         return
     _refuse_if_running(state_file)
-    server = TritonServer(
-        model_repository,
-        host=host,
-        http_port=http_port,
-        grpc_port=grpc_port,
-        metrics_port=metrics_port,
-        timeout=timeout,
-        log_path=log_file,
-        exit_timeout=exit_timeout,
-    )
     try:
+        server = TritonServer(
+            model_repository,
+            host=host,
+            http_port=http_port,
+            grpc_port=grpc_port,
+            metrics_port=metrics_port,
+            timeout=timeout,
+            log_path=log_file,
+            exit_timeout=exit_timeout,
+        )
         server.start()
     except ServerError as exc:
-        raise click.ClickException(str(exc)) from exc
+        raise click.ClickException(str(exc)) from None
     assert server.state is not None
     server.state.save(state_file)
     _print_endpoints(server.state)
     if background:
-        click.echo(f"  state    {state_file}  (stop with `deal-serve stop`)")
+        click.echo(f"  state    {state_file}  (stop with `{stop_command(state_file)}`)")
         return
     try:
         code = _serve_until_signal(server)
@@ -227,6 +229,13 @@ def start(
     click.echo("deal-serve: stopped", err=True)
     if code is not None:
         raise click.ClickException(f"tritonserver exited unexpectedly with code {code}")
+
+
+def stop_command(state_file: Path) -> str:
+    """The command that stops the server recorded in `state_file`."""
+    if state_file == default_state_file():
+        return "deal-serve stop"
+    return f"deal-serve stop --state-file {shlex.quote(str(state_file))}"
 
 
 def _serve_until_signal(server: TritonServer) -> int | None:

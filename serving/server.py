@@ -29,6 +29,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -77,7 +78,7 @@ class ServerState:
     repository: str
     log_path: str
     workdir: str  # backend dir (and log, unless given); removed on stop if we created it
-    shm_before: list[str] = field(default_factory=list)  # shm regions that existed before start
+    shm_regions: list[str] = field(default_factory=list)  # our backend's regions, once ready
     started_at: float = 0.0
     exit_timeout: int = 10  # --exit-timeout-secs given to tritonserver
     server_id: str = ""  # --id given to tritonserver; its /v2 metadata answers with it
@@ -253,7 +254,13 @@ class TritonServer:
         log_verbose: int = 0,
         exit_timeout: int = 10,
     ) -> None:
-        self.model_repository = Path(model_repository).resolve()
+        try:
+            self.model_repository = Path(model_repository).resolve()
+        except (RuntimeError, OSError) as exc:  # RuntimeError: a symbolic link loop
+            raise ServerError(
+                f"model repository {model_repository} cannot be resolved: {exc}; point "
+                "--model-repository at the folder `deal-export repository` wrote"
+            ) from None
         self.host = host
         self.ports = (http_port, grpc_port, metrics_port)
         self.timeout = timeout
@@ -275,7 +282,8 @@ class TritonServer:
             try:
                 self._launch(bundle)
                 self._wait_ready()
-                _restrict_shm(self._running())
+                state = self._running()
+                state.shm_regions = _restrict_shm(state)
                 return self
             except _PortInUse as exc:
                 self.stop()
@@ -344,7 +352,6 @@ class TritonServer:
             # On SIGTERM Triton waits this long for in-flight requests and idle client connections.
             f"--exit-timeout-secs={self.exit_timeout}",
         ]
-        shm_before = sorted(_shm_regions())
         try:
             with open(log_path, "wb") as log:
                 self._process = subprocess.Popen(
@@ -367,7 +374,6 @@ class TritonServer:
             repository=str(self.model_repository),
             log_path=str(log_path),
             workdir=str(workdir),
-            shm_before=shm_before,
             started_at=time.time(),
             exit_timeout=self.exit_timeout,
             server_id=server_id,
@@ -509,7 +515,9 @@ def stop_server(
     timeout = state.exit_timeout + 20.0 if timeout is None else timeout
     cleanup = Cleanup()
     stubs = _stub_processes(state)
+    ours = set(state.shm_regions) | set(stubs.values())  # regions known to be this server's
     if _is_our_tritonserver(state):
+        ours |= _mapped_shm_regions([Path("/proc") / str(state.pid) / "maps"])
         cleanup.stopped = True
         with contextlib.suppress(ProcessLookupError):
             os.kill(state.pid, signal.SIGTERM)
@@ -529,7 +537,7 @@ def stop_server(
                 os.kill(pid, signal.SIGKILL)
             _wait_exit(pid, 2.0)
     cleanup.stubs = sorted(leftover)
-    cleanup.regions = _remove_shm_regions(state, set(stubs.values()) | set(leftover.values()))
+    cleanup.regions = _remove_shm_regions(ours | set(leftover.values()))
     cleanup.workdir_kept = _remove_workdir(state)
     return cleanup
 
@@ -630,36 +638,37 @@ def _stub_processes(state: ServerState) -> dict[int, str]:
     return stubs
 
 
-def _restrict_shm(state: ServerState) -> None:
+def _restrict_shm(state: ServerState) -> list[str]:
     """Make the shared-memory regions of the server's stubs readable by this user only: they
-    carry the images and scores of every request, and the backend creates them world-readable."""
-    for region in _stub_processes(state).values():
-        if region:
-            with contextlib.suppress(FileNotFoundError):
-                os.chmod(SHM_DIR / region, SHM_MODE)
+    carry the images and scores of every request, and the backend creates them world-readable.
+    Returns the regions (the ones `stop_server` removes, beside those it finds then)."""
+    regions = sorted({r for r in _stub_processes(state).values() if r})
+    for region in regions:
+        with contextlib.suppress(FileNotFoundError):
+            os.chmod(SHM_DIR / region, SHM_MODE)
+    return regions
 
 
 def _shm_regions() -> set[str]:
     return {p.name for p in SHM_DIR.glob(SHM_PREFIX + "*")}
 
 
-def _mapped_shm_regions() -> set[str]:
-    """Python-backend shm regions some live process has mapped."""
+def _mapped_shm_regions(maps_files: Iterable[Path] | None = None) -> set[str]:
+    """Python-backend shm regions that the processes of `maps_files` (/proc/PID/maps; default:
+    every live process) have mapped."""
     mapped: set[str] = set()
-    for maps in Path("/proc").glob("[0-9]*/maps"):
+    for maps in Path("/proc").glob("[0-9]*/maps") if maps_files is None else maps_files:
         with contextlib.suppress(OSError):
             mapped.update(re.findall(r"/dev/shm/(" + SHM_PREFIX + r"\S+)", maps.read_text()))
     return mapped
 
 
-def _remove_shm_regions(state: ServerState, stub_regions: set[str]) -> list[str]:
-    """Remove the regions this server created: those its stubs named, and any region new since
-    its start that no live process maps (another server's regions are always mapped)."""
-    stub_regions = {r for r in stub_regions if r}
-    new = _shm_regions() - set(state.shm_before)
-    in_use = _mapped_shm_regions()
+def _remove_shm_regions(ours: set[str]) -> list[str]:
+    """Remove the regions known to be this server's (recorded when it was ready, named by its
+    stubs, mapped by its process): never a region merely new since it started, which may be
+    another server's, just created."""
     removed = []
-    for name in sorted((stub_regions & _shm_regions()) | (new - in_use)):
+    for name in sorted({r for r in ours if r} & _shm_regions()):
         with contextlib.suppress(FileNotFoundError):
             (SHM_DIR / name).unlink()
             removed.append(name)

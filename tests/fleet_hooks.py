@@ -28,3 +28,33 @@ class KillOnce:
 
         ray.kill(ray.get_runtime_context().current_actor, no_restart=False)
         threading.Event().wait()  # the kill ends this process; the batch never returns
+
+
+class BlockAfterMarker:
+    """Before its first batch an actor creates `marker` and then waits forever: the run is
+    known to be scoring, and stays so until the driver stops it."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = str(marker)
+
+    def __call__(self, batch: int) -> None:
+        Path(self.marker).touch()
+        threading.Event().wait()
+
+
+def blocked_cli(marker: str, args: list[str]) -> None:
+    """`deal-client ARGS` whose Ray actors block as BlockAfterMarker does (for a signal test)."""
+    import dataclasses
+
+    from dealseg.client import cli
+
+    make = cli._ray_scoring
+
+    def blocking(*a: object, **k: object) -> object:
+        scoring = make(*a, **k)
+        return (
+            None if scoring is None else dataclasses.replace(scoring, hook=BlockAfterMarker(marker))
+        )
+
+    cli._ray_scoring = blocking
+    cli.main(args)

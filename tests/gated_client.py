@@ -15,13 +15,13 @@ import sys
 import time
 from pathlib import Path
 
-import dealseg.client.scoring as scoring
+import dealseg.client.remote as remote
 from dealseg.client.cli import main
 from dealseg.core.decode import Frame
 
 
 def gated(gate: str, release: Path):  # -> the decode function with the gate
-    decode = scoring.decode_frame
+    decode = remote.decode_frame
 
     def decode_frame(path: str, size: tuple[int, int], max_pixels: int, resize: str) -> Frame:
         if os.path.basename(path) == gate:
@@ -36,5 +36,5 @@ if __name__ == "__main__":
     # Ctrl-C raises KeyboardInterrupt even when the test runner was started with SIGINT ignored
     # (as background jobs of a shell are), which this process would otherwise inherit.
     signal.signal(signal.SIGINT, signal.default_int_handler)
-    scoring.decode_frame = gated(sys.argv[1], Path(sys.argv[2]))
+    remote.decode_frame = gated(sys.argv[1], Path(sys.argv[2]))  # what decode_any reads with
     main(sys.argv[3:])

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner, Result
-from contract_model import SIZE, band_image, write_contract_model
+from contract_model import CLASSES, SIZE, band_image, write_contract_model
 from PIL import Image
 
 from dealseg.client.cli import main
@@ -344,6 +344,24 @@ def test_usage_errors_exit_2(model: Path, evalset, tmp_path: Path) -> None:
     assert empty.exit_code == 2 and "holds no mask PNGs" in empty.stderr
     both = deal_client("eval", pool, "--labels", masks, "--model", model, "--url", "x:1")
     assert both.exit_code == 2 and "exclude each other" in both.stderr
+
+
+def test_labels_of_other_classes_are_refused_with_both_lists(
+    model: Path, evalset, tmp_path: Path
+) -> None:
+    """A 4-class label set against the 11-class model once ran and printed a table."""
+    pool, masks, _ = evalset
+    root = tmp_path / "set"
+    write_set(root / "test", root / "testannot")
+    other = ["road", "car", "person", "sky"]
+    (root / "classes.json").write_text(json.dumps({"classes": other}))
+    for labels in (root, root / "testannot"):  # the class file in LABELS or the folder above
+        result = run_eval(root / "test", labels, model, tmp_path / "out")
+        assert result.exit_code == 2 and not (tmp_path / "out").exists()
+        assert "has 4 classes ['road', 'car', 'person', 'sky']" in result.stderr
+        assert f"has 11 {list(CLASSES)}" in result.stderr and "Traceback" not in result.stderr
+    (root / "classes.json").write_text(json.dumps({"classes": list(CLASSES)}))
+    assert run_eval(root / "test", root, model, tmp_path / "out").exit_code == 0
 
 
 def test_odd_names_give_strict_utf8_json(model: Path, tmp_path: Path) -> None:

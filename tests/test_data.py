@@ -222,7 +222,7 @@ def test_without_split_files_a_hash_of_the_stem_splits_the_images(tmp_path):
 
 
 def test_a_class_file_holds_2_to_255_classes(tmp_path):
-    from dealseg.training.classes import read_class_file
+    from dealseg.core.classes import read_class_file
 
     for count, ok in ((1, False), (2, True), (255, True)):
         doc = {"classes": [f"c{i}" for i in range(count)], "ignore": []}

@@ -223,3 +223,49 @@ def test_ray_buys_the_regions_the_single_process_buys(
     for name in ("regions.jsonl", "selection.txt"):
         assert (on_ray / name).read_bytes() == (single / name).read_bytes()
     assert (on_ray / "regions.jsonl").read_bytes()  # something was bought
+
+
+def test_sigterm_stops_a_ray_run_as_the_single_process_does(
+    pool: Path, tiny_onnx: Path, tmp_path: Path
+) -> None:
+    """SIGTERM once ended `score --ray` with exit 143 and Ray's stack dump (Ray's handler), no
+    "interrupted" line; SIGINT was right. Its own local cluster, in a process of its own."""
+    import os
+    import signal
+    import time
+
+    marker = tmp_path / "scoring"
+    args = ["score", str(pool), "-k", "3", "--model", str(tiny_onnx), "-o", str(tmp_path / "o")]
+    code = (
+        "import sys; from fleet_hooks import blocked_cli; "
+        f"blocked_cli({str(marker)!r}, {[*args, '--ray', '--no-progress']!r})"
+    )
+    env = {**os.environ, "PYTHONPATH": str(TESTS)}
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    deadline = time.monotonic() + 300  # a failure guard; we poll for the actor's marker
+    while not marker.exists():
+        assert proc.poll() is None, proc.communicate()[1].decode()
+        assert time.monotonic() < deadline, "no actor started scoring"
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=300)
+    text = err.decode()
+    assert proc.returncode == 130, text
+    assert "interrupted (SIGTERM): results so far are in" in text and "Traceback" not in text
+
+
+def test_a_wrong_ray_address_fails_at_once_naming_it(
+    pool: Path, tiny_onnx: Path, tmp_path: Path
+) -> None:
+    """A --ray ADDRESS where no cluster answers once retried for minutes. A process of its own:
+    this one is connected to the module's cluster, which a run would use."""
+    from conftest import free_port
+
+    address = f"127.0.0.1:{free_port()}"
+    client = Path(sys.executable).with_name("deal-client")
+    args = ["score", pool, "-k", 3, "--model", tiny_onnx, "-o", tmp_path / "o", "--ray", address]
+    result = subprocess.run([client, *map(str, args)], capture_output=True, text=True)
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    assert f"Error: no Ray cluster at {address}: " in result.stderr

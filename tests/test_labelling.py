@@ -99,6 +99,8 @@ PAGE_FACTS = """(async () => {
     ranks: cards.map(c => Number(c.querySelector(".rank").textContent.slice(1))),
     paths: cards.map(c => c.querySelector(".path").title),
     dups: document.querySelectorAll("table.dups tr").length - 1,
+    dupPicks: [...document.querySelectorAll("table.dups td.pick")].map(td => [
+      td.querySelector("img") && td.querySelector("img").getAttribute("src"), td.textContent]),
     selected: document.getElementById("selected").textContent,
   });
 })()"""
@@ -136,6 +138,13 @@ def test_the_report_loads_in_chromium_with_every_image_and_the_ranks(
     assert facts["ranks"] == list(range(1, 7)) and facts["paths"] == selected(run)
     doc = json.loads((run / "selection.json").read_text())
     assert facts["dups"] == len(doc["near_duplicates"]) == doc["skipped"]["duplicate"] > 0
+    # Each near-duplicate beside the pick it resembles: the pick's thumbnail, rank and name.
+    rank_of = {r["path"]: r["rank"] for r in doc["rows"]}
+    expected = [
+        [f"report_files/{rank_of[d['of']]:04d}.jpg", f"#{rank_of[d['of']]} {Path(d['of']).name}"]
+        for d in doc["near_duplicates"]
+    ]
+    assert facts["dupPicks"] == expected
     assert facts["selected"] == "6"
 
 
@@ -196,7 +205,7 @@ def test_balance_picks_more_of_a_planted_rare_class_cluster_than_ds(tmp_path: Pa
     )
     assert r.exit_code == 0 and not any("/rare/" in p for p in selected(tmp_path / "w"))
     r = deal_client("select", out, "-k", 5, "-o", tmp_path / "x", "--class-weight", "Cyclist=2")
-    assert r.exit_code == 1 and "no class 'Cyclist'; classes: Sky, Building" in r.stderr
+    assert r.exit_code == 2 and "no class 'Cyclist'; classes: Sky, Building" in r.stderr
     r = deal_client("select", out, "-k", 5, "-o", tmp_path / "x", "--class-weight", "Road")
     assert r.exit_code == 2 and "is not CLASS=WEIGHT" in r.stderr
 
@@ -433,7 +442,7 @@ def test_export_errors_are_one_line(run: Path, tmp_path: Path) -> None:
     cases = [
         (["csv", "--path-map", "/elsewhere=s3://b"], 1, "6 selected paths are under no"),
         (["csv", "--path-map", "no-equals-sign"], 2, "is not LOCAL=REMOTE"),
-        (["cvat", "--predictions"], 1, "cvat takes no predictions"),
+        (["cvat", "--predictions"], 2, "cvat takes no predictions"),
     ]
     for args, code, words in cases:
         r = deal_client("export", run, "--format", *args, "--dest", tmp_path / "x")

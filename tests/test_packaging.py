@@ -12,6 +12,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import dealseg
+
 SCRIPTS = ("deal-client", "deal-train", "deal-export", "deal-serve")
 
 
@@ -73,6 +75,13 @@ def test_console_scripts_answer_help(script: str) -> None:
     assert "Usage:" in out.stdout
 
 
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_console_scripts_answer_version(script: str) -> None:
+    exe = Path(sys.executable).with_name(script)
+    out = subprocess.run([exe, "--version"], capture_output=True, text=True, check=True)
+    assert out.stdout == f"{script}, version {dealseg.__version__}\n"
+
+
 def _copy_source(root: Path, dest: Path) -> Path:
     """The checkout's tracked kind of files (no venv, caches, builds or data), to build from."""
     skip = shutil.ignore_patterns(
@@ -91,7 +100,10 @@ def test_an_installed_wheel_scores_a_folder_with_the_shipped_model(tmp_path: Pat
     wheels = tmp_path / "wheels"
     pip = [sys.executable, "-m", "pip", "-q", "--disable-pip-version-check"]
     build = [*pip, "wheel", "--no-deps", "--no-build-isolation", "-w", str(wheels), str(source)]
-    subprocess.run(build, check=True, capture_output=True)
+    built = subprocess.run(build, check=True, capture_output=True, text=True)
+    said = built.stdout + built.stderr  # setuptools once warned of our license table and of
+    for warning in ("BuildBackendWarning", "SetuptoolsDeprecationWarning", "absent from"):
+        assert warning not in said, said  # data folders missing from `packages`
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, capture_output=True)
     python = venv / "bin" / "python"

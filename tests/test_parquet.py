@@ -15,7 +15,8 @@ from hypothesis import strategies as st
 
 from dealseg.client.outdir import load_table
 from dealseg.client.parquet import SCORES_PARQUET, counting, part_files
-from dealseg.client.records import class_column, replaces
+from dealseg.client.records import replaces
+from dealseg.core.classes import class_column
 
 
 @pytest.fixture(scope="module")

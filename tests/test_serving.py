@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 import os
 import re
+import secrets
+import shlex
 import shutil
 import signal
 import socket
@@ -552,6 +554,47 @@ def test_start_cleans_up_after_a_killed_server_and_status_says_what_it_left(
     assert our_processes(str(repo)) == []
 
 
+@pytest.mark.triton
+def test_start_names_the_stop_command_of_its_state_file(tiny_onnx: Path, tmp_path: Path) -> None:
+    """`start --state-file X` once said "stop with `deal-serve stop`", which reads another file."""
+    repo = tmp_path.resolve() / "repo"
+    write_repository(tiny_onnx, repo, "python-cpu")
+    state_file = tmp_path / "my state.json"
+    ports = ["--http-port", "0", "--grpc-port", "0", "--metrics-port", "0"]
+    started = deal_serve(
+        "start",
+        "--model-repository",
+        str(repo),
+        *ports,
+        "--background",
+        "--state-file",
+        str(state_file),
+        "--timeout",
+        "90",
+    )
+    try:
+        assert started.returncode == 0, started.stderr
+        said = re.search(r"\(stop with `deal-serve (stop[^`]*)`\)", started.stdout)
+        assert said is not None, started.stdout
+        assert said.group(1) == f"stop --state-file {shlex.quote(str(state_file))}"
+        stopped = deal_serve(*shlex.split(said.group(1)))  # the command as printed
+        assert stopped.returncode == 0, stopped.stderr
+        assert not state_file.exists() and our_processes(str(repo)) == []
+    finally:
+        deal_serve("stop", "--state-file", str(state_file))
+
+
+def test_a_repository_that_is_a_symlink_loop_is_one_line(tmp_path: Path) -> None:
+    loop = tmp_path / "repo"
+    os.symlink(loop, loop)
+    args = ["start", "--model-repository", str(loop), "--state-file", str(tmp_path / "s.json")]
+    result = deal_serve(*args)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert f"Error: model repository {loop} cannot be resolved" in result.stderr
+    with pytest.raises(ServerError, match="cannot be resolved"):
+        TritonServer(loop)
+
+
 @pytest.mark.parametrize("host", ["::", "::1", "localhost"])
 def test_hosts_triton_cannot_bind_are_refused_before_launch(host: str, tmp_path: Path) -> None:
     """tritonserver 2.51 binds HTTP and metrics on 255.255.255.255 for these: refuse them."""
@@ -585,6 +628,27 @@ def test_stop_after_the_server_was_killed_still_cleans_up(tiny_onnx: Path, tmp_p
     assert our_processes(str(repo)) == []
     assert not any((SHM_DIR / r).exists() for r in regions)
     assert not Path(state.workdir).exists()
+
+
+@pytest.mark.triton
+def test_stop_leaves_another_servers_new_region_alone(tiny_onnx: Path, tmp_path: Path) -> None:
+    """stop once removed every region new since our start that no process mapped at that
+    moment: another server's region, created but not yet mapped, went with ours."""
+    repo = tmp_path.resolve() / "repo"
+    write_repository(tiny_onnx, repo, "python-cpu")
+    server = TritonServer(repo, timeout=90).start()
+    foreign = SHM_DIR / f"triton_python_backend_shm_region_{secrets.token_hex(8)}"
+    try:
+        ours = set(server.state.shm_regions)
+        assert ours and ours == {r for r in _stub_processes(server.state).values() if r}
+        foreign.write_bytes(bytes(64))  # another server's, brand new: mapped by no one yet
+    finally:
+        server.stop()
+    try:
+        assert foreign.exists()
+        assert not any((SHM_DIR / r).exists() for r in ours)
+    finally:
+        foreign.unlink(missing_ok=True)
 
 
 @pytest.mark.triton

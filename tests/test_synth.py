@@ -14,7 +14,7 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from dealseg.training.classes import read_class_file
+from dealseg.core.classes import read_class_file
 from dealseg.training.cli import main
 from dealseg.training.data import CAMVID_CLASSES, CAMVID_PALETTE
 from dealseg.training.streets import canvas as streets_canvas
@@ -201,7 +201,12 @@ def test_cli_writes_drives_and_tags(tmp_path):
     args = ["synth", "--out", str(tmp_path), "--n", "6", "--size", "48x64", "--workers", "1"]
     result = CliRunner().invoke(main, [*args, "--sequence-length", "3", "--rare-scale", "0"])
     assert result.exit_code == 0, result.output
-    summary = json.loads(result.output)
+    (line,) = result.stdout.splitlines()  # the 78-line summary once went to stdout
+    assert line == (
+        f"wrote 6 images (train 4, val 1, test 1) in 4 drives to {tmp_path}; "
+        f"summary in {tmp_path / 'summary.json'}"
+    )
+    summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["sequences"] == 4  # train 4 frames (3 + 1), val 1, test 1
     assert summary["conditions"]["clear"]["frames"] == 6
     assert len(read_tags(tmp_path)) == 6

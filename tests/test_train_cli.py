@@ -27,7 +27,7 @@ TINY = [
 
 def test_fit_resume_and_eval(tmp_path: Path) -> None:
     data = tmp_path / "streets"
-    write_streets(data, n=24, size=(64, 80), seed=3)
+    write_streets(data, n=24, size=(64, 80), seed=3, split=(0.5, 0.25, 0.25))  # 6 to refit on
     runner = CliRunner()
     run = tmp_path / "run"
     result = runner.invoke(train_cli, ["fit", "--data", str(data), "--out", str(run), *TINY])
@@ -41,6 +41,8 @@ def test_fit_resume_and_eval(tmp_path: Path) -> None:
     assert [h["epoch"] for h in history] == [1, 2] and all("val_miou" in h for h in history)
     refit = raw["metrics"]["difficulty_refit"]  # the head refit on the val split, recorded
     assert refit == summary["difficulty_refit"] and refit["split"] == "val"
+    assert (refit["fit_images"], refit["held_apart_images"], summary["val_images"]) == (3, 3, 6)
+    assert "12 training images, 6 validation images" in result.stderr
     assert refit["auroc_after"] >= refit["auroc_before"] and refit["pixels"] > 0
 
     again = runner.invoke(train_cli, ["fit", "--data", str(data), "--out", str(run), *TINY])
@@ -115,6 +117,36 @@ def test_fit_resume_and_eval(tmp_path: Path) -> None:
     assert bad.exit_code == 2 and "unknown difficulty head input 'XYZ'" in bad.output
 
 
+def test_fit_on_a_small_set_says_its_splits_and_does_not_refit_on_one_image(
+    tmp_path: Path,
+) -> None:
+    """40 frames once gave one validation image, a head refit on it reported AUROC 0.743 ->
+    1.000 and was kept. The split sizes are said, and the refit needs images held apart."""
+    data = tmp_path / "streets"
+    write_streets(data, n=12, size=(64, 80), seed=3, split=(0.75, 0.1, 0.15))
+    tiny = [o for o in TINY if not o.startswith("epochs=")]
+    args = ["fit", "--data", str(data), "--out", str(tmp_path / "run"), *tiny, "epochs=1"]
+    result = CliRunner().invoke(train_cli, args)
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    assert (summary["train_images"], summary["val_images"]) == (9, 1)
+    assert "9 training images, 1 validation images" in result.stderr
+    assert "warning: 1 validation images choose best.pt by a noisy mIoU" in result.stderr
+    skipped = summary["difficulty_refit"]["skipped"]
+    assert "the refit needs at least 4 images" in skipped and "the val split has 1" in skipped
+    assert "warning: the difficulty head is not refit" in result.stderr
+    assert "auroc_after" not in summary["difficulty_refit"]
+    raw = torch.load(tmp_path / "run" / "best.pt", weights_only=True)
+    assert "difficulty_refit" not in raw["metrics"]  # the trained head, unchanged
+    refit = CliRunner().invoke(
+        train_cli,
+        ["refit", "--checkpoint", str(tmp_path / "run" / "best.pt"), "--data", str(data)]
+        + ["--out", str(tmp_path / "r.pt")],
+    )
+    assert refit.exit_code == 1 and "the refit needs at least 4 images" in refit.output
+    assert not (tmp_path / "r.pt").exists()
+
+
 def test_fit_rejects_unknown_settings(tmp_path: Path) -> None:
     result = CliRunner().invoke(
         train_cli, ["fit", "--data", str(tmp_path), "--out", str(tmp_path / "r"), "learning_rate=1"]
@@ -149,3 +181,19 @@ def test_bad_data_and_checkpoints_are_one_line_errors(tmp_path: Path) -> None:
     for result in (fitted, refitted):
         assert result.exit_code == 1 and isinstance(result.exception, SystemExit)
         assert result.output.startswith("Error: ") and str(tmp_path) in result.output
+
+
+def test_fit_help_lists_every_override_key() -> None:
+    """`fit --help` once named two examples of OVERRIDES and none of the valid keys."""
+    import dataclasses
+
+    from dealseg.training.cli import MODEL_SETTINGS, TRAIN_SETTINGS
+    from dealseg.training.config import TrainConfig
+    from dealseg.training.model import ModelConfig
+
+    assert tuple(f.name for f in dataclasses.fields(ModelConfig)) == MODEL_SETTINGS
+    assert tuple(f.name for f in dataclasses.fields(TrainConfig)) == TRAIN_SETTINGS
+    for command in ("fit", "al"):
+        shown = " ".join(CliRunner().invoke(train_cli, [command, "--help"]).output.split())
+        for key in (*MODEL_SETTINGS, *TRAIN_SETTINGS):
+            assert f" {key}," in shown or f" {key}." in shown, (command, key)

@@ -17,6 +17,58 @@ if TYPE_CHECKING:
     from .model import DEALNet
 
 
+# The key=value OVERRIDES of fit and al: == ModelConfig's and TrainConfig's fields (tested), here
+# so that `--help` lists them without importing torch.
+MODEL_SETTINGS = (
+    "encoder",
+    "num_classes",
+    "decoder_width",
+    "separable",
+    "low_level_channels",
+    "aspp_rates",
+    "aspp_dropout",
+    "decoder_dropout",
+    "attention_size",
+    "pam_block",
+    "pam_impl",
+    "difficulty_inputs",
+    "difficulty_hidden",
+    "difficulty_context",
+    "input_size",
+    "mean",
+    "std",
+)
+TRAIN_SETTINGS = (
+    "epochs",
+    "batch_size",
+    "lr",
+    "momentum",
+    "weight_decay",
+    "poly_power",
+    "crop",
+    "scale",
+    "color_jitter",
+    "val_every",
+    "difficulty_loss",
+    "difficulty_weight",
+    "seed",
+    "threads",
+    "pretrained",
+    "train_split",
+    "val_split",
+    "refit_difficulty",
+    "refit_loss",
+    "refit_l2",
+    "samples_per_epoch",
+    "partial_labels",
+)
+SETTINGS_HELP = (
+    "OVERRIDES, key=value over the preset (values as JSON: 5, 0.01, [64,80], true; else text). "
+    f"Model: {', '.join(MODEL_SETTINGS)}. Training: {', '.join(TRAIN_SETTINGS)}. "
+    "Defaults and meanings: training/config.py (TrainConfig) and training/model.py (ModelConfig)."
+)
+
+
 def parse_overrides(items: tuple[str, ...]) -> dict[str, Any]:
     """`key=value` pairs; values are JSON when they parse (numbers, lists, booleans), else text."""
     out: dict[str, Any] = {}
@@ -121,6 +173,7 @@ class _Group(click.Group):
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="dealseg")
 def main() -> None:
     """Train and evaluate DEAL segmenters; run the active-learning protocol."""
 
@@ -165,7 +218,7 @@ def synth(
     rare_scale: float,
 ) -> None:
     """Write drives of procedural street scenes in CamVid layout, with tags.jsonl (deterministic
-    by seed)."""
+    by seed); the summary (splits, drives, conditions, class shares) goes to summary.json."""
     from .streets.dataset import condition_rates, write_streets
 
     try:
@@ -181,10 +234,14 @@ def synth(
         sequence_length=sequence_length,
         rare_scale=rare_scale,
     )
-    click.echo(json.dumps(summary, indent=2))
+    splits = ", ".join(f"{name} {count}" for name, count in summary["splits"].items())
+    click.echo(
+        f"wrote {summary['n']} images ({splits}) in {summary['sequences']} drives to {out}; "
+        f"summary in {out / 'summary.json'}"
+    )
 
 
-@main.command()
+@main.command(epilog=SETTINGS_HELP)
 @data_option
 @click.option(
     "--out",
@@ -235,6 +292,7 @@ def fit(
         "val_miou": result.best_miou,
         "seconds": round(result.seconds, 1),
         "train_images": len(labeled) if labeled else pool_size,
+        "val_images": result.val_images,
     }
     if result.difficulty_refit is not None:
         summary["difficulty_refit"] = result.difficulty_refit
@@ -523,7 +581,7 @@ def _csv(kind: type) -> Any:
     return parse
 
 
-@main.command("al")
+@main.command("al", epilog=SETTINGS_HELP)
 @data_option
 @click.option(
     "--out",

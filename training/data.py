@@ -1,7 +1,7 @@
 """Dataset loaders: CamVid (SegNet layout), Cityscapes (gtFine labelIds) and the plain layout.
 
 Every layout is read from a user path, never downloaded. Every sample is a pair of files
-(`Sample`). The dataset's classes (`ClassTable`) come from its class file (training/classes.py),
+(`Sample`). The dataset's classes (`ClassTable`) come from its class file (core/classes.py),
 else from the layout's built-in table (CamVid, Cityscapes; the plain layout needs a class file).
 Mask values are mapped to train ids on load (CamVid void 11 -> 255, Cityscapes official id ->
 trainId, a class file's values -> their classes' positions) and anything else fails fast with a
@@ -31,10 +31,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 
-from dealseg.core.regions import RegionSpec, partition
-
-from .camvid import CAMVID_CLASSES, CAMVID_PALETTE, CAMVID_VOID
-from .classes import (
+from dealseg.core.classes import (
     IGNORE_INDEX,
     INVALID,
     ClassTable,
@@ -42,6 +39,9 @@ from .classes import (
     find_class_file,
     read_class_file,
 )
+from dealseg.core.regions import RegionSpec, partition
+
+from .camvid import CAMVID_CLASSES, CAMVID_PALETTE, CAMVID_VOID
 
 # Cityscapes' 19 evaluation classes, in trainId order.
 CITYSCAPES_CLASSES: tuple[str, ...] = (
@@ -189,7 +189,7 @@ def dataset_classes(root: Path, layout: str) -> ClassTable:
         raise DataError(
             f"{root} has no class file: the {layout} layout needs one, e.g. {root}/classes.json "
             '= {"classes": [{"name": "road", "value": 1}, {"name": "car", "value": 2}], '
-            '"ignore": [0, 255]} (see training/classes.py)'
+            '"ignore": [0, 255]} (see core/classes.py)'
         )
     return table
 

@@ -21,7 +21,7 @@ from .device import CPU, Runtime
 from .evaluate import evaluate_model
 from .losses import deal_loss
 from .model import HEAD_LR_SCALE, DEALNet, DEALOutput, normalise
-from .refit import refit_checkpoint
+from .refit import MIN_IMAGES, refit_checkpoint
 
 
 @dataclass
@@ -32,6 +32,7 @@ class FitResult:
     seconds: float
     history: list[dict[str, Any]]
     difficulty_refit: dict[str, Any] | None = None
+    val_images: int = 0  # the validation split best.pt was chosen on (and the head refit on)
 
 
 def poly_lr(base: float, it: int, max_it: int, power: float) -> float:
@@ -253,7 +254,17 @@ class Trainer:
         self.out.mkdir(parents=True, exist_ok=True)
         self.resume()
         if not self.quiet:
-            print(f"fit {self.out} on {self.runtime.describe()}", file=sys.stderr)
+            print(
+                f"fit {self.out} on {self.runtime.describe()}: {len(self.train_set)} training "
+                f"images, {len(self.val_set)} validation images",
+                file=sys.stderr,
+            )
+            if len(self.val_set) < MIN_IMAGES:
+                print(
+                    f"warning: {len(self.val_set)} validation images choose best.pt by a noisy "
+                    "mIoU; give the validation split more images",
+                    file=sys.stderr,
+                )
         (self.out / "config.json").write_text(json.dumps(self.run_state, indent=2))
         t0 = time.time()
         progress = tqdm(
@@ -276,7 +287,13 @@ class Trainer:
             )
         epochs_run = self.train_cfg.epochs - self.start_epoch
         return FitResult(
-            self.best_path, self.best, epochs_run, time.time() - t0, self.history, refit
+            self.best_path,
+            self.best,
+            epochs_run,
+            time.time() - t0,
+            self.history,
+            refit,
+            len(self.val_set),
         )
 
 
@@ -306,22 +323,31 @@ def refit_best(
     quiet: bool = False,
     device: torch.device = CPU.device,
 ) -> dict[str, Any]:
-    """Refit the kept checkpoint's difficulty head on `val_set` once (a resumed run keeps it)."""
+    """Refit the kept checkpoint's difficulty head on `val_set` once (a resumed run keeps it).
+    A split too small for the refit keeps the trained head: the record says why (`skipped`)."""
     ckpt = load_checkpoint(best_path)
     done = ckpt.metrics.get("difficulty_refit")
     if done is None:
-        done = refit_checkpoint(
-            ckpt,
-            ckpt.build_model().to(device),
-            val_set,
-            train_cfg.refit_loss,
-            best_path,
-            seed=train_cfg.seed,
-            l2=train_cfg.refit_l2,
-        )
-    if not quiet:
+        try:
+            done = refit_checkpoint(
+                ckpt,
+                ckpt.build_model().to(device),
+                val_set,
+                train_cfg.refit_loss,
+                best_path,
+                seed=train_cfg.seed,
+                l2=train_cfg.refit_l2,
+            )
+        except ValueError as exc:
+            done = {"split": val_set.split, "skipped": str(exc)}
+    if quiet:
+        return done
+    if "skipped" in done:
+        print(f"warning: the difficulty head is not refit: {done['skipped']}", file=sys.stderr)
+    else:
         print(
-            f"difficulty head refit on {done['split']} ({done['pixels']:,} pixels): AUROC "
+            f"difficulty head refit on {done['fit_images']} {done['split']} images "
+            f"({done['pixels']:,} pixels), judged on {done['held_apart_images']} held apart: AUROC "
             f"{done['auroc_before']:.3f} -> {done['auroc_after']:.3f}"
             + (" (kept the trained head)" if done["kept_old"] else ""),
             file=sys.stderr,

@@ -11,8 +11,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from dealseg.core.classes import IGNORE_INDEX, ClassTable
+
 from ..camvid import CAMVID_CLASSES, CAMVID_PALETTE
-from ..classes import IGNORE_INDEX, ClassTable
 from ..tags import FrameTag, write_tags
 from .canvas import NUM_LABELS, VOID
 from .conditions import CLEAR, CONDITIONS

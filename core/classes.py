@@ -14,12 +14,14 @@ PyYAML is installed), else, for CamVid and Cityscapes, from their built-in table
 `value` is the class's pixel value in the mask files (default: its position in the list),
 `color` its RGB colour in maps (default: a generated one), `ignore` the mask values no loss or
 metric counts (default 255). Classes are trained as ids 0..C-1 in the file's order, 2 to 255 of
-them. A class may also be a bare name. Torch-free, like `camvid.py`.
+them. A class may also be a bare name. Torch-free: training reads it, and `deal-client eval` checks
+a label set's class file against the model's classes.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -89,6 +91,37 @@ def _ranges(values: Sequence[int]) -> str:
 def generated_colour(i: int) -> Colour:
     """A colour for class i when the class file gives none: distinct for neighbouring ids."""
     return ((67 * i + 64) % 256, (151 * i + 32) % 256, (199 * i + 96) % 256)
+
+
+# -------------------------------------------------------------------------- the share columns
+def class_column(name: str) -> str:
+    """The readable column (CSV, data frame, Parquet) or field (Label Studio, FiftyOne) of a
+    class's share: `class_<name>`, non-word characters as `_`."""
+    return "class_" + re.sub(r"\W+", "_", name)
+
+
+def shared_columns(names: Sequence[str]) -> dict[str, list[str]]:
+    """The readable columns that two or more of `names` map to, with those names."""
+    by_column: dict[str, list[str]] = {}
+    for name in names:
+        by_column.setdefault(class_column(name), []).append(name)
+    return {c: n for c, n in by_column.items() if len(n) > 1}
+
+
+def class_columns(names: Sequence[str]) -> dict[str, str]:
+    """Class name -> its share's column, unique over `names` (class order): `class_column`,
+    and for a later class whose readable column is taken (a model trained before such class
+    files were refused) that column + `_<class id>`. With the class list, which every out dir
+    and model records, each column maps back to its class."""
+    columns: dict[str, str] = {}
+    taken: set[str] = set()
+    for i, name in enumerate(names):
+        column = class_column(name)
+        while column in taken:
+            column = f"{column}_{i}"
+        columns[name] = column
+        taken.add(column)
+    return columns
 
 
 # ------------------------------------------------------------------------------ the class file
@@ -187,3 +220,11 @@ def check_table(table: ClassTable) -> None:
     both = sorted(set(table.values) & set(table.ignore))
     if both:
         raise ValueError(f"values {both} are both a class value and ignored")
+    shared = shared_columns(table.names)
+    if shared:
+        column, names = next(iter(shared.items()))
+        raise ValueError(
+            f"classes {' and '.join(map(repr, names))} would share the column {column} in every "
+            "table of scores (a class's column is class_<name>, non-word characters as _); "
+            "rename one"
+        )
