@@ -98,6 +98,19 @@ def _short(doc: dict[str, Any]) -> bool:
     return True
 
 
+def _unreadable(doc: dict[str, Any]) -> bool:
+    """Whether the selection was made without the scores of unreadable Parquet parts; if so,
+    name them on stderr."""
+    parts = doc.get("unreadable_parts") or []
+    if parts:
+        _stderr(
+            f"selected from part of the pool: {len(parts)} Parquet part"
+            f"{'s' if len(parts) > 1 else ''} unreadable, skipped ({', '.join(parts)}); "
+            "score the pool into this out dir again to score their images again"
+        )
+    return bool(parts)
+
+
 def _list_failures(failed: dict[str, str]) -> None:
     for path, reason in failed.items():
         _stderr(f"failed: {_display(path)}: {reason}")
@@ -377,7 +390,7 @@ def _report(run: Any, out: Path, as_json: bool) -> int:
         _stderr(f"no selection: {run.no_selection}")
     else:
         _print_selection(doc, as_json)
-    short = doc is not None and _short(doc)
+    short = doc is not None and (_short(doc) | _unreadable(doc))
     if run.html is not None:
         _stderr(f"report: {run.html}")
     _stderr(
@@ -488,7 +501,8 @@ def _select(run: SelectCommand, as_json: bool) -> int:
         _stderr(f"warning: no map for {_display(path)}: {reason}")
     if done.html is not None:
         _stderr(f"report: {done.html}")
-    return EXIT_FAILED_INPUTS if _short(done.selection) else EXIT_OK
+    short = _short(done.selection) | _unreadable(done.selection)
+    return EXIT_FAILED_INPUTS if short else EXIT_OK
 
 
 def _maps_engine(table: Any, engines: EngineSettings, batch_size: int) -> Any:
