@@ -351,10 +351,10 @@ def _ray_scoring(engines: EngineSettings, engine: Any, ray: RaySettings | None) 
 
 
 def _pool_paths(pool: str, shard: tuple[int, int]) -> list[str]:
-    from dealseg.core.pool import IMAGE_EXTENSIONS, PoolError
+    from dealseg.core.pool import PoolError
 
     from .remote import AccessDenied
-    from .scoring import list_paths
+    from .scoring import list_paths, no_images
 
     try:
         paths = list_paths(pool, shard)
@@ -363,10 +363,7 @@ def _pool_paths(pool: str, shard: tuple[int, int]) -> list[str]:
     except AccessDenied as exc:
         raise click.ClickException(str(exc)) from None
     if not paths:
-        raise click.ClickException(
-            f"POOL {pool} holds no images ({' '.join(sorted(IMAGE_EXTENSIONS))})"
-            + (f" in shard {shard[0]}/{shard[1]}" if shard[1] > 1 else "")
-        )
+        raise click.ClickException(no_images(pool, shard))
     return paths
 
 
