@@ -373,11 +373,7 @@ class ParquetWriter:
         self.out, self.spec, self.part_rows = Path(out), spec, part_rows
         self.folder = self.out / SCORES_PARQUET
         self.folder.mkdir(exist_ok=True)
-        unreadable: list[Path] = []
-        self._done = done_paths(self.folder, spec.model_id, unreadable)
-        for part in unreadable:  # set aside: its images are scored again
-            part.rename(part.with_name(f".{part.name}.unreadable"))
-            print(f"warning: {part}: set aside; its images are scored again", file=sys.stderr)
+        self._done = resumed_paths(self.folder, spec.model_id)
         self.run = new_run_id()
         self.regions = holds_regions(json.loads((self.out / "meta.json").read_text()))
         self.prefix = part_prefix(next_sequence(self.folder), self.run)
@@ -430,6 +426,18 @@ def done_paths(folder: Path, model: str, unreadable: list[Path] | None = None) -
     ok, ours = _equals(table, "status", "ok"), _equals(table, "model", model)
     paths = _paths(table)
     return {paths[i] for i in np.flatnonzero(ok & ours)}
+
+
+def resumed_paths(folder: Path, model: str) -> set[str]:
+    """`done_paths` for a writer resuming `folder` (holding its lock): a part that cannot be
+    read is set aside as `.<name>.unreadable`, which every reader skips, and its images are
+    scored again."""
+    unreadable: list[Path] = []
+    done = done_paths(folder, model, unreadable)
+    for part in unreadable:
+        part.rename(part.with_name(f".{part.name}.unreadable"))
+        print(f"warning: {part}: set aside; its images are scored again", file=sys.stderr)
+    return done
 
 
 def write_parquet_records(
