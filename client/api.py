@@ -31,12 +31,13 @@ from dealseg.core.strategies import DEFAULT_REGION_STRATEGY, DEFAULT_STRATEGY
 from .outdir import selection_rows
 from .records import Table, record_path
 from .regions import region_pool, region_vectors
-from .scoring import list_paths, pool_paths, score_into
+from .scoring import list_paths, no_images, pool_paths, score_into
 from .selection import pick
 from .settings import (
     EngineSettings,
     ScoreSettings,
     SelectSettings,
+    SettingsError,
     TritonSettings,
     from_keywords,
 )
@@ -88,14 +89,18 @@ def score(
     `settings.ScoreSettings` (batch_size=, resize=, format=, regions="cell:12": each frame's cells
     as `region_pixels` and `region_ds` columns, for `select_regions`; progress off by default) and,
     with a url, of `settings.TritonSettings` (protocol=, timeout=, ...); another keyword is a
-    TypeError that lists them.
+    TypeError that lists them. A pool that lists no image is a ValueError worded as the CLI's.
     """
     streaming, triton = from_keywords(
         (ScoreSettings, TritonSettings), {"progress": False, **options}, "score"
     )
     engine = engine_settings(model, url, triton)
-    source = os.fspath(pool) if isinstance(pool, (str, os.PathLike)) else None
-    paths = list_paths(source) if source is not None else pool_paths(map(os.fspath, pool))
+    if not isinstance(pool, (str, bytes, os.PathLike, Iterable)):
+        raise SettingsError("pool", f"pool must be a folder, a list file or paths, got {pool!r}")
+    source = os.fsdecode(pool) if isinstance(pool, (str, bytes, os.PathLike)) else None
+    paths = list_paths(source) if source is not None else pool_paths(map(os.fsdecode, pool))
+    if not paths:
+        raise ValueError(no_images(source or "(the paths given)"))
     with contextlib.closing(engine.open()) as opened, _out_dir(out) as folder:
         _, table = score_into(paths, opened, folder, streaming)
         return _as_table(_records(table), _attrs(table))
@@ -126,7 +131,7 @@ def select(
         k,
         seed,
         diverse,
-        None if labeled is None else Path(labeled),
+        None if labeled is None else Path(os.fsdecode(labeled)),
         weights,
         per_group,
         group_by,

@@ -109,6 +109,19 @@ def _short(doc: dict[str, Any]) -> bool:
     return True
 
 
+def _unreadable(doc: dict[str, Any]) -> bool:
+    """Whether the selection was made without the scores of unreadable Parquet parts; if so,
+    name them on stderr."""
+    parts = doc.get("unreadable_parts") or []
+    if parts:
+        _stderr(
+            f"selected from part of the pool: {len(parts)} Parquet part"
+            f"{'s' if len(parts) > 1 else ''} unreadable, skipped ({', '.join(parts)}); "
+            "score the pool into this out dir again to score their images again"
+        )
+    return bool(parts)
+
+
 def _list_failures(failed: dict[str, str]) -> None:
     for path, reason in failed.items():
         _stderr(f"failed: {_display(path)}: {reason}")
@@ -350,10 +363,10 @@ def _ray_scoring(engines: EngineSettings, engine: Any, ray: RaySettings | None) 
 
 
 def _pool_paths(pool: str, shard: tuple[int, int]) -> list[str]:
-    from dealseg.core.pool import IMAGE_EXTENSIONS, PoolError
+    from dealseg.core.pool import PoolError
 
     from .remote import AccessDenied
-    from .scoring import list_paths
+    from .scoring import list_paths, no_images
 
     try:
         paths = list_paths(pool, shard)
@@ -362,10 +375,7 @@ def _pool_paths(pool: str, shard: tuple[int, int]) -> list[str]:
     except AccessDenied as exc:
         raise click.ClickException(str(exc)) from None
     if not paths:
-        raise click.ClickException(
-            f"POOL {pool} holds no images ({' '.join(sorted(IMAGE_EXTENSIONS))})"
-            + (f" in shard {shard[0]}/{shard[1]}" if shard[1] > 1 else "")
-        )
+        raise click.ClickException(no_images(pool, shard))
     return paths
 
 
@@ -397,7 +407,7 @@ def _report(run: Any, out: Path, as_json: bool) -> int:
         _stderr(f"no selection: {run.no_selection}")
     else:
         _print_selection(doc, as_json)
-    short = doc is not None and _short(doc)
+    short = doc is not None and (_short(doc) | _unreadable(doc))
     if run.html is not None:
         _stderr(f"report: {run.html}")
     _stderr(
@@ -511,7 +521,8 @@ def _select(run: SelectCommand, as_json: bool) -> int:
         _stderr(f"warning: no map for {_display(path)}: {reason}")
     if done.html is not None:
         _stderr(f"report: {done.html}")
-    return EXIT_FAILED_INPUTS if _short(done.selection) else EXIT_OK
+    short = _short(done.selection) | _unreadable(done.selection)
+    return EXIT_FAILED_INPUTS if short else EXIT_OK
 
 
 def _maps_engine(table: Any, engines: EngineSettings, batch_size: int) -> Any:

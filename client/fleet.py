@@ -42,12 +42,12 @@ from .outdir import claim, load_table
 from .parquet import (
     SCORES_PARQUET,
     batch_table,
-    done_paths,
     errors_table,
     new_run_id,
     next_sequence,
     part_prefix,
     read_parts,
+    resumed_paths,
 )
 from .records import StoreError, Table, record_path
 from .remote import one_line
@@ -226,7 +226,7 @@ def score_on_ray(
     with claim(out, spec, "parquet", settings.scoring):
         folder = Path(out) / SCORES_PARQUET
         folder.mkdir(exist_ok=True)
-        done = done_paths(folder, spec.model_id)
+        done = resumed_paths(folder, spec.model_id)
         todo = [p for p in paths if p not in done]
         report = ScoreReport(total=len(paths), resumed=len(paths) - len(todo))
         if not todo:

@@ -33,6 +33,7 @@ from .records import (
     record_error,
     record_fractions,
     record_ok,
+    record_path,
     replaces,
     winners,
 )
@@ -82,6 +83,8 @@ def iter_records(path: Path) -> Iterator[dict[str, Any]]:
                 print(f"warning: {path}:{n}: not a JSON record, skipped", file=sys.stderr)
                 continue
             if isinstance(record, dict) and isinstance(record.get("path"), str):
+                record["path"] = record_path(record)
+                record.pop("path_b64", None)
                 yield record
 
 

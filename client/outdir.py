@@ -278,6 +278,7 @@ def write_selection(
         "scores": str(table.scores_file),
         "pool_ok": len(table),
         "pool_failed": len(table.errors),
+        **({"unreadable_parts": table.unreadable} if table.unreadable else {}),
         "shortfall": shortfall,
         "skipped": {reason: skipped.count(reason) for reason in sorted(set(skipped))},
         "settings": {**settings, "scores": str(table.scores_file)},

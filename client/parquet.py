@@ -169,18 +169,50 @@ def part_prefix(sequence: int, run: str) -> str:
     return f"{sequence:06d}-{run}-"
 
 
-def read_parts(folder: Path, columns: Sequence[str] | None = None) -> Any:
-    """Every readable part, in order, as one pyarrow Table of `columns` (all by default); a
-    part that cannot be read (its writer was killed mid-file) is skipped with a warning."""
+def read_parts(
+    folder: Path, columns: Sequence[str] | None = None, unreadable: list[Path] | None = None
+) -> Any:
+    """Every readable part, in order, as one pyarrow Table of `columns` (all by default).
+
+    A part that cannot be read (its writer was killed mid-file) is skipped with a warning and
+    added to `unreadable`; a part whose columns differ from the first part's (another schema)
+    is a StoreError naming both."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    tables = []
+    def skip(part: Path, exc: Exception) -> None:
+        print(f"warning: {part}: unreadable Parquet part, skipped ({exc})", file=sys.stderr)
+        if unreadable is not None:
+            unreadable.append(part)
+
+    tables: list[Any] = []
+    first: tuple[Path, dict[str, Any]] | None = None
     for part in part_files(folder):
         try:
-            tables.append(pq.read_table(part, columns=list(columns) if columns else None))
+            schema = pq.read_schema(part)
         except Exception as exc:  # pyarrow raises ArrowInvalid, OSError, ...
-            print(f"warning: {part}: unreadable Parquet part, skipped ({exc})", file=sys.stderr)
+            skip(part, exc)
+            continue
+        names = list(columns) if columns else schema.names
+        missing = [n for n in names if n not in schema.names]
+        if missing:
+            raise StoreError(
+                f"{part}: no column {', '.join(missing)}: not a part of these scores; move it "
+                f"out of {folder}"
+            )
+        types = {n: schema.field(n).type for n in names}
+        if first is None:
+            first = (part, types)
+        elif types != first[1]:
+            odd = next(n for n in {**first[1], **types} if first[1].get(n) != types.get(n))
+            raise StoreError(
+                f"{part}: another schema than {first[0].name} (column {odd}): not a part of "
+                f"these scores; move it out of {folder}"
+            )
+        try:
+            tables.append(pq.read_table(part, columns=names))
+        except Exception as exc:
+            skip(part, exc)
     if not tables:
         return None
     return pa.concat_tables(tables, promote_options="none")
@@ -242,7 +274,8 @@ def read_parquet_table(folder: Path, meta: dict[str, Any]) -> Table:
     names = class_names_of(meta)
     shares = list(class_columns(names).values())
     columns = ["path", "path_b64", "status", "error", "model", *SCORE_COLUMNS, *shares]
-    table = read_parts(folder, columns)
+    unreadable: list[Path] = []
+    table = read_parts(folder, columns, unreadable)
     if table is None:
         if not folder.is_dir():
             raise StoreError(f"no scores at {folder}")
@@ -292,6 +325,7 @@ def read_parquet_table(folder: Path, meta: dict[str, Any]) -> Table:
         source=folder.absolute(),
         load_vectors=embeddings,
         load_regions=regions if holds_regions(meta) else None,
+        unreadable=[str(p) for p in unreadable],
     )
 
 
@@ -340,7 +374,7 @@ class ParquetWriter:
         self.out, self.spec, self.part_rows = Path(out), spec, part_rows
         self.folder = self.out / SCORES_PARQUET
         self.folder.mkdir(exist_ok=True)
-        self._done = done_paths(self.folder, spec.model_id)
+        self._done = resumed_paths(self.folder, spec.model_id)
         self.run = new_run_id()
         self.regions = holds_regions(json.loads((self.out / "meta.json").read_text()))
         self.prefix = part_prefix(next_sequence(self.folder), self.run)
@@ -383,15 +417,28 @@ class ParquetWriter:
         self.flush()
 
 
-def done_paths(folder: Path, model: str) -> set[str]:
-    """The paths whose counting row in `folder` is ok and by `model`: skipped on resume."""
-    table = read_parts(folder, ["path", "path_b64", "status", "model"])
+def done_paths(folder: Path, model: str, unreadable: list[Path] | None = None) -> set[str]:
+    """The paths whose counting row in `folder` is ok and by `model`: skipped on resume (the
+    parts that cannot be read are added to `unreadable`)."""
+    table = read_parts(folder, ["path", "path_b64", "status", "model"], unreadable)
     if table is None:
         return set()
     table = table.take(counting(table))
     ok, ours = _equals(table, "status", "ok"), _equals(table, "model", model)
     paths = _paths(table)
     return {paths[i] for i in np.flatnonzero(ok & ours)}
+
+
+def resumed_paths(folder: Path, model: str) -> set[str]:
+    """`done_paths` for a writer resuming `folder` (holding its lock): a part that cannot be
+    read is set aside as `.<name>.unreadable`, which every reader skips, and its images are
+    scored again."""
+    unreadable: list[Path] = []
+    done = done_paths(folder, model, unreadable)
+    for part in unreadable:
+        part.rename(part.with_name(f".{part.name}.unreadable"))
+        print(f"warning: {part}: set aside; its images are scored again", file=sys.stderr)
+    return done
 
 
 def write_parquet_records(

@@ -169,6 +169,7 @@ class Table:
     region_pixels: np.ndarray | None = None  # [N, R] cells' picture pixels (score --regions)
     region_ds: np.ndarray | None = None  # [N, R] cells' mean difficulty
     load_regions: Callable[[], tuple[np.ndarray, np.ndarray]] | None = None  # reads both
+    unreadable: list[str] = field(default_factory=list)  # score parts that could not be read
 
     def __len__(self) -> int:
         return len(self.paths)

@@ -70,6 +70,15 @@ def list_paths(source: str, shard: tuple[int, int] = (0, 1)) -> list[str]:
     return take_shard(pool_paths(listed), *shard)
 
 
+def no_images(pool: str, shard: tuple[int, int] = (0, 1)) -> str:
+    """What the CLI and the API say of a pool that lists no image."""
+    from dealseg.core.pool import IMAGE_EXTENSIONS
+
+    return f"POOL {pool} holds no images ({' '.join(sorted(IMAGE_EXTENSIONS))})" + (
+        f" in shard {shard[0]}/{shard[1]}" if shard[1] > 1 else ""
+    )
+
+
 def pool_paths(listed: Iterable[str]) -> list[str]:
     """Pool entries -> absolute paths and URIs as they are, each once, in order; the object
     store must accept our credentials for the first URI (`remote.AccessDenied` otherwise)."""

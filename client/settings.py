@@ -152,6 +152,10 @@ class SelectSettings:
                 raise SettingsError(
                     "group_by", "group_by names the groups of per_group N: give both"
                 )
+            if not isinstance(self.group_by, str):
+                raise SettingsError(
+                    "group_by", f"group_by must be a regular expression, got {self.group_by!r}"
+                )
             try:
                 re.compile(self.group_by)
             except re.error as exc:

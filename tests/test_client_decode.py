@@ -267,3 +267,31 @@ def test_odd_pool_scores_the_good_and_records_each_bad_one(tiny_onnx: Path, tmp_
     assert os.path.exists(os.fsencode(odd))  # the record's path gives the original bytes back
     assert f"{len(ok)} scored" in result.stderr and f"{len(bad)} failed" in result.stderr
     assert len((out / "selection.txt").read_bytes().splitlines()) == 3
+
+
+def test_non_utf8_name_in_a_jsonl_out_dir_is_one_file_everywhere(
+    tiny_onnx: Path, tmp_path: Path
+) -> None:
+    """selection.txt holds the name's bytes, the maps are drawn from the file, and a resume
+    does not score it again."""
+    from click.testing import CliRunner
+
+    from dealseg.client.cli import main
+
+    pool, out = tmp_path / "pool", tmp_path / "out"
+    pool.mkdir()
+    odd = os.path.join(os.fsencode(pool), b"caf\xe9_odd.png")  # not valid UTF-8
+    rgb_image(seed=1).save(odd)
+    rgb_image(seed=2).save(pool / "plain.png")
+    args = ["score", str(pool), "-k", "2", "--model", str(tiny_onnx), "--out", str(out)]
+    first = CliRunner().invoke(main, [*args, "--maps"])
+    assert first.exit_code == 0, first.stderr
+    picked = (out / "selection.txt").read_bytes().splitlines()
+    assert odd in picked and all(os.path.exists(p) for p in picked)
+    panels = [p for p in (out / "maps").iterdir() if not p.name.endswith((".dif.png", ".seg.png"))]
+    assert len(panels) == 2 and "no map" not in first.stderr, first.stderr
+    lines = (out / "scores.jsonl").read_bytes()
+    again = CliRunner().invoke(main, args)
+    assert again.exit_code == 0, again.stderr
+    assert (out / "scores.jsonl").read_bytes() == lines  # nothing scored again
+    assert (out / "selection.txt").read_bytes().splitlines() == picked

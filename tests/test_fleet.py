@@ -269,3 +269,18 @@ def test_a_wrong_ray_address_fails_at_once_naming_it(
     result = subprocess.run([client, *map(str, args)], capture_output=True, text=True)
     assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
     assert f"Error: no Ray cluster at {address}: " in result.stderr
+
+
+def test_a_ray_resume_sets_an_unreadable_part_aside_and_scores_its_images_again(
+    cluster: object, pool: Path, tiny_onnx: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "out"
+    score(pool, tiny_onnx, out, "--ray")
+    (part,) = part_files(out / SCORES_PARQUET)
+    lost = pq.read_table(part).column("status").to_pylist().count("ok")
+    part.write_bytes(part.read_bytes()[: part.stat().st_size // 2])  # a task killed mid-file
+    said = score(pool, tiny_onnx, out, "--ray")
+    assert f"{lost} scored" in said and "set aside" in said
+    assert (part.parent / f".{part.name}.unreadable").exists()
+    assert "unreadable_parts" not in (out / "selection.json").read_text()
+    assert len(pq.read_table(out / SCORES_PARQUET)) == len(list_paths(str(pool)))

@@ -3,6 +3,7 @@ as JSONL; the embedded engine on the tiny exported model."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -149,3 +150,57 @@ def test_counting_rows_follow_the_replaces_rule(rows: list[tuple[str, bool]]) ->
         if replaces(None if old is None else old[1], ok):
             winner[path] = (i, ok)
     assert counting(table).tolist() == sorted(i for i, _ in winner.values())
+
+
+def _copy_out(parquet_out: Path, tmp_path: Path) -> tuple[Path, Path]:
+    """A copy of the Parquet out dir (without its selection) and its first part (every input)."""
+    import shutil
+
+    out = tmp_path / "out"
+    shutil.copytree(parquet_out, out, ignore=shutil.ignore_patterns("selection.*"))
+    return out, part_files(out / SCORES_PARQUET)[0]
+
+
+@pytest.mark.parametrize("change", ["types", "columns"])
+def test_a_part_of_another_schema_is_refused_in_one_line_naming_it(
+    parquet_out: Path, tmp_path: Path, change: str
+) -> None:
+    out, part = _copy_out(parquet_out, tmp_path)
+    table = pq.read_table(part)
+    if change == "types":
+        other = table.set_column(table.schema.get_field_index("ds"), "ds", table["ds"].cast("f4"))
+    else:
+        other = table.drop_columns(["entropy"])
+    stranger = out / SCORES_PARQUET / "000009-feedbeef-00000.parquet"
+    pq.write_table(other, stranger)
+    r = deal_client("select", out, "-k", K, "--out", tmp_path / "sel")
+    assert r.exit_code == 1, r.stderr
+    (line,) = r.stderr.strip().splitlines()
+    assert stranger.name in line and "Traceback" not in r.stderr
+    assert not (tmp_path / "sel" / "selection.json").exists()
+
+
+def test_a_truncated_part_is_counted_in_the_selection_and_scored_again_on_resume(
+    parquet_out: Path, pool: Path, tiny_onnx: Path, tmp_path: Path
+) -> None:
+    out, part = _copy_out(parquet_out, tmp_path)
+    table = pq.read_table(part)
+    half = table.num_rows // 2
+    for old in part_files(out / SCORES_PARQUET):
+        old.unlink()
+    first, second = (out / SCORES_PARQUET / f"000001-abcdef-{i:05d}.parquet" for i in (0, 1))
+    pq.write_table(table.slice(0, half), first)
+    pq.write_table(table.slice(half), second)
+    second.write_bytes(second.read_bytes()[: second.stat().st_size // 2])  # a killed writer
+    r = deal_client("select", out, "-k", K, "--out", tmp_path / "sel")
+    assert r.exit_code == 3, r.stderr
+    assert second.name in r.stderr and "1 Parquet part unreadable" in r.stderr
+    doc = json.loads((tmp_path / "sel" / "selection.json").read_text())
+    assert doc["unreadable_parts"] == [str(second)]
+    assert doc["pool_ok"] + doc["pool_failed"] == half
+    r = deal_client("score", pool, "-k", K, "--model", tiny_onnx, "-o", out, "--format", "parquet")
+    lost = table.slice(half).column("status").to_pylist().count("ok")
+    assert r.exit_code == 3 and f"{lost} scored" in r.stderr, r.stderr
+    assert not second.exists() and (second.parent / f".{second.name}.unreadable").exists()
+    doc = json.loads((out / "selection.json").read_text())
+    assert "unreadable_parts" not in doc and doc["pool_ok"] + doc["pool_failed"] == len(table)

@@ -3,6 +3,7 @@ values the same way; the API names its valid keywords."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -98,6 +99,7 @@ def test_model_and_url_exclude_each_other_in_both(tmp_path: Path) -> None:
         ({"strategy": None}, "strategy must be one of"),
         ({"strategy": b"ds"}, "strategy must be one of"),
         ({"per_group": 0}, "per_group must be >= 1"),
+        ({"per_group": 1, "group_by": b"cam"}, "group_by must be a regular expression, got b'cam'"),
         ({"balance": {"Road": "2"}}, "the weight of 'Road' must be >= 0"),
     ],
 )
@@ -108,3 +110,37 @@ def test_values_of_the_wrong_kind_are_settings_errors_naming_the_setting(
         SelectSettings(**keywords)
     with pytest.raises(SettingsError, match=words):
         dealseg.select([], **{"strategy": "ds", "k": 3, **keywords})
+
+
+def test_an_empty_pool_is_no_images_in_the_api_as_in_the_cli(tmp_path: Path) -> None:
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(ValueError, match="holds no images") as api:
+        dealseg.score(empty)
+    code, stderr = cli("score", empty, "-k", 1, "--out", tmp_path / "out")
+    assert code == 1 and str(api.value) in stderr
+    with pytest.raises(ValueError, match="holds no images"):
+        dealseg.score(os.fsencode(empty))  # a path as bytes, as os.listdir(bytes) gives
+    with pytest.raises(ValueError, match="holds no images"):
+        dealseg.score([])
+
+
+@pytest.mark.parametrize("pool", [None, 3])
+def test_a_pool_that_is_no_path_is_a_settings_error(pool: object) -> None:
+    words = f"pool must be a folder, a list file or paths, got {pool}"
+    with pytest.raises(SettingsError, match=words):
+        dealseg.score(pool)
+
+
+def test_a_labeled_file_given_as_bytes_is_read_as_its_path(tiny_onnx: Path, tmp_path: Path) -> None:
+    from helpers import write_pool
+
+    def paths(table: object) -> list[str]:  # a DataFrame, or records without pandas
+        rows = table.to_dict("records") if hasattr(table, "to_dict") else table
+        return sorted(r["path"] for r in rows)  # type: ignore[attr-defined]
+
+    table = dealseg.score(write_pool(tmp_path / "pool", 3), model=tiny_onnx)
+    labeled = tmp_path / "labeled.txt"
+    labeled.write_text(paths(table)[0] + "\n")
+    picks = dealseg.select(table, "ds", 3, labeled=os.fsencode(labeled))
+    assert paths(picks) == paths(table)[1:]
