@@ -77,7 +77,7 @@ def main() -> None:
                 f"{t['spearman_ds']:.3f}",
                 f"{t['spearman_de']:.3f}",
                 f"{t['spearman_entropy']:.3f}",
-                f"{result.refit['auroc_after']:.3f}",
+                f"{result.refit['auroc_after']:.3f}" if "auroc_after" in result.refit else "-",
                 f"{time.perf_counter() - start:.0f}",
             ]
         )

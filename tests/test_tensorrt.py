@@ -126,16 +126,19 @@ def exported_graphs(
 
 
 def attached_graph(work: Path) -> Path:
-    """A small U-Net that is not ours (untrained: TensorRT needs its ops, not its skill) with
-    the difficulty head attached after two training steps, wrapped by `deal-export attach`."""
+    """A small U-Net that is not ours (briefly trained: TensorRT needs its ops, not its skill;
+    an untrained one's near-constant outputs make the head's standardised inputs float noise)
+    with the difficulty head attached after two training steps, wrapped by `deal-export
+    attach`."""
     import torch
-    from foreign_segmenters import UNet, export_segmenter, street_set
+    from foreign_segmenters import UNet, export_segmenter, street_set, train_segmenter, unet_input
 
     from dealseg.training.cli import main as train_cli
 
-    data = street_set(work / "set", 30, (64, 80), seed=3)
+    data = street_set(work / "set", 50, (64, 80), seed=3)  # a val split the refit takes (>= 4)
     torch.manual_seed(0)
-    export_segmenter(UNet(11, 8).eval(), torch.zeros(2, 3, 64, 80), work / "unet.onnx")
+    unet = train_segmenter(UNet(11, 8), data, unet_input, nhwc_out=False, steps=20)
+    export_segmenter(unet.eval(), torch.zeros(2, 3, 64, 80), work / "unet.onnx")
     run = ["attach", "--segmenter", work / "unet.onnx", "--data", data, "--out", work / "run"]
     result = CliRunner().invoke(train_cli, [*map(str, run), "steps=2"])
     assert result.exit_code == 0, result.output

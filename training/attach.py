@@ -11,7 +11,8 @@ decoder features) reads its per-pixel class scores. The exported graph (export/a
 
 Training never moves their weights: (1) γ and the read-out on the train split's error masks
 (grid cells' error shares, as `refit.fit_cells`), (2) the read-out refit on the val split
-(`refit.refit_difficulty_head`), (3) the head measured on the test split, which nothing was fit
+(`refit.refit_difficulty_head`; skipped with a warning, as `fit` does, when the val split is too
+small for it), (3) the head measured on the test split, which nothing was fit
 on: the map's pixel AUROC and the Spearman of DS, DE and entropy with each image's error rate.
 """
 
@@ -20,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import sys
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -500,9 +502,13 @@ def attach(
         dataset.validate()
     model = AttachedSegmenter(model_path, io, build_head(io, cfg))
     train = train_head(model, splits["train"], cfg)
-    refit = refit_difficulty_head(
-        model, splits["val"], cfg.refit_loss, seed=cfg.seed, l2=cfg.refit_l2
-    ).to_dict()
+    try:
+        refit = refit_difficulty_head(
+            model, splits["val"], cfg.refit_loss, seed=cfg.seed, l2=cfg.refit_l2
+        ).to_dict()
+    except ValueError as exc:  # too small a val split: keep the trained read-out, as fit does
+        refit = {"split": "val", "skipped": str(exc)}
+        print(f"warning: the difficulty head is not refit: {exc}", file=sys.stderr)
     test = measure(model, splits["test"])
     out.mkdir(parents=True, exist_ok=True)
     head_path = out / "head.pt"
