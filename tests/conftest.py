@@ -162,3 +162,26 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
     finally:
         proc.terminate()
         proc.wait(timeout=60)
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread() -> Iterator[None]:
+    """Tiny models gain nothing from threads, and on a busy 2-core machine OpenMP threads that
+    spin-wait for a core make them 30x slower (a module's tests ask for it with
+    `pytestmark = pytest.mark.usefixtures("one_torch_thread")`)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def streets(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """30 tiny street scenes: 21 train, 3 val, 6 test (read only)."""
+    from dealseg.training.streets.dataset import write_streets
+
+    root = tmp_path_factory.mktemp("streets")
+    write_streets(root, n=30, size=(64, 80), seed=0)
+    return root

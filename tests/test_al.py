@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterator
 from dataclasses import asdict
 from pathlib import Path
 
@@ -47,30 +46,12 @@ TINY_OVERRIDES = [
     "threads=1",
 ]
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 
 def unit_circle(*degrees: float) -> np.ndarray:
     rad = np.radians(degrees)
     return np.stack([np.cos(rad), np.sin(rad)], axis=1)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Iterator[None]:
-    """Tiny models gain nothing from threads, and on a busy 2-core machine OpenMP threads that
-    spin-wait for a core make them 30x slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def streets(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """30 tiny street scenes: 21 train, 3 val, 6 test."""
-    from dealseg.training.streets.dataset import write_streets
-
-    root = tmp_path_factory.mktemp("streets")
-    write_streets(root, n=30, size=(64, 80), seed=0)
-    return root
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -30,22 +29,7 @@ TINY = [
     "threads=1",
 ]
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def streets(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from dealseg.training.streets.dataset import write_streets
-
-    root = tmp_path_factory.mktemp("streets")
-    write_streets(root, n=30, size=(64, 80), seed=0)
-    return root
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_pixels_outside_the_labelled_regions_change_nothing_in_the_loss() -> None:
