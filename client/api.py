@@ -25,12 +25,11 @@ import numpy as np
 
 from dealseg.core.classes import class_columns
 from dealseg.core.ranking import SCORE_COLUMNS
-from dealseg.core.regions import RegionOptions, choose_regions, parse_budget
 from dealseg.core.strategies import DEFAULT_REGION_STRATEGY, DEFAULT_STRATEGY
 
 from .outdir import selection_rows
 from .records import Table, record_path
-from .regions import region_pool, region_vectors
+from .regions import buy, region_pool, region_vectors
 from .scoring import list_paths, no_images, pool_paths, score_into
 from .selection import pick
 from .settings import (
@@ -170,12 +169,7 @@ def select_regions(
     if scored.region_pixels is None:
         raise ValueError("the table holds no regions: score with regions='cell:12'")
     pool = region_pool(scored)
-    bought = choose_regions(
-        pool,
-        how.strategy,
-        parse_budget(str(how.budget), pool.total_pixels),
-        RegionOptions(seed, temperature, max_per_frame, frame_cost),
-    )
+    _, bought = buy(pool, how)
     rows = [
         {
             "rank": n,

@@ -295,13 +295,6 @@ def _brush(key: str, layer: str, mask: np.ndarray, label: str) -> dict[str, Any]
     }
 
 
-def _ls_regions(ctx: Handoff, item: Item) -> dict[str, Any] | None:
-    mask = _region_mask(ctx, item)
-    return (
-        None if mask is None else _brush(f"r{item.rank}regions", "regions", mask > 0, REGION_LABEL)
-    )
-
-
 def _ls_prediction(ctx: Handoff, item: Item) -> dict[str, Any]:
     seg = _segmentation(ctx, item)
     names = ctx.table.class_names
@@ -328,11 +321,12 @@ def _labelstudio(dest: Path, items: list[Item], ctx: Handoff) -> list[Path]:
         }
         task: dict[str, Any] = {"data": data}
         prediction = _ls_prediction(ctx, item) if ctx.predictions else None
-        regions = _ls_regions(ctx, item)
+        regions = _region_mask(ctx, item)
         if regions is not None:  # what to label: its own layer beside the predicted classes
             prediction = prediction or {"model_version": ctx.selection["model"], "result": []}
-            prediction["result"].append(regions)
-            data["region_pixels"] = int((_region_mask(ctx, item) > 0).sum())
+            layer = _brush(f"r{item.rank}regions", "regions", regions > 0, REGION_LABEL)
+            prediction["result"].append(layer)
+            data["region_pixels"] = int((regions > 0).sum())
         if prediction is not None:
             task["predictions"] = [prediction]
         tasks.append(task)

@@ -34,7 +34,9 @@ from dealseg.core.decode import DecodeError, place
 from dealseg.core.files import atomic_write
 from dealseg.core.ranking import Choice, Pick
 from dealseg.core.regions import (
+    Budget,
     RegionOptions,
+    RegionPicks,
     RegionPool,
     choose_regions,
     parse_budget,
@@ -44,7 +46,7 @@ from dealseg.core.regions import (
 
 from .maps import map_name
 from .outdir import recorded_settings, write_selection
-from .records import StoreError, Table, finite, path_fields, record_path, spec_of
+from .records import StoreError, Table, finite, path_fields, spec_of
 from .remote import image_source
 from .settings import SelectSettings
 
@@ -79,6 +81,14 @@ def region_pool(table: Table) -> RegionPool:
     )
 
 
+def buy(pool: RegionPool, how: SelectSettings) -> tuple[Budget, RegionPicks]:
+    """The budget `how` names, in the pool's pixels, and the regions its strategy buys with it:
+    the one buying step of the CLI and the API."""
+    budget = parse_budget(str(how.budget), pool.total_pixels)
+    opts = RegionOptions(how.seed, how.temperature, how.max_per_frame, how.frame_cost)
+    return budget, choose_regions(pool, how.strategy, budget, opts)
+
+
 def run_region_selection(table: Table, out: Path, how: SelectSettings) -> dict[str, Any]:
     """Buy regions from a loaded table as `how` says; write the files above into `out` and
     return selection.json's object (with `regions`: regions.json's)."""
@@ -89,9 +99,7 @@ def run_region_selection(table: Table, out: Path, how: SelectSettings) -> dict[s
             "fresh --out"
         )
     pool = region_pool(table)
-    budget = parse_budget(str(how.budget), pool.total_pixels)
-    opts = RegionOptions(how.seed, how.temperature, how.max_per_frame, how.frame_cost)
-    bought = choose_regions(pool, how.strategy, budget, opts)
+    budget, bought = buy(pool, how)
     keys = pool.scores["ds"]
     frames: dict[int, list[int]] = {}  # frame index -> its bought regions, in order of first take
     for i in bought.indices:
@@ -198,15 +206,3 @@ def _png16(values: np.ndarray) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(values.astype(np.uint16)).save(buf, format="PNG")
     return buf.getvalue()
-
-
-def read_region_masks(out: Path) -> dict[str, Path]:
-    """A region selection's masks by the exact path of their frame (selection.json's rows)."""
-    doc = json.loads((Path(out) / "selection.json").read_text())
-    masks = {}
-    for row in doc["rows"]:
-        path = record_path(row)
-        target = Path(out) / REGION_MASKS / map_name(row["rank"], path)
-        if target.is_file():
-            masks[path] = target
-    return masks

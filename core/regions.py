@@ -28,6 +28,7 @@ pixels of labelling: the time an annotator spends loading a frame and finding it
 from __future__ import annotations
 
 import math
+import os
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -246,8 +247,6 @@ def region_uniforms(pool: RegionPool, seed: int) -> np.ndarray:
 
 def tie_order(pool: RegionPool, keys: np.ndarray) -> np.ndarray:
     """Indices by `keys` descending, ties by the frame's path bytes, then region id."""
-    import os
-
     names = np.array([os.fsencode(p) for p in pool.paths], dtype=bytes)
     rank_of_frame = np.empty(len(names), dtype=np.int64)
     rank_of_frame[np.argsort(names, kind="stable")] = np.arange(len(names))

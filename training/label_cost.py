@@ -127,9 +127,11 @@ def score_regions(
             pred = out.full_logits().argmax(1).cpu()
             wrong = (pred != labels) & (labels != IGNORE_INDEX)
         for b in range(len(images)):
-            pixels_hwc = (images[b].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
             label = labels[b].numpy()
-            ids = partition(spec, label.shape, image=pixels_hwc)
+            image = None  # only superpixels look at the pixels
+            if spec.kind == "slic":
+                image = (images[b].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+            ids = partition(spec, label.shape, image=image)
             extra = {"errors": wrong[b].numpy().astype(np.float64)}
             per_map = {k: v[b].numpy() for k, v in maps.items()}
             rid, npx, means = region_means(ids, {**per_map, **extra})
