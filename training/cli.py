@@ -685,6 +685,13 @@ def _csv(kind: type) -> Any:
     show_default=True,
     help="--unit region: the sampling strategies' temperature (score ** (1 / T)).",
 )
+@click.option(
+    "--through",
+    type=float,
+    default=None,
+    help="--unit region: stop every seed after the stage at this budget (%, one of "
+    "--budgets), so that all seeds reach it before any goes further; rerun without it to go on.",
+)
 @runtime_options
 @click.argument("overrides", nargs=-1)
 def al(
@@ -705,6 +712,7 @@ def al(
     budgets: list[float],
     regions: str,
     temperature: float,
+    through: float | None,
     device: str,
     amp: bool,
     workers: int | None,
@@ -729,6 +737,7 @@ def al(
             budgets,
             regions,
             temperature,
+            through,
             full,
             report_only,
             make_runtime(device, amp, workers),
@@ -771,6 +780,7 @@ def _label_cost(
     budgets: list[float],
     regions: str,
     temperature: float,
+    through: float | None,
     full: bool,
     report_only: bool,
     runtime: Any,
@@ -786,7 +796,17 @@ def _label_cost(
             budgets=tuple(b / 100 for b in budgets), regions=regions, temperature=temperature
         )
         if not report_only:
-            run_label_cost(data, out, config, strategies, seeds, protocol, full, runtime=runtime)
+            run_label_cost(
+                data,
+                out,
+                config,
+                strategies,
+                seeds,
+                protocol,
+                full,
+                runtime=runtime,
+                through=None if through is None else through / 100,
+            )
         table = report_label_cost(out, strategies, seeds, data)
     except ValueError as exc:
         raise click.ClickException(str(exc)) from None

@@ -379,13 +379,25 @@ def run_label_cost(
     full: bool = False,
     quiet: bool = False,
     runtime: Runtime = CPU,
+    through: float | None = None,
 ) -> None:
     """Every strategy and seed through the budgets, stage-major per seed (every strategy
     finishes stage i before any starts stage i + 1); `full` first trains the full-data
-    reference of every seed with the same recipe."""
+    reference of every seed with the same recipe. `through` (one of the budgets) stops every
+    seed after that stage, so that all seeds reach a budget before any goes further; it is not
+    a setting, and a later run without it goes on from there."""
     from .acquisition import STRATEGIES
 
     check_budgets(protocol.budgets)
+    stages = len(protocol.budgets)
+    if through is not None:
+        matches = [i for i, b in enumerate(protocol.budgets) if math.isclose(b, through)]
+        if not matches:
+            raise ValueError(
+                f"--through {through * 100:g}% is not one of the budgets "
+                f"({', '.join(f'{b * 100:g}%' for b in protocol.budgets)})"
+            )
+        stages = matches[0] + 1
     parse_regions(protocol.regions)
     for name in strategies:
         if not is_region_strategy(name):
@@ -423,6 +435,6 @@ def run_label_cost(
             LabelCostRun(data, out, name, seed, protocol, {**plan, **configs}, runtime)
             for name in strategies
         ]
-        for stage in range(len(protocol.budgets)):
+        for stage in range(stages):
             for run in runs:
                 run.advance(stage, seeded, quiet)
