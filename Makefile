@@ -9,7 +9,7 @@ DEMO := demo
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[train,export,serve,ray,dev,trt]'
+	$(PY) -m pip install -q -e '.[train,export,serve,ray,dev,trt,logs]'
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -27,6 +27,7 @@ from dealseg.core.classes import class_columns
 from dealseg.core.ranking import SCORE_COLUMNS
 from dealseg.core.strategies import DEFAULT_REGION_STRATEGY, DEFAULT_STRATEGY
 
+from .logs import expand_logs
 from .outdir import selection_rows
 from .records import Table, record_path
 from .regions import buy, region_pool, region_vectors
@@ -97,7 +98,11 @@ def score(
     if not isinstance(pool, (str, bytes, os.PathLike, Iterable)):
         raise SettingsError("pool", f"pool must be a folder, a list file or paths, got {pool!r}")
     source = os.fsdecode(pool) if isinstance(pool, (str, bytes, os.PathLike)) else None
-    paths = list_paths(source) if source is not None else pool_paths(map(os.fsdecode, pool))
+    paths = (
+        list_paths(source, settings=streaming)
+        if source is not None
+        else expand_logs(pool_paths(map(os.fsdecode, pool)), streaming)
+    )
     if not paths:
         raise ValueError(no_images(source or "(the paths given)"))
     with contextlib.closing(engine.open()) as opened, _out_dir(out) as folder:

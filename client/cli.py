@@ -30,6 +30,7 @@ from .options import (
     checked,
     engine_options,
     engine_settings,
+    log_options,
     path_map_callback,
     ray_options,
     ray_settings,
@@ -199,6 +200,7 @@ def main() -> None:
     "shares, embedding, model, run) for pandas, DuckDB or Spark [default: jsonl; parquet "
     "with --ray].",
 )
+@log_options
 @ray_options
 @click.pass_context
 def score(
@@ -208,6 +210,8 @@ def score(
 
     POOL is a folder (searched recursively), a text file of image paths or URIs, - (paths on
     stdin), or an s3:// or gs:// prefix (credentials from the AWS_* / GOOGLE_* variables).
+    A drive log in it (a video, an MCAP file or ROS 2 bag with --topic, a Parquet table with
+    --image-column) is scored frame by frame, as --every or --fps sample it.
     Outputs in --out: scores.jsonl (one record per input) and embeddings.f32, or scores.parquet/
     (--format parquet, --ray), selection.txt and selection.json. Without --url the model runs
     in-process with ONNX Runtime; with --ray, on a Ray cluster.
@@ -303,7 +307,7 @@ def _score(run: ScoreCommand, as_json: bool) -> int:
     from .records import StoreError
 
     out = run.out
-    paths = _pool_paths(run.pool, run.shard)
+    paths = _pool_paths(run.pool, run.shard, run.streaming)
     engine = _engine(run.engines, run.streaming.batch_size)
     if run.streaming.resize == "letterbox" and not engine.spec.takes_valid_box:
         engine.close()
@@ -362,14 +366,16 @@ def _ray_scoring(engines: EngineSettings, engine: Any, ray: RaySettings | None) 
     return RayScoring(make, ray)
 
 
-def _pool_paths(pool: str, shard: tuple[int, int]) -> list[str]:
+def _pool_paths(
+    pool: str, shard: tuple[int, int], settings: ScoreSettings | None = None
+) -> list[str]:
     from dealseg.core.pool import PoolError
 
     from .remote import AccessDenied
     from .scoring import list_paths, no_images
 
     try:
-        paths = list_paths(pool, shard)
+        paths = list_paths(pool, shard, settings)
     except PoolError as exc:
         raise click.BadParameter(str(exc), param_hint="POOL") from None
     except AccessDenied as exc:

@@ -2,7 +2,9 @@
 
     pool listing (driver) ─► from_items (blocks of paths) ─► actor pool (`ScoreActor`: one
     engine per actor, ONNX Runtime in-process or a Triton client; each call decodes its paths
-    with the single-process scorer's `load_frame`, a bad file an error row, and scores them)
+    with the single-process scorer's `load_frame`, a bad file an error row, and scores them;
+    a drive log's frames are addresses like any path, so a block holds a range of a log's
+    frames, which the call reads in one pass: a log is spread over the actors by ranges)
     ─► Parquet parts in OUT/scores.parquet/ ─► (driver) selection over the dataset
 
 One actor stage fed with paths, chosen by measurement (bench/fleet.py; README, Performance):
@@ -38,6 +40,7 @@ from dealseg.core.contract import SCORE_OUTPUTS, ModelSpec
 from dealseg.core.decode import DecodeError
 
 from .engines import Engine, EngineError
+from .logs import LogFrames
 from .outdir import claim, load_table
 from .parquet import (
     SCORES_PARQUET,
@@ -51,7 +54,14 @@ from .parquet import (
 )
 from .records import StoreError, Table, record_path
 from .remote import one_line
-from .scoring import ScoreReport, decode_or_error, infer_batch, load_frame
+from .scoring import (
+    ScoreReport,
+    decode_log_run,
+    decode_or_error,
+    decode_runs,
+    infer_batch,
+    load_frame,
+)
 from .settings import ScoreSettings
 
 ROWS_PER_FILE = 1024  # rows a Parquet part of the Ray path holds at least (but the last)
@@ -166,23 +176,29 @@ class ScoreActor:
 
         paths = [str(p) for p in block["path"]]
         size = self.settings.batch_size
-        return pa.concat_tables(
-            [self.score(paths[i : i + size]) for i in range(0, len(paths), size)]
-        )
+        logs = LogFrames(self.spec.input_size, self.settings)  # a block's range of a log: one pass
+        try:
+            return pa.concat_tables(
+                [self.score(paths[i : i + size], logs) for i in range(0, len(paths), size)]
+            )
+        finally:
+            logs.close()
 
-    def score(self, paths: list[str]) -> Any:
-        """Decode and score one batch of paths: its rows, error rows last."""
+    def score(self, paths: list[str], logs: LogFrames) -> Any:
+        """Decode and score one batch of paths (a log's frames through `logs`): its rows, error
+        rows last."""
         import pyarrow as pa
 
         if self.hook is not None:
             self.hook(next(self.batches))
         frames, failed = [], []
-        for path in paths:
-            result = decode_or_error(self.load, path)
-            if isinstance(result, DecodeError):
-                failed.append((path, result.reason))
-            else:
-                frames.append((path, result))
+        for run, log, _ in decode_runs(paths, len(paths)):
+            found = decode_log_run(logs, run) if log else [decode_or_error(self.load, run[0])]
+            for path, result in zip(run, found, strict=True):
+                if isinstance(result, DecodeError):
+                    failed.append((path, result.reason))
+                else:
+                    frames.append((path, result))
         regions = self.settings.regions
         parts = [errors_table(failed, self.spec, self.run, regions is not None)]
         if frames:

@@ -100,8 +100,8 @@ class Item:
     """One selected image to export."""
 
     rank: int
-    path: str  # where it is here
-    remote: str  # where the labelling tool finds it (the path map applied)
+    path: str  # where it is here (a log's frame: its address)
+    remote: str  # where the labelling tool finds it, a log's frame as its extracted image
     relative: str  # its path under its storage root (CVAT's manifest name)
     scores: dict[str, float | None]  # "score" (the strategy's) and every score
     fractions: dict[str, float]  # class name -> predicted share
@@ -129,23 +129,25 @@ def _text(path: str) -> str:
 def _items(table: Table, selection: dict[str, Any], path_map: PathMap) -> list[Item]:
     index = {p: i for i, p in enumerate(table.paths)}
     paths = [_text(record_path(r)) for r in selection["rows"]]
-    unmapped = [p for p in paths if path_map.rules and path_map.root(p) is None]
+    # a log's frame is handed off as its image extracted beside the selection (OUT/frames/)
+    files = [_text(r.get("image") or p) for r, p in zip(selection["rows"], paths, strict=True)]
+    unmapped = [f for f in files if path_map.rules and path_map.root(f) is None]
     if unmapped:
         raise ExportError(
             f"{len(unmapped)} selected paths are under no --path-map LOCAL, e.g. {unmapped[0]}"
         )
-    base = os.path.commonpath([os.path.dirname(p) for p in paths]) if paths else ""
+    base = os.path.commonpath([os.path.dirname(f) for f in files]) if files else ""
     items = []
-    for row, path in zip(selection["rows"], paths, strict=True):
-        rule = path_map.root(path)
+    for row, path, file in zip(selection["rows"], paths, files, strict=True):
+        rule = path_map.root(file)
         root = rule[0] if rule else base
         shares = _shares(table, index.get(path))
         items.append(
             Item(
                 row["rank"],
                 path,
-                path_map.apply(path),
-                os.path.relpath(path, root),
+                path_map.apply(file),
+                os.path.relpath(file, root),
                 {name: row.get(name) for name in ("score", *SCORE_COLUMNS)},
                 dict(zip(table.class_names, shares, strict=True)),
             )

@@ -383,6 +383,10 @@ def score_settings(o: dict[str, Any]) -> ScoreSettings:
             o.get("resize", "stretch"),
             o.get("fmt") or "jsonl",
             f"cell:{o['region_size']}" if o.get("budget") and "region_size" in o else None,
+            o.get("topic"),
+            o.get("image_column"),
+            o.get("every"),
+            o.get("fps"),
         )
     )
 
@@ -418,6 +422,45 @@ def select_settings(
             o["frame_cost"],
         )
     )
+
+
+def log_options(f: Callable) -> Callable:
+    """--topic, --image-column, --every, --fps: which frames of the pool's drive logs are
+    scored (client/logs.py)."""
+    for option in reversed(
+        [
+            click.option(
+                "--topic",
+                default=None,
+                metavar="TOPIC",
+                help="The image topic of the pool's MCAP files and ROS 2 bags (sensor_msgs "
+                "Image or CompressedImage); a missing or wrong one lists the log's image topics.",
+            ),
+            click.option(
+                "--image-column",
+                default=None,
+                metavar="NAME",
+                help="The column of encoded images (JPEG, PNG bytes) of the pool's Parquet "
+                "tables; a missing or wrong one lists the table's image columns.",
+            ),
+            click.option(
+                "--every",
+                type=click.IntRange(min=1),
+                default=None,
+                metavar="N",
+                help="Score every N-th frame of each log (frames 0, N, 2N, ...).",
+            ),
+            click.option(
+                "--fps",
+                type=click.FloatRange(min=0, min_open=True),
+                default=None,
+                metavar="F",
+                help="Score at most F frames a second of each log, by the frames' timestamps.",
+            ),
+        ]
+    ):
+        f = option(f)
+    return f
 
 
 def ray_options(f: Callable) -> Callable:

@@ -35,7 +35,8 @@ from dealseg.core.files import atomic_write
 from dealseg.core.ranking import Choice, Pick, Skip
 
 from . import jsonl, parquet
-from .records import SCORES, StoreError, Table, finite, path_fields, winners
+from .logs import extracted_image, frame_fields
+from .records import SCORES, StoreError, Table, finite, path_fields, record_path, winners
 
 META = "meta.json"
 SELECTION_TXT = "selection.txt"
@@ -229,6 +230,7 @@ def selection_rows(table: Table, picks: Sequence[Pick]) -> list[dict[str, Any]]:
             "score": finite(p.score),
             **{name: finite(col[p.index]) for name, col in table.scores.items()},
             "row": int(table.rows[p.index]),
+            **frame_fields(table.paths[p.index]),
         }
         for n, p in enumerate(picks, 1)
     ]
@@ -269,6 +271,9 @@ def write_selection(
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     rows = selection_rows(table, chosen.picks)
+    for row in rows:  # a log's frame: where `extract_picks` puts it as an image
+        if (image := extracted_image(out, record_path(row))) is not None:
+            row["image"] = str(image)
     skipped = [s.reason for s in chosen.skipped]
     doc = {
         **settings,

@@ -4,6 +4,7 @@ and select from everything scored (`score_pool`), select again from scores on di
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -11,6 +12,7 @@ from typing import Any
 
 from .drawing import clear_stale, draw
 from .engines import Engine
+from .logs import FRAMES, extract_picks
 from .outdir import (
     MAPS,
     check_resumable,
@@ -22,7 +24,7 @@ from .outdir import (
     scores_format,
     scores_path,
 )
-from .records import Table
+from .records import Table, record_path
 from .report import REPORT_HTML
 from .scoring import ScoreInto, ScoreReport, score_into
 from .selection import balance_weights, check_replace, run_selection
@@ -163,4 +165,7 @@ def _select_into(table: Table, out: Path, how: SelectSettings) -> dict[str, Any]
     before = read_selection(out)
     doc = run_selection(table, out, how)
     clear_stale(out, before, doc)
+    failed = extract_picks(out, [record_path(r) for r in doc.get("rows", []) if "path" in r])
+    for path, reason in failed.items():
+        print(f"warning: {path}: not extracted to {FRAMES}/: {reason}", file=sys.stderr)
     return doc

@@ -1,7 +1,8 @@
 """A scores record, one per input, as both out-dir formats hold it (JSONL and Parquet).
 
 A record: {"path", "status": "ok"|"error", "error", "ds", "de", "entropy", "class_fraction",
-"row", "model"}; "class_fraction" maps each class name to its share of the picture (format 2;
+"row", "model"}, and for a drive log's frame "log", "frame", "timestamp" and "topic" (`logs`);
+"class_fraction" maps each class name to its share of the picture (format 2;
 format 1 out dirs, a bare list in the model's class order, are read by select and merge but not
 written to). Paths are absolute. Every file is valid UTF-8: a path whose bytes are not UTF-8 is
 written as text with those bytes shown as `\\xNN`, plus "path_b64", the exact bytes in base64,
@@ -21,6 +22,8 @@ from typing import Any
 import numpy as np
 
 from dealseg.core.contract import ContractError, ModelSpec
+
+from .logs import frame_fields
 
 SCORES = "scores.jsonl"
 EMBEDDINGS = "embeddings.f32"
@@ -108,6 +111,7 @@ def record_ok(
         "class_fraction": {c: round(float(v), 6) for c, v in zip(classes, fractions, strict=True)},
         "row": row,
         "model": model,
+        **frame_fields(path),
         **(_regions_of(out, i) if "region_pixels" in out else {}),
     }
 
@@ -134,6 +138,7 @@ def record_error(path: str, reason: str, model: str) -> dict:
         "class_fraction": None,
         "row": None,
         "model": model,
+        **frame_fields(path),
     }
 
 

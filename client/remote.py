@@ -143,16 +143,25 @@ def decode_any(
     max_pixels: int = DEFAULT_MAX_PIXELS,
     resize: str = "stretch",
 ) -> Frame:
-    """A pool entry as the model's frame: a local file (`decode_frame`) or an object in
-    storage (`decode_uri`). Scoring, maps, the report and exports all read images here."""
+    """A pool entry as the model's frame: a local file (`decode_frame`), an object in storage
+    (`decode_uri`) or a frame of a drive log (`logs.read_frame`). Scoring, maps, the report and
+    exports all read images here."""
+    from .logs import frame_ref, read_frame
+
+    if frame_ref(path) is not None:
+        return read_frame(path, size, max_pixels, resize)
     if is_uri(path):
         return decode_uri(path, size, max_pixels, resize)
     return decode_frame(path, size, max_pixels, resize)
 
 
 def image_source(path: str) -> str | io.BytesIO:
-    """What Pillow opens for a pool entry: the local path, or an object's bytes in memory
-    (DecodeError when it cannot be read)."""
+    """What Pillow opens for a pool entry: the local path, or an object's bytes or a log's
+    frame as PNG in memory (DecodeError when it cannot be read)."""
+    from .logs import frame_png, frame_ref
+
+    if frame_ref(path) is not None:
+        return io.BytesIO(frame_png(path))
     return io.BytesIO(read_bytes(path)) if is_uri(path) else path
 
 

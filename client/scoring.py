@@ -1,11 +1,13 @@
 """The streaming scorer behind `deal-client score` and `eval`.
 
-    paths ─► decode threads (--workers) ─► batches (--batch-size) ─► engine (--concurrency in
-    flight) ─► the out dir's writer (scores.jsonl + embeddings.f32, or Parquet parts), appended
-    as each batch returns
+    paths ─► decode jobs (an image, or a run of a log's frames) on threads (--workers) ─►
+    batches (--batch-size) ─► engine (--concurrency in flight) ─► the out dir's writer
+    (scores.jsonl + embeddings.f32, or Parquet parts), appended as each batch returns
 
 Only the main thread writes files. In memory at any time: a window of decoded images and the
-batches in flight, never the pool's outputs. A file that fails to decode costs one error record;
+batches in flight, never the pool's outputs. The frames of a drive log (`logs`) are decoded in
+runs of `LOG_RUN`, in order, by one reader per log that goes on where its last run ended. A file
+or a log's frame that fails to decode costs one error record;
 an engine failure (after its retries) stops the run with every finished batch on disk.
 """
 
@@ -18,7 +20,7 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,10 +35,11 @@ from dealseg.core.decode import (
     Frame,
     aspect_mismatch,
 )
-from dealseg.core.pool import is_uri, read_pool, take_shard
+from dealseg.core.pool import is_log_name, is_uri, read_pool, take_shard
 from dealseg.core.regions import frame_region_vectors, parse_regions
 
 from .engines import Engine, EngineError
+from .logs import LogFrames, expand_logs, frame_ref
 from .outdir import load_table, open_writer
 from .records import Table
 from .settings import ScoreSettings
@@ -57,24 +60,32 @@ class ScoreReport:
         return self.scored / self.seconds if self.seconds > 0 else 0.0
 
 
-def list_paths(source: str, shard: tuple[int, int] = (0, 1)) -> list[str]:
+LOG_RUN = 16  # frames of one log a decode job reads in order
+
+
+def list_paths(
+    source: str, shard: tuple[int, int] = (0, 1), settings: ScoreSettings | None = None
+) -> list[str]:
     """POOL -> absolute image paths (resume and merge must not depend on the cwd) and URIs as
-    they are, sharded. A pool in object storage is listed by `remote.list_uri`, and the store
-    must accept our credentials for its first object (`remote.AccessDenied` otherwise)."""
+    they are, sharded, each drive log replaced by its frames' addresses as `settings` sample
+    them (`logs.expand_logs`; a log goes whole to one shard). A pool in object storage is
+    listed by `remote.list_uri`, and the store must accept our credentials for its first object
+    (`remote.AccessDenied` otherwise)."""
     if is_uri(source):
         from .remote import list_uri
 
         listed = list_uri(source)
     else:
         listed = read_pool(source)
-    return take_shard(pool_paths(listed), *shard)
+    return expand_logs(take_shard(pool_paths(listed), *shard), settings or ScoreSettings())
 
 
 def no_images(pool: str, shard: tuple[int, int] = (0, 1)) -> str:
     """What the CLI and the API say of a pool that lists no image."""
-    from dealseg.core.pool import IMAGE_EXTENSIONS
+    from dealseg.core.pool import IMAGE_EXTENSIONS, LOG_EXTENSIONS
 
-    return f"POOL {pool} holds no images ({' '.join(sorted(IMAGE_EXTENSIONS))})" + (
+    names = " ".join(sorted(IMAGE_EXTENSIONS | LOG_EXTENSIONS))
+    return f"POOL {pool} holds no images or logs ({names})" + (
         f" in shard {shard[0]}/{shard[1]}" if shard[1] > 1 else ""
     )
 
@@ -122,6 +133,35 @@ def decode_or_error(load: Load, path: str) -> Frame | DecodeError:
         return exc
     except Exception as exc:  # a decoder bug must cost one record, never the run
         return DecodeError(f"cannot decode: {type(exc).__name__}: {exc}")
+
+
+def decode_runs(paths: Iterable[str], size: int) -> Iterator[tuple[list[str], str | None, bool]]:
+    """Pool entries as decode jobs, in order: (run, log, last) for a run of up to `size`
+    consecutive frames of one log (`last`: the log's frames stop after it), ([path], None, True)
+    for anything else."""
+    run: list[str] = []
+    log: str | None = None
+    for path in paths:
+        ref = frame_ref(path)
+        mine = ref.log if ref is not None else path if is_log_name(path) else None
+        if run and (mine != log or len(run) == size):
+            yield run, log, mine != log
+            run = []
+        if mine is None:
+            yield [path], None, True
+        else:
+            run.append(path)
+        log = mine
+    if run:
+        yield run, log, True
+
+
+def decode_log_run(frames: LogFrames, paths: Sequence[str]) -> list[Frame | DecodeError]:
+    """`frames.decode(paths)`, a decoder bug costing each frame its error record."""
+    try:
+        return frames.decode(paths)
+    except Exception as exc:
+        return [DecodeError(f"cannot decode: {type(exc).__name__}: {exc}")] * len(paths)
 
 
 def infer_batch(
@@ -196,8 +236,8 @@ class Workers:
         with contextlib.suppress(queue.Empty):
             while True:
                 job = self._jobs.get_nowait()
-                if job is not None:
-                    job[0].cancel()
+                if job is not None and job[0].cancel():
+                    job[0].set_running_or_notify_cancel()  # else wait() never sees it done
         for _ in range(self._count):
             self._jobs.put(None)
 
@@ -241,7 +281,11 @@ class Scorer:
         self.outputs, self.load = tuple(outputs), load or self._decode_image
         self.size = engine.spec.input_size
         self.window = settings.batch_size * (settings.concurrency + 1) + 2 * settings.workers
-        self.pending: deque[tuple[str, Future]] = deque()
+        self.pending: deque[tuple[list[str], Future]] = deque()
+        self.waiting = 0  # paths in `pending`
+        self.logs = LogFrames(self.size, settings)
+        self.turns: dict[str, _Turns] = {}  # a log's runs are decoded in the order submitted
+        self.stopping = False
         self.in_flight: set[Future] = set()
         self.batch: list[tuple[str, Frame]] = []
         self.warned_aspect = self.warned_degenerate = False
@@ -254,7 +298,7 @@ class Scorer:
         done = self.sink.done
         todo = [p for p in paths if p not in done]
         self.report = ScoreReport(total=len(paths), resumed=len(paths) - len(todo))
-        self.upcoming = iter(todo)
+        self.upcoming = decode_runs(todo, LOG_RUN)
         self.bar = _progress(len(paths), self.report.resumed, self.settings.progress)
         self.decoding = Workers(self.settings.workers, "deal-decode")
         self.inferring = Workers(self.settings.concurrency, "deal-infer")
@@ -267,6 +311,7 @@ class Scorer:
             # Requests already running end first (their results are dropped): a process that
             # exits during an ONNX Runtime run is aborted. A second Ctrl-C cuts this short.
             wait(self.in_flight)
+            self._close_logs()
             self.bar.close()
             self.report.seconds = time.perf_counter() - start
         return self.report
@@ -278,10 +323,12 @@ class Scorer:
         try:
             self._refill()
             while self.pending:
-                path, future = self.pending.popleft()
-                result = future.result()
+                paths, future = self.pending.popleft()
+                self.waiting -= len(paths)
+                results = future.result()
                 self._refill()
-                self._take(path, result)
+                for path, result in zip(paths, results, strict=True):
+                    self._take(path, result)
                 if self.in_flight:
                     self._collect(block=False)
             if self.batch:
@@ -298,12 +345,51 @@ class Scorer:
             raise error
 
     def _refill(self) -> None:
-        while len(self.pending) < self.window:
-            path = next(self.upcoming, None)
-            if path is None:
+        while self.waiting < self.window:
+            run = next(self.upcoming, None)
+            if run is None:
                 return
-            job = self.decoding.submit(decode_or_error, self.load, path)
-            self.pending.append((path, job))
+            paths, log, last = run
+            if log is None:
+                job = self.decoding.submit(self._decode_one, paths[0])
+            else:
+                turn = self.turns.setdefault(log, _Turns()).take()
+                job = self.decoding.submit(self._decode_run, paths, log, turn, last)
+            self.pending.append((paths, job))
+            self.waiting += len(paths)
+
+    def _decode_one(self, path: str) -> list[Frame | DecodeError]:
+        return [decode_or_error(self.load, path)]
+
+    def _decode_run(
+        self, paths: list[str], log: str, turn: int, last: bool
+    ) -> list[Frame | DecodeError]:
+        """A run of one log's frames, after the runs of that log submitted before it."""
+        turns = self.turns[log]
+        with turns.ready:
+            turns.ready.wait_for(lambda: turns.now == turn or self.stopping)
+            try:
+                if self.stopping:
+                    return [DecodeError("the run stopped")] * len(paths)
+                found = decode_log_run(self.logs, paths)
+                if last:
+                    self.logs.done_with(log)
+                return found
+            finally:
+                turns.now += 1
+                turns.ready.notify_all()
+
+    def _close_logs(self) -> None:
+        """Close the logs no decode thread is reading; a thread still reading one (a hung
+        file) keeps it, and is abandoned with it."""
+        self.stopping = True
+        for log, turns in self.turns.items():
+            if turns.ready.acquire(blocking=False):
+                try:
+                    self.logs.done_with(log)
+                    turns.ready.notify_all()
+                finally:
+                    turns.ready.release()
 
     def _take(self, path: str, result: Frame | DecodeError) -> None:
         """A decoded image joins the batch; a failed decode is written as its error record."""
@@ -352,6 +438,20 @@ class Scorer:
         )
         self.in_flight.add(job)
         self.batch = []
+
+
+class _Turns:
+    """The order of one log's decode runs: `take` numbers them as submitted, `now` is the one
+    whose turn it is, `ready` is signalled when it moves on."""
+
+    def __init__(self) -> None:
+        self.ready = threading.Condition()
+        self.now = 0
+        self.submitted = 0
+
+    def take(self) -> int:
+        self.submitted += 1
+        return self.submitted - 1
 
 
 _RESIZE_EFFECT = {

@@ -80,8 +80,19 @@ class ScoreSettings:
     resize: str = "stretch"  # how a picture becomes the model's frame: stretch|letterbox|crop
     format: str = "jsonl"  # the out dir's scores: jsonl (streamed line by line) | parquet
     regions: str | None = None  # cell:N: also keep each frame's cells and their mean difficulty
+    # Drive logs in the pool (client/logs.py): which frames are listed, not how they score
+    topic: str | None = None  # an MCAP file's image topic
+    image_column: str | None = None  # a Parquet table's column of encoded images
+    every: int | None = None  # every N-th frame of a log (by frame number)
+    fps: float | None = None  # at most F frames a second of a log (by timestamp)
 
     def __post_init__(self) -> None:
+        if self.every is not None:
+            _within("every", self.every, 1, whole=True)
+        if self.fps is not None:
+            _within("fps", self.fps, 1e-6)
+            if self.every is not None:
+                raise SettingsError("fps", "give --every or --fps, not both")
         if self.regions is not None:
             try:
                 spec = parse_regions(self.regions)

@@ -233,6 +233,23 @@ def decode_frame(
         return decode_stream(f, size, max_pixels, resize)
 
 
+def picture_frame(
+    im: Image.Image,
+    size: tuple[int, int],
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    resize: str = "stretch",
+) -> Frame:
+    """A decoded picture (a video frame, a raw image message) as the model's frame, placed as
+    `resize` says: the same pixels as the picture saved losslessly and read by `decode_frame`."""
+    w, h = im.size
+    if w * h > max_pixels:
+        raise DecodeError(f"too many pixels: {w}x{h} = {w * h} > --max-pixels {max_pixels}")
+    if w < 1 or h < 1:
+        raise DecodeError(f"empty image: {w}x{h} pixels")
+    where = place((h, w), size, resize)
+    return Frame(_framed(to_rgb(im), size, where), where.box(size), (h, w))
+
+
 def decode_stream(
     f: BinaryIO,
     size: tuple[int, int],

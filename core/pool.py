@@ -34,6 +34,11 @@ IMAGE_EXTENSIONS = frozenset(
         ".pnm",
     }
 )
+# Drive logs (client/logs.py expands each into its frames): videos, MCAP files (ROS 2 bags are
+# folders of them; their SQLite .db3 files are listed to be refused with a hint) and Parquet
+# tables of encoded frames.
+VIDEO_EXTENSIONS = frozenset({".mp4", ".mkv", ".mov", ".avi", ".webm", ".m4v"})
+LOG_EXTENSIONS = VIDEO_EXTENSIONS | {".mcap", ".db3", ".parquet"}
 _SHARD_SEED = 0x5EED  # fixed: a path's shard never depends on anything but the path
 
 
@@ -53,12 +58,17 @@ def is_image_name(name: str) -> bool:
     return os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
 
 
+def is_log_name(name: str) -> bool:
+    """Whether a file is a drive log by its name (`LOG_EXTENSIONS`)."""
+    return os.path.splitext(name)[1].lower() in LOG_EXTENSIONS
+
+
 def _warn(message: str) -> None:
     print(f"warning: {message}", file=sys.stderr)
 
 
 def walk_folder(root: str, on_problem: Callable[[str], None] = _warn) -> list[str]:
-    """Every image file under `root`, sorted by path bytes.
+    """Every image file and drive log under `root`, sorted by path bytes.
 
     Entries with an image extension are listed even when they are broken (dangling or looping
     symlinks, unreadable files) so that each gets an error record. Folders reached twice through
@@ -82,7 +92,7 @@ def walk_folder(root: str, on_problem: Callable[[str], None] = _warn) -> list[st
             on_problem(f"{folder}: cannot list folder: {exc.strerror or exc}")
             continue
         for entry in entries:
-            kind = "folder" if _is_dir(entry) else "image" if is_image_name(entry.name) else None
+            kind = "folder" if _is_dir(entry) else "image" if _is_pool_file(entry.name) else None
             if kind is None:
                 continue
             if entry.name.startswith("."):
@@ -100,6 +110,10 @@ def walk_folder(root: str, on_problem: Callable[[str], None] = _warn) -> list[st
     return found
 
 
+def _is_pool_file(name: str) -> bool:
+    return is_image_name(name) or is_log_name(name)
+
+
 def _is_dir(entry: os.DirEntry) -> bool:
     try:
         return entry.is_dir(follow_symlinks=True)
@@ -115,12 +129,12 @@ def _lines(data: bytes) -> Iterable[str]:
 
 
 def read_pool(source: str, on_problem: Callable[[str], None] = _warn) -> list[str]:
-    """The pool's image paths in a fixed order, duplicates removed (first occurrence kept)."""
+    """The pool's image and log paths in a fixed order, duplicates removed (first kept)."""
     if source == "-":
         paths = list(_lines(sys.stdin.buffer.read()))
     elif os.path.isdir(source):
         return walk_folder(source, on_problem)
-    elif is_image_name(source):
+    elif _is_pool_file(source):
         paths = [source]
     elif os.path.isfile(source):
         base = os.path.dirname(source)
