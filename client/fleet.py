@@ -56,11 +56,11 @@ from .records import StoreError, Table, record_path
 from .remote import one_line
 from .scoring import (
     ScoreReport,
-    decode_log_run,
     decode_or_error,
     decode_runs,
     infer_batch,
     load_frame,
+    read_log_run,
 )
 from .settings import ScoreSettings
 
@@ -193,7 +193,10 @@ class ScoreActor:
             self.hook(next(self.batches))
         frames, failed = [], []
         for run, log, _ in decode_runs(paths, len(paths)):
-            found = decode_log_run(logs, run) if log else [decode_or_error(self.load, run[0])]
+            if log:
+                found = logs.frames(read_log_run(logs, run))
+            else:
+                found = [decode_or_error(self.load, run[0])]
             for path, result in zip(run, found, strict=True):
                 if isinstance(result, DecodeError):
                     failed.append((path, result.reason))

@@ -268,6 +268,8 @@ def open_log(log: str, topic: str | None) -> LogReader:
 
 def as_frame(picture: Any, size: tuple[int, int], max_pixels: int, resize: str) -> Frame:
     """A reader's picture as the model's frame: encoded bytes as an image file would be."""
+    if isinstance(picture, _LazyImage):
+        picture = picture.image()
     if isinstance(picture, DecodeError):
         raise picture
     if isinstance(picture, bytes):
@@ -286,6 +288,11 @@ class LogFrames:
 
     def decode(self, paths: Sequence[str]) -> list[Frame | DecodeError]:
         """The frames of `paths`, addresses of one log's frames in order (or one bare log)."""
+        return self.frames(self.pictures(paths))
+
+    def pictures(self, paths: Sequence[str]) -> list[Any]:
+        """The pictures of `paths` as the log's reader gives them (`LogReader.read`), read in
+        order: the step that must follow the log's previous run."""
         refs = [frame_ref(p) for p in paths]
         if refs[0] is None:  # a log that could not be listed: say why, once
             return [_opening_error(paths[0], self.settings)]
@@ -295,8 +302,13 @@ class LogFrames:
         except LogError as exc:
             return [DecodeError(f"cannot read the log: {exc.reason}")] * len(paths)
         self.readers[key] = reader
+        return [picture for _, picture in reader.read([r for r in refs if r is not None])]
+
+    def frames(self, pictures: Sequence[Any]) -> list[Frame | DecodeError]:
+        """Pictures as the model's frames (colour conversion, JPEG decoding, resizing): the
+        step that runs beside the reading of the log's next run."""
         found: list[Frame | DecodeError] = []
-        for _, picture in reader.read([r for r in refs if r is not None]):
+        for picture in pictures:
             try:
                 found.append(
                     as_frame(picture, self.size, self.settings.max_pixels, self.settings.resize)
@@ -350,6 +362,8 @@ def frame_png(path: str) -> bytes:
         ((_, picture),) = reader.read([ref])
     finally:
         reader.close()
+    if isinstance(picture, _LazyImage):
+        picture = picture.image()
     if isinstance(picture, DecodeError):
         raise picture
     if isinstance(picture, bytes):
@@ -485,16 +499,13 @@ class VideoReader(_Ordered):
                 if frame.pts is not None:
                     yield Fraction(_stamp(frame.pts, tb)), _LazyImage(frame)
 
-    def _one(self, ref: FrameRef) -> Any:
-        picture = super()._one(ref)
-        return picture.image() if isinstance(picture, _LazyImage) else picture
-
     def close(self) -> None:
         self.container.close()
 
 
 class _LazyImage:
-    """A decoded video frame, converted to RGB only when it is asked for."""
+    """A decoded video frame, converted to RGB only when it is asked for (`as_frame`, on the
+    thread that frames it, while the log's reader decodes on)."""
 
     def __init__(self, frame: Any) -> None:
         self.frame = frame

@@ -156,10 +156,10 @@ def decode_runs(paths: Iterable[str], size: int) -> Iterator[tuple[list[str], st
         yield run, log, True
 
 
-def decode_log_run(frames: LogFrames, paths: Sequence[str]) -> list[Frame | DecodeError]:
-    """`frames.decode(paths)`, a decoder bug costing each frame its error record."""
+def read_log_run(logs: LogFrames, paths: Sequence[str]) -> list[Any]:
+    """`logs.pictures(paths)`, a reader's bug costing each frame its error record."""
     try:
-        return frames.decode(paths)
+        return logs.pictures(paths)
     except Exception as exc:
         return [DecodeError(f"cannot decode: {type(exc).__name__}: {exc}")] * len(paths)
 
@@ -364,20 +364,21 @@ class Scorer:
     def _decode_run(
         self, paths: list[str], log: str, turn: int, last: bool
     ) -> list[Frame | DecodeError]:
-        """A run of one log's frames, after the runs of that log submitted before it."""
+        """A run of one log's frames: read after the runs of that log submitted before it,
+        then made into the model's frames while the next run is read."""
         turns = self.turns[log]
         with turns.ready:
             turns.ready.wait_for(lambda: turns.now == turn or self.stopping)
             try:
                 if self.stopping:
                     return [DecodeError("the run stopped")] * len(paths)
-                found = decode_log_run(self.logs, paths)
+                pictures = read_log_run(self.logs, paths)
                 if last:
                     self.logs.done_with(log)
-                return found
             finally:
                 turns.now += 1
                 turns.ready.notify_all()
+        return self.logs.frames(pictures)
 
     def _close_logs(self) -> None:
         """Close the logs no decode thread is reading; a thread still reading one (a hung

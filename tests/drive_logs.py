@@ -58,10 +58,15 @@ def street_frames(n: int, size: tuple[int, int] = (64, 80), seed: int = 0) -> li
 
 
 def write_video(
-    path: Path, frames: Sequence[np.ndarray], corrupt: int | None = None, gop: int = 5
+    path: Path,
+    frames: Sequence[np.ndarray],
+    corrupt: int | None = None,
+    gop: int = 5,
+    lossless: bool = False,
 ) -> Path:
     """An H.264 video (MP4 or MKV by the name; a key frame every `gop` frames, no B-frames) at
-    20 fps; the packet of frame `corrupt` replaced by garbage."""
+    20 fps; the packet of frame `corrupt` replaced by garbage; `lossless`: qp 0, so a picture
+    held for several frames decodes the same each time."""
     import av
 
     h, w = frames[0].shape[:2]
@@ -69,6 +74,8 @@ def write_video(
         stream = container.add_stream("libx264", rate=20)
         stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
         stream.options = {"g": str(gop), "bf": "0", "keyint_min": str(gop), "sc_threshold": "0"}
+        if lossless:
+            stream.options = {**stream.options, "qp": "0"}
         for i, pixels in enumerate([*frames, None]):
             frame = None if pixels is None else av.VideoFrame.from_ndarray(pixels, format="rgb24")
             for packet in stream.encode(frame):

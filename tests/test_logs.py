@@ -143,6 +143,20 @@ def test_topic_and_image_column_missing_or_wrong_list_the_choices(
     assert "Traceback" not in r.stderr
 
 
+def test_diverse_skips_a_logs_repeated_consecutive_frames(tiny_onnx: Path, tmp_path: Path) -> None:
+    """A parked car's camera: each picture held for three frames; --diverse keeps one of each."""
+    held = [street_frames(1, seed=s)[0] for s in range(8) for _ in range(3)]
+    video = write_video(tmp_path / "parked.mp4", held, gop=GOP, lossless=True)
+    out = tmp_path / "out"
+    r = deal_client("score", video, "-k", 8, "-o", out, "--model", tiny_onnx, "--diverse", 0.99999)
+    assert r.exit_code == 0, r.stderr
+    doc = selection(out)
+    picked = [frame_ref(row["path"]).index // 3 for row in doc["rows"]]
+    assert sorted(picked) == list(range(8))  # one frame of each held picture
+    for skip in doc["near_duplicates"]:  # skipped for a neighbour of the same picture
+        assert frame_ref(skip["path"]).index // 3 == frame_ref(skip["of"]).index // 3
+
+
 def test_raw_image_topic_and_sampling(pool: Path) -> None:
     raw = list_paths(str(pool / "run.mcap"), settings=ScoreSettings(topic=RAW_TOPIC))
     assert [frame_ref(p).index for p in raw] == list(range(N))
@@ -158,14 +172,14 @@ def test_raw_image_topic_and_sampling(pool: Path) -> None:
 
 
 class Interrupt:
-    """`scoring.decode_log_run` that stops the run (as Ctrl-C) at the first run of frames from
+    """`scoring.read_log_run` that stops the run (as Ctrl-C) at the first run of frames from
     `stop` on, and counts what the log readers decode: video packets' frames, MCAP messages,
     and pictures made into model frames."""
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch, stop: int | None) -> None:
         self.stop, self.decoded = stop, 0
         real_run, real_packet, real_message = (
-            scoring.decode_log_run,
+            scoring.read_log_run,
             logs.decoded_frames,
             logs.decoded_message,
         )
@@ -190,7 +204,7 @@ class Interrupt:
             return real_as_frame(picture, *args)
 
         self.kind = ""
-        monkeypatch.setattr(scoring, "decode_log_run", run)
+        monkeypatch.setattr(scoring, "read_log_run", run)
         monkeypatch.setattr(logs, "decoded_frames", packet)
         monkeypatch.setattr(logs, "decoded_message", message)
         monkeypatch.setattr(logs, "as_frame", as_frame)
