@@ -6,6 +6,9 @@ Shapes are batch-first; symbolic dimensions are named strings resolved from a `M
 Contract 2 added the `valid_box` input (the picture's box in the frame: letterbox padding is in
 no score) and the `model_name` metadata key. Contract 1 models (no `valid_box`, named `deal`)
 are still read: they score stretched and cropped frames; letterboxing needs a re-export.
+Contract 3 added the `entropy_map` output (the per-pixel softmax entropy the region-entropy
+strategies average over each region). Contract 1 and 2 models are still read and served without
+it; `deal-export reexport` rewrites a contract 2 model from its own weights.
 """
 
 from __future__ import annotations
@@ -20,8 +23,9 @@ if TYPE_CHECKING:
     import numpy as np
 
 MODEL_NAME = "deal"  # the default model name (the only one of contract 1)
-CONTRACT_VERSION = "2"
-LEGACY_CONTRACT = "1"  # read, never written
+CONTRACT_VERSION = "3"
+LEGACY_CONTRACT = "1"  # read, never written: no valid_box input
+READ_CONTRACTS = (CONTRACT_VERSION, "2", LEGACY_CONTRACT)  # 1 and 2: no entropy_map output
 MODEL_NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")  # a Triton model folder
 
 INPUT_NAME = "image"
@@ -65,12 +69,21 @@ OUTPUTS: tuple[TensorSpec, ...] = (
     TensorSpec("embedding", "float32", ("D",), "L2-normalised pooled decoder features"),
     TensorSpec("difficulty", "uint8", ("h", "w"), "difficulty map x 255 at attention-grid size"),
     TensorSpec("segmentation", "uint8", ("sh", "sw"), "argmax class at stride 4"),
+    TensorSpec(
+        "entropy_map",
+        "uint8",
+        ("sh", "sw"),
+        "per-pixel softmax entropy / ln(classes) x 255 at the segmentation's grid",
+    ),
 )
 OUTPUT_NAMES: tuple[str, ...] = tuple(t.name for t in OUTPUTS)
+ENTROPY_MAP = "entropy_map"  # the one output contracts 1 and 2 lack
 # The per-image scalar scores ([B] FP32): what `deal-client eval` judges, each one a strategy.
 IMAGE_SCORES: tuple[str, ...] = ("ds", "de", "entropy")
 SCORE_OUTPUTS: tuple[str, ...] = (*IMAGE_SCORES, "class_fraction", "embedding")
 MAP_OUTPUTS: tuple[str, ...] = ("difficulty", "segmentation")
+# The per-pixel maps a region's score averages: score name -> the output serving it.
+REGION_MAPS: dict[str, str] = {"ds": "difficulty", "entropy": ENTROPY_MAP}
 SPECS: dict[str, TensorSpec] = {t.name: t for t in (*INPUTS, *OUTPUTS)}
 
 # Metadata keys carried by the ONNX model (metadata_props) and the Triton config (parameters).
@@ -176,6 +189,17 @@ class ModelSpec:
         return (INPUT,) if self.contract_version == LEGACY_CONTRACT else INPUTS
 
     @property
+    def outputs(self) -> tuple[TensorSpec, ...]:
+        """The model's outputs: contract 1 and 2 models have no entropy map."""
+        if self.contract_version == CONTRACT_VERSION:
+            return OUTPUTS
+        return tuple(t for t in OUTPUTS if t.name != ENTROPY_MAP)
+
+    @property
+    def output_names(self) -> tuple[str, ...]:
+        return tuple(t.name for t in self.outputs)
+
+    @property
     def takes_valid_box(self) -> bool:
         return VALID_BOX in self.inputs
 
@@ -221,10 +245,11 @@ class ModelSpec:
     def from_metadata(cls, meta: Mapping[str, str]) -> ModelSpec:
         """Parse metadata written by `to_metadata`; raise ContractError naming what is wrong."""
         version = meta.get(META_PREFIX + "contract_version")
-        if version not in (CONTRACT_VERSION, LEGACY_CONTRACT, None):
+        if version not in (*READ_CONTRACTS, None):
             raise ContractError(
                 f"model uses contract version {version}, this dealseg speaks {CONTRACT_VERSION} "
-                f"(and reads {LEGACY_CONTRACT}); re-export the model or upgrade dealseg"
+                f"(and reads {', '.join(READ_CONTRACTS[1:])}); re-export the model or upgrade "
+                "dealseg"
             )
         if version == LEGACY_CONTRACT:
             meta = {META_PREFIX + "model_name": MODEL_NAME, **meta}
@@ -341,7 +366,7 @@ def check_io(
     symbolic or unknown batch is any non-int). Raises ContractError listing every difference.
     """
     problems: list[str] = []
-    for expected, actual in ((spec.inputs, inputs), (OUTPUTS, outputs)):
+    for expected, actual in ((spec.inputs, inputs), (spec.outputs, outputs)):
         names = {t.name for t in expected}
         extra = sorted(set(actual) - names)
         if extra:

@@ -172,7 +172,8 @@ def onnx(
 )
 def reexport(model_path: Path, out: Path, max_batch: int) -> None:
     """Export a graph again with today's exporter, from its own weights and ModelConfig; its
-    contract metadata and model id are kept (every weight is checked bit for bit)."""
+    metadata and model id are kept, its contract raised to today's (every weight is checked bit
+    for bit)."""
     from dealseg.core.contract import ContractError
 
     from .reexport import ReexportError
@@ -184,9 +185,15 @@ def reexport(model_path: Path, out: Path, max_batch: int) -> None:
     except (ReexportError, ContractError) as exc:
         raise click.ClickException(str(exc)) from None
     worst = max(report.max_abs.values())
+    raised = report.was.contract_version != report.spec.contract_version
     click.echo(
-        f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB), model id {report.spec.model_id}: "
-        f"{report.weights} weights unchanged; outputs vs {model_path} on real photos: "
+        f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB), model id {report.spec.model_id}"
+        + (
+            f", contract {report.was.contract_version} -> {report.spec.contract_version}"
+            if raised
+            else ""
+        )
+        + f": {report.weights} weights unchanged; outputs vs {model_path} on real photos: "
         f"max abs difference {worst:.2e}"
     )
 

@@ -46,6 +46,7 @@ from .scores import (
     class_fraction,
     difficulty_entropy,
     difficulty_score,
+    entropy_map_uint8,
     pooled_embedding,
     softmax_entropy,
 )
@@ -397,6 +398,7 @@ class AttachedScores(nn.Module):
             pooled_embedding(quadrant_probabilities(logits), cells),
             torch.round(torch.sigmoid(grid[:, 0]) * 255.0).to(torch.uint8),
             output.argmax(dim=self.class_axis).to(torch.uint8),  # exactly their argmax
+            entropy_map_uint8(logits),
         )
         return difficulty, outputs
 
