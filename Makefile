@@ -35,7 +35,7 @@ demo: $(STAMP)
 
 # Benchmarks (bench/): each prints a short table and writes bench/results/<name>.md with
 # the date and the machine. `make bench BENCH_FLAGS=--quick` for a smoke run (a few minutes).
-BENCH := engine pipeline wire pam selection quantize peers frames fleet
+BENCH := engine pipeline wire pam selection quantize peers frames fleet logs
 BENCH_FLAGS ?=
 bench: $(STAMP)
 	set -e; for b in $(BENCH); do $(PY) bench/$$b.py $(BENCH_FLAGS); done

@@ -168,6 +168,8 @@ def main() -> None:
         "(batch 8, 4 decode threads, 2 requests in flight); cases alternated, "
         f"{reps} repetition(s); img/s is the client's own (scoring only).",
         "Targets: video and mcap >= 90% of jpeg's img/s; 10x log peak RSS within 10% of 1x.",
+        "On a shared machine (another job's training study ran niced beside it: see the load "
+        "average) absolute img/s drift between repetitions; the ratios are of alternated runs.",
     ]
     write_result("logs", "Drive logs vs JPEG files", table + "\n\n" + memory, notes)
 

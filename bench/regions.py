@@ -107,8 +107,8 @@ def main() -> None:
         "each, medians; in-process ONNX Runtime, the CLI's defaults (batch 8, 4 decode "
         "threads, 2 requests in flight)",
         "regions: the difficulty and entropy maps are asked of the graph beside the scores "
-        "and each frame's 300 cells are averaged over both on the inference threads; the selection draws a 16-bit mask "
-        "per frame with bought regions",
+        "and each frame's 300 cells are averaged over both on the inference threads; the "
+        "selection draws a 16-bit mask per frame with bought regions",
         "target: regions <= 1.3x the time of frame scoring",
     ]
     write_result("regions", "Scoring with regions vs frames", body, notes)
