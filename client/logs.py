@@ -167,28 +167,30 @@ def expand_logs(paths: Sequence[str], settings: ScoreSettings) -> list[str]:
     cannot be opened stays as itself (its decode is its one error record). PoolError when
     MCAP logs are met without --topic or none has it, or tables without --image-column."""
     out: list[str] = []
-    misses: dict[str, str] = {}  # log -> why its frames are not listed
+    misses: dict[str, LogError] = {}  # log -> why its frames are not listed
     for path in paths:
         if frame_ref(path) is not None or not is_log_name(path):
             out.append(path)
             continue
         try:
-            frames = list_frames(path, settings)
+            frames = sample(list_frames(path, settings), settings)
         except LogError as exc:
-            misses[path] = exc.reason
+            misses[path] = exc
             out.append(path)
             continue
-        out.extend(ref.address for ref in sample(frames, settings))
+        out.extend(ref.address for ref in frames)
     _check_choice(paths, misses, settings)
     return out
 
 
-def _check_choice(paths: Sequence[str], misses: dict[str, str], settings: ScoreSettings) -> None:
+def _check_choice(
+    paths: Sequence[str], misses: dict[str, LogError], settings: ScoreSettings
+) -> None:
     """A missing --topic / --image-column, or one that no log of its kind has, stops the run
     with the first log's listing (`NoSuchStream` reasons)."""
     for kind, flag in (("mcap", "--topic"), ("table", "--image-column")):
         logs = [p for p in paths if is_log_name(p) and frame_ref(p) is None and log_kind(p) == kind]
-        wrong = [misses[p] for p in logs if misses.get(p, "").startswith(NoSuchStream.PREFIX)]
+        wrong = [misses[p].reason for p in logs if isinstance(misses.get(p), NoSuchStream)]
         if logs and len(wrong) == len(logs):
             given = settings.topic if kind == "mcap" else settings.image_column
             raise PoolError(wrong[0] if given else f"give {flag}: {wrong[0]}")
@@ -196,8 +198,6 @@ def _check_choice(paths: Sequence[str], misses: dict[str, str], settings: ScoreS
 
 class NoSuchStream(LogError):
     """A log without the asked topic or column; the reason lists the ones it has."""
-
-    PREFIX = "no "
 
 
 def list_frames(log: str, settings: ScoreSettings) -> list[FrameRef]:
@@ -319,19 +319,18 @@ class LogFrames:
 
     def done_with(self, log: str) -> None:
         """Close the readers of `log`: the run has no more of its frames."""
-        for key in [k for k in self.readers if k[0] == log]:
+        for key in [k for k in list(self.readers) if k[0] == log]:  # others' logs may open
             self.readers.pop(key).close()
 
     def close(self) -> None:
-        for reader in self.readers.values():
-            reader.close()
-        self.readers.clear()
+        for key in list(self.readers):
+            self.readers.pop(key).close()
 
 
 def _opening_error(log: str, settings: ScoreSettings) -> DecodeError:
     """The error record of a log its listing left as itself: why it cannot be listed."""
     try:
-        list_frames(log, settings)
+        sample(list_frames(log, settings), settings)
     except LogError as exc:
         return DecodeError(f"cannot read the log: {exc.reason}")
     return DecodeError("a log, not a frame: list it as a POOL to score its frames")

@@ -171,6 +171,21 @@ def test_raw_image_topic_and_sampling(pool: Path) -> None:
         ScoreSettings(every=2, fps=1.0)
 
 
+def test_fps_on_a_table_without_timestamps_is_its_error_record(tmp_path: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from dealseg.core.decode import DecodeError
+
+    table = tmp_path / "untimed.parquet"
+    pq.write_table(pa.table({COLUMN: pa.array([b"x"], pa.binary())}), table)
+    how = ScoreSettings(fps=2.0, image_column=COLUMN)
+    (entry,) = list_paths(str(table), settings=how)
+    assert entry == str(table)  # left as itself
+    (error,) = logs.LogFrames((64, 80), how).decode([entry])
+    assert isinstance(error, DecodeError) and "--fps needs timestamps" in error.reason
+
+
 class Interrupt:
     """`scoring.read_log_run` that stops the run (as Ctrl-C) at the first run of frames from
     `stop` on, and counts what the log readers decode: video packets' frames, MCAP messages,
