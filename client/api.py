@@ -247,7 +247,9 @@ def _from_table(table: Any) -> Table:
         out=Path("."),
         meta=info["meta"],
         paths=[r["path"] for r in rows],
-        scores={n: np.array([r[n] for r in rows], dtype=np.float64) for n in SCORE_COLUMNS},
+        scores={
+            n: np.array([r.get(n, np.nan) for r in rows], dtype=np.float64) for n in SCORE_COLUMNS
+        },
         rows=np.arange(len(rows)),
         fractions=np.array([[r.get(c, 0.0) for c in columns] for r in rows], np.float32).reshape(
             -1, len(columns)

@@ -105,7 +105,7 @@ def rows_table(
         "path_b64": [f.get("path_b64") for f in fields],
         "status": [r["status"] for r in records],
         "error": [r["error"] for r in records],
-        **{name: [r[name] for r in records] for name in SCORE_COLUMNS},
+        **{name: [r.get(name) for r in records] for name in SCORE_COLUMNS},
         **{
             column: [s.get(c) if o else None for s, o in zip(shares, ok, strict=True)]
             for c, column in class_columns(class_names).items()

@@ -63,13 +63,20 @@ OUTPUTS: tuple[TensorSpec, ...] = (
     TensorSpec("entropy", "float32", (), "mean per-pixel softmax entropy"),
     TensorSpec("class_fraction", "float32", ("C",), "share of pixels predicted as each class"),
     TensorSpec("embedding", "float32", ("D",), "L2-normalised pooled decoder features"),
+    TensorSpec(
+        "novelty",
+        "float32",
+        (),
+        "share of held-out in-domain frames nearer the training frames than this one (0..1; "
+        "NaN: the model carries no novelty statistics)",
+    ),
     TensorSpec("difficulty", "uint8", ("h", "w"), "difficulty map x 255 at attention-grid size"),
     TensorSpec("segmentation", "uint8", ("sh", "sw"), "argmax class at stride 4"),
 )
 OUTPUT_NAMES: tuple[str, ...] = tuple(t.name for t in OUTPUTS)
 # The per-image scalar scores ([B] FP32): what `deal-client eval` judges, each one a strategy.
 IMAGE_SCORES: tuple[str, ...] = ("ds", "de", "entropy")
-SCORE_OUTPUTS: tuple[str, ...] = (*IMAGE_SCORES, "class_fraction", "embedding")
+SCORE_OUTPUTS: tuple[str, ...] = (*IMAGE_SCORES, "class_fraction", "embedding", "novelty")
 MAP_OUTPUTS: tuple[str, ...] = ("difficulty", "segmentation")
 SPECS: dict[str, TensorSpec] = {t.name: t for t in (*INPUTS, *OUTPUTS)}
 

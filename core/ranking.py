@@ -34,7 +34,9 @@ import numpy as np
 
 from .registry import Registry
 
-SCORE_COLUMNS: tuple[str, ...] = ("ds", "de", "entropy")
+# the per-image scores of a scored pool: the three a strategy ranks by, and novelty (how far from
+# the training frames, 0..1), which selection may cap or exclude by (`Options.novel_share`)
+SCORE_COLUMNS: tuple[str, ...] = ("ds", "de", "entropy", "novelty")
 TIE_TOLERANCE = 1e-5  # computed cosine distances closer than this are ties (then: by path)
 CANDIDATE_FACTOR = 4  # score-then-core-set strategies: k-center among the 4k best by score
 _CHUNK_ROWS = 1 << 16  # rows of embeddings processed at a time by coreset / diverse

@@ -36,7 +36,8 @@ class ReexportReport:
 
     spec: contract.ModelSpec
     weights: int  # weight tensors of the new graph, each equal to the old graph's
-    max_abs: dict[str, float]  # per output, old vs new graph under ONNX Runtime
+    max_abs: dict[str, float]  # per output of both graphs, old vs new under ONNX Runtime
+    novelty: Any = None  # the new graph's NoveltyStats (None: it has none)
 
 
 def eager_from_graph(path: Path, size: tuple[int, int] | None = None) -> Any:
@@ -105,23 +106,29 @@ def _run_order(net: Any) -> list[tuple[str, Any]]:
     return order
 
 
-def reexport(source: Path, out: Path, max_batch: int = 16) -> ReexportReport:
+def reexport(
+    source: Path, out: Path, max_batch: int = 16, novelty_data: Path | None = None
+) -> ReexportReport:
     """Export the graph at `source` again to `out` (which may be `source`) with its weights and
     contract metadata, then check that every weight is unchanged and compare the two graphs'
-    outputs on real photos. ReexportError (and `out` untouched) when a weight would change."""
+    outputs on real photos. ReexportError (and `out` untouched) when a weight would change.
+    The novelty statistics are fitted on `novelty_data` with the source graph's embeddings when
+    given, else kept from the source graph (none when it has none)."""
     import tempfile
 
     from dealseg.core.modelfile import read_onnx_spec
 
     from .graph import DEALGraph
+    from .novelty import carried_novelty, graph_novelty
 
-    spec = read_onnx_spec(source)
+    spec = metadata_spec(source)  # its tensors may be of an older contract: not checked
     if not spec.takes_valid_box:
         raise ReexportError(
             f"{source} uses contract {spec.contract_version}: export it from its checkpoint "
             "with `deal-export onnx`"
         )
-    graph = DEALGraph(eager_from_graph(source), spec.bins).eval()
+    stats = carried_novelty(source) if novelty_data is None else graph_novelty(source, novelty_data)
+    graph = DEALGraph(eager_from_graph(source), spec.bins, stats).eval()
     with tempfile.TemporaryDirectory(prefix="dealseg-reexport-") as tmp:
         fresh = Path(tmp) / "model.onnx"
         export_graph(graph, spec, fresh, max_batch)
@@ -132,7 +139,15 @@ def reexport(source: Path, out: Path, max_batch: int = 16) -> ReexportReport:
         out.parent.mkdir(parents=True, exist_ok=True)
         with atomic_output(out) as tmp_out:
             shutil.copyfile(fresh, tmp_out)
-    return ReexportReport(spec=spec, weights=weights, max_abs=max_abs)
+    return ReexportReport(spec=spec, weights=weights, max_abs=max_abs, novelty=stats)
+
+
+def metadata_spec(path: Path) -> contract.ModelSpec:
+    """The contract metadata of the graph at `path`, its tensors unchecked."""
+    import onnx
+
+    meta = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
+    return contract.ModelSpec.from_metadata(meta)
 
 
 def _same_weights(old: Path, new: Path) -> int:
@@ -171,11 +186,15 @@ def _max_abs_outputs(old: Path, new: Path, spec: contract.ModelSpec) -> dict[str
     boxes = np.tile(np.array([0, 0, *spec.input_size], np.int32), (len(images), 1))
     boxes[::2, 0] = spec.input_size[0] // 8  # a band of padding above every other picture
     feeds = {contract.INPUT_NAME: images, contract.VALID_BOX_NAME: boxes}
-    names = list(contract.OUTPUT_NAMES)
-    outs = [
-        ort.InferenceSession(str(p), providers=["CPUExecutionProvider"]).run(names, feeds)
-        for p in (old, new)
-    ]
+    sessions = [ort.InferenceSession(str(p), providers=["CPUExecutionProvider"]) for p in (old, new)]
+    produced = [{o.name for o in s.get_outputs()} for s in sessions]
+    # outputs of both graphs (a graph of an older contract lacks the newer ones); a novelty the
+    # old graph has no statistics for (NaN) is left out too
+    names = [n for n in contract.OUTPUT_NAMES if n in produced[0] and n in produced[1]]
+    outs = [s.run(names, feeds) for s in sessions]
+    if "novelty" in names and np.isnan(outs[0][names.index("novelty")]).any():
+        keep = [i for i, n in enumerate(names) if n != "novelty"]
+        names, outs = [names[i] for i in keep], [[o[i] for i in keep] for o in outs]
     return {
         n: float(np.abs(a.astype(np.float64) - b.astype(np.float64)).max())
         for n, a, b in zip(names, *outs, strict=True)
