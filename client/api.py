@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from dealseg.core.classes import class_columns
-from dealseg.core.ranking import SCORE_COLUMNS
+from dealseg.core.ranking import NOVEL_THRESHOLD, SCORE_COLUMNS
 from dealseg.core.strategies import DEFAULT_REGION_STRATEGY, DEFAULT_STRATEGY
 
 from .outdir import selection_rows
@@ -116,13 +116,16 @@ def select(
     balance: bool | Mapping[str, float] = False,
     per_group: int | None = None,
     group_by: str | None = None,
+    novel_share: float | None = 0.0,
+    novel_threshold: float = NOVEL_THRESHOLD,
 ) -> Any:
     """The k images of a `score` table most worth labelling by `strategy`, best first: a table
     of rank, path, score (the strategy's) and every image score.
 
     Options as `deal-client select`'s (the same `settings.SelectSettings`, the same checks):
     `balance` True (uniform) or class name -> weight; `labeled` a file of paths (never picked;
-    the core-set's first centres).
+    the core-set's first centres); `novel_share` at most this share of k off-domain picks
+    (novelty above `novel_threshold`), 0 none (the default), None no rule.
     """
     weights = None if balance is False else ({} if balance is True else dict(balance))
     how = SelectSettings(
@@ -134,6 +137,8 @@ def select(
         weights,
         per_group,
         group_by,
+        novel_share=novel_share,
+        novel_threshold=novel_threshold,
     )
     scored = _from_table(table)
     chosen, _ = pick(scored, how)
@@ -152,11 +157,14 @@ def select_regions(
     temperature: float = 1.0,
     max_per_frame: int | None = None,
     frame_cost: int = 0,
+    keep_novel: bool = False,
+    novel_threshold: float = NOVEL_THRESHOLD,
 ) -> Any:
     """The regions of a `score(..., regions="cell:N")` table that `strategy` buys with `budget`
     (a share of the pool's pixels, "5%", or a count of regions), in the order taken: a table of
     rank, path, region (the cell id), pixels and score. Options as `deal-client select
-    --regions`'s (the same `settings.SelectSettings`, the same checks)."""
+    --regions`'s (the same `settings.SelectSettings`, the same checks): off-domain frames
+    (novelty above `novel_threshold`) are not opened unless `keep_novel`."""
     how = SelectSettings(
         strategy,
         seed=seed,
@@ -164,11 +172,13 @@ def select_regions(
         temperature=temperature,
         max_per_frame=max_per_frame,
         frame_cost=frame_cost,
+        novel_share=None if keep_novel else 0.0,
+        novel_threshold=novel_threshold,
     )
     scored = _from_table(table)
     if scored.region_pixels is None:
         raise ValueError("the table holds no regions: score with regions='cell:12'")
-    pool = region_pool(scored)
+    pool = region_pool(scored, how)
     _, bought = buy(pool, how)
     rows = [
         {

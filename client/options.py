@@ -185,6 +185,31 @@ def selection_options(require_k: bool) -> Callable[[Callable], Callable]:
                     "[default: the image's folder].",
                 ),
                 click.option(
+                    "--exclude-novel/--keep-novel",
+                    default=True,
+                    show_default=True,
+                    help="Pick no off-domain frame (novelty above --novel-threshold: a test "
+                    "pattern, a covered lens, a photo), or rank them like any other; with "
+                    "--regions, open none of them.",
+                ),
+                click.option(
+                    "--max-novel-share",
+                    type=click.FloatRange(0.0, 1.0),
+                    default=None,
+                    metavar="S",
+                    help="Instead of excluding them, let at most this share of the k picks be "
+                    "off-domain (the best ranked of them).",
+                ),
+                click.option(
+                    "--novel-threshold",
+                    type=click.FloatRange(0.0, 1.0),
+                    default=strategies.NOVEL_THRESHOLD,
+                    show_default=True,
+                    metavar="T",
+                    help="Novelty above T is off-domain: further from the training frames than "
+                    "a share T of held-out in-domain frames.",
+                ),
+                click.option(
                     "--seed",
                     type=int,
                     default=0,
@@ -416,8 +441,17 @@ def select_settings(
             o["temperature"],
             o["max_per_frame"],
             o["frame_cost"],
+            novel_share_of(o["exclude_novel"], o["max_novel_share"]),
+            o["novel_threshold"],
         )
     )
+
+
+def novel_share_of(exclude: bool, share: float | None) -> float | None:
+    """The share of off-domain picks --exclude-novel/--keep-novel and --max-novel-share allow."""
+    if share is not None:
+        return share
+    return 0.0 if exclude else None
 
 
 def ray_options(f: Callable) -> Callable:

@@ -1,12 +1,13 @@
 """A scores record, one per input, as both out-dir formats hold it (JSONL and Parquet).
 
-A record: {"path", "status": "ok"|"error", "error", "ds", "de", "entropy", "novelty" (None: the model has no novelty statistics), "class_fraction",
-"row", "model"}; "class_fraction" maps each class name to its share of the picture (format 2;
-format 1 out dirs, a bare list in the model's class order, are read by select and merge but not
-written to). Paths are absolute. Every file is valid UTF-8: a path whose bytes are not UTF-8 is
-written as text with those bytes shown as `\\xNN`, plus "path_b64", the exact bytes in base64,
-which readers use instead (`record_path`). Which record counts for a path is one rule,
-`replaces`. `Table` is the records that count, as arrays: the input of selection.
+A record: {"path", "status": "ok"|"error", "error", "ds", "de", "entropy", "novelty" (None:
+the model has no novelty statistics), "class_fraction", "row", "model"}; "class_fraction" maps
+each class name to its share of the picture (format 2; format 1 out dirs, a bare list in the
+model's class order, are read by select and merge but not written to). Paths are absolute.
+Every file is valid UTF-8: a path whose bytes are not UTF-8 is written as text with those
+bytes shown as `\\xNN`, plus "path_b64", the exact bytes in base64, which readers use instead
+(`record_path`). Which record counts for a path is one rule, `replaces`. `Table` is the
+records that count, as arrays: the input of selection.
 """
 
 from __future__ import annotations

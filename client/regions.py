@@ -32,7 +32,7 @@ import numpy as np
 
 from dealseg.core.decode import DecodeError, place
 from dealseg.core.files import atomic_write
-from dealseg.core.ranking import Choice, Pick
+from dealseg.core.ranking import Choice, Pick, Pool, novel
 from dealseg.core.regions import (
     Budget,
     RegionOptions,
@@ -68,9 +68,13 @@ def region_vectors(table: Table) -> tuple[np.ndarray, np.ndarray]:
     return table.region_pixels, table.region_ds
 
 
-def region_pool(table: Table) -> RegionPool:
-    """Every cell with picture pixels, of every frame scored OK."""
+def region_pool(table: Table, how: SelectSettings | None = None) -> RegionPool:
+    """Every cell with picture pixels, of every frame scored OK and, unless `how` keeps them
+    (`novel_share` None), not off-domain (novelty above `how.novel_threshold`)."""
     pixels, ds = region_vectors(table)
+    if how is not None and how.novel_share is not None:
+        off = novel(Pool(table.paths, table.scores), how.novel_threshold)
+        pixels = np.where(off[:, None], 0, pixels)
     frame, region = np.nonzero(pixels > 0)
     return RegionPool(
         table.paths,
@@ -98,7 +102,7 @@ def run_region_selection(table: Table, out: Path, how: SelectSettings) -> dict[s
             f"{table.scores_file} was scored without --regions: score with --regions into a "
             "fresh --out"
         )
-    pool = region_pool(table)
+    pool = region_pool(table, how)
     budget, bought = buy(pool, how)
     keys = pool.scores["ds"]
     frames: dict[int, list[int]] = {}  # frame index -> its bought regions, in order of first take

@@ -129,6 +129,8 @@ def pick(table: Table, how: SelectSettings) -> tuple[Choice, Options]:
         exclude=exclude,
         per_group=how.per_group,
         balance=weights,
+        novel_share=how.novel_share,
+        novel_threshold=how.novel_threshold,
     )
     return choose(pool, how.strategy, how.k, options), options
 

@@ -33,6 +33,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from .registry import Registry
+from .strategies import NOVEL_THRESHOLD
 
 # the per-image scores of a scored pool: the three a strategy ranks by, and novelty (how far from
 # the training frames, 0..1), which selection may cap or exclude by (`Options.novel_share`)
@@ -80,6 +81,8 @@ class Options:
     exclude: np.ndarray | None = None  # [N] bool, True = never pick (e.g. already labelled)
     per_group: int | None = None  # at most this many picks per group of Pool.groups
     balance: np.ndarray | None = None  # [C] target class weights of the picks' class mix
+    novel_share: float | None = None  # at most this share of k off-domain picks (0: none)
+    novel_threshold: float = NOVEL_THRESHOLD  # novelty above this is off-domain
 
 
 @dataclass(frozen=True)
@@ -488,6 +491,8 @@ def _check(pool: Pool, k: int, opts: Options) -> None:
         raise ValueError(f"k must be >= 0, got {k}")
     if opts.diverse is not None and not -1.0 <= opts.diverse <= 1.0:
         raise ValueError(f"--diverse is a cosine threshold in [-1, 1], got {opts.diverse}")
+    if opts.novel_share is not None and not 0.0 <= opts.novel_share <= 1.0:
+        raise ValueError(f"--max-novel-share is a share in [0, 1], got {opts.novel_share}")
     if opts.per_group is not None and opts.per_group < 1:
         raise ValueError(f"a per-group quota is at least 1, got {opts.per_group}")
     if opts.balance is not None:
@@ -501,6 +506,33 @@ def _check(pool: Pool, k: int, opts: Options) -> None:
         _need_fractions(pool, len(w))
 
 
+def novel(pool: Pool, threshold: float) -> np.ndarray:
+    """[N] bool: the images whose novelty is above `threshold` (off-domain); an unknown novelty
+    (NaN: a model without novelty statistics, scores from before them) is never above."""
+    values = pool.scores.get("novelty")
+    if values is None:
+        return np.zeros(len(pool), bool)
+    with np.errstate(invalid="ignore"):
+        return np.asarray(values, np.float64) > threshold
+
+
+def _novel_excluded(pool: Pool, strategy: str, k: int, opts: Options) -> Options:
+    """`opts` with the off-domain images over the cap excluded: of those above the threshold,
+    only the floor(novel_share * k) that `strategy` ranks first among them may be picked."""
+    if opts.novel_share is None:
+        return opts
+    off = novel(pool, opts.novel_threshold)
+    exclude = np.zeros(len(pool), bool) if opts.exclude is None else np.asarray(opts.exclude)
+    cap = int(np.floor(opts.novel_share * k + 1e-9))
+    candidates = off & ~exclude
+    if cap > 0 and candidates.any():
+        sub, keep = _without(pool, ~candidates)
+        plain = replace(opts, diverse=None, per_group=None, balance=None, novel_share=None)
+        allowed = keep[[p.index for p in STRATEGIES[strategy](sub, cap, plain, None)]]
+        candidates[allowed] = False
+    return replace(opts, exclude=exclude | candidates)
+
+
 def choose(pool: Pool, strategy: str, k: int, options: Options | None = None) -> Choice:
     """Rank `pool` by `strategy` and pick the top k, best first, with what the rules skipped.
 
@@ -509,6 +541,7 @@ def choose(pool: Pool, strategy: str, k: int, options: Options | None = None) ->
     fn = STRATEGIES[strategy]
     opts = options or Options()
     _check(pool, k, opts)
+    opts = _novel_excluded(pool, strategy, k, opts)
     want = k if opts.balance is None else CANDIDATE_FACTOR * k
     skipped: Skips = []
     if opts.exclude is None or not np.any(opts.exclude):

@@ -135,9 +135,8 @@ def onnx(
 ) -> None:
     """Export a checkpoint to ONNX, run onnx.checker, then compare ORT against PyTorch."""
     from dealseg.training.checkpoint import CheckpointError
-    from dealseg.training.device import DeviceError, resolve_device
-
     from dealseg.training.data import DataError
+    from dealseg.training.device import DeviceError, resolve_device
     from dealseg.training.novelty import Novelty, NoveltyStats
 
     from .novelty import export_with_novelty

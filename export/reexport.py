@@ -186,7 +186,9 @@ def _max_abs_outputs(old: Path, new: Path, spec: contract.ModelSpec) -> dict[str
     boxes = np.tile(np.array([0, 0, *spec.input_size], np.int32), (len(images), 1))
     boxes[::2, 0] = spec.input_size[0] // 8  # a band of padding above every other picture
     feeds = {contract.INPUT_NAME: images, contract.VALID_BOX_NAME: boxes}
-    sessions = [ort.InferenceSession(str(p), providers=["CPUExecutionProvider"]) for p in (old, new)]
+    sessions = [
+        ort.InferenceSession(str(p), providers=["CPUExecutionProvider"]) for p in (old, new)
+    ]
     produced = [{o.name for o in s.get_outputs()} for s in sessions]
     # outputs of both graphs (a graph of an older contract lacks the newer ones); a novelty the
     # old graph has no statistics for (NaN) is left out too

@@ -362,7 +362,11 @@ class AttachedScores(nn.Module):
     """The foreign model's output + valid boxes -> the contract's outputs (contract order)."""
 
     def __init__(
-        self, io: ForeignIO, head: DifficultyHead, bins: int = 8, novelty: NoveltyStats | None = None
+        self,
+        io: ForeignIO,
+        head: DifficultyHead,
+        bins: int = 8,
+        novelty: NoveltyStats | None = None,
     ) -> None:
         super().__init__()
         self.io = io

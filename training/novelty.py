@@ -2,7 +2,8 @@
 
     train split ─► embeddings ─► mean, shrunk covariance ─► precision (its inverse)
     val split   ─► embeddings ─► squared Mahalanobis distances, sorted ─► reference
-    graph       ─► novelty = share of the reference nearer than the frame (`scores.novelty_score`)
+    graph       ─► novelty = share of the reference nearer than the frame, graded beyond the
+                   farthest (`scores.novelty_score`)
 
 The reference comes from frames the mean and covariance were not fitted on, so a threshold
 means the same for every model: novelty > 0.99 is "further than 99% of held-out in-domain
