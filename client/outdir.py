@@ -32,7 +32,8 @@ import numpy as np
 
 from dealseg.core.contract import ModelSpec
 from dealseg.core.files import atomic_write
-from dealseg.core.ranking import Choice, Pick, Skip
+from dealseg.core.ranking import Choice, Pick, Pool, Skip, novel
+from dealseg.core.strategies import NOVEL_THRESHOLD
 
 from . import jsonl, parquet
 from .records import SCORES, StoreError, Table, finite, path_fields, winners
@@ -281,6 +282,7 @@ def write_selection(
         **({"unreadable_parts": table.unreadable} if table.unreadable else {}),
         "shortfall": shortfall,
         "skipped": {reason: skipped.count(reason) for reason in sorted(set(skipped))},
+        "off_domain": _off_domain(table, settings, chosen),
         "settings": {**settings, "scores": str(table.scores_file)},
         "near_duplicates": _near_duplicates(table, chosen.skipped),
         "rows": rows,
@@ -289,6 +291,23 @@ def write_selection(
     picked = b"".join(os.fsencode(table.paths[p.index]) + b"\n" for p in chosen.picks)
     atomic_write(out / SELECTION_TXT, picked)
     return doc
+
+
+def _off_domain(table: Table, settings: dict[str, Any], chosen: Choice) -> dict[str, Any]:
+    """The pool's off-domain images (novelty above the selection's threshold, the default's
+    without one), how many the selection left out and how many it picked; `known` False when
+    the pool has no novelty (a model without novelty statistics)."""
+    threshold = float(settings.get("novel_threshold") or NOVEL_THRESHOLD)
+    pool = Pool(table.paths, table.scores)
+    off = novel(pool, threshold)
+    values = table.scores.get("novelty")
+    return {
+        "threshold": threshold,
+        "known": values is not None and bool(np.isfinite(values).any()),
+        "pool": int(off.sum()),
+        "excluded": chosen.novel_excluded,
+        "picked": int(sum(off[p.index] for p in chosen.picks)),
+    }
 
 
 def read_selection(out: Path) -> dict[str, Any] | None:

@@ -122,7 +122,12 @@ def run_region_selection(table: Table, out: Path, how: SelectSettings) -> dict[s
         "cost": bought.cost,
     }
     shortfall = [] if len(bought.indices) else ["the budget buys no region"]
-    chosen = Choice(picks, [], len(table), len(table))
+    closed = (
+        0
+        if how.novel_share is None
+        else novel(Pool(table.paths, table.scores), how.novel_threshold)
+    )
+    chosen = Choice(picks, [], len(table), len(table), int(np.sum(closed)))
     doc = write_selection(out, table, chosen, how.describe(), shortfall, {"k": len(picks)})
     frame_rank = {f: n for n, f in enumerate(frames, 1)}
     lines = [

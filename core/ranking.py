@@ -459,6 +459,7 @@ class Choice:
     skipped: Skips = field(default_factory=list)
     pool_size: int = 0
     available: int = 0
+    novel_excluded: int = 0  # off-domain images left out (Options.novel_share)
 
     def shortfall(self, k: int, opts: Options) -> list[str]:
         """Why fewer than k images were picked (empty when k were)."""
@@ -471,6 +472,11 @@ class Choice:
                 f"{self.available} images to pick from"
                 + (f" ({excluded} of {self.pool_size} excluded)" if excluded else "")
             )
+            if self.novel_excluded:
+                why.append(
+                    f"{self.novel_excluded} of them off-domain (novelty above "
+                    f"{opts.novel_threshold:g}; --keep-novel or --max-novel-share picks them)"
+                )
         duplicates = sum(s.reason == "duplicate" for s in self.skipped)
         full = sum(s.reason == "group" for s in self.skipped)
         if duplicates:
@@ -516,11 +522,12 @@ def novel(pool: Pool, threshold: float) -> np.ndarray:
         return np.asarray(values, np.float64) > threshold
 
 
-def _novel_excluded(pool: Pool, strategy: str, k: int, opts: Options) -> Options:
-    """`opts` with the off-domain images over the cap excluded: of those above the threshold,
-    only the floor(novel_share * k) that `strategy` ranks first among them may be picked."""
+def _novel_excluded(pool: Pool, strategy: str, k: int, opts: Options) -> tuple[Options, int]:
+    """`opts` with the off-domain images over the cap excluded, and how many that excludes: of
+    those above the threshold, only the floor(novel_share * k) that `strategy` ranks first among
+    them may be picked."""
     if opts.novel_share is None:
-        return opts
+        return opts, 0
     off = novel(pool, opts.novel_threshold)
     exclude = np.zeros(len(pool), bool) if opts.exclude is None else np.asarray(opts.exclude)
     cap = int(np.floor(opts.novel_share * k + 1e-9))
@@ -530,7 +537,7 @@ def _novel_excluded(pool: Pool, strategy: str, k: int, opts: Options) -> Options
         plain = replace(opts, diverse=None, per_group=None, balance=None, novel_share=None)
         allowed = keep[[p.index for p in STRATEGIES[strategy](sub, cap, plain, None)]]
         candidates[allowed] = False
-    return replace(opts, exclude=exclude | candidates)
+    return replace(opts, exclude=exclude | candidates), int(candidates.sum())
 
 
 def choose(pool: Pool, strategy: str, k: int, options: Options | None = None) -> Choice:
@@ -541,7 +548,7 @@ def choose(pool: Pool, strategy: str, k: int, options: Options | None = None) ->
     fn = STRATEGIES[strategy]
     opts = options or Options()
     _check(pool, k, opts)
-    opts = _novel_excluded(pool, strategy, k, opts)
+    opts, novel_excluded = _novel_excluded(pool, strategy, k, opts)
     want = k if opts.balance is None else CANDIDATE_FACTOR * k
     skipped: Skips = []
     if opts.exclude is None or not np.any(opts.exclude):
@@ -558,7 +565,7 @@ def choose(pool: Pool, strategy: str, k: int, options: Options | None = None) ->
     if opts.balance is not None:
         mix = _need_fractions(pool, len(opts.balance))
         picks = _balanced(mix, picks, k, opts.balance)
-    return Choice(picks, skipped, len(pool), available)
+    return Choice(picks, skipped, len(pool), available, novel_excluded)
 
 
 def pick_ranked(pool: Pool, strategy: str, k: int, options: Options | None = None) -> list[Pick]:
