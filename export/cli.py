@@ -7,9 +7,12 @@ import json
 import logging
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
+
+if TYPE_CHECKING:
+    from dealseg.training.novelty import NoveltyStats
 
 
 def parse_size(value: str | None) -> tuple[int, int] | None:
@@ -73,13 +76,13 @@ novelty_data_option = click.option(
 )
 
 
-def novelty_note(stats: object) -> str:
+def novelty_note(stats: NoveltyStats | None) -> str:
     """One line on the statistics a graph was given."""
     if stats is None:
         return "novelty: none (no --novelty-data; the graph's novelty is NaN)"
     return (
-        f"novelty: fitted on {stats.fitted} train frames, calibrated on "  # type: ignore[attr-defined]
-        f"{len(stats.reference)} val frames"  # type: ignore[attr-defined]
+        f"novelty: fitted on {stats.fitted} train frames, calibrated on "
+        f"{len(stats.reference)} val frames"
     )
 
 
@@ -563,6 +566,7 @@ def quantize(
     help="Check the graph on random images and real photos: its segmentation equals the "
     "segmenter's argmax, its scores the PyTorch head's.",
 )
+@novelty_data_option
 def attach(
     head_path: Path,
     segmenter: Path,
@@ -572,6 +576,7 @@ def attach(
     model_name: str,
     model_version: int,
     check: bool,
+    novelty_data: Path | None,
 ) -> None:
     """Wrap a segmenter and the difficulty head trained on it (`deal-train attach`) into one
     ONNX graph with the dealseg contract."""
@@ -581,15 +586,17 @@ def attach(
     from dealseg.training.checkpoint import CheckpointError
 
     from .attach import check_attached, export_attached
+    from .novelty import carried_novelty
 
     logging.getLogger("torch.onnx").setLevel(logging.ERROR)
     try:
         spec = export_attached(
-            head_path, segmenter, out, bins, max_batch, str(model_version), model_name
+            head_path, segmenter, out, bins, max_batch, str(model_version), model_name, novelty_data
         )
     except (AttachError, CheckpointError, ValueError) as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB), model id {spec.model_id}")
+    click.echo(novelty_note(carried_novelty(out)))
     if not check:
         return
     from .compare import random_images, real_photos, resize
