@@ -140,7 +140,7 @@ def onnx(
     from dealseg.training.checkpoint import CheckpointError
     from dealseg.training.data import DataError
     from dealseg.training.device import DeviceError, resolve_device
-    from dealseg.training.novelty import Novelty, NoveltyStats
+    from dealseg.training.novelty import Novelty
 
     from .novelty import export_with_novelty
     from .onnx_export import export_graph, prepare_graph
