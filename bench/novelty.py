@@ -15,6 +15,7 @@ threshold, then the off-domain picks of top-k selections from the mixed pool und
 from __future__ import annotations
 
 import argparse
+import json
 import warnings
 from pathlib import Path
 
@@ -24,6 +25,7 @@ from dealseg.core import contract
 from dealseg.core.metrics import auroc
 from dealseg.core.ranking import NOVEL_THRESHOLD, Options, Pool, choose
 from dealseg.training import offdomain
+from dealseg.training.data import LISTERS, detect_layout
 from dealseg.training.novelty import split_frames
 
 OUTPUTS = ("novelty", "entropy", "ds")
@@ -54,6 +56,17 @@ def bundled_photos(size: tuple[int, int]) -> list[np.ndarray]:
     return frames
 
 
+def test_conditions(root: Path) -> np.ndarray:
+    """The condition (clear, night, fog, ...) of each test frame in listing order, from the
+    street set's tags.jsonl ("?" without one)."""
+    path, tags = root / "tags.jsonl", {}
+    for line in path.open() if path.exists() else ():
+        tag = json.loads(line)
+        tags[tag["stem"]] = tag["condition"]
+    samples = LISTERS[detect_layout(root)](root, "test")
+    return np.array([tags.get(s.image.stem, "?") for s in samples])
+
+
 def run(model: Path, frames: list[np.ndarray]) -> dict[str, np.ndarray]:
     import onnxruntime as ort
 
@@ -80,6 +93,7 @@ def main() -> None:
 
     size = read_onnx_spec(args.model).input_size
     streets = [f for batch in split_frames(args.data, "test", size) for f in batch]
+    conditions = test_conditions(args.data)
     kinds = ["in-domain"] * len(streets)
     frames = list(streets)
     for family, seed in ((offdomain.TUNE, 1), (offdomain.JUDGE, 2)):
@@ -96,7 +110,12 @@ def main() -> None:
     novelty = scores["novelty"]
     print(
         f"in-domain (test split): {inside.sum()} frames, novelty > {NOVEL_THRESHOLD}: "
-        f"{np.mean(novelty[inside] > NOVEL_THRESHOLD):.1%}"
+        f"{np.mean(novelty[inside] > NOVEL_THRESHOLD):.1%}; by condition: "
+        + ", ".join(
+            f"{c} {np.mean(novelty[: len(streets)][conditions == c] > NOVEL_THRESHOLD):.0%} of "
+            f"{np.sum(conditions == c)}"
+            for c in dict.fromkeys(conditions)
+        )
     )
     print("| set | kind | frames | AUROC | novelty > threshold |")
     print("|---|---|---|---|---|")

@@ -74,10 +74,14 @@ OUTPUTS: tuple[TensorSpec, ...] = (
     TensorSpec("segmentation", "uint8", ("sh", "sw"), "argmax class at stride 4"),
 )
 OUTPUT_NAMES: tuple[str, ...] = tuple(t.name for t in OUTPUTS)
-# The per-image scalar scores ([B] FP32): what `deal-client eval` judges, each one a strategy.
+# The per-image scalar scores ([B] FP32): what `deal-client eval` judges, each one a strategy
+# (novelty, how far a frame is from the training frames, is none: selection caps or excludes by it).
 IMAGE_SCORES: tuple[str, ...] = ("ds", "de", "entropy")
 SCORE_OUTPUTS: tuple[str, ...] = (*IMAGE_SCORES, "class_fraction", "embedding", "novelty")
 MAP_OUTPUTS: tuple[str, ...] = ("difficulty", "segmentation")
+# Outputs a model exported before them lacks: the client reads it (the score is unknown); a
+# model repository is written for the whole contract (`deal-export reexport` brings a graph up).
+OPTIONAL_OUTPUTS: tuple[str, ...] = ("novelty",)
 SPECS: dict[str, TensorSpec] = {t.name: t for t in (*INPUTS, *OUTPUTS)}
 
 # Metadata keys carried by the ONNX model (metadata_props) and the Triton config (parameters).
@@ -323,8 +327,9 @@ def version_metadata(parameters: Mapping[str, str], version: str) -> dict[str, s
 _ORT_DTYPES = {"tensor(uint8)": "uint8", "tensor(int32)": "int32", "tensor(float)": "float32"}
 
 
-def session_spec(session: Any) -> ModelSpec:
-    """The ModelSpec of an onnxruntime InferenceSession, its tensors checked against it.
+def session_spec(session: Any, optional: Sequence[str] = OPTIONAL_OUTPUTS) -> ModelSpec:
+    """The ModelSpec of an onnxruntime InferenceSession, its tensors checked against it (the
+    outputs named in `optional` may be missing).
 
     Reads only the session's attributes, so this module needs no onnxruntime import.
     """
@@ -333,7 +338,7 @@ def session_spec(session: Any) -> ModelSpec:
     def io(args: Any) -> dict[str, tuple[str, tuple[int | str | None, ...]]]:
         return {a.name: (_ORT_DTYPES.get(a.type, a.type), tuple(a.shape)) for a in args}
 
-    check_io(spec, io(session.get_inputs()), io(session.get_outputs()))
+    check_io(spec, io(session.get_inputs()), io(session.get_outputs()), optional)
     return spec
 
 
@@ -341,11 +346,13 @@ def check_io(
     spec: ModelSpec,
     inputs: Mapping[str, tuple[str, tuple[int | str | None, ...]]],
     outputs: Mapping[str, tuple[str, tuple[int | str | None, ...]]],
+    optional: Sequence[str] = OPTIONAL_OUTPUTS,
 ) -> None:
     """Check a model's declared inputs/outputs against the contract.
 
     `inputs`/`outputs` map tensor name -> (numpy dtype name, shape including the batch axis; a
-    symbolic or unknown batch is any non-int). Raises ContractError listing every difference.
+    symbolic or unknown batch is any non-int); the outputs named in `optional` may be missing.
+    Raises ContractError listing every difference.
     """
     problems: list[str] = []
     for expected, actual in ((spec.inputs, inputs), (OUTPUTS, outputs)):
@@ -355,7 +362,8 @@ def check_io(
             problems.append(f"unexpected tensors {extra}")
         for t in expected:
             if t.name not in actual:
-                problems.append(f"missing tensor {t.name!r}")
+                if t.name not in optional:
+                    problems.append(f"missing tensor {t.name!r}")
                 continue
             dtype, shape = actual[t.name]
             if dtype != t.dtype:
@@ -367,4 +375,11 @@ def check_io(
             ):
                 problems.append(f"{t.name}: shape {list(shape)}, contract says [B, *{list(want)}]")
     if problems:
-        raise ContractError("model does not match the dealseg contract: " + "; ".join(problems))
+        hint = (
+            " (a graph of an older exporter: bring it up to date with `deal-export reexport`)"
+            if any(f"missing tensor {n!r}" in problems for n in OPTIONAL_OUTPUTS)
+            else ""
+        )
+        raise ContractError(
+            "model does not match the dealseg contract: " + "; ".join(problems) + hint
+        )

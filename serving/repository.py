@@ -187,7 +187,7 @@ def write_repository(
     model_path, repo = Path(model_path), Path(repo)
     if plan is not None and target != "tensorrt":
         raise ValueError("plan applies to the tensorrt target only")
-    spec = read_onnx_spec(model_path)
+    spec = read_onnx_spec(model_path, optional=())  # its config declares every output
     version = served_version(spec)
     config = build_config(spec, target, **options)
     model_dir = repo / spec.model_name

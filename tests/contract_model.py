@@ -6,6 +6,8 @@
     class_fraction    [1 - r, r, 0, ...], r the share of class-1 pixels of the segmentation
     difficulty        the segmentation x 255
     embedding         the mean colour + 1, L2-normalised
+    novelty           1 - mean green / 255 (contract 2; the contract 1 model, like graphs of
+                      older exporters, has none)
 
 so that on images with uniform bands of colour the error rates, rankings and metrics of
 `deal-client eval` are exact. Its `valid_box` input is taken and ignored (no letterboxing
@@ -102,6 +104,7 @@ def _nodes(size: tuple[int, int]) -> list:
         helper.make_node("Add", ["rgb01", "one"], ["colour"]),  # [B, 3]
         helper.make_node("ReduceL2", ["colour"], ["norm"], axes=[1], keepdims=1),
         helper.make_node("Div", ["colour", "norm"], ["embedding"]),
+        helper.make_node("Sub", ["one", "de"], ["novelty"]),  # [B]
     ]
 
 
@@ -130,6 +133,8 @@ def write_contract_model(
         helper.make_tensor_value_info("difficulty", TensorProto.UINT8, ["B", *grid]),
         helper.make_tensor_value_info("segmentation", TensorProto.UINT8, ["B", *grid]),
     ]
+    if contract != LEGACY_CONTRACT:
+        outputs.insert(5, helper.make_tensor_value_info("novelty", TensorProto.FLOAT, ["B"]))
     image = helper.make_tensor_value_info(INPUT_NAME, TensorProto.UINT8, ["B", *size, 3])
     box = helper.make_tensor_value_info(VALID_BOX_NAME, TensorProto.INT32, ["B", 4])  # unused
     inputs = [image] if contract == LEGACY_CONTRACT else [image, box]
