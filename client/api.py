@@ -24,12 +24,13 @@ from typing import Any
 import numpy as np
 
 from dealseg.core.classes import class_columns
+from dealseg.core.contract import REGION_MAPS
 from dealseg.core.ranking import NOVEL_THRESHOLD, SCORE_COLUMNS
 from dealseg.core.strategies import DEFAULT_REGION_STRATEGY, DEFAULT_STRATEGY
 
 from .outdir import selection_rows
-from .records import Table, record_path
-from .regions import buy, region_pool, region_vectors
+from .records import RegionCells, Table, record_path
+from .regions import buy, region_pool, region_vectors, score_key
 from .scoring import list_paths, no_images, pool_paths, score_into
 from .selection import pick
 from .settings import (
@@ -86,7 +87,8 @@ def score(
     `out` keeps the scores (an out dir of `deal-client score`, resumed when it exists); without
     it they live in a temporary folder for the call. `options` are the fields of
     `settings.ScoreSettings` (batch_size=, resize=, format=, regions="cell:12": each frame's cells
-    as `region_pixels` and `region_ds` columns, for `select_regions`; progress off by default) and,
+    as `region_pixels`, `region_ds` and `region_entropy` columns, for `select_regions`; progress
+    off by default) and,
     with a url, of `settings.TritonSettings` (protocol=, timeout=, ...); another keyword is a
     TypeError that lists them. A pool that lists no image is a ValueError worded as the CLI's.
     """
@@ -176,7 +178,7 @@ def select_regions(
         novel_threshold=novel_threshold,
     )
     scored = _from_table(table)
-    if scored.region_pixels is None:
+    if scored.regions is None:
         raise ValueError("the table holds no regions: score with regions='cell:12'")
     pool = region_pool(scored, how)
     _, bought = buy(pool, how)
@@ -186,7 +188,7 @@ def select_regions(
             "path": pool.paths[pool.frame[i]],
             "region": int(pool.region[i]),
             "pixels": int(pool.pixels[i]),
-            "score": float(pool.scores["ds"][i]),
+            "score": float(score_key(pool, strategy)[i]),
         }
         for n, i in enumerate(bought.indices, 1)
     ]
@@ -215,7 +217,14 @@ def _records(table: Table) -> list[dict[str, Any]]:
             **{name: float(table.scores[name][i]) for name in SCORE_COLUMNS},
             **dict(zip(columns, np.nan_to_num(table.fractions[i]).tolist(), strict=True)),
             "embedding": emb[i].copy(),
-            **({"region_pixels": cells[0][i], "region_ds": cells[1][i]} if cells else {}),
+            **(
+                {
+                    "region_pixels": cells.pixels[i],
+                    **{f"region_{n}": m[i] for n, m in cells.means.items()},
+                }
+                if cells
+                else {}
+            ),
         }
         for i, path in enumerate(table.paths)
     ]
@@ -265,12 +274,17 @@ def _from_table(table: Any) -> Table:
             -1, len(columns)
         ),
         vectors=np.array([r["embedding"] for r in rows], np.float32).reshape(-1, dim),
-        **(
-            {
-                "region_pixels": np.array([r["region_pixels"] for r in rows], np.int32),
-                "region_ds": np.array([r["region_ds"] for r in rows], np.float32),
-            }
+        regions=(
+            RegionCells.from_lists(
+                [
+                    {
+                        "pixels": r["region_pixels"],
+                        **{n: r.get(f"region_{n}") for n in REGION_MAPS},
+                    }
+                    for r in rows
+                ]
+            )
             if rows and isinstance(rows[0].get("region_pixels"), (list, np.ndarray))
-            else {}
+            else None
         ),
     )

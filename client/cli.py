@@ -297,6 +297,9 @@ class ScoreCommand:
 
 
 def _score(run: ScoreCommand, as_json: bool) -> int:
+    from dealseg.core.contract import REGION_MAPS
+    from dealseg.core.strategies import DESCRIPTORS
+
     from .engines import EngineError
     from .fleet import RayUnavailable
     from .pipeline import score_pool
@@ -312,6 +315,15 @@ def _score(run: ScoreCommand, as_json: bool) -> int:
             "cannot leave letterbox padding out of its scores; re-export it with `deal-export "
             "onnx`, or use --resize stretch or crop",
             param_hint="--resize",
+        )
+    wanted = DESCRIPTORS[run.how.strategy].region_map if run.streaming.regions else None
+    if wanted is not None and REGION_MAPS[wanted] not in engine.spec.output_names:
+        engine.close()
+        raise click.BadParameter(
+            f"{run.how.strategy} reads each region's mean {wanted}, and model "
+            f"{engine.spec.model_id} (contract {engine.spec.contract_version}) serves no "
+            f"{wanted} map; re-export it with `deal-export reexport`, or use region-ds-sample",
+            param_hint="--strategy",
         )
     scoring = _ray_scoring(run.engines, engine, run.ray)
     try:

@@ -175,14 +175,13 @@ class EmbeddedEngine:
             self.spec = session_spec(self.session)
         except ContractError as exc:
             raise EngineError(f"{path}: {exc}") from exc
-        self.served = frozenset(o.name for o in self.session.get_outputs())
 
     def infer(
         self, images: np.ndarray, outputs: Sequence[str], boxes: np.ndarray | None = None
     ) -> dict[str, np.ndarray]:
-        """The `outputs` the model has (an older graph lacks the optional ones) of a batch."""
+        """The `outputs` of a batch that the model has (an older contract lacks some)."""
         _check_batch(images, self.spec)
-        outputs = [n for n in outputs if n in self.served]
+        outputs = [n for n in outputs if n in self.spec.output_names]
         feeds = model_inputs(self.spec, images, boxes)
         with self._one_run:
             values = self.session.run(list(outputs), feeds)
@@ -418,9 +417,7 @@ class TritonEngine:
         params = {k: v.get("string_value", "") for k, v in config.get("parameters", {}).items()}
         try:
             spec = ModelSpec.from_metadata(version_metadata(params, version))
-            served = _served_io(meta, spec)
-            check_io(spec, *served)
-            self.served = frozenset(served[1])
+            check_io(spec, *_served_io(meta, spec))
         except ContractError as exc:
             raise EngineError(f"{where}: model '{name}' version {version}: {exc}") from exc
         if (spec.model_name, spec.model_version) != (name, version):
@@ -481,9 +478,9 @@ class TritonEngine:
     def infer(
         self, images: np.ndarray, outputs: Sequence[str], boxes: np.ndarray | None = None
     ) -> dict[str, np.ndarray]:
-        """The `outputs` the model serves (an older graph lacks the optional ones) of a batch."""
+        """The `outputs` of a batch that the model has (an older contract lacks some)."""
         _check_batch(images, self.spec)
-        outputs = [n for n in outputs if n in self.served]
+        outputs = [n for n in outputs if n in self.spec.output_names]
         if self.shm:
             return self._infer_shm(images, outputs, boxes)
         module = self._module()

@@ -26,6 +26,7 @@ from dealseg.core.ranking import SCORE_COLUMNS
 from .records import (
     EMBEDDINGS,
     SCORES,
+    RegionCells,
     StoreError,
     Table,
     class_names_of,
@@ -229,29 +230,22 @@ def read_jsonl_table(scores_path: Path, meta: dict[str, Any]) -> Table:
     )
 
 
-def read_jsonl_regions(scores_path: Path, paths: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-    """The cells of `paths` (`score --regions`) from the ok records that count for them:
-    pixels [N, R] int32 and mean difficulty [N, R] float32; a path whose record has none is a
-    StoreError."""
+def read_jsonl_regions(scores_path: Path, paths: Sequence[str]) -> RegionCells:
+    """The cells of `paths` (`score --regions`) from the ok records that count for them; a path
+    whose record has none is a StoreError."""
     index = {p: i for i, p in enumerate(paths)}
-    pixels: list[Any] = [None] * len(paths)
-    ds: list[Any] = [None] * len(paths)
+    cells: list[Any] = [None] * len(paths)
     for r in iter_records(scores_path):
         i = index.get(r["path"])
-        if i is None or r["status"] != "ok":
-            continue
-        cells = r.get("regions")
-        pixels[i] = None if cells is None else cells["pixels"]
-        ds[i] = None if cells is None else cells["ds"]
-    missing = [paths[i] for i, v in enumerate(pixels) if v is None]
+        if i is not None and r["status"] == "ok":
+            cells[i] = r.get("regions")
+    missing = [paths[i] for i, v in enumerate(cells) if v is None]
     if missing:
         raise StoreError(
             f"{len(missing)} records in {scores_path} hold no regions (first: {missing[0]}); "
             "they were scored without --regions: score them again into a fresh --out"
         )
-    if not paths:
-        return np.zeros((0, 0), np.int32), np.zeros((0, 0), np.float32)
-    return np.asarray(pixels, np.int32), np.asarray(ds, np.float32)
+    return RegionCells.from_lists(cells)
 
 
 def jsonl_records(

@@ -28,11 +28,12 @@ from typing import Any
 import numpy as np
 
 from dealseg.core.classes import class_columns
-from dealseg.core.contract import ModelSpec
+from dealseg.core.contract import REGION_MAPS, ModelSpec
 from dealseg.core.files import atomic_output
 from dealseg.core.ranking import SCORE_COLUMNS
 
 from .records import (
+    RegionCells,
     StoreError,
     Table,
     class_names_of,
@@ -66,9 +67,13 @@ def scores_schema(class_names: Sequence[str], embedding_dim: int, regions: bool 
             ("embedding", pa.list_(pa.float32(), embedding_dim)),
             ("model", pa.string()),
             ("run", pa.string()),
-            # score --regions: each cell's picture pixels and mean difficulty (null: error row)
+            # score --regions: each cell's picture pixels and the mean of each region map over
+            # it (null: an error row, or a map the model does not serve)
             *(
-                [("region_pixels", pa.list_(pa.int32())), ("region_ds", pa.list_(pa.float32()))]
+                [
+                    ("region_pixels", pa.list_(pa.int32())),
+                    *[(f"region_{name}", pa.list_(pa.float32())) for name in REGION_MAPS],
+                ]
                 if regions
                 else []
             ),
@@ -115,9 +120,9 @@ def rows_table(
         "run": [run] * n,
     }
     if regions:
-        cells = [r.get("regions") for r in records]
-        columns["region_pixels"] = [None if c is None else c["pixels"] for c in cells]
-        columns["region_ds"] = [None if c is None else c["ds"] for c in cells]
+        cells = [r.get("regions") or {} for r in records]
+        for name in ("pixels", *REGION_MAPS):
+            columns[f"region_{name}"] = [c.get(name) for c in cells]
     return pa.Table.from_pydict(columns, schema=scores_schema(class_names, d, regions))
 
 
@@ -305,14 +310,14 @@ def read_parquet_table(folder: Path, meta: dict[str, Any]) -> Table:
         full = read_parts(folder, ["embedding"])
         return _vectors(full.take(rows_in_parts), int(meta["embedding_dim"]))
 
-    def regions() -> tuple[np.ndarray, np.ndarray]:
-        cells = read_parts(folder, ["region_pixels", "region_ds"]).take(rows_in_parts)
-        lists = [cells.column(c).to_pylist() for c in ("region_pixels", "region_ds")]
-        if any(v is None for v in lists[0]):
+    def regions() -> RegionCells:
+        names = ("pixels", *REGION_MAPS)
+        cells = read_parts(folder, [f"region_{n}" for n in names]).take(rows_in_parts)
+        columns = cells.to_pydict()
+        rows = [{n: columns[f"region_{n}"][i] for n in names} for i in range(cells.num_rows)]
+        if any(r["pixels"] is None for r in rows):
             raise StoreError(f"rows of {folder} hold no regions: score with --regions afresh")
-        if not lists[0]:
-            return np.zeros((0, 0), np.int32), np.zeros((0, 0), np.float32)
-        return np.asarray(lists[0], np.int32), np.asarray(lists[1], np.float32)
+        return RegionCells.from_lists(rows)
 
     return Table(
         out=out,
@@ -357,7 +362,11 @@ def parquet_records(
                 "model": r["model"],
             }
             if ok and r.get("region_pixels") is not None:
-                record["regions"] = {"pixels": r["region_pixels"], "ds": r["region_ds"]}
+                record["regions"] = {
+                    name: r[f"region_{name}"]
+                    for name in ("pixels", *REGION_MAPS)
+                    if r.get(f"region_{name}") is not None
+                }
             yield record, (values[start : start + dim].astype(np.float32) if ok else None)
 
 

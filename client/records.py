@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from dealseg.core.contract import ContractError, ModelSpec
+from dealseg.core.contract import REGION_MAPS, ContractError, ModelSpec
 
 SCORES = "scores.jsonl"
 EMBEDDINGS = "embeddings.f32"
@@ -115,14 +115,39 @@ def record_ok(
 
 
 def _regions_of(out: dict[str, np.ndarray], i: int) -> dict[str, Any]:
-    """A record's cells (`score --regions`): their picture pixels and mean difficulty, in cell
-    order (`core.regions.frame_region_vectors`)."""
+    """A record's cells (`score --regions`): their picture pixels and the mean of each region
+    map the model serves (ds: difficulty; entropy: from contract 3 on), in cell order
+    (`core.regions.frame_region_vectors`)."""
     return {
         "regions": {
             "pixels": [int(v) for v in out["region_pixels"][i]],
-            "ds": [round(float(v), 5) for v in out["region_ds"][i]],
+            **{
+                name: [round(float(v), 5) for v in out[f"region_{name}"][i]]
+                for name in REGION_MAPS
+                if f"region_{name}" in out
+            },
         }
     }
+
+
+@dataclass
+class RegionCells:
+    """A table's cells (`score --regions`), row i its path i: pixels [N, R] int32 and, per
+    region map the scoring model served ("ds", "entropy"), the mean over each cell [N, R]."""
+
+    pixels: np.ndarray
+    means: dict[str, np.ndarray]
+
+    @classmethod
+    def from_lists(cls, rows: Sequence[dict[str, Any]]) -> RegionCells:
+        """From records' "regions" objects; a map counts when every row has it."""
+        if not rows:
+            return cls(np.zeros((0, 0), np.int32), {})
+        names = [n for n in REGION_MAPS if all(r.get(n) is not None for r in rows)]
+        return cls(
+            np.asarray([r["pixels"] for r in rows], np.int32),
+            {n: np.asarray([r[n] for r in rows], np.float32) for n in names},
+        )
 
 
 def record_error(path: str, reason: str, model: str) -> dict:
@@ -169,9 +194,8 @@ class Table:
     vectors: np.ndarray | None = None  # [N, D] embeddings held in memory instead of the file
     source: Path | None = None  # the scores read (default: out/scores.jsonl)
     load_vectors: Callable[[], np.ndarray] | None = None  # reads `vectors` on first use
-    region_pixels: np.ndarray | None = None  # [N, R] cells' picture pixels (score --regions)
-    region_ds: np.ndarray | None = None  # [N, R] cells' mean difficulty
-    load_regions: Callable[[], tuple[np.ndarray, np.ndarray]] | None = None  # reads both
+    regions: RegionCells | None = None  # the cells (score --regions)
+    load_regions: Callable[[], RegionCells] | None = None  # reads `regions` on first use
     unreadable: list[str] = field(default_factory=list)  # score parts that could not be read
 
     def __len__(self) -> int:

@@ -2,12 +2,14 @@
 `dealseg.select(..., budget=)`.
 
 A run scored with `--regions` keeps each frame's cells (`cell:N` at the model's input size) with
-their picture pixels and mean difficulty (`regions` in scores.jsonl, `region_pixels` and
-`region_ds` columns in scores.parquet). Selection turns them into a `core.regions.RegionPool`,
-lets the region strategy buy within the budget, and writes:
+their picture pixels and the mean of each region map the model serves: difficulty (`ds`) and,
+from contract 3 on, softmax entropy (`entropy`) (`regions` in scores.jsonl, `region_pixels`,
+`region_ds` and `region_entropy` columns in scores.parquet). Selection turns them into a
+`core.regions.RegionPool`, lets the region strategy buy within the budget, and writes:
 
     regions.jsonl   one line per bought region, in the order taken: rank, path (path_b64),
-                    region (the cell id), pixels, score, frame_rank
+                    region (the cell id), pixels, score (the region's mean of the map the
+                    strategy reads: entropy for region-entropy*, else difficulty), frame_rank
     regions.json    the settings, the budget in pixels, pixels bought and their share of the
                     pool's, frames opened, the labelling cost, the partition
     region_masks/   one PNG per frame with bought regions, named like its map
@@ -43,10 +45,11 @@ from dealseg.core.regions import (
     parse_regions,
     region_mask,
 )
+from dealseg.core.strategies import DESCRIPTORS
 
 from .maps import map_name
 from .outdir import recorded_settings, write_selection
-from .records import StoreError, Table, finite, path_fields, spec_of
+from .records import RegionCells, StoreError, Table, finite, path_fields, spec_of
 from .remote import image_source
 from .settings import SelectSettings
 
@@ -55,23 +58,25 @@ REGIONS_JSON = "regions.json"
 REGION_MASKS = "region_masks"
 
 
-def region_vectors(table: Table) -> tuple[np.ndarray, np.ndarray]:
-    """The table's cells: pixels [N, R] and mean difficulty [N, R], row i the table's path i.
-    StoreError when the scores hold no regions (scored without --regions)."""
-    if table.region_pixels is None and table.load_regions is not None:
-        table.region_pixels, table.region_ds = table.load_regions()
-    if table.region_pixels is None or table.region_ds is None:
+def region_vectors(table: Table) -> RegionCells:
+    """The table's cells, row i the table's path i. StoreError when the scores hold no regions
+    (scored without --regions)."""
+    if table.regions is None and table.load_regions is not None:
+        table.regions = table.load_regions()
+    if table.regions is None:
         raise StoreError(
             f"{table.scores_file} holds no regions: score with --regions (e.g. --regions 5%) "
             "into a fresh --out"
         )
-    return table.region_pixels, table.region_ds
+    return table.regions
 
 
 def region_pool(table: Table, how: SelectSettings | None = None) -> RegionPool:
     """Every cell with picture pixels, of every frame scored OK and, unless `how` keeps them
-    (`novel_share` None), not off-domain (novelty above `how.novel_threshold`)."""
-    pixels, ds = region_vectors(table)
+    (`novel_share` None), not off-domain (novelty above `how.novel_threshold`), with each map's
+    means."""
+    cells = region_vectors(table)
+    pixels = cells.pixels
     if how is not None and how.novel_share is not None:
         off = novel(Pool(table.paths, table.scores), how.novel_threshold)
         pixels = np.where(off[:, None], 0, pixels)
@@ -80,14 +85,28 @@ def region_pool(table: Table, how: SelectSettings | None = None) -> RegionPool:
         table.paths,
         frame.astype(np.int64),
         region.astype(np.int32),
-        pixels[frame, region].astype(np.int64),
-        {"ds": ds[frame, region].astype(np.float64)},
+        cells.pixels[frame, region].astype(np.int64),
+        {name: m[frame, region].astype(np.float64) for name, m in cells.means.items()},
     )
+
+
+def score_key(pool: RegionPool, strategy: str) -> np.ndarray:
+    """What a bought region's `score` is: its mean of the map `strategy` reads (its
+    descriptor's `region_map`; the difficulty map for region-random)."""
+    return pool.scores[DESCRIPTORS[strategy].region_map or "ds"]
 
 
 def buy(pool: RegionPool, how: SelectSettings) -> tuple[Budget, RegionPicks]:
     """The budget `how` names, in the pool's pixels, and the regions its strategy buys with it:
-    the one buying step of the CLI and the API."""
+    the one buying step of the CLI and the API. StoreError when the strategy reads a map the
+    scoring model did not serve (an entropy strategy on scores of a contract 1 or 2 model)."""
+    wanted = DESCRIPTORS[how.strategy].region_map
+    if wanted is not None and len(pool) and wanted not in pool.scores:
+        raise StoreError(
+            f"{how.strategy} reads each region's mean {wanted}, and these scores have none: "
+            f"their model serves no {wanted} map (contract 1 or 2); re-export it with "
+            "`deal-export reexport` and score again into a fresh --out, or use region-ds-sample"
+        )
     budget = parse_budget(str(how.budget), pool.total_pixels)
     opts = RegionOptions(how.seed, how.temperature, how.max_per_frame, how.frame_cost)
     return budget, choose_regions(pool, how.strategy, budget, opts)
@@ -104,7 +123,7 @@ def run_region_selection(table: Table, out: Path, how: SelectSettings) -> dict[s
         )
     pool = region_pool(table, how)
     budget, bought = buy(pool, how)
-    keys = pool.scores["ds"]
+    keys = score_key(pool, how.strategy)
     frames: dict[int, list[int]] = {}  # frame index -> its bought regions, in order of first take
     for i in bought.indices:
         frames.setdefault(int(pool.frame[i]), []).append(int(i))

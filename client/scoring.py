@@ -26,7 +26,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from dealseg.core.contract import SCORE_OUTPUTS, degenerate_scores
+from dealseg.core.contract import REGION_MAPS, SCORE_OUTPUTS, ModelSpec, degenerate_scores
 from dealseg.core.decode import (
     ASPECT_TOLERANCE,
     DecodeError,
@@ -131,11 +131,13 @@ def infer_batch(
     outputs: Sequence[str],
     regions: str | None = None,
 ) -> tuple[list[str], dict]:
+    """The engine's `outputs` for a batch of decoded frames; with `regions` (cell:N) also each
+    frame's cells (`region_outputs`) from the region maps the model serves. Any engine failure
+    is an EngineError."""
     images = np.stack([f.image for f in frames])  # [B, H, W, 3]
     boxes = np.array([f.box for f in frames], dtype=np.int32)  # [B, 4]
-    """The engine's `outputs` for a batch of decoded frames; with `regions` (cell:N) also each
-    frame's cells (`region_outputs`). Any engine failure is an EngineError."""
-    asked = tuple(outputs) + (("difficulty",) if regions and "difficulty" not in outputs else ())
+    maps = region_map_outputs(engine.spec) if regions else ()
+    asked = tuple(outputs) + tuple(m for m in maps if m not in outputs)
     try:
         out = engine.infer(images, asked, boxes)
     except EngineError:
@@ -147,19 +149,31 @@ def infer_batch(
         raise EngineError(f"the engine returned {bad} for a different number of images")
     if regions:
         out = {**out, **region_outputs(regions, out, boxes, images.shape[1:3])}
-        if "difficulty" not in outputs:
-            del out["difficulty"]
+        for name in maps:
+            if name not in outputs:
+                del out[name]
     return paths, out
+
+
+def region_map_outputs(spec: ModelSpec) -> tuple[str, ...]:
+    """The outputs serving the region maps (`contract.REGION_MAPS`) that the model has: the
+    difficulty map, and the entropy map from contract 3 on."""
+    return tuple(o for o in REGION_MAPS.values() if o in spec.output_names)
 
 
 def region_outputs(
     regions: str, out: dict[str, np.ndarray], boxes: np.ndarray, shape: tuple[int, int]
 ) -> dict[str, np.ndarray]:
-    """`region_pixels` [B, R] and `region_ds` [B, R]: each cell's picture pixels and the mean of
-    the served difficulty map over it (the map as the graph returns it, x 255)."""
-    maps = {"ds": np.asarray(out["difficulty"], np.float32) / 255.0}
+    """`region_pixels` [B, R] (each cell's picture pixels) and, for each region map in `out`,
+    `region_<score>` [B, R]: the map's mean over each cell (the served uint8 map / 255):
+    `region_ds` of the difficulty map, `region_entropy` of the entropy map."""
+    maps = {
+        name: np.asarray(out[output], np.float32) / 255.0
+        for name, output in REGION_MAPS.items()
+        if output in out
+    }
     pixels, means = frame_region_vectors(parse_regions(regions), tuple(shape), maps, boxes)
-    return {"region_pixels": pixels, "region_ds": means["ds"]}
+    return {"region_pixels": pixels, **{f"region_{name}": v for name, v in means.items()}}
 
 
 class Workers:

@@ -6,6 +6,11 @@ Shapes are batch-first; symbolic dimensions are named strings resolved from a `M
 Contract 2 added the `valid_box` input (the picture's box in the frame: letterbox padding is in
 no score) and the `model_name` metadata key. Contract 1 models (no `valid_box`, named `deal`)
 are still read: they score stretched and cropped frames; letterboxing needs a re-export.
+Contract 3 added the `entropy_map` output (the per-pixel softmax entropy the region-entropy
+strategies average over each region). Contract 4 added the `novelty` output (how far a frame is
+from the training frames; NaN for a graph exported without novelty statistics). Older models
+are still read and served without the outputs their contract lacks (their novelty is unknown);
+`deal-export reexport` rewrites a contract 2 or 3 model from its own weights.
 """
 
 from __future__ import annotations
@@ -20,8 +25,9 @@ if TYPE_CHECKING:
     import numpy as np
 
 MODEL_NAME = "deal"  # the default model name (the only one of contract 1)
-CONTRACT_VERSION = "2"
-LEGACY_CONTRACT = "1"  # read, never written
+CONTRACT_VERSION = "4"
+LEGACY_CONTRACT = "1"  # read, never written: no valid_box input
+READ_CONTRACTS = (CONTRACT_VERSION, "3", "2", LEGACY_CONTRACT)  # outputs: see OUTPUT_SINCE
 MODEL_NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")  # a Triton model folder
 
 INPUT_NAME = "image"
@@ -72,16 +78,26 @@ OUTPUTS: tuple[TensorSpec, ...] = (
     ),
     TensorSpec("difficulty", "uint8", ("h", "w"), "difficulty map x 255 at attention-grid size"),
     TensorSpec("segmentation", "uint8", ("sh", "sw"), "argmax class at stride 4"),
+    TensorSpec(
+        "entropy_map",
+        "uint8",
+        ("sh", "sw"),
+        "per-pixel softmax entropy / ln(classes) x 255 at the segmentation's grid",
+    ),
 )
 OUTPUT_NAMES: tuple[str, ...] = tuple(t.name for t in OUTPUTS)
+ENTROPY_MAP = "entropy_map"
+NOVELTY = "novelty"
+# The contract that added an output (the others are in every contract): an older model lacks it.
+OUTPUT_SINCE: dict[str, int] = {ENTROPY_MAP: 3, NOVELTY: 4}
 # The per-image scalar scores ([B] FP32): what `deal-client eval` judges, each one a strategy
-# (novelty, how far a frame is from the training frames, is none: selection caps or excludes by it).
+# (novelty, how far a frame is from the training frames, is none: selection caps or excludes by
+# it).
 IMAGE_SCORES: tuple[str, ...] = ("ds", "de", "entropy")
-SCORE_OUTPUTS: tuple[str, ...] = (*IMAGE_SCORES, "class_fraction", "embedding", "novelty")
+SCORE_OUTPUTS: tuple[str, ...] = (*IMAGE_SCORES, "class_fraction", "embedding", NOVELTY)
 MAP_OUTPUTS: tuple[str, ...] = ("difficulty", "segmentation")
-# Outputs a model exported before them lacks: the client reads it (the score is unknown); a
-# model repository is written for the whole contract (`deal-export reexport` brings a graph up).
-OPTIONAL_OUTPUTS: tuple[str, ...] = ("novelty",)
+# The per-pixel maps a region's score averages: score name -> the output serving it.
+REGION_MAPS: dict[str, str] = {"ds": "difficulty", "entropy": ENTROPY_MAP}
 SPECS: dict[str, TensorSpec] = {t.name: t for t in (*INPUTS, *OUTPUTS)}
 
 # Metadata keys carried by the ONNX model (metadata_props) and the Triton config (parameters).
@@ -187,6 +203,17 @@ class ModelSpec:
         return (INPUT,) if self.contract_version == LEGACY_CONTRACT else INPUTS
 
     @property
+    def outputs(self) -> tuple[TensorSpec, ...]:
+        """The model's outputs: those of its contract (`OUTPUT_SINCE`: contract 1 and 2 models
+        have no entropy map, and models before contract 4 no novelty)."""
+        version = int(self.contract_version)
+        return tuple(t for t in OUTPUTS if OUTPUT_SINCE.get(t.name, 0) <= version)
+
+    @property
+    def output_names(self) -> tuple[str, ...]:
+        return tuple(t.name for t in self.outputs)
+
+    @property
     def takes_valid_box(self) -> bool:
         return VALID_BOX in self.inputs
 
@@ -232,10 +259,11 @@ class ModelSpec:
     def from_metadata(cls, meta: Mapping[str, str]) -> ModelSpec:
         """Parse metadata written by `to_metadata`; raise ContractError naming what is wrong."""
         version = meta.get(META_PREFIX + "contract_version")
-        if version not in (CONTRACT_VERSION, LEGACY_CONTRACT, None):
+        if version not in (*READ_CONTRACTS, None):
             raise ContractError(
                 f"model uses contract version {version}, this dealseg speaks {CONTRACT_VERSION} "
-                f"(and reads {LEGACY_CONTRACT}); re-export the model or upgrade dealseg"
+                f"(and reads {', '.join(READ_CONTRACTS[1:])}); re-export the model or upgrade "
+                "dealseg"
             )
         if version == LEGACY_CONTRACT:
             meta = {META_PREFIX + "model_name": MODEL_NAME, **meta}
@@ -327,9 +355,8 @@ def version_metadata(parameters: Mapping[str, str], version: str) -> dict[str, s
 _ORT_DTYPES = {"tensor(uint8)": "uint8", "tensor(int32)": "int32", "tensor(float)": "float32"}
 
 
-def session_spec(session: Any, optional: Sequence[str] = OPTIONAL_OUTPUTS) -> ModelSpec:
-    """The ModelSpec of an onnxruntime InferenceSession, its tensors checked against it (the
-    outputs named in `optional` may be missing).
+def session_spec(session: Any) -> ModelSpec:
+    """The ModelSpec of an onnxruntime InferenceSession, its tensors checked against it.
 
     Reads only the session's attributes, so this module needs no onnxruntime import.
     """
@@ -338,7 +365,7 @@ def session_spec(session: Any, optional: Sequence[str] = OPTIONAL_OUTPUTS) -> Mo
     def io(args: Any) -> dict[str, tuple[str, tuple[int | str | None, ...]]]:
         return {a.name: (_ORT_DTYPES.get(a.type, a.type), tuple(a.shape)) for a in args}
 
-    check_io(spec, io(session.get_inputs()), io(session.get_outputs()), optional)
+    check_io(spec, io(session.get_inputs()), io(session.get_outputs()))
     return spec
 
 
@@ -346,24 +373,21 @@ def check_io(
     spec: ModelSpec,
     inputs: Mapping[str, tuple[str, tuple[int | str | None, ...]]],
     outputs: Mapping[str, tuple[str, tuple[int | str | None, ...]]],
-    optional: Sequence[str] = OPTIONAL_OUTPUTS,
 ) -> None:
     """Check a model's declared inputs/outputs against the contract.
 
     `inputs`/`outputs` map tensor name -> (numpy dtype name, shape including the batch axis; a
-    symbolic or unknown batch is any non-int); the outputs named in `optional` may be missing.
-    Raises ContractError listing every difference.
+    symbolic or unknown batch is any non-int). Raises ContractError listing every difference.
     """
     problems: list[str] = []
-    for expected, actual in ((spec.inputs, inputs), (OUTPUTS, outputs)):
+    for expected, actual in ((spec.inputs, inputs), (spec.outputs, outputs)):
         names = {t.name for t in expected}
         extra = sorted(set(actual) - names)
         if extra:
             problems.append(f"unexpected tensors {extra}")
         for t in expected:
             if t.name not in actual:
-                if t.name not in optional:
-                    problems.append(f"missing tensor {t.name!r}")
+                problems.append(f"missing tensor {t.name!r}")
                 continue
             dtype, shape = actual[t.name]
             if dtype != t.dtype:
@@ -375,11 +399,4 @@ def check_io(
             ):
                 problems.append(f"{t.name}: shape {list(shape)}, contract says [B, *{list(want)}]")
     if problems:
-        hint = (
-            " (a graph of an older exporter: bring it up to date with `deal-export reexport`)"
-            if any(f"missing tensor {n!r}" in problems for n in OPTIONAL_OUTPUTS)
-            else ""
-        )
-        raise ContractError(
-            "model does not match the dealseg contract: " + "; ".join(problems) + hint
-        )
+        raise ContractError("model does not match the dealseg contract: " + "; ".join(problems))

@@ -4,10 +4,9 @@ still imports without it."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from pathlib import Path
 
-from .contract import OPTIONAL_OUTPUTS, ContractError, ModelSpec, session_spec
+from .contract import ContractError, ModelSpec, session_spec
 
 
 def shipped_repository() -> Path | None:
@@ -20,9 +19,8 @@ def shipped_repository() -> Path | None:
     return repo if (repo / "deal" / "config.pbtxt").is_file() else None
 
 
-def read_onnx_spec(model_path: Path, optional: Sequence[str] = OPTIONAL_OUTPUTS) -> ModelSpec:
-    """Read the contract metadata of an exported ONNX file and check its tensors against it
-    (the outputs named in `optional` may be missing).
+def read_onnx_spec(model_path: Path) -> ModelSpec:
+    """Read the contract metadata of an exported ONNX file and check its tensors against it.
 
     Raises ContractError naming every difference (missing metadata, wrong dtype or shape).
     """
@@ -34,4 +32,4 @@ def read_onnx_spec(model_path: Path, optional: Sequence[str] = OPTIONAL_OUTPUTS)
         session = ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
     except Exception as exc:  # onnxruntime raises its own exception types
         raise ContractError(f"{model_path}: not a loadable ONNX model ({exc})") from exc
-    return session_spec(session, optional)
+    return session_spec(session)

@@ -37,6 +37,7 @@ import numpy as np
 
 from .ranking import path_hash
 from .registry import Registry
+from .strategies import DESCRIPTORS
 
 REGION_KINDS = ("cell", "slic", "frame")
 DEFAULT_REGIONS = "cell:12"
@@ -281,6 +282,14 @@ def _sampled(name: str) -> Callable[[RegionPool, RegionOptions], np.ndarray]:
     return order
 
 
+def _map_of(strategy: str) -> str:
+    """The map a region strategy reads, as its descriptor says."""
+    region_map = DESCRIPTORS[strategy].region_map
+    if region_map is None:
+        raise ValueError(f"{strategy} reads no map")
+    return region_map
+
+
 def _random(pool: RegionPool, opts: RegionOptions) -> np.ndarray:
     return tie_order(pool, region_uniforms(pool, opts.seed))
 
@@ -289,10 +298,10 @@ REGION_STRATEGIES: Registry[Callable[[RegionPool, RegionOptions], np.ndarray]] =
     "region strategy",
     **{
         "region-random": _random,
-        "region-ds": _by_map("ds"),
-        "region-entropy": _by_map("entropy"),
-        "region-ds-sample": _sampled("ds"),
-        "region-entropy-sample": _sampled("entropy"),
+        "region-ds": _by_map(_map_of("region-ds")),
+        "region-entropy": _by_map(_map_of("region-entropy")),
+        "region-ds-sample": _sampled(_map_of("region-ds-sample")),
+        "region-entropy-sample": _sampled(_map_of("region-entropy-sample")),
     },
 )
 

@@ -3,7 +3,9 @@
 A strategy's descriptor says its name, what its score means (one line under a selection), its
 label and colour in tables and plots, its unit (whole frames or regions inside frames), what it
 needs (`scores`: the per-image scores; `embeddings`: the embedding rows; `maps`: the per-pixel
-maps; `model`: the active-learning stage's model) and where it runs (`client`: `deal-client`
+maps; `model`: the active-learning stage's model), for a region strategy the map whose
+region means it reads (`region_map`: "ds" the difficulty map, "entropy" the softmax-entropy
+map; the client's needs the model to serve it) and where it runs (`client`: `deal-client`
 and the Python API rank with it; the active-learning loop runs every strategy). The ranking
 itself is a function registered under the same name: frame strategies in
 `core.ranking.STRATEGIES` (the client's) and `training.acquisition.STRATEGIES` (the loop's,
@@ -31,6 +33,7 @@ DEFAULT_REGION_STRATEGY = "region-ds-sample"
 # both chosen by bench/novelty.py on its tuning kinds).
 NOVEL_THRESHOLD = 0.99
 UNITS = ("frame", "region")
+REGION_MAP_NAMES = ("ds", "entropy")  # the keys of `contract.REGION_MAPS`
 
 
 @dataclass(frozen=True)
@@ -42,10 +45,16 @@ class StrategyInfo:
     unit: str = "frame"  # "frame": buys whole frames; "region": regions inside frames
     needs: frozenset[str] = frozenset({"scores", "model"})
     client: bool = True  # offered by deal-client and the Python API
+    region_map: str | None = None  # a region strategy's map: "ds" | "entropy"
 
     def __post_init__(self) -> None:
         if self.unit not in UNITS or not self.needs <= set(NEEDS):
             raise ValueError(f"strategy {self.name}: unit {self.unit!r}, needs {set(self.needs)}")
+        if (self.region_map is not None) != ("maps" in self.needs) or self.region_map not in (
+            None,
+            *REGION_MAP_NAMES,
+        ):
+            raise ValueError(f"strategy {self.name}: region_map {self.region_map!r}")
 
 
 def _info(name: str, meaning: str, label: str, color: str, **kw: object) -> StrategyInfo:
@@ -122,6 +131,7 @@ _ENTRIES = [
         "darkred",
         unit="region",
         needs=frozenset({"maps", "model"}),
+        region_map="ds",
     ),
     _info(
         "region-entropy",
@@ -130,7 +140,7 @@ _ENTRIES = [
         "navy",
         unit="region",
         needs=frozenset({"maps", "model"}),
-        client=False,  # the served graph has no entropy map yet
+        region_map="entropy",
     ),
     _info(
         "region-ds-sample",
@@ -139,6 +149,7 @@ _ENTRIES = [
         "crimson",
         unit="region",
         needs=frozenset({"maps", "model"}),
+        region_map="ds",
     ),
     _info(
         "region-entropy-sample",
@@ -147,7 +158,7 @@ _ENTRIES = [
         "royalblue",
         unit="region",
         needs=frozenset({"maps", "model"}),
-        client=False,  # the served graph has no entropy map yet
+        region_map="entropy",
     ),
 ]
 

@@ -210,8 +210,8 @@ def onnx(
 @novelty_data_option
 def reexport(model_path: Path, out: Path, max_batch: int, novelty_data: Path | None) -> None:
     """Export a graph again with today's exporter, from its own weights and ModelConfig; its
-    contract metadata and model id are kept (every weight is checked bit for bit), and so are
-    its novelty statistics unless --novelty-data fits new ones."""
+    metadata and model id are kept, its contract raised to today's (every weight is checked bit
+    for bit), and its novelty statistics kept unless --novelty-data fits new ones."""
     from dealseg.core.contract import ContractError
     from dealseg.training.data import DataError
     from dealseg.training.novelty import NoveltyError
@@ -225,9 +225,15 @@ def reexport(model_path: Path, out: Path, max_batch: int, novelty_data: Path | N
     except (ReexportError, ContractError, DataError, NoveltyError) as exc:
         raise click.ClickException(str(exc)) from None
     worst = max(report.max_abs.values())
+    raised = report.was.contract_version != report.spec.contract_version
     click.echo(
-        f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB), model id {report.spec.model_id}: "
-        f"{report.weights} weights unchanged; outputs vs {model_path} on real photos: "
+        f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB), model id {report.spec.model_id}"
+        + (
+            f", contract {report.was.contract_version} -> {report.spec.contract_version}"
+            if raised
+            else ""
+        )
+        + f": {report.weights} weights unchanged; outputs vs {model_path} on real photos: "
         f"max abs difference {worst:.2e}"
     )
     click.echo(novelty_note(report.novelty))

@@ -26,6 +26,7 @@ from dealseg.training.scores import (
     class_fraction,
     difficulty_entropy,
     difficulty_score,
+    entropy_map_uint8,
     pooled_embedding,
     softmax_entropy,
 )
@@ -87,4 +88,5 @@ class DEALGraph(nn.Module):
             self.novelty(embedding),
             torch.round(grid * 255.0).to(torch.uint8),
             out.logits.argmax(dim=1).to(torch.uint8),
+            entropy_map_uint8(out.logits),
         )

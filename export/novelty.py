@@ -25,8 +25,7 @@ def graph_novelty(model: Path, data: Path) -> NoveltyStats:
     import onnxruntime as ort
 
     session = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
-    # the embedding is all it reads: a graph of an older contract (no novelty output) will do
-    spec = contract.ModelSpec.from_metadata(session.get_modelmeta().custom_metadata_map)
+    spec = contract.session_spec(session)  # of any contract read: all have the embedding
 
     def embed(images: np.ndarray) -> np.ndarray:
         return session.run(["embedding"], contract.model_inputs(spec, images))[0]

@@ -1,12 +1,13 @@
 """`deal-export reexport`: an exported graph through today's exporter, weights and metadata kept.
 
     model.onnx ─► ModelConfig (`dealseg.model_config`) + initializers ─► DEALNet (eager)
-               ─► DEALGraph ─► export_graph (same contract metadata) ─► model.onnx
+               ─► DEALGraph ─► export_graph (same metadata, today's contract) ─► model.onnx
 
 The shipped model has no checkpoint beside it, only its graph; when the graph changes (a Cast
 for TensorRT, a new output) it is re-exported from itself with this command, so it stays a
 function of the same weights. The contract metadata (class names, palette, bins, model name and
-version, checkpoint digest) is copied: the model id, which names the weights, stays the same, and
+version, checkpoint digest) is copied and the contract version raised to today's (a contract 2
+graph gains the `entropy_map` output): the model id, which names the weights, stays the same, and
 `reexport` checks that it may: every weight of the new graph is the old one's, bit for bit.
 """
 
@@ -34,9 +35,10 @@ class ReexportError(ValueError):
 class ReexportReport:
     """What `reexport` wrote and how it compares with the graph it came from."""
 
-    spec: contract.ModelSpec
+    spec: contract.ModelSpec  # the new graph's: the current contract
     weights: int  # weight tensors of the new graph, each equal to the old graph's
-    max_abs: dict[str, float]  # per output of both graphs, old vs new under ONNX Runtime
+    max_abs: dict[str, float]  # per output of the old graph, old vs new under ONNX Runtime
+    was: contract.ModelSpec  # the old graph's
     novelty: Any = None  # the new graph's NoveltyStats (None: it has none)
 
 
@@ -121,7 +123,7 @@ def reexport(
     from .graph import DEALGraph
     from .novelty import carried_novelty, graph_novelty
 
-    spec = metadata_spec(source)  # its tensors may be of an older contract: not checked
+    spec = read_onnx_spec(source)
     if not spec.takes_valid_box:
         raise ReexportError(
             f"{source} uses contract {spec.contract_version}: export it from its checkpoint "
@@ -129,25 +131,18 @@ def reexport(
         )
     stats = carried_novelty(source) if novelty_data is None else graph_novelty(source, novelty_data)
     graph = DEALGraph(eager_from_graph(source), spec.bins, stats).eval()
+    upgraded = replace(spec, contract_version=contract.CONTRACT_VERSION)
     with tempfile.TemporaryDirectory(prefix="dealseg-reexport-") as tmp:
         fresh = Path(tmp) / "model.onnx"
-        export_graph(graph, spec, fresh, max_batch)
+        export_graph(graph, upgraded, fresh, max_batch)
         weights = _same_weights(source, fresh)
         max_abs = _max_abs_outputs(source, fresh, spec)
-        if read_onnx_spec(fresh) != spec:
+        if read_onnx_spec(fresh) != upgraded:
             raise ReexportError(f"{source}: the re-exported graph does not fit its metadata")
         out.parent.mkdir(parents=True, exist_ok=True)
         with atomic_output(out) as tmp_out:
             shutil.copyfile(fresh, tmp_out)
-    return ReexportReport(spec=spec, weights=weights, max_abs=max_abs, novelty=stats)
-
-
-def metadata_spec(path: Path) -> contract.ModelSpec:
-    """The contract metadata of the graph at `path`, its tensors unchecked."""
-    import onnx
-
-    meta = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
-    return contract.ModelSpec.from_metadata(meta)
+    return ReexportReport(spec=upgraded, weights=weights, max_abs=max_abs, was=spec, novelty=stats)
 
 
 def _same_weights(old: Path, new: Path) -> int:
@@ -176,8 +171,9 @@ def _same_weights(old: Path, new: Path) -> int:
 
 
 def _max_abs_outputs(old: Path, new: Path, spec: contract.ModelSpec) -> dict[str, float]:
-    """Max abs difference of every contract output, old vs new graph under ONNX Runtime, on the
-    bundled real photos resized to the model's input (each letterboxed once too)."""
+    """Max abs difference of every output of the old graph (`spec`), old vs new under ONNX
+    Runtime, on the bundled real photos resized to the model's input (each letterboxed once
+    too)."""
     import onnxruntime as ort
 
     from .compare import real_photos, resize
@@ -186,14 +182,12 @@ def _max_abs_outputs(old: Path, new: Path, spec: contract.ModelSpec) -> dict[str
     boxes = np.tile(np.array([0, 0, *spec.input_size], np.int32), (len(images), 1))
     boxes[::2, 0] = spec.input_size[0] // 8  # a band of padding above every other picture
     feeds = {contract.INPUT_NAME: images, contract.VALID_BOX_NAME: boxes}
+    names = list(spec.output_names)
     sessions = [
         ort.InferenceSession(str(p), providers=["CPUExecutionProvider"]) for p in (old, new)
     ]
-    produced = [{o.name for o in s.get_outputs()} for s in sessions]
-    # outputs of both graphs (a graph of an older contract lacks the newer ones); a novelty the
-    # old graph has no statistics for (NaN) is left out too
-    names = [n for n in contract.OUTPUT_NAMES if n in produced[0] and n in produced[1]]
     outs = [s.run(names, feeds) for s in sessions]
+    # a novelty the old graph has no statistics for (NaN) is compared with nothing
     if "novelty" in names and np.isnan(outs[0][names.index("novelty")]).any():
         keep = [i for i, n in enumerate(names) if n != "novelty"]
         names, outs = [names[i] for i in keep], [[o[i] for i in keep] for o in outs]

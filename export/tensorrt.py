@@ -230,8 +230,9 @@ def parity_vs_onnxruntime(plan_path: Path, onnx_path: Path, images: np.ndarray) 
     import onnxruntime as ort
 
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-    feeds = contract.model_inputs(contract.session_spec(session), images)
-    names = list(contract.OUTPUT_NAMES)
+    spec = contract.session_spec(session)
+    feeds = contract.model_inputs(spec, images)
+    names = list(spec.output_names)
     ref = dict(zip(names, session.run(names, feeds), strict=True))
     got = run_engine(plan_path, feeds)
     result = {

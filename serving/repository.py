@@ -30,7 +30,6 @@ from google.protobuf import json_format, text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
 from dealseg.core.contract import (
-    OUTPUTS,
     SCORE_OUTPUTS,
     ContractError,
     ModelSpec,
@@ -96,7 +95,7 @@ def build_config(
         config.input.add(
             name=tensor.name, data_type=_data_type(tensor.dtype), dims=spec.shape(tensor.name)
         )
-    for tensor in OUTPUTS:
+    for tensor in spec.outputs:
         output = config.output.add(name=tensor.name, data_type=_data_type(tensor.dtype))
         dims = spec.shape(tensor.name)
         if dims:
@@ -187,7 +186,7 @@ def write_repository(
     model_path, repo = Path(model_path), Path(repo)
     if plan is not None and target != "tensorrt":
         raise ValueError("plan applies to the tensorrt target only")
-    spec = read_onnx_spec(model_path, optional=())  # its config declares every output
+    spec = read_onnx_spec(model_path)
     version = served_version(spec)
     config = build_config(spec, target, **options)
     model_dir = repo / spec.model_name

@@ -5,13 +5,14 @@
     ds, de, entropy   mean red, green, blue / 255
     class_fraction    [1 - r, r, 0, ...], r the share of class-1 pixels of the segmentation
     difficulty        the segmentation x 255
+    entropy_map       the green channel at stride 4 (contract 3)
     embedding         the mean colour + 1, L2-normalised
-    novelty           1 - mean green / 255 (contract 2; the contract 1 model, like graphs of
-                      older exporters, has none)
+    novelty           1 - mean green / 255 (contract 4)
 
 so that on images with uniform bands of colour the error rates, rankings and metrics of
 `deal-client eval` are exact. Its `valid_box` input is taken and ignored (no letterboxing
-here); `contract="1"` writes the model as contract 1 had it, without that input. Built with
+here); `contract="1"` writes the model as contract 1 had it, without that input, and
+`contract="2"` without the entropy map. Built with
 `onnx.helper`; its metadata is `ModelSpec.to_metadata()`.
 """
 
@@ -54,7 +55,7 @@ def contract_spec(size: tuple[int, int] = SIZE, contract: str = CONTRACT_VERSION
     )
 
 
-def _nodes(size: tuple[int, int]) -> list:
+def _nodes(size: tuple[int, int], entropy_map: bool) -> list:
     from onnx import TensorProto, helper
 
     h, w = size
@@ -105,6 +106,19 @@ def _nodes(size: tuple[int, int]) -> list:
         helper.make_node("ReduceL2", ["colour"], ["norm"], axes=[1], keepdims=1),
         helper.make_node("Div", ["colour", "norm"], ["embedding"]),
         helper.make_node("Sub", ["one", "de"], ["novelty"]),  # [B]
+        *(
+            [
+                const("green_starts", np.array([0, 0, 1], np.int64)),
+                const("green_ends", np.array([h, w, 2], np.int64)),
+                helper.make_node(
+                    "Slice", ["x", "green_starts", "green_ends", "axes", "steps"], ["green4"]
+                ),
+                helper.make_node("Squeeze", ["green4", "squeeze3"], ["green_grid"]),
+                helper.make_node("Cast", ["green_grid"], ["entropy_map"], to=TensorProto.UINT8),
+            ]
+            if entropy_map
+            else []
+        ),
     ]
 
 
@@ -133,12 +147,17 @@ def write_contract_model(
         helper.make_tensor_value_info("difficulty", TensorProto.UINT8, ["B", *grid]),
         helper.make_tensor_value_info("segmentation", TensorProto.UINT8, ["B", *grid]),
     ]
-    if contract != LEGACY_CONTRACT:
+    entropy_map = "entropy_map" in spec.output_names
+    if entropy_map:
+        outputs.append(
+            helper.make_tensor_value_info("entropy_map", TensorProto.UINT8, ["B", *grid])
+        )
+    if "novelty" in spec.output_names:
         outputs.insert(5, helper.make_tensor_value_info("novelty", TensorProto.FLOAT, ["B"]))
     image = helper.make_tensor_value_info(INPUT_NAME, TensorProto.UINT8, ["B", *size, 3])
     box = helper.make_tensor_value_info(VALID_BOX_NAME, TensorProto.INT32, ["B", 4])  # unused
     inputs = [image] if contract == LEGACY_CONTRACT else [image, box]
-    graph = helper.make_graph(_nodes(size), "contract_model", inputs, outputs)
+    graph = helper.make_graph(_nodes(size, entropy_map), "contract_model", inputs, outputs)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
     model.ir_version = 8
     helper.set_model_props(model, spec.to_metadata())

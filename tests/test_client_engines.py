@@ -96,6 +96,7 @@ def test_triton_metadata_reads_b1_scalars_as_b(tiny_onnx: Path) -> None:
             {"name": "embedding", "datatype": "FP32", "shape": [-1, spec.embedding_dim]},
             {"name": "difficulty", "datatype": "UINT8", "shape": [-1, *spec.difficulty_size]},
             {"name": "segmentation", "datatype": "UINT8", "shape": [-1, *spec.segmentation_size]},
+            {"name": "entropy_map", "datatype": "UINT8", "shape": [-1, *spec.segmentation_size]},
         ],
     }
     check_io(spec, *_served_io(meta, spec))

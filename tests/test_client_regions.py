@@ -224,3 +224,52 @@ def test_the_python_api_buys_the_regions_the_cli_buys(
         dealseg.score(pool, model=tiny_onnx, region="cell:8")
     with pytest.raises(ValueError, match="no regions"):
         dealseg.select_regions(dealseg.score(pool, model=tiny_onnx), "5%")
+
+
+def test_entropy_strategies_read_the_served_entropy_map(tmp_path: Path) -> None:
+    """The contract model's entropy map is its green channel: frame i's cells all have mean
+    green_i / 255, so region-entropy buys the greenest frame's cells first; a contract 2 model
+    (no entropy map) scores regions by difficulty and refuses an entropy strategy in one line."""
+    from contract_model import band_image, write_contract_model
+
+    import dealseg
+
+    greens = [40, 220, 130, 90]
+    pool = tmp_path / "pool"
+    pool.mkdir()
+    for i, green in enumerate(greens):
+        Image.fromarray(band_image(8 * i, green, 60)).save(pool / f"f{i}.png")
+    model = write_contract_model(tmp_path / "c3.onnx")
+    out = tmp_path / "out"
+    args = ("score", pool, "--regions", "6", "--region-size", "8", "-s", "region-entropy")
+    result = deal_client(*args, "--model", model, "--out", out)
+    assert result.exit_code == 0, result.output
+    records = {
+        Path(r["path"]).name: r["regions"]
+        for r in map(json.loads, (out / "scores.jsonl").read_text().splitlines())
+    }
+    for i, green in enumerate(greens):
+        cells = records[f"f{i}.png"]
+        assert cells["entropy"] == [round(green / 255, 5)] * 24  # 4 x 6 cells of 8 x 8
+        assert (min(cells["ds"][:6]) > 0.5) == (i > 0)  # the red band: the difficulty map
+        assert max(cells["ds"][18:]) < 0.5  # no band reaches the last cell row
+    rows = [json.loads(line) for line in (out / REGIONS_JSONL).read_text().splitlines()]
+    assert [Path(r["path"]).name for r in rows] == ["f1.png"] * 6
+    assert [r["score"] for r in rows] == [round(220 / 255, 5)] * 6
+    table = dealseg.score(pool, model=model, regions="cell:8")
+    bought = dealseg.select_regions(table, 6, "region-entropy-sample", seed=3)
+    assert set(bought["path"]) <= {str(p) for p in pool.iterdir()} and len(bought) == 6
+
+    old = write_contract_model(tmp_path / "c2.onnx", contract="2")
+    out2 = tmp_path / "out2"
+    assert deal_client(*args[:6], "--model", old, "--out", out2).exit_code == 0
+    record = json.loads((out2 / "scores.jsonl").read_text().splitlines()[0])
+    assert set(record["regions"]) == {"pixels", "ds"}
+    sel = tmp_path / "sel"
+    refused = deal_client("select", out2, "--regions", "6", "-s", "region-entropy", "--out", sel)
+    assert refused.exit_code == 1
+    assert "serves no entropy map" in refused.output and "reexport" in refused.output
+    assert len(refused.output.strip().splitlines()) == 1
+    early = deal_client(*args, "--model", old, "--out", tmp_path / "out3")  # before scoring
+    assert early.exit_code == 2 and "serves no entropy map" in early.output
+    assert not (tmp_path / "out3" / "scores.jsonl").exists()

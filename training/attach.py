@@ -47,6 +47,7 @@ from .scores import (
     class_fraction,
     difficulty_entropy,
     difficulty_score,
+    entropy_map_uint8,
     pooled_embedding,
     softmax_entropy,
 )
@@ -407,6 +408,7 @@ class AttachedScores(nn.Module):
             self.novelty(embedding),
             torch.round(torch.sigmoid(grid[:, 0]) * 255.0).to(torch.uint8),
             output.argmax(dim=self.class_axis).to(torch.uint8),  # exactly their argmax
+            entropy_map_uint8(logits),
         )
         return difficulty, outputs
 

@@ -7,6 +7,8 @@ padding (`box_weights`); without them every pixel counts, as in the research loo
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -75,6 +77,13 @@ def entropy_map(logits: torch.Tensor) -> torch.Tensor:
     """Per-pixel entropy (ln) of the class softmax: [B, C, h, w] -> [B, h, w]."""
     log_p = F.log_softmax(logits, dim=1)
     return -(log_p.exp() * log_p).sum(dim=1)
+
+
+def entropy_map_uint8(logits: torch.Tensor) -> torch.Tensor:
+    """The contract's `entropy_map`: per-pixel entropy as a share of its maximum, ln(classes),
+    x 255 as uint8. [B, C, h, w] -> [B, h, w]."""
+    share = entropy_map(logits) / math.log(max(logits.shape[1], 2))
+    return torch.round(share.clamp(0.0, 1.0) * 255.0).to(torch.uint8)
 
 
 def softmax_entropy(logits: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
