@@ -179,9 +179,7 @@ class EmbeddedEngine:
     def infer(
         self, images: np.ndarray, outputs: Sequence[str], boxes: np.ndarray | None = None
     ) -> dict[str, np.ndarray]:
-        """The `outputs` of a batch that the model has (an older contract lacks some)."""
         _check_batch(images, self.spec)
-        outputs = [n for n in outputs if n in self.spec.output_names]
         feeds = model_inputs(self.spec, images, boxes)
         with self._one_run:
             values = self.session.run(list(outputs), feeds)
@@ -478,9 +476,7 @@ class TritonEngine:
     def infer(
         self, images: np.ndarray, outputs: Sequence[str], boxes: np.ndarray | None = None
     ) -> dict[str, np.ndarray]:
-        """The `outputs` of a batch that the model has (an older contract lacks some)."""
         _check_batch(images, self.spec)
-        outputs = [n for n in outputs if n in self.spec.output_names]
         if self.shm:
             return self._infer_shm(images, outputs, boxes)
         module = self._module()

@@ -131,13 +131,14 @@ def infer_batch(
     outputs: Sequence[str],
     regions: str | None = None,
 ) -> tuple[list[str], dict]:
-    """The engine's `outputs` for a batch of decoded frames; with `regions` (cell:N) also each
-    frame's cells (`region_outputs`) from the region maps the model serves. Any engine failure
-    is an EngineError."""
+    """The engine's `outputs` (those its model has) for a batch of decoded frames; with `regions`
+    (cell:N) also each frame's cells (`region_outputs`) from the region maps the model serves.
+    Any engine failure is an EngineError."""
     images = np.stack([f.image for f in frames])  # [B, H, W, 3]
     boxes = np.array([f.box for f in frames], dtype=np.int32)  # [B, 4]
+    served = engine.spec.output_names  # an older contract lacks some (novelty: unknown)
     maps = region_map_outputs(engine.spec) if regions else ()
-    asked = tuple(outputs) + tuple(m for m in maps if m not in outputs)
+    asked = tuple(n for n in outputs if n in served) + tuple(m for m in maps if m not in outputs)
     try:
         out = engine.infer(images, asked, boxes)
     except EngineError:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import shlex
 import shutil
 from pathlib import Path
 
@@ -202,6 +203,36 @@ def test_parquet_and_regions_carry_novelty(mixed_pool: Path, tmp_path: Path) -> 
     bought = [json.loads(line)["path"] for line in (out / "regions.jsonl").open()]
     assert bought and off_domain(bought) == []
     assert selection(out)["off_domain"]["excluded"] == 3
+
+
+def readme_commands() -> list[list[str]]:
+    """The deal-client commands of the README's "Off-domain frames" first code block."""
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = text[text.index("## Off-domain frames") :]
+    start = section.index("```\n") + 4
+    block = section[start : section.index("```", start)]
+    return [shlex.split(line, comments=True) for line in block.splitlines() if line.strip()]
+
+
+def test_the_readme_commands_run_as_it_says(
+    mixed_pool: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    shutil.copytree(mixed_pool, tmp_path / "pool")
+    monkeypatch.chdir(tmp_path)
+    commands = readme_commands()
+    assert [c[:2] for c in commands] == [["deal-client", "score"]] + [
+        ["deal-client", "select"]
+    ] * 3 + [["deal-client", "score"]]
+    for command in commands:
+        r = deal_client(*command[1:])
+        assert r.exit_code in (0, 3), r.stderr  # 3: fewer than k = 100 in a pool of 9
+    assert off_domain(picked(tmp_path / "deal-out")) == []
+    assert (tmp_path / "deal-out" / "report.html").is_file()
+    assert off_domain(picked(tmp_path / "kept")) == sorted(OFF)
+    assert off_domain(picked(tmp_path / "capped")) == sorted(OFF)  # 3 of at most 10
+    assert selection(tmp_path / "strict")["off_domain"]["threshold"] == 0.95
+    bought = [json.loads(line)["path"] for line in (tmp_path / "regions" / "regions.jsonl").open()]
+    assert off_domain(bought) == []
 
 
 @pytest.mark.triton
