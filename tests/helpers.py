@@ -39,6 +39,22 @@ def write_streets_pool(folder: Path, n: int, seed: int = 0) -> Path:
     return folder
 
 
+OFF_DOMAIN = ("flat", "checkerboard", "covered-lens")  # the off-domain kinds of a mixed pool
+
+
+def write_streets_and_off_domain(folder: Path, streets: int = 6) -> Path:
+    """`streets` frames of the street generator and one frame of each of `OFF_DOMAIN`'s kinds
+    (training/offdomain.py), named after its kind."""
+    from dealseg.training import offdomain
+
+    write_streets_pool(folder, streets)
+    street = np.asarray(Image.open(folder / "street_0000.png"))
+    kinds = {name: {**offdomain.TUNE, **offdomain.JUDGE}[name] for name in OFF_DOMAIN}
+    for name, frame in offdomain.make_frames(kinds, 1, [street], seed=5):
+        Image.fromarray(frame).save(folder / f"{name}.png")
+    return folder
+
+
 def write_pool(folder: Path, n: int, size: tuple[int, int] = (60, 80), seed: int = 0) -> Path:
     """n small street-like images: sky, buildings, road, a few objects, noise; JPEG and PNG."""
     rng = np.random.default_rng(seed)

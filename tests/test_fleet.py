@@ -18,7 +18,16 @@ import pyarrow.parquet as pq
 import pytest
 from conftest import S3Server
 from fleet_hooks import KillOnce
-from helpers import BUCKET, K, deal_client, mixed_pool, selections, upload
+from helpers import (
+    BUCKET,
+    OFF_DOMAIN,
+    K,
+    deal_client,
+    mixed_pool,
+    selections,
+    upload,
+    write_streets_and_off_domain,
+)
 
 from dealseg.client.engines import EmbeddedEngine
 from dealseg.client.fleet import RaySettings, score_on_ray
@@ -223,6 +232,28 @@ def test_ray_buys_the_regions_the_single_process_buys(
     for name in ("regions.jsonl", "selection.txt"):
         assert (on_ray / name).read_bytes() == (single / name).read_bytes()
     assert (on_ray / "regions.jsonl").read_bytes()  # something was bought
+
+
+@pytest.mark.slow
+def test_ray_carries_the_shipped_models_novelty(cluster: object, tmp_path: Path) -> None:
+    """The shipped model on Ray: each frame's novelty as in one process, and the off-domain
+    frames left out of the selection."""
+    pool = write_streets_and_off_domain(tmp_path / "pool", streets=4)
+    single, on_ray = tmp_path / "single", tmp_path / "ray"
+    for out, extra in ((single, ("--format", "parquet")), (on_ray, ("--ray",))):
+        r = deal_client("score", pool, "-k", 3, "-o", out, "--batch-size", 1, *extra)
+        assert r.exit_code == 0, r.stderr
+
+    def novelty(out: Path) -> dict[str, float]:
+        table = pq.read_table(out / SCORES_PARQUET)
+        paths, values = table.column("path").to_pylist(), table.column("novelty").to_pylist()
+        return dict(zip(paths, values, strict=True))
+
+    assert novelty(on_ray) == novelty(single)
+    off = {Path(p).stem for p, v in novelty(on_ray).items() if v > 0.99}
+    assert off == set(OFF_DOMAIN)
+    assert (on_ray / "selection.txt").read_bytes() == (single / "selection.txt").read_bytes()
+    assert not off & {Path(p).stem for p in (on_ray / "selection.txt").read_text().split()}
 
 
 def test_sigterm_stops_a_ray_run_as_the_single_process_does(

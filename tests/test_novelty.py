@@ -15,16 +15,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import deal_client, records, selection, write_streets_pool
-from PIL import Image
+from helpers import OFF_DOMAIN, deal_client, records, selection, write_streets_and_off_domain
 
 import dealseg
 from dealseg.core.ranking import Options, Pool, choose
-from dealseg.training import offdomain
 from dealseg.training.novelty import NOVELTY_KEY, distances, fit_novelty
 from dealseg.training.scores import novelty_score
 
-OFF = ("flat", "checkerboard", "covered-lens")  # the off-domain frames of the mixed pool
+OFF = OFF_DOMAIN  # the off-domain frames of the mixed pool
 
 
 def test_novelty_is_the_share_of_reference_frames_nearer_then_grows_beyond_them() -> None:
@@ -135,12 +133,7 @@ def test_export_fits_the_statistics_and_reexport_keeps_them(
 @pytest.fixture(scope="module")
 def mixed_pool(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Six in-domain street frames and one frame of each of three off-domain kinds."""
-    pool = write_streets_pool(tmp_path_factory.mktemp("mixed"), 6)
-    street = np.asarray(Image.open(pool / "street_0000.png"))
-    kinds = {name: offdomain.JUDGE.get(name) or offdomain.TUNE[name] for name in OFF}
-    for name, frame in offdomain.make_frames(kinds, 1, [street], seed=5):
-        Image.fromarray(frame).save(pool / f"{name}.png")
-    return pool
+    return write_streets_and_off_domain(tmp_path_factory.mktemp("mixed"))
 
 
 def off_domain(paths: list[str]) -> list[str]:
