@@ -60,10 +60,10 @@ def carried_novelty(model: Path) -> NoveltyStats | None:
     meta = {p.key: p.value for p in graph.metadata_props}
     if NOVELTY_KEY not in meta:
         return None
-    weights = {
-        i.name: numpy_helper.to_array(i)
+    weights = {  # `novelty.*`, under the scores part's prefix in an attached graph (`post/`)
+        i.name.rsplit("/", 1)[-1]: numpy_helper.to_array(i)
         for i in graph.graph.initializer
-        if i.name.startswith("novelty.")
+        if i.name.rsplit("/", 1)[-1].startswith("novelty.")
     }
     about = json.loads(meta[NOVELTY_KEY])
     return NoveltyStats(
