@@ -254,6 +254,7 @@ def _summary(table: Table, selection: dict[str, Any]) -> str:
         ),
         ("selected", f"<b id=selected>{selection['selected']}</b> of k = {selection['k']}"),
         ("pool", f"{len(table)} scored, {len(table.errors)} failed"),
+        ("off-domain", f"<a href='#novel'>{_e(_off_domain_rule(table, selection))}</a>"),
         ("scores", f"<code>{_e(selection.get('scores', ''))}</code>"),
     ]
     if selection.get("shortfall"):
@@ -265,8 +266,7 @@ def _summary(table: Table, selection: dict[str, Any]) -> str:
 def _settings(selection: dict[str, Any]) -> list[str]:
     """The selection's options that were set, as `name value` texts."""
     shown = []
-    keys = ("seed", "diverse", "labeled", "balance", "per_group", "group_by", "novel_share")
-    for key in keys:
+    for key in ("seed", "diverse", "labeled", "balance", "per_group", "group_by"):
         value = selection.get(key)
         if value is None or (key == "seed" and selection.get("strategy") != "random"):
             continue
@@ -276,30 +276,47 @@ def _settings(selection: dict[str, Any]) -> list[str]:
     return shown
 
 
+def _novel_rule(selection: dict[str, Any]) -> str:
+    """What the selection did with off-domain images (its --max-novel-share or --keep-novel)."""
+    share = selection.get("novel_share")
+    if share is None:
+        return "ranked like any other"
+    return "never picked" if share == 0 else f"at most {share:g} of the picks"
+
+
+def _novel_indices(table: Table, threshold: float) -> np.ndarray | None:
+    """The pool's off-domain images (novelty above `threshold`); None when novelty is unknown."""
+    novelty = table.scores.get("novelty")
+    if novelty is None or np.all(np.isnan(novelty)):
+        return None
+    with np.errstate(invalid="ignore"):
+        return np.flatnonzero(novelty > threshold)
+
+
+def _off_domain_rule(table: Table, selection: dict[str, Any]) -> str:
+    """One line: how many of the pool are off-domain and what the selection did with them."""
+    threshold = _threshold(selection)
+    off = _novel_indices(table, threshold)
+    if off is None:
+        return "unknown (the model carries no novelty statistics)"
+    return f"{len(off)} of {len(table)} (novelty above {threshold:g}): {_novel_rule(selection)}"
+
+
 def _off_domain(table: Table, selection: dict[str, Any]) -> str:
     """The pool's off-domain images (novelty above the threshold), furthest first, and what the
     selection did with them."""
     threshold = _threshold(selection)
-    novelty = table.scores.get("novelty")
-    if novelty is None or np.all(np.isnan(novelty)):
+    off = _novel_indices(table, threshold)
+    if off is None:
         return "<p>Unknown: the model carries no novelty statistics.</p>"
-    with np.errstate(invalid="ignore"):
-        off = np.flatnonzero(novelty > threshold)
-    share = selection.get("novel_share")
-    rule = (
-        "ranked like any other"
-        if share is None
-        else "never picked"
-        if share == 0
-        else f"at most {share:g} of the picks"
-    )
     head = (
         f"<p><b id=off-domain>{len(off)}</b> of {len(table)} images are off-domain (novelty "
         f"above {threshold:g}: further from the training frames than that share of held-out "
-        f"in-domain frames): {rule}.</p>"
+        f"in-domain frames): {_novel_rule(selection)}.</p>"
     )
     if not len(off):
         return head
+    novelty = table.scores["novelty"]
     order = off[np.argsort(-novelty[off], kind="stable")][:OFF_DOMAIN_LISTED]
     rows = "".join(
         f"<tr><td title='{_e(_shown(table.paths[i]))}'>{_e(os.path.basename(table.paths[i]))}"
