@@ -56,7 +56,7 @@ def bundled_photos(size: tuple[int, int]) -> list[np.ndarray]:
     return frames
 
 
-def test_conditions(root: Path) -> np.ndarray:
+def conditions_of(root: Path) -> np.ndarray:
     """The condition (clear, night, fog, ...) of each test frame in listing order, from the
     street set's tags.jsonl ("?" without one)."""
     path, tags = root / "tags.jsonl", {}
@@ -93,7 +93,7 @@ def main() -> None:
 
     size = read_onnx_spec(args.model).input_size
     streets = [f for batch in split_frames(args.data, "test", size) for f in batch]
-    conditions = test_conditions(args.data)
+    conditions = conditions_of(args.data)
     kinds = ["in-domain"] * len(streets)
     frames = list(streets)
     for family, seed in ((offdomain.TUNE, 1), (offdomain.JUDGE, 2)):

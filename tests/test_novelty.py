@@ -8,8 +8,11 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import re
 import shlex
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -229,6 +232,22 @@ def test_the_readme_commands_run_as_it_says(
     assert selection(tmp_path / "strict")["off_domain"]["threshold"] == 0.95
     bought = [json.loads(line)["path"] for line in (tmp_path / "regions" / "regions.jsonl").open()]
     assert off_domain(bought) == []
+
+
+def test_the_bench_measures_each_kind_against_held_out_streets(streets: Path) -> None:
+    """bench/novelty.py (the README's measurement) on the tiny street set, a frame a kind."""
+    bench = Path(__file__).resolve().parents[1] / "bench" / "novelty.py"
+    model = dealseg.shipped_repository() / "deal" / "1" / "model.onnx"
+    args = ["--data", str(streets), "--model", str(model), "--per-kind", "1", "--no-photos"]
+    done = subprocess.run(
+        [sys.executable, str(bench), *args, "--top-k", "2"], capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    assert "in-domain (test split): 6 frames" in done.stdout
+    rows = re.findall(r"^\| (tune|judge) \| all \w+ \| (\d+) \| ([\d.]+) \|", done.stdout, re.M)
+    assert [(family, int(n)) for family, n, _ in rows] == [("tune", 6), ("judge", 6)]
+    assert all(0.0 <= float(value) <= 1.0 for _, _, value in rows)
+    assert "| entropy | 2 | exclude | 0 |" in done.stdout
 
 
 @pytest.mark.triton
