@@ -55,8 +55,8 @@ install-check:
 	$(CHECK)/venv/bin/pip install -q .
 	rm -rf build
 	mkdir $(CHECK)/pool && cd / && $(CHECK)/venv/bin/python -c "import numpy as np, PIL.Image as I; \
-	  [I.fromarray(np.full((90, 160, 3), 40 * i, np.uint8)).save(f'$(CHECK)/pool/{i}.png') \
-	   for i in range(3)]"
+	  from dealseg.training.streets.render import render_scene as r; \
+	  [I.fromarray(r(np.random.default_rng(i))[0]).save(f'$(CHECK)/pool/{i}.png') for i in range(3)]"
 	cd / && $(CHECK)/venv/bin/deal-client score $(CHECK)/pool -k 2 --out $(CHECK)/out --no-progress
 
 lint: $(STAMP)
