@@ -96,7 +96,7 @@ def main() -> None:
     conditions = conditions_of(args.data)
     kinds = ["in-domain"] * len(streets)
     frames = list(streets)
-    for family, seed in ((offdomain.TUNE, 1), (offdomain.JUDGE, 2)):
+    for family, seed in ((offdomain.TUNE, 1), (offdomain.JUDGE, 2), (offdomain.NEAR, 3)):
         made = offdomain.make_frames(family, args.per_kind, streets, seed)
         kinds += [k for k, _ in made]
         frames += [f for _, f in made]
@@ -129,14 +129,23 @@ def main() -> None:
             value = auroc(novelty[both], mask[both])
             above = np.mean(novelty[mask] > NOVEL_THRESHOLD)
             print(f"| {family} | {name} | {mask.sum()} | {value:.3f} | {above:.0%} |")
+    print("\n| degraded streets (in-domain still) | frames | novelty > threshold | median |")
+    print("|---|---|---|---|")
+    for name in offdomain.NEAR:
+        mask = kind == name
+        above, median = np.mean(novelty[mask] > NOVEL_THRESHOLD), np.median(novelty[mask])
+        print(f"| {name} | {mask.sum()} | {above:.0%} | {median:.3f} |")
     tuned = np.isin(kind, list(offdomain.TUNE))
     print("\n| threshold | in-domain above | tune kinds above | judge kinds above |")
     print("|---|---|---|---|")
     for t in THRESHOLDS:
-        shares = [np.mean(novelty[m] > t) for m in (inside, tuned, ~inside & ~tuned)]
+        judged = ~inside & ~tuned & ~np.isin(kind, list(offdomain.NEAR))
+        shares = [np.mean(novelty[m] > t) for m in (inside, tuned, judged)]
         print(f"| {t} | " + " | ".join(f"{v:.1%}" for v in shares) + " |")
-    pool = Pool([f"{i:05d}" for i in range(len(frames))], scores)
-    off = ~inside
+    mixed = ~np.isin(kind, list(offdomain.NEAR))  # degraded streets are neither side
+    kept = {name: values[mixed] for name, values in scores.items()}
+    pool = Pool([f"{i:05d}" for i in range(int(mixed.sum()))], kept)
+    off = ~inside[mixed]
     print(f"\nmixed pool: {inside.sum()} street frames, {off.sum()} off-domain")
     print("| strategy | k | rule | off-domain picks |")
     print("|---|---|---|---|")
