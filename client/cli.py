@@ -101,8 +101,16 @@ def _print_selection(doc: dict[str, Any], as_json: bool) -> None:
 
 
 def _short(doc: dict[str, Any]) -> bool:
-    """Whether fewer than k were selected; if so, say how many and why on stderr."""
+    """Whether fewer than k were selected; if so, say how many and why on stderr (else how
+    many off-domain images the selection left out, when it left any)."""
     if doc["selected"] >= doc["k"]:
+        off = doc.get("off_domain") or {}
+        if off.get("excluded"):
+            _stderr(
+                f"left out {off['excluded']} off-domain images (novelty above "
+                f"{off['threshold']:g}; {off['pool']} in the pool): --keep-novel or "
+                "--max-novel-share picks them"
+            )
         return False
     why = "; ".join(doc.get("shortfall") or []) or "the pool is smaller"
     _stderr(f"selected {doc['selected']} of the {doc['k']} asked: {why}")

@@ -156,6 +156,7 @@ def test_the_shipped_model_names_off_domain_frames_and_selection_leaves_them(
     out = tmp_path / "out"
     r = deal_client("score", mixed_pool, "-k", 5, "--out", out, "--report")
     assert r.exit_code == 0, r.stderr
+    assert "left out 3 off-domain images (novelty above 0.99; 3 in the pool)" in r.stderr
     novelty = {Path(x["path"]).stem: x["novelty"] for x in records(out)}
     assert all(novelty[name] > 0.99 for name in OFF)
     assert all(v < 0.99 for name, v in novelty.items() if name not in OFF)
