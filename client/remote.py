@@ -96,7 +96,8 @@ def filesystem(uri: str) -> tuple[Any, str]:
     raise PoolError(f"{uri}: unsupported scheme {scheme}:// (s3, gs, http, https)")
 
 
-def _denied(exc: BaseException) -> bool:
+def is_denied(exc: BaseException) -> bool:
+    """Whether a store error says that it refuses our credentials."""
     text = str(exc)
     return isinstance(exc, PermissionError) or any(word in text for word in _DENIED)
 
@@ -122,8 +123,8 @@ def read_bytes(uri: str) -> bytes:
     except FileNotFoundError:
         raise DecodeError("file not found: no object at this URI") from None
     except OSError as exc:
-        if _denied(exc):
-            raise AccessDenied(_access_message(uri, exc)) from None
+        if is_denied(exc):
+            raise AccessDenied(access_message(uri, exc)) from None
         raise DecodeError(f"unreadable: {one_line(exc)}") from None
 
 
@@ -162,7 +163,7 @@ def one_line(exc: BaseException) -> str:
     return lines[0] if lines else type(exc).__name__
 
 
-def _access_message(uri: str, exc: BaseException) -> str:
+def access_message(uri: str, exc: BaseException) -> str:
     return (
         f"{uri}: the object store refused our credentials ({one_line(exc)}); check "
         "AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY (and AWS_ENDPOINT_URL for an S3-compatible "
@@ -198,8 +199,8 @@ def list_uri(source: str) -> list[str]:
     except FileNotFoundError:
         raise PoolError(f"POOL {source}: no such bucket or prefix") from None
     except OSError as exc:
-        if _denied(exc):
-            raise AccessDenied(_access_message(source, exc)) from None
+        if is_denied(exc):
+            raise AccessDenied(access_message(source, exc)) from None
         raise PoolError(f"POOL {source}: cannot list: {one_line(exc)}") from None
     found, hidden = [], 0
     for info in infos:
@@ -224,5 +225,5 @@ def check_access(uris: list[str]) -> None:
     try:
         fs.get_file_info(path)
     except OSError as exc:
-        if _denied(exc):
-            raise AccessDenied(_access_message(first, exc)) from None
+        if is_denied(exc):
+            raise AccessDenied(access_message(first, exc)) from None
