@@ -143,3 +143,16 @@ def test_a_meta_json_another_run_rewrote_stops_the_run_before_its_selection(
         write_meta(out, spec, {"resize": "crop"})  # the other run's
     with claim(out, spec, "parquet", {"resize": "crop"}):
         pass  # the same meta.json: no complaint
+
+
+def test_the_python_api_keeps_its_scores_under_an_s3_prefix(
+    store: S3Server, pool: Path, tiny_onnx: Path
+) -> None:
+    import dealseg
+
+    out = f"s3://{BUCKET}/api"
+    with pytest.raises(StoreError, match=r"scores there are Parquet \(--format parquet\)"):
+        dealseg.score(pool, model=tiny_onnx, out=out)
+    table = dealseg.score(pool, model=tiny_onnx, out=out, format="parquet")
+    assert len(table) == 13 and table["error"].notna().sum() == 2
+    assert "api/meta.json" in keys(store, "api/")
