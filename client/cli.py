@@ -570,12 +570,19 @@ def _maps_engine(table: Any, engines: EngineSettings, batch_size: int) -> Any:
 # ---------------------------------------------------------------------------------- merge
 @main.command()
 @click.argument(
-    "inputs", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False, path_type=Path)
+    "inputs",
+    nargs=-1,
+    required=True,
+    type=OutDir(
+        exists=True,
+        refuse="merge reads local out dirs (shards); a Ray run into one prefix needs no merge, "
+        "and `deal-client select {uri}` selects from it",
+    ),
 )
 @click.option(
     "--out",
     "-o",
-    type=click.Path(file_okay=False, path_type=Path),
+    type=OutDir(refuse="merge writes a local out dir; score --ray into one prefix needs no merge"),
     required=True,
     help="Folder for the merged scores and selection.",
 )
@@ -687,7 +694,7 @@ def report_command(out: Path) -> None:
 )
 @click.option(
     "--dest",
-    type=click.Path(file_okay=False, path_type=Path),
+    type=OutDir(refuse="exports are local files: give a local folder"),
     default=None,
     help="Folder for the files [default: OUT/export/FORMAT].",
 )
@@ -731,7 +738,7 @@ def export_command(
 @click.option(
     "--out",
     "-o",
-    type=click.Path(file_okay=False, path_type=Path),
+    type=OutDir(refuse="eval writes local files (eval.json, risk_coverage.png): give a folder"),
     default=Path("deal-eval"),
     show_default=True,
     help="Output folder: eval.json and risk_coverage.png.",

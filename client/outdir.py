@@ -238,6 +238,7 @@ def load_table(scores_path: str | os.PathLike[str] | ObjectPath) -> Table:
             folder = folder / parquet.SCORES_PARQUET
         return parquet.read_parquet_table(folder, read_meta(folder.parent))
     if isinstance(scores_path, ObjectPath):
+        scores_path.check_bucket()
         raise StoreError(
             f"no scores.parquet at {scores_path}: scores in object storage are read as Parquet "
             "(`deal-client merge DIR --format parquet` turns a local JSONL out dir into one)"
