@@ -4,7 +4,7 @@ An `ObjectPath` does the few things of `pathlib.Path` an out dir's code does (`/
 parent, exists, read, write, list, rename), on pyarrow's file system of the URI
 (`remote.filesystem`: credentials and endpoint from the AWS_* / GOOGLE_* variables), so
 `outdir` and `parquet` read and write an out dir in a bucket as they do a local folder. A file
-is written with one PUT: an object appears whole or not at all, as `core.files.atomic_output`
+is written with one upload: an object appears whole or not at all, as `core.files.atomic_output`
 makes a local file appear. Object storage has no folders: `mkdir` does nothing, and a "folder"
 exists while an object lies under it.
 
@@ -37,7 +37,10 @@ class ObjectPath:
     uri: str
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "uri", self.uri.rstrip("/"))
+        given = self.uri
+        object.__setattr__(self, "uri", given.rstrip("/"))
+        if not self.bucket:
+            raise ValueError(f"{given}: no bucket in the URI (s3://BUCKET/PREFIX)")
 
     def __str__(self) -> str:
         return self.uri
@@ -64,7 +67,7 @@ class ObjectPath:
     @property
     def key(self) -> str:
         """bucket/key: the path in the file system (`fs`)."""
-        return self.uri.split("://", 1)[1]
+        return self.uri.partition("://")[2]
 
     @property
     def fs(self) -> Any:
@@ -116,7 +119,7 @@ class ObjectPath:
         return self.read_bytes().decode()
 
     def write_bytes(self, data: bytes) -> None:
-        """The object, written whole (a reader sees the old one or this one)."""
+        """The object, written whole in one upload (a reader sees the old one or this one)."""
 
         def write() -> None:
             with self.fs.open_output_stream(self.key) as f:

@@ -50,7 +50,10 @@ class OutDir(click.Path):
         if is_object_uri(str(value)):
             if self.refuse is not None:
                 self.fail(self.refuse.format(uri=value), param, ctx)
-            return ObjectPath(str(value))
+            try:
+                return ObjectPath(str(value))
+            except ValueError as exc:
+                self.fail(str(exc), param, ctx)
         return super().convert(value, param, ctx)
 
 

@@ -19,7 +19,7 @@ own files are `jsonl`'s and `parquet`'s, which know nothing of the folder around
 record both hold is `records`'.
 
 OUT may be a prefix in object storage (`s3://bucket/run`, gs://; `objects.ObjectPath`): the
-same files under it, scores.parquet/ only, written with one PUT each. Object storage has no
+same files under it, scores.parquet/ only, each written in one upload. Object storage has no
 lock: two runs into one prefix at once are the user's to avoid (their parts never overwrite
 each other; the selection written last wins), and a run whose meta.json was rewritten by another
 meanwhile stops before its selection (`claim`). Maps, report, regions and exports are local
@@ -241,7 +241,8 @@ def load_table(scores_path: str | os.PathLike[str] | ObjectPath) -> Table:
         scores_path.check_bucket()
         raise StoreError(
             f"no scores.parquet at {scores_path}: scores in object storage are read as Parquet "
-            "(`deal-client merge DIR --format parquet` turns a local JSONL out dir into one)"
+            "(`deal-client merge DIR -o NEW --format parquet` makes a Parquet copy of a JSONL "
+            "out dir)"
         )
     if scores_path.is_dir():
         scores_path = scores_path / SCORES

@@ -13,7 +13,7 @@ lock, which format a folder holds) is `outdir`'s. pandas (`pd.read_parquet(out /
 "scores.parquet")`), DuckDB (`read_parquet('out/scores.parquet/*.parquet')`) and Spark read the
 folder as one table; names starting with '.' (parts being written) are skipped by all of them
 and by us. The folder may be a prefix in object storage (`objects.ObjectPath`): the parts are
-objects there, each written with one PUT, and read with ranged reads of the columns asked.
+objects there, each written in one upload, and read with ranged reads of the columns asked.
 """
 
 from __future__ import annotations

@@ -131,6 +131,8 @@ def test_a_missing_bucket_and_refused_credentials_end_in_one_line(
     )
     line = one_line_error(deal_client("select", "s3://no-such-bucket/run", "-k", 2))
     assert line.endswith("run: no bucket no-such-bucket (create it, or check the URI)")
+    line = one_line_error(deal_client(*score, "s3://"))
+    assert line.endswith("s3://: no bucket in the URI (s3://BUCKET/PREFIX)")
     for name, value in s3_server.env(secret="not-the-secret").items():
         monkeypatch.setenv(name, value)
     line = one_line_error(deal_client(*score, f"s3://{BUCKET}/denied"))
