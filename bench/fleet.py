@@ -196,12 +196,21 @@ def s3_out(pool: Path, count: int, reps: int) -> None:
         "ray, 1 actor x 2 CPU, --out s3://": [*RAY_ONE, "--out", "s3://bench/fleet-{rep}"],
     }
     results: dict[str, list[dict[str, float]]] = {name: [] for name in cases}
+    picked: set[bytes] = set()  # every run's selection.txt
     with s3_server("bench"):
+        import boto3
+
+        bucket = boto3.client("s3", endpoint_url=os.environ["AWS_ENDPOINT_URL"])
         for rep in range(reps):
             for name, extra in cases.items():
                 out = CACHE / "fleet" / "out" / re.sub(r"\W+", "_", name)
                 command = [a.format(rep=rep) for a in extra]  # the last --out counts
                 results[name].append(scored(pool, count, out, command))
+                if "s3://" in name:
+                    got = bucket.get_object(Bucket="bench", Key=f"fleet-{rep}/selection.txt")
+                    picked.add(got["Body"].read())
+                else:
+                    picked.add((out / "selection.txt").read_bytes())
     base = float(np.median([r["rate"] for r in results["single process, local out"]]))
     rows = []
     for name, runs in results.items():
@@ -214,6 +223,8 @@ def s3_out(pool: Path, count: int, reps: int) -> None:
         "cluster started by each run; s3://: moto's server on loopback, on the same cores",
         "img/s (scoring): the client's own rate (Ray: from the cluster being up, to the parts "
         "written); wall: the whole command, selection from the bucket included",
+        "top-10 selection.txt of every run: "
+        + ("the same, byte for byte" if len(picked) == 1 else f"{len(picked)} different files"),
     ]
     write_result("fleet", "Fleet: the Ray path into object storage", table, notes, "fleet-s3")
 
