@@ -164,6 +164,18 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
         proc.wait(timeout=60)
 
 
+@pytest.fixture
+def s3_bucket(s3_server: S3Server, monkeypatch: pytest.MonkeyPatch) -> S3Server:
+    """The S3 server's address and keys in the environment, and its bucket `frames`
+    (helpers.BUCKET) made: out dirs in object storage are written there."""
+    for name, value in s3_server.env().items():
+        monkeypatch.setenv(name, value)
+    client = s3_server.client()
+    if "frames" not in [b["Name"] for b in client.list_buckets()["Buckets"]]:
+        client.create_bucket(Bucket="frames")
+    return s3_server
+
+
 @pytest.fixture(scope="module")
 def one_torch_thread() -> Iterator[None]:
     """Tiny models gain nothing from threads, and on a busy 2-core machine OpenMP threads that

@@ -289,7 +289,7 @@ def test_a_ray_resume_sets_an_unreadable_part_aside_and_scores_its_images_again(
 
 def test_ray_writes_its_parts_to_s3_and_resumes_from_them(
     cluster: object,
-    s3_server: S3Server,
+    s3_bucket: S3Server,
     pool: Path,
     tiny_onnx: Path,
     tmp_path: Path,
@@ -297,12 +297,8 @@ def test_ray_writes_its_parts_to_s3_and_resumes_from_them(
 ) -> None:
     """--out s3://: the workers put the parts, the driver meta.json and the selection; no local
     file is written; a resume reads the parts back (a torn one set aside, its images again)."""
-    for name, value in s3_server.env().items():
-        monkeypatch.setenv(name, value)
     monkeypatch.chdir(tmp_path)
-    client = s3_server.client()
-    if BUCKET not in [b["Name"] for b in client.list_buckets()["Buckets"]]:
-        client.create_bucket(Bucket=BUCKET)
+    client = s3_bucket.client()
 
     def objects() -> dict[str, bytes]:
         listed = client.list_objects_v2(Bucket=BUCKET, Prefix="fleet/run/")["Contents"]

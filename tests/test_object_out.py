@@ -18,29 +18,18 @@ from dealseg.client.outdir import claim, write_meta
 from dealseg.client.records import StoreError
 
 
-@pytest.fixture
-def store(s3_server: S3Server, monkeypatch: pytest.MonkeyPatch) -> S3Server:
-    """The server's keys in the environment and the bucket made."""
-    for name, value in s3_server.env().items():
-        monkeypatch.setenv(name, value)
-    client = s3_server.client()
-    if BUCKET not in [b["Name"] for b in client.list_buckets()["Buckets"]]:
-        client.create_bucket(Bucket=BUCKET)
-    return s3_server
-
-
 @pytest.fixture(scope="module")
 def pool(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return mixed_pool(tmp_path_factory.mktemp("pool"), 6)
 
 
-def keys(store: S3Server, prefix: str) -> list[str]:
-    listed = store.client().list_objects_v2(Bucket=BUCKET, Prefix=prefix)
+def keys(server: S3Server, prefix: str) -> list[str]:
+    listed = server.client().list_objects_v2(Bucket=BUCKET, Prefix=prefix)
     return sorted(o["Key"] for o in listed.get("Contents", []))
 
 
-def read(store: S3Server, key: str) -> bytes:
-    return store.client().get_object(Bucket=BUCKET, Key=key)["Body"].read()
+def read(server: S3Server, key: str) -> bytes:
+    return server.client().get_object(Bucket=BUCKET, Key=key)["Body"].read()
 
 
 def one_line_error(result: object) -> str:
@@ -53,7 +42,11 @@ def one_line_error(result: object) -> str:
 
 
 def test_an_s3_out_holds_the_local_out_dirs_files_and_selection(
-    store: S3Server, pool: Path, tiny_onnx: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    s3_bucket: S3Server,
+    pool: Path,
+    tiny_onnx: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.chdir(tmp_path)  # nothing may be written here
     out = f"s3://{BUCKET}/single/run"
@@ -64,21 +57,21 @@ def test_an_s3_out_holds_the_local_out_dirs_files_and_selection(
     local = tmp_path / "local"
     assert deal_client("score", pool, *args, "-o", local, "--format", "parquet").exit_code == 3
     assert list(tmp_path.iterdir()) == [local]
-    found = keys(store, "single/run/")
+    found = keys(s3_bucket, "single/run/")
     assert [k for k in found if not k.startswith("single/run/scores.parquet/")] == [
         "single/run/meta.json",
         "single/run/selection.json",
         "single/run/selection.txt",
     ]
     assert len([k for k in found if k.endswith(".parquet")]) == 1
-    assert read(store, "single/run/selection.txt") == (local / "selection.txt").read_bytes()
-    doc = json.loads(read(store, "single/run/selection.json"))
+    assert read(s3_bucket, "single/run/selection.txt") == (local / "selection.txt").read_bytes()
+    doc = json.loads(read(s3_bucket, "single/run/selection.json"))
     assert doc["scores"] == f"{out}/scores.parquet" and doc["pool_failed"] == 2
 
     again = deal_client("score", pool, *args, "-o", out)  # resumed from the objects
     assert again.exit_code == 3 and "0 scored, 11 already done" in again.stderr, again.stderr
-    parts = [k for k in keys(store, "single/run/scores.parquet/") if k.endswith(".parquet")]
-    assert len(parts) == 2 and set(found) < set(keys(store, "single/run/"))  # the 2 bad again
+    parts = [k for k in keys(s3_bucket, "single/run/scores.parquet/") if k.endswith(".parquet")]
+    assert len(parts) == 2 and set(found) < set(keys(s3_bucket, "single/run/"))  # the 2 bad again
 
     for strategy in ("ds", "coreset"):
         mine, theirs = tmp_path / f"mine-{strategy}", tmp_path / f"theirs-{strategy}"
@@ -88,11 +81,11 @@ def test_an_s3_out_holds_the_local_out_dirs_files_and_selection(
     assert deal_client("report", mine).exit_code == 0  # a local report of the s3 scores
     r = deal_client("select", out, "-k", 2, "--force")  # into the prefix itself
     assert r.exit_code == 0, r.stderr
-    assert read(store, "single/run/selection.txt").count(b"\n") == 2
+    assert read(s3_bucket, "single/run/selection.txt").count(b"\n") == 2
 
 
 def test_what_an_s3_out_cannot_hold_is_refused_in_one_line(
-    store: S3Server, pool: Path, tiny_onnx: Path, tmp_path: Path
+    s3_bucket: S3Server, pool: Path, tiny_onnx: Path, tmp_path: Path
 ) -> None:
     out = f"s3://{BUCKET}/refused"
     score = ["score", pool, "-k", 2, "--model", tiny_onnx, "-o", out, "--no-progress"]
@@ -114,12 +107,11 @@ def test_what_an_s3_out_cannot_hold_is_refused_in_one_line(
     assert "merge reads local out dirs" in said["merge"]
     assert "merge writes a local out dir" in said["merge -o"]
     assert "eval writes local files" in said["eval -o"]
-    assert keys(store, "refused/") == []  # nothing was written
+    assert keys(s3_bucket, "refused/") == []  # nothing was written
 
 
 def test_a_missing_bucket_and_refused_credentials_end_in_one_line(
-    s3_server: S3Server,
-    store: S3Server,
+    s3_bucket: S3Server,
     pool: Path,
     tiny_onnx: Path,
     monkeypatch: pytest.MonkeyPatch,
@@ -133,14 +125,14 @@ def test_a_missing_bucket_and_refused_credentials_end_in_one_line(
     assert line.endswith("run: no bucket no-such-bucket (create it, or check the URI)")
     line = one_line_error(deal_client(*score, "s3://"))
     assert line.endswith("s3://: no bucket in the URI (s3://BUCKET/PREFIX)")
-    for name, value in s3_server.env(secret="not-the-secret").items():
+    for name, value in s3_bucket.env(secret="not-the-secret").items():
         monkeypatch.setenv(name, value)
     line = one_line_error(deal_client(*score, f"s3://{BUCKET}/denied"))
     assert "refused our credentials" in line and "AWS_SECRET_ACCESS_KEY" in line
 
 
 def test_a_meta_json_another_run_rewrote_stops_the_run_before_its_selection(
-    store: S3Server, tiny_onnx: Path
+    s3_bucket: S3Server, tiny_onnx: Path
 ) -> None:
     """Object storage has no lock: two runs into one prefix are the user's to avoid, and a run
     whose meta.json another run (another model or settings) replaced meanwhile says so."""
@@ -154,7 +146,7 @@ def test_a_meta_json_another_run_rewrote_stops_the_run_before_its_selection(
 
 
 def test_the_python_api_keeps_its_scores_under_an_s3_prefix(
-    store: S3Server, pool: Path, tiny_onnx: Path
+    s3_bucket: S3Server, pool: Path, tiny_onnx: Path
 ) -> None:
     import dealseg
 
@@ -163,4 +155,4 @@ def test_the_python_api_keeps_its_scores_under_an_s3_prefix(
         dealseg.score(pool, model=tiny_onnx, out=out)
     table = dealseg.score(pool, model=tiny_onnx, out=out, format="parquet")
     assert len(table) == 13 and table["error"].notna().sum() == 2
-    assert "api/meta.json" in keys(store, "api/")
+    assert "api/meta.json" in keys(s3_bucket, "api/")
