@@ -51,7 +51,9 @@ def record_line(record: dict[str, Any]) -> bytes:
 def holds_scores(out: Location) -> bool:
     """Whether the folder `out` holds a non-empty scores.jsonl (any, in object storage)."""
     scores = location(out) / SCORES
-    return scores.exists() and (isinstance(scores, ObjectPath) or scores.stat().st_size > 0)
+    if isinstance(scores, ObjectPath):
+        return scores.is_file()
+    return scores.exists() and scores.stat().st_size > 0
 
 
 def cut_partial_line(path: Path) -> int:

@@ -164,9 +164,10 @@ def merge_and_select(
 
 def check_object_out(out: Location, drawn: bool, regions: bool) -> None:
     """StoreError when `out` is in object storage and the run would write local files there:
-    maps or a report (`drawn`), or bought regions (their masks). The scores and the selection
-    are what an out dir in object storage holds."""
-    if not isinstance(location(out), ObjectPath):
+    maps or a report (`drawn`), or bought regions (their masks), or when its bucket is missing.
+    The scores and the selection are what an out dir in object storage holds."""
+    out = location(out)
+    if not isinstance(out, ObjectPath):
         return
     if regions:
         raise StoreError(
@@ -178,6 +179,7 @@ def check_object_out(out: Location, drawn: bool, regions: bool) -> None:
             f"maps and the report are local files, not objects in {out}: `deal-client select "
             f"{out} --out DIR --report` draws them into a local DIR"
         )
+    out.check_bucket()
 
 
 def _select_into(table: Table, out: Location, how: SelectSettings) -> dict[str, Any]:

@@ -8,8 +8,10 @@ scoring starts.
 
 Credentials and endpoints come from the standard environment: AWS_ACCESS_KEY_ID,
 AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN, AWS_REGION / AWS_DEFAULT_REGION, AWS_ENDPOINT_URL (an
-S3-compatible server such as MinIO); GOOGLE_APPLICATION_CREDENTIALS for gs://. On a Ray cluster
-every worker reads its own environment.
+S3-compatible server such as MinIO); GOOGLE_APPLICATION_CREDENTIALS for gs://, or
+STORAGE_EMULATOR_HOST (a GCS-compatible server such as fake-gcs-server, spoken to without
+credentials, as Google's own clients do). On a Ray cluster every worker reads its own
+environment.
 """
 
 from __future__ import annotations
@@ -83,6 +85,20 @@ def _s3_for(
     return pafs.S3FileSystem(**{k: v for k, v in options.items() if v is not None})
 
 
+@functools.lru_cache(maxsize=4)
+def _gcs_for(emulator: str | None) -> Any:
+    """pyarrow's GCS file system: Google's default credentials, or the GCS-compatible server at
+    `emulator` (STORAGE_EMULATOR_HOST, http://host:port) without any."""
+    import pyarrow.fs as pafs
+
+    if not emulator:
+        return pafs.GcsFileSystem()
+    scheme, _, host = emulator.rpartition("://")
+    return pafs.GcsFileSystem(
+        anonymous=True, scheme=scheme or "http", endpoint_override=host.rstrip("/")
+    )
+
+
 def filesystem(uri: str) -> tuple[Any, str]:
     """(pyarrow file system, path in it) of an s3:// or gs:// URI."""
     scheme = scheme_of(uri)
@@ -90,9 +106,7 @@ def filesystem(uri: str) -> tuple[Any, str]:
     if scheme == "s3":
         return _s3(), path
     if scheme in ("gs", "gcs"):
-        import pyarrow.fs as pafs
-
-        return pafs.GcsFileSystem(), path
+        return _gcs_for(os.environ.get("STORAGE_EMULATOR_HOST")), path
     raise PoolError(f"{uri}: unsupported scheme {scheme}:// (s3, gs, http, https)")
 
 

@@ -23,6 +23,7 @@ from helpers import BUCKET, K, deal_client, mixed_pool, selections, upload
 
 from dealseg.client.engines import EmbeddedEngine
 from dealseg.client.fleet import RaySettings, score_on_ray
+from dealseg.client.objects import ObjectPath
 from dealseg.client.parquet import SCORES_PARQUET, part_files
 from dealseg.client.scoring import list_paths
 from dealseg.client.settings import ScoreSettings
@@ -330,3 +331,22 @@ def test_ray_writes_its_parts_to_s3_and_resumes_from_them(
     aside = part.replace(f"{SCORES_PARQUET}/", f"{SCORES_PARQUET}/.") + ".unreadable"
     assert now[aside] == torn and part not in now
     assert now["selection.txt"] == (single / "selection.txt").read_bytes()
+
+
+def test_ray_writes_its_parts_to_gs_as_to_s3(
+    cluster: object,
+    gcs_server: str,
+    pool: Path,
+    tiny_onnx: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """gs:// on fake-gcs-server: the write tasks take the driver's file system (its emulator
+    address), the selection is the single process's."""
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", gcs_server)
+    out, single = f"gs://{BUCKET}/fleet", tmp_path / "single"
+    score(pool, tiny_onnx, out, "--ray")
+    score(pool, tiny_onnx, single, "--format", "parquet")
+    assert len(part_files(ObjectPath(out) / SCORES_PARQUET)) == 1
+    picks = (ObjectPath(out) / "selection.txt").read_bytes()
+    assert picks == (single / "selection.txt").read_bytes()

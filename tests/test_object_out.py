@@ -156,3 +156,30 @@ def test_the_python_api_keeps_its_scores_under_an_s3_prefix(
     table = dealseg.score(pool, model=tiny_onnx, out=out, format="parquet")
     assert len(table) == 13 and table["error"].notna().sum() == 2
     assert "api/meta.json" in keys(s3_bucket, "api/")
+
+
+def test_a_gs_out_holds_the_local_out_dirs_selection(
+    gcs_server: str,
+    pool: Path,
+    tiny_onnx: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """gs:// through the same code, on fake-gcs-server (STORAGE_EMULATOR_HOST)."""
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", gcs_server)
+    out, local = f"gs://{BUCKET}/single", tmp_path / "local"
+    args = ["-k", 3, "--model", tiny_onnx, "--no-progress"]
+    assert deal_client("score", pool, *args, "-o", out).exit_code == 3
+    assert deal_client("score", pool, *args, "-o", local, "--format", "parquet").exit_code == 3
+    picks = ObjectPath(out) / "selection.txt"
+    assert picks.read_bytes() == (local / "selection.txt").read_bytes()
+    again = deal_client("score", pool, *args, "-o", out)
+    assert "0 scored, 11 already done" in again.stderr, again.stderr
+    mine, theirs = tmp_path / "mine", tmp_path / "theirs"
+    assert deal_client("select", out, "-s", "coreset", "-k", 4, "-o", mine).exit_code == 0
+    assert deal_client("select", local, "-s", "coreset", "-k", 4, "-o", theirs).exit_code == 0
+    assert (mine / "selection.txt").read_bytes() == (theirs / "selection.txt").read_bytes()
+    line = one_line_error(deal_client("score", pool, *args, "-o", "gs://no-such-bucket/run"))
+    assert line.endswith(
+        "gs://no-such-bucket/run: no bucket no-such-bucket (create it, or check the URI)"
+    )
