@@ -143,9 +143,6 @@ class ObjectPath:
     def mkdir(self, parents: bool = False, exist_ok: bool = False) -> None:
         """Nothing: a prefix needs no folder (the bucket must exist: `check_bucket`)."""
 
-    def unlink(self, missing_ok: bool = False) -> None:
-        self._call("delete", lambda: self.fs.delete_file(self.key), missing_ok)
-
     def rename(self, target: ObjectPath) -> ObjectPath:
         """Move the object to `target` (object stores copy it, then delete this one)."""
         self._call("move", lambda: self.fs.move(self.key, target.key))
@@ -159,14 +156,11 @@ class ObjectPath:
         if found == pafs.FileType.NotFound:
             raise StoreError(f"{self.uri}: {NO_BUCKET.format(self.bucket)}")
 
-    def _call(self, doing: str, run: Callable[[], Any], missing_ok: bool = False) -> Any:
-        """run(), its store errors as one line (FileNotFoundError kept, or None if
-        `missing_ok`)."""
+    def _call(self, doing: str, run: Callable[[], Any]) -> Any:
+        """run(), its store errors as one line (FileNotFoundError kept: a missing object)."""
         try:
             return run()
         except FileNotFoundError:
-            if missing_ok:
-                return None
             raise
         except OSError as exc:
             if is_denied(exc):
@@ -196,7 +190,7 @@ def location(where: str | os.PathLike[str] | ObjectPath) -> Location:
 
 
 def write_file(path: Location, data: bytes) -> None:
-    """`data` as the file or object `path`, atomically: `atomic_write`, or one PUT."""
+    """`data` as the file or object `path`, atomically: `atomic_write`, or one upload."""
     if isinstance(path, ObjectPath):
         path.write_bytes(data)
     else:
