@@ -9,7 +9,7 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import S3Server
+from conftest import S3Server, free_port
 from helpers import BUCKET, deal_client, mixed_pool
 
 from dealseg.client.engines import EmbeddedEngine
@@ -110,7 +110,7 @@ def test_what_an_s3_out_cannot_hold_is_refused_in_one_line(
     assert keys(s3_bucket, "refused/") == []  # nothing was written
 
 
-def test_a_missing_bucket_and_refused_credentials_end_in_one_line(
+def test_a_missing_bucket_refused_credentials_and_no_server_end_in_one_line(
     s3_bucket: S3Server,
     pool: Path,
     tiny_onnx: Path,
@@ -129,6 +129,9 @@ def test_a_missing_bucket_and_refused_credentials_end_in_one_line(
         monkeypatch.setenv(name, value)
     line = one_line_error(deal_client(*score, f"s3://{BUCKET}/denied"))
     assert "refused our credentials" in line and "AWS_SECRET_ACCESS_KEY" in line
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{free_port()}")  # nobody there
+    line = one_line_error(deal_client(*score, f"s3://{BUCKET}/nowhere"))
+    assert line.startswith(f"Error: s3://{BUCKET}/nowhere") and "connect" in line, line
 
 
 def test_a_meta_json_another_run_rewrote_stops_the_run_before_its_selection(
