@@ -28,6 +28,7 @@ from dealseg.core.contract import REGION_MAPS
 from dealseg.core.ranking import NOVEL_THRESHOLD, SCORE_COLUMNS
 from dealseg.core.strategies import DEFAULT_REGION_STRATEGY, DEFAULT_STRATEGY
 
+from .objects import Location, location
 from .outdir import selection_rows
 from .records import RegionCells, Table, record_path
 from .regions import buy, region_pool, region_vectors, score_key
@@ -65,9 +66,9 @@ def engine_settings(
 
 
 @contextlib.contextmanager
-def _out_dir(out: str | os.PathLike | None) -> Iterator[Path]:
+def _out_dir(out: str | os.PathLike | None) -> Iterator[Location]:
     if out is not None:
-        yield Path(out)
+        yield location(out)
         return
     with tempfile.TemporaryDirectory(prefix="dealseg-") as tmp:
         yield Path(tmp)
@@ -84,8 +85,9 @@ def score(
     """Score every image of `pool` (a folder, a list file, or paths) with `model` (default: the
     shipped one) or the Triton server(s) at `url`; the table of every image.
 
-    `out` keeps the scores (an out dir of `deal-client score`, resumed when it exists); without
-    it they live in a temporary folder for the call. `options` are the fields of
+    `out` keeps the scores (an out dir of `deal-client score`, resumed when it exists; an
+    s3:// or gs:// prefix holds them with format="parquet"); without it they live in a
+    temporary folder for the call. `options` are the fields of
     `settings.ScoreSettings` (batch_size=, resize=, format=, regions="cell:12": each frame's cells
     as `region_pixels`, `region_ds` and `region_entropy` columns, for `select_regions`; progress
     off by default) and,

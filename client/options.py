@@ -32,6 +32,31 @@ RESIZE_MODES = ("stretch", "letterbox", "crop")  # == decode.RESIZE_MODES (teste
 SCORE_FORMATS = ("jsonl", "parquet")
 
 
+class OutDir(click.Path):
+    """A local folder, or a prefix in object storage (s3://, gs://) as an
+    `objects.ObjectPath`; `refuse` (with `{uri}`), when given, is why this one must be local."""
+
+    def __init__(
+        self, exists: bool = False, file_okay: bool = False, refuse: str | None = None
+    ) -> None:
+        super().__init__(exists=exists, file_okay=file_okay, path_type=Path)
+        self.refuse = refuse
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        from .objects import ObjectPath, is_object_uri
+
+        if isinstance(value, ObjectPath):
+            return value
+        if is_object_uri(str(value)):
+            if self.refuse is not None:
+                self.fail(self.refuse.format(uri=value), param, ctx)
+            try:
+                return ObjectPath(str(value))
+            except ValueError as exc:
+                self.fail(str(exc), param, ctx)
+        return super().convert(value, param, ctx)
+
+
 def shard_callback(
     ctx: click.Context, param: click.Parameter, value: str | None
 ) -> tuple[int, int]:

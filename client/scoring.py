@@ -21,7 +21,6 @@ from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
@@ -37,6 +36,7 @@ from dealseg.core.pool import is_uri, read_pool, take_shard
 from dealseg.core.regions import frame_region_vectors, parse_regions
 
 from .engines import Engine, EngineError
+from .objects import Location
 from .outdir import load_table, open_writer
 from .records import Table
 from .settings import ScoreSettings
@@ -395,13 +395,13 @@ def aspect_warning(path: str, shown: tuple[int, int], size: tuple[int, int], res
 
 
 def score_into(
-    paths: Sequence[str], engine: Engine, out: Path, settings: ScoreSettings
+    paths: Sequence[str], engine: Engine, out: Location, settings: ScoreSettings
 ) -> tuple[ScoreReport, Table]:
-    """Score `paths` into the out dir `out` (resuming it); the report and everything scored
-    there as a table. The scoring step of the CLI and the API."""
+    """Score `paths` into the out dir `out` (resuming it; Parquet only in object storage); the
+    report and everything scored there as a table. The scoring step of the CLI and the API."""
     with open_writer(out, engine.spec, settings.format, settings.scoring) as writer:
         report = Scorer(engine, writer, settings).run(paths)
     return report, load_table(out)
 
 
-ScoreInto = Callable[[Sequence[str], Engine, Path, ScoreSettings], tuple[ScoreReport, Table]]
+ScoreInto = Callable[[Sequence[str], Engine, Location, ScoreSettings], tuple[ScoreReport, Table]]
