@@ -19,17 +19,25 @@ many Parquet rows vs the JSONL reader.
    fresh process for each.
 `--quick`: 60 images, 100k rows. `--sweep`: part 1's Ray path over block sizes and calls per
 actor (1 actor x 2 CPUs) against the single process, to bench/results/fleet-blocks.md.
+`--s3-out`: the single process, the Ray path (1 actor x 2 CPUs) into a local out dir and the
+same into `--out s3://` on moto's S3 server started on loopback (the dev extra), in alternation,
+to bench/results/fleet-s3.md; the server shares the machine's cores, where a real store would
+not.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import re
 import shutil
+import socket
 import subprocess
+import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -141,6 +149,86 @@ def sweep(pool: Path, count: int, reps: int) -> None:
     write_result("fleet", "Fleet: the Ray path's block size", table, notes, "fleet-blocks")
 
 
+def _listening(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+@contextlib.contextmanager
+def s3_server(bucket: str) -> Iterator[None]:
+    """moto's S3 server on a free loopback port with `bucket` made, its address and keys in
+    this process's environment (the clients started from here inherit them)."""
+    import boto3
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 120  # a failure guard: we poll for the port
+        while not _listening(port):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("moto's S3 server did not start (pip install 'moto[server]')")
+            time.sleep(0.1)
+        env = {
+            "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}",
+            "AWS_ACCESS_KEY_ID": "bench",
+            "AWS_SECRET_ACCESS_KEY": "bench",
+            "AWS_REGION": "us-east-1",
+        }
+        os.environ.update(env)
+        boto3.client("s3", endpoint_url=env["AWS_ENDPOINT_URL"]).create_bucket(Bucket=bucket)
+        yield
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)
+
+
+def s3_out(pool: Path, count: int, reps: int) -> None:
+    """The single process, the Ray path into a local out dir and into s3://, in alternation."""
+    cases = {
+        "single process, local out": [],
+        "ray, 1 actor x 2 CPU, local out": RAY_ONE,
+        "ray, 1 actor x 2 CPU, --out s3://": [*RAY_ONE, "--out", "s3://bench/fleet-{rep}"],
+    }
+    results: dict[str, list[dict[str, float]]] = {name: [] for name in cases}
+    picked: set[bytes] = set()  # every run's selection.txt
+    with s3_server("bench"):
+        import boto3
+
+        bucket = boto3.client("s3", endpoint_url=os.environ["AWS_ENDPOINT_URL"])
+        for rep in range(reps):
+            for name, extra in cases.items():
+                out = CACHE / "fleet" / "out" / re.sub(r"\W+", "_", name)
+                command = [a.format(rep=rep) for a in extra]  # the last --out counts
+                results[name].append(scored(pool, count, out, command))
+                if "s3://" in name:
+                    got = bucket.get_object(Bucket="bench", Key=f"fleet-{rep}/selection.txt")
+                    picked.add(got["Body"].read())
+                else:
+                    picked.add((out / "selection.txt").read_bytes())
+    base = float(np.median([r["rate"] for r in results["single process, local out"]]))
+    rows = []
+    for name, runs in results.items():
+        rate = float(np.median([r["rate"] for r in runs]))
+        wall = float(np.median([r["wall"] for r in runs]))
+        rows.append([name, f"{rate:.2f}", f"{rate / base:.0%}", f"{wall:.2f}"])
+    table = markdown_table(["run", "img/s (scoring)", "vs single", "img/s (wall)"], rows)
+    notes = [
+        f"{count} JPEGs at 960x720, shipped model, batch 8, {reps} alternation(s); Ray: a local "
+        "cluster started by each run; s3://: moto's server on loopback, on the same cores",
+        "img/s (scoring): the client's own rate (Ray: from the cluster being up, to the parts "
+        "written); wall: the whole command, selection from the bucket included",
+        "top-10 selection.txt of every run: "
+        + ("the same, byte for byte" if len(picked) == 1 else f"{len(picked)} different files"),
+    ]
+    write_result("fleet", "Fleet: the Ray path into object storage", table, notes, "fleet-s3")
+
+
 def selection_rows(n: int) -> list[list[object]]:
     """Seconds and peak RSS of reading N records and selecting the top 100 by DE, per format."""
     folder = CACHE / "fleet" / f"records_{n}"
@@ -232,6 +320,11 @@ def main() -> None:
         help="the Ray path's block size and calls per actor (bench/results/fleet-blocks.md)",
     )
     parser.add_argument(
+        "--s3-out",
+        action="store_true",
+        help="the Ray path into --out s3:// on moto's server (bench/results/fleet-s3.md)",
+    )
+    parser.add_argument(
         "--selection-only",
         action="store_true",
         help="part 2 only (bench/results/fleet-selection.md)",
@@ -251,6 +344,9 @@ def main() -> None:
     pool = pool_file(make_jpegs(count), f"fleet_{count}")
     if args.sweep:
         sweep(pool, count, args.reps)
+        return
+    if args.s3_out:
+        s3_out(pool, count, args.reps)
         return
     results: dict[str, list[dict[str, float]]] = {name: [] for name in CASES}
     for _ in range(args.reps):

@@ -25,10 +25,11 @@ import numpy as np
 
 from dealseg.core.classes import class_columns
 from dealseg.core.contract import REGION_MAPS
-from dealseg.core.ranking import SCORE_COLUMNS
+from dealseg.core.ranking import NOVEL_THRESHOLD, SCORE_COLUMNS
 from dealseg.core.strategies import DEFAULT_REGION_STRATEGY, DEFAULT_STRATEGY
 
 from .logs import expand_logs
+from .objects import Location, location
 from .outdir import selection_rows
 from .records import RegionCells, Table, record_path
 from .regions import buy, region_pool, region_vectors, score_key
@@ -66,9 +67,9 @@ def engine_settings(
 
 
 @contextlib.contextmanager
-def _out_dir(out: str | os.PathLike | None) -> Iterator[Path]:
+def _out_dir(out: str | os.PathLike | None) -> Iterator[Location]:
     if out is not None:
-        yield Path(out)
+        yield location(out)
         return
     with tempfile.TemporaryDirectory(prefix="dealseg-") as tmp:
         yield Path(tmp)
@@ -85,8 +86,9 @@ def score(
     """Score every image of `pool` (a folder, a list file, or paths) with `model` (default: the
     shipped one) or the Triton server(s) at `url`; the table of every image.
 
-    `out` keeps the scores (an out dir of `deal-client score`, resumed when it exists); without
-    it they live in a temporary folder for the call. `options` are the fields of
+    `out` keeps the scores (an out dir of `deal-client score`, resumed when it exists; an
+    s3:// or gs:// prefix holds them with format="parquet"); without it they live in a
+    temporary folder for the call. `options` are the fields of
     `settings.ScoreSettings` (batch_size=, resize=, format=, regions="cell:12": each frame's cells
     as `region_pixels`, `region_ds` and `region_entropy` columns, for `select_regions`; progress
     off by default) and,
@@ -123,13 +125,16 @@ def select(
     balance: bool | Mapping[str, float] = False,
     per_group: int | None = None,
     group_by: str | None = None,
+    novel_share: float | None = 0.0,
+    novel_threshold: float = NOVEL_THRESHOLD,
 ) -> Any:
     """The k images of a `score` table most worth labelling by `strategy`, best first: a table
     of rank, path, score (the strategy's) and every image score.
 
     Options as `deal-client select`'s (the same `settings.SelectSettings`, the same checks):
     `balance` True (uniform) or class name -> weight; `labeled` a file of paths (never picked;
-    the core-set's first centres).
+    the core-set's first centres); `novel_share` at most this share of k off-domain picks
+    (novelty above `novel_threshold`), 0 none (the default), None no rule.
     """
     weights = None if balance is False else ({} if balance is True else dict(balance))
     how = SelectSettings(
@@ -141,6 +146,8 @@ def select(
         weights,
         per_group,
         group_by,
+        novel_share=novel_share,
+        novel_threshold=novel_threshold,
     )
     scored = _from_table(table)
     chosen, _ = pick(scored, how)
@@ -159,11 +166,14 @@ def select_regions(
     temperature: float = 1.0,
     max_per_frame: int | None = None,
     frame_cost: int = 0,
+    keep_novel: bool = False,
+    novel_threshold: float = NOVEL_THRESHOLD,
 ) -> Any:
     """The regions of a `score(..., regions="cell:N")` table that `strategy` buys with `budget`
     (a share of the pool's pixels, "5%", or a count of regions), in the order taken: a table of
     rank, path, region (the cell id), pixels and score. Options as `deal-client select
-    --regions`'s (the same `settings.SelectSettings`, the same checks)."""
+    --regions`'s (the same `settings.SelectSettings`, the same checks): off-domain frames
+    (novelty above `novel_threshold`) are not opened unless `keep_novel`."""
     how = SelectSettings(
         strategy,
         seed=seed,
@@ -171,11 +181,13 @@ def select_regions(
         temperature=temperature,
         max_per_frame=max_per_frame,
         frame_cost=frame_cost,
+        novel_share=None if keep_novel else 0.0,
+        novel_threshold=novel_threshold,
     )
     scored = _from_table(table)
     if scored.regions is None:
         raise ValueError("the table holds no regions: score with regions='cell:12'")
-    pool = region_pool(scored)
+    pool = region_pool(scored, how)
     _, bought = buy(pool, how)
     rows = [
         {
@@ -261,7 +273,9 @@ def _from_table(table: Any) -> Table:
         out=Path("."),
         meta=info["meta"],
         paths=[r["path"] for r in rows],
-        scores={n: np.array([r[n] for r in rows], dtype=np.float64) for n in SCORE_COLUMNS},
+        scores={
+            n: np.array([r.get(n, np.nan) for r in rows], dtype=np.float64) for n in SCORE_COLUMNS
+        },
         rows=np.arange(len(rows)),
         fractions=np.array([[r.get(c, 0.0) for c in columns] for r in rows], np.float32).reshape(
             -1, len(columns)

@@ -27,6 +27,7 @@ import click
 from .options import (
     RESIZE_MODES,
     SCORE_FORMATS,
+    OutDir,
     checked,
     engine_options,
     engine_settings,
@@ -45,6 +46,7 @@ from .options import (
 if TYPE_CHECKING:
     from .evaluation import EvalSettings
     from .fleet import RaySettings
+    from .objects import Location
     from .settings import EngineSettings, ScoreSettings, SelectSettings
 
 EXIT_OK, EXIT_FATAL, EXIT_USAGE, EXIT_FAILED_INPUTS, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
@@ -102,8 +104,16 @@ def _print_selection(doc: dict[str, Any], as_json: bool) -> None:
 
 
 def _short(doc: dict[str, Any]) -> bool:
-    """Whether fewer than k were selected; if so, say how many and why on stderr."""
+    """Whether fewer than k were selected; if so, say how many and why on stderr (else how
+    many off-domain images the selection left out, when it left any)."""
     if doc["selected"] >= doc["k"]:
+        off = doc.get("off_domain") or {}
+        if off.get("excluded"):
+            _stderr(
+                f"left out {off['excluded']} off-domain images (novelty above "
+                f"{off['threshold']:g}; {off['pool']} in the pool): --keep-novel or "
+                "--max-novel-share picks them"
+            )
         return False
     why = "; ".join(doc.get("shortfall") or []) or "the pool is smaller"
     _stderr(f"selected {doc['selected']} of the {doc['k']} asked: {why}")
@@ -141,13 +151,14 @@ def main() -> None:
 @click.option(
     "--out",
     "-o",
-    type=click.Path(file_okay=False, path_type=Path),
+    type=OutDir(),
     default=Path("deal-out"),
     show_default=True,
     envvar="DEAL_OUT",
     show_envvar=True,
-    help="Output folder; re-running on it resumes. One holding a selection of other settings "
-    "is refused without --force.",
+    help="Output folder, or an s3:// or gs:// prefix (Parquet scores and the selection written "
+    "there, no maps or report); re-running on it resumes. One holding a selection of other "
+    "settings is refused without --force.",
 )
 @click.option("--force", is_flag=True, help="Replace a selection of other settings in --out.")
 @engine_options
@@ -216,10 +227,19 @@ def score(
     (--format parquet, --ray), selection.txt and selection.json. Without --url the model runs
     in-process with ONNX Runtime; with --ray, on a Ray cluster.
     """
+    from .objects import ObjectPath
+
     engines = engine_settings(urls, model, o)
     if o["ray_address"] is not None:
         if o["fmt"] == "jsonl":
             raise click.UsageError("--ray writes Parquet: drop --format jsonl")
+        o["fmt"] = "parquet"
+    if isinstance(o["out"], ObjectPath):
+        if o["fmt"] == "jsonl":
+            raise click.UsageError(
+                f"--out {o['out']} is in object storage, which takes whole objects, not "
+                "appended lines: scores there are Parquet; drop --format jsonl"
+            )
         o["fmt"] = "parquet"
     run = ScoreCommand(
         pool,
@@ -289,7 +309,7 @@ class ScoreCommand:
     """What `score` was asked, as typed settings."""
 
     pool: str
-    out: Path
+    out: Location
     shard: tuple[int, int]
     engines: EngineSettings
     streaming: ScoreSettings
@@ -397,25 +417,29 @@ def _pool_paths(
     return paths
 
 
-def _resume_hint(out: Path) -> str:
+def _resume_hint(out: Location) -> str:
     """The second line of a failed scoring run: where its results are, when it wrote any."""
     from .outdir import META
+    from .records import StoreError
 
-    if not (Path(out) / META).is_file():
+    try:
+        if not (out / META).is_file():
+            return ""
+    except StoreError:  # the store is out of reach now: nothing to say
         return ""
     return f"\nresults so far are in {out}; run the same command again to resume"
 
 
-def _os_error(exc: OSError, out: Path) -> str:
+def _os_error(exc: OSError, out: Location) -> str:
     """One line for a file the run could not write (a full disk, a read-only folder, a link
     that leads nowhere)."""
     where = exc.filename or out
-    if os.path.islink(where) and not os.path.exists(where):
+    if isinstance(where, str | os.PathLike) and os.path.islink(where) and not os.path.exists(where):
         return f"cannot write {where}: a symbolic link that leads nowhere (a loop, or no target)"
     return f"cannot write {where}: {exc.strerror or exc}"
 
 
-def _report(run: Any, out: Path, as_json: bool) -> int:
+def _report(run: Any, out: Location, as_json: bool) -> int:
     """Failures, the selection and the summary line; the exit code."""
     report, doc = run.report, run.selection
     _list_failures(report.failed)
@@ -442,15 +466,16 @@ def _report(run: Any, out: Path, as_json: bool) -> int:
 
 # --------------------------------------------------------------------------------- select
 @main.command("select")
-@click.argument("scores", type=click.Path(exists=True, path_type=Path))
+@click.argument("scores", type=OutDir(exists=True, file_okay=True))
 @selection_options(require_k=True)
 @click.option(
     "--out",
     "-o",
-    type=click.Path(file_okay=False, path_type=Path),
+    type=OutDir(),
     default=None,
     help="Folder of this selection: selection.txt/.json, maps/, report.html [default: the "
-    "folder of SCORES]. One holding a selection of other settings is refused without --force.",
+    "folder of SCORES]; an s3:// or gs:// prefix holds the selection only. One holding a "
+    "selection of other settings is refused without --force.",
 )
 @click.option("--force", is_flag=True, help="Replace a selection of other settings in --out.")
 @click.option(
@@ -470,14 +495,14 @@ def _report(run: Any, out: Path, as_json: bool) -> int:
 @click.pass_context
 def select_command(
     ctx: click.Context,
-    scores: Path,
-    out: Path | None,
+    scores: Location,
+    out: Location | None,
     urls: tuple[str, ...],
     model: Path | None,
     **o: Any,
 ) -> None:
-    """Re-select from SCORES (an out dir, its scores.jsonl or its scores.parquet) without
-    re-scoring.
+    """Re-select from SCORES (an out dir, its scores.jsonl or its scores.parquet; or an out dir
+    in object storage, s3:// or gs://) without re-scoring.
 
     Exits 3 when fewer than --top-k images could be selected (the reason on stderr).
     """
@@ -498,8 +523,8 @@ def select_command(
 class SelectCommand:
     """What `select` was asked, as typed settings."""
 
-    scores: Path
-    out: Path | None  # default: the folder of the scores
+    scores: Location
+    out: Location | None  # default: the folder of the scores
     engines: EngineSettings  # draws the maps
     streaming: ScoreSettings  # how the maps' images stream
     how: SelectSettings
@@ -559,12 +584,19 @@ def _maps_engine(table: Any, engines: EngineSettings, batch_size: int) -> Any:
 # ---------------------------------------------------------------------------------- merge
 @main.command()
 @click.argument(
-    "inputs", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False, path_type=Path)
+    "inputs",
+    nargs=-1,
+    required=True,
+    type=OutDir(
+        exists=True,
+        refuse="merge reads local out dirs (shards); a Ray run into one prefix needs no merge, "
+        "and `deal-client select {uri}` selects from it",
+    ),
 )
 @click.option(
     "--out",
     "-o",
-    type=click.Path(file_okay=False, path_type=Path),
+    type=OutDir(refuse="merge writes a local out dir; score --ray into one prefix needs no merge"),
     required=True,
     help="Folder for the merged scores and selection.",
 )
@@ -609,7 +641,14 @@ def merge(inputs: tuple[Path, ...], out: Path, fmt: str | None, **o: Any) -> Non
 
 # --------------------------------------------------------------------------------- report
 @main.command("report")
-@click.argument("out", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument(
+    "out",
+    type=OutDir(
+        exists=True,
+        refuse="a report is a local page: `deal-client select {uri} --out DIR --report` "
+        "writes one into a local DIR",
+    ),
+)
 def report_command(out: Path) -> None:
     """Write OUT/report.html: the selection in OUT (of `score` or `select --out`) for a person.
 
@@ -626,7 +665,7 @@ def report_command(out: Path) -> None:
             doc = read_selection(out)
             if doc is None:
                 raise StoreError(f"{out} holds no selection.json: run `deal-client score` first")
-            page = write_report(out, load_table(Path(doc.get("scores") or out)), doc)
+            page = write_report(out, load_table(doc.get("scores") or out), doc)
     except (StoreError, ValueError) as exc:
         raise click.ClickException(str(exc)) from None
     except OSError as exc:
@@ -638,7 +677,14 @@ def report_command(out: Path) -> None:
 
 # --------------------------------------------------------------------------------- export
 @main.command("export")
-@click.argument("out", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument(
+    "out",
+    type=OutDir(
+        exists=True,
+        refuse="exports are local files: `deal-client select {uri} --out DIR`, then "
+        "`deal-client export DIR`",
+    ),
+)
 @click.option(
     "--format",
     "fmt",
@@ -662,7 +708,7 @@ def report_command(out: Path) -> None:
 )
 @click.option(
     "--dest",
-    type=click.Path(file_okay=False, path_type=Path),
+    type=OutDir(refuse="exports are local files: give a local folder"),
     default=None,
     help="Folder for the files [default: OUT/export/FORMAT].",
 )
@@ -706,7 +752,7 @@ def export_command(
 @click.option(
     "--out",
     "-o",
-    type=click.Path(file_okay=False, path_type=Path),
+    type=OutDir(refuse="eval writes local files (eval.json, risk_coverage.png): give a folder"),
     default=Path("deal-eval"),
     show_default=True,
     help="Output folder: eval.json and risk_coverage.png.",

@@ -1,7 +1,8 @@
 """What is made from a selection: the maps of its picks (a second pass of the engine over
 them) and the report. They live and die with the selection: when a selection is written, its
 maps and report are drawn again or removed, and exports of another list are removed
-(`clear_stale`); a reader never finds files of another list beside it."""
+(`clear_stale`); a reader never finds files of another list beside it. An out dir in object
+storage holds none of them (they are local files: `pipeline.check_object_out`)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from .engines import Engine
+from .objects import Location, ObjectPath
 from .outdir import EXPORTS, MAPS
 from .records import Table, record_path
 from .settings import ScoreSettings
@@ -18,7 +20,7 @@ from .settings import ScoreSettings
 def draw(
     engine: Engine | None,
     table: Table,
-    out: Path,
+    out: Location,
     selection: dict[str, Any],
     settings: ScoreSettings,
     report: bool,
@@ -28,6 +30,8 @@ def draw(
     could not be drawn and the report's path (None if not asked)."""
     from .maps import MapOf, clear_maps, write_maps
 
+    if isinstance(out, ObjectPath):  # none drawn there, none to remove
+        return {}, None
     failed: dict[str, str] = {}
     if engine is not None:
         picked = [MapOf(r["rank"], record_path(r), r) for r in selection["rows"]]
@@ -44,10 +48,10 @@ def draw(
     return failed, write_report(out, table, selection)
 
 
-def clear_stale(out: Path, before: dict[str, Any] | None, after: dict[str, Any]) -> None:
+def clear_stale(out: Location, before: dict[str, Any] | None, after: dict[str, Any]) -> None:
     """Remove the exports (OUT/export/) made from the selection `before` when `after`, now in
     `out`, picks other images: a labelling tool must not be handed another list."""
-    if before is None or _picked(before) == _picked(after):
+    if before is None or isinstance(out, ObjectPath) or _picked(before) == _picked(after):
         return
     shutil.rmtree(Path(out) / EXPORTS, ignore_errors=True)
 

@@ -7,6 +7,13 @@
     frames, which the call reads in one pass: a log is spread over the actors by ranges)
     ─► Parquet parts in OUT/scores.parquet/ ─► (driver) selection over the dataset
 
+OUT is a folder every node sees at the same path, or a prefix in object storage
+(`--out s3://bucket/run`, gs://): Ray's write tasks put their parts there straight from the
+workers, and the driver writes meta.json and the selection beside them and reads the parts back
+to resume and select; no node needs a shared volume. The write tasks use the driver's file
+system of OUT (`remote.filesystem`: its endpoint and region, and its keys when they come from
+AWS_* variables; without them each worker's own AWS credential chain).
+
 One actor stage fed with paths, chosen by measurement (bench/fleet.py; README, Performance):
 frames never pass through Ray's object store (a path is bytes, a frame 130 kB) and no separate
 decode stage competes with the actors for the cores. Each actor runs `CALLS_PER_ACTOR` calls at
@@ -31,7 +38,6 @@ import socket
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -41,6 +47,7 @@ from dealseg.core.decode import DecodeError
 
 from .engines import Engine, EngineError
 from .logs import LogFrames
+from .objects import Location, ObjectPath, location
 from .outdir import claim, load_table
 from .parquet import (
     SCORES_PARQUET,
@@ -229,7 +236,7 @@ def score_on_ray(
     paths: Sequence[str],
     spec: ModelSpec,
     make_engine: EngineFactory,
-    out: Path,
+    out: Location,
     settings: ScoreSettings,
     ray_settings: RaySettings,
     hook: BatchHook | None = None,
@@ -238,12 +245,13 @@ def score_on_ray(
 
     The driver holds the out dir's lock and writes meta.json; the parts are written by Ray's
     tasks into OUT/scores.parquet/ (on a cluster of several machines OUT must be a folder every
-    node sees at the same path). Raises StoreError, EngineError and RayUnavailable.
+    node sees at the same path, or a prefix in object storage). Raises StoreError, EngineError
+    and RayUnavailable.
     """
     import time
 
     with claim(out, spec, "parquet", settings.scoring):
-        folder = Path(out) / SCORES_PARQUET
+        folder = location(out) / SCORES_PARQUET
         folder.mkdir(exist_ok=True)
         done = resumed_paths(folder, spec.model_id)
         todo = [p for p in paths if p not in done]
@@ -256,9 +264,11 @@ def score_on_ray(
             _check_resources(ray, ray_settings)
             start = time.perf_counter()  # as the single-process rate: scoring, not start-up
             dataset = _pipeline(ray, todo, spec, make_engine, settings, ray_settings, run, hook)
+            where, filesystem = _sink(folder)
             try:
                 dataset.write_parquet(
-                    str(folder.absolute()),
+                    where,
+                    filesystem=filesystem,
                     filename_provider=part_names(prefix),
                     min_rows_per_file=ray_settings.rows_per_file,
                 )
@@ -267,6 +277,13 @@ def score_on_ray(
         report.seconds = time.perf_counter() - start
     _count(report, folder, run)
     return report
+
+
+def _sink(folder: Location) -> tuple[str, Any]:
+    """Where Ray's write tasks put the parts: (path, pyarrow file system; None: local)."""
+    if isinstance(folder, ObjectPath):
+        return folder.key, folder.fs
+    return str(folder.absolute()), None
 
 
 def _check_resources(ray: Any, how: RaySettings) -> None:
@@ -329,7 +346,7 @@ def _cause(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[-1] if text else ''}"
 
 
-def _count(report: ScoreReport, folder: Path, run: str) -> None:
+def _count(report: ScoreReport, folder: Location, run: str) -> None:
     """Fill `report` from the rows this run wrote (one per path it was given)."""
     import pyarrow.compute as pc
 
@@ -353,7 +370,7 @@ class RayScoring:
     hook: BatchHook | None = None
 
     def __call__(
-        self, paths: Sequence[str], engine: Engine, out: Path, settings: ScoreSettings
+        self, paths: Sequence[str], engine: Engine, out: Location, settings: ScoreSettings
     ) -> tuple[ScoreReport, Table]:
         if settings.format != "parquet":
             raise StoreError("the Ray path writes Parquet: use --format parquet")

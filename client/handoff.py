@@ -457,7 +457,7 @@ def export_selection(
     if selection is None:
         raise ExportError(f"{folder} holds no selection.json: run `deal-client score` or select")
     check_format(fmt, predictions)
-    table = load_table(Path(selection.get("scores") or folder))
+    table = load_table(selection.get("scores") or folder)
     items = _items(table, selection, path_map)
     Path(dest).mkdir(parents=True, exist_ok=True)
     regions = selection.get("settings", {}).get("budget") is not None

@@ -23,6 +23,7 @@ from dealseg.core.contract import ModelSpec
 from dealseg.core.files import atomic_output
 from dealseg.core.ranking import SCORE_COLUMNS
 
+from .objects import Location, ObjectPath, location
 from .records import (
     EMBEDDINGS,
     SCORES,
@@ -47,9 +48,11 @@ def record_line(record: dict[str, Any]) -> bytes:
     return (line + "\n").encode("ascii")
 
 
-def holds_scores(out: Path) -> bool:
-    """Whether the folder `out` holds a non-empty scores.jsonl."""
-    scores = Path(out) / SCORES
+def holds_scores(out: Location) -> bool:
+    """Whether the folder `out` holds a non-empty scores.jsonl (any, in object storage)."""
+    scores = location(out) / SCORES
+    if isinstance(scores, ObjectPath):
+        return scores.is_file()
     return scores.exists() and scores.stat().st_size > 0
 
 

@@ -129,20 +129,25 @@ def frame_file_name(ref: FrameRef) -> str:
     return f"{base}-{digest}_{when}.png"
 
 
-def extracted_image(out: Path, path: str) -> Path | None:
-    """Where a picked frame of a log is extracted in the out dir `out` (None: not a frame)."""
+def extracted_image(out: object, path: str) -> Path | None:
+    """Where a picked frame of a log is extracted in the out dir `out` (None: not a frame, or
+    an out dir in object storage, where no frames are extracted)."""
     ref = frame_ref(path)
-    return None if ref is None else (Path(out) / FRAMES / frame_file_name(ref)).absolute()
+    if ref is None or not isinstance(out, Path):
+        return None
+    return (out / FRAMES / frame_file_name(ref)).absolute()
 
 
-def extract_picks(out: Path, paths: Sequence[str]) -> dict[str, str]:
+def extract_picks(out: object, paths: Sequence[str]) -> dict[str, str]:
     """The picked log frames among `paths` as PNGs in OUT/frames/ (a labelling tool needs a
     file), at the log's own size; files of frames no longer picked are removed. Returns the
-    frames that could not be extracted, with why."""
+    frames that could not be extracted, with why. Nothing for an out dir in object storage."""
     from dealseg.core.files import atomic_write
 
+    if not isinstance(out, Path):
+        return {}
     wanted = {p: f for p in paths if (f := extracted_image(out, p)) is not None}
-    folder = Path(out) / FRAMES
+    folder = out / FRAMES
     if folder.is_dir():
         for old in folder.iterdir():
             if old.absolute() not in wanted.values():

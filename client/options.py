@@ -32,6 +32,31 @@ RESIZE_MODES = ("stretch", "letterbox", "crop")  # == decode.RESIZE_MODES (teste
 SCORE_FORMATS = ("jsonl", "parquet")
 
 
+class OutDir(click.Path):
+    """A local folder, or a prefix in object storage (s3://, gs://) as an
+    `objects.ObjectPath`; `refuse` (with `{uri}`), when given, is why this one must be local."""
+
+    def __init__(
+        self, exists: bool = False, file_okay: bool = False, refuse: str | None = None
+    ) -> None:
+        super().__init__(exists=exists, file_okay=file_okay, path_type=Path)
+        self.refuse = refuse
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        from .objects import ObjectPath, is_object_uri
+
+        if isinstance(value, ObjectPath):
+            return value
+        if is_object_uri(str(value)):
+            if self.refuse is not None:
+                self.fail(self.refuse.format(uri=value), param, ctx)
+            try:
+                return ObjectPath(str(value))
+            except ValueError as exc:
+                self.fail(str(exc), param, ctx)
+        return super().convert(value, param, ctx)
+
+
 def shard_callback(
     ctx: click.Context, param: click.Parameter, value: str | None
 ) -> tuple[int, int]:
@@ -183,6 +208,31 @@ def selection_options(require_k: bool) -> Callable[[Callable], Callable]:
                     help="A path's group for --per-group: the first (...) group of this regular "
                     "expression's match in the path, or the whole match; e.g. '/(cam\\d+)/' "
                     "[default: the image's folder].",
+                ),
+                click.option(
+                    "--exclude-novel/--keep-novel",
+                    default=True,
+                    show_default=True,
+                    help="Pick no off-domain frame (novelty above --novel-threshold: a test "
+                    "pattern, a covered lens, a photo), or rank them like any other; with "
+                    "--regions, open none of them.",
+                ),
+                click.option(
+                    "--max-novel-share",
+                    type=click.FloatRange(0.0, 1.0),
+                    default=None,
+                    metavar="S",
+                    help="Instead of excluding them, let at most this share of the k picks be "
+                    "off-domain (the best ranked of them).",
+                ),
+                click.option(
+                    "--novel-threshold",
+                    type=click.FloatRange(0.0, 1.0),
+                    default=strategies.NOVEL_THRESHOLD,
+                    show_default=True,
+                    metavar="T",
+                    help="Novelty above T is off-domain: further from the training frames than "
+                    "a share T of held-out in-domain frames.",
                 ),
                 click.option(
                     "--seed",
@@ -420,6 +470,8 @@ def select_settings(
             o["temperature"],
             o["max_per_frame"],
             o["frame_cost"],
+            novel_share_of(o["exclude_novel"], o["max_novel_share"]),
+            o["novel_threshold"],
         )
     )
 
@@ -461,6 +513,13 @@ def log_options(f: Callable) -> Callable:
     ):
         f = option(f)
     return f
+
+
+def novel_share_of(exclude: bool, share: float | None) -> float | None:
+    """The share of off-domain picks --exclude-novel/--keep-novel and --max-novel-share allow."""
+    if share is not None:
+        return share
+    return 0.0 if exclude else None
 
 
 def ray_options(f: Callable) -> Callable:

@@ -10,13 +10,20 @@
     maps/             optional PNGs of the selected images
     report.html       the selection for a person (`report`), report_files/ its pictures
     export/<format>/  the selection for a labelling tool (`handoff`)
-    .lock             held by the one writer
+    .lock             held by the one writer (a local out dir)
 
 This module owns the folder: the lock, meta.json, whether a run may resume it, which format it
 holds (`scores_format`) and the writer of that format (`open_writer`), reading its scores as a
 table whatever the format (`load_table`), merging folders and the selection files. The formats'
 own files are `jsonl`'s and `parquet`'s, which know nothing of the folder around them; the
 record both hold is `records`'.
+
+OUT may be a prefix in object storage (`s3://bucket/run`, gs://; `objects.ObjectPath`): the
+same files under it, scores.parquet/ only, each written in one upload. Object storage has no
+lock: two runs into one prefix at once are the user's to avoid (their parts never overwrite
+each other; the selection written last wins), and a run whose meta.json was rewritten by another
+meanwhile stops before its selection (`claim`). Maps, report, regions and exports are local
+files: `deal-client select OUT --out DIR` writes them into a local DIR.
 """
 
 from __future__ import annotations
@@ -32,10 +39,12 @@ import numpy as np
 
 from dealseg.core.contract import ModelSpec
 from dealseg.core.files import atomic_write
-from dealseg.core.ranking import Choice, Pick, Skip
+from dealseg.core.ranking import Choice, Pick, Pool, Skip, novel
+from dealseg.core.strategies import NOVEL_THRESHOLD
 
 from . import jsonl, parquet
 from .logs import extracted_image, frame_fields
+from .objects import Location, ObjectPath, location, write_file
 from .records import SCORES, StoreError, Table, finite, path_fields, record_path, winners
 
 META = "meta.json"
@@ -51,7 +60,7 @@ _FILES = {"jsonl": SCORES, "parquet": parquet.SCORES_PARQUET}
 
 
 # ------------------------------------------------------------------------------------ metadata
-def write_meta(out: Path, spec: ModelSpec, scoring: Mapping[str, Any] | None = None) -> None:
+def write_meta(out: Location, spec: ModelSpec, scoring: Mapping[str, Any] | None = None) -> None:
     """meta.json: the format, the model and, under "settings", `scoring`: every setting that
     changes a score (`settings.ScoreSettings.scoring`)."""
     meta = {
@@ -61,10 +70,10 @@ def write_meta(out: Path, spec: ModelSpec, scoring: Mapping[str, Any] | None = N
         "metadata": spec.to_metadata(),
         "settings": dict(scoring or {}),
     }
-    atomic_write(out / META, json.dumps(meta, indent=1).encode())
+    write_file(out / META, json.dumps(meta, indent=1).encode())
 
 
-def read_meta(out: Path) -> dict[str, Any]:
+def read_meta(out: Location) -> dict[str, Any]:
     try:
         meta = json.loads((out / META).read_text())
     except FileNotFoundError:
@@ -81,11 +90,16 @@ def read_meta(out: Path) -> dict[str, Any]:
 
 # --------------------------------------------------------------------------------------- write
 @contextlib.contextmanager
-def out_lock(out: Path) -> Iterator[None]:
-    """An exclusive lock on the out dir `out` (made if missing), held inside the block."""
+def out_lock(out: Location) -> Iterator[None]:
+    """An exclusive lock on the out dir `out` (made if missing), held inside the block. Object
+    storage has none: for a prefix there, only its bucket is checked (see the module text)."""
     import fcntl
 
-    out = Path(out)
+    out = location(out)
+    if isinstance(out, ObjectPath):
+        out.check_bucket()
+        yield
+        return
     out.mkdir(parents=True, exist_ok=True)
     with open(out / LOCK, "wb") as f:
         try:
@@ -104,7 +118,7 @@ def recorded_settings(meta: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def check_resumable(
-    out: Path, model: str, fmt: str, scoring: Mapping[str, Any] | None = None
+    out: Location, model: str, fmt: str, scoring: Mapping[str, Any] | None = None
 ) -> None:
     """Raise StoreError unless `model` may write `fmt` scores into the out dir `out` with the
     settings `scoring`: it holds no scores of the other format, and its meta.json names that
@@ -112,6 +126,12 @@ def check_resumable(
     holds no scores."""
     if fmt not in SCORE_FORMATS:
         raise ValueError(f"unknown scores format {fmt!r}; choose {' or '.join(SCORE_FORMATS)}")
+    out = location(out)
+    if isinstance(out, ObjectPath) and fmt != "parquet":
+        raise StoreError(
+            f"{out} is in object storage, which takes whole objects, not appended lines: "
+            "scores there are Parquet (--format parquet)"
+        )
     other = SCORE_FORMATS[1 - SCORE_FORMATS.index(fmt)]
     if _holds(out, other):
         raise StoreError(
@@ -144,22 +164,29 @@ def check_resumable(
             )
 
 
-def _holds(out: Path, fmt: str) -> bool:
+def _holds(out: Location, fmt: str) -> bool:
     return (jsonl if fmt == "jsonl" else parquet).holds_scores(out)
 
 
 @contextlib.contextmanager
 def claim(
-    out: Path, spec: ModelSpec, fmt: str, scoring: Mapping[str, Any] | None = None
-) -> Iterator[Path]:
+    out: Location, spec: ModelSpec, fmt: str, scoring: Mapping[str, Any] | None = None
+) -> Iterator[Location]:
     """Hold the out dir `out` for a run of `spec`'s model writing `fmt` scores with the
     settings `scoring`: its lock taken, resuming checked (`check_resumable`), meta.json written.
-    Yields the folder."""
-    out = Path(out)
+    Yields the folder. In object storage, where there is no lock, a meta.json rewritten by
+    another run before the block ends is a StoreError."""
+    out = location(out)
     with out_lock(out):
         check_resumable(out, spec.model_id, fmt, scoring)
         write_meta(out, spec, scoring)
+        mine = (out / META).read_bytes() if isinstance(out, ObjectPath) else b""
         yield out
+        if mine and (out / META).read_bytes() != mine:
+            raise StoreError(
+                f"{out / META} was rewritten by another run meanwhile: object storage has no "
+                "lock, give each run its own --out"
+            )
 
 
 class ScoresWriter(Protocol):
@@ -177,7 +204,7 @@ class ScoresWriter(Protocol):
 
 @contextlib.contextmanager
 def open_writer(
-    out: Path, spec: ModelSpec, fmt: str = "jsonl", scoring: Mapping[str, Any] | None = None
+    out: Location, spec: ModelSpec, fmt: str = "jsonl", scoring: Mapping[str, Any] | None = None
 ) -> Iterator[ScoresWriter]:
     """The writer of `fmt` scores (jsonl | parquet) into the out dir `out`, claimed for the
     block (`claim`); it resumes what the same model wrote there with the same `scoring`
@@ -192,25 +219,33 @@ def open_writer(
 
 
 # ---------------------------------------------------------------------------------------- read
-def scores_path(out: Path, fmt: str) -> Path:
+def scores_path(out: Location, fmt: str) -> Location:
     """Where the out dir `out` holds its `fmt` scores, absolute (as selection.json names them)."""
-    return (Path(out) / _FILES[fmt]).absolute()
+    return (location(out) / _FILES[fmt]).absolute()
 
 
-def scores_format(out: Path) -> str:
+def scores_format(out: Location) -> str:
     """ "parquet" for an out dir holding scores.parquet, else "jsonl"."""
-    return "parquet" if parquet.is_parquet_out(Path(out)) else "jsonl"
+    return "parquet" if parquet.is_parquet_out(location(out)) else "jsonl"
 
 
-def load_table(scores_path: Path) -> Table:
-    """Read an out dir's scores.jsonl or scores.parquet (an out dir, or either scores path;
-    meta.json beside it) for selection: the records that count, as arrays."""
-    scores_path = Path(scores_path)
+def load_table(scores_path: str | os.PathLike[str] | ObjectPath) -> Table:
+    """Read an out dir's scores.jsonl or scores.parquet (an out dir, or either scores path, local
+    or in object storage; meta.json beside it) for selection: the records that count, as
+    arrays."""
+    scores_path = location(scores_path)
     if parquet.is_parquet_out(scores_path):
         folder = scores_path
         if folder.name != parquet.SCORES_PARQUET:
             folder = folder / parquet.SCORES_PARQUET
         return parquet.read_parquet_table(folder, read_meta(folder.parent))
+    if isinstance(scores_path, ObjectPath):
+        scores_path.check_bucket()
+        raise StoreError(
+            f"no scores.parquet at {scores_path}: scores in object storage are read as Parquet "
+            "(`deal-client merge DIR -o NEW --format parquet` makes a Parquet copy of a JSONL "
+            "out dir)"
+        )
     if scores_path.is_dir():
         scores_path = scores_path / SCORES
     if not scores_path.is_file():
@@ -254,7 +289,7 @@ def _near_duplicates(table: Table, skipped: Sequence[Skip]) -> list[dict[str, An
 
 
 def write_selection(
-    out: Path,
+    out: Location,
     table: Table,
     chosen: Choice,
     settings: dict[str, Any],
@@ -268,7 +303,7 @@ def write_selection(
     `found` (a region run's frame count `k`) is written beside them, never under "settings":
     it follows from the scores, so a resumed run with the same settings may replace it.
     """
-    out = Path(out)
+    out = location(out)
     out.mkdir(parents=True, exist_ok=True)
     rows = selection_rows(table, chosen.picks)
     for row in rows:  # a log's frame: where `extract_picks` puts it as an image
@@ -286,20 +321,38 @@ def write_selection(
         **({"unreadable_parts": table.unreadable} if table.unreadable else {}),
         "shortfall": shortfall,
         "skipped": {reason: skipped.count(reason) for reason in sorted(set(skipped))},
+        "off_domain": _off_domain(table, settings, chosen),
         "settings": {**settings, "scores": str(table.scores_file)},
         "near_duplicates": _near_duplicates(table, chosen.skipped),
         "rows": rows,
     }
-    atomic_write(out / SELECTION_JSON, json.dumps(doc, indent=1, ensure_ascii=True).encode())
+    write_file(out / SELECTION_JSON, json.dumps(doc, indent=1, ensure_ascii=True).encode())
     picked = b"".join(os.fsencode(table.paths[p.index]) + b"\n" for p in chosen.picks)
-    atomic_write(out / SELECTION_TXT, picked)
+    write_file(out / SELECTION_TXT, picked)
     return doc
 
 
-def read_selection(out: Path) -> dict[str, Any] | None:
+def _off_domain(table: Table, settings: dict[str, Any], chosen: Choice) -> dict[str, Any]:
+    """The pool's off-domain images (novelty above the selection's threshold, the default's
+    without one), how many the selection left out and how many it picked; `known` False when
+    the pool has no novelty (a model without novelty statistics)."""
+    threshold = float(settings.get("novel_threshold") or NOVEL_THRESHOLD)
+    pool = Pool(table.paths, table.scores)
+    off = novel(pool, threshold)
+    values = table.scores.get("novelty")
+    return {
+        "threshold": threshold,
+        "known": values is not None and bool(np.isfinite(values).any()),
+        "pool": int(off.sum()),
+        "excluded": chosen.novel_excluded,
+        "picked": int(sum(off[p.index] for p in chosen.picks)),
+    }
+
+
+def read_selection(out: Location) -> dict[str, Any] | None:
     """An out dir's selection.json, or None when it has none (or an unreadable one)."""
     try:
-        doc = json.loads((Path(out) / SELECTION_JSON).read_text())
+        doc = json.loads((location(out) / SELECTION_JSON).read_text())
     except (OSError, ValueError):
         return None
     return doc if isinstance(doc, dict) else None

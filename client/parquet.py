@@ -12,11 +12,13 @@ in that order. This module knows the part files only; the out dir around them (m
 lock, which format a folder holds) is `outdir`'s. pandas (`pd.read_parquet(out /
 "scores.parquet")`), DuckDB (`read_parquet('out/scores.parquet/*.parquet')`) and Spark read the
 folder as one table; names starting with '.' (parts being written) are skipped by all of them
-and by us.
+and by us. The folder may be a prefix in object storage (`objects.ObjectPath`): the parts are
+objects there, each written in one upload, and read with ranged reads of the columns asked.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import sys
@@ -32,6 +34,7 @@ from dealseg.core.contract import REGION_MAPS, ModelSpec
 from dealseg.core.files import atomic_output
 from dealseg.core.ranking import SCORE_COLUMNS
 
+from .objects import Location, ObjectPath, location
 from .records import (
     RegionCells,
     StoreError,
@@ -110,7 +113,7 @@ def rows_table(
         "path_b64": [f.get("path_b64") for f in fields],
         "status": [r["status"] for r in records],
         "error": [r["error"] for r in records],
-        **{name: [r[name] for r in records] for name in SCORE_COLUMNS},
+        **{name: [r.get(name) for r in records] for name in SCORE_COLUMNS},
         **{
             column: [s.get(c) if o else None for s, o in zip(shares, ok, strict=True)]
             for c, column in class_columns(class_names).items()
@@ -152,9 +155,9 @@ def holds_regions(meta: dict[str, Any]) -> bool:
 
 
 # ----------------------------------------------------------------------------------- parts
-def part_files(folder: Path) -> list[Path]:
+def part_files(folder: Location) -> list[Location]:
     """The part files of a scores.parquet folder in the order they were written."""
-    folder = Path(folder)
+    folder = location(folder)
     if not folder.is_dir():
         return []
     return sorted(
@@ -163,7 +166,7 @@ def part_files(folder: Path) -> list[Path]:
     )
 
 
-def next_sequence(folder: Path) -> int:
+def next_sequence(folder: Location) -> int:
     """The sequence number of the next run writing into `folder` (1 for the first)."""
     seqs = [int(m.group(1)) for p in part_files(folder) if (m := _PART.match(p.name))]
     return max(seqs, default=0) + 1
@@ -174,8 +177,21 @@ def part_prefix(sequence: int, run: str) -> str:
     return f"{sequence:06d}-{run}-"
 
 
+@contextlib.contextmanager
+def _opened(part: Location) -> Iterator[Any]:
+    """What pyarrow.parquet reads a part from: its path, or the object opened for ranged reads
+    (the store's own errors end the run as StoreError; a torn part is the caller's to skip)."""
+    if not isinstance(part, ObjectPath):
+        yield part
+        return
+    with part.open_input() as source:
+        yield source
+
+
 def read_parts(
-    folder: Path, columns: Sequence[str] | None = None, unreadable: list[Path] | None = None
+    folder: Location,
+    columns: Sequence[str] | None = None,
+    unreadable: list[Location] | None = None,
 ) -> Any:
     """Every readable part, in order, as one pyarrow Table of `columns` (all by default).
 
@@ -185,39 +201,40 @@ def read_parts(
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    def skip(part: Path, exc: Exception) -> None:
+    def skip(part: Location, exc: Exception) -> None:
         print(f"warning: {part}: unreadable Parquet part, skipped ({exc})", file=sys.stderr)
         if unreadable is not None:
             unreadable.append(part)
 
     tables: list[Any] = []
-    first: tuple[Path, dict[str, Any]] | None = None
+    first: tuple[Location, dict[str, Any]] | None = None
     for part in part_files(folder):
-        try:
-            schema = pq.read_schema(part)
-        except Exception as exc:  # pyarrow raises ArrowInvalid, OSError, ...
-            skip(part, exc)
-            continue
-        names = list(columns) if columns else schema.names
-        missing = [n for n in names if n not in schema.names]
-        if missing:
-            raise StoreError(
-                f"{part}: no column {', '.join(missing)}: not a part of these scores; move it "
-                f"out of {folder}"
-            )
-        types = {n: schema.field(n).type for n in names}
-        if first is None:
-            first = (part, types)
-        elif types != first[1]:
-            odd = next(n for n in {**first[1], **types} if first[1].get(n) != types.get(n))
-            raise StoreError(
-                f"{part}: another schema than {first[0].name} (column {odd}): not a part of "
-                f"these scores; move it out of {folder}"
-            )
-        try:
-            tables.append(pq.read_table(part, columns=names))
-        except Exception as exc:
-            skip(part, exc)
+        with _opened(part) as source:
+            try:
+                schema = pq.read_schema(source)
+            except Exception as exc:  # pyarrow raises ArrowInvalid, OSError, ...
+                skip(part, exc)
+                continue
+            names = list(columns) if columns else schema.names
+            missing = [n for n in names if n not in schema.names]
+            if missing:
+                raise StoreError(
+                    f"{part}: no column {', '.join(missing)}: not a part of these scores; move "
+                    f"it out of {folder}"
+                )
+            types = {n: schema.field(n).type for n in names}
+            if first is None:
+                first = (part, types)
+            elif types != first[1]:
+                odd = next(n for n in {**first[1], **types} if first[1].get(n) != types.get(n))
+                raise StoreError(
+                    f"{part}: another schema than {first[0].name} (column {odd}): not a part "
+                    f"of these scores; move it out of {folder}"
+                )
+            try:
+                tables.append(pq.read_table(source, columns=names))
+            except Exception as exc:
+                skip(part, exc)
     if not tables:
         return None
     return pa.concat_tables(tables, promote_options="none")
@@ -261,25 +278,25 @@ def _vectors(table: Any, dim: int) -> np.ndarray:
     return values.to_numpy(zero_copy_only=False).astype(np.float32, copy=False).reshape(-1, dim)
 
 
-def is_parquet_out(source: Path) -> bool:
+def is_parquet_out(source: Location) -> bool:
     """Whether `source` (an out dir or its scores) holds Parquet scores."""
-    source = Path(source)
+    source = location(source)
     return source.name == SCORES_PARQUET or (source / SCORES_PARQUET).is_dir()
 
 
-def holds_scores(out: Path) -> bool:
+def holds_scores(out: Location) -> bool:
     """Whether the folder `out` holds scores.parquet parts."""
-    return bool(part_files(Path(out) / SCORES_PARQUET))
+    return bool(part_files(location(out) / SCORES_PARQUET))
 
 
-def read_parquet_table(folder: Path, meta: dict[str, Any]) -> Table:
+def read_parquet_table(folder: Location, meta: dict[str, Any]) -> Table:
     """A scores.parquet folder (its out dir's `meta` read) as a selection table: the columns
     selection needs are read at once, the embeddings only when asked (`Table.embeddings`)."""
     out = folder.parent
     names = class_names_of(meta)
     shares = list(class_columns(names).values())
     columns = ["path", "path_b64", "status", "error", "model", *SCORE_COLUMNS, *shares]
-    unreadable: list[Path] = []
+    unreadable: list[Location] = []
     table = read_parts(folder, columns, unreadable)
     if table is None:
         if not folder.is_dir():
@@ -379,8 +396,8 @@ class ParquetWriter:
     atomically: a killed run loses at most the rows of its last part, which a re-run scores
     again."""
 
-    def __init__(self, out: Path, spec: ModelSpec, part_rows: int = PART_ROWS) -> None:
-        self.out, self.spec, self.part_rows = Path(out), spec, part_rows
+    def __init__(self, out: Location, spec: ModelSpec, part_rows: int = PART_ROWS) -> None:
+        self.out, self.spec, self.part_rows = location(out), spec, part_rows
         self.folder = self.out / SCORES_PARQUET
         self.folder.mkdir(exist_ok=True)
         self._done = resumed_paths(self.folder, spec.model_id)
@@ -416,9 +433,12 @@ class ParquetWriter:
         if not self.pending:
             return
         table = pa.concat_tables(self.pending)
-        name = f"{self.prefix}{self.parts:05d}.parquet"
-        with atomic_output(self.folder / name) as tmp:
-            pq.write_table(table, tmp)
+        part = self.folder / f"{self.prefix}{self.parts:05d}.parquet"
+        if isinstance(part, ObjectPath):
+            part.write_with(lambda stream: pq.write_table(table, stream))
+        else:
+            with atomic_output(part) as tmp:
+                pq.write_table(table, tmp)
         self.parts += 1
         self.pending, self.rows = [], 0
 
@@ -426,7 +446,7 @@ class ParquetWriter:
         self.flush()
 
 
-def done_paths(folder: Path, model: str, unreadable: list[Path] | None = None) -> set[str]:
+def done_paths(folder: Location, model: str, unreadable: list[Location] | None = None) -> set[str]:
     """The paths whose counting row in `folder` is ok and by `model`: skipped on resume (the
     parts that cannot be read are added to `unreadable`)."""
     table = read_parts(folder, ["path", "path_b64", "status", "model"], unreadable)
@@ -438,11 +458,11 @@ def done_paths(folder: Path, model: str, unreadable: list[Path] | None = None) -
     return {paths[i] for i in np.flatnonzero(ok & ours)}
 
 
-def resumed_paths(folder: Path, model: str) -> set[str]:
+def resumed_paths(folder: Location, model: str) -> set[str]:
     """`done_paths` for a writer resuming `folder` (holding its lock): a part that cannot be
     read is set aside as `.<name>.unreadable`, which every reader skips, and its images are
     scored again."""
-    unreadable: list[Path] = []
+    unreadable: list[Location] = []
     done = done_paths(folder, model, unreadable)
     for part in unreadable:
         part.rename(part.with_name(f".{part.name}.unreadable"))

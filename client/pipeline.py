@@ -13,6 +13,7 @@ from typing import Any
 from .drawing import clear_stale, draw
 from .engines import Engine
 from .logs import FRAMES, extract_picks
+from .objects import Location, ObjectPath, location
 from .outdir import (
     MAPS,
     check_resumable,
@@ -24,7 +25,7 @@ from .outdir import (
     scores_format,
     scores_path,
 )
-from .records import Table, record_path
+from .records import StoreError, Table, record_path
 from .report import REPORT_HTML
 from .scoring import ScoreInto, ScoreReport, score_into
 from .selection import balance_weights, check_replace, run_selection
@@ -47,7 +48,7 @@ class PoolRun:
 def score_pool(
     paths: Sequence[str],
     engine: Engine,
-    out: Path,
+    out: Location,
     settings: ScoreSettings,
     select_settings: SelectSettings,
     maps: bool = False,
@@ -59,11 +60,13 @@ def score_pool(
     and optionally draw the maps of the selection and write the report (which implies maps).
     `score_with` scores (default `score_into`, this process; `fleet.RayScoring`: a Ray cluster).
     A selection of other settings in `out` is refused before anything is scored
-    (`SelectionExists`) unless `force`.
+    (`SelectionExists`) unless `force`; so are maps, a report and regions when `out` is in
+    object storage (`check_object_out`).
 
     Raises StoreError (out dir unusable), EngineError (after its retries; every finished batch
     is on disk, a re-run resumes) and OSError (the out dir cannot be written).
     """
+    check_object_out(out, maps or report, select_settings.regions)
     if not force:  # the out dir's own refusals first, then another run's selection
         check_resumable(out, engine.spec.model_id, settings.format, settings.scoring)
         check_replace(out, scores_path(out, settings.format), select_settings)
@@ -91,8 +94,8 @@ class Reselection:
 
 
 def reselect(
-    scores: Path,
-    out: Path | None,
+    scores: Location,
+    out: Location | None,
     how: SelectSettings,
     streaming: ScoreSettings,
     *,
@@ -108,7 +111,8 @@ def reselect(
     when `html` says or `out` had one.
     """
     table = load_table(scores)
-    out = out or table.out
+    out = location(out or table.out)
+    check_object_out(out, bool(maps) or html, how.regions)
     if how.balance:
         balance_weights(table.class_names, how.balance)  # before anything is written
     with out_lock(out):
@@ -160,7 +164,27 @@ def merge_and_select(
         return table, _select_into(table, out, how)
 
 
-def _select_into(table: Table, out: Path, how: SelectSettings) -> dict[str, Any]:
+def check_object_out(out: Location, drawn: bool, regions: bool) -> None:
+    """StoreError when `out` is in object storage and the run would write local files there:
+    maps or a report (`drawn`), or bought regions (their masks), or when its bucket is missing.
+    The scores and the selection are what an out dir in object storage holds."""
+    out = location(out)
+    if not isinstance(out, ObjectPath):
+        return
+    if regions:
+        raise StoreError(
+            f"--regions writes regions.jsonl and region masks, local files: give a local --out "
+            f"rather than {out}"
+        )
+    if drawn:
+        raise StoreError(
+            f"maps and the report are local files, not objects in {out}: `deal-client select "
+            f"{out} --out DIR --report` draws them into a local DIR"
+        )
+    out.check_bucket()
+
+
+def _select_into(table: Table, out: Location, how: SelectSettings) -> dict[str, Any]:
     """Write the selection into `out`; exports of another list there are removed."""
     before = read_selection(out)
     doc = run_selection(table, out, how)

@@ -1,13 +1,14 @@
 """A scores record, one per input, as both out-dir formats hold it (JSONL and Parquet).
 
-A record: {"path", "status": "ok"|"error", "error", "ds", "de", "entropy", "class_fraction",
-"row", "model"}, and for a drive log's frame "log", "frame", "timestamp" and "topic" (`logs`);
-"class_fraction" maps each class name to its share of the picture (format 2;
-format 1 out dirs, a bare list in the model's class order, are read by select and merge but not
-written to). Paths are absolute. Every file is valid UTF-8: a path whose bytes are not UTF-8 is
-written as text with those bytes shown as `\\xNN`, plus "path_b64", the exact bytes in base64,
-which readers use instead (`record_path`). Which record counts for a path is one rule,
-`replaces`. `Table` is the records that count, as arrays: the input of selection.
+A record: {"path", "status": "ok"|"error", "error", "ds", "de", "entropy", "novelty" (None:
+the model has no novelty statistics), "class_fraction", "row", "model"}, and for a drive log's
+frame "log", "frame", "timestamp" and "topic" (`logs`); "class_fraction" maps
+each class name to its share of the picture (format 2; format 1 out dirs, a bare list in the
+model's class order, are read by select and merge but not written to). Paths are absolute.
+Every file is valid UTF-8: a path whose bytes are not UTF-8 is written as text with those
+bytes shown as `\\xNN`, plus "path_b64", the exact bytes in base64, which readers use instead
+(`record_path`). Which record counts for a path is one rule, `replaces`. `Table` is the
+records that count, as arrays: the input of selection.
 """
 
 from __future__ import annotations
@@ -108,6 +109,7 @@ def record_ok(
         "ds": finite(out["ds"][i]),
         "de": finite(out["de"][i]),
         "entropy": finite(out["entropy"][i]),
+        "novelty": finite(out["novelty"][i]) if "novelty" in out else None,  # None: unknown
         "class_fraction": {c: round(float(v), 6) for c, v in zip(classes, fractions, strict=True)},
         "row": row,
         "model": model,
@@ -160,6 +162,7 @@ def record_error(path: str, reason: str, model: str) -> dict:
         "ds": None,
         "de": None,
         "entropy": None,
+        "novelty": None,
         "class_fraction": None,
         "row": None,
         "model": model,

@@ -34,7 +34,7 @@ import numpy as np
 
 from dealseg.core.decode import DecodeError, place
 from dealseg.core.files import atomic_write
-from dealseg.core.ranking import Choice, Pick
+from dealseg.core.ranking import Choice, Pick, Pool, novel
 from dealseg.core.regions import (
     Budget,
     RegionOptions,
@@ -71,10 +71,16 @@ def region_vectors(table: Table) -> RegionCells:
     return table.regions
 
 
-def region_pool(table: Table) -> RegionPool:
-    """Every cell with picture pixels, of every frame scored OK, with each map's means."""
+def region_pool(table: Table, how: SelectSettings | None = None) -> RegionPool:
+    """Every cell with picture pixels, of every frame scored OK and, unless `how` keeps them
+    (`novel_share` None), not off-domain (novelty above `how.novel_threshold`), with each map's
+    means."""
     cells = region_vectors(table)
-    frame, region = np.nonzero(cells.pixels > 0)
+    pixels = cells.pixels
+    if how is not None and how.novel_share is not None:
+        off = novel(Pool(table.paths, table.scores), how.novel_threshold)
+        pixels = np.where(off[:, None], 0, pixels)
+    frame, region = np.nonzero(pixels > 0)
     return RegionPool(
         table.paths,
         frame.astype(np.int64),
@@ -115,7 +121,7 @@ def run_region_selection(table: Table, out: Path, how: SelectSettings) -> dict[s
             f"{table.scores_file} was scored without --regions: score with --regions into a "
             "fresh --out"
         )
-    pool = region_pool(table)
+    pool = region_pool(table, how)
     budget, bought = buy(pool, how)
     keys = score_key(pool, how.strategy)
     frames: dict[int, list[int]] = {}  # frame index -> its bought regions, in order of first take
@@ -135,7 +141,12 @@ def run_region_selection(table: Table, out: Path, how: SelectSettings) -> dict[s
         "cost": bought.cost,
     }
     shortfall = [] if len(bought.indices) else ["the budget buys no region"]
-    chosen = Choice(picks, [], len(table), len(table))
+    closed = (
+        0
+        if how.novel_share is None
+        else novel(Pool(table.paths, table.scores), how.novel_threshold)
+    )
+    chosen = Choice(picks, [], len(table), len(table), int(np.sum(closed)))
     doc = write_selection(out, table, chosen, how.describe(), shortfall, {"k": len(picks)})
     frame_rank = {f: n for n, f in enumerate(frames, 1)}
     lines = [

@@ -8,8 +8,10 @@ scoring starts.
 
 Credentials and endpoints come from the standard environment: AWS_ACCESS_KEY_ID,
 AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN, AWS_REGION / AWS_DEFAULT_REGION, AWS_ENDPOINT_URL (an
-S3-compatible server such as MinIO); GOOGLE_APPLICATION_CREDENTIALS for gs://. On a Ray cluster
-every worker reads its own environment.
+S3-compatible server such as MinIO); GOOGLE_APPLICATION_CREDENTIALS for gs://, or
+STORAGE_EMULATOR_HOST (a GCS-compatible server such as fake-gcs-server, spoken to without
+credentials, as Google's own clients do). On a Ray cluster every worker reads its own
+environment.
 """
 
 from __future__ import annotations
@@ -83,6 +85,20 @@ def _s3_for(
     return pafs.S3FileSystem(**{k: v for k, v in options.items() if v is not None})
 
 
+@functools.lru_cache(maxsize=4)
+def _gcs_for(emulator: str | None) -> Any:
+    """pyarrow's GCS file system: Google's default credentials, or the GCS-compatible server at
+    `emulator` (STORAGE_EMULATOR_HOST, http://host:port) without any."""
+    import pyarrow.fs as pafs
+
+    if not emulator:
+        return pafs.GcsFileSystem()
+    scheme, _, host = emulator.rpartition("://")
+    return pafs.GcsFileSystem(
+        anonymous=True, scheme=scheme or "http", endpoint_override=host.rstrip("/")
+    )
+
+
 def filesystem(uri: str) -> tuple[Any, str]:
     """(pyarrow file system, path in it) of an s3:// or gs:// URI."""
     scheme = scheme_of(uri)
@@ -90,13 +106,12 @@ def filesystem(uri: str) -> tuple[Any, str]:
     if scheme == "s3":
         return _s3(), path
     if scheme in ("gs", "gcs"):
-        import pyarrow.fs as pafs
-
-        return pafs.GcsFileSystem(), path
+        return _gcs_for(os.environ.get("STORAGE_EMULATOR_HOST")), path
     raise PoolError(f"{uri}: unsupported scheme {scheme}:// (s3, gs, http, https)")
 
 
-def _denied(exc: BaseException) -> bool:
+def is_denied(exc: BaseException) -> bool:
+    """Whether a store error says that it refuses our credentials."""
     text = str(exc)
     return isinstance(exc, PermissionError) or any(word in text for word in _DENIED)
 
@@ -122,8 +137,8 @@ def read_bytes(uri: str) -> bytes:
     except FileNotFoundError:
         raise DecodeError("file not found: no object at this URI") from None
     except OSError as exc:
-        if _denied(exc):
-            raise AccessDenied(_access_message(uri, exc)) from None
+        if is_denied(exc):
+            raise AccessDenied(access_message(uri, exc)) from None
         raise DecodeError(f"unreadable: {one_line(exc)}") from None
 
 
@@ -171,7 +186,7 @@ def one_line(exc: BaseException) -> str:
     return lines[0] if lines else type(exc).__name__
 
 
-def _access_message(uri: str, exc: BaseException) -> str:
+def access_message(uri: str, exc: BaseException) -> str:
     return (
         f"{uri}: the object store refused our credentials ({one_line(exc)}); check "
         "AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY (and AWS_ENDPOINT_URL for an S3-compatible "
@@ -207,8 +222,8 @@ def list_uri(source: str) -> list[str]:
     except FileNotFoundError:
         raise PoolError(f"POOL {source}: no such bucket or prefix") from None
     except OSError as exc:
-        if _denied(exc):
-            raise AccessDenied(_access_message(source, exc)) from None
+        if is_denied(exc):
+            raise AccessDenied(access_message(source, exc)) from None
         raise PoolError(f"POOL {source}: cannot list: {one_line(exc)}") from None
     found, hidden = [], 0
     for info in infos:
@@ -233,5 +248,5 @@ def check_access(uris: list[str]) -> None:
     try:
         fs.get_file_info(path)
     except OSError as exc:
-        if _denied(exc):
-            raise AccessDenied(_access_message(first, exc)) from None
+        if is_denied(exc):
+            raise AccessDenied(access_message(first, exc)) from None

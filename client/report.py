@@ -27,6 +27,7 @@ from dealseg.core.colors import DIFFICULTY_LABEL, class_colors, css_gradient
 from dealseg.core.decode import DecodeError
 from dealseg.core.files import atomic_write
 from dealseg.core.ranking import SCORE_COLUMNS
+from dealseg.core.strategies import NOVEL_THRESHOLD
 
 from .engines import default_model_path
 from .maps import layer_names, overlay, segmentation_rgb
@@ -38,6 +39,7 @@ REPORT_HTML = "report.html"
 REPORT_FILES = "report_files"
 THUMB = (150, 200)  # largest thumbnail H x W
 BINS = 20
+OFF_DOMAIN_LISTED = 200  # off-domain images the report lists by name, furthest first
 _CSP = "default-src 'none'; img-src 'self' file: data:; style-src 'unsafe-inline'"
 
 
@@ -80,7 +82,8 @@ def write_report(out: Path, table: Table, selection: dict[str, Any]) -> Path:
     cards, thumbs_of = [], {}
     for row in selection["rows"]:
         thumbs = thumbs_of[row["rank"]] = _thumbs(out, row, spec.input_size, colors)
-        cards.append(_card(row, thumbs, _top_classes(table, index.get(record_path(row)))))
+        classes = _top_classes(table, index.get(record_path(row)))
+        cards.append(_card(row, thumbs, classes, _threshold(selection)))
     dups = _duplicates(out, selection, spec.input_size, thumbs_of)
     page = _page(table, selection, "\n".join(cards), dups)
     atomic_write(out / REPORT_HTML, page.encode("utf-8"))
@@ -195,8 +198,14 @@ def _img(src: str | None, size: tuple[int, int], alt: str) -> str:
     return f"<img src='{_e(src)}' width={w} height={h} alt='{_e(alt)}' loading=lazy decoding=async>"
 
 
-def _card(row: dict[str, Any], thumbs: Thumbs, classes: str) -> str:
-    """One pick: rank, pictures, file name (full path on hover), every score, top classes."""
+def _threshold(selection: dict[str, Any]) -> float:
+    """Novelty above this is off-domain (the selection's --novel-threshold)."""
+    return float(selection.get("novel_threshold") or NOVEL_THRESHOLD)
+
+
+def _card(row: dict[str, Any], thumbs: Thumbs, classes: str, threshold: float) -> str:
+    """One pick: rank, pictures, file name (full path on hover), every score, top classes; an
+    off-domain pick (novelty above `threshold`) is marked."""
     path = record_path(row)
     pictures = "".join(
         _img(src, thumbs.size, alt)
@@ -208,8 +217,12 @@ def _card(row: dict[str, Any], thumbs: Thumbs, classes: str) -> str:
     )
     scores = " ".join(f"<span>{name} <b>{_num(row.get(name))}</b></span>" for name in SCORE_COLUMNS)
     problem = f"<p class=problem>{_e(thumbs.problem)}</p>" if thumbs.problem else ""
+    novel = row.get("novelty") is not None and float(row["novelty"]) > threshold
+    if novel:
+        problem += f"<p class=novel>off-domain: novelty above {threshold:g}</p>"
     return (
-        f"<figure class=card data-rank={row['rank']}><div class=pics>{pictures}</div>"
+        f"<figure class='card{' novel' if novel else ''}' data-rank={row['rank']}>"
+        f"<div class=pics>{pictures}</div>"
         f"<figcaption><span class=rank>#{row['rank']}</span> "
         f"<span class=path title='{_e(_shown(path))}'>{_e(os.path.basename(path))}</span>"
         f"<div class=scores><span>score <b>{_num(row.get('score'))}</b></span> {scores}</div>"
@@ -241,6 +254,7 @@ def _summary(table: Table, selection: dict[str, Any]) -> str:
         ),
         ("selected", f"<b id=selected>{selection['selected']}</b> of k = {selection['k']}"),
         ("pool", f"{len(table)} scored, {len(table.errors)} failed"),
+        ("off-domain", f"<a href='#novel'>{_e(_off_domain_rule(table, selection))}</a>"),
         ("scores", f"<code>{_e(selection.get('scores', ''))}</code>"),
     ]
     if selection.get("shortfall"):
@@ -260,6 +274,56 @@ def _settings(selection: dict[str, Any]) -> list[str]:
             value = ", ".join(f"{c} {w:g}" for c, w in value.items()) or "uniform"
         shown.append(f"{key.replace('_', '-')} {_e(value)}")
     return shown
+
+
+def _novel_rule(selection: dict[str, Any]) -> str:
+    """What the selection did with off-domain images (its --max-novel-share or --keep-novel)."""
+    share = selection.get("novel_share")
+    if share is None:
+        return "ranked like any other"
+    return "never picked" if share == 0 else f"at most {share:g} of the picks"
+
+
+def _novel_indices(table: Table, threshold: float) -> np.ndarray | None:
+    """The pool's off-domain images (novelty above `threshold`); None when novelty is unknown."""
+    novelty = table.scores.get("novelty")
+    if novelty is None or np.all(np.isnan(novelty)):
+        return None
+    with np.errstate(invalid="ignore"):
+        return np.flatnonzero(novelty > threshold)
+
+
+def _off_domain_rule(table: Table, selection: dict[str, Any]) -> str:
+    """One line: how many of the pool are off-domain and what the selection did with them."""
+    threshold = _threshold(selection)
+    off = _novel_indices(table, threshold)
+    if off is None:
+        return "unknown (the model carries no novelty statistics)"
+    return f"{len(off)} of {len(table)} (novelty above {threshold:g}): {_novel_rule(selection)}"
+
+
+def _off_domain(table: Table, selection: dict[str, Any]) -> str:
+    """The pool's off-domain images (novelty above the threshold), furthest first, and what the
+    selection did with them."""
+    threshold = _threshold(selection)
+    off = _novel_indices(table, threshold)
+    if off is None:
+        return "<p>Unknown: the model carries no novelty statistics.</p>"
+    head = (
+        f"<p><b id=off-domain>{len(off)}</b> of {len(table)} images are off-domain (novelty "
+        f"above {threshold:g}: further from the training frames than that share of held-out "
+        f"in-domain frames): {_novel_rule(selection)}.</p>"
+    )
+    if not len(off):
+        return head
+    novelty = table.scores["novelty"]
+    order = off[np.argsort(-novelty[off], kind="stable")][:OFF_DOMAIN_LISTED]
+    rows = "".join(
+        f"<tr><td title='{_e(_shown(table.paths[i]))}'>{_e(os.path.basename(table.paths[i]))}"
+        f"</td><td>{_num(float(novelty[i]))}</td></tr>"
+        for i in order
+    )
+    return f"{head}<table class=novel><tr><th>image</th><th>novelty</th></tr>{rows}</table>"
 
 
 def _errors(table: Table) -> str:
@@ -372,6 +436,7 @@ strategy's.</p>
 <section id=classes><h2>Class balance (mean predicted share)</h2>{_balance(table, picked)}</section>
 <section id=sheet><h2>The selection, ranked</h2><div class=sheet>{cards}</div></section>
 <section id=duplicates><h2>Near-duplicates skipped</h2>{dup_table}</section>
+<section id=novel><h2>Off-domain frames</h2>{_off_domain(table, selection)}</section>
 </main></body></html>
 """
 
@@ -402,6 +467,7 @@ rect.picked,.balance .picked,.picked-key{fill:#e8710a;background:#e8710a}
 .rank{font-weight:bold;font-size:16px}.path{font-family:monospace}
 .scores span{margin-right:10px}.classes{color:#555;font-size:12px}
 .problem{color:#a00;font-size:12px;margin:2px 0}
+.novel{color:#a05000;font-size:12px;margin:2px 0}.card.novel{border-color:#e08000}
 .dups img{max-width:160px;height:auto}
 @media (max-width:700px){.sheet{grid-template-columns:1fr}}
 """

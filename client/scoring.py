@@ -23,7 +23,6 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
@@ -40,6 +39,7 @@ from dealseg.core.regions import frame_region_vectors, parse_regions
 
 from .engines import Engine, EngineError
 from .logs import LogFrames, expand_logs, frame_ref
+from .objects import Location
 from .outdir import load_table, open_writer
 from .records import Table
 from .settings import ScoreSettings
@@ -171,13 +171,14 @@ def infer_batch(
     outputs: Sequence[str],
     regions: str | None = None,
 ) -> tuple[list[str], dict]:
-    """The engine's `outputs` for a batch of decoded frames; with `regions` (cell:N) also each
-    frame's cells (`region_outputs`) from the region maps the model serves. Any engine failure
-    is an EngineError."""
+    """The engine's `outputs` (those its model has) for a batch of decoded frames; with `regions`
+    (cell:N) also each frame's cells (`region_outputs`) from the region maps the model serves.
+    Any engine failure is an EngineError."""
     images = np.stack([f.image for f in frames])  # [B, H, W, 3]
     boxes = np.array([f.box for f in frames], dtype=np.int32)  # [B, 4]
+    served = engine.spec.output_names  # an older contract lacks some (novelty: unknown)
     maps = region_map_outputs(engine.spec) if regions else ()
-    asked = tuple(outputs) + tuple(m for m in maps if m not in outputs)
+    asked = tuple(n for n in outputs if n in served) + tuple(m for m in maps if m not in outputs)
     try:
         out = engine.infer(images, asked, boxes)
     except EngineError:
@@ -495,13 +496,13 @@ def aspect_warning(path: str, shown: tuple[int, int], size: tuple[int, int], res
 
 
 def score_into(
-    paths: Sequence[str], engine: Engine, out: Path, settings: ScoreSettings
+    paths: Sequence[str], engine: Engine, out: Location, settings: ScoreSettings
 ) -> tuple[ScoreReport, Table]:
-    """Score `paths` into the out dir `out` (resuming it); the report and everything scored
-    there as a table. The scoring step of the CLI and the API."""
+    """Score `paths` into the out dir `out` (resuming it; Parquet only in object storage); the
+    report and everything scored there as a table. The scoring step of the CLI and the API."""
     with open_writer(out, engine.spec, settings.format, settings.scoring) as writer:
         report = Scorer(engine, writer, settings).run(paths)
     return report, load_table(out)
 
 
-ScoreInto = Callable[[Sequence[str], Engine, Path, ScoreSettings], tuple[ScoreReport, Table]]
+ScoreInto = Callable[[Sequence[str], Engine, Location, ScoreSettings], tuple[ScoreReport, Table]]

@@ -15,6 +15,7 @@ import numpy as np
 from dealseg.core.ranking import Choice, Options, Pool, choose, groups_of
 from dealseg.core.strategies import DESCRIPTORS
 
+from .objects import Location, location
 from .outdir import SELECTION_JSON, load_table, read_selection, write_selection
 from .records import StoreError, Table
 from .scoring import list_paths
@@ -129,11 +130,13 @@ def pick(table: Table, how: SelectSettings) -> tuple[Choice, Options]:
         exclude=exclude,
         per_group=how.per_group,
         balance=weights,
+        novel_share=how.novel_share,
+        novel_threshold=how.novel_threshold,
     )
     return choose(pool, how.strategy, how.k, options), options
 
 
-def check_replace(out: Path, scores_file: Path, how: SelectSettings) -> None:
+def check_replace(out: Location, scores_file: Location, how: SelectSettings) -> None:
     """Refuse to replace a selection in `out` made with other settings or of other scores than
     `scores_file` (`score` and `select --out` alike, unless --force)."""
     old = read_selection(out)
@@ -143,13 +146,13 @@ def check_replace(out: Path, scores_file: Path, how: SelectSettings) -> None:
     recorded = old.get("settings") or {}
     if {key: recorded.get(key) for key in mine} != mine:  # results recorded beside (k) aside
         raise SelectionExists(
-            f"{Path(out) / SELECTION_JSON} holds another selection ({old.get('strategy')}, top "
+            f"{location(out) / SELECTION_JSON} holds another selection ({old.get('strategy')}, top "
             f"{old.get('k')}, of {old.get('scores', 'other scores')}); write this one elsewhere "
             "with --out DIR, or replace it with --force"
         )
 
 
-def run_selection(table: Table, out: Path, how: SelectSettings) -> dict[str, Any]:
+def run_selection(table: Table, out: Location, how: SelectSettings) -> dict[str, Any]:
     """Select from a loaded table and write selection.txt / selection.json into `out` (see
     `check_replace` to keep another run's selection); a region budget buys regions
     (`client.regions`)."""

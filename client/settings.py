@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 
 from dealseg.core.contract import MODEL_NAME
 from dealseg.core.decode import DEFAULT_MAX_PIXELS, RESIZE_MODES
-from dealseg.core.ranking import STRATEGIES
+from dealseg.core.ranking import NOVEL_THRESHOLD, STRATEGIES
 from dealseg.core.regions import REGION_STRATEGIES, parse_budget, parse_regions
 from dealseg.core.strategies import DEFAULT_STRATEGY, names
 
@@ -132,8 +132,15 @@ class SelectSettings:
     temperature: float = 1.0  # region sampling: probability proportional to score ** (1 / T)
     max_per_frame: int | None = None  # regions: at most this many of one frame
     frame_cost: int = 0  # regions: pixels of labelling charged for opening a frame
+    # off-domain picks (novelty above novel_threshold): at most this share of k; 0 = none (the
+    # default, README Off-domain frames); None = no rule. A region budget opens none of them.
+    novel_share: float | None = 0.0
+    novel_threshold: float = NOVEL_THRESHOLD
 
     def __post_init__(self) -> None:
+        _within("novel_threshold", self.novel_threshold, 0.0, 1.0)
+        if self.novel_share is not None:
+            _within("novel_share", self.novel_share, 0.0, 1.0)
         if self.budget is not None:
             self._check_regions()
             return
@@ -187,6 +194,12 @@ class SelectSettings:
         for name in ("diverse", "labeled", "balance", "per_group"):
             if getattr(self, name) is not None:
                 raise SettingsError(name, f"{name} selects frames; a region budget excludes it")
+        if self.novel_share not in (None, 0.0):
+            raise SettingsError(
+                "novel_share",
+                "a region budget opens no off-domain frame (the default) or any (--keep-novel); "
+                "a share of them is a rule for frames",
+            )
 
     @property
     def regions(self) -> bool:
@@ -203,6 +216,8 @@ class SelectSettings:
                 "temperature": self.temperature,
                 "max_per_frame": self.max_per_frame,
                 "frame_cost": self.frame_cost,
+                "novel_share": self.novel_share,
+                "novel_threshold": self.novel_threshold,
             }
         return {
             "strategy": self.strategy,
@@ -213,6 +228,8 @@ class SelectSettings:
             "balance": self.balance,
             "per_group": self.per_group,
             "group_by": self.group_by,
+            "novel_share": self.novel_share,
+            "novel_threshold": self.novel_threshold,
         }
 
 

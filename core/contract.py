@@ -7,8 +7,10 @@ Contract 2 added the `valid_box` input (the picture's box in the frame: letterbo
 no score) and the `model_name` metadata key. Contract 1 models (no `valid_box`, named `deal`)
 are still read: they score stretched and cropped frames; letterboxing needs a re-export.
 Contract 3 added the `entropy_map` output (the per-pixel softmax entropy the region-entropy
-strategies average over each region). Contract 1 and 2 models are still read and served without
-it; `deal-export reexport` rewrites a contract 2 model from its own weights.
+strategies average over each region). Contract 4 added the `novelty` output (how far a frame is
+from the training frames; NaN for a graph exported without novelty statistics). Older models
+are still read and served without the outputs their contract lacks (their novelty is unknown);
+`deal-export reexport` rewrites a contract 2 or 3 model from its own weights.
 """
 
 from __future__ import annotations
@@ -23,9 +25,9 @@ if TYPE_CHECKING:
     import numpy as np
 
 MODEL_NAME = "deal"  # the default model name (the only one of contract 1)
-CONTRACT_VERSION = "3"
+CONTRACT_VERSION = "4"
 LEGACY_CONTRACT = "1"  # read, never written: no valid_box input
-READ_CONTRACTS = (CONTRACT_VERSION, "2", LEGACY_CONTRACT)  # 1 and 2: no entropy_map output
+READ_CONTRACTS = (CONTRACT_VERSION, "3", "2", LEGACY_CONTRACT)  # outputs: see OUTPUT_SINCE
 MODEL_NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")  # a Triton model folder
 
 INPUT_NAME = "image"
@@ -67,6 +69,13 @@ OUTPUTS: tuple[TensorSpec, ...] = (
     TensorSpec("entropy", "float32", (), "mean per-pixel softmax entropy"),
     TensorSpec("class_fraction", "float32", ("C",), "share of pixels predicted as each class"),
     TensorSpec("embedding", "float32", ("D",), "L2-normalised pooled decoder features"),
+    TensorSpec(
+        "novelty",
+        "float32",
+        (),
+        "share of held-out in-domain frames nearer the training frames than this one (0..1; "
+        "NaN: the model carries no novelty statistics)",
+    ),
     TensorSpec("difficulty", "uint8", ("h", "w"), "difficulty map x 255 at attention-grid size"),
     TensorSpec("segmentation", "uint8", ("sh", "sw"), "argmax class at stride 4"),
     TensorSpec(
@@ -77,10 +86,15 @@ OUTPUTS: tuple[TensorSpec, ...] = (
     ),
 )
 OUTPUT_NAMES: tuple[str, ...] = tuple(t.name for t in OUTPUTS)
-ENTROPY_MAP = "entropy_map"  # the one output contracts 1 and 2 lack
-# The per-image scalar scores ([B] FP32): what `deal-client eval` judges, each one a strategy.
+ENTROPY_MAP = "entropy_map"
+NOVELTY = "novelty"
+# The contract that added an output (the others are in every contract): an older model lacks it.
+OUTPUT_SINCE: dict[str, int] = {ENTROPY_MAP: 3, NOVELTY: 4}
+# The per-image scalar scores ([B] FP32): what `deal-client eval` judges, each one a strategy
+# (novelty, how far a frame is from the training frames, is none: selection caps or excludes by
+# it).
 IMAGE_SCORES: tuple[str, ...] = ("ds", "de", "entropy")
-SCORE_OUTPUTS: tuple[str, ...] = (*IMAGE_SCORES, "class_fraction", "embedding")
+SCORE_OUTPUTS: tuple[str, ...] = (*IMAGE_SCORES, "class_fraction", "embedding", NOVELTY)
 MAP_OUTPUTS: tuple[str, ...] = ("difficulty", "segmentation")
 # The per-pixel maps a region's score averages: score name -> the output serving it.
 REGION_MAPS: dict[str, str] = {"ds": "difficulty", "entropy": ENTROPY_MAP}
@@ -190,10 +204,10 @@ class ModelSpec:
 
     @property
     def outputs(self) -> tuple[TensorSpec, ...]:
-        """The model's outputs: contract 1 and 2 models have no entropy map."""
-        if self.contract_version == CONTRACT_VERSION:
-            return OUTPUTS
-        return tuple(t for t in OUTPUTS if t.name != ENTROPY_MAP)
+        """The model's outputs: those of its contract (`OUTPUT_SINCE`: contract 1 and 2 models
+        have no entropy map, and models before contract 4 no novelty)."""
+        version = int(self.contract_version)
+        return tuple(t for t in OUTPUTS if OUTPUT_SINCE.get(t.name, 0) <= version)
 
     @property
     def output_names(self) -> tuple[str, ...]:

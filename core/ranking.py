@@ -33,8 +33,11 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from .registry import Registry
+from .strategies import NOVEL_THRESHOLD
 
-SCORE_COLUMNS: tuple[str, ...] = ("ds", "de", "entropy")
+# the per-image scores of a scored pool: the three a strategy ranks by, and novelty (how far from
+# the training frames, 0..1), which selection may cap or exclude by (`Options.novel_share`)
+SCORE_COLUMNS: tuple[str, ...] = ("ds", "de", "entropy", "novelty")
 TIE_TOLERANCE = 1e-5  # computed cosine distances closer than this are ties (then: by path)
 CANDIDATE_FACTOR = 4  # score-then-core-set strategies: k-center among the 4k best by score
 _CHUNK_ROWS = 1 << 16  # rows of embeddings processed at a time by coreset / diverse
@@ -78,6 +81,8 @@ class Options:
     exclude: np.ndarray | None = None  # [N] bool, True = never pick (e.g. already labelled)
     per_group: int | None = None  # at most this many picks per group of Pool.groups
     balance: np.ndarray | None = None  # [C] target class weights of the picks' class mix
+    novel_share: float | None = None  # at most this share of k off-domain picks (0: none)
+    novel_threshold: float = NOVEL_THRESHOLD  # novelty above this is off-domain
 
 
 @dataclass(frozen=True)
@@ -454,6 +459,7 @@ class Choice:
     skipped: Skips = field(default_factory=list)
     pool_size: int = 0
     available: int = 0
+    novel_excluded: int = 0  # off-domain images left out (Options.novel_share)
 
     def shortfall(self, k: int, opts: Options) -> list[str]:
         """Why fewer than k images were picked (empty when k were)."""
@@ -466,6 +472,11 @@ class Choice:
                 f"{self.available} images to pick from"
                 + (f" ({excluded} of {self.pool_size} excluded)" if excluded else "")
             )
+            if self.novel_excluded:
+                why.append(
+                    f"{self.novel_excluded} of them off-domain (novelty above "
+                    f"{opts.novel_threshold:g}; --keep-novel or --max-novel-share picks them)"
+                )
         duplicates = sum(s.reason == "duplicate" for s in self.skipped)
         full = sum(s.reason == "group" for s in self.skipped)
         if duplicates:
@@ -486,6 +497,8 @@ def _check(pool: Pool, k: int, opts: Options) -> None:
         raise ValueError(f"k must be >= 0, got {k}")
     if opts.diverse is not None and not -1.0 <= opts.diverse <= 1.0:
         raise ValueError(f"--diverse is a cosine threshold in [-1, 1], got {opts.diverse}")
+    if opts.novel_share is not None and not 0.0 <= opts.novel_share <= 1.0:
+        raise ValueError(f"--max-novel-share is a share in [0, 1], got {opts.novel_share}")
     if opts.per_group is not None and opts.per_group < 1:
         raise ValueError(f"a per-group quota is at least 1, got {opts.per_group}")
     if opts.balance is not None:
@@ -499,6 +512,34 @@ def _check(pool: Pool, k: int, opts: Options) -> None:
         _need_fractions(pool, len(w))
 
 
+def novel(pool: Pool, threshold: float) -> np.ndarray:
+    """[N] bool: the images whose novelty is above `threshold` (off-domain); an unknown novelty
+    (NaN: a model without novelty statistics, scores from before them) is never above."""
+    values = pool.scores.get("novelty")
+    if values is None:
+        return np.zeros(len(pool), bool)
+    with np.errstate(invalid="ignore"):
+        return np.asarray(values, np.float64) > threshold
+
+
+def _novel_excluded(pool: Pool, strategy: str, k: int, opts: Options) -> tuple[Options, int]:
+    """`opts` with the off-domain images over the cap excluded, and how many that excludes: of
+    those above the threshold, only the floor(novel_share * k) that `strategy` ranks first among
+    them may be picked."""
+    if opts.novel_share is None:
+        return opts, 0
+    off = novel(pool, opts.novel_threshold)
+    exclude = np.zeros(len(pool), bool) if opts.exclude is None else np.asarray(opts.exclude)
+    cap = int(np.floor(opts.novel_share * k + 1e-9))
+    candidates = off & ~exclude
+    if cap > 0 and candidates.any():
+        sub, keep = _without(pool, ~candidates)
+        plain = replace(opts, diverse=None, per_group=None, balance=None, novel_share=None)
+        allowed = keep[[p.index for p in STRATEGIES[strategy](sub, cap, plain, None)]]
+        candidates[allowed] = False
+    return replace(opts, exclude=exclude | candidates), int(candidates.sum())
+
+
 def choose(pool: Pool, strategy: str, k: int, options: Options | None = None) -> Choice:
     """Rank `pool` by `strategy` and pick the top k, best first, with what the rules skipped.
 
@@ -507,6 +548,7 @@ def choose(pool: Pool, strategy: str, k: int, options: Options | None = None) ->
     fn = STRATEGIES[strategy]
     opts = options or Options()
     _check(pool, k, opts)
+    opts, novel_excluded = _novel_excluded(pool, strategy, k, opts)
     want = k if opts.balance is None else CANDIDATE_FACTOR * k
     skipped: Skips = []
     if opts.exclude is None or not np.any(opts.exclude):
@@ -523,7 +565,7 @@ def choose(pool: Pool, strategy: str, k: int, options: Options | None = None) ->
     if opts.balance is not None:
         mix = _need_fractions(pool, len(opts.balance))
         picks = _balanced(mix, picks, k, opts.balance)
-    return Choice(picks, skipped, len(pool), available)
+    return Choice(picks, skipped, len(pool), available, novel_excluded)
 
 
 def pick_ranked(pool: Pool, strategy: str, k: int, options: Options | None = None) -> list[Pick]:

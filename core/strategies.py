@@ -28,6 +28,10 @@ NEEDS = ("scores", "embeddings", "maps", "model")
 DEFAULT_STRATEGY = "entropy"
 # The region strategy a region budget uses unless told (README, "Label regions, not frames").
 DEFAULT_REGION_STRATEGY = "region-ds-sample"
+# Novelty above this is off-domain: further from the training frames than 99% of held-out
+# in-domain ones; off-domain frames are not picked unless told (README, "Off-domain frames":
+# both chosen by bench/novelty.py on its tuning kinds).
+NOVEL_THRESHOLD = 0.99
 UNITS = ("frame", "region")
 REGION_MAP_NAMES = ("ds", "entropy")  # the keys of `contract.REGION_MAPS`
 

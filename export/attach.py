@@ -34,6 +34,7 @@ from dealseg.training.attach import (
     load_head,
     open_session,
 )
+from dealseg.training.novelty import NOVELTY_KEY, NoveltyStats
 
 from .onnx_export import OPSET, cast_image_once, check_name, write_outputs_directly
 from .onnxfile import save_model
@@ -53,16 +54,36 @@ def export_attached(
     max_batch: int = 16,
     version: str = "1",
     name: str = contract.MODEL_NAME,
+    novelty_data: Path | None = None,
 ) -> contract.ModelSpec:
     """Write `out`: `segmenter` wrapped with the head of `head_path`, named `name` version
-    `version`, checked by the ONNX checker."""
-    import onnx
+    `version`, checked by the ONNX checker; with novelty statistics of the wrapped graph's
+    embeddings of `novelty_data`'s train and val splits when given (NaN novelty without)."""
+    from .novelty import export_with_novelty
 
     head = load_head(head_path)
     head.check_segmenter(segmenter)
+    spec = attached_spec(head, bins, version, check_name(name))
+
+    def export(stats: NoveltyStats | None, path: Path) -> None:
+        _write_attached(head, segmenter, spec, stats, path, max_batch)
+
+    export_with_novelty(export, out, novelty_data)
+    return spec
+
+
+def _write_attached(
+    head: AttachedHead,
+    segmenter: Path,
+    spec: contract.ModelSpec,
+    stats: NoveltyStats | None,
+    out: Path,
+    max_batch: int,
+) -> None:
+    import onnx
+
     pre = ForeignInput(head.io).eval()
-    post = AttachedScores(head.io, head.build_head("blocked"), bins).eval()
-    spec = attached_spec(head, post, bins, version, check_name(name))
+    post = AttachedScores(head.io, head.build_head("blocked"), spec.bins, stats).eval()
     with tempfile.TemporaryDirectory(prefix="dealseg-attach-") as tmp:
         pre_model = _export_part(
             pre,
@@ -89,10 +110,10 @@ def export_attached(
         "io": head.io.to_dict(),
         "config": head.config.to_dict(),
     }
-    save_model(
-        graph, {**spec.to_metadata(), ATTACHED_KEY: json.dumps(attached)}, out, full_check=False
-    )
-    return spec
+    meta = {**spec.to_metadata(), ATTACHED_KEY: json.dumps(attached)}
+    if stats is not None:
+        meta[NOVELTY_KEY] = stats.describe()
+    save_model(graph, meta, out, full_check=False)
 
 
 def _pre_example(head: AttachedHead) -> tuple[torch.Tensor, torch.Tensor]:
@@ -143,10 +164,9 @@ def _export_part(
 
 
 @torch.no_grad()
-def attached_spec(
-    head: AttachedHead, post: AttachedScores, bins: int, version: str, name: str
-) -> contract.ModelSpec:
+def attached_spec(head: AttachedHead, bins: int, version: str, name: str) -> contract.ModelSpec:
     """The contract metadata of the wrapped graph; map and embedding shapes from one pass."""
+    post = AttachedScores(head.io, head.build_head("blocked"), bins).eval()
     box, output = _post_example(head)
     out = dict(zip(contract.OUTPUT_NAMES, post(box, output), strict=True))
     return contract.ModelSpec(

@@ -7,9 +7,12 @@ import json
 import logging
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
+
+if TYPE_CHECKING:
+    from dealseg.training.novelty import NoveltyStats
 
 
 def parse_size(value: str | None) -> tuple[int, int] | None:
@@ -63,6 +66,26 @@ def graph_options(f: Any) -> Any:
     return f
 
 
+novelty_data_option = click.option(
+    "--novelty-data",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    default=None,
+    help="A dataset (any layout `deal-train fit` reads) whose train split the novelty score is "
+    "fitted on and whose val split calibrates it (novelty 0.99 = further than 99%% of the val "
+    "frames). Without it the graph's novelty is NaN (unknown).",
+)
+
+
+def novelty_note(stats: NoveltyStats | None) -> str:
+    """One line on the statistics a graph was given."""
+    if stats is None:
+        return "novelty: none (no --novelty-data; the graph's novelty is NaN)"
+    return (
+        f"novelty: fitted on {stats.fitted} train frames, calibrated on "
+        f"{len(stats.reference)} val frames"
+    )
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="dealseg")
 def main() -> None:
@@ -100,6 +123,7 @@ def main() -> None:
     show_envvar=True,
     help="Where the PyTorch side of the comparison runs: auto, cpu, cuda or cuda:N.",
 )
+@novelty_data_option
 def onnx(
     checkpoint: Path,
     out: Path,
@@ -110,11 +134,15 @@ def onnx(
     model_version: int,
     compare: bool,
     device: str,
+    novelty_data: Path | None,
 ) -> None:
     """Export a checkpoint to ONNX, run onnx.checker, then compare ORT against PyTorch."""
     from dealseg.training.checkpoint import CheckpointError
+    from dealseg.training.data import DataError
     from dealseg.training.device import DeviceError, resolve_device
+    from dealseg.training.novelty import Novelty
 
+    from .novelty import export_with_novelty
     from .onnx_export import export_graph, prepare_graph
 
     logging.getLogger("torch.onnx").setLevel(logging.ERROR)
@@ -124,8 +152,17 @@ def onnx(
         graph, spec = prepare_graph(checkpoint, size, bins, version, model_name)
     except (CheckpointError, DeviceError, ValueError) as exc:
         raise click.ClickException(str(exc)) from None
-    export_graph(graph, spec, out, max_batch)
+
+    def export(stats: NoveltyStats | None, path: Path) -> None:
+        graph.novelty = Novelty(stats)
+        export_graph(graph, spec, path, max_batch)
+
+    try:
+        stats = export_with_novelty(export, out, novelty_data)
+    except (DataError, ValueError) as exc:
+        raise click.ClickException(f"--novelty-data {novelty_data}: {exc}") from None
     click.echo(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB), model id {spec.model_id}")
+    click.echo(novelty_note(stats))
     if not compare:
         return
     from .compare import compare as run_compare
@@ -170,19 +207,22 @@ def onnx(
     show_default=True,
     help="Largest batch the dynamic batch axis is exported for.",
 )
-def reexport(model_path: Path, out: Path, max_batch: int) -> None:
+@novelty_data_option
+def reexport(model_path: Path, out: Path, max_batch: int, novelty_data: Path | None) -> None:
     """Export a graph again with today's exporter, from its own weights and ModelConfig; its
     metadata and model id are kept, its contract raised to today's (every weight is checked bit
-    for bit)."""
+    for bit), and its novelty statistics kept unless --novelty-data fits new ones."""
     from dealseg.core.contract import ContractError
+    from dealseg.training.data import DataError
+    from dealseg.training.novelty import NoveltyError
 
     from .reexport import ReexportError
     from .reexport import reexport as run_reexport
 
     logging.getLogger("torch.onnx").setLevel(logging.ERROR)
     try:
-        report = run_reexport(model_path, out, max_batch)
-    except (ReexportError, ContractError) as exc:
+        report = run_reexport(model_path, out, max_batch, novelty_data)
+    except (ReexportError, ContractError, DataError, NoveltyError) as exc:
         raise click.ClickException(str(exc)) from None
     worst = max(report.max_abs.values())
     raised = report.was.contract_version != report.spec.contract_version
@@ -196,6 +236,7 @@ def reexport(model_path: Path, out: Path, max_batch: int) -> None:
         + f": {report.weights} weights unchanged; outputs vs {model_path} on real photos: "
         f"max abs difference {worst:.2e}"
     )
+    click.echo(novelty_note(report.novelty))
 
 
 @main.command()
@@ -531,6 +572,7 @@ def quantize(
     help="Check the graph on random images and real photos: its segmentation equals the "
     "segmenter's argmax, its scores the PyTorch head's.",
 )
+@novelty_data_option
 def attach(
     head_path: Path,
     segmenter: Path,
@@ -540,6 +582,7 @@ def attach(
     model_name: str,
     model_version: int,
     check: bool,
+    novelty_data: Path | None,
 ) -> None:
     """Wrap a segmenter and the difficulty head trained on it (`deal-train attach`) into one
     ONNX graph with the dealseg contract."""
@@ -549,15 +592,17 @@ def attach(
     from dealseg.training.checkpoint import CheckpointError
 
     from .attach import check_attached, export_attached
+    from .novelty import carried_novelty
 
     logging.getLogger("torch.onnx").setLevel(logging.ERROR)
     try:
         spec = export_attached(
-            head_path, segmenter, out, bins, max_batch, str(model_version), model_name
+            head_path, segmenter, out, bins, max_batch, str(model_version), model_name, novelty_data
         )
     except (AttachError, CheckpointError, ValueError) as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB), model id {spec.model_id}")
+    click.echo(novelty_note(carried_novelty(out)))
     if not check:
         return
     from .compare import random_images, real_photos, resize

@@ -170,6 +170,7 @@ def compare(
         for name in ("ds", "entropy", "class_fraction"):
             diff = float(np.abs(got[name] - ref[name].numpy()).max())
             report.max_abs[name] = max(report.max_abs[name], diff)
+        _check_novelty(report, got["novelty"], ref["novelty"].numpy(), graph)
         cos = (got["embedding"] * ref["embedding"].numpy()).sum(1)
         report.min_embedding_cosine = min(report.min_embedding_cosine, float(cos.min()))
         off = np.abs(got["difficulty"].astype(int) - ref["difficulty"].numpy().astype(int))
@@ -186,6 +187,21 @@ def compare(
     report.degenerate = contract.degenerate_scores(batch, spec.class_names)
     _check_tolerances(report)
     return report
+
+
+def _check_novelty(
+    report: ParityReport, ort_novelty: np.ndarray, torch_novelty: np.ndarray, graph: DEALGraph
+) -> None:
+    """Novelty: NaN in both without statistics; else within one reference step (a distance
+    within float noise of a reference distance may count on either side) plus TOL_DS."""
+    stats = graph.novelty.stats
+    if stats is None:
+        if not (np.isnan(ort_novelty).all() and np.isnan(torch_novelty).all()):
+            report.failures.append("novelty: a graph without statistics gave a number")
+        return
+    report.tolerance["novelty"] = 1.0 / (len(stats.reference) + 1) + contract.TOL_DS
+    diff = float(np.abs(ort_novelty.astype(np.float64) - torch_novelty).max())
+    report.max_abs["novelty"] = max(report.max_abs.get("novelty", 0.0), diff)
 
 
 def _check_de(
@@ -207,7 +223,9 @@ def _check_de(
 
 
 def _check_tolerances(report: ParityReport) -> None:
-    for name in ("ds", "entropy", "class_fraction"):  # DE is checked per image, edges aside
+    for name in ("ds", "entropy", "class_fraction", "novelty"):  # DE: per image, edges aside
+        if name not in report.max_abs:
+            continue
         tol = report.tolerance[name]
         if report.max_abs[name] > tol:
             report.failures.append(f"{name}: max abs diff {report.max_abs[name]:.2e} > {tol}")

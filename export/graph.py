@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from dealseg.training.model import DEALNet, DEALOutput
+from dealseg.training.novelty import Novelty, NoveltyStats
 from dealseg.training.scores import (
     box_weights,
     class_fraction,
@@ -32,10 +33,12 @@ from dealseg.training.scores import (
 
 
 class DEALGraph(nn.Module):
-    """Normalise -> DEALNet -> DS, DE, entropy, class fractions, embedding, uint8 maps."""
+    """Normalise -> DEALNet -> DS, DE, entropy, class fractions, embedding, novelty (of the
+    embedding, with `novelty`'s statistics; NaN without), uint8 maps."""
 
-    def __init__(self, model: DEALNet, bins: int) -> None:
+    def __init__(self, model: DEALNet, bins: int, novelty: NoveltyStats | None = None) -> None:
         super().__init__()
+        self.novelty = Novelty(novelty)
         self.model = copy.deepcopy(model).eval()
         self.model.difficulty_head.pam_impl = "blocked"  # exact, no N x N tensor in the graph
         self.bins = bins
@@ -75,12 +78,14 @@ class DEALGraph(nn.Module):
         [B, H/4, W/4] weigh each pixel and stride-4 cell by its share of picture."""
         difficulty = out.difficulty()  # [B, H, W] in (0, 1)
         grid = torch.sigmoid(out.difficulty_logits[:, 0])  # [B, h, w] attention grid
+        embedding = pooled_embedding(out.features, cells)  # [B, D]
         return (
             difficulty_score(difficulty, pixels),
             difficulty_entropy(difficulty, self.bins, pixels),
             softmax_entropy(out.logits, cells),
             class_fraction(out.logits, cells),
-            pooled_embedding(out.features, cells),
+            embedding,
+            self.novelty(embedding),
             torch.round(grid * 255.0).to(torch.uint8),
             out.logits.argmax(dim=1).to(torch.uint8),
             entropy_map_uint8(out.logits),

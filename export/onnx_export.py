@@ -14,6 +14,7 @@ import torch
 
 from dealseg.core import contract
 from dealseg.training.checkpoint import Checkpoint, file_sha256, load_checkpoint
+from dealseg.training.novelty import NOVELTY_KEY, Novelty, NoveltyStats
 
 from .graph import DEALGraph
 from .onnxfile import save_model
@@ -89,10 +90,19 @@ def export_onnx(
     bins: int = 8,
     version: str = "1",
     name: str = contract.MODEL_NAME,
+    novelty_data: Path | None = None,
 ) -> contract.ModelSpec:
-    """Export `checkpoint` to `out` with contract names, a dynamic batch axis and metadata."""
+    """Export `checkpoint` to `out` with contract names, a dynamic batch axis and metadata;
+    with novelty statistics from the train and val splits of `novelty_data` when given."""
+    from .novelty import export_with_novelty
+
     graph, spec = prepare_graph(checkpoint, input_size, bins, version, name)
-    export_graph(graph, spec, out, max_batch)
+
+    def export(stats: NoveltyStats | None, path: Path) -> None:
+        graph.novelty = Novelty(stats)
+        export_graph(graph, spec, path, max_batch)
+
+    export_with_novelty(export, out, novelty_data)
     return spec
 
 
@@ -123,6 +133,8 @@ def export_graph(graph: DEALGraph, spec: contract.ModelSpec, out: Path, max_batc
         model = onnx.load(str(raw))
     cast_image_once(model)
     meta = {**spec.to_metadata(), MODEL_CONFIG_KEY: json.dumps(graph.model.cfg.to_dict())}
+    if graph.novelty.stats is not None:
+        meta[NOVELTY_KEY] = graph.novelty.stats.describe()
     save_model(model, meta, out, full_check=True)
 
 

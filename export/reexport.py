@@ -39,6 +39,7 @@ class ReexportReport:
     weights: int  # weight tensors of the new graph, each equal to the old graph's
     max_abs: dict[str, float]  # per output of the old graph, old vs new under ONNX Runtime
     was: contract.ModelSpec  # the old graph's
+    novelty: Any = None  # the new graph's NoveltyStats (None: it has none)
 
 
 def eager_from_graph(path: Path, size: tuple[int, int] | None = None) -> Any:
@@ -107,15 +108,20 @@ def _run_order(net: Any) -> list[tuple[str, Any]]:
     return order
 
 
-def reexport(source: Path, out: Path, max_batch: int = 16) -> ReexportReport:
+def reexport(
+    source: Path, out: Path, max_batch: int = 16, novelty_data: Path | None = None
+) -> ReexportReport:
     """Export the graph at `source` again to `out` (which may be `source`) with its weights and
     contract metadata, then check that every weight is unchanged and compare the two graphs'
-    outputs on real photos. ReexportError (and `out` untouched) when a weight would change."""
+    outputs on real photos. ReexportError (and `out` untouched) when a weight would change.
+    The novelty statistics are fitted on `novelty_data` with the source graph's embeddings when
+    given, else kept from the source graph (none when it has none)."""
     import tempfile
 
     from dealseg.core.modelfile import read_onnx_spec
 
     from .graph import DEALGraph
+    from .novelty import carried_novelty, graph_novelty
 
     spec = read_onnx_spec(source)
     if not spec.takes_valid_box:
@@ -123,7 +129,8 @@ def reexport(source: Path, out: Path, max_batch: int = 16) -> ReexportReport:
             f"{source} uses contract {spec.contract_version}: export it from its checkpoint "
             "with `deal-export onnx`"
         )
-    graph = DEALGraph(eager_from_graph(source), spec.bins).eval()
+    stats = carried_novelty(source) if novelty_data is None else graph_novelty(source, novelty_data)
+    graph = DEALGraph(eager_from_graph(source), spec.bins, stats).eval()
     upgraded = replace(spec, contract_version=contract.CONTRACT_VERSION)
     with tempfile.TemporaryDirectory(prefix="dealseg-reexport-") as tmp:
         fresh = Path(tmp) / "model.onnx"
@@ -135,7 +142,7 @@ def reexport(source: Path, out: Path, max_batch: int = 16) -> ReexportReport:
         out.parent.mkdir(parents=True, exist_ok=True)
         with atomic_output(out) as tmp_out:
             shutil.copyfile(fresh, tmp_out)
-    return ReexportReport(spec=upgraded, weights=weights, max_abs=max_abs, was=spec)
+    return ReexportReport(spec=upgraded, weights=weights, max_abs=max_abs, was=spec, novelty=stats)
 
 
 def _same_weights(old: Path, new: Path) -> int:
@@ -176,10 +183,14 @@ def _max_abs_outputs(old: Path, new: Path, spec: contract.ModelSpec) -> dict[str
     boxes[::2, 0] = spec.input_size[0] // 8  # a band of padding above every other picture
     feeds = {contract.INPUT_NAME: images, contract.VALID_BOX_NAME: boxes}
     names = list(spec.output_names)
-    outs = [
-        ort.InferenceSession(str(p), providers=["CPUExecutionProvider"]).run(names, feeds)
-        for p in (old, new)
+    sessions = [
+        ort.InferenceSession(str(p), providers=["CPUExecutionProvider"]) for p in (old, new)
     ]
+    outs = [s.run(names, feeds) for s in sessions]
+    # a novelty the old graph has no statistics for (NaN) is compared with nothing
+    if "novelty" in names and np.isnan(outs[0][names.index("novelty")]).any():
+        keep = [i for i, n in enumerate(names) if n != "novelty"]
+        names, outs = [names[i] for i in keep], [[o[i] for i in keep] for o in outs]
     return {
         n: float(np.abs(a.astype(np.float64) - b.astype(np.float64)).max())
         for n, a, b in zip(names, *outs, strict=True)

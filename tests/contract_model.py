@@ -7,6 +7,7 @@
     difficulty        the segmentation x 255
     entropy_map       the green channel at stride 4 (contract 3)
     embedding         the mean colour + 1, L2-normalised
+    novelty           1 - mean green / 255 (contract 4)
 
 so that on images with uniform bands of colour the error rates, rankings and metrics of
 `deal-client eval` are exact. Its `valid_box` input is taken and ignored (no letterboxing
@@ -104,6 +105,7 @@ def _nodes(size: tuple[int, int], entropy_map: bool) -> list:
         helper.make_node("Add", ["rgb01", "one"], ["colour"]),  # [B, 3]
         helper.make_node("ReduceL2", ["colour"], ["norm"], axes=[1], keepdims=1),
         helper.make_node("Div", ["colour", "norm"], ["embedding"]),
+        helper.make_node("Sub", ["one", "de"], ["novelty"]),  # [B]
         *(
             [
                 const("green_starts", np.array([0, 0, 1], np.int64)),
@@ -150,6 +152,8 @@ def write_contract_model(
         outputs.append(
             helper.make_tensor_value_info("entropy_map", TensorProto.UINT8, ["B", *grid])
         )
+    if "novelty" in spec.output_names:
+        outputs.insert(5, helper.make_tensor_value_info("novelty", TensorProto.FLOAT, ["B"]))
     image = helper.make_tensor_value_info(INPUT_NAME, TensorProto.UINT8, ["B", *size, 3])
     box = helper.make_tensor_value_info(VALID_BOX_NAME, TensorProto.INT32, ["B", 4])  # unused
     inputs = [image] if contract == LEGACY_CONTRACT else [image, box]

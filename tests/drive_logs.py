@@ -57,6 +57,17 @@ def street_frames(n: int, size: tuple[int, int] = (64, 80), seed: int = 0) -> li
     return frames
 
 
+def drive_frames(n: int, size: tuple[int, int] = (180, 240), seed: int = 7) -> list[np.ndarray]:
+    """n frames of one drive by the street renderer (the camera moves on each frame): pictures
+    the shipped model knows, where `street_frames` are off its domain."""
+    from dealseg.training.streets.render import Shot, render_scene
+
+    return [
+        render_scene(np.random.default_rng(seed), size, Shot(frame=i, frames=n))[0]
+        for i in range(n)
+    ]
+
+
 def write_video(
     path: Path,
     frames: Sequence[np.ndarray],

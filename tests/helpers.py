@@ -26,6 +26,35 @@ def deal_client(*args: object, input: bytes | None = None) -> Result:
     return CliRunner().invoke(main, [str(a) for a in args], input=input, catch_exceptions=False)
 
 
+def write_streets_pool(folder: Path, n: int, seed: int = 0) -> Path:
+    """n frames of the street generator at the shipped model's 180x240, clear daylight: the
+    frames it was trained on, in-domain (the crude pictures of `write_pool` are off-domain to
+    it, and a selection leaves them out)."""
+    from dealseg.training.streets.render import render_scene
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        image, _ = render_scene(np.random.default_rng([seed, i]), (180, 240))
+        Image.fromarray(image).save(folder / f"street_{i:04d}.png")
+    return folder
+
+
+OFF_DOMAIN = ("flat", "checkerboard", "covered-lens")  # the off-domain kinds of a mixed pool
+
+
+def write_streets_and_off_domain(folder: Path, streets: int = 6) -> Path:
+    """`streets` frames of the street generator and one frame of each of `OFF_DOMAIN`'s kinds
+    (training/offdomain.py), named after its kind."""
+    from dealseg.training import offdomain
+
+    write_streets_pool(folder, streets)
+    street = np.asarray(Image.open(folder / "street_0000.png"))
+    kinds = {name: {**offdomain.TUNE, **offdomain.JUDGE}[name] for name in OFF_DOMAIN}
+    for name, frame in offdomain.make_frames(kinds, 1, [street], seed=5):
+        Image.fromarray(frame).save(folder / f"{name}.png")
+    return folder
+
+
 def write_pool(folder: Path, n: int, size: tuple[int, int] = (60, 80), seed: int = 0) -> Path:
     """n small street-like images: sky, buildings, road, a few objects, noise; JPEG and PNG."""
     rng = np.random.default_rng(seed)

@@ -12,6 +12,7 @@ import shlex
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
@@ -28,7 +29,7 @@ from foreign_segmenters import (
 )
 from helpers import assert_same_selection, deal_client, records, selection
 
-from dealseg.core.contract import TOL_DS, TOL_ENTROPY
+from dealseg.core.contract import TOL_DS, TOL_ENTROPY, model_inputs
 from dealseg.export.attach import check_attached
 from dealseg.export.cli import main as export_cli
 from dealseg.serving.repository import read_onnx_spec, write_repository
@@ -100,6 +101,8 @@ def attached(work: Path) -> dict[str, Path]:
         "--name",
         "nhwc",
         "--no-check",
+        "--novelty-data",
+        data,
     )
     return {"unet": work / "unet-deal.onnx", "nhwc": out}
 
@@ -135,6 +138,28 @@ def test_the_settings_come_from_the_options_or_the_models_metadata(work: Path) -
     test = nhwc["test"]  # measured on the test split, which nothing was fit on
     assert test["split"] == "test" and test["images"] == len(frames(work / "frames", "test"))
     assert 0 <= test["pixel_auroc"] <= 1 and nhwc["refit"]["pixels"] > 0
+
+
+def test_an_attached_graph_carries_novelty_of_its_own_embeddings(
+    work: Path, attached: dict[str, Path]
+) -> None:
+    """`deal-export attach --novelty-data`: the statistics of the wrapped graph's embeddings (the
+    segmenter's class probabilities pooled per quadrant) of the set's train split, calibrated on
+    its val split; the held-out test frames get finite novelty, most of them below 0.99."""
+    import onnxruntime as ort
+
+    from dealseg.export.novelty import carried_novelty
+    from dealseg.training.data import list_plain
+
+    stats = carried_novelty(attached["nhwc"])
+    assert stats is not None and carried_novelty(attached["unet"]) is None
+    assert stats.fitted == len(list_plain(work / "frames", "train"))
+    assert len(stats.reference) == len(list_plain(work / "frames", "val"))
+    spec = read_onnx_spec(attached["nhwc"])
+    session = ort.InferenceSession(str(attached["nhwc"]), providers=["CPUExecutionProvider"])
+    test = frames(work / "frames", "test")
+    novelty = session.run(["novelty"], model_inputs(spec, test))[0]
+    assert np.all(np.isfinite(novelty)) and np.mean(novelty > 0.99) < 0.5
 
 
 @pytest.mark.parametrize("name", ["unet", "nhwc"])
@@ -178,6 +203,8 @@ def test_triton_serves_both_attached_models_like_the_embedded_engine(
             for x in theirs:
                 assert x["model"] == read_onnx_spec(model).model_id
                 assert abs(x["ds"] - mine[x["path"]]["ds"]) <= TOL_DS
+                novelty = mine[x["path"]]["novelty"]  # the U-Net's graph has no statistics
+                assert x["novelty"] == (None if name == "unet" else pytest.approx(novelty))
                 assert list(x["class_fraction"])[:2] == ["Sky", "Building"]
 
 

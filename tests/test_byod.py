@@ -24,7 +24,7 @@ from helpers import (
 )
 from PIL import Image
 
-from dealseg.core.contract import ModelSpec, version_metadata
+from dealseg.core.contract import CONTRACT_VERSION, ModelSpec, version_metadata
 from dealseg.core.modelfile import read_onnx_spec
 from dealseg.export.cli import main as export_cli
 from dealseg.serving.repository import (
@@ -127,7 +127,7 @@ def test_the_checkpoint_and_the_model_carry_the_class_file(roads: Path) -> None:
     assert list(spec.class_names) == NAMES and spec.num_classes == 4
     assert spec.palette[0] == (128, 64, 128)
     assert (spec.model_name, spec.model_version) == ("roads", "3")
-    assert spec.model_id.startswith("roads:3:") and spec.contract_version == "2"
+    assert spec.model_id.startswith("roads:3:") and spec.contract_version == CONTRACT_VERSION
 
 
 def test_versions_share_one_config_with_each_ones_metadata(repo: Path, roads: Path) -> None:

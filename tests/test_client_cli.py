@@ -24,6 +24,7 @@ from helpers import (
     start_gated,
     wait_for_records,
     write_pool,
+    write_streets_pool,
 )
 from PIL import Image
 
@@ -415,7 +416,7 @@ def test_the_shipped_model_is_the_default(tmp_path: Path) -> None:
     from dealseg.client.engines import default_model_path
     from dealseg.core.modelfile import read_onnx_spec
 
-    write_pool(tmp_path / "pool", 2)
+    write_streets_pool(tmp_path / "pool", 2)
     r = deal_client("score", tmp_path / "pool", "-k", 1, "--out", tmp_path / "out")
     assert r.exit_code == 0, r.stderr
     assert selection(tmp_path / "out")["model"] == read_onnx_spec(default_model_path()).model_id

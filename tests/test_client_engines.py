@@ -89,7 +89,8 @@ def test_triton_metadata_reads_b1_scalars_as_b(tiny_onnx: Path) -> None:
             {"name": "valid_box", "datatype": "INT32", "shape": ["-1", "4"]},
         ],
         "outputs": [
-            {"name": n, "datatype": "FP32", "shape": [-1, 1]} for n in ("ds", "de", "entropy")
+            {"name": n, "datatype": "FP32", "shape": [-1, 1]}
+            for n in ("ds", "de", "entropy", "novelty")
         ]
         + [
             {"name": "class_fraction", "datatype": "FP32", "shape": [-1, spec.num_classes]},
@@ -100,6 +101,6 @@ def test_triton_metadata_reads_b1_scalars_as_b(tiny_onnx: Path) -> None:
         ],
     }
     check_io(spec, *_served_io(meta, spec))
-    meta["outputs"][3]["shape"] = [-1, spec.num_classes + 1]
+    meta["outputs"][4]["shape"] = [-1, spec.num_classes + 1]  # class_fraction
     with pytest.raises(ContractError, match="class_fraction: shape"):
         check_io(spec, *_served_io(meta, spec))

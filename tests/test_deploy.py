@@ -16,6 +16,7 @@ import pytest
 import yaml
 
 from dealseg.client.cli import main
+from dealseg.client.objects import ObjectPath
 
 DEPLOY = Path(__file__).parent.parent / "deploy"
 K8S_VERSION = "1.30.0"
@@ -66,10 +67,9 @@ def test_the_rayjob_matches_the_crd_schema_and_its_pods_kubernetes() -> None:
     for i, template in enumerate(templates):
         pod = {"apiVersion": "v1", "kind": "PodTemplate", "metadata": {"name": f"t{i}"}}
         kubernetes_validate.validate({**pod, "template": template}, K8S_VERSION, strict=True)
-    claims = {d["metadata"]["name"] for d in documents("scores-pvc.yaml")}
-    for template in templates:
-        volumes = template["spec"]["volumes"]
-        assert {v["persistentVolumeClaim"]["claimName"] for v in volumes} <= claims
+    for template in templates:  # the out dir is in object storage: no shared volume
+        assert "volumes" not in template["spec"]
+        assert all("volumeMounts" not in c for c in template["spec"]["containers"])
     broken = json.loads(json.dumps(doc))
     broken["spec"]["rayClusterSpec"]["workerGroupSpecs"][0]["replica"] = 4  # a typo
     with pytest.raises(jsonschema.ValidationError):
@@ -83,6 +83,7 @@ def test_the_rayjob_entrypoint_is_a_valid_deal_client_command() -> None:
     score = main.get_command(click.Context(main), "score")
     parsed = score.make_context("score", words[2:], resilient_parsing=True)
     assert parsed.params["ray_address"] == "auto" and parsed.params["actors"] == 8
+    assert parsed.params["out"] == ObjectPath("s3://scores/drive-2026-12")
     assert parsed.params["urls"] == ("triton:8001",)
 
 

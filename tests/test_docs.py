@@ -9,9 +9,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 from click.testing import CliRunner
+from helpers import write_streets_pool
 from PIL import Image
 
 import dealseg
@@ -49,10 +49,11 @@ def test_letterbox_runs_on_the_shipped_model_as_the_readme_says(
 ) -> None:
     assert shipped.takes_valid_box  # contract 2: the README's claim
     pool = tmp_path / "pool"
-    pool.mkdir()
-    rng = np.random.default_rng(0)
+    write_streets_pool(tmp_path / "streets", 2)
     for i, size in enumerate([(90, 200), (120, 90)]):  # wide and tall: both letterboxed
-        Image.fromarray(rng.integers(0, 256, (*size, 3), dtype=np.uint8)).save(pool / f"{i}.png")
+        street = Image.open(tmp_path / "streets" / f"street_{i:04d}.png")
+        pool.mkdir(exist_ok=True)
+        street.crop((0, 0, size[1], size[0])).save(pool / f"{i}.png")
     args = ["score", str(pool), "-k", "1", "--resize", "letterbox", "--no-progress"]
     result = CliRunner().invoke(client_cli, [*args, "--out", str(tmp_path / "out")])
     assert result.exit_code == 0, result.stderr

@@ -14,14 +14,25 @@ import sys
 from collections import Counter
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from conftest import S3Server
 from fleet_hooks import KillOnce
-from helpers import BUCKET, K, deal_client, mixed_pool, selections, upload
+from helpers import (
+    BUCKET,
+    OFF_DOMAIN,
+    K,
+    deal_client,
+    mixed_pool,
+    selections,
+    upload,
+    write_streets_and_off_domain,
+)
 
 from dealseg.client.engines import EmbeddedEngine
 from dealseg.client.fleet import RaySettings, score_on_ray
+from dealseg.client.objects import ObjectPath
 from dealseg.client.parquet import SCORES_PARQUET, part_files
 from dealseg.client.scoring import list_paths
 from dealseg.client.settings import ScoreSettings
@@ -225,6 +236,28 @@ def test_ray_buys_the_regions_the_single_process_buys(
     assert (on_ray / "regions.jsonl").read_bytes()  # something was bought
 
 
+@pytest.mark.slow
+def test_ray_carries_the_shipped_models_novelty(cluster: object, tmp_path: Path) -> None:
+    """The shipped model on Ray: each frame's novelty as in one process, and the off-domain
+    frames left out of the selection."""
+    pool = write_streets_and_off_domain(tmp_path / "pool", streets=4)
+    single, on_ray = tmp_path / "single", tmp_path / "ray"
+    for out, extra in ((single, ("--format", "parquet")), (on_ray, ("--ray",))):
+        r = deal_client("score", pool, "-k", 3, "-o", out, "--batch-size", 1, *extra)
+        assert r.exit_code == 0, r.stderr
+
+    def novelty(out: Path) -> dict[str, float]:
+        table = pq.read_table(out / SCORES_PARQUET)
+        paths, values = table.column("path").to_pylist(), table.column("novelty").to_pylist()
+        return dict(zip(paths, values, strict=True))
+
+    assert novelty(on_ray) == novelty(single)
+    off = {Path(p).stem for p, v in novelty(on_ray).items() if v > 0.99}
+    assert off == set(OFF_DOMAIN)
+    assert (on_ray / "selection.txt").read_bytes() == (single / "selection.txt").read_bytes()
+    assert not off & {Path(p).stem for p in (on_ray / "selection.txt").read_text().split()}
+
+
 def test_sigterm_stops_a_ray_run_as_the_single_process_does(
     pool: Path, tiny_onnx: Path, tmp_path: Path
 ) -> None:
@@ -284,3 +317,67 @@ def test_a_ray_resume_sets_an_unreadable_part_aside_and_scores_its_images_again(
     assert (part.parent / f".{part.name}.unreadable").exists()
     assert "unreadable_parts" not in (out / "selection.json").read_text()
     assert len(pq.read_table(out / SCORES_PARQUET)) == len(list_paths(str(pool)))
+
+
+def test_ray_writes_its_parts_to_s3_and_resumes_from_them(
+    cluster: object,
+    s3_bucket: S3Server,
+    pool: Path,
+    tiny_onnx: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """--out s3://: the workers put the parts, the driver meta.json and the selection; no local
+    file is written; a resume reads the parts back (a torn one set aside, its images again)."""
+    monkeypatch.chdir(tmp_path)
+    client = s3_bucket.client()
+
+    def objects() -> dict[str, bytes]:
+        listed = client.list_objects_v2(Bucket=BUCKET, Prefix="fleet/run/")["Contents"]
+        return {
+            o["Key"].removeprefix("fleet/run/"): client.get_object(Bucket=BUCKET, Key=o["Key"])[
+                "Body"
+            ].read()
+            for o in listed
+        }
+
+    out = f"s3://{BUCKET}/fleet/run"
+    said = score(pool, tiny_onnx, out, "--ray")
+    assert f"out {out}" in said and f"in {out}/selection.txt" in said
+    single = tmp_path / "single"
+    score(pool, tiny_onnx, single, "--format", "parquet")
+    assert list(tmp_path.iterdir()) == [single]  # nothing local from the Ray run
+    found = objects()
+    parts = [k for k in found if k.startswith(f"{SCORES_PARQUET}/") and k.endswith(".parquet")]
+    assert {"meta.json", "selection.json", "selection.txt"} <= set(found) and len(parts) == 1
+    assert found["selection.txt"] == (single / "selection.txt").read_bytes()
+
+    (part,) = parts
+    lost = pq.read_table(pa.BufferReader(found[part])).column("status").to_pylist().count("ok")
+    torn = found[part][: len(found[part]) // 2]  # as a copy cut short would leave it
+    client.put_object(Bucket=BUCKET, Key=f"fleet/run/{part}", Body=torn)
+    again = score(pool, tiny_onnx, out, "--ray")
+    assert f"{lost} scored" in again and "set aside" in again, again
+    now = objects()
+    aside = part.replace(f"{SCORES_PARQUET}/", f"{SCORES_PARQUET}/.") + ".unreadable"
+    assert now[aside] == torn and part not in now
+    assert now["selection.txt"] == (single / "selection.txt").read_bytes()
+
+
+def test_ray_writes_its_parts_to_gs_as_to_s3(
+    cluster: object,
+    gcs_server: str,
+    pool: Path,
+    tiny_onnx: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """gs:// on fake-gcs-server: the write tasks take the driver's file system (its emulator
+    address), the selection is the single process's."""
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", gcs_server)
+    out, single = f"gs://{BUCKET}/fleet", tmp_path / "single"
+    score(pool, tiny_onnx, out, "--ray")
+    score(pool, tiny_onnx, single, "--format", "parquet")
+    assert len(part_files(ObjectPath(out) / SCORES_PARQUET)) == 1
+    picks = (ObjectPath(out) / "selection.txt").read_bytes()
+    assert picks == (single / "selection.txt").read_bytes()

@@ -27,7 +27,7 @@ import numpy as np
 import pytest
 from chromium import Browser, find_chromium
 from contract_model import CLASSES, contract_spec
-from helpers import deal_client, spec_of_out, write_pool
+from helpers import deal_client, spec_of_out, write_pool, write_streets_pool
 from PIL import Image
 
 from dealseg.client.handoff import brush_rle
@@ -423,8 +423,10 @@ def test_csv_has_a_named_column_per_class_and_every_path_mapped(run: Path, tmp_p
     with open(tmp_path / "selection.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     names = spec_of_out(run).class_names
-    assert list(rows[0])[:7] == ["rank", "path", "local_path", "score", "ds", "de", "entropy"]
-    assert list(rows[0])[7:] == [class_key(n) for n in names]
+    head = ["rank", "path", "local_path", "score", "ds", "de", "entropy", "novelty"]
+    assert list(rows[0])[:8] == head
+    assert list(rows[0])[8:] == [class_key(n) for n in names]
+    assert {r["novelty"] for r in rows} == {""}  # the tiny model has no novelty statistics
     assert [r["local_path"] for r in rows] == selected(run)
     assert all(r["path"] == "/mnt/share/pool" + r["local_path"][len(str(pool)) :] for r in rows)
     scores = {
@@ -462,7 +464,7 @@ def readme_example() -> str:
 
 
 def test_the_readme_python_example_runs(tmp_path: Path) -> None:
-    write_pool(tmp_path / "pool", 6, size=(48, 64))
+    write_streets_pool(tmp_path / "pool", 6)  # the shipped model's own kind of frame
     code = readme_example()
     done = subprocess.run(
         [sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, check=False

@@ -17,6 +17,7 @@ from drive_logs import (
     COLUMN,
     RAW_TOPIC,
     TOPIC,
+    drive_frames,
     street_frames,
     write_mcap,
     write_table,
@@ -317,14 +318,14 @@ def test_the_readme_drive_log_commands_run(tmp_path: Path) -> None:
 
     from PIL import Image
 
-    frames = street_frames(N, size=(72, 96))
+    frames = drive_frames(N)
     write_video(tmp_path / "drive.mp4", frames, gop=GOP)
     write_mcap(tmp_path / "run.mcap", frames)
     drives = tmp_path / "drives"
     drives.mkdir()
     write_video(drives / "drive.mp4", frames, gop=GOP)
-    write_mcap(drives / "run.mcap", street_frames(N, size=(72, 96), seed=1))
-    write_table(drives / "table.parquet", street_frames(N, size=(72, 96), seed=2))
+    write_mcap(drives / "run.mcap", drive_frames(N, seed=8))
+    write_table(drives / "table.parquet", drive_frames(N, seed=9))
     Image.fromarray(frames[0]).save(drives / "photo.png")
     env = {
         **os.environ,
@@ -345,4 +346,4 @@ def test_the_readme_drive_log_commands_run(tmp_path: Path) -> None:
     assert shown == [r["path"] for r in picked[:3]] + files
     for name in files:
         with Image.open(tmp_path / "out-drives" / "frames" / name) as im:
-            assert im.size == (96, 72)
+            assert im.size == (240, 180)

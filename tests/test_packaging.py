@@ -8,9 +8,8 @@ import sys
 import sysconfig
 from pathlib import Path
 
-import numpy as np
 import pytest
-from PIL import Image
+from helpers import write_streets_pool
 
 import dealseg
 
@@ -118,11 +117,7 @@ def test_an_installed_wheel_scores_a_folder_with_the_shipped_model(tmp_path: Pat
     install = [python, "-m", "pip", "-q", "install", "--no-deps", "--no-index", str(wheel)]
     subprocess.run(install, check=True, capture_output=True)
 
-    pool = tmp_path / "pool"
-    pool.mkdir()
-    for i in range(3):
-        image = np.random.default_rng(i).integers(0, 256, (90, 120, 3), dtype=np.uint8)
-        Image.fromarray(image).save(pool / f"frame{i}.png")
+    pool = write_streets_pool(tmp_path / "pool", 3)  # noise would be off-domain, never picked
     score = [venv / "bin" / "deal-client", "score", pool, "-k", "2", "--out", tmp_path / "out"]
     done = subprocess.run(score + ["--no-progress"], capture_output=True, text=True, cwd="/")
     assert done.returncode == 0, done.stderr

@@ -40,6 +40,7 @@ from .checkpoint import CheckpointError, file_sha256
 from .data import SegmentationDataset
 from .losses import IGNORE_INDEX
 from .model import DifficultyHead, config_from_dict, head_parts
+from .novelty import Novelty, NoveltyStats
 from .refit import fit_cells, grid_inputs, refit_difficulty_head, standardise_inputs
 from .scores import (
     box_weights,
@@ -361,11 +362,18 @@ class ForeignInput(nn.Module):
 class AttachedScores(nn.Module):
     """The foreign model's output + valid boxes -> the contract's outputs (contract order)."""
 
-    def __init__(self, io: ForeignIO, head: DifficultyHead, bins: int = 8) -> None:
+    def __init__(
+        self,
+        io: ForeignIO,
+        head: DifficultyHead,
+        bins: int = 8,
+        novelty: NoveltyStats | None = None,
+    ) -> None:
         super().__init__()
         self.io = io
         self.difficulty_head = head
         self.bins = bins
+        self.novelty = Novelty(novelty)
 
     @property
     def class_axis(self) -> int:
@@ -390,12 +398,14 @@ class AttachedScores(nn.Module):
         grid = self.difficulty_head(logits)  # [B, 1, ah, aw]
         up = F.interpolate(grid, size=size, mode="bilinear", align_corners=False)
         difficulty = torch.sigmoid(up)[:, 0]  # [B, H, W]
+        embedding = pooled_embedding(quadrant_probabilities(logits), cells)  # [B, 4C]
         outputs = (
             difficulty_score(difficulty, pixels),
             difficulty_entropy(difficulty, self.bins, pixels),
             softmax_entropy(logits, cells),
             class_fraction(logits, cells),
-            pooled_embedding(quadrant_probabilities(logits), cells),
+            embedding,
+            self.novelty(embedding),
             torch.round(torch.sigmoid(grid[:, 0]) * 255.0).to(torch.uint8),
             output.argmax(dim=self.class_axis).to(torch.uint8),  # exactly their argmax
             entropy_map_uint8(logits),

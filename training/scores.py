@@ -113,3 +113,21 @@ def pooled_embedding(features: torch.Tensor, weights: torch.Tensor | None = None
         w = weights.unsqueeze(1)  # [B, 1, h, w]
         pooled = (features * w).sum(dim=(2, 3)) / w.sum(dim=(2, 3))
     return F.normalize(pooled, dim=1, eps=1e-12)
+
+
+def novelty_score(
+    embedding: torch.Tensor, mean: torch.Tensor, precision: torch.Tensor, reference: torch.Tensor
+) -> torch.Tensor:
+    """How far each frame is from the training frames, as the share of held-out in-domain
+    frames that are nearer: 0.99 = further than 99% of them. Nearness is the squared
+    Mahalanobis distance of the embedding to the training embeddings' `mean` under a shrunk
+    covariance (`precision`, its inverse); `reference` holds the held-out frames' distances,
+    sorted. With R of them a frame nearer than k scores k / (R + 1); one beyond them all scores
+    between R / (R + 1) and 1, growing with its distance (1 - farthest / distance), so the far
+    ones still rank.
+    embedding [B, D], mean [D], precision [D, D], reference [R] -> [B] in [0, 1)."""
+    centred = embedding - mean
+    distance = ((centred @ precision) * centred).sum(dim=1)  # [B]
+    nearer = (reference < distance[:, None]).to(embedding.dtype).sum(dim=1)  # [B, R] -> [B]
+    beyond = torch.relu(1.0 - reference[-1] / distance.clamp_min(1e-12))  # 0 within the range
+    return (nearer + beyond) / (reference.shape[0] + 1)
