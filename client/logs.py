@@ -207,15 +207,13 @@ class NoSuchStream(LogError):
 
 def list_frames(log: str, settings: ScoreSettings) -> list[FrameRef]:
     """Every frame of `log` (the topic's or column's), in order, without decoding a picture."""
-    if is_uri(log):
-        raise LogError("a log in object storage is not read yet: copy it to a local folder")
     kind = log_kind(log)
     if kind == "bag-sqlite":
         raise LogError(
             "a ROS 2 bag in SQLite (.db3) is not read: convert it to MCAP with "
             "`ros2 bag convert` (or record with --storage mcap)"
         )
-    if not os.path.isfile(log):
+    if not is_uri(log) and not os.path.isfile(log):
         raise LogError("file not found: no log at this path")
     lister = {"video": _video_frames, "mcap": _mcap_frames, "table": _table_frames}[kind]
     return lister(log, settings)
@@ -441,31 +439,60 @@ def _stamp(pts: int, time_base: Fraction) -> str:
     return f"{float(pts * time_base):.6f}"
 
 
-def _open_video(log: str) -> tuple[Any, Any]:
-    av = _av()
+def _open_input(log: str) -> Any:
+    """A log in object storage as a seekable file (pyarrow's, reading the ranges asked for, so
+    a seek reads nothing before it); LogError in one line when it cannot be opened."""
+    from .remote import access_message, filesystem, is_denied
+
+    fs, path = filesystem(log)
     try:
-        container = av.open(log)
-    except (av.FFmpegError, OSError, ValueError) as exc:
-        raise LogError(f"not a video PyAV opens ({_one_line(exc)})") from None
-    if not container.streams.video:
-        container.close()
-        raise LogError("no video stream in this file")
-    stream = container.streams.video[0]
-    if stream.time_base is None:
-        container.close()
-        raise LogError("its video stream has no time base: frames cannot be timed")
-    return container, stream
+        return fs.open_input_file(path)
+    except FileNotFoundError:
+        raise LogError("no such object in the store") from None
+    except OSError as exc:
+        if is_denied(exc):
+            raise LogError(access_message(log, exc)) from None
+        raise LogError(f"cannot read the object: {_one_line(exc)}") from None
+
+
+class _Video:
+    """An open video: PyAV's container and stream, and the object file it reads, if any."""
+
+    def __init__(self, log: str) -> None:
+        av = _av()
+        self.file = _open_input(log) if is_uri(log) else None
+        try:
+            self.container = av.open(self.file if self.file is not None else log)
+        except (av.FFmpegError, OSError, ValueError) as exc:
+            self._close_file()
+            raise LogError(f"not a video PyAV opens ({_one_line(exc)})") from None
+        if not self.container.streams.video:
+            self.close()
+            raise LogError("no video stream in this file")
+        self.stream = self.container.streams.video[0]
+        if self.stream.time_base is None:
+            self.close()
+            raise LogError("its video stream has no time base: frames cannot be timed")
+
+    def _close_file(self) -> None:
+        if self.file is not None:
+            self.file.close()
+
+    def close(self) -> None:
+        self.container.close()
+        self._close_file()
 
 
 def _video_frames(log: str, settings: ScoreSettings) -> list[FrameRef]:
     """The video's frames by their packets' presentation times (demuxed, not decoded)."""
-    container, stream = _open_video(log)
+    video = _Video(log)
+    stream = video.stream
     try:
-        pts = sorted({p.pts for p in container.demux(stream) if p.pts is not None})
+        pts = sorted({p.pts for p in video.container.demux(stream) if p.pts is not None})
     except _av().FFmpegError as exc:
         raise LogError(f"unreadable video: {_one_line(exc)}") from None
     finally:
-        container.close()
+        video.close()
     return [FrameRef(log, i, _stamp(p, stream.time_base)) for i, p in enumerate(pts)]
 
 
@@ -477,7 +504,8 @@ def decoded_frames(packet: Any) -> list[Any]:
 class VideoReader(_Ordered):
     def __init__(self, log: str) -> None:
         super().__init__(log)
-        self.container, self.stream = _open_video(log)
+        self.video = _Video(log)
+        self.container, self.stream = self.video.container, self.video.stream
         self.stream.thread_type = "SLICE"  # frame threads would blame a later frame
         self.stream.codec_context.options = {"err_detect": "explode"}  # damage raises
 
@@ -504,7 +532,7 @@ class VideoReader(_Ordered):
                     yield Fraction(_stamp(frame.pts, tb)), _LazyImage(frame)
 
     def close(self) -> None:
-        self.container.close()
+        self.video.close()
 
 
 class _LazyImage:
@@ -534,7 +562,7 @@ def _ns_stamp(ns: int) -> str:
 def _open_mcap(log: str) -> tuple[Any, Any]:
     from mcap.reader import make_reader
 
-    f = open(log, "rb")  # noqa: SIM115 - the reader's; closed with it
+    f = _open_input(log) if is_uri(log) else open(log, "rb")  # noqa: SIM115 - the reader's
     try:
         reader = make_reader(f)
         reader.get_header()
@@ -638,11 +666,15 @@ def ros_picture(msg: Any) -> Any:
 
 # -------------------------------------------------------------------------------------- Parquet
 def _open_table(log: str) -> Any:
+    """The table's ParquetFile (closing it closes the object file it reads, if any)."""
     import pyarrow.parquet as pq
 
+    source = _open_input(log) if is_uri(log) else log
     try:
-        return pq.ParquetFile(log)
+        return pq.ParquetFile(source)
     except Exception as exc:
+        if not isinstance(source, str):
+            source.close()
         raise LogError(f"not a Parquet file ({_one_line(exc)})") from None
 
 
@@ -662,15 +694,18 @@ def image_columns(table: Any) -> list[str]:
 
 def _table_frames(log: str, settings: ScoreSettings) -> list[FrameRef]:
     table = _open_table(log)
-    columns = image_columns(table)
-    if settings.image_column not in columns:
-        asked = f"column {settings.image_column}" if settings.image_column else "--image-column"
-        raise NoSuchStream(
-            f"no {asked} in {log}; its image columns: {', '.join(columns) or 'none'}"
-        )
-    stamps: list[str | None] = [None] * table.metadata.num_rows
-    if TIMESTAMP_COLUMN in table.schema_arrow.names:
-        stamps = _table_stamps(table)
+    try:
+        columns = image_columns(table)
+        if settings.image_column not in columns:
+            asked = f"column {settings.image_column}" if settings.image_column else "--image-column"
+            raise NoSuchStream(
+                f"no {asked} in {log}; its image columns: {', '.join(columns) or 'none'}"
+            )
+        stamps: list[str | None] = [None] * table.metadata.num_rows
+        if TIMESTAMP_COLUMN in table.schema_arrow.names:
+            stamps = _table_stamps(table)
+    finally:
+        table.close(force=True)
     return [FrameRef(log, i, s, settings.image_column) for i, s in enumerate(stamps)]
 
 
@@ -721,4 +756,4 @@ class TableReader(LogReader):
 
     def close(self) -> None:
         self.group = None
-        self.table.close()
+        self.table.close(force=True)

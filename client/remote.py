@@ -31,7 +31,7 @@ from dealseg.core.decode import (
     decode_frame,
     decode_stream,
 )
-from dealseg.core.pool import PoolError, is_image_name, is_uri
+from dealseg.core.pool import PoolError, is_image_name, is_log_name, is_uri
 
 HTTP_TIMEOUT = 30.0  # seconds per http(s) request
 _DENIED = (  # how S3 (and pyarrow's AWS SDK errors) say that it refuses the credentials
@@ -195,9 +195,10 @@ def access_message(uri: str, exc: BaseException) -> str:
 
 
 def list_uri(source: str) -> list[str]:
-    """A URI POOL's image URIs: itself (an image), the lines of a `.txt` list, or every image
-    object under a prefix (hidden names, starting with '.', skipped), sorted."""
-    if is_image_name(source):
+    """A URI POOL's image and log URIs: itself (an image or a drive log), the lines of a `.txt`
+    list, or every image and log object under a prefix (hidden names, starting with '.',
+    skipped), sorted."""
+    if is_image_name(source) or is_log_name(source):
         return [source]
     scheme = scheme_of(source)
     if source.endswith(".txt"):
@@ -227,7 +228,9 @@ def list_uri(source: str) -> list[str]:
         raise PoolError(f"POOL {source}: cannot list: {one_line(exc)}") from None
     found, hidden = [], 0
     for info in infos:
-        if info.type != pafs.FileType.File or not is_image_name(info.path):
+        if info.type != pafs.FileType.File:
+            continue
+        if not (is_image_name(info.path) or is_log_name(info.path)):
             continue
         if any(part.startswith(".") for part in info.path.split("/")):
             hidden += 1

@@ -127,6 +127,36 @@ def test_a_video_scores_as_its_frames_saved_as_pngs(
             assert r["entropy"] == as_files[f"{r['frame']:03d}"]["entropy"]
 
 
+def test_logs_in_object_storage_score_as_the_local_ones(
+    pool: Path, embedded: Path, tiny_onnx: Path, s3_bucket: object, tmp_path: Path
+) -> None:
+    """The same logs as objects under an s3:// prefix (read in ranges by pyarrow's file
+    system): the same frames, errors and scores as the local folder's; a missing log object is
+    its one error record."""
+    from helpers import BUCKET, upload
+
+    upload(s3_bucket, pool, "drive")
+    out = tmp_path / "out"
+    score(f"s3://{BUCKET}/drive/", out, "--model", tiny_onnx, *LOGS)
+
+    def key(r: dict) -> tuple:
+        return (Path(r.get("log", r["path"])).name, r.get("frame"), r["status"])
+
+    local = {key(r): r for r in records(embedded)}
+    remote = {key(r): r for r in records(out)}
+    assert remote.keys() == local.keys()
+    for k, r in remote.items():
+        assert (r.get("ds"), r.get("entropy")) == (local[k].get("ds"), local[k].get("entropy"))
+    assert all(r["path"].startswith(f"s3://{BUCKET}/drive/") for r in remote.values())
+    listed = tmp_path / "list.txt"
+    listed.write_text(f"s3://{BUCKET}/drive/run.mcap\ns3://{BUCKET}/drive/gone.mp4\n")
+    out2 = tmp_path / "out2"
+    r = deal_client("score", listed, "-k", 2, "-o", out2, "--model", tiny_onnx, "--topic", TOPIC)
+    assert r.exit_code == 3, r.stderr
+    gone = [x for x in records(out2) if x["path"].endswith("gone.mp4")]
+    assert len(gone) == 1 and "no such object" in gone[0]["error"]
+
+
 def test_topic_and_image_column_missing_or_wrong_list_the_choices(
     pool: Path, tiny_onnx: Path, tmp_path: Path
 ) -> None:
