@@ -487,13 +487,14 @@ def _video_frames(log: str, settings: ScoreSettings) -> list[FrameRef]:
     """The video's frames by their packets' presentation times (demuxed, not decoded)."""
     video = _Video(log)
     stream = video.stream
+    time_base = Fraction(stream.time_base)  # read while open: a closed stream's is freed memory
     try:
         pts = sorted({p.pts for p in video.container.demux(stream) if p.pts is not None})
     except _av().FFmpegError as exc:
         raise LogError(f"unreadable video: {_one_line(exc)}") from None
     finally:
         video.close()
-    return [FrameRef(log, i, _stamp(p, stream.time_base)) for i, p in enumerate(pts)]
+    return [FrameRef(log, i, _stamp(p, time_base)) for i, p in enumerate(pts)]
 
 
 def decoded_frames(packet: Any) -> list[Any]:

@@ -127,6 +127,15 @@ def test_a_video_scores_as_its_frames_saved_as_pngs(
             assert r["entropy"] == as_files[f"{r['frame']:03d}"]["entropy"]
 
 
+def test_a_videos_frame_times_are_read_while_it_is_open(pool: Path) -> None:
+    """The listing once read the stream's time base after closing the container (freed
+    memory): now and then every timestamp was garbage and the frames failed as missing."""
+    settings = ScoreSettings()
+    for _ in range(20):
+        frames = logs.list_frames(str(pool / "drive.mp4"), settings)
+        assert [f.stamp for f in frames] == [f"{i / 20:.6f}" for i in range(N)]
+
+
 def test_logs_in_object_storage_score_as_the_local_ones(
     pool: Path, embedded: Path, tiny_onnx: Path, s3_bucket: object, tmp_path: Path
 ) -> None:
