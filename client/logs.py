@@ -440,19 +440,14 @@ def _stamp(pts: int, time_base: Fraction) -> str:
 
 
 def _open_input(log: str) -> Any:
-    """A log in object storage as a seekable file (pyarrow's, reading the ranges asked for, so
-    a seek reads nothing before it); LogError in one line when it cannot be opened."""
-    from .remote import access_message, filesystem, is_denied
+    """A log in object storage as a seekable file (`remote.open_object`); LogError in one line
+    when it cannot be read (refused credentials stop the run, as for an image)."""
+    from .remote import open_object
 
-    fs, path = filesystem(log)
     try:
-        return fs.open_input_file(path)
-    except FileNotFoundError:
-        raise LogError("no such object in the store") from None
-    except OSError as exc:
-        if is_denied(exc):
-            raise LogError(access_message(log, exc)) from None
-        raise LogError(f"cannot read the object: {_one_line(exc)}") from None
+        return open_object(log)
+    except DecodeError as exc:
+        raise LogError(exc.reason) from None
 
 
 class _Video:

@@ -16,12 +16,14 @@ environment.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import io
 import os
 import sys
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from typing import Any
 
 from dealseg.core.decode import (
@@ -131,9 +133,23 @@ def read_bytes(uri: str) -> bytes:
         except (urllib.error.URLError, OSError) as exc:
             raise DecodeError(f"unreadable: {getattr(exc, 'reason', exc)}") from None
     fs, path = filesystem(uri)
+    with _store_errors(uri), fs.open_input_stream(path) as f:
+        return f.read()
+
+
+def open_object(uri: str) -> Any:
+    """The object at `uri` as a seekable file (pyarrow's: reads the byte ranges asked for, so
+    a seek reads nothing before it); errors as `read_bytes`'s."""
+    fs, path = filesystem(uri)
+    with _store_errors(uri):
+        return fs.open_input_file(path)
+
+
+@contextlib.contextmanager
+def _store_errors(uri: str) -> Iterator[None]:
+    """A store's errors as DecodeError (missing, unreadable) or AccessDenied (credentials)."""
     try:
-        with fs.open_input_stream(path) as f:
-            return f.read()
+        yield
     except FileNotFoundError:
         raise DecodeError("file not found: no object at this URI") from None
     except OSError as exc:

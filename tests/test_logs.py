@@ -163,7 +163,7 @@ def test_logs_in_object_storage_score_as_the_local_ones(
     r = deal_client("score", listed, "-k", 2, "-o", out2, "--model", tiny_onnx, "--topic", TOPIC)
     assert r.exit_code == 3, r.stderr
     gone = [x for x in records(out2) if x["path"].endswith("gone.mp4")]
-    assert len(gone) == 1 and "no such object" in gone[0]["error"]
+    assert len(gone) == 1 and "no object at this URI" in gone[0]["error"]
 
 
 def test_topic_and_image_column_missing_or_wrong_list_the_choices(
