@@ -37,11 +37,11 @@ from dealseg.core.files import atomic_write
 from dealseg.core.pool import is_uri
 from dealseg.core.ranking import SCORE_COLUMNS
 
+from .logs import image_source
 from .maps import layer_names, map_name
 from .outdir import MAPS, load_table, read_selection
 from .records import Table, record_path, spec_of
 from .regions import REGION_MASKS
-from .remote import image_source
 
 PREDICTION_FORMATS = ("labelstudio", "fiftyone")  # the formats that carry pre-annotations
 _RLE_SIZES = (3, 4, 8, 16)  # the four run-length widths (bits) of Label Studio's brush RLE

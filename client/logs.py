@@ -36,7 +36,14 @@ from typing import Any
 
 import numpy as np
 
-from dealseg.core.decode import DecodeError, Frame, decode_stream, picture_frame
+from dealseg.core.decode import (
+    DEFAULT_MAX_PIXELS,
+    DecodeError,
+    Frame,
+    decode_frame,
+    decode_stream,
+    picture_frame,
+)
 from dealseg.core.pool import VIDEO_EXTENSIONS, PoolError, is_log_name, is_uri
 
 from .settings import ScoreSettings
@@ -375,6 +382,34 @@ def frame_png(path: str) -> bytes:
     buffer = io.BytesIO()
     picture.save(buffer, format="PNG")
     return buffer.getvalue()
+
+
+def decode_any(
+    path: str,
+    size: tuple[int, int],
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    resize: str = "stretch",
+) -> Frame:
+    """A pool entry as the model's frame: a local file (`decode_frame`), an object in storage
+    (`decode_uri`) or a frame of a drive log (`read_frame`). Scoring, maps, the report and
+    exports all read images here."""
+    from .remote import decode_uri
+
+    if frame_ref(path) is not None:
+        return read_frame(path, size, max_pixels, resize)
+    if is_uri(path):
+        return decode_uri(path, size, max_pixels, resize)
+    return decode_frame(path, size, max_pixels, resize)
+
+
+def image_source(path: str) -> str | io.BytesIO:
+    """What Pillow opens for a pool entry: the local path, or an object's bytes or a log's
+    frame as PNG in memory (DecodeError when it cannot be read)."""
+    from .remote import read_bytes
+
+    if frame_ref(path) is not None:
+        return io.BytesIO(frame_png(path))
+    return io.BytesIO(read_bytes(path)) if is_uri(path) else path
 
 
 def _one_line(exc: BaseException) -> str:

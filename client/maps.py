@@ -32,8 +32,8 @@ from dealseg.core.decode import DecodeError, Frame
 from dealseg.core.files import atomic_write
 
 from .engines import Engine
+from .logs import decode_any
 from .outdir import MAPS
-from .remote import decode_any
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9_-]+")
 _OUR_NAME = re.compile(r"^\d{4,}_[A-Za-z0-9_-]+_[0-9a-f]{10}(\.dif|\.seg)?\.png$")

@@ -47,10 +47,10 @@ from dealseg.core.regions import (
 )
 from dealseg.core.strategies import DESCRIPTORS
 
+from .logs import image_source
 from .maps import map_name
 from .outdir import recorded_settings, write_selection
 from .records import RegionCells, StoreError, Table, finite, path_fields, spec_of
-from .remote import image_source
 from .settings import SelectSettings
 
 REGIONS_JSONL = "regions.jsonl"

@@ -27,10 +27,8 @@ from collections.abc import Iterator
 from typing import Any
 
 from dealseg.core.decode import (
-    DEFAULT_MAX_PIXELS,
     DecodeError,
     Frame,
-    decode_frame,
     decode_stream,
 )
 from dealseg.core.pool import PoolError, is_image_name, is_log_name, is_uri
@@ -166,34 +164,6 @@ def decode_uri(uri: str, size: tuple[int, int], max_pixels: int, resize: str) ->
     if not data:
         raise DecodeError("empty file (0 bytes)")
     return decode_stream(io.BytesIO(data), size, max_pixels, resize)
-
-
-def decode_any(
-    path: str,
-    size: tuple[int, int],
-    max_pixels: int = DEFAULT_MAX_PIXELS,
-    resize: str = "stretch",
-) -> Frame:
-    """A pool entry as the model's frame: a local file (`decode_frame`), an object in storage
-    (`decode_uri`) or a frame of a drive log (`logs.read_frame`). Scoring, maps, the report and
-    exports all read images here."""
-    from .logs import frame_ref, read_frame
-
-    if frame_ref(path) is not None:
-        return read_frame(path, size, max_pixels, resize)
-    if is_uri(path):
-        return decode_uri(path, size, max_pixels, resize)
-    return decode_frame(path, size, max_pixels, resize)
-
-
-def image_source(path: str) -> str | io.BytesIO:
-    """What Pillow opens for a pool entry: the local path, or an object's bytes or a log's
-    frame as PNG in memory (DecodeError when it cannot be read)."""
-    from .logs import frame_png, frame_ref
-
-    if frame_ref(path) is not None:
-        return io.BytesIO(frame_png(path))
-    return io.BytesIO(read_bytes(path)) if is_uri(path) else path
 
 
 def one_line(exc: BaseException) -> str:

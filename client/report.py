@@ -30,10 +30,10 @@ from dealseg.core.ranking import SCORE_COLUMNS
 from dealseg.core.strategies import NOVEL_THRESHOLD
 
 from .engines import default_model_path
+from .logs import decode_any
 from .maps import layer_names, overlay, segmentation_rgb
 from .outdir import MAPS
 from .records import Table, record_path, spec_of
-from .remote import decode_any
 
 REPORT_HTML = "report.html"
 REPORT_FILES = "report_files"

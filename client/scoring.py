@@ -119,8 +119,8 @@ class Sink(Protocol):
 def load_frame(path: str, size: tuple[int, int], settings: ScoreSettings) -> Frame:
     """A pool path as the model's frame, as `settings` say (--resize, --max-pixels): the one
     decode step of the streaming scorer and the Ray path's actors. URIs are read from
-    object storage (`remote.decode_any`)."""
-    from .remote import decode_any
+    object storage (`logs.decode_any`)."""
+    from .logs import decode_any
 
     return decode_any(path, size, settings.max_pixels, settings.resize)
 

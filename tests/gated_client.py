@@ -15,13 +15,13 @@ import sys
 import time
 from pathlib import Path
 
-import dealseg.client.remote as remote
+import dealseg.client.logs as logs
 from dealseg.client.cli import main
 from dealseg.core.decode import Frame
 
 
 def gated(gate: str, release: Path):  # -> the decode function with the gate
-    decode = remote.decode_frame
+    decode = logs.decode_frame
 
     def decode_frame(path: str, size: tuple[int, int], max_pixels: int, resize: str) -> Frame:
         if os.path.basename(path) == gate:
@@ -36,5 +36,5 @@ if __name__ == "__main__":
     # Ctrl-C raises KeyboardInterrupt even when the test runner was started with SIGINT ignored
     # (as background jobs of a shell are), which this process would otherwise inherit.
     signal.signal(signal.SIGINT, signal.default_int_handler)
-    remote.decode_frame = gated(sys.argv[1], Path(sys.argv[2]))  # what decode_any reads with
+    logs.decode_frame = gated(sys.argv[1], Path(sys.argv[2]))  # what decode_any reads with
     main(sys.argv[3:])
