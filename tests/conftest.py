@@ -110,6 +110,19 @@ class S3Server:
         )
 
 
+def wait_for_port(proc: subprocess.Popen, port: int, what: str, log: Path | None = None) -> None:
+    """Until `proc` accepts connections on 127.0.0.1:`port`; a failed assertion when it exits
+    first (its log) or after a 120 s failure deadline (not a wait: a condition is polled)."""
+    deadline = time.monotonic() + 120
+    while True:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        assert proc.poll() is None, log.read_text() if log else f"{what} exited"
+        assert time.monotonic() < deadline, f"{what} did not start"
+        time.sleep(0.05)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -135,14 +148,7 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
             stderr=subprocess.STDOUT,
         )
     try:
-        deadline = time.monotonic() + 120  # a failure deadline, not a wait: we poll a condition
-        while True:
-            with socket.socket() as s:
-                if s.connect_ex(("127.0.0.1", port)) == 0:
-                    break
-            assert proc.poll() is None, log.read_text()
-            assert time.monotonic() < deadline, "moto server did not start"
-            time.sleep(0.05)
+        wait_for_port(proc, port, "moto server", log)
         endpoint = f"http://127.0.0.1:{port}"
         iam = boto3.client(
             "iam",
@@ -183,14 +189,7 @@ def gcs_server() -> Iterator[str]:
         stderr=subprocess.DEVNULL,
     )
     try:
-        deadline = time.monotonic() + 120  # a failure deadline, not a wait: we poll a condition
-        while True:
-            with socket.socket() as s:
-                if s.connect_ex(("127.0.0.1", port)) == 0:
-                    break
-            assert proc.poll() is None, "fake-gcs-server exited"
-            assert time.monotonic() < deadline, "fake-gcs-server did not start"
-            time.sleep(0.05)
+        wait_for_port(proc, port, "fake-gcs-server")
         made = urllib.request.Request(
             f"{url}/storage/v1/b", data=b'{"name": "frames"}', method="POST"
         )
