@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .contract import REGION_MAPS
 from .registry import Registry
 
 NEEDS = ("scores", "embeddings", "maps", "model")
@@ -33,7 +34,6 @@ DEFAULT_REGION_STRATEGY = "region-ds-sample"
 # both chosen by bench/novelty.py on its tuning kinds).
 NOVEL_THRESHOLD = 0.99
 UNITS = ("frame", "region")
-REGION_MAP_NAMES = ("ds", "entropy")  # the keys of `contract.REGION_MAPS`
 
 
 @dataclass(frozen=True)
@@ -52,7 +52,7 @@ class StrategyInfo:
             raise ValueError(f"strategy {self.name}: unit {self.unit!r}, needs {set(self.needs)}")
         if (self.region_map is not None) != ("maps" in self.needs) or self.region_map not in (
             None,
-            *REGION_MAP_NAMES,
+            *REGION_MAPS,
         ):
             raise ValueError(f"strategy {self.name}: region_map {self.region_map!r}")
 
