@@ -74,7 +74,7 @@ CASES = {
 }
 # `--sweep`: the Ray path's block size (paths per actor call) and calls per actor, 1 actor x 2
 # CPUs, against the single process, in alternation (client/fleet.py takes the best).
-SWEEP = [(16, 2), (32, 1), (32, 2), (32, 3), (64, 2), (128, 2)]
+SWEEP = [(256, 2), (512, 2), (1024, 1), (1024, 2)]
 RAY_ONE = CASES["ray, 1 actor x 2 CPU"]
 
 

@@ -259,28 +259,33 @@ def score(
 
 def _interruptible(run: Callable[[], int], after: str) -> int:
     """run()'s exit code; Ctrl-C or SIGTERM: a line saying what is left (`after`), 130."""
-    with _sigterm_interrupts():
+    with _sigterm_interrupts() as signals:
         try:
             return run()
         except KeyboardInterrupt as exc:
-            how = f" ({exc.args[0]})" if exc.args else ""
+            # a library waiting in native code (Ray) may raise a KeyboardInterrupt of its own
+            cause = exc.args[0] if exc.args else (signals[-1] if signals else "")
+            how = f" ({cause})" if cause else ""
             _stderr(f"interrupted{how}: {after}")
             return EXIT_INTERRUPTED
 
 
 @contextlib.contextmanager
-def _sigterm_interrupts() -> Iterator[None]:
-    """SIGTERM stops a run as Ctrl-C does: files left valid, a message, exit 130."""
+def _sigterm_interrupts() -> Iterator[list[str]]:
+    """SIGTERM stops a run as Ctrl-C does: files left valid, a message, exit 130. Yields the
+    list of the signals so taken."""
+    signals: list[str] = []
 
     def interrupt(signum: int, frame: Any) -> None:
+        signals.append("SIGTERM")
         raise KeyboardInterrupt("SIGTERM")
 
     if threading.current_thread() is not threading.main_thread():
-        yield  # signal handlers belong to the main thread
+        yield signals  # signal handlers belong to the main thread
         return
     previous = signal.signal(signal.SIGTERM, interrupt)
     try:
-        yield
+        yield signals
     finally:
         signal.signal(signal.SIGTERM, previous)
 

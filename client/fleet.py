@@ -1,37 +1,36 @@
-"""`deal-client score --ray`: the streaming scorer's steps as Ray Data stages, past one machine.
+"""`deal-client score --ray`: the single-process scorer run by Ray actors, past one machine.
 
-    pool listing (driver) ─► from_items (blocks of paths) ─► actor pool (`ScoreActor`: one
-    engine per actor, ONNX Runtime in-process or a Triton client; each call decodes its paths
-    with the single-process scorer's `load_frame`, a bad file an error row, and scores them;
-    a drive log's frames are addresses like any path, so a block holds a range of a log's
-    frames, which the call reads in one pass: a log is spread over the actors by ranges)
-    ─► Parquet parts in OUT/scores.parquet/ ─► (driver) selection over the dataset
+    pool listing (driver; paths already scored OK skipped) ─► blocks of paths (`BLOCK_PATHS`,
+    fewer a block when there are fewer than the actors' calls) ─► actors (`ScoreWorker`: one
+    engine each, ONNX Runtime in-process or a Triton client) ─► each call runs the single-process
+    `Scorer` over its block (decode threads feeding the engine, a drive log's frames as a range
+    read in one pass) and writes the block's rows as one Parquet part into OUT/scores.parquet/
+    ─► (driver) the run's rows counted, the selection over the out dir's table
+
+Chosen by measurement (bench/fleet.py; README, Performance): Ray Data's stages (a block per
+call, tables through the object store, separate write tasks) kept 70-76% of the single process on
+a quiet 2-core node whatever the block size and calls per actor, while the single-process scorer
+in a plain Ray actor keeps its speed. So only paths and small summaries pass through Ray; frames
+and rows never do.
 
 OUT is a folder every node sees at the same path, or a prefix in object storage
-(`--out s3://bucket/run`, gs://): Ray's write tasks put their parts there straight from the
-workers, and the driver writes meta.json and the selection beside them and reads the parts back
-to resume and select; no node needs a shared volume. The write tasks use the driver's file
-system of OUT (`remote.filesystem`: its endpoint and region, and its keys when they come from
-AWS_* variables; without them each worker's own AWS credential chain).
+(`--out s3://bucket/run`, gs://): the actors write their parts there straight from the workers
+(the driver's file system of OUT, `remote.filesystem`: its endpoint and region, and its keys
+when they come from AWS_* variables; without them each worker's own AWS credential chain), and
+the driver writes meta.json and the selection beside them and reads the parts back to resume and
+select; no node needs a shared volume.
 
-One actor stage fed with paths, chosen by measurement (bench/fleet.py; README, Performance):
-frames never pass through Ray's object store (a path is bytes, a frame 130 kB) and no separate
-decode stage competes with the actors for the cores. Each actor runs `CALLS_PER_ACTOR` calls at
-once on its own threads, so one call decodes while another is in ONNX Runtime (which takes one
-run at a time on the CPU, `engines.EmbeddedEngine`), as the single process overlaps its decode
-threads with inference.
-
-Rows are the single-process writer's (`parquet.batch_table`), so both paths select the same.
-Resumable: the driver skips the paths OUT already holds scored OK by the same model. Actors are
-restarted when they die (Ray Data's defaults: max_restarts=-1, max_task_retries=-1) and the
-batch they held is run again, so a lost actor costs time, never a row. Ray is imported here
-only: the client imports without it.
+A block's part is named by the run and the block's number, and written whole (atomically) at the
+block's end. Actors are restarted when they die and the call they held runs again
+(`max_restarts=-1`, `max_task_retries=-1`): a lost actor costs time, never a row, and a call run
+twice writes the same part twice, so no image is written twice. Ray is imported here only: the
+client imports without it.
 """
 
 from __future__ import annotations
 
 import contextlib
-import functools
+import dataclasses
 import itertools
 import signal
 import socket
@@ -42,11 +41,9 @@ from typing import Any
 
 import numpy as np
 
-from dealseg.core.contract import SCORE_OUTPUTS, ModelSpec
-from dealseg.core.decode import DecodeError
+from dealseg.core.contract import ModelSpec
 
 from .engines import Engine, EngineError
-from .logs import LogFrames
 from .objects import Location, ObjectPath, location
 from .outdir import claim, load_table
 from .parquet import (
@@ -58,25 +55,19 @@ from .parquet import (
     part_prefix,
     read_parts,
     resumed_paths,
+    write_part,
 )
 from .records import StoreError, Table, record_path
 from .remote import one_line
-from .scoring import (
-    ScoreReport,
-    decode_or_error,
-    decode_runs,
-    infer_batch,
-    load_frame,
-    read_log_run,
-)
+from .scoring import Scorer, ScoreReport, progress_bar
 from .settings import ScoreSettings
 
-ROWS_PER_FILE = 1024  # rows a Parquet part of the Ray path holds at least (but the last)
-# Paths a block holds: a call of an actor decodes and scores one block (in batches of the
-# scorer's batch size). Measured on 2000 JPEGs (bench/fleet.py): larger blocks cost Ray fewer
-# scheduling rounds, smaller ones keep both calls of an actor busy to the end.
-BLOCK_PATHS = 32
-CALLS_PER_ACTOR = 2  # calls an actor runs at once: one decodes while another infers
+# Paths a block holds: one actor call scores them and writes them as one Parquet part. Larger
+# blocks make fewer, larger parts and fewer calls; each call's scorer drains at its end, which
+# the actor's other call covers (CALLS_PER_ACTOR).
+BLOCK_PATHS = 1024
+CALLS_PER_ACTOR = 2  # calls an actor runs at once
+MIN_SPLIT = 32  # a pool is split further for the actors' calls only into blocks this large
 EngineFactory = Callable[[], Engine]  # picklable: builds an actor's engine on its node
 BatchHook = Callable[[int], None]  # called with an actor's batch number before it scores it
 
@@ -94,16 +85,13 @@ class RaySettings:
     actors: int = 1  # scoring actors, each with its own engine
     cpus_per_actor: float = 1.0  # CPUs reserved per actor (ONNX Runtime's threads in-process)
     gpus_per_actor: float = 0.0  # GPUs reserved per actor (ONNX Runtime's CUDA provider)
-    rows_per_file: int = ROWS_PER_FILE
 
 
 def import_ray() -> Any:
     try:
         import ray
     except ImportError:
-        raise RayUnavailable(
-            "--ray needs Ray Data: pip install 'dealseg[ray]' (ray[data]==2.60.0)"
-        ) from None
+        raise RayUnavailable("--ray needs Ray: pip install 'dealseg[ray]' (ray==2.60.0)") from None
     return ray
 
 
@@ -123,31 +111,23 @@ def check_reachable(address: str | None, timeout: float = 5.0) -> None:
 
 
 @contextlib.contextmanager
-def connected(address: str | None, progress: bool = True) -> Iterator[Any]:
-    """Ray connected to `address` (a new local cluster when None) for the block; a connection
-    made here is closed after it, one made before is left alone."""
+def connected(address: str | None) -> Iterator[Any]:
+    """Ray connected to `address` (a new local cluster when None, without the dashboard) for
+    the block; a connection made here is closed after it, one made before is left alone."""
     ray = import_ray()
     mine = not ray.is_initialized()
     if mine:
         check_reachable(address)
         on_sigterm = signal.getsignal(signal.SIGTERM)
+        local = {"include_dashboard": False} if address is None else {}
         try:
-            ray.init(address=address, logging_level="ERROR", log_to_driver=False)
+            ray.init(address=address, logging_level="ERROR", log_to_driver=False, **local)
         except Exception as exc:  # ray.init raises ConnectionError, RuntimeError, Exception
             where = f"reach the Ray cluster at {address}" if address else "start a local Ray"
             raise RayUnavailable(f"cannot {where}: {one_line(exc)}") from None
         if threading.current_thread() is threading.main_thread():
             # ray.init takes SIGTERM (a stack dump and exit 143); the caller's handler stays
             signal.signal(signal.SIGTERM, on_sigterm)
-    import logging
-
-    from ray.data import DataContext
-
-    logging.getLogger("ray.data").setLevel(logging.WARNING)  # no INFO lines per dataset
-
-    context = DataContext.get_current()
-    context.enable_progress_bars = progress
-    context.print_on_execution_start = False
     try:
         yield ray
     finally:
@@ -155,80 +135,78 @@ def connected(address: str | None, progress: bool = True) -> Iterator[Any]:
             ray.shutdown()
 
 
-# ------------------------------------------------------------------------------------- stages
-class ScoreActor:
-    """One actor of the scoring pool: builds its engine once, then turns blocks of paths into
-    scores rows (`parquet.batch_table`) and error rows for the files that did not decode.
-    Thread-safe: the actor runs `CALLS_PER_ACTOR` calls at once."""
+# ------------------------------------------------------------------------------------- actors
+class ScoreWorker:
+    """One scoring actor: builds its engine once, then scores blocks of paths with the
+    single-process `Scorer` and writes each block's rows as one part into `folder`. Runs
+    `CALLS_PER_ACTOR` calls at once (they take turns on the engine, as the single process's
+    requests do)."""
 
     def __init__(
         self,
         make_engine: EngineFactory,
         spec: ModelSpec,
         settings: ScoreSettings,
+        folder: Location,
         run: str,
+        prefix: str,
         hook: BatchHook | None,
     ) -> None:
-        self.engine, self.spec, self.run, self.hook = make_engine(), spec, run, hook
-        if self.engine.spec.model_id != spec.model_id:
+        engine = make_engine()
+        if engine.spec.model_id != spec.model_id:
             raise EngineError(
-                f"an actor's engine serves {self.engine.spec.model_id}, not {spec.model_id}"
+                f"an actor's engine serves {engine.spec.model_id}, not {spec.model_id}"
             )
-        self.settings = settings
-        self.load = functools.partial(load_frame, size=spec.input_size, settings=settings)
+        self.engine = engine if hook is None else _Hooked(engine, hook)
+        self.spec, self.folder, self.run, self.prefix = spec, folder, run, prefix
+        self.settings = dataclasses.replace(settings, progress=False)  # the driver's bar counts
+
+    def ready(self) -> None:
+        """Returns once the actor (and its engine) is up."""
+
+    def score(self, block: int, paths: list[str]) -> int:
+        """Score `paths` and write their rows as the block's part; the rows written."""
+        rows = _Rows(self.spec, self.run, self.settings.regions is not None)
+        Scorer(self.engine, rows, self.settings).run(paths)
+        write_part(self.folder / f"{self.prefix}{block:06d}.parquet", rows.table())
+        return len(paths)
+
+
+class _Rows:
+    """A `scoring.Sink` holding one block's rows (`parquet.batch_table`), error rows last."""
+
+    def __init__(self, spec: ModelSpec, run: str, regions: bool) -> None:
+        self.spec, self.run, self.regions = spec, run, regions
+        self.tables: list[Any] = []
+        self.failed: list[tuple[str, str]] = []
+        self.done: set[str] = set()  # the driver passes only paths to score
+
+    def append_batch(self, paths: Sequence[str], out: dict[str, np.ndarray]) -> None:
+        self.tables.append(batch_table(paths, out, self.spec, self.run))
+
+    def append_error(self, path: str, reason: str) -> None:
+        self.failed.append((path, reason))
+
+    def table(self) -> Any:
+        import pyarrow as pa
+
+        errors = errors_table(self.failed, self.spec, self.run, self.regions)
+        return pa.concat_tables([*self.tables, errors])
+
+
+class _Hooked:
+    """The actor's engine, calling `hook` with the batch's number (1, 2, ... in this actor
+    process) before each batch it scores: tests' faults in the middle of a run."""
+
+    def __init__(self, engine: Engine, hook: BatchHook) -> None:
+        self.engine, self.hook, self.spec = engine, hook, engine.spec
         self.batches = itertools.count(1)  # next() is atomic under the GIL
 
-    def __call__(self, block: dict[str, np.ndarray]) -> Any:
-        import pyarrow as pa
-
-        paths = [str(p) for p in block["path"]]
-        size = self.settings.batch_size
-        logs = LogFrames(self.spec.input_size, self.settings)  # a block's range of a log: one pass
-        try:
-            return pa.concat_tables(
-                [self.score(paths[i : i + size], logs) for i in range(0, len(paths), size)]
-            )
-        finally:
-            logs.close()
-
-    def score(self, paths: list[str], logs: LogFrames) -> Any:
-        """Decode and score one batch of paths (a log's frames through `logs`): its rows, error
-        rows last."""
-        import pyarrow as pa
-
-        if self.hook is not None:
-            self.hook(next(self.batches))
-        frames, failed = [], []
-        for run, log, _ in decode_runs(paths, len(paths)):
-            if log:
-                found = logs.frames(read_log_run(logs, run))
-            else:
-                found = [decode_or_error(self.load, run[0])]
-            for path, result in zip(run, found, strict=True):
-                if isinstance(result, DecodeError):
-                    failed.append((path, result.reason))
-                else:
-                    frames.append((path, result))
-        regions = self.settings.regions
-        parts = [errors_table(failed, self.spec, self.run, regions is not None)]
-        if frames:
-            done, out = infer_batch(
-                self.engine, [p for p, _ in frames], [f for _, f in frames], SCORE_OUTPUTS, regions
-            )
-            parts.insert(0, batch_table(done, out, self.spec, self.run))
-        return pa.concat_tables(parts)
-
-
-def part_names(prefix: str) -> Any:
-    """Ray's FilenameProvider for our parts, `<run sequence>-<run id>-<write>-<task>.parquet`:
-    the parts of later runs sort after earlier ones (`parquet.part_files`)."""
-    from ray.data.datasource import FilenameProvider
-
-    class PartNames(FilenameProvider):
-        def get_filename_for_task(self, write_uuid: str, task_index: int) -> str:
-            return f"{prefix}{write_uuid}-{task_index:06d}.parquet"
-
-    return PartNames()
+    def infer(
+        self, images: np.ndarray, outputs: Sequence[str], boxes: np.ndarray | None = None
+    ) -> dict[str, np.ndarray]:
+        self.hook(next(self.batches))
+        return self.engine.infer(images, outputs, boxes)
 
 
 # -------------------------------------------------------------------------------------- driver
@@ -243,13 +221,12 @@ def score_on_ray(
 ) -> ScoreReport:
     """Score every path not yet scored OK in the Parquet out dir `out` on a Ray cluster.
 
-    The driver holds the out dir's lock and writes meta.json; the parts are written by Ray's
-    tasks into OUT/scores.parquet/ (on a cluster of several machines OUT must be a folder every
-    node sees at the same path, or a prefix in object storage). Raises StoreError, EngineError
-    and RayUnavailable.
+    The driver holds the out dir's lock and writes meta.json; the actors write the parts into
+    OUT/scores.parquet/ (on a cluster of several machines OUT must be a folder every node sees
+    at the same path, or a prefix in object storage). The rate counts from the actors' engines
+    being up, as the single process's counts from its engine being up. Raises StoreError,
+    EngineError and RayUnavailable.
     """
-    import time
-
     with claim(out, spec, "parquet", settings.scoring):
         folder = location(out) / SCORES_PARQUET
         folder.mkdir(exist_ok=True)
@@ -260,30 +237,19 @@ def score_on_ray(
             return report
         run = new_run_id()
         prefix = part_prefix(next_sequence(folder), run)
-        with connected(ray_settings.address, settings.progress) as ray:
+        with connected(ray_settings.address) as ray:
             _check_resources(ray, ray_settings)
-            start = time.perf_counter()  # as the single-process rate: scoring, not start-up
-            dataset = _pipeline(ray, todo, spec, make_engine, settings, ray_settings, run, hook)
-            where, filesystem = _sink(folder)
+            # the actors write to object storage with the driver's file system
+            target = folder.pinned() if isinstance(folder, ObjectPath) else folder
+            args = (make_engine, spec, settings, target, run, prefix, hook)
+            actors = _start_actors(ray, ray_settings, args)
             try:
-                dataset.write_parquet(
-                    where,
-                    filesystem=filesystem,
-                    filename_provider=part_names(prefix),
-                    min_rows_per_file=ray_settings.rows_per_file,
-                )
-            except Exception as exc:  # Ray wraps the actor's error in its own types
-                raise EngineError(f"the Ray job failed: {_cause(exc)}") from exc
-        report.seconds = time.perf_counter() - start
+                report.seconds = _run_blocks(ray, actors, _blocks(todo, len(actors)), settings)
+            finally:
+                for actor in actors:
+                    ray.kill(actor)
     _count(report, folder, run)
     return report
-
-
-def _sink(folder: Location) -> tuple[str, Any]:
-    """Where Ray's write tasks put the parts: (path, pyarrow file system; None: local)."""
-    if isinstance(folder, ObjectPath):
-        return folder.key, folder.fs
-    return str(folder.absolute()), None
 
 
 def _check_resources(ray: Any, how: RaySettings) -> None:
@@ -304,34 +270,71 @@ def _check_resources(ray: Any, how: RaySettings) -> None:
         )
 
 
-def _pipeline(
+def _blocks(todo: Sequence[str], actors: int) -> list[list[str]]:
+    """`todo` in consecutive blocks of even sizes: at most `BLOCK_PATHS` paths each, and one for
+    each of the actors' calls where the blocks still hold `MIN_SPLIT` paths."""
+    n = len(todo)
+    count = max(-(-n // BLOCK_PATHS), min(actors * CALLS_PER_ACTOR, n // MIN_SPLIT), 1)
+    bounds = np.linspace(0, n, count + 1).round().astype(int)
+    return [list(todo[a:b]) for a, b in itertools.pairwise(bounds)]
+
+
+def _start_actors(
     ray: Any,
-    todo: Sequence[str],
-    spec: ModelSpec,
-    make_engine: EngineFactory,
-    settings: ScoreSettings,
     how: RaySettings,
-    run: str,
-    hook: BatchHook | None,
-) -> Any:
-    """Blocks of `BLOCK_PATHS` paths (fewer for a small pool, so every call of every actor
-    gets one), each decoded and scored by one call of an actor."""
-    calls = how.actors * CALLS_PER_ACTOR
-    blocks = min(max(-(-len(todo) // BLOCK_PATHS), min(len(todo), calls)), 10_000)
-    items = ray.data.from_items([{"path": p} for p in todo], override_num_blocks=blocks)
-    return items.map_batches(
-        ScoreActor,
-        fn_constructor_args=(make_engine, spec, settings, run, hook),
-        batch_size=None,  # a whole block per call
-        batch_format="numpy",
-        compute=ray.data.ActorPoolStrategy(
-            size=how.actors,
-            max_concurrent_calls_per_actor=CALLS_PER_ACTOR,
-            enable_true_multi_threading=True,
-        ),
+    args: tuple[Any, ...],
+) -> list[Any]:
+    """The actors (`ScoreWorker(*args)`), each with its engine up (EngineError with the
+    cause when one fails)."""
+    worker = ray.remote(ScoreWorker).options(
         num_cpus=how.cpus_per_actor,
         num_gpus=how.gpus_per_actor or None,
+        max_concurrency=CALLS_PER_ACTOR,
+        max_restarts=-1,
+        max_task_retries=-1,
     )
+    actors = [worker.remote(*args) for _ in range(how.actors)]
+    try:
+        ray.get([actor.ready.remote() for actor in actors])
+    except Exception as exc:  # Ray wraps the constructor's error in its own types
+        for actor in actors:
+            ray.kill(actor)
+        raise EngineError(f"the Ray actors did not start: {_cause(exc)}") from exc
+    return actors
+
+
+def _run_blocks(
+    ray: Any, actors: list[Any], blocks: list[list[str]], settings: ScoreSettings
+) -> float:
+    """Hand the blocks to the actors, `CALLS_PER_ACTOR` calls each at a time; the seconds from
+    the first call to the last result. The first failed call ends the run (EngineError)."""
+    import time
+
+    queue = list(reversed(list(enumerate(blocks))))
+    running: dict[Any, Any] = {}
+    bar = progress_bar(sum(map(len, blocks)), 0, settings.progress)
+    start = time.perf_counter()
+
+    def give(actor: Any) -> None:
+        if queue:
+            block, paths = queue.pop()
+            running[actor.score.remote(block, paths)] = actor
+
+    try:
+        for _ in range(CALLS_PER_ACTOR):
+            for actor in actors:
+                give(actor)
+        while running:
+            ready, _ = ray.wait(list(running), num_returns=1)
+            actor = running.pop(ready[0])
+            try:
+                bar.update(ray.get(ready[0]))
+            except Exception as exc:  # Ray wraps the call's error in its own types
+                raise EngineError(f"the Ray job failed: {_cause(exc)}") from exc
+            give(actor)
+    finally:
+        bar.close()
+    return time.perf_counter() - start
 
 
 def _cause(exc: BaseException) -> str:

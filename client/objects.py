@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +35,9 @@ class ObjectPath:
     """An object, or a prefix ("folder"), at `uri` (scheme://bucket/key, no trailing /)."""
 
     uri: str
+    # The file system to use instead of this process's (`pinned`); none: built from the URI
+    # and this process's environment (endpoint, region, keys).
+    pinned_fs: Any = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         given = self.uri
@@ -46,7 +49,7 @@ class ObjectPath:
         return self.uri
 
     def __truediv__(self, name: str) -> ObjectPath:
-        return ObjectPath(f"{self.uri}/{name}")
+        return ObjectPath(f"{self.uri}/{name}", self.pinned_fs)
 
     @property
     def name(self) -> str:
@@ -58,7 +61,7 @@ class ObjectPath:
 
     @property
     def parent(self) -> ObjectPath:
-        return ObjectPath(self.uri.rsplit("/", 1)[0])
+        return ObjectPath(self.uri.rsplit("/", 1)[0], self.pinned_fs)
 
     @property
     def bucket(self) -> str:
@@ -71,7 +74,12 @@ class ObjectPath:
 
     @property
     def fs(self) -> Any:
-        return filesystem(self.uri)[0]
+        return self.pinned_fs if self.pinned_fs is not None else filesystem(self.uri)[0]
+
+    def pinned(self) -> ObjectPath:
+        """This path with this process's file system fixed in it: a process it is sent to (a
+        Ray worker) reaches the store as this one does (the same endpoint, region and keys)."""
+        return ObjectPath(self.uri, self.fs)
 
     def with_name(self, name: str) -> ObjectPath:
         return self.parent / name
@@ -105,7 +113,7 @@ class ObjectPath:
         selector = pafs.FileSelector(self.key, allow_not_found=True)
         infos = self._call("list", lambda: self.fs.get_file_info(selector))
         scheme = scheme_of(self.uri)
-        return (ObjectPath(f"{scheme}://{info.path}") for info in infos)
+        return (ObjectPath(f"{scheme}://{info.path}", self.pinned_fs) for info in infos)
 
     # --------------------------------------------------------------------------- read, write
     def read_bytes(self) -> bytes:

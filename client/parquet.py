@@ -387,6 +387,18 @@ def parquet_records(
             yield record, (values[start : start + dim].astype(np.float32) if ok else None)
 
 
+def write_part(part: Location, table: Any) -> None:
+    """Write `table` as the part `part`, whole or not at all (a local file is renamed into
+    place; an object store puts an object whole)."""
+    import pyarrow.parquet as pq
+
+    if isinstance(part, ObjectPath):
+        part.write_with(lambda stream: pq.write_table(table, stream))
+    else:
+        with atomic_output(part) as tmp:
+            pq.write_table(table, tmp)
+
+
 # -------------------------------------------------------------------------------------- writer
 class ParquetWriter:
     """Writes scores.parquet parts into `out`, resuming what is there (`outdir.open_writer`
@@ -428,17 +440,12 @@ class ParquetWriter:
     def flush(self) -> None:
         """Write the rows held as one part."""
         import pyarrow as pa
-        import pyarrow.parquet as pq
 
         if not self.pending:
             return
-        table = pa.concat_tables(self.pending)
-        part = self.folder / f"{self.prefix}{self.parts:05d}.parquet"
-        if isinstance(part, ObjectPath):
-            part.write_with(lambda stream: pq.write_table(table, stream))
-        else:
-            with atomic_output(part) as tmp:
-                pq.write_table(table, tmp)
+        write_part(
+            self.folder / f"{self.prefix}{self.parts:05d}.parquet", pa.concat_tables(self.pending)
+        )
         self.parts += 1
         self.pending, self.rows = [], 0
 
@@ -475,7 +482,6 @@ def write_parquet_records(
 ) -> None:
     """Records with their embeddings (merge's winners) as the parts of out/scores.parquet,
     replacing any there."""
-    import pyarrow.parquet as pq
 
     folder = Path(out) / SCORES_PARQUET
     for old in part_files(folder):
@@ -489,8 +495,7 @@ def write_parquet_records(
         nonlocal parts, chunk
         vectors = np.array([v for _, v in chunk if v is not None], np.float32).reshape(-1, dim)
         table = rows_table([r for r, _ in chunk], vectors, names, dim, run, holds_regions(meta))
-        with atomic_output(folder / f"{prefix}{parts:05d}.parquet") as tmp:
-            pq.write_table(table, tmp)
+        write_part(folder / f"{prefix}{parts:05d}.parquet", table)
         parts, chunk = parts + 1, []
 
     for item in rows:

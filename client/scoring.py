@@ -257,7 +257,7 @@ class Workers:
             self._jobs.put(None)
 
 
-def _progress(total: int, initial: int, enabled: bool) -> Any:
+def progress_bar(total: int, initial: int, enabled: bool) -> Any:
     from tqdm import tqdm
 
     return tqdm(
@@ -314,7 +314,7 @@ class Scorer:
         todo = [p for p in paths if p not in done]
         self.report = ScoreReport(total=len(paths), resumed=len(paths) - len(todo))
         self.upcoming = decode_runs(todo, LOG_RUN)
-        self.bar = _progress(len(paths), self.report.resumed, self.settings.progress)
+        self.bar = progress_bar(len(paths), self.report.resumed, self.settings.progress)
         self.decoding = Workers(self.settings.workers, "deal-decode")
         self.inferring = Workers(self.settings.concurrency, "deal-infer")
         start = time.perf_counter()

@@ -217,7 +217,7 @@ def test_ray_missing_is_one_line_naming_the_extra(
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == 1, done.stderr
     assert done.stderr.strip().splitlines()[-1] == (
-        "Error: --ray needs Ray Data: pip install 'dealseg[ray]' (ray[data]==2.60.0)"
+        "Error: --ray needs Ray: pip install 'dealseg[ray]' (ray==2.60.0)"
     )
     assert "Traceback" not in done.stderr and not any(tmp_path.iterdir())  # nothing written
 
