@@ -76,6 +76,7 @@ CASES = {
 # CPUs, against the single process, in alternation (client/fleet.py takes the best).
 SWEEP = [(256, 2), (512, 2), (1024, 1), (1024, 2)]
 RAY_ONE = CASES["ray, 1 actor x 2 CPU"]
+RAY_TWO = CASES["ray, 2 actors x 1 CPU"]
 
 
 def _tree_rss(root: int) -> tuple[int, int]:
@@ -194,6 +195,7 @@ def s3_out(pool: Path, count: int, reps: int) -> None:
         "single process, local out": [],
         "ray, 1 actor x 2 CPU, local out": RAY_ONE,
         "ray, 1 actor x 2 CPU, --out s3://": [*RAY_ONE, "--out", "s3://bench/fleet-{rep}"],
+        "ray, 2 actors x 1 CPU, --out s3://": [*RAY_TWO, "--out", "s3://bench/fleet2-{rep}"],
     }
     results: dict[str, list[dict[str, float]]] = {name: [] for name in cases}
     picked: set[bytes] = set()  # every run's selection.txt
@@ -207,7 +209,8 @@ def s3_out(pool: Path, count: int, reps: int) -> None:
                 command = [a.format(rep=rep) for a in extra]  # the last --out counts
                 results[name].append(scored(pool, count, out, command))
                 if "s3://" in name:
-                    got = bucket.get_object(Bucket="bench", Key=f"fleet-{rep}/selection.txt")
+                    prefix = command[-1].removeprefix("s3://bench/")
+                    got = bucket.get_object(Bucket="bench", Key=f"{prefix}/selection.txt")
                     picked.add(got["Body"].read())
                 else:
                     picked.add((out / "selection.txt").read_bytes())
@@ -221,8 +224,8 @@ def s3_out(pool: Path, count: int, reps: int) -> None:
     notes = [
         f"{count} JPEGs at 960x720, shipped model, batch 8, {reps} alternation(s); Ray: a local "
         "cluster started by each run; s3://: moto's server on loopback, on the same cores",
-        "img/s (scoring): the client's own rate (Ray: from the cluster being up, to the parts "
-        "written); wall: the whole command, selection from the bucket included",
+        "img/s (scoring): the client's own rate (Ray: from the actors' engines being up, to the "
+        "parts written); wall: the whole command, selection from the bucket included",
         "top-10 selection.txt of every run: "
         + ("the same, byte for byte" if len(picked) == 1 else f"{len(picked)} different files"),
     ]
@@ -232,10 +235,12 @@ def s3_out(pool: Path, count: int, reps: int) -> None:
 def selection_rows(n: int) -> list[list[object]]:
     """Seconds and peak RSS of reading N records and selecting the top 100 by DE, per format."""
     folder = CACHE / "fleet" / f"records_{n}"
-    if not (folder / "complete").exists():
+    stamp = folder / "complete"  # holds the Parquet columns of the records it was made with
+    columns = ",".join(parquet_columns())
+    if not stamp.exists() or stamp.read_text() != columns:
         shutil.rmtree(folder, ignore_errors=True)
         synthesize(folder, n)
-        (folder / "complete").touch()
+        stamp.write_text(columns)
     rows = []
     for fmt in ("jsonl", "parquet"):
         code = f"""
@@ -254,6 +259,18 @@ print(time.perf_counter() - start, peak_kib(), len(table), len(chosen.picks))
         assert int(count) == n and int(picked) == 100
         rows.append([f"{fmt}, {n:,} records", f"{float(seconds):.2f}", mib(float(peak))])
     return rows
+
+
+def parquet_columns() -> list[str]:
+    """The columns the client's Parquet rows have today (for the shipped model)."""
+    from common import SHIPPED_MODEL
+
+    from dealseg.client.engines import EmbeddedEngine
+    from dealseg.client.parquet import rows_table
+
+    spec = EmbeddedEngine(SHIPPED_MODEL).spec
+    empty = np.zeros((0, spec.embedding_dim), np.float32)
+    return rows_table([], empty, spec.class_names, spec.embedding_dim, "bench").column_names
 
 
 def synthesize(folder: Path, n: int) -> None:
