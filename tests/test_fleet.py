@@ -381,3 +381,18 @@ def test_ray_writes_its_parts_to_gs_as_to_s3(
     assert len(part_files(ObjectPath(out) / SCORES_PARQUET)) == 1
     picks = (ObjectPath(out) / "selection.txt").read_bytes()
     assert picks == (single / "selection.txt").read_bytes()
+
+
+def test_blocks_are_consecutive_even_and_one_per_call_of_a_small_pools_actors(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import dealseg.client.fleet as fleet
+
+    paths = [f"p{i}" for i in range(2500)]
+    blocks = fleet._blocks(paths, actors=1)
+    assert [len(b) for b in blocks] == [833, 834, 833] and sum(blocks, []) == paths
+    assert [len(b) for b in fleet._blocks(paths[:200], actors=2)] == [50] * 4  # 2 calls each
+    assert [len(b) for b in fleet._blocks(paths[:40], actors=2)] == [40]  # blocks of >= 32
+    assert fleet._blocks(paths[:1], actors=4) == [["p0"]]
+    monkeypatch.setattr(fleet, "BLOCK_PATHS", 8)
+    assert [len(b) for b in fleet._blocks(paths[:24], actors=1)] == [8, 8, 8]

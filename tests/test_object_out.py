@@ -186,3 +186,19 @@ def test_a_gs_out_holds_the_local_out_dirs_selection(
     assert line.endswith(
         "gs://no-such-bucket/run: no bucket no-such-bucket (create it, or check the URI)"
     )
+
+
+def test_a_pinned_path_keeps_its_file_system_in_another_process(
+    s3_bucket: S3Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A Ray worker writes with the driver's file system (`ObjectPath.pinned`): the path keeps
+    it through `/`, `parent` and pickling, where an unpinned one builds its own from the
+    environment of the process it is in."""
+    import pickle
+
+    pinned = ObjectPath(f"s3://{BUCKET}/pinned").pinned()
+    monkeypatch.delenv("AWS_ENDPOINT_URL")  # a process without the driver's settings
+    sent = pickle.loads(pickle.dumps(pinned / "scores.parquet" / "part.parquet"))
+    sent.write_bytes(b"rows")
+    assert sent.parent.parent == pinned and sent.read_bytes() == b"rows"
+    assert read(s3_bucket, "pinned/scores.parquet/part.parquet") == b"rows"
