@@ -80,6 +80,32 @@ def run(model: Path, frames: list[np.ndarray]) -> dict[str, np.ndarray]:
     return {n: np.concatenate(v).astype(np.float64) for n, v in got.items()}
 
 
+def in_domain_picks(
+    scores: dict[str, np.ndarray], inside: np.ndarray, conditions: np.ndarray, top_k: list[int]
+) -> None:
+    """What the exclusion costs where nothing is off-domain: top-k of the in-domain frames
+    alone under no rule and under the default exclusion, and the rare conditions picked."""
+    kept = {name: values[inside] for name, values in scores.items()}
+    pool = Pool([f"{i:05d}" for i in range(int(inside.sum()))], kept)
+    rare = conditions != "clear"
+    print("\nin-domain pool alone: what the default exclusion costs")
+    print("| strategy | k | picks left out by exclusion | rare-condition picks: none / exclude |")
+    print("|---|---|---|---|")
+    for strategy in ("entropy", "ds"):
+        for k in top_k:
+            picked = {
+                rule: [p.index for p in choose(pool, strategy, k, Options(novel_share=s)).picks]
+                for rule, s in (("none", None), ("exclude", 0.0))
+            }
+            lost = sorted(set(picked["none"]) - set(picked["exclude"]))
+            names = ", ".join(
+                f"{n} {c}"
+                for c, n in zip(*np.unique(conditions[lost], return_counts=True), strict=True)
+            )
+            counts = " / ".join(str(int(rare[picked[r]].sum())) for r in ("none", "exclude"))
+            print(f"| {strategy} | {k} | {len(lost)} ({names or '-'}) | {counts} |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data", type=Path, required=True, help="the street set")
@@ -142,6 +168,7 @@ def main() -> None:
         judged = ~inside & ~tuned & ~np.isin(kind, list(offdomain.NEAR))
         shares = [np.mean(novelty[m] > t) for m in (inside, tuned, judged)]
         print(f"| {t} | " + " | ".join(f"{v:.1%}" for v in shares) + " |")
+    in_domain_picks(scores, inside, conditions, args.top_k)
     mixed = ~np.isin(kind, list(offdomain.NEAR))  # degraded streets are neither side
     kept = {name: values[mixed] for name, values in scores.items()}
     pool = Pool([f"{i:05d}" for i in range(int(mixed.sum()))], kept)
