@@ -358,7 +358,11 @@ def _score(run: ScoreCommand, as_json: bool) -> int:
     try:
         where = ""
         if run.ray is not None:
-            where = f" on Ray ({run.ray.address or 'local'}, {run.ray.actors} actors)"
+            how = run.ray
+            actors = (
+                f"{how.actors} actors" if how.actors else f"an actor per {how.cpus_per_actor:g} CPU"
+            )
+            where = f" on Ray ({how.address or 'local'}, {actors})"
         _stderr(
             f"deal-client: {len(paths)} images, model {engine.spec.model_id} via "
             f"{engine.describe()}{where}, out {out}"

@@ -32,6 +32,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import itertools
+import math
 import signal
 import socket
 import threading
@@ -82,7 +83,7 @@ class RaySettings:
     defaults fit one machine."""
 
     address: str | None = None  # None: a local cluster in this process; "auto", "ray://h:10001"
-    actors: int = 1  # scoring actors, each with its own engine
+    actors: int | None = None  # scoring actors, each with its own engine; None: `actor_count`
     cpus_per_actor: float = 1.0  # CPUs reserved per actor (ONNX Runtime's threads in-process)
     gpus_per_actor: float = 0.0  # GPUs reserved per actor (ONNX Runtime's CUDA provider)
 
@@ -238,11 +239,11 @@ def score_on_ray(
         run = new_run_id()
         prefix = part_prefix(next_sequence(folder), run)
         with connected(ray_settings.address) as ray:
-            _check_resources(ray, ray_settings)
+            count = actor_count(ray, ray_settings)
             # the actors write to object storage with the driver's file system
             target = folder.pinned() if isinstance(folder, ObjectPath) else folder
             args = (make_engine, spec, settings, target, run, prefix, hook)
-            actors = _start_actors(ray, ray_settings, args)
+            actors = _start_actors(ray, ray_settings, count, args)
             try:
                 report.seconds = _run_blocks(ray, actors, _blocks(todo, len(actors)), settings)
             finally:
@@ -252,22 +253,32 @@ def score_on_ray(
     return report
 
 
-def _check_resources(ray: Any, how: RaySettings) -> None:
-    """Refuse settings whose actors cannot all be placed: the run would wait for ever."""
+def actor_count(ray: Any, how: RaySettings) -> int:
+    """The actors to start: `how.actors`, or as many as the cluster's CPUs (and GPUs, when
+    each actor takes some) hold at `how.cpus_per_actor` each (one per CPU by default: on one
+    machine the fastest arrangement measured, bench/fleet.py). RayUnavailable when the cluster
+    cannot place them all (the run would wait for ever)."""
     resources = ray.cluster_resources()
     cpus = float(resources.get("CPU", 0.0))
-    if how.actors * how.cpus_per_actor > cpus:
+    gpus = float(resources.get("GPU", 0.0))
+    count = how.actors
+    if count is None:
+        fits = [cpus / how.cpus_per_actor if how.cpus_per_actor > 0 else cpus]
+        if how.gpus_per_actor > 0:
+            fits.append(gpus / how.gpus_per_actor)
+        count = max(1, math.floor(min(fits) + 1e-9))
+    if count * how.cpus_per_actor > cpus:
         raise RayUnavailable(
-            f"{how.actors} actors x {how.cpus_per_actor:g} CPUs need "
-            f"{how.actors * how.cpus_per_actor:g} CPUs, the cluster has {cpus:g}: lower "
+            f"{count} actors x {how.cpus_per_actor:g} CPUs need "
+            f"{count * how.cpus_per_actor:g} CPUs, the cluster has {cpus:g}: lower "
             "--actors or --cpus-per-actor"
         )
-    gpus = float(resources.get("GPU", 0.0))
-    if how.actors * how.gpus_per_actor > gpus:
+    if count * how.gpus_per_actor > gpus:
         raise RayUnavailable(
-            f"{how.actors} actors x {how.gpus_per_actor:g} GPUs need more than the cluster's "
+            f"{count} actors x {how.gpus_per_actor:g} GPUs need more than the cluster's "
             f"{gpus:g} GPUs: lower --actors or --gpus-per-actor"
         )
+    return count
 
 
 def _blocks(todo: Sequence[str], actors: int) -> list[list[str]]:
@@ -282,6 +293,7 @@ def _blocks(todo: Sequence[str], actors: int) -> list[list[str]]:
 def _start_actors(
     ray: Any,
     how: RaySettings,
+    count: int,
     args: tuple[Any, ...],
 ) -> list[Any]:
     """The actors (`ScoreWorker(*args)`), each with its engine up (EngineError with the
@@ -293,7 +305,7 @@ def _start_actors(
         max_restarts=-1,
         max_task_retries=-1,
     )
-    actors = [worker.remote(*args) for _ in range(how.actors)]
+    actors = [worker.remote(*args) for _ in range(count)]
     try:
         ray.get([actor.ready.remote() for actor in actors])
     except Exception as exc:  # Ray wraps the constructor's error in its own types

@@ -535,17 +535,17 @@ def ray_options(f: Callable) -> Callable:
                 envvar="DEAL_RAY",
                 show_envvar=True,
                 metavar="[ADDRESS]",
-                help="Score on a Ray cluster with Ray Data (needs dealseg[ray]; writes "
+                help="Score on a Ray cluster, the scorer in Ray actors (needs dealseg[ray]; writes "
                 "Parquet): alone (after POOL) a local cluster on this machine; 'auto' the "
                 "cluster this machine belongs to; 'ray://HOST:10001' a remote head.",
             ),
             click.option(
                 "--actors",
                 type=click.IntRange(1, 4096),
-                default=1,
-                show_default=True,
+                default=None,
                 help="--ray: scoring actors, each holding its engine (an ONNX Runtime session "
-                "or a Triton client).",
+                "or a Triton client)  [default: as many as the cluster's CPUs hold at "
+                "--cpus-per-actor: one per CPU, the fastest on one machine]",
             ),
             click.option(
                 "--cpus-per-actor",

@@ -85,7 +85,7 @@ def test_ray_single_process_and_shards_select_the_same(
 ) -> None:
     on_ray = tmp_path / "ray"
     said = score(pool, tiny_onnx, on_ray, "--ray")
-    assert "on Ray (local, 1 actors)" in said and said.count("failed: ") == 2
+    assert "on Ray (local, an actor per 1 CPU)" in said and said.count("failed: ") == 2
     single = tmp_path / "single"
     score(pool, tiny_onnx, single)
     shards = [tmp_path / f"shard{i}" for i in range(2)]
@@ -396,3 +396,25 @@ def test_blocks_are_consecutive_even_and_one_per_call_of_a_small_pools_actors(
     assert fleet._blocks(paths[:1], actors=4) == [["p0"]]
     monkeypatch.setattr(fleet, "BLOCK_PATHS", 8)
     assert [len(b) for b in fleet._blocks(paths[:24], actors=1)] == [8, 8, 8]
+
+
+def test_actor_count_fills_the_cluster_one_per_cpu_unless_told() -> None:
+    from dealseg.client.fleet import RayUnavailable, actor_count
+
+    class Cluster:
+        def __init__(self, **resources: float) -> None:
+            self.resources = resources
+
+        def cluster_resources(self) -> dict[str, float]:
+            return self.resources
+
+    eight = Cluster(CPU=8.0, GPU=2.0)
+    assert actor_count(eight, RaySettings()) == 8
+    assert actor_count(eight, RaySettings(cpus_per_actor=3)) == 2
+    assert actor_count(eight, RaySettings(cpus_per_actor=0.5)) == 16  # Triton clients
+    assert actor_count(eight, RaySettings(gpus_per_actor=1)) == 2
+    assert actor_count(eight, RaySettings(actors=3, cpus_per_actor=2)) == 3
+    with pytest.raises(RayUnavailable, match="1 actors x 2 CPUs need 2 CPUs, the cluster has 1"):
+        actor_count(Cluster(CPU=1.0), RaySettings(cpus_per_actor=2))  # not even one fits
+    with pytest.raises(RayUnavailable, match="need 6 CPUs, the cluster has 4"):
+        actor_count(Cluster(CPU=4.0), RaySettings(actors=3, cpus_per_actor=2))
