@@ -372,7 +372,7 @@ def test_ray_writes_its_parts_to_gs_as_to_s3(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """gs:// on fake-gcs-server: the write tasks take the driver's file system (its emulator
+    """gs:// on fake-gcs-server: the actors write with the driver's file system (its emulator
     address), the selection is the single process's."""
     monkeypatch.setenv("STORAGE_EMULATOR_HOST", gcs_server)
     out, single = f"gs://{BUCKET}/fleet", tmp_path / "single"
