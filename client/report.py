@@ -2,7 +2,10 @@
 
     OUT/report.html         the page: the run's summary, the colour bar and class legend, the
                             picks as a ranked contact sheet, score histograms of the pool and
-                            the picks, the class balance of both, the near-duplicates skipped
+                            the picks, the class balance of both, the near-duplicates skipped;
+                            for a selection of regions, the pixels bought, their share of the
+                            pool's and the labelling cost, and each frame's bought regions
+                            outlined on its picture
     OUT/report_files/       its pictures (JPEG/PNG thumbnails), loaded lazily
 
 No script, and nothing is fetched from the network (a Content-Security-Policy forbids it): the
@@ -14,6 +17,7 @@ from __future__ import annotations
 
 import html
 import io
+import json
 import os
 import shutil
 from collections import Counter
@@ -31,14 +35,16 @@ from dealseg.core.strategies import NOVEL_THRESHOLD
 
 from .engines import default_model_path
 from .logs import decode_any
-from .maps import layer_names, overlay, segmentation_rgb
+from .maps import layer_names, map_name, overlay, segmentation_rgb
 from .outdir import MAPS
 from .records import Table, record_path, spec_of
+from .regions import REGION_MASKS, REGIONS_JSON
 
 REPORT_HTML = "report.html"
 REPORT_FILES = "report_files"
 THUMB = (150, 200)  # largest thumbnail H x W
 BINS = 20
+OUTLINE = (255, 230, 0)  # the edges of the bought regions on a picture
 OFF_DOMAIN_LISTED = 200  # off-domain images the report lists by name, furthest first
 _CSP = "default-src 'none'; img-src 'self' file: data:; style-src 'unsafe-inline'"
 
@@ -79,13 +85,15 @@ def write_report(out: Path, table: Table, selection: dict[str, Any]) -> Path:
     spec = spec_of(table.meta)
     colors = class_colors(spec.palette)
     index = {p: i for i, p in enumerate(table.paths)}
+    bought = _bought(out, selection)
     cards, thumbs_of = [], {}
     for row in selection["rows"]:
-        thumbs = thumbs_of[row["rank"]] = _thumbs(out, row, spec.input_size, colors)
+        thumbs = _thumbs(out, row, spec.input_size, colors, bought is not None)
+        thumbs_of[row["rank"]] = thumbs
         classes = _top_classes(table, index.get(record_path(row)))
         cards.append(_card(row, thumbs, classes, _threshold(selection)))
     dups = _duplicates(out, selection, spec.input_size, thumbs_of)
-    page = _page(table, selection, "\n".join(cards), dups)
+    page = _page(table, selection, "\n".join(cards), dups, bought)
     atomic_write(out / REPORT_HTML, page.encode("utf-8"))
     return out / REPORT_HTML
 
@@ -118,6 +126,16 @@ def _read_layer(path: Path) -> np.ndarray | None:
         return None
 
 
+def _read_mask(path: Path) -> np.ndarray | None:
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            return np.asarray(im, dtype=np.int32)
+    except OSError:
+        return None
+
+
 def _thumbnail(path: str, input_size: tuple[int, int]) -> np.ndarray:
     """The picture of `path` at thumbnail size, in its own aspect ratio; DecodeError if it
     cannot be read."""
@@ -128,13 +146,52 @@ def _thumbnail(path: str, input_size: tuple[int, int]) -> np.ndarray:
     return np.asarray(Image.fromarray(frame.image).resize((w, h), Image.Resampling.BILINEAR))
 
 
-def _thumbs(out: Path, row: dict[str, Any], input_size: tuple[int, int], colors: Any) -> Thumbs:
-    """Write a pick's thumbnail, overlay and segmentation into report_files/."""
+def _bought(out: Path, selection: dict[str, Any]) -> dict[str, Any] | None:
+    """regions.json of a selection of regions (None for a selection of frames, or when the
+    file is gone)."""
+    if selection.get("settings", {}).get("budget") is None:
+        return None
+    try:
+        return json.loads((Path(out) / REGIONS_JSON).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def outline_regions(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """`image` [h, w, 3] with the edges of the regions of `mask` (any size; region id + 1 on
+    a region's pixels, 0 elsewhere) drawn over it in OUTLINE."""
+    from PIL import Image
+
+    h, w = image.shape[:2]
+    m = np.asarray(Image.fromarray(mask.astype(np.int32), mode="I").resize((w, h), Image.NEAREST))
+    p = np.pad(m, 1)  # the picture's border is a region's edge too
+    centre = p[1:-1, 1:-1]
+    edge = (
+        (centre != p[:-2, 1:-1])
+        | (centre != p[2:, 1:-1])
+        | (centre != p[1:-1, :-2])
+        | (centre != p[1:-1, 2:])
+    )
+    edge &= m > 0  # inside the regions' own pixels: the picture around them stays whole
+    drawn = image.copy()
+    drawn[edge] = OUTLINE
+    return drawn
+
+
+def _thumbs(
+    out: Path, row: dict[str, Any], input_size: tuple[int, int], colors: Any, regions: bool
+) -> Thumbs:
+    """Write a pick's thumbnail (its bought regions outlined, for a selection of regions),
+    overlay and segmentation into report_files/."""
     rank, path = row["rank"], record_path(row)
     try:
         image = _thumbnail(path, input_size)
     except DecodeError as exc:
         return Thumbs(None, problem=f"cannot read the image: {exc.reason}")
+    if regions:
+        mask = _read_mask(out / REGION_MASKS / map_name(rank, path))
+        if mask is not None:
+            image = outline_regions(image, mask)
     name = f"{REPORT_FILES}/{rank:04d}"
     _save(image, out / f"{name}.jpg")
     dif_name, seg_name = layer_names(rank, path)
@@ -240,8 +297,9 @@ def _top_classes(table: Table, index: int | None, n: int = 3) -> str:
     return " ".join(f"{_e(names[c])} {100 * shares[c]:.0f}%" for c in top if shares[c] > 0)
 
 
-def _summary(table: Table, selection: dict[str, Any]) -> str:
-    """The run: model (and its card), strategy and settings, pool, errors by reason, shortfall."""
+def _summary(table: Table, selection: dict[str, Any], bought: dict[str, Any] | None) -> str:
+    """The run: model (and its card), strategy and settings, pool, errors by reason, shortfall;
+    for a selection of regions, what was bought and what labelling it costs."""
     model = selection.get("model", "")
     card = model_card(model)
     card_link = f" (<a href='{_e(card.as_uri())}'>model card</a>)" if card else " (no model card)"
@@ -257,10 +315,29 @@ def _summary(table: Table, selection: dict[str, Any]) -> str:
         ("off-domain", f"<a href='#novel'>{_e(_off_domain_rule(table, selection))}</a>"),
         ("scores", f"<code>{_e(selection.get('scores', ''))}</code>"),
     ]
+    if bought is not None:
+        items.insert(3, ("regions bought", _regions_line(bought)))
     if selection.get("shortfall"):
         items.append(("fewer than k", _e("; ".join(selection["shortfall"]))))
     rows = "".join(f"<tr><th>{k}</th><td>{v}</td></tr>" for k, v in items)
     return f"<table class=summary>{rows}</table>{_errors(table)}"
+
+
+def _regions_line(bought: dict[str, Any]) -> str:
+    """regions.json in words: regions and pixels bought, their share of the pool's, the cost."""
+    opening = int(bought.get("frame_cost") or 0)
+    cost = (
+        f"labelling cost {bought['cost']:,} pixels ({opening:,} a frame opened)"
+        if opening
+        else f"labelling cost {bought['cost']:,} pixels (no frame-opening cost)"
+    )
+    return (
+        f"<b id=bought>{bought['bought_regions']:,}</b> regions ({_e(bought['partition'])}) in "
+        f"{bought['frames']:,} frames: <b>{bought['bought_pixels']:,}</b> pixels, "
+        f"<b>{bought['bought_share']:.2%}</b> of the pool's {bought['pool_pixels']:,} "
+        f"(budget {_e(bought.get('budget'))}: {bought['budget_pixels']:,} pixels); {cost}; "
+        "outlined on each picture below"
+    )
 
 
 def _settings(selection: dict[str, Any]) -> list[str]:
@@ -405,7 +482,13 @@ def _balance(table: Table, picked: np.ndarray) -> str:
     return f"<table class=balance>{head}{rows}</table>"
 
 
-def _page(table: Table, selection: dict[str, Any], cards: str, duplicates: str) -> str:
+def _page(
+    table: Table,
+    selection: dict[str, Any],
+    cards: str,
+    duplicates: str,
+    bought: dict[str, Any] | None = None,
+) -> str:
     index = {p: i for i, p in enumerate(table.paths)}
     picked = np.array(
         [index[p] for r in selection["rows"] if (p := record_path(r)) in index], dtype=np.int64
@@ -424,7 +507,7 @@ def _page(table: Table, selection: dict[str, Any], cards: str, duplicates: str) 
 <title>{_e(title)}</title><style>{_STYLE}</style></head>
 <body><main>
 <h1>{_e(title)}</h1>
-<section id=summary>{_summary(table, selection)}</section>
+<section id=summary>{_summary(table, selection, bought)}</section>
 <section id=key><h2>Reading the maps</h2>{_legend(table)}
 <p>Each card: the image, the difficulty the model predicts over it, and its predicted
 segmentation. The rank is the order of <code>selection.txt</code>; <i>score</i> is the

@@ -273,3 +273,32 @@ def test_entropy_strategies_read_the_served_entropy_map(tmp_path: Path) -> None:
     early = deal_client(*args, "--model", old, "--out", tmp_path / "out3")  # before scoring
     assert early.exit_code == 2 and "serves no entropy map" in early.output
     assert not (tmp_path / "out3" / "scores.jsonl").exists()
+
+
+def test_the_report_states_what_was_bought_and_outlines_the_regions(
+    pool: Path, tiny_onnx: Path, tmp_path: Path
+) -> None:
+    from dealseg.client.report import OUTLINE, outline_regions
+
+    out = tmp_path / "out"
+    args = ["--model", tiny_onnx, "--out", out, "--report", "--frame-cost", 100]
+    assert deal_client("score", pool, *REGIONS, *args).exit_code == 0
+    summary = json.loads((out / REGIONS_JSON).read_text())
+    page = (out / "report.html").read_text()
+    assert f"<b id=bought>{summary['bought_regions']:,}</b> regions (cell:8) in " in page
+    assert f"<b>{summary['bought_share']:.2%}</b> of the pool's" in page
+    assert f"labelling cost {summary['cost']:,} pixels (100 a frame opened)" in page
+    assert summary["cost"] == summary["bought_pixels"] + 100 * summary["frames"]
+    # the outline: on the edge of each bought region, inside it; nothing elsewhere
+    image = np.zeros((6, 8, 3), np.uint8)
+    mask = np.zeros((3, 4), np.int32)
+    mask[0, 1:3] = 5  # a region of 1x2 cells of 2x2 pixels each at the picture's size
+    drawn = outline_regions(image, mask)
+    edge = np.zeros((6, 8), bool)
+    edge[0:2, 2:6] = True  # the region's pixels: a 2x4 block, every one on its edge
+    assert (np.all(drawn == OUTLINE, axis=-1) == edge).all()
+    frames = deal_client(
+        "score", pool, "-k", 3, "--model", tiny_onnx, "-o", tmp_path / "f", "--report"
+    )
+    assert frames.exit_code == 0, frames.stderr
+    assert "regions bought" not in (tmp_path / "f" / "report.html").read_text()
