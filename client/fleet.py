@@ -29,6 +29,7 @@ client imports without it.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import dataclasses
 import itertools
@@ -49,8 +50,7 @@ from .objects import Location, ObjectPath, location
 from .outdir import claim, load_table
 from .parquet import (
     SCORES_PARQUET,
-    batch_table,
-    errors_table,
+    PartRows,
     new_run_id,
     next_sequence,
     part_prefix,
@@ -167,32 +167,10 @@ class ScoreWorker:
 
     def score(self, block: int, paths: list[str]) -> int:
         """Score `paths` and write their rows as the block's part; the rows written."""
-        rows = _Rows(self.spec, self.run, self.settings.regions is not None)
+        rows = PartRows(self.spec, self.run, self.settings.regions is not None)
         Scorer(self.engine, rows, self.settings).run(paths)
-        write_part(self.folder / f"{self.prefix}{block:06d}.parquet", rows.table())
+        write_part(self.folder / f"{self.prefix}{block:06d}.parquet", rows.take())
         return len(paths)
-
-
-class _Rows:
-    """A `scoring.Sink` holding one block's rows (`parquet.batch_table`), error rows last."""
-
-    def __init__(self, spec: ModelSpec, run: str, regions: bool) -> None:
-        self.spec, self.run, self.regions = spec, run, regions
-        self.tables: list[Any] = []
-        self.failed: list[tuple[str, str]] = []
-        self.done: set[str] = set()  # the driver passes only paths to score
-
-    def append_batch(self, paths: Sequence[str], out: dict[str, np.ndarray]) -> None:
-        self.tables.append(batch_table(paths, out, self.spec, self.run))
-
-    def append_error(self, path: str, reason: str) -> None:
-        self.failed.append((path, reason))
-
-    def table(self) -> Any:
-        import pyarrow as pa
-
-        errors = errors_table(self.failed, self.spec, self.run, self.regions)
-        return pa.concat_tables([*self.tables, errors])
 
 
 class _Hooked:
@@ -322,14 +300,14 @@ def _run_blocks(
     the first call to the last result. The first failed call ends the run (EngineError)."""
     import time
 
-    queue = list(reversed(list(enumerate(blocks))))
+    queue = collections.deque(enumerate(blocks))
     running: dict[Any, Any] = {}
     bar = progress_bar(sum(map(len, blocks)), 0, settings.progress)
     start = time.perf_counter()
 
     def give(actor: Any) -> None:
         if queue:
-            block, paths = queue.pop()
+            block, paths = queue.popleft()
             running[actor.score.remote(block, paths)] = actor
 
     try:

@@ -41,7 +41,7 @@ from .logs import image_source
 from .maps import layer_names, map_name
 from .outdir import MAPS, load_table, read_selection
 from .records import Table, record_path, spec_of
-from .regions import REGION_MASKS
+from .regions import REGION_MASKS, buys_regions, read_region_mask
 
 PREDICTION_FORMATS = ("labelstudio", "fiftyone")  # the formats that carry pre-annotations
 _RLE_SIZES = (3, 4, 8, 16)  # the four run-length widths (bits) of Label Studio's brush RLE
@@ -272,15 +272,13 @@ def labeling_config(
 def _region_mask(ctx: Handoff, item: Item) -> np.ndarray | None:
     """The item's bought regions at its picture's size (region id + 1; 0 elsewhere), or None
     when the selection bought no regions of it (or bought whole frames)."""
-    from PIL import Image
-
     if not ctx.regions:
         return None
-    path = ctx.folder / REGION_MASKS / map_name(item.rank, item.path)
-    if not path.is_file():
-        raise ExportError(f"no region mask for #{item.rank} ({path.name}): select again")
-    with Image.open(path) as im:
-        return np.asarray(im)
+    mask = read_region_mask(ctx.folder, item.rank, item.path)
+    if mask is None:
+        name = map_name(item.rank, item.path)
+        raise ExportError(f"no region mask for #{item.rank} ({name}): select again")
+    return mask
 
 
 def _brush(key: str, layer: str, mask: np.ndarray, label: str) -> dict[str, Any]:
@@ -460,6 +458,5 @@ def export_selection(
     table = load_table(selection.get("scores") or folder)
     items = _items(table, selection, path_map)
     Path(dest).mkdir(parents=True, exist_ok=True)
-    regions = selection.get("settings", {}).get("budget") is not None
-    ctx = Handoff(Path(folder), table, selection, predictions, regions)
+    ctx = Handoff(Path(folder), table, selection, predictions, buys_regions(selection))
     return WRITERS[fmt](Path(dest), items, ctx)

@@ -400,7 +400,42 @@ def write_part(part: Location, table: Any) -> None:
 
 
 # -------------------------------------------------------------------------------------- writer
-class ParquetWriter:
+class PartRows:
+    """A scoring `Sink` holding scores rows (`batch_table`, `errors_table`) as Arrow tables, in
+    the order they come, until they are taken to be written as a part. `done`: the paths scored
+    OK (those given, and those appended since), which a `Scorer` skips."""
+
+    def __init__(
+        self, spec: ModelSpec, run: str, regions: bool, done: set[str] | None = None
+    ) -> None:
+        self.spec, self.run, self.regions = spec, run, regions
+        self.done = set() if done is None else done
+        self.pending: list[Any] = []
+        self.rows = 0
+
+    def append_batch(self, paths: Sequence[str], out: dict[str, np.ndarray]) -> None:
+        self._add(batch_table(paths, out, self.spec, self.run))
+        self.done.update(paths)
+
+    def append_error(self, path: str, reason: str) -> None:
+        self._add(errors_table([(path, reason)], self.spec, self.run, self.regions))
+
+    def _add(self, rows: Any) -> None:
+        self.pending.append(rows)
+        self.rows += rows.num_rows
+
+    def take(self) -> Any | None:
+        """The rows held, as one table (None when there are none); none are held after."""
+        import pyarrow as pa
+
+        if not self.pending:
+            return None
+        table = pa.concat_tables(self.pending)
+        self.pending, self.rows = [], 0
+        return table
+
+
+class ParquetWriter(PartRows):
     """Writes scores.parquet parts into `out`, resuming what is there (`outdir.open_writer`
     checks first that the same model wrote it).
 
@@ -409,45 +444,27 @@ class ParquetWriter:
     again."""
 
     def __init__(self, out: Location, spec: ModelSpec, part_rows: int = PART_ROWS) -> None:
-        self.out, self.spec, self.part_rows = location(out), spec, part_rows
+        self.out, self.part_rows = location(out), part_rows
         self.folder = self.out / SCORES_PARQUET
         self.folder.mkdir(exist_ok=True)
-        self._done = resumed_paths(self.folder, spec.model_id)
-        self.run = new_run_id()
-        self.regions = holds_regions(json.loads((self.out / "meta.json").read_text()))
+        done = resumed_paths(self.folder, spec.model_id)
+        regions = holds_regions(json.loads((self.out / "meta.json").read_text()))
+        super().__init__(spec, new_run_id(), regions, done)
         self.prefix = part_prefix(next_sequence(self.folder), self.run)
         self.parts = 0
-        self.pending: list[Any] = []
-        self.rows = 0
-
-    @property
-    def done(self) -> set[str]:
-        return self._done
-
-    def append_batch(self, paths: Sequence[str], out: dict[str, np.ndarray]) -> None:
-        self._add(batch_table(paths, out, self.spec, self.run))
-        self._done.update(paths)
-
-    def append_error(self, path: str, reason: str) -> None:
-        self._add(errors_table([(path, reason)], self.spec, self.run, self.regions))
 
     def _add(self, rows: Any) -> None:
-        self.pending.append(rows)
-        self.rows += rows.num_rows
+        super()._add(rows)
         if self.rows >= self.part_rows:
             self.flush()
 
     def flush(self) -> None:
         """Write the rows held as one part."""
-        import pyarrow as pa
-
-        if not self.pending:
+        table = self.take()
+        if table is None:
             return
-        write_part(
-            self.folder / f"{self.prefix}{self.parts:05d}.parquet", pa.concat_tables(self.pending)
-        )
+        write_part(self.folder / f"{self.prefix}{self.parts:05d}.parquet", table)
         self.parts += 1
-        self.pending, self.rows = [], 0
 
     def close(self) -> None:
         self.flush()
@@ -482,7 +499,6 @@ def write_parquet_records(
 ) -> None:
     """Records with their embeddings (merge's winners) as the parts of out/scores.parquet,
     replacing any there."""
-
     folder = Path(out) / SCORES_PARQUET
     for old in part_files(folder):
         old.unlink()

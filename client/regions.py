@@ -58,6 +58,23 @@ REGIONS_JSON = "regions.json"
 REGION_MASKS = "region_masks"
 
 
+def buys_regions(selection: dict[str, Any]) -> bool:
+    """Whether a selection (selection.json's object) bought regions (a budget), not frames."""
+    return selection.get("settings", {}).get("budget") is not None
+
+
+def read_region_mask(folder: Path, rank: int, path: str) -> np.ndarray | None:
+    """The bought regions of pick `rank` (`path`) of the selection in `folder`, at its
+    picture's size (region id + 1; 0 elsewhere), from region_masks/; None when there is none."""
+    from PIL import Image
+
+    try:
+        with Image.open(Path(folder) / REGION_MASKS / map_name(rank, path)) as im:
+            return np.asarray(im)
+    except OSError:
+        return None
+
+
 def region_vectors(table: Table) -> RegionCells:
     """The table's cells, row i the table's path i. StoreError when the scores hold no regions
     (scored without --regions)."""

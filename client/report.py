@@ -35,10 +35,10 @@ from dealseg.core.strategies import NOVEL_THRESHOLD
 
 from .engines import default_model_path
 from .logs import decode_any
-from .maps import layer_names, map_name, overlay, segmentation_rgb
+from .maps import layer_names, overlay, segmentation_rgb
 from .outdir import MAPS
 from .records import Table, record_path, spec_of
-from .regions import REGION_MASKS, REGIONS_JSON
+from .regions import REGIONS_JSON, buys_regions, read_region_mask
 
 REPORT_HTML = "report.html"
 REPORT_FILES = "report_files"
@@ -126,16 +126,6 @@ def _read_layer(path: Path) -> np.ndarray | None:
         return None
 
 
-def _read_mask(path: Path) -> np.ndarray | None:
-    from PIL import Image
-
-    try:
-        with Image.open(path) as im:
-            return np.asarray(im, dtype=np.int32)
-    except OSError:
-        return None
-
-
 def _thumbnail(path: str, input_size: tuple[int, int]) -> np.ndarray:
     """The picture of `path` at thumbnail size, in its own aspect ratio; DecodeError if it
     cannot be read."""
@@ -149,7 +139,7 @@ def _thumbnail(path: str, input_size: tuple[int, int]) -> np.ndarray:
 def _bought(out: Path, selection: dict[str, Any]) -> dict[str, Any] | None:
     """regions.json of a selection of regions (None for a selection of frames, or when the
     file is gone)."""
-    if selection.get("settings", {}).get("budget") is None:
+    if not buys_regions(selection):
         return None
     try:
         return json.loads((Path(out) / REGIONS_JSON).read_text())
@@ -189,7 +179,7 @@ def _thumbs(
     except DecodeError as exc:
         return Thumbs(None, problem=f"cannot read the image: {exc.reason}")
     if regions:
-        mask = _read_mask(out / REGION_MASKS / map_name(rank, path))
+        mask = read_region_mask(out, rank, path)
         if mask is not None:
             image = outline_regions(image, mask)
     name = f"{REPORT_FILES}/{rank:04d}"
