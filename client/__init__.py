@@ -20,7 +20,8 @@ Modules, each importable without torch (heavy libraries are imported where they 
     jsonl    scores.jsonl + embeddings.f32 (writer, reader)
     parquet  scores.parquet/ (schema, writer, reader)
     records  the scores record both formats hold, which one counts, `Table`
-    fleet    `score --ray`: the scorer's steps as Ray Data stages (ray imported there only)
+    fleet    `score --ray`: Ray actors running the scorer over blocks of paths, one Parquet
+             part a block (ray imported there only)
     remote   pools in object storage: s3://, gs://, http(s):// URIs
     maps     `--maps` PNGs: image | difficulty overlay | segmentation, and their raw layers
 

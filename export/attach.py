@@ -28,7 +28,6 @@ import torch
 from dealseg.core import contract
 from dealseg.training.attach import (
     AttachedHead,
-    AttachedScores,
     ForeignInput,
     head_sha256,
     load_head,
@@ -83,7 +82,7 @@ def _write_attached(
     import onnx
 
     pre = ForeignInput(head.io).eval()
-    post = AttachedScores(head.io, head.build_head("blocked"), spec.bins, stats).eval()
+    post = head.scores(spec.bins, stats)
     with tempfile.TemporaryDirectory(prefix="dealseg-attach-") as tmp:
         pre_model = _export_part(
             pre,
@@ -166,7 +165,7 @@ def _export_part(
 @torch.no_grad()
 def attached_spec(head: AttachedHead, bins: int, version: str, name: str) -> contract.ModelSpec:
     """The contract metadata of the wrapped graph; map and embedding shapes from one pass."""
-    post = AttachedScores(head.io, head.build_head("blocked"), bins).eval()
+    post = head.scores(bins)
     box, output = _post_example(head)
     out = dict(zip(contract.OUTPUT_NAMES, post(box, output), strict=True))
     return contract.ModelSpec(
@@ -276,7 +275,7 @@ def check_attached(
     io = head.io
     graph, own = open_session(model), open_session(segmenter)
     spec = contract.session_spec(graph)
-    torch_scores = AttachedScores(io, head.build_head("blocked"), spec.bins).eval()
+    torch_scores = head.scores(spec.bins)
     names = [o.name for o in graph.get_outputs()]
     report = AttachedCheck(max_abs={"ds": 0.0, "de": 0.0, "entropy": 0.0})
     for start in range(0, len(frames), batch):

@@ -140,6 +140,54 @@ def test_the_settings_come_from_the_options_or_the_models_metadata(work: Path) -
     assert 0 <= test["pixel_auroc"] <= 1 and nhwc["refit"]["pixels"] > 0
 
 
+@pytest.mark.parametrize("name", ["unet", "nhwc"])
+def test_the_pixel_readout_is_left_out_only_where_val_finds_it_worse(work: Path, name: str) -> None:
+    from dealseg.training.attach import KEEP_CONFIDENCE, load_head
+
+    pixel = json.loads((work / f"{name}-run" / "attach.json").read_text())["pixel"]
+    assert pixel["pixels"] > 0 and 0 <= pixel["val_worse_share"] <= 1
+    assert pixel["kept"] == (pixel["val_worse_share"] < KEEP_CONFIDENCE)
+    head = load_head(work / f"{name}-run" / "head.pt")
+    assert (head.build_pixel() is not None) == pixel["kept"]
+    assert head.metrics["pixel"] == pixel
+
+
+def test_a_map_is_found_worse_on_the_resamples_where_its_auroc_is_lower() -> None:
+    from dealseg.training.attach import worse_share
+
+    rng = np.random.default_rng(0)
+    wrong = [rng.random(200) < 0.3 for _ in range(20)]
+    good = [w + rng.normal(0, 0.3, 200) for w in wrong]  # AUROC about 0.99
+    poor = [w + rng.normal(0, 3.0, 200) for w in wrong]  # about 0.55
+    assert worse_share(poor, good, wrong) == 1.0
+    assert worse_share(good, poor, wrong) == 0.0
+    assert worse_share(good, good, wrong) == 0.0  # equal is not worse
+    mixed = [g if i % 2 else p for i, (g, p) in enumerate(zip(good, poor, strict=True))]
+    assert 0.0 < worse_share(mixed, [w + rng.normal(0, 1.2, 200) for w in wrong], wrong) < 1.0
+
+
+def test_a_pixel_readout_is_exported_at_the_segmenters_output_size(
+    work: Path, tmp_path: Path
+) -> None:
+    """Whatever the val split decided: a head with a pixel read-out exports its map at the
+    segmenter's output resolution (NHWC: half the input), and the graph's scores match the
+    torch head's."""
+    from dealseg.training.attach import PixelReadout
+
+    raw = torch.load(work / "nhwc-run" / "head.pt", weights_only=True)
+    torch.manual_seed(0)
+    readout = PixelReadout(11, raw["config"]["pixel_hidden"])
+    readout.input_std.fill_(0.5)
+    raw["pixel_state_dict"] = readout.state_dict()
+    head = tmp_path / "head.pt"
+    torch.save(raw, head)
+    out = tmp_path / "pixel.onnx"
+    run(export_cli, "attach", "--head", head, "--segmenter", work / "nhwc.onnx", "--out", out)
+    assert read_onnx_spec(out).difficulty_size == (32, 40)
+    report = check_attached(out, work / "nhwc.onnx", head, frames(work / "frames", "test"))
+    assert report.failures == [] and report.argmax_mismatches == 0, report
+
+
 def test_an_attached_graph_carries_novelty_of_its_own_embeddings(
     work: Path, attached: dict[str, Path]
 ) -> None:

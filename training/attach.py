@@ -7,13 +7,17 @@ decoder features) reads its per-pixel class scores. The exported graph (export/a
 
     frame uint8 [B, H, W, 3] + valid box -> ForeignInput (their layout, channel order and
     normalisation; padding at their normalised zero) -> their model -> AttachedScores (their
-    output as NCHW logits -> difficulty head -> the contract's scores, training/scores.py)
+    output as NCHW logits -> difficulty head -> pixel read-out -> the contract's scores,
+    training/scores.py)
 
 Training never moves their weights: (1) γ and the read-out on the train split's error masks
 (grid cells' error shares, as `refit.fit_cells`), (2) the read-out refit on the val split
 (`refit.refit_difficulty_head`; skipped with a warning, as `fit` does, when the val split is too
-small for it), (3) the head measured on the test split, which nothing was fit
-on: the map's pixel AUROC and the Spearman of DS, DE and entropy with each image's error rate.
+small for it), (3) the pixel read-out (`PixelReadout`: an MLP at the segmenter's output
+resolution over the head's map and the probabilities' uncertainty, local range and context) on
+the train split's pixels, kept only when it raises the map's AUROC on the val split, (4) the
+map measured on the test split, which nothing was fit on: its pixel AUROC and the Spearman of
+DS, DE and entropy with each image's error rate.
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 
 from dealseg.core.files import atomic_output
 from dealseg.core.metrics import auroc, spearman
@@ -54,6 +58,13 @@ from .scores import (
 
 FORMAT = "dealseg-attached-head"
 FORMAT_VERSION = 1
+RANGES = (3, 7, 15)  # the pixel read-out's local ranges of the probabilities (output pixels)
+CONTEXTS = (7, 21)  # and its means of the probabilities over these windows
+# The pixel read-out is left out when its val AUROC is below the grid's in this share of
+# KEEP_ROUNDS resamples of the val images (KEEP_PIXELS sampled pixels in all).
+KEEP_CONFIDENCE = 0.95
+KEEP_ROUNDS = 200
+KEEP_PIXELS = 200_000
 LAYOUTS = ("nchw", "nhwc")
 OUTPUT_KINDS = ("logits", "probabilities")
 CHANNEL_ORDERS = ("rgb", "bgr")
@@ -132,6 +143,11 @@ class AttachConfig:
     loss: str = "wbce"  # stage 1's difficulty loss
     refit_loss: str = "bce"  # stage 2 on the val split: the map is an error probability
     refit_l2: float = 1e-2  # weight decay of an MLP read-out's refit
+    # stage 3, the pixel read-out: its MLP's width (0: none, the map is the head's grid)
+    pixel_hidden: int = 32
+    pixel_steps: int = 3000  # AdamW steps of `pixel_batch` sampled output pixels
+    pixel_batch: int = 4096
+    pixel_samples: int = 1000  # output pixels sampled from each train image
     seed: int = 0
     train_split: str = "train"
     val_split: str = "val"
@@ -368,10 +384,12 @@ class AttachedScores(nn.Module):
         head: DifficultyHead,
         bins: int = 8,
         novelty: NoveltyStats | None = None,
+        pixel: PixelReadout | None = None,
     ) -> None:
         super().__init__()
         self.io = io
         self.difficulty_head = head
+        self.pixel = pixel
         self.bins = bins
         self.novelty = Novelty(novelty)
 
@@ -390,12 +408,16 @@ class AttachedScores(nn.Module):
     def run(
         self, valid_box: torch.Tensor, output: torch.Tensor
     ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
-        """(difficulty map at input size [B, H, W], the contract outputs)."""
+        """(difficulty map at input size [B, H, W], the contract outputs). The contract's
+        difficulty map is the head's grid, or with a pixel read-out the segmenter's output
+        resolution."""
         size = self.io.input_size
         logits = self.logits(output)  # [B, C, h, w]
         pixels = box_weights(valid_box, size, size)
         cells = box_weights(valid_box, size, (logits.shape[2], logits.shape[3]))
         grid = self.difficulty_head(logits)  # [B, 1, ah, aw]
+        if self.pixel is not None:
+            grid = self.pixel(logits, grid)  # [B, 1, h, w]
         up = F.interpolate(grid, size=size, mode="bilinear", align_corners=False)
         difficulty = torch.sigmoid(up)[:, 0]  # [B, H, W]
         embedding = pooled_embedding(quadrant_probabilities(logits), cells)  # [B, 4C]
@@ -426,6 +448,61 @@ def quadrant_probabilities(logits: torch.Tensor) -> torch.Tensor:
     )
 
 
+def local_range(p: torch.Tensor, k: int) -> torch.Tensor:
+    """[B, C, h, w] probabilities -> [B, 1, h, w]: the largest range of a class's probability
+    over the k x k window around each pixel (high at a boundary the segmenter hesitates on)."""
+    high = F.max_pool2d(p, k, 1, k // 2)
+    low = -F.max_pool2d(-p, k, 1, k // 2)
+    return (high - low).amax(dim=1, keepdim=True)
+
+
+class PixelReadout(nn.Module):
+    """The attached map's logit at the segmenter's output resolution: an MLP (1x1 convs) over
+    the head's map (upsampled from its grid), the probabilities' entropy, 1 - max and margin,
+    their local ranges (RANGES), the probabilities and their means over CONTEXTS windows,
+    inputs standardised on the train split."""
+
+    def __init__(self, num_classes: int, hidden: int) -> None:
+        super().__init__()
+        dim = 4 + len(RANGES) + num_classes * (1 + len(CONTEXTS))
+        self.register_buffer("input_mean", torch.zeros(1, dim, 1, 1))
+        self.register_buffer("input_std", torch.ones(1, dim, 1, 1))
+        self.mlp = nn.Sequential(
+            nn.Conv2d(dim, hidden, 1),
+            nn.ReLU(),
+            nn.Conv2d(hidden, hidden, 1),
+            nn.ReLU(),
+            nn.Conv2d(hidden, 1, 1),
+        )
+
+    @staticmethod
+    def features(logits: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
+        """[B, C, h, w] logits and the head's [B, 1, ah, aw] map logit -> [B, D, h, w]."""
+        p = torch.softmax(logits, dim=1)
+        entropy = -(p * torch.log_softmax(logits, dim=1)).sum(dim=1, keepdim=True)
+        top = p.topk(2, dim=1).values
+        head = F.interpolate(grid, size=logits.shape[-2:], mode="bilinear", align_corners=False)
+        parts = [head, entropy, 1 - top[:, :1], top[:, :1] - top[:, 1:]]
+        parts += [local_range(p, k) for k in RANGES]
+        parts.append(p)
+        parts += [F.avg_pool2d(p, k, 1, k // 2, count_include_pad=False) for k in CONTEXTS]
+        return torch.cat(parts, dim=1)
+
+    def forward(self, logits: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
+        x = self.features(logits, grid)
+        return self.mlp((x - self.input_mean) / self.input_std)
+
+    def rows(self, x: torch.Tensor) -> torch.Tensor:
+        """The MLP on standardised feature rows [N, D] -> [N] logits (the 1x1 convs as
+        matrix products: what training runs)."""
+        for layer in self.mlp:
+            if isinstance(layer, nn.Conv2d):
+                x = F.linear(x, layer.weight.flatten(1), layer.bias)
+            else:
+                x = layer(x)
+        return x[:, 0]
+
+
 def build_head(io: ForeignIO, cfg: AttachConfig, pam_impl: str = "sdpa") -> DifficultyHead:
     parts = head_parts(cfg.difficulty_inputs)
     if "DEC" in parts:
@@ -449,11 +526,17 @@ class AttachedSegmenter(nn.Module):
     """The frozen foreign model (ONNX Runtime) and the difficulty head on its output: what
     the refit reads (`refit.HeadHost`)."""
 
-    def __init__(self, model_path: Path, io: ForeignIO, head: DifficultyHead) -> None:
+    def __init__(
+        self,
+        model_path: Path,
+        io: ForeignIO,
+        head: DifficultyHead,
+        pixel: PixelReadout | None = None,
+    ) -> None:
         super().__init__()
         self.session = open_session(model_path)
         self.foreign_input = ForeignInput(io)
-        self.scores = AttachedScores(io, head)
+        self.scores = AttachedScores(io, head, pixel=pixel)
         self.difficulty_head = head
         self.io = io
 
@@ -478,6 +561,7 @@ class AttachResult:
     io: ForeignIO
     train: dict[str, Any]
     refit: dict[str, Any]
+    pixel: dict[str, Any]
     test: dict[str, Any]
 
     def summary(self) -> dict[str, Any]:
@@ -486,6 +570,7 @@ class AttachResult:
             "io": self.io.to_dict(),
             "train": self.train,
             "refit": self.refit,
+            "pixel": self.pixel,
             "test": self.test,
         }
 
@@ -521,13 +606,13 @@ def attach(
     except ValueError as exc:  # too small a val split: keep the trained read-out, as fit does
         refit = {"split": "val", "skipped": str(exc)}
         print(f"warning: the difficulty head is not refit: {exc}", file=sys.stderr)
+    pixel = train_pixel_readout(model, splits["train"], splits["val"], cfg)
     test = measure(model, splits["test"])
     out.mkdir(parents=True, exist_ok=True)
     head_path = out / "head.pt"
-    save_head(
-        head_path, model, cfg, model_path, probe, {"train": train, "refit": refit, "test": test}
-    )
-    result = AttachResult(head_path, io, train, refit, test)
+    metrics = {"train": train, "refit": refit, "pixel": pixel, "test": test}
+    save_head(head_path, model, cfg, model_path, probe, metrics)
+    result = AttachResult(head_path, io, train, refit, pixel, test)
     (out / "attach.json").write_text(
         json.dumps({"config": cfg.to_dict(), **result.summary()}, indent=2)
     )
@@ -562,12 +647,131 @@ def train_head(model: AttachedSegmenter, dataset: SegmentationDataset, cfg: Atta
     return {"images": len(dataset), "error_rate": error, "gamma": float(head.gamma.detach())}
 
 
+def train_pixel_readout(
+    model: AttachedSegmenter,
+    train: SegmentationDataset,
+    val: SegmentationDataset,
+    cfg: AttachConfig,
+) -> dict[str, Any]:
+    """Stage 3: the pixel read-out on output pixels sampled from `train` (BCE against each
+    pixel's error share), set on `model` unless it is worse than the head's grid on `val`: its
+    pixel AUROC below the grid's in KEEP_CONFIDENCE of bootstrap resamples of the val images (a
+    val split of a few dozen images cannot tell AUROCs 0.01 apart; the grid's read-out was
+    refit on half of it)."""
+    if cfg.pixel_hidden <= 0:
+        return {"kept": False, "skipped": "pixel_hidden=0"}
+    torch.manual_seed(cfg.seed)
+    readout = PixelReadout(model.io.num_classes, cfg.pixel_hidden)
+    x, share, weight = pixel_inputs(model, train, cfg.pixel_samples, cfg.seed)
+    readout.input_mean.copy_(x.mean(0).view_as(readout.input_mean))
+    readout.input_std.copy_(x.std(0).clamp_min(1e-6).view_as(readout.input_std))
+    x = (x - readout.input_mean.flatten()) / readout.input_std.flatten()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # products this small gain nothing from threads, which on a busy
+    try:  # host spin-wait 100x their work
+        _fit_rows(readout, x, share, weight, cfg)
+    finally:
+        torch.set_num_threads(threads)
+    readout.eval()
+    model.scores.pixel = None
+    grid, wrong, _, _ = _sampled(model, val, KEEP_PIXELS)
+    model.scores.pixel = readout
+    pixel = _sampled(model, val, KEEP_PIXELS)[0]
+    before = auroc(np.concatenate(grid), np.concatenate(wrong))
+    after = auroc(np.concatenate(pixel), np.concatenate(wrong))
+    worse = worse_share(pixel, grid, wrong, seed=cfg.seed)
+    kept = bool(np.isfinite(after) and worse < KEEP_CONFIDENCE)
+    if not kept:
+        model.scores.pixel = None
+        print(
+            f"warning: the pixel read-out is left out: val AUROC {after:.3f} against the "
+            f"head's grid {before:.3f}, below it in {worse:.0%} of resamples of the val images",
+            file=sys.stderr,
+        )
+    return {
+        "pixels": len(x),
+        "val_auroc_before": before,
+        "val_auroc_after": after,
+        "val_worse_share": worse,
+        "kept": kept,
+    }
+
+
+def _fit_rows(
+    readout: PixelReadout,
+    x: torch.Tensor,
+    share: torch.Tensor,
+    weight: torch.Tensor,
+    cfg: AttachConfig,
+) -> None:
+    """AdamW steps of the pixel read-out's MLP on standardised rows: BCE against each pixel's
+    error share, weighted by its labelled share."""
+    generator = torch.Generator().manual_seed(cfg.seed)
+    optimizer = torch.optim.AdamW(readout.mlp.parameters(), lr=3e-3, weight_decay=1e-4)
+    with torch.enable_grad():
+        for _ in range(cfg.pixel_steps):
+            take = torch.randint(0, len(x), (cfg.pixel_batch,), generator=generator)
+            z = readout.rows(x[take])
+            bce = share[take] * F.softplus(-z) + (1 - share[take]) * F.softplus(z)
+            loss = (weight[take] * bce).sum() / weight[take].sum()
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+
+
+@torch.no_grad()
+def pixel_inputs(
+    model: AttachedSegmenter, dataset: SegmentationDataset, per_image: int, seed: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Up to `per_image` labelled output pixels of each image of `dataset`: (the pixel
+    read-out's features [N, D], error share [N], labelled share [N]); a pixel is wrong where
+    the argmax of the logits, bilinearly resized to the label size, is not its label."""
+    model.eval()
+    generator = torch.Generator().manual_seed(seed)
+    xs, shares, weights = [], [], []
+    for images, labels in DataLoader(dataset, batch_size=4):
+        logits = model.scores.logits(model.foreign_output(images))
+        x = PixelReadout.features(logits, model.difficulty_head(logits))
+        size = logits.shape[-2:]
+        pred = F.interpolate(logits, size=labels.shape[-2:], mode="bilinear", align_corners=False)
+        labelled = labels != IGNORE_INDEX
+        wrong = (pred.argmax(1) != labels) & labelled
+        valid = F.adaptive_avg_pool2d(labelled[:, None].float(), size)[:, 0]
+        error = F.adaptive_avg_pool2d(wrong[:, None].float(), size)[:, 0]
+        error = (error / valid.clamp_min(1e-6)).clamp(0, 1)
+        for i in range(len(labels)):
+            cells = torch.nonzero(valid[i].flatten() > 0)[:, 0]
+            take = cells[torch.randperm(len(cells), generator=generator)[:per_image]]
+            xs.append(x[i].flatten(1)[:, take].T)
+            shares.append(error[i].flatten()[take])
+            weights.append(valid[i].flatten()[take])
+    return torch.cat(xs), torch.cat(shares), torch.cat(weights)
+
+
 @torch.no_grad()
 def measure(
     model: AttachedSegmenter, dataset: SegmentationDataset, max_pixels: int = 1_000_000
 ) -> dict:
     """On `dataset` (held out): the map's pixel AUROC for the error mask, and the Spearman of
     each image score with the image's error rate."""
+    maps, wrongs, scores, errors = _sampled(model, dataset, max_pixels)
+    result: dict[str, Any] = {
+        "split": dataset.split,
+        "images": len(errors),
+        "error_rate": float(np.mean(errors)),
+        "pixel_auroc": auroc(np.concatenate(maps), np.concatenate(wrongs)),
+    }
+    for name, values in scores.items():
+        result[f"spearman_{name}"] = spearman(values, errors)
+    return result
+
+
+@torch.no_grad()
+def _sampled(
+    model: AttachedSegmenter, dataset: Dataset, max_pixels: int
+) -> tuple[list[np.ndarray], list[np.ndarray], dict[str, list[float]], list[float]]:
+    """Per image of `dataset`: the map and the error mask on up to max_pixels / images labelled
+    pixels (the same pixels whatever the map), DS, DE and entropy, and the error rate."""
     model.eval()
     quota = max(1, math.ceil(max_pixels / max(len(dataset), 1)))
     rng = np.random.default_rng(0)
@@ -588,15 +792,26 @@ def measure(
             take = rng.choice(valid, min(quota, len(valid)), replace=False)
             maps.append(difficulty[i].reshape(-1).numpy()[take])
             wrongs.append(wrong[i].reshape(-1).numpy()[take])
-    result: dict[str, Any] = {
-        "split": dataset.split,
-        "images": len(errors),
-        "error_rate": float(np.mean(errors)),
-        "pixel_auroc": auroc(np.concatenate(maps), np.concatenate(wrongs)),
-    }
-    for name, values in scores.items():
-        result[f"spearman_{name}"] = spearman(values, errors)
-    return result
+    return maps, wrongs, scores, errors
+
+
+def worse_share(
+    a: list[np.ndarray],
+    b: list[np.ndarray],
+    wrong: list[np.ndarray],
+    rounds: int = KEEP_ROUNDS,
+    seed: int = 0,
+) -> float:
+    """The share of bootstrap resamples of the images (each image's pixels kept together, both
+    maps on the same resample) in which map `a`'s pixel AUROC is below map `b`'s."""
+    rng = np.random.default_rng(seed)
+    worse = 0
+    for _ in range(rounds):
+        pick = rng.integers(0, len(a), len(a))
+        w = np.concatenate([wrong[i] for i in pick])
+        score_a = auroc(np.concatenate([a[i] for i in pick]), w)
+        worse += bool(score_a < auroc(np.concatenate([b[i] for i in pick]), w))
+    return worse / rounds
 
 
 def save_head(
@@ -607,19 +822,25 @@ def save_head(
     dataset: SegmentationDataset,
     metrics: dict[str, Any],
 ) -> None:
+    pixel = model.scores.pixel
     payload = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "config": cfg.to_dict(),
         "io": model.io.to_dict(),
         "segmenter_sha256": file_sha256(model_path),
-        "state_dict": {k: v.detach().cpu() for k, v in model.difficulty_head.state_dict().items()},
+        "state_dict": _cpu_state(model.difficulty_head),
+        "pixel_state_dict": None if pixel is None else _cpu_state(pixel),
         "class_names": list(dataset.class_names),
         "palette": [list(map(int, c)) for c in dataset.palette],
         "metrics": metrics,
     }
     with atomic_output(path) as tmp:
         torch.save(payload, tmp)
+
+
+def _cpu_state(module: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().cpu() for k, v in module.state_dict().items()}
 
 
 @dataclass
@@ -630,6 +851,7 @@ class AttachedHead:
     io: ForeignIO
     segmenter_sha256: str
     state_dict: dict[str, torch.Tensor]
+    pixel_state: dict[str, torch.Tensor] | None  # the pixel read-out, when it was kept
     class_names: list[str]
     palette: list[list[int]]
     metrics: dict[str, Any]
@@ -639,6 +861,19 @@ class AttachedHead:
         head = build_head(self.io, self.config, pam_impl)
         head.load_state_dict(self.state_dict)
         return head.eval()
+
+    def build_pixel(self) -> PixelReadout | None:
+        if self.pixel_state is None:
+            return None
+        pixel = PixelReadout(self.io.num_classes, self.config.pixel_hidden)
+        pixel.load_state_dict(self.pixel_state)
+        return pixel.eval()
+
+    def scores(self, bins: int = 8, novelty: NoveltyStats | None = None) -> AttachedScores:
+        """The graph's scoring part: the head (exact, blocked PAM) and its pixel read-out."""
+        return AttachedScores(
+            self.io, self.build_head("blocked"), bins, novelty, self.build_pixel()
+        ).eval()
 
     def check_segmenter(self, model_path: Path) -> None:
         """The head was trained on this very file (its sha256), or CheckpointError."""
@@ -669,6 +904,7 @@ def load_head(path: Path) -> AttachedHead:
         io=ForeignIO.from_dict(raw["io"]),
         segmenter_sha256=raw["segmenter_sha256"],
         state_dict=dict(raw["state_dict"]),
+        pixel_state=None if raw.get("pixel_state_dict") is None else dict(raw["pixel_state_dict"]),
         class_names=list(raw["class_names"]),
         palette=[list(c) for c in raw["palette"]],
         metrics=dict(raw["metrics"]),
