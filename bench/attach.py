@@ -9,7 +9,7 @@ AUROC for the segmenter's error mask, and the Spearman of DS, DE and entropy wit
 error rate. With `--eval N` (the default 2,000) the heads are also measured on N more frames
 from a third street set that neither the segmenters nor the heads saw: a Spearman over a few
 dozen test images moves by about 0.1 between sets, over 2,000 by about 0.02. Writes
-bench/results/attach.md (attach-N.md with `--images N` other than 300).
+bench/results/attach.md (attach-N.md with `--images N` other than 600).
 """
 
 from __future__ import annotations
@@ -64,7 +64,7 @@ def measure_on(head_path: Path, segmenter: Path, data: Path) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--images", type=int, default=300)
+    parser.add_argument("--images", type=int, default=600)
     parser.add_argument("--size", default="64x80")
     parser.add_argument("--steps", type=int, default=200, help="segmenter training steps")
     parser.add_argument("--seed", type=int, default=11)
@@ -153,7 +153,7 @@ def main() -> None:
             "by drive",
             "targets: pixel AUROC >= 0.85; Spearman DS >= Spearman entropy",
         ],
-        result=None if args.images == 300 else f"attach-{args.images}",
+        result=None if args.images == 600 else f"attach-{args.images}",
     )
 
 

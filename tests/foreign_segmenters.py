@@ -187,3 +187,17 @@ def frames(data: Path, split: str) -> np.ndarray:
     return np.stack(
         [np.asarray(Image.open(data / "images" / f"{n}.png").convert("RGB")) for n in names]
     )
+
+
+def with_pixel_readout(head: Path, out: Path, seed: int = 0) -> Path:
+    """`head` (an attached head checkpoint) with a seeded, untrained pixel read-out put in,
+    whatever its val split decided: a graph that carries the read-out's ops, as `out`."""
+    from dealseg.training.attach import PixelReadout
+
+    raw = torch.load(head, weights_only=True)
+    torch.manual_seed(seed)
+    readout = PixelReadout(len(raw["class_names"]), raw["config"]["pixel_hidden"])
+    readout.input_std.fill_(0.5)
+    raw["pixel_state_dict"] = readout.state_dict()
+    torch.save(raw, out)
+    return out

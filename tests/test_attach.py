@@ -26,6 +26,7 @@ from foreign_segmenters import (
     street_set,
     train_segmenter,
     unet_input,
+    with_pixel_readout,
 )
 from helpers import assert_same_selection, deal_client, records, selection
 
@@ -119,7 +120,9 @@ def test_the_readme_attaches_and_exports_the_unet(work: Path, attached: dict[str
     assert spec.class_names[0] == "Sky" and spec.num_classes == 11
 
 
-def test_the_settings_come_from_the_options_or_the_models_metadata(work: Path) -> None:
+def test_the_settings_come_from_the_options_or_the_models_metadata(
+    work: Path, attached: dict[str, Path]
+) -> None:
     unet = json.loads((work / "unet-run" / "attach.json").read_text())["io"]
     assert (unet["input_layout"], unet["output_layout"], unet["output_kind"]) == (
         "nchw",
@@ -141,7 +144,9 @@ def test_the_settings_come_from_the_options_or_the_models_metadata(work: Path) -
 
 
 @pytest.mark.parametrize("name", ["unet", "nhwc"])
-def test_the_pixel_readout_is_left_out_only_where_val_finds_it_worse(work: Path, name: str) -> None:
+def test_the_pixel_readout_is_left_out_only_where_val_finds_it_worse(
+    work: Path, attached: dict[str, Path], name: str
+) -> None:
     from dealseg.training.attach import KEEP_CONFIDENCE, load_head
 
     pixel = json.loads((work / f"{name}-run" / "attach.json").read_text())["pixel"]
@@ -167,20 +172,12 @@ def test_a_map_is_found_worse_on_the_resamples_where_its_auroc_is_lower() -> Non
 
 
 def test_a_pixel_readout_is_exported_at_the_segmenters_output_size(
-    work: Path, tmp_path: Path
+    work: Path, attached: dict[str, Path], tmp_path: Path
 ) -> None:
     """Whatever the val split decided: a head with a pixel read-out exports its map at the
     segmenter's output resolution (NHWC: half the input), and the graph's scores match the
     torch head's."""
-    from dealseg.training.attach import PixelReadout
-
-    raw = torch.load(work / "nhwc-run" / "head.pt", weights_only=True)
-    torch.manual_seed(0)
-    readout = PixelReadout(11, raw["config"]["pixel_hidden"])
-    readout.input_std.fill_(0.5)
-    raw["pixel_state_dict"] = readout.state_dict()
-    head = tmp_path / "head.pt"
-    torch.save(raw, head)
+    head = with_pixel_readout(work / "nhwc-run" / "head.pt", tmp_path / "head.pt")
     out = tmp_path / "pixel.onnx"
     run(export_cli, "attach", "--head", head, "--segmenter", work / "nhwc.onnx", "--out", out)
     assert read_onnx_spec(out).difficulty_size == (32, 40)

@@ -128,10 +128,17 @@ def exported_graphs(
 def attached_graph(work: Path) -> Path:
     """A small U-Net that is not ours (briefly trained: TensorRT needs its ops, not its skill;
     an untrained one's near-constant outputs make the head's standardised inputs float noise)
-    with the difficulty head attached after two training steps, wrapped by `deal-export
-    attach`."""
+    with the difficulty head attached after two training steps and a pixel read-out (put in
+    whatever the tiny val split decided), wrapped by `deal-export attach`."""
     import torch
-    from foreign_segmenters import UNet, export_segmenter, street_set, train_segmenter, unet_input
+    from foreign_segmenters import (
+        UNet,
+        export_segmenter,
+        street_set,
+        train_segmenter,
+        unet_input,
+        with_pixel_readout,
+    )
 
     from dealseg.training.cli import main as train_cli
 
@@ -143,7 +150,8 @@ def attached_graph(work: Path) -> Path:
     result = CliRunner().invoke(train_cli, [*map(str, run), "steps=2"])
     assert result.exit_code == 0, result.output
     out = work / "unet-deal.onnx"
-    wrap = ["attach", "--head", work / "run" / "head.pt", "--segmenter", work / "unet.onnx"]
+    head = with_pixel_readout(work / "run" / "head.pt", work / "head.pt")
+    wrap = ["attach", "--head", head, "--segmenter", work / "unet.onnx"]
     result = CliRunner().invoke(export_cli, [*map(str, wrap), "--out", str(out)])
     assert result.exit_code == 0, result.output  # its own check: argmax and scores kept
     return out
