@@ -62,6 +62,12 @@ def measure_on(head_path: Path, segmenter: Path, data: Path) -> dict:
     return measure(model, SegmentationDataset(data, "all", size=head.io.input_size))
 
 
+def _cells(label: str, t: dict) -> list[str]:
+    """A measurement's table cells: images, error rate, pixel AUROC, the three Spearmans."""
+    keys = ("error_rate", "pixel_auroc", "spearman_ds", "spearman_de", "spearman_entropy")
+    return [label, f"{t['images']}", *(f"{t[k]:.3f}" for k in keys)]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=600)
@@ -97,33 +103,15 @@ def main() -> None:
             export_segmenter(net, example, onnx_path, metadata)
         start = time.perf_counter()
         result = attach(onnx_path, data, work / f"head{i}", AttachConfig(seed=args.seed), options)
-        t = result.test
         rows.append(
             [
-                label,
-                f"{t['images']}",
-                f"{t['error_rate']:.3f}",
-                f"{t['pixel_auroc']:.3f}",
-                f"{t['spearman_ds']:.3f}",
-                f"{t['spearman_de']:.3f}",
-                f"{t['spearman_entropy']:.3f}",
+                *_cells(label, result.test),
                 f"{result.refit['auroc_after']:.3f}" if "auroc_after" in result.refit else "-",
                 f"{time.perf_counter() - start:.0f}",
             ]
         )
         if third is not None:
-            e = measure_on(result.head_path, onnx_path, third)
-            third_rows.append(
-                [
-                    label,
-                    f"{e['images']}",
-                    f"{e['error_rate']:.3f}",
-                    f"{e['pixel_auroc']:.3f}",
-                    f"{e['spearman_ds']:.3f}",
-                    f"{e['spearman_de']:.3f}",
-                    f"{e['spearman_entropy']:.3f}",
-                ]
-            )
+            third_rows.append(_cells(label, measure_on(result.head_path, onnx_path, third)))
     headers = [
         "segmenter",
         "test images",

@@ -15,7 +15,8 @@ Training never moves their weights: (1) γ and the read-out on the train split's
 (`refit.refit_difficulty_head`; skipped with a warning, as `fit` does, when the val split is too
 small for it), (3) the pixel read-out (`PixelReadout`: an MLP at the segmenter's output
 resolution over the head's map and the probabilities' uncertainty, local range and context) on
-the train split's pixels, kept only when it raises the map's AUROC on the val split, (4) the
+the train split's pixels, left out only where the val split finds it worse than the grid in
+95% of bootstrap resamples of its images, (4) the
 map measured on the test split, which nothing was fit on: its pixel AUROC and the Spearman of
 DS, DE and entropy with each image's error rate.
 """
@@ -45,7 +46,14 @@ from .data import SegmentationDataset
 from .losses import IGNORE_INDEX
 from .model import DifficultyHead, config_from_dict, head_parts
 from .novelty import Novelty, NoveltyStats
-from .refit import fit_cells, grid_inputs, refit_difficulty_head, standardise_inputs
+from .refit import (
+    cell_shares,
+    fit_cells,
+    grid_inputs,
+    refit_difficulty_head,
+    standardise_inputs,
+    wrong_pixels,
+)
 from .scores import (
     box_weights,
     class_fraction,
@@ -730,15 +738,10 @@ def pixel_inputs(
     generator = torch.Generator().manual_seed(seed)
     xs, shares, weights = [], [], []
     for images, labels in DataLoader(dataset, batch_size=4):
-        logits = model.scores.logits(model.foreign_output(images))
+        logits = model.segment(images)[0]
         x = PixelReadout.features(logits, model.difficulty_head(logits))
-        size = logits.shape[-2:]
-        pred = F.interpolate(logits, size=labels.shape[-2:], mode="bilinear", align_corners=False)
-        labelled = labels != IGNORE_INDEX
-        wrong = (pred.argmax(1) != labels) & labelled
-        valid = F.adaptive_avg_pool2d(labelled[:, None].float(), size)[:, 0]
-        error = F.adaptive_avg_pool2d(wrong[:, None].float(), size)[:, 0]
-        error = (error / valid.clamp_min(1e-6)).clamp(0, 1)
+        error, valid = cell_shares(labels, wrong_pixels(logits, labels), logits.shape[-2:])
+        error, valid = error[:, 0], valid[:, 0]
         for i in range(len(labels)):
             cells = torch.nonzero(valid[i].flatten() > 0)[:, 0]
             take = cells[torch.randperm(len(cells), generator=generator)[:per_image]]
@@ -782,10 +785,8 @@ def _sampled(
         difficulty, outs = model.scores.run(full_box(len(images), model.io.input_size), output)
         for name, value in zip(("ds", "de", "entropy"), outs[:3], strict=True):
             scores[name] += value.tolist()
-        logits = model.scores.logits(output)
-        pred = F.interpolate(logits, size=labels.shape[-2:], mode="bilinear", align_corners=False)
         labelled = labels != IGNORE_INDEX
-        wrong = (pred.argmax(1) != labels) & labelled
+        wrong = wrong_pixels(model.scores.logits(output), labels)
         for i in range(len(labels)):
             errors.append(float(wrong[i].sum() / labelled[i].sum().clamp_min(1)))
             valid = np.flatnonzero(labelled[i].reshape(-1).numpy())

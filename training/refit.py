@@ -97,15 +97,30 @@ def grid_inputs(model: HeadHost, dataset: Dataset, raw: bool = False) -> tuple[t
     `raw` the segmentation logits on the grid [N, C, h, w] instead of the features."""
     grids, targets, weights = [], [], []
     for grid, labels, wrong in _batches(model, dataset, raw):
-        size = grid.shape[-2:]
-        valid = F.adaptive_avg_pool2d((labels != IGNORE_INDEX)[:, None].float(), size)
-        errors = F.adaptive_avg_pool2d(wrong[:, None].float(), size)
+        share, valid = cell_shares(labels, wrong, grid.shape[-2:])
         grids.append(grid)
-        targets.append((errors / valid.clamp_min(1e-6)).clamp(0, 1))
+        targets.append(share)
         weights.append(valid)
     if not grids:
         raise ValueError("no labelled pixels to refit the difficulty head on")
     return torch.cat(grids), torch.cat(targets), torch.cat(weights)
+
+
+def wrong_pixels(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """[B, C, h, w] logits and [B, H, W] labels -> [B, H, W] bool (CPU): wrong where the argmax
+    of the logits, bilinearly resized to the label size, is not the label; ignored pixels right."""
+    pred = F.interpolate(logits, size=labels.shape[-2:], mode="bilinear", align_corners=False)
+    return (pred.argmax(1).cpu() != labels) & (labels != IGNORE_INDEX)
+
+
+def cell_shares(
+    labels: torch.Tensor, wrong: torch.Tensor, size: tuple[int, int] | torch.Size
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per cell of a `size` grid over [B, H, W] labels: (the error share of its labelled pixels,
+    its labelled share), each [B, 1, h, w]."""
+    valid = F.adaptive_avg_pool2d((labels != IGNORE_INDEX)[:, None].float(), size)
+    errors = F.adaptive_avg_pool2d(wrong[:, None].float(), size)
+    return (errors / valid.clamp_min(1e-6)).clamp(0, 1), valid
 
 
 def _batches(
@@ -123,10 +138,7 @@ def _batches(
     try:
         for images, labels in DataLoader(dataset, batch_size=4):
             logits, decoded = model.segment(images.to(device))
-            size = labels.shape[-2:]
-            pred = F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
-            pred = pred.argmax(1).cpu()
-            wrong = (pred != labels) & (labels != IGNORE_INDEX)
+            wrong = wrong_pixels(logits, labels)
             head = model.difficulty_head
             if raw:
                 grid = F.interpolate(
