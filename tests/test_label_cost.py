@@ -145,6 +145,27 @@ def test_label_cost_study_end_to_end_honours_budgets_and_resumes(
     assert again.exit_code == 0 and again.output.count("(recorded)") == 6  # nothing retrained
     assert json.loads((out / "region-random" / "seed0" / "state.json").read_text()) == state
 
+    # a later budget extends the study: the recorded stages stand, the last one selects
+    grown = [*args[: args.index("5,10")], "5,10,15", *args[args.index("5,10") + 1 :]]
+    grown[grown.index("region-ds-sample,region-random,entropy")] = "region-random"
+    longer = CliRunner().invoke(main, grown, catch_exceptions=False)
+    assert longer.exit_code == 0 and longer.output.count("(recorded)") == 1, longer.output
+    extended = json.loads((out / "region-random" / "seed0" / "state.json").read_text())
+    assert extended["settings"]["budgets"] == [0.05, 0.10, 0.15]
+    assert [{k: v for k, v in s.items() if k != "selection"} for s in extended["stages"][:2]] == [
+        {k: v for k, v in s.items() if k != "selection"} for s in state["stages"]
+    ]
+    s1, s2 = extended["stages"][1:]
+    spent = sum(len(v) for v in s1["labeled"]["regions"].values()) * 64
+    assert (
+        spent + s1["selection"]["pixels"]
+        <= 0.15 * pool_pixels
+        < spent + 64 + (s1["selection"]["pixels"])
+    )
+    assert sum(len(v) for v in s2["labeled"]["regions"].values()) * 64 == (
+        spent + s1["selection"]["pixels"]
+    )
+
 
 def test_label_cost_needs_a_fixed_training_budget(streets: Path, tmp_path: Path) -> None:
     args = ["al", "--data", str(streets), "--out", str(tmp_path), "--unit", "region"]

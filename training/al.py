@@ -178,14 +178,21 @@ def _say(message: str, quiet: bool) -> None:
         print(message, file=sys.stderr, flush=True)
 
 
-def load_state(path: Path, name: str, seed: int, settings: dict[str, Any]) -> dict[str, Any]:
+def load_state(
+    path: Path, name: str, seed: int, settings: dict[str, Any], grows: Sequence[str] = ()
+) -> dict[str, Any]:
     """A run's state.json when it was recorded with `settings` (fields added to the configs
-    since, at their defaults, change nothing), else a fresh state; ValueError naming the
-    settings that changed."""
+    since, at their defaults, change nothing; a list named in `grows` may have grown at its
+    end: a study extended by later stages), else a fresh state; ValueError naming the settings
+    that changed."""
     if not path.is_file():
         return {"strategy": name, "seed": seed, "settings": settings, "stages": []}
     saved = json.loads(path.read_text())
     recorded = _with_new_defaults(saved.get("settings", {}))
+    for key in grows:
+        old, new = recorded.get(key), settings.get(key)
+        if isinstance(old, list) and isinstance(new, list) and new[: len(old)] == old:
+            recorded[key] = new
     if recorded != settings:
         changed = _changed(recorded, settings)
         raise ValueError(
@@ -205,6 +212,8 @@ class StageRun(ABC):
 
     stage_count: int
 
+    grows: tuple[str, ...] = ()  # settings that may grow at their end (`load_state`)
+
     def __init__(
         self, data: Path, out: Path, name: str, seed: int, settings: dict, runtime: Runtime
     ) -> None:
@@ -212,7 +221,7 @@ class StageRun(ABC):
         self.runtime = runtime  # where it trains and scores; not a setting a resume must match
         self.dir = out / name / f"seed{seed}"
         self.settings = _plain(settings)
-        self.state = load_state(self.dir / STATE_FILE, name, seed, self.settings)
+        self.state = load_state(self.dir / STATE_FILE, name, seed, self.settings, self.grows)
 
     @property
     def stages(self) -> list[dict[str, Any]]:
@@ -225,8 +234,19 @@ class StageRun(ABC):
         """Train, test and select for `stage`, unless state.json already records it."""
         last = stage == self.stage_count - 1
         done = len(self.stages) > stage and (last or "selection" in self.stages[stage])
-        if not done:
-            del self.stages[stage:]  # a partial record (tested, not yet selected) is finished
+        # tested, not yet selected (stopped in between, or the last stage of a study since
+        # extended): the record stands and selects, where its checkpoint is still there
+        tested = (
+            not done
+            and len(self.stages) > stage
+            and (self.out / self.stages[stage]["run_dir"] / "best.pt").is_file()
+        )
+        if tested:
+            del self.stages[stage + 1 :]
+            self.stages[stage]["selection"] = self._select(stage, self.stages[stage])
+            self.save()
+        elif not done:
+            del self.stages[stage:]
             labeled = self.labeled_at(stage)
             run_dir = self.run_dir(stage)
             t0 = time.time()

@@ -670,7 +670,8 @@ def _csv(kind: type) -> Any:
     default="0.5,1,2,4",
     show_default=True,
     callback=_csv(float),
-    help="--unit region: % of the pool's pixels labelled at each stage (stage 0 random).",
+    help="--unit region: % of the pool's pixels labelled at each stage (stage 0 random); "
+    "budgets added after a study's last one extend it.",
 )
 @click.option(
     "--regions",

@@ -18,7 +18,8 @@ Layout of `out` (beside `deal-train al`'s frame study):
     <strategy>/seed<k>/state.json                    what was labelled, metrics, picks per stage
     full/seed<k>/                                    the full-data reference (`full`)
 
-A stage recorded in state.json is never redone; a fit in progress resumes from its last.pt.
+A stage recorded in state.json is never redone; a fit in progress resumes from its last.pt;
+budgets added after the last recorded one extend a study (its last stage then selects).
 Each selection records what its picks hold: labelled pixels, the pixels the choosing model got
 wrong and the labelled pixels per class (for the rare-class share).
 """
@@ -179,7 +180,10 @@ def _pick_record(scored: ScoredRegions, taken: np.ndarray, indices: Sequence[int
 
 # ------------------------------------------------------------------------------ one run
 class LabelCostRun(StageRun):
-    """One strategy and seed of the label-cost study: its state.json, one stage at a time."""
+    """One strategy and seed of the label-cost study: its state.json, one stage at a time.
+    Its budgets may grow at their end: the recorded stages stand, the last of them selects."""
+
+    grows = ("budgets",)
 
     def __init__(
         self,
