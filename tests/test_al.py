@@ -222,6 +222,7 @@ def test_two_stage_loop_end_to_end_and_resume(streets: Path, tmp_path: Path) -> 
     for state in states.values():
         stages = state["stages"]
         assert [len(s["labeled"]) for s in stages] == [4, 8]
+        assert state["settings"]["train"]["samples_per_epoch"] == 21  # the pool, every stage
         assert stages[0]["labeled"] == first  # the same initial set for every strategy
         picked = stages[0]["selection"]["indices"]
         assert len(picked) == 4 and not set(picked) & set(first)

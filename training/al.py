@@ -1,8 +1,10 @@
 """The active-learning protocol: labelled sets, the stage loop, resumable state.
 
 For every seed the initial labelled set (`initial_labeled`, 10% by default) is the same for every
-strategy. Each stage retrains from the ImageNet backbone on the labelled set (`train.fit`),
-tests the best-val checkpoint, and lets the strategy pick the next step x pool images.
+strategy. Each stage retrains from the ImageNet backbone on the labelled set (`train.fit`)
+for the same number of samples seen (`samples_per_epoch`, the pool's size unless set, x
+`epochs`: a small labelled set is repeated, not trained less), tests the best-val checkpoint,
+and lets the strategy pick the next step x pool images.
 
 Layout of `out`:
 
@@ -408,6 +410,8 @@ def run_al(
     train_set = SegmentationDataset(data, preset.train.train_split)
     pool_size = len(train_set)
     preset = with_classes(preset, train_set.num_classes)
+    if preset.train.samples_per_epoch <= 0:  # every stage sees as many samples as the full data
+        preset = Preset(preset.model, replace(preset.train, samples_per_epoch=pool_size))
     plan = {
         "pool_size": pool_size,
         "sizes": stage_sizes(pool_size, protocol.init, protocol.step, protocol.max_fraction),

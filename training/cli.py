@@ -721,7 +721,9 @@ def al(
 ) -> None:
     """Run the paper's active-learning protocol and report mIoU vs % labelled.
 
-    OVERRIDES are key=value settings over the preset, e.g. epochs=2 decoder_width=32.
+    Every stage trains for the same samples seen: samples_per_epoch (the pool's size unless
+    set) x epochs. OVERRIDES are key=value settings over the preset, e.g. epochs=2
+    decoder_width=32.
     """
     from .acquisition import STRATEGIES
     from .al import Protocol, report_al, run_al
