@@ -181,16 +181,21 @@ def _say(message: str, quiet: bool) -> None:
 
 
 def load_state(
-    path: Path, name: str, seed: int, settings: dict[str, Any], grows: Sequence[str] = ()
+    path: Path,
+    name: str,
+    seed: int,
+    settings: dict[str, Any],
+    grows: Sequence[str] = (),
+    defaults: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """A run's state.json when it was recorded with `settings` (fields added to the configs
-    since, at their defaults, change nothing; a list named in `grows` may have grown at its
-    end: a study extended by later stages), else a fresh state; ValueError naming the settings
-    that changed."""
+    since, and settings missing from the record that `defaults` names, at their defaults,
+    change nothing; a list named in `grows` may have grown at its end: a study extended by
+    later stages), else a fresh state; ValueError naming the settings that changed."""
     if not path.is_file():
         return {"strategy": name, "seed": seed, "settings": settings, "stages": []}
     saved = json.loads(path.read_text())
-    recorded = _with_new_defaults(saved.get("settings", {}))
+    recorded = {**_plain(defaults or {}), **_with_new_defaults(saved.get("settings", {}))}
     for key in grows:
         old, new = recorded.get(key), settings.get(key)
         if isinstance(old, list) and isinstance(new, list) and new[: len(old)] == old:
@@ -215,6 +220,7 @@ class StageRun(ABC):
     stage_count: int
 
     grows: tuple[str, ...] = ()  # settings that may grow at their end (`load_state`)
+    defaults: dict[str, Any] = {}  # settings added since, at their defaults (`load_state`)
 
     def __init__(
         self, data: Path, out: Path, name: str, seed: int, settings: dict, runtime: Runtime
@@ -223,7 +229,9 @@ class StageRun(ABC):
         self.runtime = runtime  # where it trains and scores; not a setting a resume must match
         self.dir = out / name / f"seed{seed}"
         self.settings = _plain(settings)
-        self.state = load_state(self.dir / STATE_FILE, name, seed, self.settings, self.grows)
+        self.state = load_state(
+            self.dir / STATE_FILE, name, seed, self.settings, self.grows, self.defaults
+        )
 
     @property
     def stages(self) -> list[dict[str, Any]]:
@@ -252,7 +260,7 @@ class StageRun(ABC):
             labeled = self.labeled_at(stage)
             run_dir = self.run_dir(stage)
             t0 = time.time()
-            result = self.train(run_dir, preset, labeled)
+            result = self.train(stage, run_dir, preset, labeled)
             record = {
                 "stage": stage,
                 **self.stage_fields(stage, labeled),
@@ -275,7 +283,7 @@ class StageRun(ABC):
     def run_dir(self, stage: int) -> Path: ...
 
     @abstractmethod
-    def train(self, run_dir: Path, preset: Preset, labeled: Any) -> dict[str, Any]: ...
+    def train(self, stage: int, run_dir: Path, preset: Preset, labeled: Any) -> dict[str, Any]: ...
 
     @abstractmethod
     def stage_fields(self, stage: int, labeled: Any) -> dict[str, Any]: ...
@@ -326,7 +334,9 @@ class StrategyRun(StageRun):
             self.out / "initial" / f"seed{self.seed}" if stage == 0 else self.dir / f"stage{stage}"
         )
 
-    def train(self, run_dir: Path, preset: Preset, labeled: list[int]) -> dict[str, Any]:
+    def train(
+        self, stage: int, run_dir: Path, preset: Preset, labeled: list[int]
+    ) -> dict[str, Any]:
         return train_and_test(
             self.data, run_dir, preset, labeled, self.protocol.test_split, True, self.runtime
         )

@@ -687,6 +687,15 @@ def _csv(kind: type) -> Any:
     help="--unit region: the sampling strategies' temperature (score ** (1 / T)).",
 )
 @click.option(
+    "--pseudo-labels",
+    "pseudo_threshold",
+    type=click.FloatRange(0, 1),
+    default=0.0,
+    show_default=True,
+    help="--unit region: from stage 1, train every frame also on the previous stage's model's "
+    "predictions where its confidence reaches this, outside what was bought (0: off).",
+)
+@click.option(
     "--through",
     type=float,
     default=None,
@@ -713,6 +722,7 @@ def al(
     budgets: list[float],
     regions: str,
     temperature: float,
+    pseudo_threshold: float,
     through: float | None,
     device: str,
     amp: bool,
@@ -740,6 +750,7 @@ def al(
             budgets,
             regions,
             temperature,
+            pseudo_threshold,
             through,
             full,
             report_only,
@@ -783,6 +794,7 @@ def _label_cost(
     budgets: list[float],
     regions: str,
     temperature: float,
+    pseudo_threshold: float,
     through: float | None,
     full: bool,
     report_only: bool,
@@ -796,7 +808,10 @@ def _label_cost(
     config, _ = checked_config(data, preset, config_file, overrides)
     try:
         protocol = LabelCostProtocol(
-            budgets=tuple(b / 100 for b in budgets), regions=regions, temperature=temperature
+            budgets=tuple(b / 100 for b in budgets),
+            regions=regions,
+            temperature=temperature,
+            pseudo_threshold=pseudo_threshold,
         )
         if not report_only:
             run_label_cost(

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +42,7 @@ from dealseg.core.classes import (
 from dealseg.core.regions import RegionSpec, partition
 
 from .camvid import CAMVID_CLASSES, CAMVID_PALETTE, CAMVID_VOID
+from .losses import PSEUDO_OFFSET
 
 # Cityscapes' 19 evaluation classes, in trainId order.
 CITYSCAPES_CLASSES: tuple[str, ...] = (
@@ -522,16 +523,34 @@ def _to_tensors(image: Image.Image, label: np.ndarray) -> tuple[torch.Tensor, to
 class PartialLabels:
     """Labels bought by the region: for each train-split index, the ids of its labelled regions
     (`regions` cut at the model's input size, `dealseg.core.regions.partition`); every other
-    pixel of that frame reads as void (IGNORE_INDEX), as a labelling tool returns it."""
+    pixel of that frame reads as void (IGNORE_INDEX), as a labelling tool returns it.
+
+    `pseudo` (optional): per index a guessed label [H, W] at that size (a class, or
+    IGNORE_INDEX where there is no guess); outside the bought regions a guessed pixel reads as
+    PSEUDO_OFFSET + its class, which the loss trains the segmenter on apart from the bought
+    labels and keeps out of the difficulty head's target (`losses.deal_loss`). `pseudo_key`
+    names the guesses in `to_dict` (a run's cache key)."""
 
     regions: RegionSpec
     picked: Mapping[int, Sequence[int]]
+    pseudo: Mapping[int, np.ndarray] | None = field(default=None, compare=False)
+    pseudo_key: str = ""
 
     def apply(self, index: int, image: Image.Image, label: np.ndarray) -> np.ndarray:
-        """The label [H, W] with the pixels outside the frame's picked regions void."""
+        """The label [H, W] with the pixels outside the frame's picked regions void (or their
+        guess, marked)."""
         ids = partition(self.regions, label.shape, image=np.asarray(image))
         keep = np.isin(ids, np.asarray(self.picked.get(index, ()), dtype=np.int64))
-        return np.where(keep, label, IGNORE_INDEX).astype(label.dtype)
+        out = np.where(keep, label, IGNORE_INDEX).astype(label.dtype)
+        guess = None if self.pseudo is None else self.pseudo.get(index)
+        if guess is not None:
+            if guess.shape != label.shape:
+                raise ValueError(
+                    f"pseudo-labels of frame {index} are {guess.shape}, its label {label.shape}"
+                )
+            marked = (guess.astype(np.int64) + PSEUDO_OFFSET).astype(label.dtype)
+            out = np.where(keep | (guess == IGNORE_INDEX), out, marked)
+        return out
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -539,6 +558,7 @@ class PartialLabels:
             "picked": {
                 str(i): sorted(int(r) for r in ids) for i, ids in sorted(self.picked.items())
             },
+            **({"pseudo": self.pseudo_key} if self.pseudo is not None else {}),
         }
 
 

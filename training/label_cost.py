@@ -26,6 +26,7 @@ wrong and the labelled pixels per class (for the rare-class share).
 
 from __future__ import annotations
 
+import hashlib
 import math
 import time
 from collections.abc import Sequence
@@ -53,6 +54,7 @@ from .al import StageRun, _say, train_and_test
 from .config import Preset, with_classes
 from .data import IGNORE_INDEX, PartialLabels, SegmentationDataset
 from .device import CPU, Runtime
+from .losses import PSEUDO_OFFSET
 from .model import DEALNet, normalise
 from .scores import entropy_map
 
@@ -64,6 +66,9 @@ class LabelCostProtocol:
     budgets: tuple[float, ...] = (0.005, 0.01, 0.02, 0.04)  # share of the pool's pixels
     regions: str = "cell:12"  # how frames are cut (`core.regions.parse_regions`)
     temperature: float = 1.0  # the sampling strategies' temperature
+    # From stage 1: the previous stage's model's predictions where its softmax max reaches this,
+    # as guessed labels of every pixel not bought (`pseudo_labels`); 0: none
+    pseudo_threshold: float = 0.0
     score_batch_size: int = 8
     test_split: str = "test"
 
@@ -165,6 +170,67 @@ def score_regions(
     )
 
 
+@torch.no_grad()
+def pseudo_labels(
+    data: Path,
+    split: str,
+    indices: Sequence[int],
+    model: DEALNet,
+    threshold: float,
+    batch_size: int = 8,
+) -> dict[int, np.ndarray]:
+    """`model`'s guesses for the frames of `indices` at its input size: per frame [H, W] uint8,
+    the predicted class where the softmax's max is >= `threshold`, IGNORE_INDEX elsewhere."""
+    if not 0 < threshold <= 1:
+        raise ValueError(f"the pseudo-label threshold is a probability in (0, 1], got {threshold}")
+    if model.cfg.num_classes > PSEUDO_OFFSET - 1:
+        raise ValueError(
+            f"pseudo-labels need at most {PSEUDO_OFFSET - 1} classes, the model has "
+            f"{model.cfg.num_classes}"
+        )
+    dataset = SegmentationDataset(data, split, size=tuple(model.cfg.input_size), indices=indices)
+    device = next(model.parameters()).device
+    model.eval()
+    guesses: dict[int, np.ndarray] = {}
+    position = 0
+    for images, _ in DataLoader(dataset, batch_size=batch_size):
+        x = normalise(images.to(device), model.cfg.mean, model.cfg.std)
+        confidence, guess = model(x).full_logits().float().softmax(1).max(1)
+        guess = torch.where(confidence >= threshold, guess, IGNORE_INDEX).to(torch.uint8).cpu()
+        for b in range(len(images)):
+            guesses[dataset.indices[position]] = guess[b].numpy()
+            position += 1
+    return guesses
+
+
+def guess_quality(data: Path, split: str, partial: PartialLabels) -> dict[str, float]:
+    """What the guesses of `partial` hold (the study knows every label): the share of the
+    pool's pixels guessed, and of the guessed pixels with a label the share guessed right."""
+    assert partial.pseudo is not None
+    indices = sorted(partial.pseudo)
+    size = next(iter(partial.pseudo.values())).shape
+    truth = SegmentationDataset(data, split, size=size, indices=indices)
+    marked = SegmentationDataset(data, split, size=size, indices=indices, partial=partial)
+    pixels = guessed = labelled = right = 0
+    for i in range(len(indices)):
+        label, mark = truth[i][1], marked[i][1]
+        guess = (mark >= PSEUDO_OFFSET) & (mark != IGNORE_INDEX)
+        known = guess & (label != IGNORE_INDEX)
+        pixels += mark.numel()
+        guessed += int(guess.sum())
+        labelled += int(known.sum())
+        right += int((known & (mark - PSEUDO_OFFSET == label)).sum())
+    return {"share": guessed / max(pixels, 1), "accuracy": right / max(labelled, 1)}
+
+
+def _digest(guesses: dict[int, np.ndarray], threshold: float) -> str:
+    """Names a set of guesses (a run's cache key): the threshold and a hash of the labels."""
+    h = hashlib.sha256()
+    for i in sorted(guesses):
+        h.update(f"{i}:".encode() + guesses[i].tobytes())
+    return f">= {threshold:g}, sha256 {h.hexdigest()[:16]}"
+
+
 def _pick_record(scored: ScoredRegions, taken: np.ndarray, indices: Sequence[int]) -> dict:
     """What a selection bought: [frame index, region id] pairs and their pixel counts."""
     frames = np.asarray(indices)[scored.pool.frame[taken]]
@@ -184,6 +250,7 @@ class LabelCostRun(StageRun):
     Its budgets may grow at their end: the recorded stages stand, the last of them selects."""
 
     grows = ("budgets",)
+    defaults = {"pseudo_threshold": 0.0}
 
     def __init__(
         self,
@@ -261,13 +328,34 @@ class LabelCostRun(StageRun):
             return self.out / f"initial-{self.unit}" / f"seed{self.seed}"
         return self.dir / f"stage{stage}"
 
-    def train(self, run_dir: Path, preset: Preset, labeled: dict[str, Any]) -> dict[str, Any]:
+    def train(
+        self, stage: int, run_dir: Path, preset: Preset, labeled: dict[str, Any]
+    ) -> dict[str, Any]:
         frames = None if self.region else labeled["frames"]
         partial = self._partial(labeled)
+        threshold = self.protocol.pseudo_threshold
+        if threshold > 0 and stage > 0:
+            # every frame of the pool trains: bought labels where bought, guesses elsewhere
+            if partial is None:
+                partial = PartialLabels(parse_regions("frame"), {i: [0] for i in frames})
+            model = self._load_model(self.stages[stage - 1])
+            guesses = pseudo_labels(
+                self.data,
+                self.plan["train_split"],
+                range(self.plan["pool_size"]),
+                model,
+                threshold,
+                self.protocol.score_batch_size,
+            )
+            partial = replace(partial, pseudo=guesses, pseudo_key=_digest(guesses, threshold))
+            frames = None
         test = self.protocol.test_split
-        return train_and_test(
+        result = train_and_test(
             self.data, run_dir, preset, frames, test, True, self.runtime, partial=partial
         )
+        if partial is not None and partial.pseudo is not None:
+            result["pseudo"] = guess_quality(self.data, self.plan["train_split"], partial)
+        return result
 
     def stage_fields(self, stage: int, labeled: dict[str, Any]) -> dict[str, Any]:
         return {"budget": self.protocol.budgets[stage]}

@@ -8,6 +8,9 @@ import torch.nn.functional as F
 from dealseg.core.registry import Registry
 
 IGNORE_INDEX = 255
+# A guessed label (pseudo-label, `data.PartialLabels.pseudo`) of class c reads PSEUDO_OFFSET + c:
+# the segmenter learns it apart from bought labels, the difficulty head never sees it.
+PSEUDO_OFFSET = 128
 
 
 def error_mask(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -55,17 +58,27 @@ def deal_loss(
     """Total loss = CE(ignore 255) + weight * difficulty loss. logits/difficulty at label size.
 
     `labeled_only` (partial labels): the difficulty loss counts labelled pixels only, instead of
-    counting ignored pixels as right. A batch without a labelled pixel costs nothing: both terms
-    are zero (with gradients of zero), never NaN.
+    counting ignored pixels as right. Guessed pixels (PSEUDO_OFFSET + class) add their own mean
+    cross-entropy to the segmenter's and are void to the difficulty loss. A batch without a
+    labelled or guessed pixel costs nothing: both terms are zero (with gradients of zero),
+    never NaN.
     """
+    zero = logits.sum() * 0.0 + difficulty.sum() * 0.0
+    guessed = (labels >= PSEUDO_OFFSET) & (labels != IGNORE_INDEX)
+    guesses = None
+    if bool(guessed.any()):
+        guesses = torch.where(guessed, labels - PSEUDO_OFFSET, IGNORE_INDEX)
+        labels = torch.where(guessed, IGNORE_INDEX, labels)
     labeled = labels != IGNORE_INDEX
-    if not bool(labeled.any()):
-        zero = logits.sum() * 0.0 + difficulty.sum() * 0.0
+    any_label = bool(labeled.any())
+    if not any_label and guesses is None:
         return zero, {"loss": 0.0, "seg": 0.0, "dif": 0.0}
-    seg = F.cross_entropy(logits, labels, ignore_index=IGNORE_INDEX)
+    seg = F.cross_entropy(logits, labels, ignore_index=IGNORE_INDEX) if any_label else zero
+    if guesses is not None:
+        seg = seg + F.cross_entropy(logits, guesses, ignore_index=IGNORE_INDEX)
     target = error_mask(logits.detach(), labels)
     if labeled_only:
-        dif = difficulty_loss(difficulty[labeled], target[labeled], kind)
+        dif = difficulty_loss(difficulty[labeled], target[labeled], kind) if any_label else zero
     else:
         dif = difficulty_loss(difficulty, target, kind)
     total = seg + weight * dif

@@ -334,7 +334,10 @@ def collect_label_cost(
         r.pop("history", None)
     present = [s for s in strategies if any(r["strategy"] == s for r in runs)]
     return {
-        "protocol": {k: settings[k] for k in ("budgets", "regions", "temperature", "pool_size")},
+        "protocol": {
+            **{k: settings[k] for k in ("budgets", "regions", "temperature", "pool_size")},
+            "pseudo_threshold": settings.get("pseudo_threshold", 0.0),
+        },
         "config": {"model": settings["model"], "train": settings["train"]},
         "strategies": present,
         "units": {r["strategy"]: r["settings"]["unit"] for r in runs},
@@ -368,7 +371,13 @@ def format_label_cost(results: dict[str, Any], names: Sequence[str], shares: np.
         f"Test mIoU (%) of each stage's best-val checkpoint, mean ± std over seeds "
         f"{', '.join(map(str, seeds))} (n = seeds that reached the stage, when fewer); pool "
         f"of {proto['pool_size']} frames, regions {proto['regions']}, sampling temperature "
-        f"{proto['temperature']:g}; stage 0 is a random start shared by each unit's strategies.",
+        f"{proto['temperature']:g}; stage 0 is a random start shared by each unit's strategies"
+        + (
+            f"; from stage 1 every frame also trains on the previous stage's model's predictions "
+            f"of confidence >= {proto['pseudo_threshold']:g} outside what was bought."
+            if proto["pseudo_threshold"]
+            else "."
+        ),
         "",
         "| strategy | unit | " + " | ".join(f"{b * 100:g}%" for b in budgets) + " |",
         "|---|---|" + "---:|" * len(budgets),
