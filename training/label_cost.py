@@ -250,7 +250,7 @@ class LabelCostRun(StageRun):
     Its budgets may grow at their end: the recorded stages stand, the last of them selects."""
 
     grows = ("budgets",)
-    defaults = {"pseudo_threshold": 0.0}
+    defaults = {"pseudo_threshold": LabelCostProtocol.pseudo_threshold}  # added since
 
     def __init__(
         self,
