@@ -92,7 +92,7 @@ def test_guessed_pixels_train_the_segmenter_apart_and_never_the_difficulty_head(
     assert parts["dif"] == 0.0 and parts["seg"] > 0 and torch.isfinite(only)
 
 
-def test_guesses_fill_only_what_was_not_bought(streets: Path) -> None:
+def test_guesses_fill_only_what_was_not_bought(streets: Path, tmp_path: Path) -> None:
     guess = np.full((64, 80), IGNORE_INDEX, dtype=np.uint8)
     guess[:, 40:] = 3
     partial = PartialLabels(parse_regions("cell:16"), {0: [1, 7]}, pseudo={0: guess, 1: guess})
@@ -111,6 +111,14 @@ def test_guesses_fill_only_what_was_not_bought(streets: Path) -> None:
         partial.to_dict()["pseudo"] == ""
         and "pseudo" not in PartialLabels(parse_regions("cell:16"), {0: [1]}).to_dict()
     )
+    # the frames with guesses train too, a frame with nothing bought on its guesses alone
+    preset = resolve_config("cpu", None, {"samples_per_epoch": 8, **_overrides()})
+    trainer = Trainer(streets, tmp_path / "fit", preset, None, quiet=True, partial=partial)
+    assert trainer.train_set.indices == [0, 1]
+    bought_only = PartialLabels(parse_regions("cell:16"), {0: [1, 7]})
+    assert Trainer(
+        streets, tmp_path / "b", preset, None, True, partial=bought_only
+    ).train_set.indices == [0]
     wrong = PartialLabels(parse_regions("cell:16"), {}, pseudo={0: guess[:32]})
     with pytest.raises(ValueError, match="pseudo-labels of frame 0 are"):
         SegmentationDataset(streets, "train", size=(64, 80), indices=[0], partial=wrong)[0]

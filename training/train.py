@@ -111,8 +111,8 @@ class Trainer:
         partial: PartialLabels | None = None,
     ) -> None:
         train_cfg = preset.train
-        if partial is not None:
-            labeled = sorted(int(i) for i in partial.picked)
+        if partial is not None:  # the frames with bought regions, and those with guesses
+            labeled = sorted({int(i) for i in partial.picked} | set(partial.pseudo or ()))
         if train_cfg.threads:
             torch.set_num_threads(train_cfg.threads)
         torch.manual_seed(train_cfg.seed)
@@ -309,7 +309,8 @@ def fit(
     """Train on `data` (any layout of `data.py`), keep the best-val checkpoint in `out`.
 
     `labeled` restricts training to those indices of the train split (active learning);
-    `partial` trains on the pixels of bought regions only (the frames it names). If
+    `partial` trains on the pixels of bought regions only (the frames it names, and the frames
+    it has guesses for, on their guessed pixels too). If
     `out/last.pt` exists from an interrupted run with the same configuration, training resumes,
     on any device. `runtime` says where and in what precision the run computes.
     """
