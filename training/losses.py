@@ -63,7 +63,6 @@ def deal_loss(
     labelled or guessed pixel costs nothing: both terms are zero (with gradients of zero),
     never NaN.
     """
-    zero = logits.sum() * 0.0 + difficulty.sum() * 0.0
     guessed = (labels >= PSEUDO_OFFSET) & (labels != IGNORE_INDEX)
     guesses = None
     if bool(guessed.any()):
@@ -71,8 +70,10 @@ def deal_loss(
         labels = torch.where(guessed, IGNORE_INDEX, labels)
     labeled = labels != IGNORE_INDEX
     any_label = bool(labeled.any())
-    if not any_label and guesses is None:
-        return zero, {"loss": 0.0, "seg": 0.0, "dif": 0.0}
+    if not any_label:  # zero with gradients of zero: a term without a pixel to learn from
+        zero = logits.sum() * 0.0 + difficulty.sum() * 0.0
+        if guesses is None:
+            return zero, {"loss": 0.0, "seg": 0.0, "dif": 0.0}
     seg = F.cross_entropy(logits, labels, ignore_index=IGNORE_INDEX) if any_label else zero
     if guesses is not None:
         seg = seg + F.cross_entropy(logits, guesses, ignore_index=IGNORE_INDEX)
