@@ -16,6 +16,11 @@ The regions of a pool (`RegionPool`) are chosen under a budget of pixels or a co
     region-ds-sample       sampled without replacement with probability proportional to
                            ds ** (1 / temperature) (Gumbel top-k), seeded
     region-entropy-sample  the same over the entropy map
+    region-ds-balanced     sampled as region-ds-sample with each region's difficulty divided by
+                           the share of the pool's regions predicted as its class (the class
+                           the model predicts most over it): every predicted class draws in
+                           proportion to its mean difficulty, however few its regions
+                           (class-balanced quotas from the predicted classes)
 
 Ties break by the frame's path bytes, then the region id. The budget is honoured exactly: the
 regions are taken in the strategy's order, a region that would overrun what is left of the budget
@@ -162,13 +167,26 @@ def region_means(
 class RegionPool:
     """The scored regions of a pool, aligned by index: `frame` [N] indexes `paths` (one per
     frame), `region` [N] the region id within its frame, `pixels` [N] what labelling it costs,
-    `scores` map name ("ds", "entropy") -> [N] mean of that map over the region."""
+    `scores` map name ("ds", "entropy") -> [N] mean of that map over the region, `classes`
+    [N] the class the model predicts most over the region (-1: none; None: not known)."""
 
     paths: Sequence[str]
     frame: np.ndarray
     region: np.ndarray
     pixels: np.ndarray
     scores: dict[str, np.ndarray]
+    classes: np.ndarray | None = None
+
+    def subset(self, rows: np.ndarray) -> RegionPool:
+        """The regions `rows` (indices) of this pool, over the same frames."""
+        return RegionPool(
+            self.paths,
+            np.asarray(self.frame)[rows],
+            np.asarray(self.region)[rows],
+            np.asarray(self.pixels)[rows],
+            {k: np.asarray(v)[rows] for k, v in self.scores.items()},
+            None if self.classes is None else np.asarray(self.classes)[rows],
+        )
 
     def __len__(self) -> int:
         return len(self.frame)
@@ -268,16 +286,31 @@ def _by_map(name: str) -> Callable[[RegionPool, RegionOptions], np.ndarray]:
     return order
 
 
-def _sampled(name: str) -> Callable[[RegionPool, RegionOptions], np.ndarray]:
+def class_weights(pool: RegionPool) -> np.ndarray:
+    """[N] 1 / (share of the pool's regions whose predicted class is each region's): a class of
+    few regions weighs as much in all as a class of many. Regions without a predicted class
+    (-1) form one group of their own."""
+    if pool.classes is None:
+        raise ValueError("class-balanced strategies need each region's predicted class")
+    classes = np.asarray(pool.classes, np.int64)
+    _, group, counts = np.unique(classes, return_inverse=True, return_counts=True)
+    return len(classes) / counts[group].astype(np.float64)
+
+
+def _sampled(
+    name: str, balanced: bool = False
+) -> Callable[[RegionPool, RegionOptions], np.ndarray]:
     """Gumbel top-k: keys log(score) / T + Gumbel noise; taking keys in descending order samples
-    without replacement with probability proportional to score ** (1 / T)."""
+    without replacement with probability proportional to score ** (1 / T). `balanced`: the
+    score is multiplied by the region's class weight (`class_weights`), so each predicted
+    class's share of the draws follows its regions' mean score, whatever their number."""
 
     def order(pool: RegionPool, opts: RegionOptions) -> np.ndarray:
         if not opts.temperature > 0:
             raise ValueError(f"temperature must be > 0, got {opts.temperature}")
-        score = np.clip(_column(pool, name), 1e-12, None)
+        score = _column(pool, name) * (class_weights(pool) if balanced else 1.0)
         gumbel = -np.log(-np.log(region_uniforms(pool, opts.seed)))
-        return tie_order(pool, np.log(score) / opts.temperature + gumbel)
+        return tie_order(pool, np.log(np.clip(score, 1e-12, None)) / opts.temperature + gumbel)
 
     return order
 
@@ -302,6 +335,7 @@ REGION_STRATEGIES: Registry[Callable[[RegionPool, RegionOptions], np.ndarray]] =
         "region-entropy": _by_map(_map_of("region-entropy")),
         "region-ds-sample": _sampled(_map_of("region-ds-sample")),
         "region-entropy-sample": _sampled(_map_of("region-entropy-sample")),
+        "region-ds-balanced": _sampled(_map_of("region-ds-balanced"), balanced=True),
     },
 )
 

@@ -160,6 +160,17 @@ _ENTRIES = [
         needs=frozenset({"maps", "model"}),
         region_map="entropy",
     ),
+    _info(
+        "region-ds-balanced",
+        "region-ds-balanced = regions drawn with probability proportional to mean difficulty "
+        "over the share of the pool's regions predicted as the region's class",
+        "Regions sampled by DS, class-balanced",
+        "darkorange",
+        unit="region",
+        needs=frozenset({"maps", "model"}),
+        client=False,
+        region_map="ds",
+    ),
 ]
 
 DESCRIPTORS: Registry[StrategyInfo] = Registry("strategy", **{s.name: s for s in _ENTRIES})

@@ -296,3 +296,24 @@ def test_frames_bought_whole_cost_their_pixels(streets: Path) -> None:
     scored = score_regions(streets, "train", [0, 3], "frame", None, size=(64, 80))
     assert scored.pool.region.tolist() == [0, 0] and scored.pool.pixels.tolist() == [5120, 5120]
     assert np.asarray(scored.classes).sum() <= 2 * 5120
+
+
+def test_each_region_carries_the_class_its_model_predicts_most(streets: Path) -> None:
+    from dealseg.training.label_cost import score_regions
+    from dealseg.training.model import DEALNet, normalise
+
+    preset = resolve_config("cpu", None, _overrides())
+    torch.manual_seed(0)
+    model = DEALNet(replace(preset.model, num_classes=11), pretrained=True).eval()
+    with torch.no_grad():  # an untrained head predicts one class nearly everywhere: spread it
+        model.segmentation_head.weight.mul_(50.0)
+    scored = score_regions(streets, "train", [4], "cell:16", model, batch_size=1)
+    image, _ = SegmentationDataset(streets, "train", size=(64, 80), indices=[4])[0]
+    with torch.no_grad():
+        pred = model(normalise(image[None], model.cfg.mean, model.cfg.std)).full_logits()
+    pred = pred.argmax(1)[0].numpy()
+    ids = partition(parse_regions("cell:16"), (64, 80))
+    expected = [np.bincount(pred[ids == r], minlength=11).argmax() for r in scored.pool.region]
+    assert scored.pool.classes.tolist() == expected and len(expected) == 20
+    assert len(set(expected)) > 1  # the regions differ: not one class everywhere
+    assert score_regions(streets, "train", [4], "cell:16", None, size=(64, 80)).pool.classes is None

@@ -11,6 +11,7 @@ from dealseg.core.regions import (
     RegionOptions,
     RegionPool,
     choose_regions,
+    class_weights,
     parse_budget,
     parse_regions,
     partition,
@@ -69,8 +70,11 @@ def test_upsample_keeps_a_constant_map_and_the_shape() -> None:
     assert up.shape == (12, 16) and np.allclose(up, 0.25)
 
 
-def pool_of(scores: list[list[float]], pixels: int = 10) -> RegionPool:
-    """Frames f0..fn, each with its list of region scores (ds; entropy reversed)."""
+def pool_of(
+    scores: list[list[float]], pixels: int = 10, classes: list[int] | None = None
+) -> RegionPool:
+    """Frames f0..fn, each with its list of region scores (ds; entropy reversed); predicted
+    classes `classes` (flat, in region order; default: region id % 3)."""
     frame = np.concatenate([np.full(len(s), i) for i, s in enumerate(scores)])
     region = np.concatenate([np.arange(len(s)) for s in scores])
     ds = np.concatenate([np.asarray(s, float) for s in scores])
@@ -80,6 +84,7 @@ def pool_of(scores: list[list[float]], pixels: int = 10) -> RegionPool:
         region.astype(np.int32),
         np.full(len(frame), pixels, np.int64),
         {"ds": ds, "entropy": 1 - ds},
+        np.asarray(region % 3 if classes is None else classes, np.int64),
     )
 
 
@@ -109,6 +114,7 @@ def test_pixel_budgets_are_never_exceeded_and_nothing_left_fits() -> None:
             np.zeros(n, np.int32),
             rng.integers(1, 50, n),
             {"ds": rng.random(n)},
+            rng.integers(-1, 4, n),
         )
         budget = int(rng.integers(1, 400))
         for name in REGION_STRATEGIES:
@@ -145,6 +151,24 @@ def test_sampling_is_seeded_and_proportional_to_the_score() -> None:
     assert again.indices.tolist() == same.indices.tolist()
 
 
+def test_class_balanced_sampling_gives_each_predicted_class_its_mean_score() -> None:
+    # class 0: one region scored 0.2; class 1: nine regions scored 0.1. Sampling by score
+    # alone draws class 1 first 90 / 110 of the time; balanced, a class's first-draw share is
+    # proportional to its mean score: 2 / 3 for class 0.
+    scores = [0.2] + [0.1] * 9
+    pool = pool_of([scores], classes=[0] + [1] * 9)
+    first = np.zeros(2)
+    for seed in range(3000):
+        picks = choose_regions(pool, "region-ds-balanced", Budget(regions=1), RegionOptions(seed))
+        first[pool.classes[picks.indices[0]]] += 1
+    expected = np.array([2 / 3, 1 / 3]) * 3000
+    assert float(((first - expected) ** 2 / expected).sum()) < 10.8  # chi-square, 1 dof, p=0.001
+    assert class_weights(pool).tolist() == [10.0] + [10 / 9] * 9
+    unknown = RegionPool(pool.paths, pool.frame, pool.region, pool.pixels, pool.scores)
+    with pytest.raises(ValueError, match="predicted class"):
+        choose_regions(unknown, "region-ds-balanced", Budget(regions=1))
+
+
 def test_a_low_temperature_samples_the_top() -> None:
     pool = pool_of([[0.1, 0.2, 0.3, 0.9]])
     for seed in range(50):
@@ -165,8 +189,9 @@ def test_picks_do_not_depend_on_pool_order() -> None:
         pool.region[perm],
         pool.pixels[perm],
         {k: v[perm] for k, v in pool.scores.items()},
+        pool.classes[perm],
     )
-    for name in ("region-random", "region-ds", "region-ds-sample"):
+    for name in ("region-random", "region-ds", "region-ds-sample", "region-ds-balanced"):
         a = choose_regions(pool, name, Budget(pixels=150), RegionOptions(seed=5))
         b = choose_regions(shuffled, name, Budget(pixels=150), RegionOptions(seed=5))
         assert picked_pairs(pool, a.indices) == picked_pairs(shuffled, b.indices)

@@ -95,6 +95,15 @@ class ScoredRegions:
     classes: np.ndarray  # [N, C] labelled pixels per class
 
 
+def _class_counts(ids: np.ndarray, classes: np.ndarray, num_classes: int) -> np.ndarray:
+    """[region id, class] pixels of each class (`classes` [H, W]; values outside 0..C-1 are
+    not counted) in each region of `ids` [H, W] (-1: no region)."""
+    valid = (ids >= 0) & (classes >= 0) & (classes < num_classes)
+    size = int(ids.max()) + 1 if (ids >= 0).any() else 0
+    flat = ids[valid].astype(np.int64) * num_classes + classes[valid].astype(np.int64)
+    return np.bincount(flat, minlength=size * num_classes).reshape(-1, num_classes)
+
+
 @torch.no_grad()
 def score_regions(
     data: Path,
@@ -115,13 +124,14 @@ def score_regions(
     device = next(model.parameters()).device if model is not None else None
     if model is not None:
         model.eval()
-    frame, region, pixels, errors = [], [], [], []
+    frame, region, pixels, errors, predicted = [], [], [], [], []
     classes: list[np.ndarray] = []
     scores: dict[str, list[np.ndarray]] = {"ds": [], "entropy": []} if model else {}
     position = 0
     for images, labels in DataLoader(dataset, batch_size=batch_size):
         maps: dict[str, torch.Tensor] = {}
         wrong = torch.zeros_like(labels, dtype=torch.bool)
+        pred = None
         if model is not None:
             x = normalise(images.to(device), model.cfg.mean, model.cfg.std)
             out = model(x)
@@ -147,12 +157,9 @@ def score_regions(
             errors.append(np.rint(means.pop("errors") * npx).astype(np.int64))
             for k in scores:
                 scores[k].append(means[k])
-            inside = ids >= 0
-            valid = inside & (label < num_classes)
-            flat = ids[valid].astype(np.int64) * num_classes + label[valid].astype(np.int64)
-            size_ids = int(ids.max()) + 1 if inside.any() else 0
-            counts = np.bincount(flat, minlength=size_ids * num_classes).reshape(-1, num_classes)
-            classes.append(counts[rid])
+            classes.append(_class_counts(ids, label, num_classes)[rid])
+            if pred is not None:  # the class predicted on most of each region's pixels
+                predicted.append(_class_counts(ids, pred[b].numpy(), num_classes)[rid].argmax(1))
             position += 1
     paths = [str(s.image) for s in dataset.samples]
     cat = np.concatenate
@@ -162,6 +169,7 @@ def score_regions(
         cat(region) if region else np.zeros(0, np.int32),
         cat(pixels) if pixels else np.zeros(0, np.int64),
         {k: cat(v) for k, v in scores.items()},
+        (cat(predicted) if predicted else np.zeros(0, np.int64)) if model is not None else None,
     )
     return ScoredRegions(
         pool,
@@ -399,13 +407,7 @@ class LabelCostRun(StageRun):
                 dtype=bool,
             )
             sub = np.flatnonzero(keep)
-            pool = RegionPool(
-                scored.pool.paths,
-                scored.pool.frame[sub],
-                scored.pool.region[sub],
-                scored.pool.pixels[sub],
-                {k: v[sub] for k, v in scored.pool.scores.items()},
-            )
+            pool = scored.pool.subset(sub)
             opts = RegionOptions(
                 seed=self.seed * 1000 + stage, temperature=self.protocol.temperature
             )
