@@ -24,14 +24,13 @@ from typing import Any
 import numpy as np
 
 from dealseg.core.classes import class_columns
-from dealseg.core.contract import REGION_MAPS
 from dealseg.core.ranking import NOVEL_THRESHOLD, SCORE_COLUMNS
 from dealseg.core.strategies import DEFAULT_REGION_STRATEGY, DEFAULT_STRATEGY
 
 from .logs import expand_logs
 from .objects import Location, location
 from .outdir import selection_rows
-from .records import RegionCells, Table, record_path
+from .records import CELL_FIELDS, RegionCells, Table, record_path
 from .regions import buy, region_pool, region_vectors, score_key
 from .scoring import list_paths, no_images, pool_paths, score_into
 from .selection import pick
@@ -90,8 +89,8 @@ def score(
     s3:// or gs:// prefix holds them with format="parquet"); without it they live in a
     temporary folder for the call. `options` are the fields of
     `settings.ScoreSettings` (batch_size=, resize=, format=, regions="cell:12": each frame's cells
-    as `region_pixels`, `region_ds` and `region_entropy` columns, for `select_regions`; progress
-    off by default) and,
+    as `region_pixels`, `region_ds`, `region_entropy` and `region_class` columns, for
+    `select_regions`; progress off by default) and,
     with a url, of `settings.TritonSettings` (protocol=, timeout=, ...); another keyword is a
     TypeError that lists them. A pool that lists no image is a ValueError worded as the CLI's.
     """
@@ -228,6 +227,7 @@ def _records(table: Table) -> list[dict[str, Any]]:
                 {
                     "region_pixels": cells.pixels[i],
                     **{f"region_{n}": m[i] for n, m in cells.means.items()},
+                    **({} if cells.classes is None else {"region_class": cells.classes[i]}),
                 }
                 if cells
                 else {}
@@ -282,15 +282,7 @@ def _from_table(table: Any) -> Table:
         ),
         vectors=np.array([r["embedding"] for r in rows], np.float32).reshape(-1, dim),
         regions=(
-            RegionCells.from_lists(
-                [
-                    {
-                        "pixels": r["region_pixels"],
-                        **{n: r.get(f"region_{n}") for n in REGION_MAPS},
-                    }
-                    for r in rows
-                ]
-            )
+            RegionCells.from_lists([{n: r.get(f"region_{n}") for n in CELL_FIELDS} for r in rows])
             if rows and isinstance(rows[0].get("region_pixels"), (list, np.ndarray))
             else None
         ),

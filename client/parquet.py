@@ -36,6 +36,7 @@ from dealseg.core.ranking import SCORE_COLUMNS
 
 from .objects import Location, ObjectPath, location
 from .records import (
+    CELL_FIELDS,
     RegionCells,
     StoreError,
     Table,
@@ -70,12 +71,14 @@ def scores_schema(class_names: Sequence[str], embedding_dim: int, regions: bool 
             ("embedding", pa.list_(pa.float32(), embedding_dim)),
             ("model", pa.string()),
             ("run", pa.string()),
-            # score --regions: each cell's picture pixels and the mean of each region map over
-            # it (null: an error row, or a map the model does not serve)
+            # score --regions: each cell's picture pixels, the mean of each region map over it
+            # (null: an error row, or a map the model does not serve)
+            # and the class predicted on most of it (-1: none)
             *(
                 [
                     ("region_pixels", pa.list_(pa.int32())),
                     *[(f"region_{name}", pa.list_(pa.float32())) for name in REGION_MAPS],
+                    ("region_class", pa.list_(pa.int16())),
                 ]
                 if regions
                 else []
@@ -124,7 +127,7 @@ def rows_table(
     }
     if regions:
         cells = [r.get("regions") or {} for r in records]
-        for name in ("pixels", *REGION_MAPS):
+        for name in CELL_FIELDS:
             columns[f"region_{name}"] = [c.get(name) for c in cells]
     return pa.Table.from_pydict(columns, schema=scores_schema(class_names, d, regions))
 
@@ -240,6 +243,20 @@ def read_parts(
     return pa.concat_tables(tables, promote_options="none")
 
 
+def _every_part_has(folder: Location, column: str) -> bool:
+    """Whether every readable part of `folder` has `column`."""
+    import pyarrow.parquet as pq
+
+    for part in part_files(folder):
+        with _opened(part) as source:
+            try:
+                if column not in pq.read_schema(source).names:
+                    return False
+            except Exception:  # an unreadable part: read_parts skips it
+                continue
+    return True
+
+
 def counting(table: Any) -> np.ndarray:
     """Indices of the rows that count, one per path, in row order: a path's last ok row, or its
     last row when none is ok. This is `records.replaces` folded over the rows in the order they
@@ -328,7 +345,8 @@ def read_parquet_table(folder: Location, meta: dict[str, Any]) -> Table:
         return _vectors(full.take(rows_in_parts), int(meta["embedding_dim"]))
 
     def regions() -> RegionCells:
-        names = ("pixels", *REGION_MAPS)
+        # parts written before cells carried their class have no region_class column
+        names = [n for n in CELL_FIELDS if n != "class" or _every_part_has(folder, "region_class")]
         cells = read_parts(folder, [f"region_{n}" for n in names]).take(rows_in_parts)
         columns = cells.to_pydict()
         rows = [{n: columns[f"region_{n}"][i] for n in names} for i in range(cells.num_rows)]
@@ -381,7 +399,7 @@ def parquet_records(
             if ok and r.get("region_pixels") is not None:
                 record["regions"] = {
                     name: r[f"region_{name}"]
-                    for name in ("pixels", *REGION_MAPS)
+                    for name in CELL_FIELDS
                     if r.get(f"region_{name}") is not None
                 }
             yield record, (values[start : start + dim].astype(np.float32) if ok else None)

@@ -118,39 +118,47 @@ def record_ok(
     }
 
 
+# A record's cell fields (`score --regions`), each a list in cell order: picture pixels, the
+# mean of each region map, the class predicted on most of the cell (-1: none).
+CELL_FIELDS: tuple[str, ...] = ("pixels", *REGION_MAPS, "class")
+
+
 def _regions_of(out: dict[str, np.ndarray], i: int) -> dict[str, Any]:
-    """A record's cells (`score --regions`): their picture pixels and the mean of each region
-    map the model serves (ds: difficulty; entropy: from contract 3 on), in cell order
-    (`core.regions.frame_region_vectors`)."""
-    return {
-        "regions": {
-            "pixels": [int(v) for v in out["region_pixels"][i]],
-            **{
-                name: [round(float(v), 5) for v in out[f"region_{name}"][i]]
-                for name in REGION_MAPS
-                if f"region_{name}" in out
-            },
-        }
-    }
+    """A record's cells (`score --regions`): their picture pixels, the mean of each region map
+    the model serves (ds: difficulty; entropy: from contract 3 on) and their most-predicted
+    class, in cell order (`core.regions.frame_region_vectors`)."""
+    cells: dict[str, Any] = {"pixels": [int(v) for v in out["region_pixels"][i]]}
+    for name in REGION_MAPS:
+        if f"region_{name}" in out:
+            cells[name] = [round(float(v), 5) for v in out[f"region_{name}"][i]]
+    if "region_class" in out:
+        cells["class"] = [int(v) for v in out["region_class"][i]]
+    return {"regions": cells}
 
 
 @dataclass
 class RegionCells:
-    """A table's cells (`score --regions`), row i its path i: pixels [N, R] int32 and, per
-    region map the scoring model served ("ds", "entropy"), the mean over each cell [N, R]."""
+    """A table's cells (`score --regions`), row i its path i: pixels [N, R] int32, per region
+    map the scoring model served ("ds", "entropy") the mean over each cell [N, R], and the
+    class predicted on most of each cell [N, R] int16 (-1: none; None: scored before cells
+    carried it)."""
 
     pixels: np.ndarray
     means: dict[str, np.ndarray]
+    classes: np.ndarray | None = None
 
     @classmethod
     def from_lists(cls, rows: Sequence[dict[str, Any]]) -> RegionCells:
-        """From records' "regions" objects; a map counts when every row has it."""
+        """From records' "regions" objects; a map (or the classes) counts when every row has
+        it."""
         if not rows:
             return cls(np.zeros((0, 0), np.int32), {})
         names = [n for n in REGION_MAPS if all(r.get(n) is not None for r in rows)]
+        known = all(r.get("class") is not None for r in rows)
         return cls(
             np.asarray([r["pixels"] for r in rows], np.int32),
             {n: np.asarray([r[n] for r in rows], np.float32) for n in names},
+            np.asarray([r["class"] for r in rows], np.int16) if known else None,
         )
 
 

@@ -2,14 +2,16 @@
 `dealseg.select(..., budget=)`.
 
 A run scored with `--regions` keeps each frame's cells (`cell:N` at the model's input size) with
-their picture pixels and the mean of each region map the model serves: difficulty (`ds`) and,
-from contract 3 on, softmax entropy (`entropy`) (`regions` in scores.jsonl, `region_pixels`,
-`region_ds` and `region_entropy` columns in scores.parquet). Selection turns them into a
-`core.regions.RegionPool`, lets the region strategy buy within the budget, and writes:
+their picture pixels, the mean of each region map the model serves: difficulty (`ds`) and,
+from contract 3 on, softmax entropy (`entropy`), and the class the model predicts on most of
+the cell (`class`, from its segmentation) (`regions` in scores.jsonl, `region_pixels`,
+`region_ds`, `region_entropy` and `region_class` columns in scores.parquet). Selection turns
+them into a `core.regions.RegionPool`, lets the region strategy buy within the budget, and writes:
 
     regions.jsonl   one line per bought region, in the order taken: rank, path (path_b64),
                     region (the cell id), pixels, score (the region's mean of the map the
-                    strategy reads: entropy for region-entropy*, else difficulty), frame_rank
+                    strategy reads: entropy for region-entropy*, else difficulty), frame_rank,
+                    class (the class the model predicts on most of the region)
     regions.json    the settings, the budget in pixels, pixels bought and their share of the
                     pool's, frames opened, the labelling cost, the partition
     region_masks/   one PNG per frame with bought regions, named like its map
@@ -27,6 +29,7 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -104,6 +107,7 @@ def region_pool(table: Table, how: SelectSettings | None = None) -> RegionPool:
         region.astype(np.int32),
         cells.pixels[frame, region].astype(np.int64),
         {name: m[frame, region].astype(np.float64) for name, m in cells.means.items()},
+        None if cells.classes is None else cells.classes[frame, region].astype(np.int64),
     )
 
 
@@ -111,6 +115,14 @@ def score_key(pool: RegionPool, strategy: str) -> np.ndarray:
     """What a bought region's `score` is: its mean of the map `strategy` reads (its
     descriptor's `region_map`; the difficulty map for region-random)."""
     return pool.scores[DESCRIPTORS[strategy].region_map or "ds"]
+
+
+def predicted(pool: RegionPool, i: int, class_names: Sequence[str]) -> dict[str, str]:
+    """A bought region's `class` field: the class its scoring model predicts on most of it
+    (nothing when the scores carry none)."""
+    if pool.classes is None or not 0 <= int(pool.classes[i]) < len(class_names):
+        return {}
+    return {"class": class_names[int(pool.classes[i])]}
 
 
 def buy(pool: RegionPool, how: SelectSettings) -> tuple[Budget, RegionPicks]:
@@ -123,6 +135,12 @@ def buy(pool: RegionPool, how: SelectSettings) -> tuple[Budget, RegionPicks]:
             f"{how.strategy} reads each region's mean {wanted}, and these scores have none: "
             f"their model serves no {wanted} map (contract 1 or 2); re-export it with "
             "`deal-export reexport` and score again into a fresh --out, or use region-ds-sample"
+        )
+    if "classes" in DESCRIPTORS[how.strategy].needs and len(pool) and pool.classes is None:
+        raise StoreError(
+            f"{how.strategy} reads the class predicted on each region, and these scores were "
+            "written before cells carried it: score again into a fresh --out, or use "
+            "region-ds-sample"
         )
     budget = parse_budget(str(how.budget), pool.total_pixels)
     opts = RegionOptions(how.seed, how.temperature, how.max_per_frame, how.frame_cost)
@@ -174,6 +192,7 @@ def run_region_selection(table: Table, out: Path, how: SelectSettings) -> dict[s
                 "region": int(pool.region[i]),
                 "pixels": int(pool.pixels[i]),
                 "score": finite(round(float(keys[i]), 6)),
+                **predicted(pool, i, table.class_names),
                 "frame_rank": frame_rank[int(pool.frame[i])],
             },
             ensure_ascii=True,

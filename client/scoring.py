@@ -27,7 +27,13 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from dealseg.core.contract import REGION_MAPS, SCORE_OUTPUTS, ModelSpec, degenerate_scores
+from dealseg.core.contract import (
+    REGION_MAPS,
+    SCORE_OUTPUTS,
+    SEGMENTATION,
+    ModelSpec,
+    degenerate_scores,
+)
 from dealseg.core.decode import (
     ASPECT_TOLERANCE,
     DecodeError,
@@ -189,7 +195,8 @@ def infer_batch(
     if bad:
         raise EngineError(f"the engine returned {bad} for a different number of images")
     if regions:
-        out = {**out, **region_outputs(regions, out, boxes, images.shape[1:3])}
+        classes = len(engine.spec.class_names)
+        out = {**out, **region_outputs(regions, out, boxes, images.shape[1:3], classes)}
         for name in maps:
             if name not in outputs:
                 del out[name]
@@ -197,24 +204,33 @@ def infer_batch(
 
 
 def region_map_outputs(spec: ModelSpec) -> tuple[str, ...]:
-    """The outputs serving the region maps (`contract.REGION_MAPS`) that the model has: the
-    difficulty map, and the entropy map from contract 3 on."""
-    return tuple(o for o in REGION_MAPS.values() if o in spec.output_names)
+    """The outputs a frame's cells are read from that the model has: the region maps
+    (`contract.REGION_MAPS`: the difficulty map, the entropy map from contract 3 on) and the
+    predicted classes (`segmentation`, every contract)."""
+    return tuple(o for o in (*REGION_MAPS.values(), SEGMENTATION) if o in spec.output_names)
 
 
 def region_outputs(
-    regions: str, out: dict[str, np.ndarray], boxes: np.ndarray, shape: tuple[int, int]
+    regions: str,
+    out: dict[str, np.ndarray],
+    boxes: np.ndarray,
+    shape: tuple[int, int],
+    num_classes: int,
 ) -> dict[str, np.ndarray]:
-    """`region_pixels` [B, R] (each cell's picture pixels) and, for each region map in `out`,
+    """`region_pixels` [B, R] (each cell's picture pixels); for each region map in `out`,
     `region_<score>` [B, R]: the map's mean over each cell (the served uint8 map / 255):
-    `region_ds` of the difficulty map, `region_entropy` of the entropy map."""
+    `region_ds` of the difficulty map, `region_entropy` of the entropy map; and, from the
+    segmentation, `region_class` [B, R]: the class predicted on most of each cell (-1: none)."""
     maps = {
         name: np.asarray(out[output], np.float32) / 255.0
         for name, output in REGION_MAPS.items()
         if output in out
     }
-    pixels, means = frame_region_vectors(parse_regions(regions), tuple(shape), maps, boxes)
-    return {"region_pixels": pixels, **{f"region_{name}": v for name, v in means.items()}}
+    pixels, means, classes = frame_region_vectors(
+        parse_regions(regions), tuple(shape), maps, boxes, out.get(SEGMENTATION), num_classes
+    )
+    extra = {} if classes is None else {"region_class": classes}
+    return {"region_pixels": pixels, **{f"region_{n}": v for n, v in means.items()}, **extra}
 
 
 class Workers:

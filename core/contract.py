@@ -87,6 +87,7 @@ OUTPUTS: tuple[TensorSpec, ...] = (
 )
 OUTPUT_NAMES: tuple[str, ...] = tuple(t.name for t in OUTPUTS)
 ENTROPY_MAP = "entropy_map"
+SEGMENTATION = "segmentation"
 NOVELTY = "novelty"
 # The contract that added an output (the others are in every contract): an older model lacks it.
 OUTPUT_SINCE: dict[str, int] = {ENTROPY_MAP: 3, NOVELTY: 4}
@@ -95,7 +96,7 @@ OUTPUT_SINCE: dict[str, int] = {ENTROPY_MAP: 3, NOVELTY: 4}
 # it).
 IMAGE_SCORES: tuple[str, ...] = ("ds", "de", "entropy")
 SCORE_OUTPUTS: tuple[str, ...] = (*IMAGE_SCORES, "class_fraction", "embedding", NOVELTY)
-MAP_OUTPUTS: tuple[str, ...] = ("difficulty", "segmentation")
+MAP_OUTPUTS: tuple[str, ...] = ("difficulty", SEGMENTATION)
 # The per-pixel maps a region's score averages: score name -> the output serving it.
 REGION_MAPS: dict[str, str] = {"ds": "difficulty", "entropy": ENTROPY_MAP}
 SPECS: dict[str, TensorSpec] = {t.name: t for t in (*INPUTS, *OUTPUTS)}

@@ -392,19 +392,36 @@ def cell_count(spec: RegionSpec, shape: tuple[int, int]) -> int:
     return -(-h // spec.size) * -(-w // spec.size)
 
 
+def class_counts(ids: np.ndarray, classes: np.ndarray, num_classes: int) -> np.ndarray:
+    """[region id, class] pixels of each class (`classes` [H, W]; values outside 0..C-1 are
+    not counted) in each region of `ids` [H, W] (-1: no region)."""
+    valid = (ids >= 0) & (classes >= 0) & (classes < num_classes)
+    size = int(ids.max()) + 1 if (ids >= 0).any() else 0
+    flat = ids[valid].astype(np.int64) * num_classes + classes[valid].astype(np.int64)
+    return np.bincount(flat, minlength=size * num_classes).reshape(-1, num_classes)
+
+
 def frame_region_vectors(
     spec: RegionSpec,
     shape: tuple[int, int],
     maps: dict[str, np.ndarray],
     boxes: np.ndarray,
-) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    segmentation: np.ndarray | None = None,
+    num_classes: int = 0,
+) -> tuple[np.ndarray, dict[str, np.ndarray], np.ndarray | None]:
     """The cells of a batch of frames as fixed-length vectors: pixels [B, R] int32 (a cell's
-    picture pixels; 0 for a cell all padding) and, per map [B, h, w] (any grid; upsampled to
-    the frame), its mean over each cell [B, R] float32 (0 where a cell has no pixel)."""
+    picture pixels; 0 for a cell all padding); per map [B, h, w] (any grid; upsampled to the
+    frame), its mean over each cell [B, R] float32 (0 where a cell has no pixel); and, given
+    the predicted classes `segmentation` [B, sh, sw] (any grid; nearest to the frame), the
+    class predicted on most of each cell's pixels [B, R] int16 (-1 where a cell has no pixel;
+    ties: the lower class), else None."""
+    from PIL import Image
+
     r = cell_count(spec, shape)
     b = len(boxes)
     pixels = np.zeros((b, r), np.int32)
     means = {name: np.zeros((b, r), np.float32) for name in maps}
+    classes = None if segmentation is None else np.full((b, r), -1, np.int16)
     for i in range(b):
         ids = partition(spec, shape, box=boxes[i])
         full = {name: upsample(values[i], shape) for name, values in maps.items()}
@@ -412,7 +429,11 @@ def frame_region_vectors(
         pixels[i, rid] = npx
         for name in maps:
             means[name][i, rid] = per[name]
-    return pixels, means
+        if classes is not None:
+            seg = Image.fromarray(np.asarray(segmentation[i], np.uint8))
+            seg = np.asarray(seg.resize((shape[1], shape[0]), Image.NEAREST))
+            classes[i, rid] = class_counts(ids, seg, num_classes)[rid].argmax(1)
+    return pixels, means, classes
 
 
 def region_mask(

@@ -3,7 +3,8 @@
 A strategy's descriptor says its name, what its score means (one line under a selection), its
 label and colour in tables and plots, its unit (whole frames or regions inside frames), what it
 needs (`scores`: the per-image scores; `embeddings`: the embedding rows; `maps`: the per-pixel
-maps; `model`: the active-learning stage's model), for a region strategy the map whose
+maps; `classes`: the class the model predicts most over each region; `model`: the
+active-learning stage's model), for a region strategy the map whose
 region means it reads (`region_map`: "ds" the difficulty map, "entropy" the softmax-entropy
 map; the client's needs the model to serve it) and where it runs (`client`: `deal-client`
 and the Python API rank with it; the active-learning loop runs every strategy). The ranking
@@ -23,7 +24,7 @@ from dataclasses import dataclass
 from .contract import REGION_MAPS
 from .registry import Registry
 
-NEEDS = ("scores", "embeddings", "maps", "model")
+NEEDS = ("scores", "embeddings", "maps", "classes", "model")
 # The strategy a selection uses unless told: chosen by measurement on labelled tuning frames
 # (README, "Which strategy").
 DEFAULT_STRATEGY = "entropy"
@@ -167,8 +168,7 @@ _ENTRIES = [
         "Regions sampled by DS, class-balanced",
         "darkorange",
         unit="region",
-        needs=frozenset({"maps", "model"}),
-        client=False,
+        needs=frozenset({"maps", "classes", "model"}),
         region_map="ds",
     ),
 ]

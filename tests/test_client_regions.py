@@ -33,6 +33,19 @@ def picks(out: Path) -> bytes:
     return (out / REGIONS_JSONL).read_bytes() + (out / "selection.txt").read_bytes()
 
 
+def bought(out: Path) -> list[tuple[str, int]]:
+    rows = map(json.loads, (out / REGIONS_JSONL).read_text().splitlines())
+    return [(r["path"], r["region"]) for r in rows]
+
+
+def balanced_picks(scored: Path, out: Path) -> bytes:
+    """What region-ds-balanced buys from the out dir `scored` (a selection written to `out`)."""
+    args = ("select", scored, "--regions", "5%", "-s", "region-ds-balanced", "--seed", "4")
+    result = deal_client(*args, "--out", out)
+    assert result.exit_code == 0, result.output
+    return picks(out)
+
+
 def test_regions_fill_the_budget_and_lead_back_to_the_pictures(
     embedded: Path, tiny_onnx: Path
 ) -> None:
@@ -66,7 +79,11 @@ def test_parquet_gives_the_same_picks(pool: Path, tiny_onnx: Path, embedded: Pat
     import pyarrow.parquet as pq
 
     table = pq.read_table(out / "scores.parquet")
-    assert {"region_pixels", "region_ds"} <= set(table.column_names)
+    assert {"region_pixels", "region_ds", "region_class"} <= set(table.column_names)
+    classes = {json.loads(line)["class"] for line in (out / REGIONS_JSONL).read_text().splitlines()}
+    assert classes and classes <= set(spec_of_out(out).class_names)
+    mine = balanced_picks(out, tmp_path / "balanced-pq")
+    assert mine == balanced_picks(embedded, tmp_path / "balanced-jsonl") != picks(embedded)
 
 
 def test_shards_merged_and_a_resumed_run_give_the_same_picks(
@@ -81,6 +98,8 @@ def test_shards_merged_and_a_resumed_run_give_the_same_picks(
     merged = tmp_path / "merged"
     assert deal_client("merge", *parts, "--out", merged, "--regions", "5%").exit_code == 0
     assert picks(merged) == picks(embedded)
+    mine = balanced_picks(merged, tmp_path / "balanced-merged")
+    assert mine == balanced_picks(embedded, tmp_path / "balanced")
     # a run that scored a third of the pool, resumed over all of it
     listing = sorted(str(p) for p in pool.rglob("*.*"))
     first = tmp_path / "first.txt"
@@ -230,7 +249,7 @@ def test_entropy_strategies_read_the_served_entropy_map(tmp_path: Path) -> None:
     """The contract model's entropy map is its green channel: frame i's cells all have mean
     green_i / 255, so region-entropy buys the greenest frame's cells first; a contract 2 model
     (no entropy map) scores regions by difficulty and refuses an entropy strategy in one line."""
-    from contract_model import band_image, write_contract_model
+    from contract_model import CLASSES, band_image, write_contract_model
 
     import dealseg
 
@@ -253,9 +272,11 @@ def test_entropy_strategies_read_the_served_entropy_map(tmp_path: Path) -> None:
         assert cells["entropy"] == [round(green / 255, 5)] * 24  # 4 x 6 cells of 8 x 8
         assert (min(cells["ds"][:6]) > 0.5) == (i > 0)  # the red band: the difficulty map
         assert max(cells["ds"][18:]) < 0.5  # no band reaches the last cell row
+        assert cells["class"] == [1] * (6 * i) + [0] * (24 - 6 * i)  # red rows: class 1
     rows = [json.loads(line) for line in (out / REGIONS_JSONL).read_text().splitlines()]
     assert [Path(r["path"]).name for r in rows] == ["f1.png"] * 6
     assert [r["score"] for r in rows] == [round(220 / 255, 5)] * 6
+    assert [r["class"] for r in rows] == [CLASSES[1]] * 6  # f1's top cell row is red: class 1
     table = dealseg.score(pool, model=model, regions="cell:8")
     bought = dealseg.select_regions(table, 6, "region-entropy-sample", seed=3)
     assert set(bought["path"]) <= {str(p) for p in pool.iterdir()} and len(bought) == 6
@@ -264,7 +285,7 @@ def test_entropy_strategies_read_the_served_entropy_map(tmp_path: Path) -> None:
     out2 = tmp_path / "out2"
     assert deal_client(*args[:6], "--model", old, "--out", out2).exit_code == 0
     record = json.loads((out2 / "scores.jsonl").read_text().splitlines()[0])
-    assert set(record["regions"]) == {"pixels", "ds"}
+    assert set(record["regions"]) == {"pixels", "ds", "class"}
     sel = tmp_path / "sel"
     refused = deal_client("select", out2, "--regions", "6", "-s", "region-entropy", "--out", sel)
     assert refused.exit_code == 1
@@ -302,3 +323,34 @@ def test_the_report_states_what_was_bought_and_outlines_the_regions(
     )
     assert frames.exit_code == 0, frames.stderr
     assert "regions bought" not in (tmp_path / "f" / "report.html").read_text()
+
+
+def test_scores_written_before_cells_carried_a_class_refuse_only_the_balanced_strategy(
+    pool: Path, tiny_onnx: Path, embedded: Path, tmp_path: Path
+) -> None:
+    import shutil
+
+    import pyarrow.parquet as pq
+
+    older = tmp_path / "jsonl"
+    shutil.copytree(embedded, older)
+    lines = []
+    for r in map(json.loads, (older / "scores.jsonl").read_text().splitlines()):
+        (r.get("regions") or {}).pop("class", None)
+        lines.append(json.dumps(r))
+    (older / "scores.jsonl").write_text("\n".join(lines) + "\n")
+    parquet = tmp_path / "pq"
+    args = ("score", pool, *REGIONS, "--model", tiny_onnx, "--out", parquet, "--format", "parquet")
+    assert deal_client(*args).exit_code == 0
+    for part in (parquet / "scores.parquet").glob("*.parquet"):
+        pq.write_table(pq.read_table(part).drop_columns(["region_class"]), part)
+    for scored in (older, parquet):
+        sel = tmp_path / f"sel-{scored.name}"
+        refused = deal_client(
+            "select", scored, "--regions", "5%", "-s", "region-ds-balanced", "--out", sel
+        )
+        assert refused.exit_code == 1 and len(refused.output.strip().splitlines()) == 1
+        assert "written before cells carried it" in refused.output
+        assert deal_client("select", scored, "--regions", "5%", "--out", sel).exit_code == 0
+        assert bought(sel) == bought(embedded)  # the default strategy reads no class
+        assert all("class" not in r for r in map(json.loads, (sel / REGIONS_JSONL).open()))

@@ -234,6 +234,10 @@ def test_ray_buys_the_regions_the_single_process_buys(
     for name in ("regions.jsonl", "selection.txt"):
         assert (on_ray / name).read_bytes() == (single / name).read_bytes()
     assert (on_ray / "regions.jsonl").read_bytes()  # something was bought
+    again = ("--regions", "5%", "-s", "region-ds-balanced", "--seed", "4", "--force")
+    for out in (single, on_ray):  # the cells' predicted classes came back from Ray too
+        assert deal_client("select", out, *again, "--out", out).exit_code == 0
+    assert (on_ray / "regions.jsonl").read_bytes() == (single / "regions.jsonl").read_bytes()
 
 
 @pytest.mark.slow

@@ -45,6 +45,7 @@ from dealseg.core.regions import (
     RegionOptions,
     RegionPool,
     choose_regions,
+    class_counts,
     parse_regions,
     partition,
     region_means,
@@ -93,15 +94,6 @@ class ScoredRegions:
     pool: RegionPool
     errors: np.ndarray  # [N] pixels the model gets wrong (label known, not void)
     classes: np.ndarray  # [N, C] labelled pixels per class
-
-
-def _class_counts(ids: np.ndarray, classes: np.ndarray, num_classes: int) -> np.ndarray:
-    """[region id, class] pixels of each class (`classes` [H, W]; values outside 0..C-1 are
-    not counted) in each region of `ids` [H, W] (-1: no region)."""
-    valid = (ids >= 0) & (classes >= 0) & (classes < num_classes)
-    size = int(ids.max()) + 1 if (ids >= 0).any() else 0
-    flat = ids[valid].astype(np.int64) * num_classes + classes[valid].astype(np.int64)
-    return np.bincount(flat, minlength=size * num_classes).reshape(-1, num_classes)
 
 
 @torch.no_grad()
@@ -157,9 +149,9 @@ def score_regions(
             errors.append(np.rint(means.pop("errors") * npx).astype(np.int64))
             for k in scores:
                 scores[k].append(means[k])
-            classes.append(_class_counts(ids, label, num_classes)[rid])
+            classes.append(class_counts(ids, label, num_classes)[rid])
             if pred is not None:  # the class predicted on most of each region's pixels
-                predicted.append(_class_counts(ids, pred[b].numpy(), num_classes)[rid].argmax(1))
+                predicted.append(class_counts(ids, pred[b].numpy(), num_classes)[rid].argmax(1))
             position += 1
     paths = [str(s.image) for s in dataset.samples]
     cat = np.concatenate
