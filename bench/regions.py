@@ -8,7 +8,8 @@ shipped model, in alternation, into fresh out dirs:
 
     frames    `score POOL -k 10` (scores, selection)
     regions   `score POOL --regions 2%` (also each frame's 12x12 cells, their mean
-              difficulty and entropy, and the region selection with its masks)
+              difficulty and entropy and the class predicted on most of each, and the region
+              selection with its masks)
 
 Each run's rate is the scorer's own img/s (no process start or model load), and the wall time
 of the whole call (selection and masks included). Target: regions <= 1.3x the time of frames.
@@ -106,9 +107,10 @@ def main() -> None:
         f"{count} street frames at the shipped model's input size, {reps} alternated runs "
         "each, medians; in-process ONNX Runtime, the CLI's defaults (batch 8, 4 decode "
         "threads, 2 requests in flight)",
-        "regions: the difficulty and entropy maps are asked of the graph beside the scores "
-        "and each frame's 300 cells are averaged over both on the inference threads; the "
-        "selection draws a 16-bit mask per frame with bought regions",
+        "regions: the difficulty and entropy maps and the segmentation are asked of the "
+        "graph beside the scores; each frame's 300 cells are averaged over both maps and "
+        "given their most-predicted class on the inference threads; the selection draws a "
+        "16-bit mask per frame with bought regions",
         "target: regions <= 1.3x the time of frame scoring",
     ]
     write_result("regions", "Scoring with regions vs frames", body, notes)
