@@ -13,7 +13,8 @@ them into a `core.regions.RegionPool`, lets the region strategy buy within the b
                     strategy reads: entropy for region-entropy*, else difficulty), frame_rank,
                     class (the class the model predicts on most of the region)
     regions.json    the settings, the budget in pixels, pixels bought and their share of the
-                    pool's, frames opened, the labelling cost, the partition
+                    pool's, frames opened, the labelling cost, the partition, the pixels
+                    bought per most-predicted class (bought_classes)
     region_masks/   one PNG per frame with bought regions, named like its map
                     (NNNN_<name>_<hash>.png, NNNN = the frame's rank): 16-bit, region id + 1 on
                     the bought regions' pixels, 0 on the pixels not to label, at the size of the
@@ -125,6 +126,23 @@ def predicted(pool: RegionPool, i: int, class_names: Sequence[str]) -> dict[str,
     return {"class": class_names[int(pool.classes[i])]}
 
 
+def class_mix(
+    pool: RegionPool, indices: np.ndarray, class_names: Sequence[str]
+) -> dict[str, int] | None:
+    """Bought pixels per most-predicted class, the most first (None: the scores carry no
+    class)."""
+    if pool.classes is None:
+        return None
+    classes = np.asarray(pool.classes)[indices]
+    pixels = np.asarray(pool.pixels)[indices]
+    mix = {
+        class_names[c]: int(pixels[classes == c].sum())
+        for c in np.unique(classes)
+        if 0 <= c < len(class_names)
+    }
+    return dict(sorted(mix.items(), key=lambda kv: -kv[1]))
+
+
 def buy(pool: RegionPool, how: SelectSettings) -> tuple[Budget, RegionPicks]:
     """The budget `how` names, in the pool's pixels, and the regions its strategy buys with it:
     the one buying step of the CLI and the API. StoreError when the strategy reads a map the
@@ -174,6 +192,7 @@ def run_region_selection(table: Table, out: Path, how: SelectSettings) -> dict[s
         "bought_share": bought.pixels / max(pool.total_pixels, 1),
         "frames": bought.frames,
         "cost": bought.cost,
+        "bought_classes": class_mix(pool, bought.indices, table.class_names),
     }
     shortfall = [] if len(bought.indices) else ["the budget buys no region"]
     closed = (

@@ -326,8 +326,19 @@ def _regions_line(bought: dict[str, Any]) -> str:
         f"{bought['frames']:,} frames: <b>{bought['bought_pixels']:,}</b> pixels, "
         f"<b>{bought['bought_share']:.2%}</b> of the pool's {bought['pool_pixels']:,} "
         f"(budget {_e(bought.get('budget'))}: {bought['budget_pixels']:,} pixels); {cost}; "
-        "outlined on each picture below"
+        f"{_class_mix(bought)}outlined on each picture below"
     )
+
+
+def _class_mix(bought: dict[str, Any]) -> str:
+    """The bought pixels' shares by most-predicted class (the first five), or nothing."""
+    mix = bought.get("bought_classes")
+    total = sum((mix or {}).values())
+    if not total:
+        return ""
+    shares = [f"{_e(c)} {p / total:.0%}" for c, p in list(mix.items())[:5]]
+    more = ", ..." if len(mix) > 5 else ""
+    return f"by predicted class <span id=mix>{', '.join(shares)}{more}</span>; "
 
 
 def _settings(selection: dict[str, Any]) -> list[str]:

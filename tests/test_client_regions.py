@@ -277,6 +277,7 @@ def test_entropy_strategies_read_the_served_entropy_map(tmp_path: Path) -> None:
     assert [Path(r["path"]).name for r in rows] == ["f1.png"] * 6
     assert [r["score"] for r in rows] == [round(220 / 255, 5)] * 6
     assert [r["class"] for r in rows] == [CLASSES[1]] * 6  # f1's top cell row is red: class 1
+    assert json.loads((out / REGIONS_JSON).read_text())["bought_classes"] == {CLASSES[1]: 6 * 64}
     table = dealseg.score(pool, model=model, regions="cell:8")
     bought = dealseg.select_regions(table, 6, "region-entropy-sample", seed=3)
     assert set(bought["path"]) <= {str(p) for p in pool.iterdir()} and len(bought) == 6
@@ -310,6 +311,13 @@ def test_the_report_states_what_was_bought_and_outlines_the_regions(
     assert f"<b>{summary['bought_share']:.2%}</b> of the pool's" in page
     assert f"labelling cost {summary['cost']:,} pixels (100 a frame opened)" in page
     assert summary["cost"] == summary["bought_pixels"] + 100 * summary["frames"]
+    mix = summary["bought_classes"]
+    assert sum(mix.values()) == summary["bought_pixels"] and list(mix.values()) == sorted(
+        mix.values(), reverse=True
+    )
+    first, pixels = next(iter(mix.items()))
+    share = f"{pixels / summary['bought_pixels']:.0%}"
+    assert f"by predicted class <span id=mix>{first} {share}" in page
     # the outline: on the edge of each bought region, inside it; nothing elsewhere
     image = np.zeros((6, 8, 3), np.uint8)
     mask = np.zeros((3, 4), np.int32)
