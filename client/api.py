@@ -31,7 +31,7 @@ from .logs import expand_logs
 from .objects import Location, location
 from .outdir import selection_rows
 from .records import CELL_FIELDS, RegionCells, Table, record_path
-from .regions import buy, region_pool, region_vectors, score_key
+from .regions import buy, predicted, region_pool, region_vectors, score_key
 from .scoring import list_paths, no_images, pool_paths, score_into
 from .selection import pick
 from .settings import (
@@ -170,7 +170,8 @@ def select_regions(
 ) -> Any:
     """The regions of a `score(..., regions="cell:N")` table that `strategy` buys with `budget`
     (a share of the pool's pixels, "5%", or a count of regions), in the order taken: a table of
-    rank, path, region (the cell id), pixels and score. Options as `deal-client select
+    rank, path, region (the cell id), pixels, score and class (the name of the class predicted
+    on most of the region, when the scores carry it). Options as `deal-client select
     --regions`'s (the same `settings.SelectSettings`, the same checks): off-domain frames
     (novelty above `novel_threshold`) are not opened unless `keep_novel`."""
     how = SelectSettings(
@@ -195,6 +196,7 @@ def select_regions(
             "region": int(pool.region[i]),
             "pixels": int(pool.pixels[i]),
             "score": float(score_key(pool, strategy)[i]),
+            **predicted(pool, i, scored.class_names),
         }
         for n, i in enumerate(bought.indices, 1)
     ]

@@ -51,6 +51,7 @@ from .outdir import claim, load_table
 from .parquet import (
     SCORES_PARQUET,
     PartRows,
+    absent_cell_columns,
     new_run_id,
     next_sequence,
     part_prefix,
@@ -161,13 +162,15 @@ class ScoreWorker:
         self.engine = engine if hook is None else _Hooked(engine, hook)
         self.spec, self.folder, self.run, self.prefix = spec, folder, run, prefix
         self.settings = dataclasses.replace(settings, progress=False)  # the driver's bar counts
+        self.regions = settings.regions is not None
+        self.absent = absent_cell_columns(folder, self.regions)  # as the parts already there
 
     def ready(self) -> None:
         """Returns once the actor (and its engine) is up."""
 
     def score(self, block: int, paths: list[str]) -> int:
         """Score `paths` and write their rows as the block's part; the rows written."""
-        rows = PartRows(self.spec, self.run, self.settings.regions is not None)
+        rows = PartRows(self.spec, self.run, self.regions, absent=self.absent)
         Scorer(self.engine, rows, self.settings).run(paths)
         write_part(self.folder / f"{self.prefix}{block:06d}.parquet", rows.take())
         return len(paths)

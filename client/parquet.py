@@ -243,18 +243,23 @@ def read_parts(
     return pa.concat_tables(tables, promote_options="none")
 
 
-def _every_part_has(folder: Location, column: str) -> bool:
-    """Whether every readable part of `folder` has `column`."""
+def absent_cell_columns(folder: Location, regions: bool) -> tuple[str, ...]:
+    """The cell columns the parts already in `folder` lack (`region_class`, when they were
+    written before cells carried their class): parts added to them leave those out too, so
+    every part keeps one schema."""
     import pyarrow.parquet as pq
 
+    if not regions:
+        return ()
     for part in part_files(folder):
         with _opened(part) as source:
             try:
-                if column not in pq.read_schema(source).names:
-                    return False
+                names = pq.read_schema(source).names
             except Exception:  # an unreadable part: read_parts skips it
                 continue
-    return True
+        if "region_class" not in names:
+            return ("region_class",)
+    return ()
 
 
 def counting(table: Any) -> np.ndarray:
@@ -345,8 +350,8 @@ def read_parquet_table(folder: Location, meta: dict[str, Any]) -> Table:
         return _vectors(full.take(rows_in_parts), int(meta["embedding_dim"]))
 
     def regions() -> RegionCells:
-        # parts written before cells carried their class have no region_class column
-        names = [n for n in CELL_FIELDS if n != "class" or _every_part_has(folder, "region_class")]
+        absent = absent_cell_columns(folder, True)
+        names = [n for n in CELL_FIELDS if f"region_{n}" not in absent]
         cells = read_parts(folder, [f"region_{n}" for n in names]).take(rows_in_parts)
         columns = cells.to_pydict()
         rows = [{n: columns[f"region_{n}"][i] for n in names} for i in range(cells.num_rows)]
@@ -424,9 +429,15 @@ class PartRows:
     OK (those given, and those appended since), which a `Scorer` skips."""
 
     def __init__(
-        self, spec: ModelSpec, run: str, regions: bool, done: set[str] | None = None
+        self,
+        spec: ModelSpec,
+        run: str,
+        regions: bool,
+        done: set[str] | None = None,
+        absent: Sequence[str] = (),
     ) -> None:
         self.spec, self.run, self.regions = spec, run, regions
+        self.absent = list(absent)  # columns the out dir's earlier parts lack
         self.done = set() if done is None else done
         self.pending: list[Any] = []
         self.rows = 0
@@ -439,7 +450,7 @@ class PartRows:
         self._add(errors_table([(path, reason)], self.spec, self.run, self.regions))
 
     def _add(self, rows: Any) -> None:
-        self.pending.append(rows)
+        self.pending.append(rows.drop_columns(self.absent) if self.absent else rows)
         self.rows += rows.num_rows
 
     def take(self) -> Any | None:
@@ -467,7 +478,8 @@ class ParquetWriter(PartRows):
         self.folder.mkdir(exist_ok=True)
         done = resumed_paths(self.folder, spec.model_id)
         regions = holds_regions(json.loads((self.out / "meta.json").read_text()))
-        super().__init__(spec, new_run_id(), regions, done)
+        absent = absent_cell_columns(self.folder, regions)
+        super().__init__(spec, new_run_id(), regions, done, absent)
         self.prefix = part_prefix(next_sequence(self.folder), self.run)
         self.parts = 0
 

@@ -125,15 +125,15 @@ CELL_FIELDS: tuple[str, ...] = ("pixels", *REGION_MAPS, "class")
 
 def _regions_of(out: dict[str, np.ndarray], i: int) -> dict[str, Any]:
     """A record's cells (`score --regions`): their picture pixels, the mean of each region map
-    the model serves (ds: difficulty; entropy: from contract 3 on) and their most-predicted
-    class, in cell order (`core.regions.frame_region_vectors`)."""
-    cells: dict[str, Any] = {"pixels": [int(v) for v in out["region_pixels"][i]]}
-    for name in REGION_MAPS:
-        if f"region_{name}" in out:
-            cells[name] = [round(float(v), 5) for v in out[f"region_{name}"][i]]
-    if "region_class" in out:
-        cells["class"] = [int(v) for v in out["region_class"][i]]
-    return {"regions": cells}
+    the model serves (ds: difficulty; entropy: from contract 3 on) and the id of their
+    most-predicted class, in cell order (`core.regions.frame_region_vectors`)."""
+    return {
+        "regions": {
+            name: [round(float(v), 5) if name in REGION_MAPS else int(v) for v in values[i]]
+            for name in CELL_FIELDS
+            if (values := out.get(f"region_{name}")) is not None
+        }
+    }
 
 
 @dataclass
@@ -150,11 +150,15 @@ class RegionCells:
     @classmethod
     def from_lists(cls, rows: Sequence[dict[str, Any]]) -> RegionCells:
         """From records' "regions" objects; a map (or the classes) counts when every row has
-        it."""
+        it as a list (a table that joins older scores may hold None or NaN there)."""
         if not rows:
             return cls(np.zeros((0, 0), np.int32), {})
-        names = [n for n in REGION_MAPS if all(r.get(n) is not None for r in rows)]
-        known = all(r.get("class") is not None for r in rows)
+
+        def everywhere(name: str) -> bool:
+            return all(isinstance(r.get(name), (list, tuple, np.ndarray)) for r in rows)
+
+        names = [n for n in REGION_MAPS if everywhere(n)]
+        known = everywhere("class")
         return cls(
             np.asarray([r["pixels"] for r in rows], np.int32),
             {n: np.asarray([r[n] for r in rows], np.float32) for n in names},

@@ -11,7 +11,8 @@ them into a `core.regions.RegionPool`, lets the region strategy buy within the b
     regions.jsonl   one line per bought region, in the order taken: rank, path (path_b64),
                     region (the cell id), pixels, score (the region's mean of the map the
                     strategy reads: entropy for region-entropy*, else difficulty), frame_rank,
-                    class (the class the model predicts on most of the region)
+                    class (the name of the class the model predicts on most of the region;
+                    the scores' cells keep its id)
     regions.json    the settings, the budget in pixels, pixels bought and their share of the
                     pool's, frames opened, the labelling cost, the partition, the pixels
                     bought per most-predicted class (bought_classes)
@@ -211,8 +212,8 @@ def run_region_selection(table: Table, out: Path, how: SelectSettings) -> dict[s
                 "region": int(pool.region[i]),
                 "pixels": int(pool.pixels[i]),
                 "score": finite(round(float(keys[i]), 6)),
-                **predicted(pool, i, table.class_names),
                 "frame_rank": frame_rank[int(pool.frame[i])],
+                **predicted(pool, i, table.class_names),
             },
             ensure_ascii=True,
         ).encode()

@@ -183,7 +183,7 @@ def infer_batch(
     images = np.stack([f.image for f in frames])  # [B, H, W, 3]
     boxes = np.array([f.box for f in frames], dtype=np.int32)  # [B, 4]
     served = engine.spec.output_names  # an older contract lacks some (novelty: unknown)
-    maps = region_map_outputs(engine.spec) if regions else ()
+    maps = cell_outputs(engine.spec) if regions else ()
     asked = tuple(n for n in outputs if n in served) + tuple(m for m in maps if m not in outputs)
     try:
         out = engine.infer(images, asked, boxes)
@@ -195,15 +195,15 @@ def infer_batch(
     if bad:
         raise EngineError(f"the engine returned {bad} for a different number of images")
     if regions:
-        classes = len(engine.spec.class_names)
-        out = {**out, **region_outputs(regions, out, boxes, images.shape[1:3], classes)}
+        num_classes = len(engine.spec.class_names)
+        out = {**out, **region_outputs(regions, out, boxes, images.shape[1:3], num_classes)}
         for name in maps:
             if name not in outputs:
                 del out[name]
     return paths, out
 
 
-def region_map_outputs(spec: ModelSpec) -> tuple[str, ...]:
+def cell_outputs(spec: ModelSpec) -> tuple[str, ...]:
     """The outputs a frame's cells are read from that the model has: the region maps
     (`contract.REGION_MAPS`: the difficulty map, the entropy map from contract 3 on) and the
     predicted classes (`segmentation`, every contract)."""
@@ -226,8 +226,13 @@ def region_outputs(
         for name, output in REGION_MAPS.items()
         if output in out
     }
+    seg = out.get(SEGMENTATION)
     pixels, means, classes = frame_region_vectors(
-        parse_regions(regions), tuple(shape), maps, boxes, out.get(SEGMENTATION), num_classes
+        parse_regions(regions),
+        tuple(shape),
+        maps,
+        boxes,
+        None if seg is None else (seg, num_classes),
     )
     extra = {} if classes is None else {"region_class": classes}
     return {"region_pixels": pixels, **{f"region_{n}": v for n, v in means.items()}, **extra}

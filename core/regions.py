@@ -16,11 +16,11 @@ The regions of a pool (`RegionPool`) are chosen under a budget of pixels or a co
     region-ds-sample       sampled without replacement with probability proportional to
                            ds ** (1 / temperature) (Gumbel top-k), seeded
     region-entropy-sample  the same over the entropy map
-    region-ds-balanced     sampled as region-ds-sample with each region's difficulty divided by
+    region-ds-balanced     sampled as region-ds-sample with each region's probability divided by
                            the share of the pool's regions predicted as its class (the class
-                           the model predicts most over it): every predicted class draws in
-                           proportion to its mean difficulty, however few its regions
-                           (class-balanced quotas from the predicted classes)
+                           the model predicts on most of it): every predicted class draws in
+                           proportion to its mean of ds ** (1 / temperature), however few its
+                           regions (class-balanced quotas from the predicted classes)
 
 Ties break by the frame's path bytes, then the region id. The budget is honoured exactly: the
 regions are taken in the strategy's order, a region that would overrun what is left of the budget
@@ -301,16 +301,17 @@ def _sampled(
     name: str, balanced: bool = False
 ) -> Callable[[RegionPool, RegionOptions], np.ndarray]:
     """Gumbel top-k: keys log(score) / T + Gumbel noise; taking keys in descending order samples
-    without replacement with probability proportional to score ** (1 / T). `balanced`: the
-    score is multiplied by the region's class weight (`class_weights`), so each predicted
-    class's share of the draws follows its regions' mean score, whatever their number."""
+    without replacement with probability proportional to score ** (1 / T). `balanced`: times
+    the region's class weight (`class_weights`, not tempered), so each predicted class's share
+    of the draws follows its regions' mean of score ** (1 / T), whatever their number."""
 
     def order(pool: RegionPool, opts: RegionOptions) -> np.ndarray:
         if not opts.temperature > 0:
             raise ValueError(f"temperature must be > 0, got {opts.temperature}")
-        score = _column(pool, name) * (class_weights(pool) if balanced else 1.0)
+        score = np.log(np.clip(_column(pool, name), 1e-12, None)) / opts.temperature
+        weight = np.log(class_weights(pool)) if balanced else 0.0
         gumbel = -np.log(-np.log(region_uniforms(pool, opts.seed)))
-        return tie_order(pool, np.log(np.clip(score, 1e-12, None)) / opts.temperature + gumbel)
+        return tie_order(pool, score + weight + gumbel)
 
     return order
 
@@ -401,20 +402,25 @@ def class_counts(ids: np.ndarray, classes: np.ndarray, num_classes: int) -> np.n
     return np.bincount(flat, minlength=size * num_classes).reshape(-1, num_classes)
 
 
+def majority(counts: np.ndarray) -> np.ndarray:
+    """[regions] the class of most pixels in each row of `class_counts` (ties: the lower
+    class; -1 for a region with no counted pixel)."""
+    return np.where(counts.any(1), counts.argmax(1), -1)
+
+
 def frame_region_vectors(
     spec: RegionSpec,
     shape: tuple[int, int],
     maps: dict[str, np.ndarray],
     boxes: np.ndarray,
-    segmentation: np.ndarray | None = None,
-    num_classes: int = 0,
+    segmentation: tuple[np.ndarray, int] | None = None,
 ) -> tuple[np.ndarray, dict[str, np.ndarray], np.ndarray | None]:
     """The cells of a batch of frames as fixed-length vectors: pixels [B, R] int32 (a cell's
     picture pixels; 0 for a cell all padding); per map [B, h, w] (any grid; upsampled to the
     frame), its mean over each cell [B, R] float32 (0 where a cell has no pixel); and, given
-    the predicted classes `segmentation` [B, sh, sw] (any grid; nearest to the frame), the
-    class predicted on most of each cell's pixels [B, R] int16 (-1 where a cell has no pixel;
-    ties: the lower class), else None."""
+    `segmentation` (the predicted classes [B, sh, sw] uint8 on any grid, nearest to the frame,
+    and the number of classes), the class predicted on most of each cell's pixels [B, R]
+    int16 (`majority`: -1 where a cell has no pixel), else None."""
     from PIL import Image
 
     r = cell_count(spec, shape)
@@ -422,6 +428,9 @@ def frame_region_vectors(
     pixels = np.zeros((b, r), np.int32)
     means = {name: np.zeros((b, r), np.float32) for name in maps}
     classes = None if segmentation is None else np.full((b, r), -1, np.int16)
+    grid, num_classes = segmentation if segmentation is not None else (None, 0)
+    if grid is not None and grid.dtype != np.uint8:
+        raise ValueError(f"the segmentation holds uint8 classes, not {grid.dtype}")
     for i in range(b):
         ids = partition(spec, shape, box=boxes[i])
         full = {name: upsample(values[i], shape) for name, values in maps.items()}
@@ -429,10 +438,9 @@ def frame_region_vectors(
         pixels[i, rid] = npx
         for name in maps:
             means[name][i, rid] = per[name]
-        if classes is not None:
-            seg = Image.fromarray(np.asarray(segmentation[i], np.uint8))
-            seg = np.asarray(seg.resize((shape[1], shape[0]), Image.NEAREST))
-            classes[i, rid] = class_counts(ids, seg, num_classes)[rid].argmax(1)
+        if grid is not None:
+            seg = np.asarray(Image.fromarray(grid[i]).resize((shape[1], shape[0]), Image.NEAREST))
+            classes[i, rid] = majority(class_counts(ids, seg, num_classes))[rid]
     return pixels, means, classes
 
 

@@ -83,7 +83,7 @@ def test_parquet_gives_the_same_picks(pool: Path, tiny_onnx: Path, embedded: Pat
     classes = {json.loads(line)["class"] for line in (out / REGIONS_JSONL).read_text().splitlines()}
     assert classes and classes <= set(spec_of_out(out).class_names)
     mine = balanced_picks(out, tmp_path / "balanced-pq")
-    assert mine == balanced_picks(embedded, tmp_path / "balanced-jsonl") != picks(embedded)
+    assert mine == balanced_picks(embedded, tmp_path / "balanced-jsonl")
 
 
 def test_shards_merged_and_a_resumed_run_give_the_same_picks(
@@ -112,6 +112,16 @@ def test_shards_merged_and_a_resumed_run_give_the_same_picks(
         deal_client("score", pool, *REGIONS, "--model", tiny_onnx, "--out", resumed).exit_code == 0
     )
     assert picks(resumed) == picks(embedded)
+
+
+def test_cells_of_a_table_joined_with_older_scores_leave_the_class_out() -> None:
+    from dealseg.client.records import RegionCells
+
+    rows = [{"pixels": [4, 4], "ds": [0.1, 0.2], "class": [1, 2]}]
+    rows.append({"pixels": [4, 4], "ds": [0.3, 0.4], "class": float("nan")})  # pandas' gap
+    cells = RegionCells.from_lists(rows)
+    assert cells.classes is None and cells.means["ds"].shape == (2, 2)
+    assert RegionCells.from_lists(rows[:1]).classes.tolist() == [[1, 2]]
 
 
 def test_select_buys_again_with_another_budget_and_strategy(embedded: Path, tmp_path: Path):
@@ -267,6 +277,17 @@ def test_entropy_strategies_read_the_served_entropy_map(tmp_path: Path) -> None:
         Path(r["path"]).name: r["regions"]
         for r in map(json.loads, (out / "scores.jsonl").read_text().splitlines())
     }
+    import pyarrow.parquet as pq
+
+    assert (
+        deal_client(
+            *args, "--model", model, "--out", tmp_path / "pq", "--format", "parquet"
+        ).exit_code
+        == 0
+    )
+    table = pq.read_table(tmp_path / "pq" / "scores.parquet").to_pydict()
+    for path, classes in zip(table["path"], table["region_class"], strict=True):
+        assert classes == records[Path(path).name]["class"]  # the same cells, the same order
     for i, green in enumerate(greens):
         cells = records[f"f{i}.png"]
         assert cells["entropy"] == [round(green / 255, 5)] * 24  # 4 x 6 cells of 8 x 8
@@ -347,12 +368,18 @@ def test_scores_written_before_cells_carried_a_class_refuse_only_the_balanced_st
         (r.get("regions") or {}).pop("class", None)
         lines.append(json.dumps(r))
     (older / "scores.jsonl").write_text("\n".join(lines) + "\n")
-    parquet = tmp_path / "pq"
-    args = ("score", pool, *REGIONS, "--model", tiny_onnx, "--out", parquet, "--format", "parquet")
-    assert deal_client(*args).exit_code == 0
+    # Parquet scores of a third of the pool written before, resumed over all of it, merged
+    first = tmp_path / "first.txt"
+    first.write_text("\n".join(sorted(str(p) for p in pool.rglob("*.*"))[:4]) + "\n")
+    parquet, merged = tmp_path / "pq", tmp_path / "merged"
+    pq_args = ("--model", tiny_onnx, "--out", parquet, "--format", "parquet")
+    assert deal_client("score", first, *REGIONS, *pq_args).exit_code == 0
     for part in (parquet / "scores.parquet").glob("*.parquet"):
         pq.write_table(pq.read_table(part).drop_columns(["region_class"]), part)
-    for scored in (older, parquet):
+    assert deal_client("score", pool, *REGIONS, *pq_args).exit_code == 0
+    assert len(list((parquet / "scores.parquet").glob("*.parquet"))) == 2
+    assert deal_client("merge", parquet, "--out", merged, "--regions", "5%").exit_code == 0
+    for scored in (older, parquet, merged):
         sel = tmp_path / f"sel-{scored.name}"
         refused = deal_client(
             "select", scored, "--regions", "5%", "-s", "region-ds-balanced", "--out", sel

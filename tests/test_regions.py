@@ -11,7 +11,10 @@ from dealseg.core.regions import (
     RegionOptions,
     RegionPool,
     choose_regions,
+    class_counts,
     class_weights,
+    frame_region_vectors,
+    majority,
     parse_budget,
     parse_regions,
     partition,
@@ -164,9 +167,43 @@ def test_class_balanced_sampling_gives_each_predicted_class_its_mean_score() -> 
     expected = np.array([2 / 3, 1 / 3]) * 3000
     assert float(((first - expected) ** 2 / expected).sum()) < 10.8  # chi-square, 1 dof, p=0.001
     assert class_weights(pool).tolist() == [10.0] + [10 / 9] * 9
+    # the temperature sharpens the scores, never the balance: equal scores, any T -> 1/2 each
+    even = pool_of([[0.2] * 10], classes=[0] + [1] * 9)
+    for temperature in (0.5, 2.0):
+        first = np.zeros(2)
+        for seed in range(2000):
+            opts = RegionOptions(seed, temperature=temperature)
+            picks = choose_regions(even, "region-ds-balanced", Budget(regions=1), opts)
+            first[even.classes[picks.indices[0]]] += 1
+        assert float(((first - 1000) ** 2 / 1000).sum()) < 10.8
     unknown = RegionPool(pool.paths, pool.frame, pool.region, pool.pixels, pool.scores)
     with pytest.raises(ValueError, match="predicted class"):
         choose_regions(unknown, "region-ds-balanced", Budget(regions=1))
+
+
+def test_cells_take_the_class_predicted_on_most_of_their_picture_pixels() -> None:
+    seg = np.zeros((1, 2, 4), np.uint8)  # stride 4 over an 8 x 16 frame
+    seg[0, 0, 1] = 3  # frame pixels rows 0-3, columns 4-7
+    seg[0, 1, :] = 200  # no class of 5: counted for nothing
+    box = np.array([[0, 0, 8, 12]])  # the last 4 columns are padding
+    pixels, means, classes = frame_region_vectors(
+        parse_regions("cell:4"), (8, 16), {}, box, (seg, 5)
+    )
+    assert pixels.tolist() == [[16, 16, 16, 0, 16, 16, 16, 0]] and means == {}
+    assert classes.tolist() == [[0, 3, 0, -1, -1, -1, -1, -1]]  # padding and unknown: -1
+    assert frame_region_vectors(parse_regions("cell:4"), (8, 16), {}, box)[2] is None
+    with pytest.raises(ValueError, match="uint8"):
+        frame_region_vectors(parse_regions("cell:4"), (8, 16), {}, box, (seg.astype(int), 5))
+    counts = class_counts(np.array([[0, 0, 1, -1]]), np.array([[2, 9, 1, 1]]), 3)
+    assert counts.tolist() == [[0, 0, 1], [0, 1, 0]] and majority(counts).tolist() == [2, 1]
+
+
+def test_a_subset_keeps_every_column_aligned() -> None:
+    pool = pool_of([[0.1, 0.9, 0.5], [0.3]])
+    sub = pool.subset(np.array([3, 1]))
+    assert sub.paths == pool.paths and sub.frame.tolist() == [1, 0]
+    assert sub.region.tolist() == [0, 1] and sub.scores["ds"].tolist() == [0.3, 0.9]
+    assert sub.classes.tolist() == [0, 1] and sub.pixels.tolist() == [10, 10]
 
 
 def test_a_low_temperature_samples_the_top() -> None:

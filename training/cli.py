@@ -9,6 +9,8 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from dealseg.core.strategies import names as strategy_names
+
 if TYPE_CHECKING:
     from .checkpoint import Checkpoint
     from .config import Preset
@@ -594,7 +596,11 @@ def _csv(kind: type) -> Any:
     default="ds,de,random,entropy",
     show_default=True,
     callback=_csv(str),
-    help="Comma-separated: ds, de, entropy, qbc, coreset, random.",
+    help="Comma-separated: "
+    + ", ".join(strategy_names(unit="frame"))
+    + " (frames); "
+    + ", ".join(strategy_names(unit="region"))
+    + " (regions, with --unit region).",
 )
 @click.option(
     "--seeds",
@@ -661,8 +667,7 @@ def _csv(kind: type) -> Any:
     default="frame",
     show_default=True,
     help="frame: the paper's protocol (--init/--step/--max of the frames). region: the "
-    "label-cost study, stages at --budgets of the pool's pixels; region strategies "
-    "(region-random, region-ds, region-entropy, region-ds-sample, region-entropy-sample) buy "
+    "label-cost study, stages at --budgets of the pool's pixels; region strategies buy "
     "regions, frame strategies whole frames. Set samples_per_epoch=N.",
 )
 @click.option(

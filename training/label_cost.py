@@ -46,6 +46,7 @@ from dealseg.core.regions import (
     RegionPool,
     choose_regions,
     class_counts,
+    majority,
     parse_regions,
     partition,
     region_means,
@@ -107,8 +108,10 @@ def score_regions(
     size: tuple[int, int] | None = None,
 ) -> ScoredRegions:
     """Cut each frame of `indices` into regions and score them with `model` (the mean of its
-    difficulty map, "ds", and of its softmax-entropy map, "entropy", over each region); without
-    a model only pixels and labels are counted (random picks)."""
+    difficulty map, "ds", and of its softmax-entropy map, "entropy", over each region, and the
+    class its segmentation predicts on most of each: `RegionPool.classes`, as the client reads
+    them from the graph); without a model only pixels and labels are counted (random
+    picks)."""
     spec = parse_regions(spec_text)
     size = tuple(model.cfg.input_size) if model is not None else size
     dataset = SegmentationDataset(data, split, size=size, indices=indices)
@@ -123,7 +126,7 @@ def score_regions(
     for images, labels in DataLoader(dataset, batch_size=batch_size):
         maps: dict[str, torch.Tensor] = {}
         wrong = torch.zeros_like(labels, dtype=torch.bool)
-        pred = None
+        seg = None
         if model is not None:
             x = normalise(images.to(device), model.cfg.mean, model.cfg.std)
             out = model(x)
@@ -134,6 +137,9 @@ def score_regions(
             maps = {"ds": out.difficulty().float().cpu(), "entropy": ent.float().cpu()}
             pred = out.full_logits().argmax(1).cpu()
             wrong = (pred != labels) & (labels != IGNORE_INDEX)
+            # the graph's segmentation: the argmax at stride 4, nearest to the frame (as served)
+            coarse = out.logits.argmax(1, keepdim=True).float()
+            seg = F.interpolate(coarse, size=(h, w), mode="nearest")[:, 0].to(torch.uint8).cpu()
         for b in range(len(images)):
             label = labels[b].numpy()
             image = None  # only superpixels look at the pixels
@@ -150,8 +156,8 @@ def score_regions(
             for k in scores:
                 scores[k].append(means[k])
             classes.append(class_counts(ids, label, num_classes)[rid])
-            if pred is not None:  # the class predicted on most of each region's pixels
-                predicted.append(class_counts(ids, pred[b].numpy(), num_classes)[rid].argmax(1))
+            if seg is not None:  # the class predicted on most of each region's pixels
+                predicted.append(majority(class_counts(ids, seg[b].numpy(), num_classes))[rid])
             position += 1
     paths = [str(s.image) for s in dataset.samples]
     cat = np.concatenate
