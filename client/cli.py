@@ -333,6 +333,7 @@ def _score(run: ScoreCommand, as_json: bool) -> int:
     from .fleet import RayUnavailable
     from .pipeline import score_pool
     from .records import StoreError
+    from .regions import scored_without_class
 
     out = run.out
     paths = _pool_paths(run.pool, run.shard, run.streaming)
@@ -352,6 +353,15 @@ def _score(run: ScoreCommand, as_json: bool) -> int:
             f"{run.how.strategy} reads each region's mean {wanted}, and model "
             f"{engine.spec.model_id} (contract {engine.spec.contract_version}) serves no "
             f"{wanted} map; re-export it with `deal-export reexport`, or use region-ds-sample",
+            param_hint="--strategy",
+        )
+    needs = DESCRIPTORS[run.how.strategy].needs if run.streaming.regions else frozenset()
+    if "classes" in needs and scored_without_class(out):
+        engine.close()
+        raise click.BadParameter(
+            f"{run.how.strategy} reads the class predicted on each region, and {out} holds "
+            "scores written before cells carried it: score into a fresh --out, or use "
+            "region-ds-sample",
             param_hint="--strategy",
         )
     scoring = _ray_scoring(run.engines, engine, run.ray)

@@ -52,10 +52,12 @@ from dealseg.core.regions import (
 )
 from dealseg.core.strategies import DESCRIPTORS
 
+from . import jsonl, parquet
 from .logs import image_source
 from .maps import map_name
+from .objects import Location, location
 from .outdir import recorded_settings, write_selection
-from .records import RegionCells, StoreError, Table, finite, path_fields, spec_of
+from .records import SCORES, RegionCells, StoreError, Table, finite, path_fields, spec_of
 from .settings import SelectSettings
 
 REGIONS_JSONL = "regions.jsonl"
@@ -91,6 +93,19 @@ def region_vectors(table: Table) -> RegionCells:
             "into a fresh --out"
         )
     return table.regions
+
+
+def scored_without_class(out: Location) -> bool:
+    """Whether the out dir `out` holds cells scored before cells carried their class (a resume
+    of it would leave a class-balanced strategy nothing to read)."""
+    out = location(out)
+    if parquet.holds_scores(out):
+        return bool(parquet.absent_cell_columns(out / parquet.SCORES_PARQUET, True))
+    if isinstance(out, Path) and jsonl.holds_scores(out):
+        for record in jsonl.iter_records(out / SCORES):
+            if record.get("regions"):
+                return "class" not in record["regions"]
+    return False
 
 
 def region_pool(table: Table, how: SelectSettings | None = None) -> RegionPool:

@@ -379,6 +379,18 @@ def test_scores_written_before_cells_carried_a_class_refuse_only_the_balanced_st
     assert deal_client("score", pool, *REGIONS, *pq_args).exit_code == 0
     assert len(list((parquet / "scores.parquet").glob("*.parquet"))) == 2
     assert deal_client("merge", parquet, "--out", merged, "--regions", "5%").exit_code == 0
+
+    def files(folder: Path) -> list[tuple[str, int]]:
+        return sorted((p.name, p.stat().st_size) for p in folder.rglob("*") if p.is_file())
+
+    for scored, fmt in ((older, "jsonl"), (parquet, "parquet")):  # a resume ending refused:
+        before = files(scored)
+        balanced = ("-s", "region-ds-balanced", "--model", tiny_onnx, "--format", fmt)
+        early = deal_client("score", pool, *REGIONS, *balanced, "--out", scored)  # refused first
+        assert early.exit_code == 2 and "written before cells carried it" in early.output
+        assert files(scored) == before
+        fresh = deal_client("score", first, *REGIONS, *balanced, "--out", tmp_path / f"new-{fmt}")
+        assert fresh.exit_code == 0, fresh.output  # a fresh out dir: nothing to refuse
     for scored in (older, parquet, merged):
         sel = tmp_path / f"sel-{scored.name}"
         refused = deal_client(
