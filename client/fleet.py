@@ -152,6 +152,7 @@ class ScoreWorker:
         folder: Location,
         run: str,
         prefix: str,
+        absent: tuple[str, ...],
         hook: BatchHook | None,
     ) -> None:
         engine = make_engine()
@@ -162,15 +163,15 @@ class ScoreWorker:
         self.engine = engine if hook is None else _Hooked(engine, hook)
         self.spec, self.folder, self.run, self.prefix = spec, folder, run, prefix
         self.settings = dataclasses.replace(settings, progress=False)  # the driver's bar counts
-        self.regions = settings.regions is not None
-        self.absent = absent_cell_columns(folder, self.regions)  # as the parts already there
+        self.absent = absent  # the cell columns the out dir's earlier parts lack
 
     def ready(self) -> None:
         """Returns once the actor (and its engine) is up."""
 
     def score(self, block: int, paths: list[str]) -> int:
         """Score `paths` and write their rows as the block's part; the rows written."""
-        rows = PartRows(self.spec, self.run, self.regions, absent=self.absent)
+        regions = self.settings.regions is not None
+        rows = PartRows(self.spec, self.run, regions, absent=self.absent)
         Scorer(self.engine, rows, self.settings).run(paths)
         write_part(self.folder / f"{self.prefix}{block:06d}.parquet", rows.take())
         return len(paths)
@@ -223,7 +224,8 @@ def score_on_ray(
             count = actor_count(ray, ray_settings)
             # the actors write to object storage with the driver's file system
             target = folder.pinned() if isinstance(folder, ObjectPath) else folder
-            args = (make_engine, spec, settings, target, run, prefix, hook)
+            absent = absent_cell_columns(folder, settings.regions is not None)
+            args = (make_engine, spec, settings, target, run, prefix, absent, hook)
             actors = _start_actors(ray, ray_settings, count, args)
             try:
                 report.seconds = _run_blocks(ray, actors, _blocks(todo, len(actors)), settings)

@@ -427,10 +427,12 @@ def frame_region_vectors(
     b = len(boxes)
     pixels = np.zeros((b, r), np.int32)
     means = {name: np.zeros((b, r), np.float32) for name in maps}
-    classes = None if segmentation is None else np.full((b, r), -1, np.int16)
-    grid, num_classes = segmentation if segmentation is not None else (None, 0)
-    if grid is not None and grid.dtype != np.uint8:
-        raise ValueError(f"the segmentation holds uint8 classes, not {grid.dtype}")
+    classes = None
+    if segmentation is not None:
+        grid, num_classes = segmentation
+        if grid.dtype != np.uint8:
+            raise ValueError(f"the segmentation holds uint8 classes, not {grid.dtype}")
+        classes = np.full((b, r), -1, np.int16)
     for i in range(b):
         ids = partition(spec, shape, box=boxes[i])
         full = {name: upsample(values[i], shape) for name, values in maps.items()}
@@ -438,7 +440,7 @@ def frame_region_vectors(
         pixels[i, rid] = npx
         for name in maps:
             means[name][i, rid] = per[name]
-        if grid is not None:
+        if classes is not None:
             seg = np.asarray(Image.fromarray(grid[i]).resize((shape[1], shape[0]), Image.NEAREST))
             classes[i, rid] = majority(class_counts(ids, seg, num_classes))[rid]
     return pixels, means, classes

@@ -167,7 +167,7 @@ def score_regions(
         cat(region) if region else np.zeros(0, np.int32),
         cat(pixels) if pixels else np.zeros(0, np.int64),
         {k: cat(v) for k, v in scores.items()},
-        (cat(predicted) if predicted else np.zeros(0, np.int64)) if model is not None else None,
+        cat(predicted) if predicted else None,
     )
     return ScoredRegions(
         pool,
