@@ -260,6 +260,16 @@ def test_two_stage_loop_end_to_end_and_resume(streets: Path, tmp_path: Path) -> 
     assert best.stat().st_mtime_ns == stamp  # stage 0 was not retrained
     assert _read(out / "random" / "seed0" / "state.json") == states["random"]
 
+    # another seed with --full: its own full-data reference; seed 0's is reused, not retrained
+    full0 = out / "full" / "seed0" / "best.pt"
+    stamp = full0.stat().st_mtime_ns
+    two = run_al(
+        streets, out, cfg, ["random"], [0, 1], Protocol(init=0.2, step=0.2), full=True, quiet=True
+    )
+    assert [r["seed"] for r in two["full"]["runs"]] == [0, 1]
+    assert full0.stat().st_mtime_ns == stamp
+    assert two["summary"]["random"]["n"] == [2, 2]
+
     with pytest.raises(ValueError, match=r"other settings \(changed: sizes, step\)"):
         run_al(streets, out, cfg, ["ds"], [0], Protocol(init=0.2, step=0.1))
 

@@ -11,7 +11,7 @@ Layout of `out`:
     initial/seed<k>/               stage 0, the same for every strategy of a seed: trained once
     <strategy>/seed<k>/stage<i>/   fit output (best.pt, last.pt, history.json) + result.json
     <strategy>/seed<k>/state.json  labelled sets, metrics, selections and timings per stage
-    full/seed<k>/                  the optional full-data reference run (first seed)
+    full/seed<k>/                  the optional full-data reference run (each seed)
 
 A stage recorded in state.json is never redone; a fit in progress resumes from its last.pt.
 """
@@ -408,7 +408,7 @@ def run_al(
 
     Stage-major per seed (every strategy finishes stage i before any starts stage i + 1), so an
     interrupted run still leaves a comparable table. `full` also trains the full-data reference
-    (first seed). Returns the collected results.
+    of each seed, before its stages. Returns the collected results.
     """
     from .acquisition import STRATEGIES
     from .data import SegmentationDataset
@@ -428,17 +428,16 @@ def run_al(
         "train_split": preset.train.train_split,
     }
     out = Path(out)
-    if full:
-        seeded = seeded_preset(preset, seeds[0])
-        full_dir = out / "full" / f"seed{seeds[0]}"
-        r = train_and_test(data, full_dir, seeded, None, protocol.test_split, runtime=runtime)
-        _say(
-            f"al full data seed {seeds[0]}: {pool_size} images, val {r['val_miou'] * 100:.1f} "
-            f"test {r['test_miou'] * 100:.1f} mIoU, fit {r['fit_seconds']:.0f}s",
-            quiet,
-        )
     for seed in seeds:
         seeded = seeded_preset(preset, seed)
+        if full:
+            full_dir = out / "full" / f"seed{seed}"
+            r = train_and_test(data, full_dir, seeded, None, protocol.test_split, runtime=runtime)
+            _say(
+                f"al full data seed {seed}: {pool_size} images, val {r['val_miou'] * 100:.1f} "
+                f"test {r['test_miou'] * 100:.1f} mIoU, fit {r['fit_seconds']:.0f}s",
+                quiet,
+            )
         configs = {"model": seeded.model.to_dict(), "train": seeded.train.to_dict()}
         runs = [
             StrategyRun(data, out, name, seed, protocol, {**plan, **configs}, runtime)

@@ -653,7 +653,7 @@ def _csv(kind: type) -> Any:
     "--full/--no-full",
     default=False,
     show_default=True,
-    help="Also train on the whole train split (first seed) for the % of full line.",
+    help="Also train on the whole train split (each seed) for the % of full line.",
 )
 @click.option(
     "--report-only",
