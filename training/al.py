@@ -175,6 +175,27 @@ def train_and_test(
     return result
 
 
+def train_full(
+    data: Path,
+    out: Path,
+    preset: Preset,
+    seed: int,
+    test_split: str,
+    quiet: bool,
+    runtime: Runtime = CPU,
+) -> None:
+    """The full-data reference of `seed` (the whole train split, `preset` already seeded) in
+    out/full/seed<k>/, reused while its configuration is unchanged."""
+    r = train_and_test(
+        data, out / "full" / f"seed{seed}", preset, None, test_split, runtime=runtime
+    )
+    _say(
+        f"al full data seed {seed}: val {r['val_miou'] * 100:.1f} test "
+        f"{r['test_miou'] * 100:.1f} mIoU, fit {r['fit_seconds']:.0f}s",
+        quiet,
+    )
+
+
 def _say(message: str, quiet: bool) -> None:
     if not quiet:
         print(message, file=sys.stderr, flush=True)
@@ -431,13 +452,7 @@ def run_al(
     for seed in seeds:
         seeded = seeded_preset(preset, seed)
         if full:
-            full_dir = out / "full" / f"seed{seed}"
-            r = train_and_test(data, full_dir, seeded, None, protocol.test_split, runtime=runtime)
-            _say(
-                f"al full data seed {seed}: {pool_size} images, val {r['val_miou'] * 100:.1f} "
-                f"test {r['test_miou'] * 100:.1f} mIoU, fit {r['fit_seconds']:.0f}s",
-                quiet,
-            )
+            train_full(data, out, seeded, seed, protocol.test_split, quiet, runtime)
         configs = {"model": seeded.model.to_dict(), "train": seeded.train.to_dict()}
         runs = [
             StrategyRun(data, out, name, seed, protocol, {**plan, **configs}, runtime)

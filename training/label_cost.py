@@ -52,7 +52,7 @@ from dealseg.core.regions import (
     region_means,
 )
 
-from .al import StageRun, _say, train_and_test
+from .al import StageRun, _say, train_and_test, train_full
 from .config import Preset, with_classes
 from .data import IGNORE_INDEX, PartialLabels, SegmentationDataset
 from .device import CPU, Runtime
@@ -509,19 +509,7 @@ def run_label_cost(
     for seed in seeds:
         seeded = Preset(preset.model, replace(preset.train, seed=preset.train.seed + seed))
         if full:
-            r = train_and_test(
-                data,
-                out / "full" / f"seed{seed}",
-                seeded,
-                None,
-                protocol.test_split,
-                runtime=runtime,
-            )
-            _say(
-                f"al full data seed {seed}: val {r['val_miou'] * 100:.1f} test "
-                f"{r['test_miou'] * 100:.1f} mIoU, fit {r['fit_seconds']:.0f}s",
-                quiet,
-            )
+            train_full(data, out, seeded, seed, protocol.test_split, quiet, runtime)
         configs = {"model": seeded.model.to_dict(), "train": seeded.train.to_dict()}
         runs = [
             LabelCostRun(data, out, name, seed, protocol, {**plan, **configs}, runtime)
